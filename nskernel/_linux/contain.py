@@ -1,0 +1,229 @@
+"""Creating a sandbox, as a checklist. Read top to bottom; the order is the point.
+
+Processes (the launcher must be single-threaded: unshare(CLONE_NEWUSER) fails with
+EINVAL in a process with more than one thread):
+
+    launcher ── fork ──► setup child ── fork ──► init (PID 1) ── fork ──► command (PID 2)
+                          exits once init exists; init is re-parented to the launcher,
+                          which is a child subreaper
+
+Parent side (launcher)                    Child side
+1. validate the spec (no privileges)
+2. fork ────────────────────────────────► 3. unshare(CLONE_NEWUSER); report "userns"
+4. write setgroups, gid_map, uid_map ───► 5. become sandbox root
+                                          6. unshare each other namespace, one at a time
+                                             (so a failure names the namespace)
+                                          7. fork init, report its PID, exit
+                                          init: 8. hostname  9. lo up  10. mounts
+                                                11. report "ready", fork the command
+                                          command: 12. reset signals, exec (or run target)
+
+Messages travel child → launcher as JSON lines on the ``report`` pipe (each write is one
+line, under PIPE_BUF, so atomic). The pipe is close-on-exec: EOF after "ready" means the
+command was exec'd. The launcher → child ``go`` pipe releases step 5.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from . import init, mntns, netns, syscalls, userns, utsns
+
+ORDER_AFTER_USER = ("ipc", "uts", "net", "mnt", "pid")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChildPlan:
+    """Everything the child side needs, decided before fork."""
+
+    namespaces: frozenset[str]
+    hostname: str | None
+    mounts: mntns.MountPlan | None
+    cwd: str | None
+    setgroups_allowed: bool
+    argv: Sequence[str] | None = None
+    env: dict[str, str] | None = None
+    target: Callable[[], int | None] | None = None
+    pass_fds: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass
+class Pipes:
+    report_r: int
+    report_w: int
+    go_r: int
+    go_w: int
+    lifeline_r: int
+    lifeline_w: int
+
+    @classmethod
+    def create(cls) -> Pipes:
+        fds: list[int] = []
+        for _ in range(3):
+            fds.extend(os.pipe2(os.O_CLOEXEC))
+        return cls(*fds)
+
+
+def report(fd: int, **msg: object) -> None:
+    os.write(fd, (json.dumps(msg) + "\n").encode())
+
+
+def _fail(fd: int, step: str, err: BaseException, namespace: str | None = None) -> None:
+    errno = getattr(err, "errno", None)
+    strerror = getattr(err, "strerror", None) or str(err)
+    try:
+        report(fd, event="error", step=step, errno=errno, strerror=strerror, namespace=namespace)
+    except OSError:
+        pass
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- child side
+
+
+def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
+    """Steps 3-7. Runs in the forked setup child; returns its exit status."""
+    rep = pipes.report_w
+    _close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
+    # The setup child must not outlive the launcher while it waits for the maps.
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
+
+    if "user" in plan.namespaces:
+        try:
+            syscalls.unshare(syscalls.CLONE_NEWUSER)  # step 3
+        except OSError as e:
+            _fail(rep, "unshare(CLONE_NEWUSER)", e, "user")
+            return 1
+        report(rep, event="userns")
+        if os.read(pipes.go_r, 1) != b"g":  # step 4 happens in the launcher
+            return 1
+        try:
+            userns.become_root_from_child(setgroups_allowed=plan.setgroups_allowed)  # 5
+        except OSError as e:
+            _fail(rep, "become sandbox root (setresuid/setresgid)", e, "user")
+            return 1
+    os.close(pipes.go_r)
+
+    for ns in ORDER_AFTER_USER:  # step 6
+        if ns in plan.namespaces:
+            flag = syscalls.NAMESPACE_FLAGS[ns]
+            try:
+                syscalls.unshare(flag)
+            except OSError as e:
+                _fail(rep, f"unshare(CLONE_NEW{_FLAG_NAMES[ns]})", e, ns)
+                return 1
+
+    pid = os.fork()  # step 7: with CLONE_NEWPID unshared, this child is PID 1
+    if pid == 0:
+        code = 1
+        try:
+            code = _init_main(plan, pipes)
+        except BaseException as e:
+            _fail(rep, "init", e)
+        finally:
+            os._exit(code)
+    report(rep, event="init", pid=pid)
+    return 0
+
+
+_FLAG_NAMES = {"user": "USER", "pid": "PID", "net": "NET", "mnt": "NS", "uts": "UTS", "ipc": "IPC"}
+
+
+def _init_main(plan: ChildPlan, pipes: Pipes) -> int:
+    rep = pipes.report_w
+    pid_ns = "pid" in plan.namespaces
+    step = ""
+    try:
+        if plan.hostname is not None:
+            step = f"sethostname({plan.hostname!r})"
+            utsns.set_hostname_from_child(plan.hostname)  # step 8
+        if "net" in plan.namespaces:
+            step = "bring up lo (ioctl SIOCSIFFLAGS)"
+            netns.bring_up_loopback_from_child()  # step 9
+        if plan.mounts is not None:
+            step = "mounts"
+            mntns.setup_mounts_from_child(plan.mounts, plan.cwd)  # step 10
+        elif plan.cwd:
+            step = f"chdir({plan.cwd!r})"
+            os.chdir(plan.cwd)
+    except mntns.MountStepError as e:
+        _fail(rep, e.step, e, "mnt")
+        return 1
+    except OSError as e:
+        _fail(rep, step, e, {"mounts": "mnt"}.get(step))
+        return 1
+
+    wake_r, wake_w = init.prepare_signals()
+    report(rep, event="ready")  # step 11
+    child = os.fork()
+    if child == 0:
+        _command_main(plan, pipes, wake_r, wake_w)  # never returns
+    os.close(rep)
+    return init.run_init_loop(child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns)
+
+
+def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> None:
+    """Step 12: the command. Never returns."""
+    rep = pipes.report_w
+    code = 1
+    try:
+        init.reset_signals_for_command()
+        for fd in (wake_r, wake_w, pipes.lifeline_r):
+            os.close(fd)
+        for fd in plan.pass_fds:
+            os.set_inheritable(fd, True)
+        if plan.target is not None:
+            os.close(rep)
+            result = plan.target()
+            code = result if isinstance(result, int) else 0
+        else:
+            assert plan.argv is not None
+            env = plan.env if plan.env is not None else os.environ
+            try:
+                os.execvpe(plan.argv[0], list(plan.argv), env)
+            except FileNotFoundError as e:
+                report(
+                    rep,
+                    event="error",
+                    step="exec",
+                    errno=e.errno,
+                    strerror="command not found",
+                    command=plan.argv[0],
+                )
+                code = 127
+            except OSError as e:
+                report(
+                    rep,
+                    event="error",
+                    step="exec",
+                    errno=e.errno,
+                    strerror=e.strerror,
+                    command=plan.argv[0],
+                )
+                code = 126
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code)

@@ -1,0 +1,142 @@
+"""The sandbox's init: PID 1 of its PID namespace.
+
+Someone has to be PID 1. The kernel gives PID 1 no default signal actions (a stray
+SIGTERM does nothing unless handled), re-parents every orphan in the namespace to it,
+and kills every other process of the namespace when it exits. So this small loop:
+
+- reaps every zombie, not just its own child's;
+- forwards TERM, HUP, QUIT, USR1, USR2 to the command; SIGINT is not forwarded,
+  because the terminal (or jupyter_client's ``killpg``) already delivers it to the whole
+  process group, which the command shares: forwarding would deliver it twice;
+- exits with the command's status (128+N when the command died of signal N), which
+  takes the rest of the sandbox down with it;
+- kills the whole sandbox when the lifeline (a pipe whose write end only the host side
+  holds) reaches EOF, so a SIGKILLed launcher, server or kernel leaks no process.
+
+Without a PID namespace the same loop runs as a subreaper, so orphans of the command
+still come back to it and are killed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+
+from . import syscalls as sc
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+HANDLED = (*FORWARDED, signal.SIGCHLD, signal.SIGINT)
+
+
+def prepare_signals() -> tuple[int, int]:
+    """Install wake-up handlers before the command is forked (no signal may be lost).
+
+    Returns the read and write ends of the wake-up pipe.
+    """
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for sig in HANDLED:
+        # A no-op Python handler: the C-level handler writes the signal number to the
+        # wake-up fd, which the loop below reads.
+        signal.signal(sig, lambda *_: None)
+    return wake_r, wake_w
+
+
+def reset_signals_for_command() -> None:
+    """The command must start with default dispositions and an empty mask."""
+    signal.set_wakeup_fd(-1)
+    for sig in HANDLED:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+def _wait_status_to_code(status: int) -> int:
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = [int(x) for x in f.read().split()]
+                found.extend(kids)
+                stack.extend(kids)
+        except OSError:
+            continue
+    return found
+
+
+def kill_everything(pid_namespace: bool) -> None:
+    if pid_namespace:
+        # As PID 1, kill(-1) reaches every other process of this PID namespace.
+        try:
+            os.kill(-1, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+    for _ in range(10):  # new children may appear while we kill; repeat until none
+        kids = _descendants(os.getpid())
+        if not kids:
+            return
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _reap_all()
+
+
+def _reap_all() -> list[tuple[int, int]]:
+    reaped = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return reaped
+        if pid == 0:
+            return reaped
+        reaped.append((pid, status))
+
+
+def run_init_loop(child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool) -> int:
+    """Supervise ``child`` until it exits or the lifeline closes. Returns the exit code."""
+    sc.set_process_name("nskernel-init")
+    if not pid_namespace:
+        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
+    code: int | None = None
+    while code is None:
+        try:
+            ready, _, _ = select.select([lifeline_fd, wake_r], [], [])
+        except InterruptedError:
+            ready = [wake_r]
+        if lifeline_fd in ready:
+            try:
+                data = os.read(lifeline_fd, 64)
+            except OSError:
+                data = b""
+            if not data:  # the host side is gone: nobody may outlive it
+                kill_everything(pid_namespace)
+                return 128 + signal.SIGKILL
+        if wake_r in ready:
+            try:
+                signums = os.read(wake_r, 512)
+            except BlockingIOError:
+                signums = b""
+            for signum in signums:
+                if signum in FORWARDED:
+                    try:
+                        os.kill(child, signum)
+                    except ProcessLookupError:
+                        pass
+        for pid, status in _reap_all():
+            if pid == child:
+                code = _wait_status_to_code(status)
+    kill_everything(pid_namespace)
+    return code

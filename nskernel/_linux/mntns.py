@@ -1,0 +1,141 @@
+"""Mount namespace: the sandbox's view of the filesystem.
+
+Runs in the sandbox's PID 1 (a fresh /proc must be mounted by a process inside the
+new PID namespace). The result:
+
+- the host's root, read-only (so Python and the usual tools work), recursively;
+- a fresh /proc (with a PID namespace) and /sys (with a network namespace, so
+  /sys/class/net lists only the sandbox's interfaces);
+- private, writable /tmp and /dev/shm, and a fresh /dev/mqueue with an IPC namespace;
+- host paths writable only through explicit binds, ``--ro-bind`` read-only.
+
+Hazards: propagation must be made private first, or mounts would leak to the host;
+/tmp is shadowed by the scratch tmpfs we build on, so bind sources are opened as
+O_PATH descriptors before anything is mounted, and bound from /proc/self/fd.
+The new root is entered with ``pivot_root(".", ".")`` and the old root detached,
+so nothing of the host's mount tree stays reachable except what is bound in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from . import syscalls as sc
+
+_SCRATCH = "/tmp"
+_NEWROOT = "/tmp/.nskernel-root"
+
+
+@dataclasses.dataclass(frozen=True)
+class MountPlan:
+    fresh_proc: bool
+    fresh_sys: bool
+    fresh_mqueue: bool
+    binds: tuple[tuple[str, str, bool], ...]  # (host source, sandbox destination, readonly)
+
+
+class MountStepError(OSError):
+    def __init__(self, step: str, err: OSError) -> None:
+        super().__init__(err.errno, f"{step}: {err.strerror or err}")
+        self.step = step
+
+
+def _step(what: str, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    try:
+        fn(*args)
+    except OSError as e:
+        raise MountStepError(what, e) from e
+
+
+def _make_readonly(path: str) -> None:
+    try:
+        sc.mount_setattr_recursive_readonly(path)
+    except OSError as e:
+        if e.errno != 38:  # ENOSYS: kernels before 5.12 lack mount_setattr
+            raise
+        _remount_readonly_one_by_one(path)
+
+
+def _remount_readonly_one_by_one(path: str) -> None:
+    # Fallback for old kernels: remount each mount below `path`, keeping the flags a
+    # user namespace is not allowed to clear (nosuid, nodev, noexec are "locked").
+    keep = {"nosuid": sc.MS_NOSUID, "nodev": sc.MS_NODEV, "noexec": sc.MS_NOEXEC}
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            target = fields[4].encode().decode("unicode_escape")
+            if target != path and not target.startswith(path + "/"):
+                continue
+            flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY
+            for opt in fields[5].split(","):
+                flags |= keep.get(opt, 0)
+            try:
+                sc.mount(None, target, None, flags)
+            except OSError:
+                continue  # a mount we may not touch stays as the host has it
+
+
+def _tmpfs(target: str, mode: str) -> None:
+    sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}")
+
+
+def setup_mounts_from_child(plan: MountPlan, cwd: str | None) -> None:
+    # Open bind sources before the scratch tmpfs shadows /tmp (sources may live there).
+    sources = [(os.open(src, os.O_PATH | os.O_CLOEXEC), dst, ro) for src, dst, ro in plan.binds]
+
+    _step("mount(MS_REC|MS_PRIVATE) on /", sc.mount, None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    _step(f"mount(tmpfs) on {_SCRATCH}", _tmpfs, _SCRATCH, "0700")
+    os.mkdir(_NEWROOT, 0o755)
+    _step("bind the host root", sc.mount, "/", _NEWROOT, None, sc.MS_BIND | sc.MS_REC)
+    _step("make the host root read-only", _make_readonly, _NEWROOT)
+
+    r = _NEWROOT
+    if plan.fresh_proc:
+        flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        _step("mount(proc) on /proc", sc.mount, "proc", r + "/proc", "proc", flags)
+    if plan.fresh_sys:
+        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        _step("mount(sysfs) on /sys", sc.mount, "sysfs", r + "/sys", "sysfs", flags)
+    _step("mount(tmpfs) on /tmp", _tmpfs, r + "/tmp", "1777")
+    if os.path.isdir(r + "/dev/shm"):
+        _step("mount(tmpfs) on /dev/shm", _tmpfs, r + "/dev/shm", "1777")
+    if plan.fresh_mqueue and os.path.isdir(r + "/dev/mqueue"):
+        flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+        _step(
+            "mount(mqueue) on /dev/mqueue", sc.mount, "mqueue", r + "/dev/mqueue", "mqueue", flags
+        )
+
+    for fd, dst, ro in sources:
+        target = r + dst
+        if not os.path.lexists(target):
+            # Only inside the sandbox's own /tmp may a missing destination be created;
+            # elsewhere it would have to be created on the (read-only) host filesystem.
+            if dst == "/tmp" or dst.startswith("/tmp/"):
+                if os.path.isdir(f"/proc/self/fd/{fd}"):
+                    os.makedirs(target, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    open(target, "a").close()
+            else:
+                msg = (
+                    f"bind destination {dst} does not exist inside the sandbox; "
+                    "bind onto an existing path, or under /tmp"
+                )
+                raise MountStepError(f"bind onto {dst}", FileNotFoundError(2, msg))
+        _step(
+            f"bind onto {dst}",
+            sc.mount,
+            f"/proc/self/fd/{fd}",
+            target,
+            None,
+            sc.MS_BIND | sc.MS_REC,
+        )
+        if ro:
+            _step(f"make {dst} read-only", _make_readonly, target)
+        os.close(fd)
+
+    os.chdir(r)
+    _step("pivot_root", sc.pivot_root, ".", ".")
+    _step("detach the old root", sc.umount2, ".", sc.MNT_DETACH)
+    os.chdir(cwd if cwd and os.path.isdir(cwd) else "/")

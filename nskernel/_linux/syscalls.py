@@ -1,0 +1,165 @@
+"""Raw Linux syscalls that Python 3.10/3.11 does not expose.
+
+Design note: this module is imported between fork and exec, so it uses only the
+standard library. ``os.unshare``/``os.setns`` exist from Python 3.12; before that we
+call libc through ctypes. Syscalls that glibc does not wrap (``pivot_root``,
+``mount_setattr``) go through ``syscall(2)`` with the x86_64/aarch64 numbers.
+Every wrapper raises ``OSError`` with errno set, so callers can explain failures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+# clone(2) namespace flags.
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# The six namespace types nskernel creates, in the order /proc/PID/ns lists them.
+NAMESPACE_FLAGS: dict[str, int] = {
+    "user": CLONE_NEWUSER,
+    "pid": CLONE_NEWPID,
+    "net": CLONE_NEWNET,
+    "mnt": CLONE_NEWNS,
+    "uts": CLONE_NEWUTS,
+    "ipc": CLONE_NEWIPC,
+}
+
+# mount(2) flags.
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_MOVE = 0x2000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MNT_DETACH = 0x2
+
+# mount_setattr(2) (Linux 5.12+).
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+# prctl(2).
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+PR_SET_CHILD_SUBREAPER = 36
+PR_SET_NO_NEW_PRIVS = 38
+
+_SYSCALL_NUMBERS = {
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442},
+}
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_void_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.prctl.argtypes = [
+    ctypes.c_int,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _enc(path: str | None) -> bytes | None:
+    return None if path is None else os.fsencode(path)
+
+
+def _syscall_number(name: str) -> int:
+    try:
+        return _SYSCALL_NUMBERS[platform.machine()][name]
+    except KeyError:
+        msg = f"{name}: unsupported architecture {platform.machine()!r}"
+        raise OSError(38, msg) from None  # ENOSYS
+
+
+def unshare(flags: int) -> None:
+    if hasattr(os, "unshare"):  # Python 3.12+
+        os.unshare(flags)
+        return
+    _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    if hasattr(os, "setns"):  # Python 3.12+
+        os.setns(fd, nstype)
+        return
+    _check(_libc.setns(fd, nstype), f"setns({fd}, {nstype:#x})")
+
+
+def mount(
+    source: str | None, target: str, fstype: str | None, flags: int = 0, data: str | None = None
+) -> None:
+    ret = _libc.mount(_enc(source), _enc(target), _enc(fstype), flags, _enc(data))
+    _check(ret, f"mount({source!r}, {target!r}, {fstype!r}, {flags:#x}, {data!r})")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_enc(target), flags), f"umount2({target!r}, {flags:#x})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    ret = _libc.syscall(_syscall_number("pivot_root"), _enc(new_root), _enc(put_old))
+    _check(ret, f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def mount_setattr_recursive_readonly(path: str) -> None:
+    """Make the mount at ``path`` and every mount below it read-only in one step."""
+    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+    ret = _libc.syscall(
+        _syscall_number("mount_setattr"),
+        ctypes.c_int(AT_FDCWD),
+        _enc(path),
+        ctypes.c_uint(AT_RECURSIVE),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(ret, f"mount_setattr({path!r}, AT_RECURSIVE, MOUNT_ATTR_RDONLY)")
+
+
+def prctl(option: int, arg2: int = 0) -> None:
+    _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option}, {arg2})")
+
+
+def set_process_name(name: str) -> None:
+    """Name shown by ``ps -o comm`` (at most 15 bytes)."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)

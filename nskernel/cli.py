@@ -1,0 +1,193 @@
+"""The `nskernel` command: run, doctor, install, uninstall."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from .errors import EXIT_SANDBOX_FAILED, NskernelError, SandboxError, SpecError
+from .spec import ALL_NAMESPACES, Bind, SandboxSpec
+
+RUN_EPILOG = f"""\
+namespaces:
+  With no namespace flag, all six are created ({", ".join(ALL_NAMESPACES)}).
+  An unprivileged caller can only create the others inside a user namespace it owns,
+  so --user is added for it automatically; as root only the flags given are created.
+
+filesystem (with --mnt):
+  The host's root is visible read-only; /tmp and /dev/shm are private and writable;
+  /proc is fresh with --pid, /sys with --net. A host path is writable inside only
+  through --bind; --ro-bind exposes one read-only. Nothing mounted inside reaches the host.
+
+signals:
+  TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command. Ctrl-C
+  reaches the command directly (it shares the terminal's process group). If nskernel
+  itself is killed, the whole sandbox is killed with it.
+
+exit status:
+  the command's own status (128+N if it was killed by signal N), or
+  {EXIT_SANDBOX_FAILED}  the sandbox could not be created (the command never ran)
+  126  the command could not be executed        127  the command was not found
+
+examples:
+  nskernel run --hostname box -- sh -c 'hostname; id -u; ps -e'
+  nskernel run --net --uts -- hostname
+  nskernel run --bind ./out:/out --ro-bind ./data:/data -- python3 job.py
+"""
+
+
+def _add_run_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a command in a fresh sandbox",
+        description="Run CMD inside freshly created Linux namespaces.",
+        epilog=RUN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for ns, what in (
+        ("pid", "own PID numbers, with an init as PID 1"),
+        ("net", "own network stack: only lo, brought UP"),
+        ("mnt", "own mounts: read-only host root, private /tmp, fresh /proc"),
+        ("uts", "own hostname"),
+        ("ipc", "own System V and POSIX IPC objects"),
+        ("user", "own users: root inside, unprivileged outside"),
+    ):
+        p.add_argument(f"--{ns}", dest="ns", action="append_const", const=ns, help=what)
+    p.add_argument("--hostname", metavar="NAME", help="hostname inside (implies a UTS namespace)")
+    p.add_argument(
+        "--bind",
+        metavar="SRC[:DST]",
+        action="append",
+        default=[],
+        help="make host path SRC writable at DST (default: same path)",
+    )
+    p.add_argument(
+        "--ro-bind",
+        metavar="SRC[:DST]",
+        action="append",
+        default=[],
+        help="make host path SRC visible read-only at DST",
+    )
+    p.add_argument(
+        "--status-json",
+        metavar="PATH",
+        help="write the sandbox's facts (PID, namespace ids, maps) as JSON to PATH",
+    )
+    p.add_argument("--chdir", metavar="DIR", help="working directory inside (default: current)")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
+    p.set_defaults(func=_cmd_run)
+
+
+def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
+    namespaces = set(args.ns or ())
+    if args.hostname and namespaces:
+        namespaces.add("uts")
+    binds = [Bind.parse(b) for b in args.bind] + [
+        Bind.parse(b, readonly=True) for b in args.ro_bind
+    ]
+    binds = [
+        b if os.path.isabs(b.dest) else Bind(b.source, os.path.abspath(b.dest), b.readonly)
+        for b in binds
+    ]
+    if binds and namespaces and "mnt" not in namespaces:
+        namespaces.add("mnt")
+    return SandboxSpec.from_flags(
+        namespaces,
+        hostname=args.hostname,
+        binds=tuple(binds),
+        cwd=os.path.abspath(args.chdir) if args.chdir else None,
+    )
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .sandbox import Sandbox
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        print(
+            "nskernel run: no command given; put it after --, e.g. nskernel run -- sh",
+            file=sys.stderr,
+        )
+        return 2
+    spec = _spec_from_args(args)
+
+    # While the sandbox runs we only wait: Ctrl-C goes to the command through the
+    # process group; other signals are forwarded to the sandbox's init.
+    forwarded = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+    box: list[Sandbox] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if box:
+            box[0].send_signal(signum)
+
+    for sig in forwarded:
+        signal.signal(sig, forward)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    sb = Sandbox.spawn(spec, cmd)
+    box.append(sb)
+    if args.status_json:
+        sb.write_status_json(args.status_json)
+    return sb.wait() or 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from . import doctor
+
+    report = doctor.diagnose()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(doctor.format_report(report))
+    return 0 if report["ok"] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nskernel",
+        description="Sandboxes made of fresh Linux namespaces, for the shell and for Jupyter.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    _add_run_parser(sub)
+    d = sub.add_parser(
+        "doctor", help="check what this machine allows, and how to fix what it doesn't"
+    )
+    d.add_argument("--json", action="store_true", help="print the findings as JSON")
+    d.set_defaults(func=_cmd_doctor)
+    try:
+        from .kernel import install
+    except ImportError:  # the kernel layer is optional for the core
+        pass
+    else:
+        install.add_parsers(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as e:
+        print(f"nskernel {args.command}: {e}", file=sys.stderr)
+        return 2
+    except SandboxError as e:
+        print(f"nskernel {args.command}: {e}", file=sys.stderr)
+        return getattr(e, "exit_code", EXIT_SANDBOX_FAILED)
+    except NskernelError as e:
+        print(f"nskernel {args.command}: {e}", file=sys.stderr)
+        return 1
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

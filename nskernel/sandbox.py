@@ -1,0 +1,358 @@
+"""The Python API for one sandbox: spawn it, read its facts, signal it, wait for it.
+
+This is the launcher side of ``nskernel._linux.contain``. The CLI (`nskernel run`), the
+kernel launcher and the sandbox server behind ``%%sandbox`` all use it. The calling
+process must be single-threaded whenever a user namespace is involved; Jupyter processes
+never call this directly, they start a fresh process that does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import select
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import doctor
+from ._linux import contain, mntns, procfs, syscalls, userns
+from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, CommandNotFound, SandboxError
+from .spec import SandboxSpec
+
+_subreaper_set = False
+
+
+def default_hostname() -> str:
+    return "nsk-" + secrets.token_hex(3)
+
+
+def _thread_count() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 1
+
+
+class Sandbox:
+    """A running sandbox. ``pid`` is the host PID of its init (PID 1 inside)."""
+
+    def __init__(
+        self,
+        spec: SandboxSpec,
+        pid: int,
+        lifeline_w: int,
+        namespaces: frozenset[str],
+        hostname: str | None,
+    ) -> None:
+        self.spec = spec
+        self.pid = pid
+        self.namespaces = namespaces
+        self.hostname = hostname
+        self.returncode: int | None = None
+        self.started = time.time()
+        self._lifeline_w: int | None = lifeline_w
+        self._facts: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------ creation
+
+    @classmethod
+    def spawn(
+        cls,
+        spec: SandboxSpec,
+        argv: Sequence[str] | None = None,
+        *,
+        target: Callable[[], int | None] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> Sandbox:
+        """Create the sandbox and start ``argv`` (exec'd) or ``target`` (called) in it.
+
+        Returns once the command was exec'd (or ``target`` started). Raises
+        :class:`SandboxError` if any setup step failed (nothing ran, nothing is left),
+        :class:`CommandNotFound` if ``argv[0]`` cannot be executed inside.
+        """
+        if (argv is None) == (target is None):
+            msg = "give exactly one of argv (a command to exec) or target (a callable)"
+            raise TypeError(msg)
+        if argv is not None and not argv:
+            msg = "no command given: put the command after --, e.g. nskernel run -- sh"
+            raise TypeError(msg)
+        spec.validate_host_paths()
+        namespaces = spec.effective_namespaces()
+        hostname = spec.hostname
+        if hostname is None and "uts" in namespaces:
+            hostname = default_hostname()
+
+        if "user" in namespaces and _thread_count() > 1:
+            raise SandboxError(
+                "cannot create a user namespace from a process with several threads",
+                step="unshare(CLONE_NEWUSER)",
+                namespace="user",
+                errno=22,
+                hint="The kernel refuses it (EINVAL). Create sandboxes from a fresh, "
+                "single-threaded process: `nskernel run`, or the sandbox server.",
+            )
+        plan_maps = (
+            userns.plan_id_maps(map_root_to=spec.map_root_to, use_subids=spec.use_subids)
+            if "user" in namespaces
+            else None
+        )
+        mounts = None
+        if "mnt" in namespaces:
+            mounts = mntns.MountPlan(
+                fresh_proc="pid" in namespaces,
+                fresh_sys="net" in namespaces,
+                fresh_mqueue="ipc" in namespaces,
+                binds=tuple((b.source, b.dest, b.readonly) for b in spec.resolved_binds()),
+            )
+        child_plan = contain.ChildPlan(
+            namespaces=namespaces,
+            hostname=hostname,
+            mounts=mounts,
+            cwd=spec.cwd or _cwd_or_none(),
+            setgroups_allowed=plan_maps is None or not plan_maps.deny_setgroups,
+            argv=tuple(argv) if argv is not None else None,
+            env=spec.env,
+            target=target,
+            pass_fds=tuple(pass_fds),
+        )
+
+        global _subreaper_set
+        if not _subreaper_set:
+            # init is re-parented to us when the setup child exits, so we can wait for it.
+            syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+            _subreaper_set = True
+
+        pipes = contain.Pipes.create()
+        setup_pid = os.fork()
+        if setup_pid == 0:
+            code = 1
+            try:
+                code = contain.setup_child(child_plan, pipes)
+            except BaseException as e:
+                contain._fail(pipes.report_w, "setup", e)
+            finally:
+                os._exit(code)
+
+        for fd in (pipes.report_w, pipes.go_r, pipes.lifeline_r):
+            os.close(fd)
+        reader = _Reports(pipes.report_r)
+        init_pid: int | None = None
+        try:
+            if "user" in namespaces:
+                msg = reader.next()
+                if msg.get("event") != "userns":
+                    raise _error_from(msg, namespaces)
+                assert plan_maps is not None
+                try:
+                    userns.write_id_maps_from_parent(setup_pid, plan_maps)  # step 4
+                except Exception as e:
+                    raise _map_error(e, plan_maps) from e
+                os.write(pipes.go_w, b"g")
+            os.close(pipes.go_w)
+            pipes.go_w = -1
+
+            msg = reader.next()
+            if msg.get("event") != "init":
+                raise _error_from(msg, namespaces)
+            init_pid = int(msg["pid"])
+            os.waitpid(setup_pid, 0)
+            setup_pid = 0
+            msg = reader.next()
+            if msg.get("event") != "ready":
+                raise _error_from(msg, namespaces)
+            # EOF now means exec succeeded (the pipe is close-on-exec) or target started.
+            msg = reader.next()
+            if msg.get("event") == "error":
+                raise _error_from(msg, namespaces)
+        except BaseException:
+            if pipes.go_w >= 0:
+                os.close(pipes.go_w)
+            os.close(pipes.lifeline_w)  # the init, if any, kills the sandbox
+            if setup_pid:
+                _kill_and_reap(setup_pid)
+            if init_pid:
+                _kill_and_reap(init_pid)
+            raise
+        finally:
+            os.close(pipes.report_r)
+        return cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname)
+
+    # ------------------------------------------------------------ facts
+
+    def facts(self) -> dict[str, Any]:
+        """The sandbox's facts as JSON-ready data (the ``--status-json`` feed)."""
+        if self._facts is None:
+            ids = procfs.namespace_ids(self.pid)
+            self._facts = {
+                "pid": self.pid,
+                "hostname": self.hostname,
+                "namespaces": ids,
+                "created": sorted(self.namespaces),
+                "host_namespaces": procfs.namespace_ids(os.getpid()),
+                "uid_map": procfs.id_map(self.pid, "uid_map"),
+                "gid_map": procfs.id_map(self.pid, "gid_map"),
+                "started": self.started,
+            }
+        return dict(self._facts)
+
+    def write_status_json(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(self.facts(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._set_status(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for init to exit; returns the command's exit code (128+N for signal N).
+
+        With ``timeout``, returns None if it is still running.
+        """
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            fd = os.pidfd_open(self.pid)
+            try:
+                if not select.select([fd], [], [], timeout)[0]:
+                    return None
+            finally:
+                os.close(fd)
+        while True:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                break
+            except InterruptedError:
+                continue
+        self._set_status(status)
+        return self.returncode
+
+    def _set_status(self, status: int) -> None:
+        self.returncode = (
+            128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+        )
+        self._close_lifeline()
+
+    def send_signal(self, sig: int) -> None:
+        """Signal init, which forwards TERM/HUP/QUIT/USR1/USR2 to the command."""
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self, timeout: float = 5.0) -> int | None:
+        """Destroy the whole sandbox now and reap it."""
+        self._close_lifeline()  # init kills every process of the sandbox, then exits
+        if self.wait(timeout) is None:
+            self.send_signal(signal.SIGKILL)
+            return self.wait()
+        return self.returncode
+
+    def _close_lifeline(self) -> None:
+        if self._lifeline_w is not None:
+            os.close(self._lifeline_w)
+            self._lifeline_w = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.returncode is None:
+            self.kill()
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"exited {self.returncode}"
+        return f"<Sandbox pid={self.pid} hostname={self.hostname!r} {state}>"
+
+
+def run(spec: SandboxSpec, argv: Sequence[str]) -> int:
+    """Run ``argv`` in a fresh sandbox and return its exit status."""
+    with Sandbox.spawn(spec, argv) as sb:
+        return sb.wait() or 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class _Reports:
+    """Reads the JSON lines the child side writes; EOF reads as ``{"event": "eof"}``."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self) -> dict[str, Any]:
+        while b"\n" not in self.buf:
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return {"event": "eof"}
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)
+
+
+def _cwd_or_none() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _kill_and_reap(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
+def _error_from(msg: dict[str, Any], namespaces: frozenset[str]) -> SandboxError:
+    if msg.get("event") == "eof":
+        return SandboxError(
+            "the sandbox's setup process exited without reporting why",
+            step="setup",
+            hint="This is a bug in nskernel; please report it with `nskernel doctor` output.",
+        )
+    step = msg.get("step", "setup")
+    if step == "exec":
+        cmd = msg.get("command")
+        code = EXIT_NOT_FOUND if msg.get("errno") == 2 else EXIT_CANNOT_EXECUTE
+        text = f"{cmd}: {msg.get('strerror')} inside the sandbox"
+        err = CommandNotFound(text, step="exec", errno=msg.get("errno"))
+        err.exit_code = code  # type: ignore[attr-defined]
+        return err
+    ns = msg.get("namespace")
+    errno = msg.get("errno")
+    what = f"cannot create the sandbox: {step} failed: {msg.get('strerror')}"
+    hint = doctor.explain_failure(step=step, namespace=ns, errno=errno)
+    return SandboxError(what, step=step, namespace=ns, errno=errno, hint=hint)
+
+
+def _map_error(e: Exception, plan: userns.IdMapPlan) -> SandboxError:
+    detail = getattr(e, "stderr", None) or str(e)
+    hint = doctor.explain_failure(step="uid_map", namespace="user", errno=getattr(e, "errno", None))
+    return SandboxError(
+        f"cannot write the user namespace's id maps ({plan.describe()}): {detail.strip()}",
+        step="write uid_map/gid_map",
+        namespace="user",
+        errno=getattr(e, "errno", None),
+        hint=hint,
+    )

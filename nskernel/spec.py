@@ -103,7 +103,11 @@ class SandboxSpec:
         other namespace types inside a user namespace it owns, so ``user`` is added.
         """
         if privileged is None:
-            privileged = os.geteuid() == 0
+            from ._linux.userns import in_initial_user_namespace
+
+            # Root inside some other user namespace has no privilege over the host's
+            # namespaces; nested sandboxes there still need their own user namespace.
+            privileged = os.geteuid() == 0 and in_initial_user_namespace()
         if not privileged and self.namespaces:
             return self.namespaces | {"user"}
         return self.namespaces

@@ -55,8 +55,30 @@ def _subid_range(path: str, uid: int) -> tuple[int, int] | None:
     return None
 
 
+def in_initial_user_namespace() -> bool:
+    """True in the host's user namespace (its uid_map covers every id)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() == ["0", "0", "4294967295"]
+    except OSError:
+        return True
+
+
+def _identity_of_own_map(which: str) -> tuple[tuple[int, int, int], ...]:
+    with open(f"/proc/self/{which}") as f:
+        rows = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    return tuple((inside, inside, count) for inside, _outside, count in rows)
+
+
 def plan_id_maps(*, map_root_to: int | None = None, use_subids: bool = True) -> IdMapPlan:
     uid, gid = os.geteuid(), os.getegid()
+    if not in_initial_user_namespace():
+        # Nested (e.g. inside the rootless sandbox server's own user namespace): keep
+        # every id the parent namespace has, unchanged, so sandbox root is still the
+        # host user who started it. setgroups is inherited from the parent as it is.
+        return IdMapPlan(
+            _identity_of_own_map("uid_map"), _identity_of_own_map("gid_map"), "direct", False
+        )
     if uid == 0:
         if map_root_to is not None:
             return IdMapPlan(((0, map_root_to, 1),), ((0, map_root_to, 1),), "direct", False)
@@ -99,13 +121,21 @@ def write_id_maps_from_parent(pid: int, plan: IdMapPlan) -> None:
             os.close(fd)
 
 
+def _setgroups_allowed_here() -> bool:
+    try:
+        with open("/proc/self/setgroups") as f:
+            return f.read().strip() == "allow"
+    except OSError:
+        return True
+
+
 def become_root_from_child(*, setgroups_allowed: bool) -> None:
     """Switch to sandbox root after the maps exist.
 
     When the caller was host root, its credentials are still host uid 0 (unmapped
     inside): switching to sandbox root makes them the mapped, unprivileged host uid.
     """
-    if setgroups_allowed:
+    if setgroups_allowed and _setgroups_allowed_here():
         os.setgroups([])
     os.setresgid(0, 0, 0)
     os.setresuid(0, 0, 0)

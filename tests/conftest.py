@@ -1,0 +1,93 @@
+"""Test tiers, capability probes and the end-of-session leak check.
+
+Tiers, by marker:
+- no marker: pure unit tests, or tests that work for any caller;
+- ``root``: needs real root on the host (skipped for other users);
+- ``rootless``: must run as an unprivileged user (skipped as root). CI runs the whole
+  suite twice, as root and as an unprivileged user, so both paths are covered;
+- ``userns``: needs namespaces to be creatable by the caller (probed once).
+
+A capability that is missing turns into a skip whose reason says how to fix the
+machine. With NSKERNEL_MUST_WORK=1 (set by CI) such a skip is a failure instead, so a
+broken machine or a regression cannot hide behind skips.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from tests import leakcheck
+
+MUST_WORK = os.environ.get("NSKERNEL_MUST_WORK") == "1"
+IS_ROOT = os.geteuid() == 0
+
+
+@functools.cache
+def userns_problem() -> str | None:
+    """None if this caller can create all six namespaces, else the reason and fix."""
+    from nskernel import Sandbox, SandboxError, SandboxSpec
+
+    try:
+        sb = Sandbox.spawn(SandboxSpec(), target=lambda: 0)
+    except SandboxError as e:
+        return f"cannot create namespaces here: {e}"
+    code = sb.wait(10)
+    if code != 0:
+        sb.kill()
+        return f"a probe sandbox exited with {code}"
+    return None
+
+
+def require(problem: str | None) -> None:
+    """Skip with ``problem`` as the reason, or fail when CI says it must work."""
+    if problem is None:
+        return
+    if MUST_WORK:
+        pytest.fail(f"NSKERNEL_MUST_WORK=1 but: {problem}", pytrace=False)
+    pytest.skip(problem)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("root") and not IS_ROOT:
+        pytest.skip("needs root: this tier runs when the suite runs as root (CI does both)")
+    if item.get_closest_marker("rootless") and IS_ROOT:
+        pytest.skip("needs an unprivileged caller: CI runs the suite again as one")
+    if item.get_closest_marker("userns"):
+        require(userns_problem())
+
+
+def nskernel_cmd(*args: str) -> list[str]:
+    """The `nskernel` command line, using this interpreter (never a PATH shim)."""
+    return [sys.executable, "-m", "nskernel", *args]
+
+
+@pytest.fixture
+def nsk():
+    """Run `nskernel ARGS...`; returns the CompletedProcess (text mode)."""
+
+    def run(*args: str, timeout: float = 60, **kw: object) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            nskernel_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks():
+    """Fail the session if anything nskernel creates outlives the tests."""
+    tag = uuid.uuid4().hex
+    os.environ[leakcheck.TAG_VAR] = tag
+    before = leakcheck.Snapshot.take()
+    yield
+    problems = leakcheck.leaks(before, tag)
+    if os.environ.get("NSKERNEL_LEAKCHECK_PROCESSES_ONLY") == "1":
+        # For developers running several suites at once: the other checks are global.
+        problems = [p for p in problems if p.startswith("process")]
+    assert not problems, "leaked after the test session:\n  " + "\n  ".join(problems)

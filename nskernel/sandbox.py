@@ -19,7 +19,11 @@ from typing import Any
 
 from . import doctor
 from ._linux import contain, mntns, procfs, syscalls, userns
-from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, CommandNotFound, SandboxError
+from .errors import (
+    EXIT_NOT_FOUND,
+    CommandNotFound,
+    SandboxError,
+)
 from .spec import SandboxSpec
 
 _subreaper_set = False
@@ -106,7 +110,7 @@ class Sandbox:
                 fresh_proc="pid" in namespaces,
                 fresh_sys="net" in namespaces,
                 fresh_mqueue="ipc" in namespaces,
-                binds=tuple((b.source, b.dest, b.readonly) for b in spec.resolved_binds()),
+                binds=tuple((b.source, -1, b.dest, b.readonly) for b in spec.resolved_binds()),
             )
         child_plan = contain.ChildPlan(
             namespaces=namespaces,
@@ -126,6 +130,17 @@ class Sandbox:
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
             _subreaper_set = True
 
+        return cls._spawn(spec, child_plan, plan_maps, namespaces, hostname)
+
+    @classmethod
+    def _spawn(
+        cls,
+        spec: SandboxSpec,
+        child_plan: contain.ChildPlan,
+        plan_maps: userns.IdMapPlan | None,
+        namespaces: frozenset[str],
+        hostname: str | None,
+    ) -> Sandbox:
         pipes = contain.Pipes.create()
         setup_pid = os.fork()
         if setup_pid == 0:
@@ -179,7 +194,9 @@ class Sandbox:
             raise
         finally:
             os.close(pipes.report_r)
-        return cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname)
+        sb = cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname)
+        sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
+        return sb
 
     # ------------------------------------------------------------ facts
 
@@ -333,11 +350,9 @@ def _error_from(msg: dict[str, Any], namespaces: frozenset[str]) -> SandboxError
         )
     step = msg.get("step", "setup")
     if step == "exec":
-        cmd = msg.get("command")
-        code = EXIT_NOT_FOUND if msg.get("errno") == 2 else EXIT_CANNOT_EXECUTE
-        text = f"{cmd}: {msg.get('strerror')} inside the sandbox"
+        text = f"{msg.get('command')}: {msg.get('strerror')} inside the sandbox"
         err = CommandNotFound(text, step="exec", errno=msg.get("errno"))
-        err.exit_code = code  # type: ignore[attr-defined]
+        err.exit_code = msg.get("exit_code", EXIT_NOT_FOUND)  # type: ignore[attr-defined]
         return err
     ns = msg.get("namespace")
     errno = msg.get("errno")

@@ -10,13 +10,15 @@ EINVAL in a process with more than one thread):
 Parent side (launcher)                    Child side
 1. validate the spec (no privileges)
 2. fork ────────────────────────────────► 3. unshare(CLONE_NEWUSER); report "userns"
-4. write setgroups, gid_map, uid_map ───► 5. become sandbox root
-                                          6. unshare each other namespace, one at a time
+4. write setgroups, gid_map, uid_map ───► 5. unshare each other namespace, one at a time
                                              (so a failure names the namespace)
-                                          7. fork init, report its PID, exit
-                                          init: 8. hostname  9. lo up  10. mounts
-                                                11. report "ready", fork the command
-                                          command: 12. reset signals, exec (or run target)
+                                          6. open bind sources (O_PATH), with the caller's
+                                             access rights, in the new mount namespace
+                                          7. become sandbox root
+                                          8. fork init, report its PID, exit
+                                          init: 9. hostname  10. lo up  11. mounts
+                                                12. report "ready", fork the command
+                                          command: 13. reset signals, exec (or run target)
 
 Messages travel child → launcher as JSON lines on the ``report`` pipe (each write is one
 line, under PIPE_BUF, so atomic). The pipe is close-on-exec: EOF after "ready" means the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 
@@ -95,7 +98,7 @@ def _close_fds_except(keep: set[int]) -> None:
 
 
 def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
-    """Steps 3-7. Runs in the forked setup child; returns its exit status."""
+    """Steps 3-8. Runs in the forked setup child; returns its exit status."""
     rep = pipes.report_w
     _close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
     # The setup child must not outlive the launcher while it waits for the maps.
@@ -110,14 +113,9 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
         report(rep, event="userns")
         if os.read(pipes.go_r, 1) != b"g":  # step 4 happens in the launcher
             return 1
-        try:
-            userns.become_root_from_child(setgroups_allowed=plan.setgroups_allowed)  # 5
-        except OSError as e:
-            _fail(rep, "become sandbox root (setresuid/setresgid)", e, "user")
-            return 1
     os.close(pipes.go_r)
 
-    for ns in ORDER_AFTER_USER:  # step 6
+    for ns in ORDER_AFTER_USER:  # step 5
         if ns in plan.namespaces:
             flag = syscalls.NAMESPACE_FLAGS[ns]
             try:
@@ -126,7 +124,21 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
                 _fail(rep, f"unshare(CLONE_NEW{_FLAG_NAMES[ns]})", e, ns)
                 return 1
 
-    pid = os.fork()  # step 7: with CLONE_NEWPID unshared, this child is PID 1
+    if plan.mounts is not None and plan.mounts.binds:
+        try:  # step 6, still with the caller's own access rights
+            plan = dataclasses.replace(plan, mounts=plan.mounts.with_sources_opened())
+        except OSError as e:
+            _fail(rep, f"open bind source {e.filename}", e, "mnt")
+            return 1
+
+    if "user" in plan.namespaces:
+        try:
+            userns.become_root_from_child(setgroups_allowed=plan.setgroups_allowed)  # 7
+        except OSError as e:
+            _fail(rep, "become sandbox root (setresuid/setresgid)", e, "user")
+            return 1
+
+    pid = os.fork()  # step 8: with CLONE_NEWPID unshared, this child is PID 1
     if pid == 0:
         code = 1
         try:
@@ -149,13 +161,13 @@ def _init_main(plan: ChildPlan, pipes: Pipes) -> int:
     try:
         if plan.hostname is not None:
             step = f"sethostname({plan.hostname!r})"
-            utsns.set_hostname_from_child(plan.hostname)  # step 8
+            utsns.set_hostname_from_child(plan.hostname)  # step 9
         if "net" in plan.namespaces:
             step = "bring up lo (ioctl SIOCSIFFLAGS)"
-            netns.bring_up_loopback_from_child()  # step 9
+            netns.bring_up_loopback_from_child()  # step 10
         if plan.mounts is not None:
             step = "mounts"
-            mntns.setup_mounts_from_child(plan.mounts, plan.cwd)  # step 10
+            mntns.setup_mounts_from_child(plan.mounts, plan.cwd)  # step 11
         elif plan.cwd:
             step = f"chdir({plan.cwd!r})"
             os.chdir(plan.cwd)
@@ -167,7 +179,7 @@ def _init_main(plan: ChildPlan, pipes: Pipes) -> int:
         return 1
 
     wake_r, wake_w = init.prepare_signals()
-    report(rep, event="ready")  # step 11
+    report(rep, event="ready")  # step 12
     child = os.fork()
     if child == 0:
         _command_main(plan, pipes, wake_r, wake_w)  # never returns
@@ -176,7 +188,7 @@ def _init_main(plan: ChildPlan, pipes: Pipes) -> int:
 
 
 def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> None:
-    """Step 12: the command. Never returns."""
+    """Step 13: the command. Never returns."""
     rep = pipes.report_w
     code = 1
     try:
@@ -194,26 +206,17 @@ def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> No
             env = plan.env if plan.env is not None else os.environ
             try:
                 os.execvpe(plan.argv[0], list(plan.argv), env)
-            except FileNotFoundError as e:
-                report(
-                    rep,
-                    event="error",
-                    step="exec",
-                    errno=e.errno,
-                    strerror="command not found",
-                    command=plan.argv[0],
-                )
-                code = 127
             except OSError as e:
+                code, why = _exec_failure(plan.argv[0], e, env.get("PATH"))
                 report(
                     rep,
                     event="error",
                     step="exec",
                     errno=e.errno,
-                    strerror=e.strerror,
+                    strerror=why,
                     command=plan.argv[0],
+                    exit_code=code,
                 )
-                code = 126
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
@@ -227,3 +230,16 @@ def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> No
         except Exception:
             pass
         os._exit(code)
+
+
+def _exec_failure(command: str, err: OSError, path: str | None) -> tuple[int, str]:
+    """Exit code and reason, the shell's way: 127 not found, 126 found but not runnable.
+
+    execvp reports EACCES when any PATH entry was unsearchable, even if the command
+    exists nowhere, so "not found" is decided by looking it up ourselves.
+    """
+    if isinstance(err, FileNotFoundError) or (
+        "/" not in command and not shutil.which(command, path=path)
+    ):
+        return 127, "command not found"
+    return 126, err.strerror or str(err)

@@ -10,8 +10,9 @@ new PID namespace). The result:
 - host paths writable only through explicit binds, ``--ro-bind`` read-only.
 
 Hazards: propagation must be made private first, or mounts would leak to the host;
-/tmp is shadowed by the scratch tmpfs we build on, so bind sources are opened as
-O_PATH descriptors before anything is mounted, and bound from /proc/self/fd.
+/tmp is shadowed by the scratch tmpfs we build on, and sandbox root may lack access to
+a source the caller can read, so bind sources arrive as O_PATH descriptors opened
+earlier by the setup child (see ``with_sources_opened``), bound from /proc/self/fd.
 The new root is entered with ``pivot_root(".", ".")`` and the old root detached,
 so nothing of the host's mount tree stays reachable except what is bound in.
 """
@@ -32,7 +33,20 @@ class MountPlan:
     fresh_proc: bool
     fresh_sys: bool
     fresh_mqueue: bool
-    binds: tuple[tuple[str, str, bool], ...]  # (host source, sandbox destination, readonly)
+    # (host source, O_PATH fd on it or -1 until opened, sandbox destination, readonly)
+    binds: tuple[tuple[str, int, str, bool], ...]
+
+    def with_sources_opened(self) -> MountPlan:
+        """Open every bind source as O_PATH, in the new mount namespace.
+
+        Called by the setup child after unshare(CLONE_NEWNS) (a descriptor from the
+        host's mount namespace cannot be bound in the new one) and before it becomes
+        sandbox root (which may be another host uid, without the caller's access).
+        """
+        opened = tuple(
+            (src, os.open(src, os.O_PATH | os.O_CLOEXEC), dst, ro) for src, _, dst, ro in self.binds
+        )
+        return dataclasses.replace(self, binds=opened)
 
 
 class MountStepError(OSError):
@@ -81,8 +95,7 @@ def _tmpfs(target: str, mode: str) -> None:
 
 
 def setup_mounts_from_child(plan: MountPlan, cwd: str | None) -> None:
-    # Open bind sources before the scratch tmpfs shadows /tmp (sources may live there).
-    sources = [(os.open(src, os.O_PATH | os.O_CLOEXEC), dst, ro) for src, dst, ro in plan.binds]
+    sources = [(fd, dst, ro) for _src, fd, dst, ro in plan.binds]
 
     _step("mount(MS_REC|MS_PRIVATE) on /", sc.mount, None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     _step(f"mount(tmpfs) on {_SCRATCH}", _tmpfs, _SCRATCH, "0700")
@@ -133,9 +146,10 @@ def setup_mounts_from_child(plan: MountPlan, cwd: str | None) -> None:
         )
         if ro:
             _step(f"make {dst} read-only", _make_readonly, target)
-        os.close(fd)
 
     os.chdir(r)
     _step("pivot_root", sc.pivot_root, ".", ".")
     _step("detach the old root", sc.umount2, ".", sc.MNT_DETACH)
     os.chdir(cwd if cwd and os.path.isdir(cwd) else "/")
+    for fd, _dst, _ro in sources:
+        os.close(fd)

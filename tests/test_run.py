@@ -1,0 +1,361 @@
+"""`nskernel run` end to end: real namespaces, as whoever runs the suite.
+
+CI runs this file as root and again as an unprivileged user; the assertions that
+differ between the two (who sandbox root is on the host) say so explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nskernel._linux.procfs import namespace_ids
+from tests.conftest import IS_ROOT, nskernel_cmd
+
+pytestmark = pytest.mark.userns
+
+
+def host_pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def start_background(tmp_path, *args: str, **kw) -> tuple[subprocess.Popen, dict]:
+    """Start `nskernel run --status-json ... -- args` and wait until the sandbox exists."""
+    status = tmp_path / "status.json"
+    proc = subprocess.Popen(nskernel_cmd("run", "--status-json", str(status), *args), **kw)
+    wait_for(status.exists, what="the status JSON")
+    return proc, json.loads(status.read_text())
+
+
+# ---------------------------------------------------------------- what's inside
+
+
+def test_all_six_namespaces_inside_view(nsk):
+    script = r"""
+import os, socket, json
+print(json.dumps({
+    "pid": os.getpid(),
+    "hostname": socket.gethostname(),
+    "uid": os.getuid(),
+    "uid_map": open("/proc/self/uid_map").read().split(),
+    "links": sorted(os.listdir("/sys/class/net")),
+    "lo_flags": int(open("/sys/class/net/lo/flags").read(), 16),
+    "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+    "comm1": open("/proc/1/comm").read().strip(),
+}))
+"""
+    r = nsk("run", "--hostname", "box", "--", sys.executable, "-c", script)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    assert seen["hostname"] == "box"
+    assert seen["pid"] == 2  # the command is PID 2, the init is PID 1
+    assert seen["comm1"] == "nskernel-init"
+    assert seen["procs"] == [1, 2]  # a fresh /proc shows only the sandbox
+    assert seen["uid"] == 0
+    assert seen["links"] == ["lo"]
+    assert seen["lo_flags"] & 1  # IFF_UP
+    inside, outside, _count = (int(x) for x in seen["uid_map"][:3])
+    assert inside == 0
+    assert outside != 0, "sandbox root must never be host root"
+    assert outside == (65534 if IS_ROOT else os.getuid())
+    assert socket.gethostname() != "box", "the host's hostname must not change"
+
+
+def test_only_the_namespaces_asked_for(tmp_path):
+    proc, facts = start_background(tmp_path, "--net", "--uts", "--", "sleep", "30")
+    try:
+        host = namespace_ids()
+        ns = facts["namespaces"]
+        assert ns["net"] != host["net"]
+        assert ns["uts"] != host["uts"]
+        for shared in ("pid", "mnt", "ipc", "cgroup"):
+            assert ns[shared] == host[shared], shared
+        # An unprivileged caller needs a user namespace to create the others.
+        assert (ns["user"] == host["user"]) is IS_ROOT
+        assert set(facts["created"]) == ({"net", "uts"} if IS_ROOT else {"net", "uts", "user"})
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 128 + signal.SIGTERM
+
+
+def test_status_json_is_the_facts_feed(tmp_path):
+    proc, facts = start_background(tmp_path, "--hostname", "feed", "--", "sleep", "30")
+    try:
+        init = facts["pid"]
+        assert open(f"/proc/{init}/comm").read().strip() == "nskernel-init"
+        assert facts["hostname"] == "feed"
+        assert facts["namespaces"] == namespace_ids(init)
+        host = namespace_ids()
+        for t in ("pid", "net", "mnt", "uts", "ipc", "user"):
+            assert facts["namespaces"][t] != host[t], t
+        assert facts["namespaces"]["cgroup"] == host["cgroup"]
+        assert facts["uid_map"][0][0] == 0 and facts["uid_map"][0][1] != 0
+        # The host sees the sandbox's processes as the unprivileged mapped uid.
+        with open(f"/proc/{init}/status") as f:
+            uid_line = next(line for line in f if line.startswith("Uid:"))
+        assert int(uid_line.split()[1]) == facts["uid_map"][0][1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_private_tmp_and_read_only_host_root(nsk, tmp_path):
+    marker = f"/tmp/nsk-test-marker-{os.getpid()}"
+    open(marker, "w").close()
+    try:
+        script = (
+            f"test ! -e {marker} && echo private-tmp; "
+            "touch /tmp/inside && echo tmp-writable; "
+            "touch /dev/shm/inside && echo shm-writable; "
+            "touch /usr/nsk-x 2>/dev/null || echo root-readonly"
+        )
+        r = nsk("run", "--", "sh", "-c", script)
+        assert r.stdout.split() == ["private-tmp", "tmp-writable", "shm-writable", "root-readonly"]
+        assert not os.path.exists("/tmp/inside")
+        assert not os.path.exists("/usr/nsk-x")
+    finally:
+        os.unlink(marker)
+
+
+def test_bind_is_writable_and_ro_bind_is_not(nsk, tmp_path):
+    rw = tmp_path / "rw"
+    ro = tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    (ro / "data.txt").write_text("hello\n")
+    for d in (tmp_path, rw, ro):
+        os.chmod(d, 0o777)  # sandbox root is another uid on the host when we are root
+    script = (
+        "echo out > /tmp/rw/result.txt && echo rw-ok; "
+        "cat /tmp/data/data.txt; "
+        "echo x > /tmp/data/new.txt 2>/dev/null || echo ro-refused"
+    )
+    r = nsk(
+        "run", "--bind", f"{rw}:/tmp/rw", "--ro-bind", f"{ro}:/tmp/data", "--", "sh", "-c", script
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["rw-ok", "hello", "ro-refused"]
+    assert (rw / "result.txt").read_text() == "out\n"
+    assert not (ro / "new.txt").exists()
+
+
+def test_bind_without_destination_uses_the_same_path(nsk, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    r = nsk("run", "--bind", str(tmp_path), "--", "sh", "-c", f"echo hi > {tmp_path}/f")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "f").read_text() == "hi\n"
+
+
+def test_missing_bind_destination_fails_before_running(nsk, tmp_path):
+    r = nsk("run", "--bind", f"{tmp_path}:/nonexistent-dir", "--", "sh", "-c", "echo ran")
+    assert r.returncode == 125
+    assert "ran" not in r.stdout
+    assert "does not exist inside the sandbox" in r.stderr
+
+
+def test_nothing_mounted_inside_reaches_the_host(tmp_path):
+    with open("/proc/self/mountinfo") as f:
+        before = f.read()
+    proc, _ = start_background(tmp_path, "--", "sleep", "30")
+    try:
+        with open("/proc/self/mountinfo") as f:
+            assert f.read() == before
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_ipc_objects_are_private(nsk):
+    # A POSIX shared memory object and a System V queue made on the host are invisible inside.
+    shm = f"/dev/shm/nsk-test-{os.getpid()}"
+    open(shm, "w").close()
+    key = subprocess.run(["ipcmk", "-Q"], capture_output=True, text=True, check=True)
+    qid = key.stdout.split()[-1]
+    try:
+        r = nsk("run", "--", "sh", "-c", f"ls /dev/shm; ipcs -q | grep -c '^0x' || true")
+        assert os.path.basename(shm) not in r.stdout
+        assert r.stdout.split()[-1] == "0"
+        host = subprocess.run(["ipcs", "-q"], capture_output=True, text=True).stdout
+        assert qid in host
+    finally:
+        os.unlink(shm)
+        subprocess.run(["ipcrm", "-q", qid], check=True)
+
+
+# ---------------------------------------------------------------- process behaviour
+
+
+def test_stdin_and_stdout_pass_through(nsk):
+    r = nsk("run", "--", "tr", "a-z", "A-Z", input="hello sandbox\n")
+    assert r.stdout == "HELLO SANDBOX\n"
+
+
+@pytest.mark.parametrize(
+    ("script", "code"), [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 137), ("kill -TERM $$", 143)]
+)
+def test_exit_status_is_the_commands(nsk, script, code):
+    assert nsk("run", "--", "sh", "-c", script).returncode == code
+
+
+def test_command_not_found(nsk):
+    r = nsk("run", "--", "no-such-command-xyz")
+    assert r.returncode == 127
+    assert "no-such-command-xyz" in r.stderr and "not found" in r.stderr
+
+
+def test_no_command(nsk):
+    r = nsk("run")
+    assert r.returncode == 2
+    assert "put it after --" in r.stderr
+
+
+def test_invalid_hostname_is_refused_before_anything_runs(nsk):
+    r = nsk("run", "--hostname", "bad_name!", "--", "true")
+    assert r.returncode == 2
+    assert "invalid hostname" in r.stderr
+
+
+def test_sigterm_reaches_the_command(tmp_path):
+    script = "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done"
+    proc, _ = start_background(
+        tmp_path, "--", "sh", "-c", script, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 42
+    assert proc.stdout.read() == "got-term\n"
+
+
+def test_ctrl_c_reaches_the_command_through_the_process_group(tmp_path):
+    script = (
+        "import time, sys\n"
+        "try:\n    print('ready', flush=True)\n    time.sleep(30)\nexcept KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True); sys.exit(3)\n"
+    )
+    proc, _ = start_background(
+        tmp_path,
+        "--",
+        sys.executable,
+        "-c",
+        script,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout.readline() == "ready\n"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C (and jupyter_client) does
+    assert proc.wait(10) == 3
+    assert proc.stdout.read() == "interrupted\n"
+
+
+def test_lifeline_sigkill_of_nskernel_kills_the_whole_sandbox(tmp_path):
+    proc, facts = start_background(tmp_path, "--", "sh", "-c", "sleep 1000 & sleep 1000 & wait")
+    init = facts["pid"]
+    with open(f"/proc/{init}/task/{init}/children") as f:
+        shell = int(f.read().split()[0])
+    wait_for(
+        lambda: len(open(f"/proc/{shell}/task/{shell}/children").read().split()) == 2,
+        what="the two sleeps",
+    )
+    sleeps = [int(x) for x in open(f"/proc/{shell}/task/{shell}/children").read().split()]
+    proc.kill()
+    proc.wait(10)
+    for pid in (init, shell, *sleeps):
+        wait_for(lambda pid=pid: not host_pid_alive(pid), what=f"process {pid} to die")
+
+
+def test_init_reaps_orphaned_zombies(nsk):
+    script = r"""
+import os, time
+for _ in range(5):
+    if os.fork() == 0:           # a child that forks a grandchild and exits at once:
+        if os.fork() == 0:       # the grandchild is orphaned, re-parented to PID 1,
+            os._exit(0)          # and exits: only PID 1 can reap it
+        os._exit(0)
+    os.wait()
+time.sleep(0.5)
+states = [open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]
+          for p in os.listdir("/proc") if p.isdigit()]
+print("zombies", states.count("Z"), "procs", len(states))
+"""
+    r = nsk("run", "--", sys.executable, "-c", script)
+    assert r.stdout.split() == ["zombies", "0", "procs", "2"], r.stderr
+
+
+def test_without_pid_namespace_orphans_still_die_with_the_sandbox(tmp_path):
+    proc, facts = start_background(
+        tmp_path, "--net", "--", "sh", "-c", "(sleep 1000 &); sleep 1000"
+    )
+    init = facts["pid"]
+    wait_for(lambda: len(_descendants(init)) >= 2, what="the orphaned sleep")
+    victims = _descendants(init)
+    proc.kill()  # SIGKILL of the launcher: the lifeline closes
+    proc.wait(10)
+    for pid in (init, *victims):
+        wait_for(lambda pid=pid: not host_pid_alive(pid), what=f"process {pid} to die")
+
+
+def _descendants(pid: int) -> list[int]:
+    out, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            kids = [int(x) for x in open(f"/proc/{p}/task/{p}/children").read().split()]
+        except OSError:
+            continue
+        out += kids
+        stack += kids
+    return out
+
+
+# ---------------------------------------------------------------- the Python API
+
+
+def test_python_api_spawn_target_and_facts():
+    from nskernel import Sandbox, SandboxSpec
+
+    r, w = os.pipe()
+
+    def target() -> int:
+        os.write(w, f"{os.getpid()} {socket.gethostname()}".encode())
+        return 5
+
+    sb = Sandbox.spawn(SandboxSpec(hostname="api"), target=target, pass_fds=[w])
+    os.close(w)
+    try:
+        assert os.read(r, 100).decode() == "2 api"
+        assert sb.wait(10) == 5
+        assert sb.facts()["hostname"] == "api"
+    finally:
+        os.close(r)
+        sb.kill()
+
+
+def test_python_api_kill_destroys_a_running_sandbox():
+    from nskernel import Sandbox, SandboxSpec
+
+    sb = Sandbox.spawn(SandboxSpec(), ["sleep", "1000"])
+    init = sb.pid
+    assert host_pid_alive(init)
+    sb.kill()
+    assert not host_pid_alive(init)
+    assert sb.returncode == 128 + signal.SIGKILL

@@ -1,0 +1,705 @@
+"""Facts about a place — the host or one sandbox — as plain, JSON-ready data.
+
+The widgets, ``%sandbox inspect`` and the sandboxed kernel all show the same thing: for
+each place, its hostname, interfaces, PID table, id maps, namespace ids and limits. This
+module is the one schema for that, and the code that reads it from Linux.
+
+Constraint: :func:`gather_here` runs *inside* sandboxes (from a forked child of the
+sandbox server, or in the sandboxed kernel), so this module imports only the standard
+library — no IPython, ipywidgets or pyroute2 — and reads everything from /proc, /sys and
+two ioctls. It must also be cheap: the kernel launcher calls :func:`capture_host_facts`
+before every kernel start (budget: 50 ms).
+
+Hazard: the host and a sandbox see different things. From inside, ``NSpid`` in a fresh
+/proc shows only the inner PID, so host PIDs are unknown; from the host, another UTS
+namespace's hostname cannot be read at all, and an interface's UP/DOWN state is only
+readable through the sandbox's own /sys. Whatever a side cannot know is left ``None`` and
+explained in ``errors`` (a section name → why), never guessed and never raised.
+
+Schema (``SCHEMA_VERSION`` 1)::
+
+    {
+      "schema": 1, "name": "host", "kind": "host" | "sandbox", "alive": true,
+      "gathered_at": 1700000000.0,          # time.time()
+      "seen_from": "inside" | "host",       # who read these facts
+      "host_pid": 1234 | null,              # sandboxes: host PID of the sandbox's init
+      "hostname": "nsk-1a2b3c" | null,
+      "interfaces": [{"name": "lo", "state": "UP" | "DOWN" | null,
+                      "addresses": ["127.0.0.1/8", "::1/128"]}],
+      "processes": [{"pid": 1, "host_pid": 1234 | null, "uid": 0, "user": "root",
+                     "command": "nskernel-init"}],
+      "uid_map": [[0, 1000, 1]], "gid_map": [[0, 1000, 1]],
+      "namespaces": {"pid": 4026532290, "net": ..., "mnt": ..., "uts": ...,
+                     "ipc": ..., "user": ..., "cgroup": ...},
+      "created": ["pid", "net", ...] | null,  # namespace types the sandbox made itself
+      "limits": {"memory": "512 MiB (cgroup v1)"},
+      "errors": {"hostname": "why it is unknown", "namespace.net": "why unavailable"}
+    }
+
+Process tables list user processes only: kernel threads (children of ``kthreadd``) are
+left out of the host's table, as they never belong to a sandbox.
+"""
+
+from __future__ import annotations
+
+import array
+import fcntl
+import json
+import os
+import pwd
+import socket
+import struct
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: Namespace types a place reports, in display order.
+NS_TYPES: tuple[str, ...] = ("pid", "net", "mnt", "uts", "ipc", "user", "cgroup")
+
+#: The environment variable the kernel launcher sets to the captured host facts file.
+HOST_FACTS_ENV = "NSKERNEL_HOST_FACTS"
+
+Facts = dict[str, Any]
+
+
+class FactsError(Exception):
+    """Facts could not be read or loaded; the message says which file and what to do."""
+
+
+# ------------------------------------------------------------------ the schema
+
+
+def empty_facts(name: str, kind: str, *, seen_from: str = "inside") -> Facts:
+    """A facts dict with every section present and nothing known yet."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "name": name,
+        "kind": kind,
+        "alive": True,
+        "gathered_at": time.time(),
+        "seen_from": seen_from,
+        "host_pid": None,
+        "hostname": None,
+        "interfaces": [],
+        "processes": [],
+        "uid_map": [],
+        "gid_map": [],
+        "namespaces": {},
+        "created": None,
+        "limits": {},
+        "errors": {},
+    }
+
+
+def exited_facts(name: str, *, host_pid: int | None = None, why: str = "") -> Facts:
+    """The facts of a sandbox that is gone: ``alive`` is False and ``errors`` says so."""
+    f = empty_facts(name, "sandbox", seen_from="host")
+    f["alive"] = False
+    f["host_pid"] = host_pid
+    f["errors"]["alive"] = why or "the sandbox has exited"
+    return f
+
+
+def normalize(facts: Mapping[str, Any]) -> Facts:
+    """Fill in missing sections so renderers never meet a KeyError (e.g. older JSON)."""
+    base = empty_facts(str(facts.get("name") or "?"), str(facts.get("kind") or "sandbox"))
+    base.update({k: v for k, v in facts.items() if v is not None or k in base})
+    for key in ("interfaces", "processes", "uid_map", "gid_map"):
+        base[key] = list(base.get(key) or [])
+    for key in ("namespaces", "limits", "errors"):
+        base[key] = dict(base.get(key) or {})
+    return base
+
+
+# ------------------------------------------------------------------ small readers
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
+    return f"{type(e).__name__}: {e}"
+
+
+def _status(pid: int | str) -> dict[str, str]:
+    """``/proc/PID/status`` as a dict of its first-column keys."""
+    out: dict[str, str] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.strip()
+    return out
+
+
+def _id_map(pid: int | str, which: str) -> list[list[int]]:
+    with open(f"/proc/{pid}/{which}") as f:
+        return [[int(x) for x in line.split()] for line in f if line.strip()]
+
+
+def _namespaces(pid: int | str, facts: Facts) -> None:
+    for t in NS_TYPES:
+        try:
+            facts["namespaces"][t] = os.stat(f"/proc/{pid}/ns/{t}").st_ino
+        except FileNotFoundError:
+            facts["errors"][f"namespace.{t}"] = (
+                f"this kernel has no {t} namespaces (no /proc/{pid}/ns/{t})"
+            )
+        except OSError as e:
+            facts["errors"][f"namespace.{t}"] = f"cannot read /proc/{pid}/ns/{t}: {_why(e)}"
+
+
+_user_names: dict[int, str] = {}
+
+
+def _user_name(uid: int) -> str:
+    if uid not in _user_names:
+        try:
+            _user_names[uid] = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            _user_names[uid] = str(uid)
+    return _user_names[uid]
+
+
+def _map_to_inside(host_id: int, id_map: Iterable[Iterable[int]]) -> int | None:
+    """The id inside a user namespace for a host id, through its ``uid_map``."""
+    for inside, outside, count in id_map:
+        if outside <= host_id < outside + count:
+            return inside + host_id - outside
+    return None
+
+
+# ------------------------------------------------------------------ processes
+
+
+class _Proc:
+    __slots__ = ("command", "nspid", "pid", "ppid", "uid")
+
+    def __init__(self, pid: int) -> None:
+        st = _status(pid)
+        self.pid = pid
+        self.ppid = int(st.get("PPid", "0") or 0)
+        self.uid = int(st.get("Uid", "0").split()[0])
+        self.nspid = [int(x) for x in st.get("NSpid", str(pid)).split()]
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+        args = raw.rstrip(b"\0").split(b"\0") if raw else []
+        name = st.get("Name", "?")
+        self.command = " ".join(a.decode(errors="replace") for a in args) or f"[{name}]"
+        self.command = self.command[:200]
+
+    @property
+    def kernel_thread(self) -> bool:
+        return self.command.startswith("[") and (self.ppid == 2 or self.pid == 2)
+
+
+def _scan_processes() -> list[_Proc]:
+    procs = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            procs.append(_Proc(int(name)))
+        except (OSError, ValueError):
+            continue  # it exited while we looked
+    return [p for p in procs if not p.kernel_thread]
+
+
+def _pid_ns(pid: int | str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _processes_here(facts: Facts) -> None:
+    """The PID table of the caller's PID namespace, with PIDs as the caller sees them."""
+    # NSpid's leftmost entry is relative to the PID namespace that mounted this /proc.
+    # With a fresh /proc (the normal sandbox) that is ours: depth 0, host PIDs unknown.
+    # A sandbox with a PID namespace but the host's /proc has depth > 0.
+    me = _status("self")
+    depth = len(me.get("NSpid", "").split() or ["x"]) - 1
+    my_ns = _pid_ns("self")
+    rows = []
+    for p in _scan_processes():
+        if len(p.nspid) <= depth:
+            continue  # lives in an outer PID namespace: invisible from here
+        if depth and _pid_ns(p.pid) != my_ns:
+            continue
+        rows.append(
+            {
+                "pid": p.nspid[depth],
+                "host_pid": p.nspid[0] if (depth or facts["kind"] == "host") else None,
+                "uid": p.uid,
+                "user": _user_name(p.uid),
+                "command": p.command,
+            }
+        )
+    rows.sort(key=lambda r: r["pid"])
+    facts["processes"] = rows
+    if facts["kind"] == "sandbox" and not depth:
+        facts["errors"]["host_pids"] = (
+            "host PIDs are not visible from inside a PID namespace with its own /proc"
+        )
+
+
+def sandbox_processes_from_host(
+    init_pid: int, id_map: list[list[int]] | None = None
+) -> list[Facts]:
+    """The PID table of the sandbox whose init has host PID ``init_pid``, read on the host.
+
+    A process belongs to the sandbox when it descends from the init (this includes
+    nested PID namespaces) or lives in the init's PID namespace. ``pid`` is the PID
+    inside the sandbox's namespace; ``uid``/``user`` are as seen inside when ``id_map``
+    (the sandbox's ``uid_map``) is given, with ``host_uid`` alongside.
+    """
+    procs = _scan_processes()
+    by_pid = {p.pid: p for p in procs}
+    init = by_pid.get(init_pid)
+    if init is None:
+        return []
+    level = len(init.nspid) - 1
+    init_ns = _pid_ns(init_pid)
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p.pid)
+    members = set()
+    todo = [init_pid]
+    while todo:
+        pid = todo.pop()
+        if pid not in members:
+            members.add(pid)
+            todo.extend(children.get(pid, ()))
+    if init_ns is not None and level > 0:
+        members |= {p.pid for p in procs if len(p.nspid) > level and _pid_ns(p.pid) == init_ns}
+    rows = []
+    for pid in members:
+        p = by_pid[pid]
+        if len(p.nspid) <= level:
+            continue
+        inside_uid = _map_to_inside(p.uid, id_map) if id_map else p.uid
+        rows.append(
+            {
+                "pid": p.nspid[level],
+                "host_pid": p.pid,
+                "uid": inside_uid,
+                "user": _user_name(inside_uid) if inside_uid is not None else "?",
+                "host_uid": p.uid,
+                "command": p.command,
+            }
+        )
+    rows.sort(key=lambda r: r["pid"])
+    return rows
+
+
+# ------------------------------------------------------------------ interfaces
+
+_SIOCGIFFLAGS = 0x8913
+_SIOCGIFCONF = 0x8912
+_SIOCGIFNETMASK = 0x891B
+_IFF_UP = 0x1
+_IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16-byte name + 24-byte union
+
+
+def _dev_names(net_dir: str) -> list[str]:
+    names = []
+    for line in _read(f"{net_dir}/dev").splitlines()[2:]:
+        name = line.split(":", 1)[0].strip()
+        if name:
+            names.append(name)
+    return names
+
+
+def _ipv6_addresses(net_dir: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    try:
+        text = _read(f"{net_dir}/if_inet6")
+    except FileNotFoundError:
+        return out  # IPv6 disabled
+    for line in text.splitlines():
+        hexaddr, _idx, plen, _scope, _flags, dev = line.split()
+        addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
+        out.setdefault(dev, []).append(f"{addr}/{int(plen, 16)}")
+    return out
+
+
+def _ipv4_addresses_ioctl() -> dict[str, list[str]]:
+    """IPv4 addresses of the caller's network namespace (``SIOCGIFCONF``)."""
+    out: dict[str, list[str]] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        size = 64 * _IFREQ_SIZE
+        while True:
+            buf = array.array("B", b"\0" * size)
+            addr, _ = buf.buffer_info()
+            ifconf = struct.pack("iL", size, addr)
+            used = struct.unpack("iL", fcntl.ioctl(s, _SIOCGIFCONF, ifconf))[0]
+            if used < size:
+                break
+            size *= 2
+        data = buf.tobytes()[:used]
+        for off in range(0, used, _IFREQ_SIZE):
+            name = data[off : off + 16].split(b"\0", 1)[0]
+            ip = socket.inet_ntoa(data[off + 20 : off + 24])
+            req = struct.pack("16s24x", name)
+            try:
+                mask = fcntl.ioctl(s, _SIOCGIFNETMASK, req)[20:24]
+                plen = bin(int.from_bytes(mask, "big")).count("1")
+            except OSError:
+                plen = 32
+            dev = name.decode().split(":", 1)[0]  # "eth0:1" labels an extra address
+            out.setdefault(dev, []).append(f"{ip}/{plen}")
+    return out
+
+
+def _flags_ioctl(name: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH22x", name.encode(), 0)
+        return struct.unpack("16sH22x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
+
+
+def _ipv4_addresses_procfs(net_dir: str) -> dict[str, list[str]]:
+    """IPv4 addresses of another network namespace, from its /proc/PID/net.
+
+    ``fib_trie`` lists the local addresses (``/32 host LOCAL``) but not their interface;
+    the interface and prefix come from the connected route in ``route`` that contains
+    the address. Loopback addresses have no such route: they belong to ``lo`` as /8.
+    Only addresses of interfaces that are UP are in the FIB.
+    """
+    local: list[str] = []
+    last_ip = ""
+    section = ""
+    for line in _read(f"{net_dir}/fib_trie").splitlines():
+        if not line.startswith(" "):
+            section = line.strip(": ")
+            continue
+        if section != "Local":
+            continue
+        stripped = line.strip()
+        if stripped.startswith("|--"):
+            last_ip = stripped[3:].strip()
+        elif stripped.startswith("/32 host LOCAL") and last_ip not in local:
+            local.append(last_ip)
+    routes = []
+    for line in _read(f"{net_dir}/route").splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 8:
+            continue
+        dest = int.from_bytes(bytes.fromhex(cols[1]), "little")
+        mask = int.from_bytes(bytes.fromhex(cols[7]), "little")
+        gateway = int(cols[2], 16)
+        if mask and not gateway:
+            routes.append((cols[0], dest, mask))
+    out: dict[str, list[str]] = {}
+    for ip in local:
+        n = int.from_bytes(socket.inet_aton(ip), "big")
+        if ip.startswith("127."):
+            out.setdefault("lo", []).append(f"{ip}/8")
+            continue
+        best = None
+        for dev, dest, mask in routes:
+            dest_be = int.from_bytes(dest.to_bytes(4, "little"), "big")
+            mask_be = int.from_bytes(mask.to_bytes(4, "little"), "big")
+            if n & mask_be == dest_be and (best is None or mask_be > best[1]):
+                best = (dev, mask_be)
+        if best:
+            out.setdefault(best[0], []).append(f"{ip}/{bin(best[1]).count('1')}")
+        else:
+            out.setdefault("?", []).append(f"{ip}/32")
+    return out
+
+
+def _interfaces_here(facts: Facts) -> None:
+    try:
+        names = _dev_names("/proc/self/net")
+        v4 = _ipv4_addresses_ioctl()
+        v6 = _ipv6_addresses("/proc/self/net")
+    except OSError as e:
+        facts["errors"]["interfaces"] = f"cannot read the network interfaces: {_why(e)}"
+        return
+    rows = []
+    for name in names:
+        try:
+            state: str | None = "UP" if _flags_ioctl(name) & _IFF_UP else "DOWN"
+        except OSError:
+            state = None
+        rows.append(
+            {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
+        )
+    facts["interfaces"] = _sorted_interfaces(rows)
+
+
+def _sorted_interfaces(rows: list[Facts]) -> list[Facts]:
+    return sorted(rows, key=lambda r: (r["name"] != "lo", r["name"]))
+
+
+def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) -> None:
+    net_dir = f"/proc/{pid}/net"
+    try:
+        names = _dev_names(net_dir)
+        v4 = _ipv4_addresses_procfs(net_dir)
+        v6 = _ipv6_addresses(net_dir)
+    except OSError as e:
+        facts["errors"]["interfaces"] = f"cannot read {net_dir}: {_why(e)}"
+        return
+    own_net = facts["namespaces"].get("net") != host_ns.get("net")
+    own_mnt = facts["namespaces"].get("mnt") != host_ns.get("mnt")
+    rows = []
+    unknown_state = False
+    for name in names:
+        state: str | None = None
+        if not own_net:
+            try:
+                state = "UP" if _flags_ioctl(name) & _IFF_UP else "DOWN"
+            except OSError:
+                pass
+        elif own_mnt:
+            # The sandbox's own /sys (mounted inside its network namespace) shows its links.
+            try:
+                flags = int(_read(f"/proc/{pid}/root/sys/class/net/{name}/flags"), 16)
+                state = "UP" if flags & _IFF_UP else "DOWN"
+            except (OSError, ValueError):
+                pass
+        unknown_state |= state is None
+        rows.append(
+            {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
+        )
+    facts["interfaces"] = _sorted_interfaces(rows)
+    if unknown_state:
+        facts["errors"]["interface_state"] = (
+            "the host can read UP/DOWN of a sandbox's interfaces only through the sandbox's "
+            "own /sys (a sandbox with --net and --mnt)"
+        )
+
+
+# ------------------------------------------------------------------ limits
+
+
+def _cgroup_limits(pid: int | str) -> dict[str, str]:
+    """Limits of the cgroups ``pid`` is in, where any is set (v2 and v1 controllers)."""
+    out: dict[str, str] = {}
+    try:
+        lines = _read(f"/proc/{pid}/cgroup").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if not controllers:
+            base = f"/sys/fs/cgroup/unified{path}"
+            if not os.path.isdir(base):
+                base = f"/sys/fs/cgroup{path}"
+            checks = [
+                ("pids", "pids.max", "cgroup v2"),
+                ("memory", "memory.max", "cgroup v2"),
+                ("cpu", "cpu.max", "cgroup v2"),
+            ]
+        else:
+            ctl = controllers.split(",")[0]
+            base = f"/sys/fs/cgroup/{ctl}{path}"
+            checks = {
+                "memory": [("memory", "memory.limit_in_bytes", "cgroup v1")],
+                "pids": [("pids", "pids.max", "cgroup v1")],
+            }.get(ctl, [])
+        for key, fname, how in checks:
+            try:
+                value = _read(f"{base}/{fname}").strip()
+            except OSError:
+                continue
+            if key in out or value.startswith("max") or not value:
+                continue
+            if key == "memory":
+                n = int(value)
+                if n >= 1 << 60:  # v1 writes "unlimited" as a page-rounded LONG_MAX
+                    continue
+                value = f"{n / (1 << 20):.0f} MiB"
+            elif key == "cpu":
+                quota, period = value.split()
+                value = f"{int(quota) / int(period):.2f} CPUs"
+            out[key] = f"{value} ({how})"
+    return out
+
+
+# ------------------------------------------------------------------ public API
+
+
+def gather_here(name: str | None = None, kind: str | None = None) -> Facts:
+    """Facts of the namespaces the calling process is in, read from inside.
+
+    ``kind`` defaults to "sandbox" when the launcher left captured host facts
+    (``NSKERNEL_HOST_FACTS``) whose namespaces differ from ours, else "host"; ``name``
+    defaults to "host" for the host and the hostname for a sandbox.
+    """
+    if kind is None:
+        kind = "host"
+        path = os.environ.get(HOST_FACTS_ENV)
+        if path:
+            try:
+                host_ns = json.loads(_read(path)).get("namespaces", {})
+                if host_ns and host_ns != _own_namespace_ids():
+                    kind = "sandbox"
+            except (OSError, ValueError):
+                kind = "sandbox"
+    hostname = socket.gethostname()
+    facts = empty_facts(name or ("host" if kind == "host" else hostname), kind)
+    facts["hostname"] = hostname
+    _namespaces("self", facts)
+    for which in ("uid_map", "gid_map"):
+        try:
+            facts[which] = _id_map("self", which)
+        except OSError as e:
+            facts["errors"][which] = f"cannot read /proc/self/{which}: {_why(e)}"
+    _interfaces_here(facts)
+    try:
+        _processes_here(facts)
+    except OSError as e:
+        facts["errors"]["processes"] = f"cannot read the process table: {_why(e)}"
+    facts["limits"] = _cgroup_limits("self")
+    if kind == "host":
+        facts["host_pid"] = None
+    return facts
+
+
+def _own_namespace_ids() -> dict[str, int]:
+    ids = {}
+    for t in NS_TYPES:
+        try:
+            ids[t] = os.stat(f"/proc/self/ns/{t}").st_ino
+        except OSError:
+            pass
+    return ids
+
+
+def host_facts() -> Facts:
+    """Facts of the host: the namespaces this (host-side) process is in."""
+    return gather_here(name="host", kind="host")
+
+
+def sandbox_facts_from_host(
+    pid: int,
+    *,
+    name: str | None = None,
+    hostname: str | None = None,
+    created: Iterable[str] | None = None,
+    limits: Mapping[str, str] | None = None,
+    host: Mapping[str, Any] | None = None,
+) -> Facts:
+    """What the host can read about the sandbox whose init has host PID ``pid``.
+
+    ``hostname`` and ``created`` are what the launcher knows (``Sandbox.hostname``,
+    ``Sandbox.namespaces``): the host cannot read another UTS namespace's hostname.
+    ``host`` (host facts) tells which namespaces are shared; default: the caller's.
+    A sandbox that has exited yields :func:`exited_facts`, not an exception.
+    """
+    label = name or hostname or f"sandbox {pid}"
+    try:
+        st = _status(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return exited_facts(label, host_pid=pid, why=f"the sandbox has exited (PID {pid} is gone)")
+    if st.get("State", "").startswith(("Z", "X")):
+        return exited_facts(label, host_pid=pid, why="the sandbox has exited")
+    facts = empty_facts(label, "sandbox", seen_from="host")
+    facts["host_pid"] = pid
+    facts["created"] = sorted(created) if created is not None else None
+    _namespaces(pid, facts)
+    host_ns = dict(host["namespaces"]) if host else _own_namespace_ids()
+    if facts["namespaces"].get("uts") == host_ns.get("uts"):
+        facts["hostname"] = socket.gethostname()
+    else:
+        facts["hostname"] = hostname
+        if hostname is None:
+            facts["errors"]["hostname"] = (
+                "the host cannot read another UTS namespace's hostname; pass the one the "
+                "sandbox was created with"
+            )
+    for which in ("uid_map", "gid_map"):
+        try:
+            facts[which] = _id_map(pid, which)
+        except OSError as e:
+            facts["errors"][which] = f"cannot read /proc/{pid}/{which}: {_why(e)}"
+    _interfaces_from_host(pid, facts, host_ns)
+    try:
+        facts["processes"] = sandbox_processes_from_host(pid, facts["uid_map"] or None)
+    except OSError as e:
+        facts["errors"]["processes"] = f"cannot read the process table: {_why(e)}"
+    facts["limits"] = dict(limits) if limits is not None else _cgroup_limits(pid)
+    if not os.path.exists(f"/proc/{pid}"):
+        return exited_facts(label, host_pid=pid, why="the sandbox exited while being read")
+    return facts
+
+
+def mark_sandbox_processes(host: Facts, *sandboxes: Mapping[str, Any]) -> Facts:
+    """Label the host's processes that belong to a sandbox: ``row["sandbox"] = name``.
+
+    Matching is by host PID, so it needs sandbox facts with host PIDs (read from the
+    host). Returns ``host`` (changed in place) for chaining.
+    """
+    owner: dict[int, str] = {}
+    for sb in sandboxes:
+        for row in sb.get("processes") or ():
+            if row.get("host_pid") is not None:
+                owner[int(row["host_pid"])] = str(sb.get("name"))
+        if sb.get("host_pid") is not None:
+            owner.setdefault(int(sb["host_pid"]), str(sb.get("name")))
+    for row in host.get("processes") or ():
+        hp = row.get("host_pid", row.get("pid"))
+        if hp in owner:
+            row["sandbox"] = owner[hp]
+        else:
+            row.pop("sandbox", None)
+    return host
+
+
+def shared_namespaces(place: Mapping[str, Any], host: Mapping[str, Any]) -> dict[str, str]:
+    """Per namespace type: "own" (differs from the host), "shared", or "unknown"."""
+    out = {}
+    mine, theirs = place.get("namespaces") or {}, host.get("namespaces") or {}
+    for t in NS_TYPES:
+        if t not in mine or t not in theirs:
+            out[t] = "unknown"
+        else:
+            out[t] = "shared" if mine[t] == theirs[t] else "own"
+    return out
+
+
+def capture_host_facts(path: str) -> Facts:
+    """Write the host's facts to ``path`` (atomically, 0600) for the sandboxed kernel.
+
+    Called by the kernel launcher before it creates the sandbox; the kernel then finds
+    the file through ``NSKERNEL_HOST_FACTS``. The path must be visible inside the
+    sandbox at the same place (e.g. next to the connection file).
+    """
+    facts = host_facts()
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(facts, f)
+    os.replace(tmp, path)
+    return facts
+
+
+def load_host_facts_captured_at_launch() -> Facts:
+    """The host facts the launcher captured before creating this kernel's sandbox."""
+    path = os.environ.get(HOST_FACTS_ENV)
+    if not path:
+        msg = (
+            f"no host facts: {HOST_FACTS_ENV} is not set. Only the sandboxed kernel "
+            "('Python 3 (sandboxed)') has them; elsewhere pass host facts explicitly"
+        )
+        raise FactsError(msg)
+    try:
+        facts = json.loads(_read(path))
+    except OSError as e:
+        msg = f"cannot read the host facts captured at launch ({path}): {_why(e)}"
+        raise FactsError(msg) from e
+    except ValueError as e:
+        msg = f"the host facts file {path} is not valid JSON ({e}); restart the kernel"
+        raise FactsError(msg) from e
+    return normalize(facts)
+
+
+def to_json(facts: Mapping[str, Any]) -> str:
+    return json.dumps(facts, sort_keys=True)

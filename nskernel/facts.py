@@ -217,7 +217,7 @@ def _pid_ns(pid: int | str) -> int | None:
         return None
 
 
-def _processes_here(facts: Facts) -> None:
+def _processes_here(facts: Facts, host_namespaces: Mapping[str, int] | None) -> None:
     """The PID table of the caller's PID namespace, with PIDs as the caller sees them."""
     # NSpid's leftmost entry is relative to the PID namespace that mounted this /proc.
     # With a fresh /proc (the normal sandbox) that is ours: depth 0, host PIDs unknown.
@@ -225,6 +225,9 @@ def _processes_here(facts: Facts) -> None:
     me = _status("self")
     depth = len(me.get("NSpid", "").split() or ["x"]) - 1
     my_ns = _pid_ns("self")
+    hosts_pid_ns = facts["kind"] == "host" or bool(
+        host_namespaces and host_namespaces.get("pid") == my_ns
+    )
     rows = []
     for p in _scan_processes():
         if len(p.nspid) <= depth:
@@ -234,7 +237,7 @@ def _processes_here(facts: Facts) -> None:
         rows.append(
             {
                 "pid": p.nspid[depth],
-                "host_pid": p.nspid[0] if (depth or facts["kind"] == "host") else None,
+                "host_pid": p.nspid[0] if (depth or hosts_pid_ns) else None,
                 "uid": p.uid,
                 "user": _user_name(p.uid),
                 "command": p.command,
@@ -242,7 +245,7 @@ def _processes_here(facts: Facts) -> None:
         )
     rows.sort(key=lambda r: r["pid"])
     facts["processes"] = rows
-    if facts["kind"] == "sandbox" and not depth:
+    if not depth and not hosts_pid_ns:
         facts["errors"]["host_pids"] = (
             "host PIDs are not visible from inside a PID namespace with its own /proc"
         )
@@ -526,23 +529,29 @@ def _cgroup_limits(pid: int | str) -> dict[str, str]:
 # ------------------------------------------------------------------ public API
 
 
-def gather_here(name: str | None = None, kind: str | None = None) -> Facts:
+def gather_here(
+    name: str | None = None,
+    kind: str | None = None,
+    *,
+    host_namespaces: Mapping[str, int] | None = None,
+) -> Facts:
     """Facts of the namespaces the calling process is in, read from inside.
 
-    ``kind`` defaults to "sandbox" when the launcher left captured host facts
-    (``NSKERNEL_HOST_FACTS``) whose namespaces differ from ours, else "host"; ``name``
-    defaults to "host" for the host and the hostname for a sandbox.
+    ``host_namespaces`` (the host's namespace ids) tells whether this PID namespace is
+    the host's, so PIDs are host PIDs too; it defaults to those in the host facts the
+    launcher left (``NSKERNEL_HOST_FACTS``). ``kind`` defaults to "sandbox" when those
+    differ from ours, else "host"; ``name`` defaults to "host" for the host and to the
+    hostname for a sandbox.
     """
-    if kind is None:
-        kind = "host"
+    if host_namespaces is None:
         path = os.environ.get(HOST_FACTS_ENV)
         if path:
             try:
-                host_ns = json.loads(_read(path)).get("namespaces", {})
-                if host_ns and host_ns != _own_namespace_ids():
-                    kind = "sandbox"
+                host_namespaces = json.loads(_read(path)).get("namespaces") or None
             except (OSError, ValueError):
-                kind = "sandbox"
+                host_namespaces = None
+    if kind is None:
+        kind = "sandbox" if host_namespaces and host_namespaces != _own_namespace_ids() else "host"
     hostname = socket.gethostname()
     facts = empty_facts(name or ("host" if kind == "host" else hostname), kind)
     facts["hostname"] = hostname
@@ -554,7 +563,7 @@ def gather_here(name: str | None = None, kind: str | None = None) -> Facts:
             facts["errors"][which] = f"cannot read /proc/self/{which}: {_why(e)}"
     _interfaces_here(facts)
     try:
-        _processes_here(facts)
+        _processes_here(facts, host_namespaces)
     except OSError as e:
         facts["errors"]["processes"] = f"cannot read the process table: {_why(e)}"
     facts["limits"] = _cgroup_limits("self")

@@ -170,15 +170,18 @@ class Sandbox:
             os.close(pipes.go_w)
             pipes.go_w = -1
 
-            msg = reader.next()
-            if msg.get("event") != "init":
-                raise _error_from(msg, namespaces)
-            init_pid = int(msg["pid"])
-            os.waitpid(setup_pid, 0)
-            setup_pid = 0
-            msg = reader.next()
-            if msg.get("event") != "ready":
-                raise _error_from(msg, namespaces)
+            # "init" (from the setup child) and "ready" (from init itself) come from two
+            # processes, so they may arrive in either order.
+            seen: dict[str, dict[str, Any]] = {}
+            while not ("init" in seen and "ready" in seen):
+                msg = reader.next()
+                if msg.get("event") not in ("init", "ready"):
+                    raise _error_from(msg, namespaces)
+                seen[msg["event"]] = msg
+                if msg["event"] == "init":
+                    init_pid = int(msg["pid"])
+                    os.waitpid(setup_pid, 0)  # init is now re-parented to us
+                    setup_pid = 0
             # EOF now means exec succeeded (the pipe is close-on-exec) or target started.
             msg = reader.next()
             if msg.get("event") == "error":

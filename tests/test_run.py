@@ -191,7 +191,7 @@ def test_ipc_objects_are_private(nsk):
     key = subprocess.run(["ipcmk", "-Q"], capture_output=True, text=True, check=True)
     qid = key.stdout.split()[-1]
     try:
-        r = nsk("run", "--", "sh", "-c", f"ls /dev/shm; ipcs -q | grep -c '^0x' || true")
+        r = nsk("run", "--", "sh", "-c", "ls /dev/shm; ipcs -q | grep -c '^0x' || true")
         assert os.path.basename(shm) not in r.stdout
         assert r.stdout.split()[-1] == "0"
         host = subprocess.run(["ipcs", "-q"], capture_output=True, text=True).stdout

@@ -48,7 +48,8 @@ NBVAL_SANITIZE = r"(?s)<!--nsk:v-->.*?<!--/nsk:v-->"
 _OWN_BG = "#ffe3b3"  # a namespace of the sandbox's own: differs from the host's
 _SANDBOX_ROW_BG = "#ffe3b3"  # a host process that belongs to a sandbox
 _MUTED = "#6a6a6a"
-_CELL = "padding:1px 6px;text-align:left;vertical-align:top;"
+_CELL = "padding:1px 6px;text-align:left;vertical-align:top;white-space:nowrap;"
+_COMMAND_CHARS = 60  # longer command lines are cut; the full line is in the tooltip
 _TABLE = "border-collapse:collapse;font-size:12px;font-family:monospace;"
 
 
@@ -163,7 +164,9 @@ def _process_rows(place: Mapping[str, Any]) -> list[str]:
     for r in procs:
         host_pid = r.get("host_pid")
         owner = r.get("sandbox")
-        command = html.escape(str(r.get("command", "")))
+        full = str(r.get("command", ""))
+        short = full if len(full) <= _COMMAND_CHARS else full[: _COMMAND_CHARS - 1] + "…"
+        command = f"<span title='{html.escape(full, quote=True)}'>{html.escape(short)}</span>"
         if owner:
             command = f"<b>[{html.escape(owner)}]</b> {command}"
         rows.append(

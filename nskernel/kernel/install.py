@@ -1,0 +1,189 @@
+"""``nskernel install`` / ``nskernel uninstall``: the kernelspec, like ``ipykernel install``.
+
+The template and logos live in ``kernelspec/`` at the top of the repository; wheels carry
+them as ``nskernel/kernelspec``. The written kernel.json runs ipykernel with this very
+interpreter (absolute ``sys.executable``: a PATH ``python3`` may be another Python or a
+slow shim) and names the provisioner with its configuration, so several kernelspecs with
+different namespace sets can live side by side under different names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import NskernelError
+from ..spec import ALL_NAMESPACES, _hostname_error
+from . import DEFAULT_DISPLAY_NAME, DEFAULT_NAME, PROVISIONER_NAME
+
+
+class InstallError(NskernelError):
+    """The kernelspec could not be installed or removed; the message says why."""
+
+
+def template_dir() -> Path:
+    """The kernelspec template: inside the package (wheel), else the repository's top."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "kernelspec", here.parent / "kernelspec"):
+        if (candidate / "kernel.json").is_file():
+            return candidate
+    msg = "the kernelspec template (kernelspec/kernel.json) is missing; reinstall nskernel"
+    raise InstallError(msg)
+
+
+def parse_namespaces(text: str) -> list[str]:
+    chosen = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(chosen) - set(ALL_NAMESPACES))
+    if unknown:
+        choices = ", ".join(ALL_NAMESPACES)
+        msg = f"unknown namespace type(s) {', '.join(unknown)}; choose from {choices}"
+        raise InstallError(msg)
+    if not chosen:
+        msg = f"--namespaces is empty; choose from {', '.join(ALL_NAMESPACES)}"
+        raise InstallError(msg)
+    # The kernel always gets a user namespace (sandbox root must not be host root).
+    return [n for n in ALL_NAMESPACES if n in chosen or n == "user"]
+
+
+def kernel_json(
+    *,
+    display_name: str = DEFAULT_DISPLAY_NAME,
+    namespaces: list[str] | None = None,
+    hostname: str | None = None,
+    python: str | None = None,
+) -> dict[str, Any]:
+    with open(template_dir() / "kernel.json") as f:
+        spec = json.load(f)
+    exe = python or sys.executable
+    spec["argv"] = [exe if a == "{python}" else a for a in spec["argv"]]
+    spec["display_name"] = display_name
+    config = spec["metadata"]["kernel_provisioner"]["config"]
+    assert spec["metadata"]["kernel_provisioner"]["provisioner_name"] == PROVISIONER_NAME
+    config["namespaces"] = namespaces or list(ALL_NAMESPACES)
+    if hostname:
+        if "uts" not in config["namespaces"]:
+            raise InstallError("--hostname needs the uts namespace: add uts to --namespaces")
+        err = _hostname_error(hostname)
+        if err:
+            raise InstallError(err)
+        config["hostname"] = hostname
+    return spec
+
+
+def install(
+    *,
+    name: str = DEFAULT_NAME,
+    display_name: str = DEFAULT_DISPLAY_NAME,
+    namespaces: list[str] | None = None,
+    hostname: str | None = None,
+    user: bool = False,
+    prefix: str | None = None,
+) -> str:
+    """Install the kernelspec; returns the directory it was written to."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = kernel_json(display_name=display_name, namespaces=namespaces, hostname=hostname)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / name
+        src.mkdir()
+        for logo in template_dir().glob("logo-*.png"):
+            shutil.copy(logo, src / logo.name)
+        (src / "kernel.json").write_text(json.dumps(spec, indent=1) + "\n")
+        return KernelSpecManager().install_kernel_spec(
+            str(src), kernel_name=name, user=user, prefix=prefix
+        )
+
+
+def uninstall(name: str = DEFAULT_NAME) -> str:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        return KernelSpecManager().remove_kernel_spec(name)
+    except NoSuchKernel:
+        msg = f"no kernelspec named {name!r} is installed (see `jupyter kernelspec list`)"
+        raise InstallError(msg) from None
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    prefix = args.prefix
+    if args.sys_prefix:
+        prefix = sys.prefix
+    namespaces = parse_namespaces(args.namespaces) if args.namespaces else None
+    try:
+        dest = install(
+            name=args.name,
+            display_name=args.display_name,
+            namespaces=namespaces,
+            hostname=args.hostname,
+            user=args.user,
+            prefix=prefix,
+        )
+    except PermissionError as e:
+        msg = f"cannot write the kernelspec ({e}); use --user, or --prefix with a writable path"
+        raise InstallError(msg) from e
+    print(f"Installed kernelspec {args.name} ({args.display_name!r}) in {dest}")
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    dest = uninstall(args.name)
+    print(f"Removed kernelspec {args.name} from {dest}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``install`` and ``uninstall`` to the ``nskernel`` command."""
+    p = sub.add_parser(
+        "install",
+        help='install the "Python 3 (sandboxed)" Jupyter kernelspec',
+        description="Install a kernelspec that runs ipykernel in fresh Linux namespaces.",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--user", action="store_true", help="install for the current user (~/.local/share)"
+    )
+    where.add_argument(
+        "--sys-prefix",
+        action="store_true",
+        help=f"install into this Python's prefix ({sys.prefix}), e.g. a virtualenv",
+    )
+    where.add_argument("--prefix", metavar="P", help="install into PREFIX/share/jupyter/kernels")
+    p.add_argument(
+        "--name",
+        default=DEFAULT_NAME,
+        help=f"kernelspec name, the directory it lives in (default: {DEFAULT_NAME})",
+    )
+    p.add_argument(
+        "--display-name",
+        default=DEFAULT_DISPLAY_NAME,
+        metavar="TEXT",
+        help=f"name shown in the kernel picker (default: {DEFAULT_DISPLAY_NAME!r})",
+    )
+    p.add_argument(
+        "--namespaces",
+        metavar="LIST",
+        help=f"comma-separated namespaces to create (default: all: {','.join(ALL_NAMESPACES)});"
+        " user is always included",
+    )
+    p.add_argument(
+        "--hostname",
+        metavar="NAME",
+        help="fixed hostname inside (default: nsk-<first 8 characters of the kernel id>)",
+    )
+    p.set_defaults(func=_cmd_install)
+
+    u = sub.add_parser("uninstall", help="remove an installed nskernel kernelspec")
+    u.add_argument(
+        "--name", default=DEFAULT_NAME, help=f"kernelspec to remove (default: {DEFAULT_NAME})"
+    )
+    u.set_defaults(func=_cmd_uninstall)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(os.linesep.join(json.dumps(kernel_json(), indent=1).splitlines()))

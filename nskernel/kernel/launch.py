@@ -1,0 +1,233 @@
+"""The kernel launcher: ``python -m nskernel.kernel.launch [options] -- IPYKERNEL-ARGV``.
+
+Why a separate process: namespaces cannot be created from jupyter_server or any
+KernelManager (they run threads; ``unshare(CLONE_NEWUSER)`` fails with EINVAL), and
+``preexec_fn`` is unsafe there. So the provisioner starts this fresh, single-threaded
+interpreter, which creates the sandbox and then *stays* as the process jupyter_client
+watches:
+
+- ``poll()`` on it reflects the kernel: it exits only when the sandbox's init does,
+  with the kernel's status (128+N for signal N), so the restarter never sees a launcher
+  that exited early and starts a duplicate;
+- SIGINT is ignored here: jupyter_client interrupts with ``killpg``, which already
+  reaches ipykernel and its subprocesses (they share this process group); the init
+  does not forward it either, so nothing gets it twice;
+- TERM, HUP, QUIT, USR1, USR2 are forwarded to the sandbox (whose init forwards them to
+  ipykernel), so shutdown by SIGTERM is graceful;
+- the server holds the write end of a pipe whose read end is ``--lifeline-fd``: when the
+  server dies, even by SIGKILL, EOF arrives here and the whole sandbox is destroyed. The
+  sandbox's own lifeline then covers this process dying.
+
+ipykernel's parent poller would see PID 1 (the init) as its parent and ``JPY_PARENT_PID``
+holds a host PID meaningless inside, so ``JPY_PARENT_PID`` is set to 1, which turns the
+poller off; the lifelines replace it.
+
+Exit status: the kernel's, or 125 when the sandbox could not be created (the reason,
+with the likely cause and fix, goes to ``--status-fd`` as JSON and to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
+from .._linux import userns
+from ..errors import EXIT_SANDBOX_FAILED
+from ..spec import ALL_NAMESPACES
+from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hostfacts
+
+FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m nskernel.kernel.launch",
+        description="Start a Jupyter kernel inside a fresh sandbox (used by the provisioner).",
+    )
+    p.add_argument(
+        "--namespaces",
+        default=",".join(ALL_NAMESPACES),
+        help="comma-separated namespace types (user is always added)",
+    )
+    p.add_argument("--hostname", help="the sandbox's hostname")
+    p.add_argument(
+        "--socket-dir",
+        help="private directory holding the kernel's unix sockets; bound at the same path",
+    )
+    p.add_argument(
+        "--connection-file",
+        help="the connection file named in the kernel command; a copy is made in --socket-dir",
+    )
+    p.add_argument(
+        "--lifeline-fd",
+        type=int,
+        help="fd whose EOF means the server died: destroy the sandbox",
+    )
+    p.add_argument("--status-fd", type=int, help="fd to write one JSON status line to once started")
+    p.add_argument(
+        "--no-bind-cwd",
+        action="store_true",
+        help="do not make the working directory writable inside",
+    )
+    p.add_argument(
+        "--probe",
+        action="store_true",
+        help="only check that such a sandbox can be created; exit 0, or 125 with the reason",
+    )
+    p.add_argument("argv", nargs=argparse.REMAINDER, help="-- the kernel command")
+    return p
+
+
+def _namespaces(text: str) -> frozenset[str]:
+    return frozenset(n.strip() for n in text.split(",") if n.strip()) | {"user"}
+
+
+def _report(fd: int | None, **msg: Any) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, (json.dumps(msg) + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def probe(namespaces: frozenset[str]) -> int:
+    try:
+        sb = Sandbox.spawn(SandboxSpec(namespaces=namespaces), target=lambda: 0)
+    except (SandboxError, SpecError) as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_SANDBOX_FAILED
+    code = sb.wait(10)
+    if code != 0:
+        sb.kill()
+        print(f"a probe sandbox did not exit cleanly (status {code})", file=sys.stderr)
+        return EXIT_SANDBOX_FAILED
+    return 0
+
+
+def _host_root() -> bool:
+    return os.geteuid() == 0 and userns.in_initial_user_namespace()
+
+
+def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sandbox:
+    """Prepare the socket directory, capture host facts, create the sandbox."""
+    cwd = os.getcwd()
+    sockdir = args.socket_dir
+    if args.connection_file and sockdir:
+        # A private copy next to the sockets: the original lives in Jupyter's runtime dir,
+        # beside other kernels' files (and keys), and may be unreachable for sandbox root.
+        copy = os.path.join(sockdir, "kernel.json")
+        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with open(args.connection_file, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        argv = [copy if a == args.connection_file else a for a in argv]
+
+    env = dict(os.environ)
+    env["JPY_PARENT_PID"] = "1"
+    binds: list[Bind] = []
+    if sockdir:
+        facts_path = os.path.join(sockdir, "host.json")
+        hostfacts.write(facts_path, hostfacts.capture())  # just before the sandbox exists
+        env[HOST_FACTS_ENV] = facts_path
+        env[SANDBOX_FACTS_ENV] = os.path.join(sockdir, "sandbox.json")
+        binds.append(Bind(sockdir, sockdir))
+    bind_cwd = not args.no_bind_cwd and cwd != "/"
+    if bind_cwd:
+        binds.append(Bind(cwd, cwd))
+
+    if _host_root():
+        from . import staging
+
+        plan = userns.plan_id_maps()
+        uid, gid = plan.uid_map[0][1], plan.gid_map[0][1]
+        items = []
+        if sockdir:
+            for name in os.listdir(sockdir):
+                os.chown(os.path.join(sockdir, name), uid, gid)
+            os.chown(sockdir, uid, gid)
+            items.append(staging.Expose(sockdir))
+        if bind_cwd:
+            items.append(staging.Expose(cwd, owner_to=(uid, gid)))
+        for warning in staging.expose_in_private_mount_namespace(items, uid):
+            print(warning, file=sys.stderr)
+        os.chdir(cwd)  # re-resolve through the idmapped mount
+
+    spec = SandboxSpec(
+        namespaces=_namespaces(args.namespaces),
+        hostname=args.hostname,
+        binds=tuple(binds),
+        cwd=cwd,
+        env=env,
+    )
+    sb = Sandbox.spawn(spec, argv)
+    if sockdir:
+        sb.write_status_json(env[SANDBOX_FACTS_ENV])
+    for sig in pending:
+        sb.send_signal(sig)
+    return sb
+
+
+def supervise(sb: Sandbox, lifeline_fd: int | None) -> int:
+    """Wait for the sandbox's init; destroy the sandbox if the server goes away."""
+    pidfd = os.pidfd_open(sb.pid)
+    watch = [pidfd] if lifeline_fd is None else [pidfd, lifeline_fd]
+    while True:
+        ready, _, _ = select.select(watch, [], [])  # PEP 475: retried after handlers
+        if lifeline_fd in ready:
+            try:
+                data = os.read(lifeline_fd, 64)
+            except OSError:
+                data = b""
+            if not data:
+                return sb.kill() or 0
+        if pidfd in ready:
+            return sb.wait() or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # Before anything else: an interrupt of the kernel (killpg) must not end the launcher.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    args = build_parser().parse_args(argv)
+    cmd = list(args.argv)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if args.probe:
+        return probe(_namespaces(args.namespaces))
+    if not cmd:
+        print("no kernel command given after --", file=sys.stderr)
+        return 2
+
+    box: list[Sandbox] = []
+    pending: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        if box:
+            box[0].send_signal(signum)
+        else:
+            pending.append(signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    try:
+        sb = start(args, cmd, pending)
+    except (SandboxError, SpecError, OSError) as e:
+        msg = f"nskernel: the sandboxed kernel could not start: {e}"
+        print(msg, file=sys.stderr)
+        _report(args.status_fd, ok=False, error=msg)
+        return EXIT_SANDBOX_FAILED
+    box.append(sb)
+    _report(args.status_fd, ok=True, pid=sb.pid, hostname=sb.hostname)
+    return supervise(sb, args.lifeline_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

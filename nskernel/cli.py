@@ -9,8 +9,8 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .errors import EXIT_SANDBOX_FAILED, NskernelError, SandboxError, SpecError
-from .spec import ALL_NAMESPACES, Bind, SandboxSpec
+from .errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, NskernelError, SandboxError, SpecError
+from .spec import ALL_NAMESPACES, Bind, SandboxSpec, make_limits
 
 RUN_EPILOG = f"""\
 namespaces:
@@ -31,7 +31,12 @@ signals:
 exit status:
   the command's own status (128+N if it was killed by signal N), or
   {EXIT_SANDBOX_FAILED}  the sandbox could not be created (the command never ran)
+  {EXIT_TIMEOUT}  --timeout was reached and the sandbox was killed
   126  the command could not be executed        127  the command was not found
+
+limits:
+  --memory, --pids and --cpus use a cgroup beneath nskernel's own (v2 where delegated,
+  else v1 controllers), else an rlimit; --status-json and `nskernel doctor` say which.
 
 examples:
   nskernel run --hostname box -- sh -c 'hostname; id -u; ps -e'
@@ -78,6 +83,17 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="write the sandbox's facts (PID, namespace ids, maps) as JSON to PATH",
     )
     p.add_argument("--chdir", metavar="DIR", help="working directory inside (default: current)")
+    p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M or 1G")
+    p.add_argument(
+        "--pids", metavar="N", help="at most N processes at once (fork bombs stop there)"
+    )
+    p.add_argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5 for half a CPU")
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        help=f"kill the sandbox after SECONDS (exit status {EXIT_TIMEOUT})",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=_cmd_run)
 
@@ -100,6 +116,8 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         hostname=args.hostname,
         binds=tuple(binds),
         cwd=os.path.abspath(args.chdir) if args.chdir else None,
+        limits=make_limits(args.memory, args.pids, args.cpus),
+        timeout=args.timeout,
     )
 
 
@@ -133,7 +151,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     box.append(sb)
     if args.status_json:
         sb.write_status_json(args.status_json)
-    return sb.wait() or 0
+    code = sb.wait_with_timeout()
+    reason = sb.exit_reason()
+    if reason:
+        print(f"nskernel run: {reason}", file=sys.stderr)
+    return EXIT_TIMEOUT if sb.timed_out else code
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 # Exit codes of `nskernel run`, the same convention as `docker run` and `podman run`,
 # so scripts can tell nskernel's own failures from the command's exit status.
+EXIT_TIMEOUT = 124  # --timeout was reached and the sandbox killed (as timeout(1))
 EXIT_SANDBOX_FAILED = 125  # the sandbox could not be created; the command never ran
 EXIT_CANNOT_EXECUTE = 126  # the command was found but could not be executed
 EXIT_NOT_FOUND = 127  # the command was not found inside the sandbox

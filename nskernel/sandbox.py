@@ -18,13 +18,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import doctor
-from ._linux import contain, mntns, procfs, syscalls, userns
+from ._linux import contain, limits, mntns, procfs, syscalls, userns
 from .errors import (
     EXIT_NOT_FOUND,
     CommandNotFound,
     SandboxError,
 )
-from .spec import SandboxSpec
+from .spec import SandboxSpec, format_size
 
 _subreaper_set = False
 
@@ -60,6 +60,10 @@ class Sandbox:
         self.started = time.time()
         self._lifeline_w: int | None = lifeline_w
         self._facts: dict[str, Any] | None = None
+        self.limits = limits.AppliedLimits(spec.limits, {}, [], [])
+        self.timed_out = False
+        self.oom_killed = False
+        self.pids_limit_hit = False
 
     # ------------------------------------------------------------ creation
 
@@ -112,6 +116,7 @@ class Sandbox:
                 fresh_mqueue="ipc" in namespaces,
                 binds=tuple((b.source, -1, b.dest, b.readonly) for b in spec.resolved_binds()),
             )
+        applied = limits.create_from_parent(spec.limits)
         child_plan = contain.ChildPlan(
             namespaces=namespaces,
             hostname=hostname,
@@ -122,6 +127,8 @@ class Sandbox:
             env=spec.env,
             target=target,
             pass_fds=tuple(pass_fds),
+            cgroup_dirs=tuple(applied.cgroup_dirs),
+            rlimits=tuple(applied.rlimits),
         )
 
         global _subreaper_set
@@ -130,7 +137,15 @@ class Sandbox:
             syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
             _subreaper_set = True
 
-        return cls._spawn(spec, child_plan, plan_maps, namespaces, hostname)
+        try:
+            sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname)
+        except BaseException:
+            applied.remove_from_parent()
+            raise
+        sb.limits = applied
+        sb._facts = None
+        sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
+        return sb
 
     @classmethod
     def _spawn(
@@ -197,9 +212,7 @@ class Sandbox:
             raise
         finally:
             os.close(pipes.report_r)
-        sb = cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname)
-        sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
-        return sb
+        return cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname)
 
     # ------------------------------------------------------------ facts
 
@@ -216,6 +229,7 @@ class Sandbox:
                 "uid_map": procfs.id_map(self.pid, "uid_map"),
                 "gid_map": procfs.id_map(self.pid, "gid_map"),
                 "started": self.started,
+                "limits": self.limits.describe(),
             }
         return dict(self._facts)
 
@@ -263,6 +277,28 @@ class Sandbox:
             128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         )
         self._close_lifeline()
+        self.oom_killed = self.limits.oom_killed()
+        self.pids_limit_hit = self.limits.pids_limit_hit()
+        self.limits.remove_from_parent()
+
+    def wait_with_timeout(self) -> int:
+        """Wait, honouring ``spec.timeout``: past it, the sandbox is killed."""
+        code = self.wait(self.spec.timeout)
+        if code is None:
+            self.timed_out = True
+            code = self.kill()
+        assert code is not None
+        return code
+
+    def exit_reason(self) -> str | None:
+        """Why the sandbox ended, when a limit ended it: a sentence for the user."""
+        if self.timed_out:
+            return f"killed: timeout {self.spec.timeout:g} s reached"
+        if self.oom_killed and self.spec.limits.memory:
+            return f"killed: memory limit {format_size(self.spec.limits.memory)} reached"
+        if self.pids_limit_hit and self.spec.limits.pids:
+            return f"process limit {self.spec.limits.pids} reached: a fork was refused"
+        return None
 
     def send_signal(self, sig: int) -> None:
         """Signal init, which forwards TERM/HUP/QUIT/USR1/USR2 to the command."""

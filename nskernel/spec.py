@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Iterable
 
+from ._linux.limits import Limits
 from .errors import SpecError
 
 ALL_NAMESPACES: tuple[str, ...] = ("pid", "net", "mnt", "uts", "ipc", "user")
@@ -37,6 +38,58 @@ class Bind:
             msg = f"{flag} {text!r}: expected SRC or SRC:DST, e.g. {flag} ./data:/data"
             raise SpecError(msg)
         return cls(source=src, dest=dst or src, readonly=readonly)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str | int) -> int:
+    """``256M``, ``1.5G``, ``512MiB``, ``1000000`` → bytes (K/M/G/T are powers of 1024)."""
+    if isinstance(text, int):
+        value = text
+    else:
+        m = _SIZE_RE.match(text)
+        if not m:
+            msg = f"invalid size {text!r}: use a number and K, M, G or T, e.g. 256M"
+            raise SpecError(msg)
+        value = int(float(m.group(1)) * 1024 ** "bkmgt".index((m.group(2) or "b").lower()))
+    if value < 1024 * 1024:
+        msg = f"size {text!r} is too small for a sandbox: give at least 1M"
+        raise SpecError(msg)
+    return value
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} bytes"
+
+
+def make_limits(
+    memory: str | int | None = None, pids: int | str | None = None, cpus: float | str | None = None
+) -> Limits:
+    """Validate user-given limits (from the command line, the magic, a kernelspec)."""
+    mem = parse_size(memory) if memory is not None else None
+    n = None
+    if pids is not None:
+        try:
+            n = int(pids)
+        except ValueError:
+            n = 0
+        if n < 1:
+            msg = f"invalid --pids {pids!r}: give a whole number of processes, at least 1"
+            raise SpecError(msg)
+    c = None
+    if cpus is not None:
+        try:
+            c = float(cpus)
+        except ValueError:
+            c = 0.0
+        if not 0.01 <= c <= (os.cpu_count() or 1):
+            msg = f"invalid --cpus {cpus!r}: give a number of CPUs from 0.01 to {os.cpu_count()}"
+            raise SpecError(msg)
+    return Limits(memory=mem, pids=n, cpus=c)
 
 
 def _hostname_error(name: str) -> str | None:
@@ -65,6 +118,8 @@ class SandboxSpec:
     env: dict[str, str] | None = None
     map_root_to: int | None = None
     use_subids: bool = True
+    limits: Limits = dataclasses.field(default_factory=Limits)
+    timeout: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
@@ -85,6 +140,9 @@ class SandboxSpec:
                 raise SpecError(err)
         if self.binds and "mnt" not in self.namespaces:
             msg = "--bind/--ro-bind need a mount namespace: add --mnt"
+            raise SpecError(msg)
+        if self.timeout is not None and not self.timeout > 0:
+            msg = f"invalid timeout {self.timeout!r}: give a positive number of seconds"
             raise SpecError(msg)
         if self.map_root_to == 0:
             msg = "map_root_to=0 would make sandbox root the host's root; pick an unprivileged uid"

@@ -30,7 +30,7 @@ def test_hostname_needs_uts():
 
 
 def test_unknown_namespace_is_named():
-    with pytest.raises(SpecError, match="unknown namespace type.*cgroupz"):
+    with pytest.raises(SpecError, match=r"unknown namespace type.*cgroupz"):
         SandboxSpec(namespaces=frozenset({"cgroupz"}))
 
 

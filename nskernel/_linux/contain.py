@@ -34,7 +34,7 @@ import shutil
 import sys
 from collections.abc import Callable, Sequence
 
-from . import init, mntns, netns, syscalls, userns, utsns
+from . import init, limits, mntns, netns, syscalls, userns, utsns
 
 ORDER_AFTER_USER = ("ipc", "uts", "net", "mnt", "pid")
 
@@ -52,6 +52,8 @@ class ChildPlan:
     env: dict[str, str] | None = None
     target: Callable[[], int | None] | None = None
     pass_fds: tuple[int, ...] = ()
+    cgroup_dirs: tuple[str, ...] = ()
+    rlimits: tuple[tuple[int, int], ...] = ()
 
 
 @dataclasses.dataclass
@@ -103,6 +105,13 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     _close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
+
+    if plan.cgroup_dirs:
+        try:  # before any namespace exists: every process of the sandbox is accounted
+            limits.join_from_child(list(plan.cgroup_dirs))
+        except OSError as e:
+            _fail(rep, "join the sandbox's cgroups", e)
+            return 1
 
     if "user" in plan.namespaces:
         try:
@@ -197,6 +206,7 @@ def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> No
             os.close(fd)
         for fd in plan.pass_fds:
             os.set_inheritable(fd, True)
+        limits.apply_rlimits_from_child(list(plan.rlimits))
         if plan.target is not None:
             os.close(rep)
             result = plan.target()

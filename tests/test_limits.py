@@ -1,0 +1,157 @@
+"""Resource limits: contained, reported plainly, cleaned up — root (cgroups) and
+rootless (rlimits, since an unprivileged user has no writable cgroup here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nskernel import SpecError
+from nskernel.spec import make_limits, parse_size
+from tests.conftest import IS_ROOT, nskernel_cmd
+
+HOG = "x = bytearray(400 * 1024 * 1024); print('allocated')"
+FORK_BOMB = r"""
+import os, time
+n = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        n += 1
+except OSError as e:
+    print("fork refused after", n, "children:", e.strerror, flush=True)
+"""
+
+
+@pytest.mark.parametrize(
+    ("text", "n"), [("256M", 256 << 20), ("1G", 1 << 30), ("1.5GiB", 3 << 29), (2 << 20, 2 << 20)]
+)
+def test_sizes(text, n):
+    assert parse_size(text) == n
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"memory": "lots"}, "invalid size 'lots'"),
+        ({"memory": "10K"}, "too small"),
+        ({"pids": "0"}, "invalid --pids"),
+        ({"pids": "many"}, "invalid --pids"),
+        ({"cpus": "-1"}, "invalid --cpus"),
+    ],
+)
+def test_bad_limits_are_clear_errors(kwargs, match):
+    with pytest.raises(SpecError, match=match):
+        make_limits(**kwargs)
+
+
+def test_bad_size_on_the_command_line(nsk):
+    r = nsk("run", "--memory", "lots", "--", "true")
+    assert r.returncode == 2
+    assert "invalid size 'lots'" in r.stderr
+
+
+@pytest.mark.userns
+def test_memory_hog_is_contained_and_reported(nsk, tmp_path):
+    status = tmp_path / "s.json"
+    r = nsk("run", "--memory", "64M", "--status-json", str(status), "--", sys.executable, "-c", HOG)
+    assert "allocated" not in r.stdout
+    mechanism = json.loads(status.read_text())["limits"]["memory"]["mechanism"]
+    if IS_ROOT:  # this machine mounts a writable v1 memory controller for root
+        assert mechanism == "cgroup v1"
+        assert r.returncode == 128 + signal.SIGKILL
+        assert "killed: memory limit 64 MiB reached" in r.stderr
+    else:
+        assert mechanism.startswith("rlimit RLIMIT_AS")
+        assert "MemoryError" in r.stderr
+        assert r.returncode == 1
+
+
+@pytest.mark.userns
+def test_fork_bomb_is_contained(nsk, tmp_path):
+    status = tmp_path / "s.json"
+    start = time.monotonic()
+    r = nsk(
+        "run", "--pids", "32", "--timeout", "20", "--status-json", str(status), "--",
+        sys.executable, "-c", FORK_BOMB,
+    )  # fmt: skip
+    assert "fork refused after" in r.stdout, r.stderr
+    assert int(r.stdout.split("after")[1].split()[0]) < 32
+    assert time.monotonic() - start < 20, "the bomb was contained by the limit, not the timeout"
+    expected = "cgroup v1" if IS_ROOT else "rlimit RLIMIT_NPROC"
+    assert json.loads(status.read_text())["limits"]["pids"]["mechanism"].startswith(expected)
+
+
+@pytest.mark.userns
+def test_timeout_kills_the_sandbox_with_a_message(nsk):
+    start = time.monotonic()
+    r = nsk("run", "--timeout", "0.5", "--", "sh", "-c", "sleep 30 & sleep 30")
+    assert r.returncode == 124
+    assert "killed: timeout 0.5 s reached" in r.stderr
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.userns
+def test_cpu_limit_mechanism_is_reported(nsk, tmp_path):
+    status = tmp_path / "s.json"
+    r = nsk("run", "--cpus", "0.5", "--status-json", str(status), "--", "true")
+    assert r.returncode == 0
+    mech = json.loads(status.read_text())["limits"]["cpus"]["mechanism"]
+    assert mech == (
+        "cgroup v1" if IS_ROOT else "not enforced: no writable cpu cgroup (v1 or delegated v2) here"
+    )
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_cgroups_live_beneath_our_own_and_go_away(tmp_path):
+    status = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        nskernel_cmd("run", "--pids", "50", "--memory", "128M", "--status-json", str(status),
+                     "--", "sleep", "30")
+    )  # fmt: skip
+    while not status.exists():
+        time.sleep(0.02)
+    init = json.loads(status.read_text())["pid"]
+    with open(f"/proc/{init}/cgroup") as f:
+        theirs = dict(line.strip().split(":", 2)[1:] for line in f)
+    with open("/proc/self/cgroup") as f:
+        ours = dict(line.strip().split(":", 2)[1:] for line in f)
+    for controller in ("pids", "memory"):
+        assert theirs[controller].startswith(ours[controller].rstrip("/") + "/nsk-")
+        assert os.path.isdir(f"/sys/fs/cgroup/{controller}{theirs[controller]}")
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    for controller in ("pids", "memory"):
+        assert not os.path.exists(f"/sys/fs/cgroup/{controller}{theirs[controller]}")
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_a_killed_launchers_cgroup_is_swept_by_the_next(nsk, tmp_path):
+    status = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        nskernel_cmd("run", "--pids", "50", "--status-json", str(status), "--", "sleep", "30")
+    )
+    while not status.exists():
+        time.sleep(0.02)
+    init = json.loads(status.read_text())["pid"]
+    with open(f"/proc/{init}/cgroup") as f:
+        path = next(line.split(":", 2)[2].strip() for line in f if ":pids:" in line)
+    proc.kill()  # SIGKILL: no chance to remove its cgroup
+    proc.wait(10)
+    stale = f"/sys/fs/cgroup/pids{path}"
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{init}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert os.path.isdir(stale)
+    assert nsk("run", "--pids", "10", "--", "true").returncode == 0
+    assert not os.path.exists(stale)

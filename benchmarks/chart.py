@@ -1,0 +1,98 @@
+"""The PNG chart: one panel per group, a bar per case at its median, a whisker to its p95.
+
+Imported only after every case has run: matplotlib pulls in numpy, whose thread pool
+would make the benchmark process multi-threaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # after use("Agg"): the backend must be chosen first
+
+OK_COLOR = "#4c72b0"
+NSKERNEL_COLOR = "#dd8452"
+MISSING_COLOR = "#999999"
+
+
+def render(results: dict[str, Any], path: Path) -> None:
+    groups = [
+        (gid, g, [(cid, c) for cid, c in results["cases"].items() if c["group"] == gid])
+        for gid, g in results["groups"].items()
+    ]
+    groups = [(gid, g, cases) for gid, g, cases in groups if cases]
+    heights = [0.45 * len(cases) + 1.2 for _, _, cases in groups]
+    fig, axes = plt.subplots(
+        len(groups),
+        1,
+        figsize=(10, sum(heights) + 1.0),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    for ax, (_, g, cases) in zip(axes[:, 0], groups, strict=True):
+        _panel(ax, g, cases)
+    m = results["machine"]
+    fig.suptitle(
+        f"nskernel benchmarks ({results['mode']} run, {m['date'][:10]})\n"
+        f"{m['cpu']}, {m['cores']} cores, {m['kernel']}, {m['python']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _panel(ax: Any, g: dict[str, Any], cases: list[tuple[str, dict[str, Any]]]) -> None:
+    ok = [c for _, c in cases if c["status"] == "ok"]
+    unit = ok[0]["unit"] if ok else ""
+    # Launch times span three orders of magnitude (API to docker): log scale keeps both
+    # ends readable; a narrow range reads better on a linear axis.
+    log = bool(ok) and max(c["p95"] for c in ok) / max(min(c["median"] for c in ok), 1e-9) > 20
+    top = max((c["p95"] for c in ok), default=1.0)
+    labels = []
+    for y, (cid, c) in enumerate(cases):
+        labels.append(c["label"])
+        if c["status"] != "ok":
+            ax.text(
+                0.01,
+                y,
+                f"{c['status']}: {_shorten(c['reason'])}",
+                va="center",
+                fontsize=7,
+                color=MISSING_COLOR,
+                transform=ax.get_yaxis_transform(),
+            )
+            continue
+        color = NSKERNEL_COLOR if ".nskernel" in cid else OK_COLOR
+        ax.barh(y, c["median"], color=color, height=0.6)
+        ax.errorbar(
+            c["median"], y, xerr=[[0], [c["p95"] - c["median"]]], color="black", capsize=3, lw=1
+        )
+        ax.text(
+            c["p95"] * (1.08 if log else 1.0) + (0 if log else top * 0.01),
+            y,
+            f"{c['median']:.3g} {c['unit']}",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(range(len(labels)), labels, fontsize=9)
+    ax.invert_yaxis()
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(right=top * 4)
+    else:
+        ax.set_xlim(0, top * 1.25)
+    ax.set_xlabel(f"{unit}, median (bar) and p95 (whisker)" if unit else "")
+    ax.set_title(g["title"], fontsize=10, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+
+
+def _shorten(text: str, limit: int = 90) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -1,0 +1,70 @@
+"""A quick run of the benchmarks, so they cannot rot unnoticed.
+
+The figures are not judged here (the benchmark is not part of pass/fail); what is checked
+is that one command still produces the whole report: the machine, every registered case
+with numbers or a reason, the ratios, a PNG chart, and nothing left behind. As an
+unprivileged user the container engines report "not available"; that is a valid result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import load_cases
+
+REPO = Path(__file__).resolve().parent.parent
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_quick_benchmark_run_reports_every_case(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        # The run's scratch directory goes here, so that its removal can be checked.
+        env=dict(os.environ, TMPDIR=str(scratch)),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    machine = results["machine"]
+    for key in ("date", "cpu", "cores", "kernel", "python", "os"):
+        assert machine[key], f"machine.{key} is empty"
+    assert results["mode"] == "quick"
+
+    registered = load_cases()
+    assert set(results["cases"]) == set(registered)
+    for cid, entry in results["cases"].items():
+        if entry["status"] == "ok":
+            assert entry["n"] == 3 == len(entry["samples"]), cid
+            assert 0 < entry["median"] <= entry["p95"] <= entry["max"], cid
+        else:
+            assert entry["status"] in ("not available", "failed"), cid
+            assert entry["reason"].strip(), f"{cid} is {entry['status']} without a reason"
+    # Timing a plain command needs nothing special: if this fails, the harness is broken.
+    assert results["cases"]["true.host"]["status"] == "ok"
+
+    for gid, group in results["groups"].items():
+        reference = group["reference"]
+        others = {c for c, e in results["cases"].items() if e["group"] == gid} - {reference}
+        ratios = [r for r in results["ratios"].values() if r["denominator"] == reference]
+        assert {r["numerator"] for r in ratios} == others, gid
+        for r in ratios:
+            assert (r["value"] is not None and r["value"] > 0) or r["reason"], r
+
+    chart = out.parent / results["chart"]["path"]
+    assert chart.read_bytes()[:8] == PNG_MAGIC
+    assert "| group | case | median |" in proc.stdout
+    assert list(scratch.iterdir()) == [], "the benchmark left files in its scratch directory"

@@ -203,7 +203,7 @@ def column_html(place: Mapping[str, Any], host: Mapping[str, Any] | None) -> str
             f"<b>{'This sandbox has exited.' if status == 'exited' else 'No facts.'}</b> "
             f"{_v(why)}</div>"
         )
-        return _wrap_column(parts)
+        return _wrap_column(parts, kind)
 
     seen = "read from the host" if place.get("seen_from") == "host" else "read from inside"
     when = time.strftime("%H:%M:%S", time.localtime(place.get("gathered_at") or 0))
@@ -267,12 +267,13 @@ def column_html(place: Mapping[str, Any], host: Mapping[str, Any] | None) -> str
         parts.append(_section("limits", _table(["limit", "value"], rows)))
     for key, why in sorted(errors.items()):
         parts.append(_note(f"{key}: {why}"))
-    return _wrap_column(parts)
+    return _wrap_column(parts, kind)
 
 
-def _wrap_column(parts: Sequence[str]) -> str:
+def _wrap_column(parts: Sequence[str], kind: str) -> str:
     return (
-        "<div class='nsk-place' style='min-width:280px;max-width:560px;padding:6px 10px;"
+        f"<div class='nsk-place' data-kind='{kind}' style='min-width:280px;max-width:560px;"
+        "padding:6px 10px;"
         f"border:1px solid #ccc;border-radius:4px'>{''.join(parts)}</div>"
     )
 

@@ -83,3 +83,51 @@ if __name__ == "__main__":
         record(sys.argv[2] if len(sys.argv) > 2 else DATA_DIR)
     else:
         sys.exit("usage: python -m tests.facts_helpers record [DIR]")
+
+
+def notebook_cell(workdir: str, name: str = "web1") -> str:
+    """Code for a notebook cell: start a real sandbox and show the compare panel for it.
+
+    A Jupyter kernel is threaded, so it must not create namespaces itself: the sandbox
+    comes from `nskernel run` in a subprocess, which writes its facts (init PID,
+    hostname) to a status file. The `nskernel run` PID goes to ``workdir/run.pid`` so
+    the test can end it whatever happens in the kernel.
+    """
+    return f"""\
+import json, os, subprocess, sys, time
+from nskernel import facts
+from nskernel.widgets import compare
+
+status = os.path.join({workdir!r}, "status.json")
+proc = subprocess.Popen([sys.executable, "-m", "nskernel", "run", "--hostname", {name!r},
+                         "--status-json", status, "--", "sleep", "600"])
+with open(os.path.join({workdir!r}, "run.pid"), "w") as f:
+    f.write(str(proc.pid))
+deadline = time.monotonic() + 30
+while not os.path.exists(status) and proc.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+with open(status) as f:
+    st = json.load(f)
+panel = compare(lambda: facts.sandbox_facts_from_host(
+    st["pid"], name={name!r}, hostname=st["hostname"], created=st["created"]))
+panel
+"""
+
+
+def end_run_process(workdir: str) -> None:
+    """End the `nskernel run` a notebook cell started (its sandbox dies with it)."""
+    import signal
+
+    try:
+        with open(os.path.join(workdir, "run.pid")) as f:
+            pid = int(f.read())
+    except (OSError, ValueError):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)  # only if it is our child (it is the kernel's, normally)
+    except ChildProcessError:
+        pass

@@ -62,6 +62,7 @@ def test_html_shows_the_values_and_highlights_differences(tier: str) -> None:
     host, sb, uts = _places(tier)
     page = widgets.render_html([host, sb, uts])
     assert page.count("class='nsk-place'") == 3
+    assert page.count("data-kind='sandbox'") == 2
     assert "web1" in page and "uts1" in page
     # The sandbox's PID table: inside PID 1 with its host PID; own namespaces marked.
     init = next(p for p in sb["processes"] if p["pid"] == 1)

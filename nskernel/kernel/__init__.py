@@ -9,7 +9,6 @@ Layout:
   runs ipykernel in it and stays alive as the process jupyter_client watches
 - ``staging``      host-root only: make the socket and notebook directories reachable and
   writable for sandbox root without ever mapping it to host uid 0 (idmapped mounts)
-- ``hostfacts``    what the host looked like just before the sandbox was made
 - ``install``      ``nskernel install`` / ``nskernel uninstall``
 """
 
@@ -18,6 +17,7 @@ from __future__ import annotations
 DEFAULT_NAME = "nskernel"
 DEFAULT_DISPLAY_NAME = "Python 3 (sandboxed)"
 PROVISIONER_NAME = "nskernel-provisioner"
-# Inside the sandbox: where the host's facts (as seen just before creation) are.
+# Inside the sandbox: where the host's facts (as seen just before creation, written by
+# nskernel.facts.capture_host_facts) and the sandbox's own status JSON are.
 HOST_FACTS_ENV = "NSKERNEL_HOST_FACTS"
 SANDBOX_FACTS_ENV = "NSKERNEL_SANDBOX_FACTS"

@@ -41,8 +41,9 @@ from typing import Any
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
 from .._linux import userns
 from ..errors import EXIT_SANDBOX_FAILED
+from ..facts import capture_host_facts
 from ..spec import ALL_NAMESPACES
-from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hostfacts
+from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -131,17 +132,21 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
             shutil.copyfileobj(src, dst)
         argv = [copy if a == args.connection_file else a for a in argv]
 
+    namespaces = _namespaces(args.namespaces)
+    # Without a mount namespace the sandbox sees the host's paths as they are: no binds.
+    with_mnt = "mnt" in namespaces
     env = dict(os.environ)
     env["JPY_PARENT_PID"] = "1"
     binds: list[Bind] = []
     if sockdir:
         facts_path = os.path.join(sockdir, "host.json")
-        hostfacts.write(facts_path, hostfacts.capture())  # just before the sandbox exists
+        capture_host_facts(facts_path)  # just before the sandbox exists
         env[HOST_FACTS_ENV] = facts_path
         env[SANDBOX_FACTS_ENV] = os.path.join(sockdir, "sandbox.json")
-        binds.append(Bind(sockdir, sockdir))
+        if with_mnt:
+            binds.append(Bind(sockdir, sockdir))
     bind_cwd = not args.no_bind_cwd and cwd != "/"
-    if bind_cwd:
+    if bind_cwd and with_mnt:
         binds.append(Bind(cwd, cwd))
 
     if _host_root():
@@ -162,7 +167,7 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         os.chdir(cwd)  # re-resolve through the idmapped mount
 
     spec = SandboxSpec(
-        namespaces=_namespaces(args.namespaces),
+        namespaces=namespaces,
         hostname=args.hostname,
         binds=tuple(binds),
         cwd=cwd,

@@ -1,0 +1,28 @@
+"""``%%sandbox`` and ``%sandbox``: run notebook cells in fresh Linux namespaces.
+
+Layout:
+
+- ``magic``      the IPython magics (argument parsing, republishing output)
+- ``client``     kernel side: starts the sandbox server, relays frames
+- ``server``     the single-threaded process that forks every sandbox
+- ``cellrunner`` the IPython shell that runs inside each sandbox
+- ``protocol``   JSON frames over unix sockets (nothing is ever pickled)
+
+Loading the extension is cheap: the server starts on the first ``%%sandbox``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    from .magic import SandboxMagics
+
+    ipython.register_magics(SandboxMagics)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .client import shutdown_client
+
+    shutdown_client()

@@ -1,0 +1,274 @@
+"""The kernel side of ``%%sandbox``: start the sandbox server, relay its output.
+
+This runs in the (threaded) kernel process, so it never creates a namespace itself: it
+starts ``python -m nskernel.magics.server`` on first use, with ``sys.executable``, and
+holds one end of a socketpair to it. That socket is the server's lifeline: when this
+process exits in any way (shutdown, restart, crash, SIGKILL) the server sees EOF and
+takes every sandbox down with it.
+
+Output is republished through ``sys.stdout``/``sys.stderr`` and
+``IPython.display.publish_display_data``, never by writing to fds 1/2: under pytest
+and nbval fd-level capture is off, and only these reach the notebook. Frames are
+JSON; nothing from a sandbox is ever unpickled here.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nskernel.errors import NskernelError
+
+from . import protocol
+
+SERVER_START_TIMEOUT = 60.0
+# How long an interrupted named sandbox may take to stop its cell before it is killed.
+INTERRUPT_GRACE = 3.0
+
+
+class SandboxServerError(NskernelError, RuntimeError):
+    """The sandbox server could not start, or stopped answering."""
+
+
+class _Interrupts:
+    """Turns SIGINT into KeyboardInterrupt only while we wait in select().
+
+    A KeyboardInterrupt in the middle of reading a frame would lose bytes and break the
+    framing; so during a cell SIGINT only sets a flag, and raises where it is safe.
+    """
+
+    def __init__(self) -> None:
+        self.pending = False
+        self.waiting = False
+        self._old: Any = None
+        self._installed = False
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._old)
+
+    def _handler(self, signum: int, frame: object) -> None:
+        self.pending = True
+        if self.waiting:
+            raise KeyboardInterrupt
+
+    def wait_readable(self, fd: int, timeout: float | None) -> bool:
+        if self.pending:
+            return False
+        self.waiting = True
+        try:
+            return bool(select.select([fd], [], [], timeout)[0])
+        except KeyboardInterrupt:
+            return False
+        finally:
+            self.waiting = False
+
+
+class SandboxClient:
+    """One per kernel: the connection to its sandbox server."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.sock: socket.socket | None = None
+        self.reader: protocol.FrameReader | None = None
+        self.hello: dict[str, Any] = {}
+        self._next_id = 0
+
+    # ------------------------------------------------------------ server lifecycle
+
+    def ensure_started(self) -> None:
+        if self.proc is not None and self.proc.poll() is None and self.sock is not None:
+            return
+        self.close()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nskernel.magics.server", "--fd", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                # Its own session: jupyter_client interrupts with killpg(SIGINT), and
+                # what an interrupt does to a sandbox is decided here, not by signal.
+                start_new_session=True,
+            )
+        finally:
+            child.close()
+        self.sock = parent
+        self.reader = protocol.FrameReader(parent.fileno())
+        msg = self.reader.next(timeout=SERVER_START_TIMEOUT)
+        if msg is None or msg.get("type") != "hello":
+            detail = (msg or {}).get("error") or "it exited without saying why"
+            self.close()
+            raise SandboxServerError(
+                f"the sandbox server did not start: {detail}. "
+                "Run `nskernel doctor` in a terminal for the cause and the fix."
+            )
+        self.hello = msg
+
+    @property
+    def server_pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()  # EOF: the server kills its sandboxes and exits
+            self.sock = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    # ------------------------------------------------------------ requests
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        assert self.sock is not None
+        try:
+            protocol.send(self.sock.fileno(), msg)
+        except OSError as e:
+            self.close()
+            raise SandboxServerError(
+                f"the sandbox server is gone ({e}); the next %%sandbox starts a new one"
+            ) from None
+
+    def _read(self, timeout: float | None = None) -> dict[str, Any] | None:
+        assert self.reader is not None
+        return self.reader.next(timeout)
+
+    def request(self, op: str, **fields: Any) -> Any:
+        """A control request (ls, inspect, rm); returns its result or raises."""
+        self.ensure_started()
+        self._next_id += 1
+        rid = self._next_id
+        self._send({"op": op, "id": rid, **fields})
+        while True:
+            msg = self._read()
+            if msg is None:
+                self.close()
+                raise SandboxServerError("the sandbox server exited unexpectedly")
+            if msg.get("id") != rid:
+                continue  # leftovers of an earlier, interrupted cell
+            if msg.get("type") == "reply":
+                if not msg.get("ok"):
+                    raise SandboxRequestError(msg.get("error", "failed"))
+                return msg.get("result")
+
+    def run(
+        self,
+        req: dict[str, Any],
+        on_message: Callable[[dict[str, Any]], None],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Run a cell; calls ``on_message`` for each output frame; returns the final frame.
+
+        The final frame has ``status``: ok, error, failed (never ran), died, or killed
+        (with ``reason`` interrupt or timeout).
+        """
+        self.ensure_started()
+        assert self.sock is not None and self.reader is not None
+        self._next_id += 1
+        rid = self._next_id
+        self._send({**req, "op": "run", "id": rid})
+        fd = self.sock.fileno()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        force_at: float | None = None
+        asked: set[str] = set()
+        reason = ""
+        with _Interrupts() as intr:
+            while True:
+                for msg in self.reader.frames():
+                    if msg.get("id") != rid:
+                        continue
+                    if msg.get("type") == "done":
+                        if reason and msg.get("status") == "error":
+                            msg["status"], msg["reason"] = "killed", reason
+                        return msg
+                    on_message(msg)
+                if self.reader.eof:
+                    self.close()
+                    return {"status": "died", "message": "the sandbox server exited mid-cell"}
+                now = time.monotonic()
+                wakeups = [t for t in (deadline, force_at) if t is not None]
+                wait = max(0.0, min(wakeups) - now) if wakeups else None
+                if intr.wait_readable(fd, wait):
+                    self.reader.feed()
+                    continue
+                now = time.monotonic()
+                if intr.pending and "interrupt" not in asked:
+                    asked.add("interrupt")
+                    reason = "interrupt"
+                    if req.get("name"):
+                        # A named sandbox keeps its state: interrupt the cell like a
+                        # kernel would, and kill the sandbox only if it will not stop.
+                        self._send({"op": "interrupt", "id": rid})
+                        force_at = now + INTERRUPT_GRACE
+                        intr.pending = False
+                    else:
+                        self._send({"op": "kill", "id": rid, "reason": "interrupt"})
+                elif intr.pending and "kill" not in asked:
+                    asked.add("kill")  # a second interrupt: stop waiting for grace
+                    self._send({"op": "kill", "id": rid, "reason": "interrupt"})
+                if deadline is not None and now >= deadline and "timeout" not in asked:
+                    asked.add("timeout")
+                    reason = "timeout"
+                    self._send({"op": "kill", "id": rid, "reason": "timeout"})
+                if force_at is not None and now >= force_at and "kill" not in asked:
+                    asked.add("kill")
+                    self._send({"op": "kill", "id": rid, "reason": "interrupt"})
+
+
+class SandboxRequestError(NskernelError, LookupError):
+    """A ``%sandbox`` request failed (e.g. no sandbox of that name)."""
+
+
+def read_host_map(pid: int, which: str) -> list[list[int]] | None:
+    """A sandbox's uid/gid map as this kernel sees it (host ids when the kernel is on the host)."""
+    try:
+        with open(f"/proc/{pid}/{which}") as f:
+            return [[int(x) for x in line.split()] for line in f if line.strip()]
+    except OSError:
+        return None
+
+
+_client: SandboxClient | None = None
+
+
+def get_client() -> SandboxClient:
+    global _client
+    if _client is None:
+        _client = SandboxClient()
+    return _client
+
+
+def shutdown_client() -> None:
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None
+
+
+def _fork_safety() -> None:
+    # A forked copy of the kernel (multiprocessing with fork) must not keep the
+    # server's lifeline open after the kernel dies: drop the client in the child.
+    global _client
+    _client = None
+
+
+os.register_at_fork(after_in_child=_fork_safety)

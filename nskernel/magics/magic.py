@@ -1,0 +1,478 @@
+"""``%%sandbox`` and ``%sandbox``: the IPython side.
+
+Arguments are parsed and checked here, before anything is sent to the server, so a
+typo gives a usage error at once and the kernel keeps working. The cell's output is
+republished as it arrives; the value of its last expression becomes this cell's own
+result (``Out[N]``); an exception inside becomes an exception here whose traceback is
+the sandbox's, so the cell fails and "Run All" stops, as it would without the magic.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shlex
+import sys
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import clear_output, display, publish_display_data
+
+from nskernel.errors import NskernelError, SpecError
+from nskernel.spec import ALL_NAMESPACES, Bind
+
+from . import protocol
+from .client import SandboxRequestError, get_client, read_host_map
+
+# ------------------------------------------------------------------ exceptions
+
+
+class SandboxCellError(NskernelError):
+    """The cell raised inside its sandbox. The traceback shown is the sandbox's own."""
+
+    traceback_lines: list[str] = []
+
+    def _render_traceback_(self) -> list[str]:
+        return list(self.traceback_lines)
+
+
+_error_classes: dict[str, type[SandboxCellError]] = {}
+
+
+def cell_error(ename: str, evalue: str, traceback: list[str]) -> SandboxCellError:
+    """An exception named like the sandbox's (so the error message says ``ZeroDivisionError``)."""
+    cls = _error_classes.get(ename)
+    if cls is None:
+        safe = ename if ename.isidentifier() else "SandboxCellError"
+        cls = type(safe, (SandboxCellError,), {"__module__": "sandbox"})
+        _error_classes[ename] = cls
+    err = cls(evalue)
+    err.traceback_lines = traceback or [f"{ename}: {evalue}"]
+    return err
+
+
+class _ShortError(NskernelError):
+    """Shown as one line, not as a traceback of nskernel's own code."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"\x1b[0;31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+class SandboxStartError(_ShortError):
+    """The sandbox could not be created (the cell never ran)."""
+
+
+class SandboxDied(_ShortError):
+    """The sandbox ended in the middle of the cell (e.g. the cell called os._exit)."""
+
+
+class SandboxTimeout(_ShortError, TimeoutError):
+    """The cell ran longer than ``--timeout``; its sandbox was killed."""
+
+
+class SandboxOutputError(_ShortError):
+    """An ``--out`` variable was missing or could not cross back (not JSON or bytes)."""
+
+
+# ------------------------------------------------------------------ rich results
+
+
+class SandboxResult:
+    """The value of the sandbox cell's last expression, as its mime bundle."""
+
+    def __init__(self, data: dict[str, Any], metadata: dict[str, Any]) -> None:
+        self.data = data
+        self.metadata = metadata
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Any:
+        return self.data, self.metadata
+
+    def __repr__(self) -> str:
+        return str(self.data.get("text/plain", "<sandbox result>"))
+
+
+def _age(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class SandboxInfo(dict):  # type: ignore[type-arg]
+    """``%sandbox inspect NAME``: a plain dict (like ``docker inspect``), shown readably."""
+
+    _KEYS = ("name", "pid", "hostname", "ips", "namespaces", "uid_map", "gid_map", "created")
+
+    def _rows(self) -> list[tuple[str, str]]:
+        rows = []
+        for k in self._KEYS:
+            v = self.get(k)
+            if k == "namespaces" and isinstance(v, dict):
+                v = ", ".join(f"{t}:[{i}]" for t, i in v.items())
+            elif k in ("uid_map", "gid_map") and isinstance(v, list):
+                v = "; ".join(" ".join(str(x) for x in row) for row in v)
+            elif isinstance(v, list):
+                v = ", ".join(str(x) for x in v) or "-"
+            rows.append((k, str(v)))
+        rows.append(("age", _age(float(self.get("age") or 0))))
+        return rows
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'><code>{html.escape(v)}</code></td></tr>"
+            for k, v in self._rows()
+        )
+        return f"<table class='nsk-inspect'>{body}</table>"
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        width = max(len(k) for k, _ in self._rows())
+        p.text("\n".join(f"{k:<{width}}  {v}" for k, v in self._rows()))
+
+
+class SandboxList(list):  # type: ignore[type-arg]
+    """``%sandbox ls``: a list of :class:`SandboxInfo`, shown as a table like ``docker ps``."""
+
+    HEAD = ("NAME", "PID", "HOSTNAME", "IPS", "NAMESPACES", "AGE")
+
+    def _rows(self) -> list[tuple[str, ...]]:
+        return [
+            (
+                str(i["name"]),
+                str(i["pid"]),
+                str(i["hostname"]),
+                ",".join(i["ips"]) or "-",
+                ",".join(i["created"]),
+                _age(float(i["age"])),
+            )
+            for i in self
+        ]
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        rows = [self.HEAD, *self._rows()]
+        widths = [max(len(r[c]) for r in rows) for c in range(len(self.HEAD))]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
+            for r in rows
+        ]
+        if not self:
+            lines.append("(no named sandboxes)")
+        p.text("\n".join(lines))
+
+    def _repr_html_(self) -> str:
+        head = "".join(f"<th>{h}</th>" for h in self.HEAD)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
+            for r in self._rows()
+        )
+        if not self:
+            body = f"<tr><td colspan='{len(self.HEAD)}'>(no named sandboxes)</td></tr>"
+        return f"<table class='nsk-ls'><tr>{head}</tr>{body}</table>"
+
+
+# ------------------------------------------------------------------ the magics
+
+
+def _csv(text: str | None) -> list[str]:
+    return [v.strip() for v in (text or "").split(",") if v.strip()]
+
+
+def _with_host_maps(info: dict[str, Any]) -> SandboxInfo:
+    """uid/gid maps as this kernel sees them: the host ids (the server may see its own)."""
+    out = SandboxInfo(info)
+    for which in ("uid_map", "gid_map"):
+        m = read_host_map(int(info["pid"]), which)
+        if m is not None:
+            out[which] = m
+    return out
+
+
+@magics_class
+class SandboxMagics(Magics):
+    @magic_arguments()
+    @argument("--pid", action="store_true", help="own PID namespace: the cell runs as PID 2")
+    @argument("--net", action="store_true", help="own network stack: only lo, brought up")
+    @argument("--mnt", action="store_true", help="own mounts: host / read-only, private /tmp")
+    @argument("--uts", action="store_true", help="own hostname")
+    @argument("--ipc", action="store_true", help="own System V / POSIX IPC objects")
+    @argument("--user", action="store_true", help="own users: root inside, unprivileged outside")
+    @argument("--hostname", metavar="NAME", help="the hostname inside (needs --uts or no flag)")
+    @argument(
+        "--name",
+        metavar="NAME",
+        help="a named sandbox: created on first use, later cells with the same name run in "
+        "it with the same interpreter state (until `%%sandbox rm NAME` or kernel exit)",
+    )
+    @argument(
+        "--bind",
+        metavar="SRC[:DST]",
+        action="append",
+        default=[],
+        help="make a host path writable inside (needs --mnt or no flag)",
+    )
+    @argument(
+        "--ro-bind",
+        metavar="SRC[:DST]",
+        action="append",
+        default=[],
+        help="make a host path visible read-only inside",
+    )
+    @argument(
+        "--in",
+        dest="inputs",
+        metavar="VAR[,VAR]",
+        action="append",
+        default=[],
+        help="copy these kernel variables into the sandbox (JSON values and bytes only)",
+    )
+    @argument(
+        "--out",
+        dest="outputs",
+        metavar="VAR[,VAR]",
+        action="append",
+        default=[],
+        help="copy these sandbox variables back into the kernel (JSON values and bytes only)",
+    )
+    @argument("--timeout", type=float, metavar="SECONDS", help="kill the sandbox after this long")
+    @argument(
+        "--show",
+        action="store_true",
+        help="after the cell, show the host and this sandbox side by side (widgets)",
+    )
+    @argument("--network", metavar="NET", help="join the named virtual network (not yet)")
+    @argument("--ip", metavar="ADDR", help="this sandbox's address on --network (not yet)")
+    @argument(
+        "--publish",
+        metavar="HOSTPORT:PORT",
+        action="append",
+        default=[],
+        help="forward a host port into the sandbox (not yet)",
+    )
+    @cell_magic("sandbox")
+    def sandbox_cell(self, line: str, cell: str) -> Any:
+        """Run this cell in a fresh sandbox made of Linux namespaces.
+
+        With no namespace flag, all six are created (pid, net, mnt, uts, ipc, user).
+        The cell is IPython code (``!cmd`` and line magics work); its output streams live;
+        an exception fails the cell with the sandbox's traceback. Interrupt kills the
+        sandbox (a named one gets the interrupt first and keeps its state if it stops).
+
+        Examples::
+
+            %%sandbox --pid --net
+            import os; print(os.getpid())
+            !ip -brief addr
+
+            %%sandbox --name web1 --hostname web1
+            counter = 1
+
+        See also ``%sandbox ls``, ``%sandbox inspect NAME``, ``%sandbox rm NAME``.
+        """
+        args = parse_argstring(self.sandbox_cell, line)
+        req = self._build_request(args, cell)
+        client = get_client()
+        state: dict[str, Any] = {"result": None, "last": None, "error": None}
+
+        def on_message(msg: dict[str, Any]) -> None:
+            kind = msg.get("type")
+            if kind == "stream":
+                stream = sys.stderr if msg.get("name") == "stderr" else sys.stdout
+                other = sys.stdout if stream is sys.stderr else sys.stderr
+                if state["last"] is not stream:
+                    other.flush()  # keep stdout/stderr interleaving in order
+                    state["last"] = stream
+                stream.write(msg.get("text", ""))
+            elif kind == "display_data":
+                _flush()
+                state["last"] = None
+                kw: dict[str, Any] = {}
+                if msg.get("transient"):
+                    kw["transient"] = msg["transient"]
+                if msg.get("update"):
+                    kw["update"] = True
+                publish_display_data(msg.get("data") or {}, msg.get("metadata") or {}, **kw)
+            elif kind == "clear_output":
+                clear_output(wait=bool(msg.get("wait")))
+            elif kind == "execute_result":
+                state["result"] = SandboxResult(msg.get("data") or {}, msg.get("metadata") or {})
+            elif kind == "error":
+                state["error"] = msg
+
+        try:
+            done = client.run(req, on_message, timeout=args.timeout)
+        finally:
+            _flush()
+        status = done.get("status")
+        if status == "killed":
+            if done.get("reason") == "timeout":
+                gone = f"; sandbox {done['removed']!r} was removed" if done.get("removed") else ""
+                msg = (
+                    f"the cell ran longer than --timeout {args.timeout:g} s and its sandbox "
+                    f"was killed{gone}"
+                )
+                raise SandboxTimeout(msg)
+            if done.get("removed"):
+                print(f"sandbox {done['removed']!r} was killed", file=sys.stderr)
+            raise KeyboardInterrupt
+        if status == "failed":
+            raise SandboxStartError(done.get("message", "the sandbox could not be created"))
+        if status == "died":
+            raise SandboxDied(done.get("message", "the sandbox died"))
+        if status == "error":
+            err = state["error"] or {"ename": "Error", "evalue": "the cell failed"}
+            raise cell_error(err.get("ename", ""), err.get("evalue", ""), err.get("traceback"))
+        if done.get("out_error"):
+            raise SandboxOutputError(done["out_error"])
+        for name, value in (done.get("outputs") or {}).items():
+            self.shell.user_ns[name] = protocol.decode_value(value)  # type: ignore[union-attr]
+        if args.show:
+            _show(done.get("facts"), req.get("name"))
+        return state["result"]
+
+    def _build_request(self, args: Any, cell: str) -> dict[str, Any]:
+        flags = [ns for ns in ALL_NAMESPACES if getattr(args, ns)]
+        given = []
+        if flags:
+            given.append("namespaces")
+        if args.hostname is not None:
+            given.append("hostname")
+        if args.bind or args.ro_bind:
+            given.append("binds")
+        try:
+            binds = [Bind.parse(b) for b in args.bind]
+            binds += [Bind.parse(b, readonly=True) for b in args.ro_bind]
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+        if args.name is not None and not args.name.strip():
+            raise UsageError("--name needs a non-empty name, e.g. --name web1")
+        if args.timeout is not None and args.timeout <= 0:
+            raise UsageError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+        names = [n for text in args.inputs for n in _csv(text)]
+        ns = self.shell.user_ns  # type: ignore[union-attr]
+        missing = [n for n in names if n not in ns]
+        if missing:
+            raise UsageError(f"--in {','.join(missing)}: no such variable in the kernel")
+        try:
+            inputs = protocol.encode_values({n: ns[n] for n in names})
+        except protocol.UnsupportedValue as e:
+            raise UsageError(f"--in {e}") from None
+        spec = {
+            "namespaces": sorted(flags or ALL_NAMESPACES),
+            "hostname": args.hostname,
+            "binds": [[os.path.abspath(b.source), b.dest, b.readonly] for b in binds],
+            "cwd": _cwd(),
+        }
+        network = {"network": args.network, "ip": args.ip, "publish": args.publish}
+        req = {
+            "spec": spec,
+            "given": given,
+            "name": args.name,
+            "cell": cell,
+            "inputs": inputs,
+            "outputs": [n for text in args.outputs for n in _csv(text)],
+            "execution_count": self.shell.execution_count,  # type: ignore[union-attr]
+            "facts": bool(args.show),
+            "network": {k: v for k, v in network.items() if v},
+        }
+        return req
+
+    @line_magic("sandbox")
+    def sandbox_line(self, line: str) -> Any:
+        """Manage named sandboxes, like ``docker ps / inspect / rm``.
+
+        Usage::
+
+            %sandbox ls                 name, host PID of PID 1, hostname, IPs, namespaces, age
+            %sandbox inspect NAME       a dict: name, pid, hostname, ips, namespaces, maps
+            %sandbox rm NAME [NAME...]  kill and forget named sandboxes
+            %sandbox rm --all           all of them
+            %sandbox compare NAME...    the host and these sandboxes side by side (widgets)
+
+        ``%%sandbox`` (two %) runs a cell in a sandbox: see ``%%sandbox?``.
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as e:
+            raise UsageError(f"%sandbox: {e}") from None
+        if not words:
+            raise UsageError(
+                "%sandbox needs a command: ls, inspect NAME, rm NAME|--all, compare NAME...; "
+                "to run a cell in a sandbox use %%sandbox (two %)"
+            )
+        cmd, rest = words[0], words[1:]
+        client = get_client()
+        try:
+            if cmd in ("ls", "ps"):
+                if rest:
+                    raise UsageError(f"%sandbox ls takes no arguments (got {' '.join(rest)})")
+                return SandboxList(_with_host_maps(i) for i in client.request("ls"))
+            if cmd == "inspect":
+                if len(rest) != 1:
+                    raise UsageError("usage: %sandbox inspect NAME")
+                return _with_host_maps(client.request("inspect", name=rest[0]))
+            if cmd == "rm":
+                if rest == ["--all"] or rest == ["-a"]:
+                    removed = client.request("rm", all=True)
+                elif rest and not any(r.startswith("-") for r in rest):
+                    removed = client.request("rm", names=rest)
+                else:
+                    raise UsageError("usage: %sandbox rm NAME [NAME...]  or  %sandbox rm --all")
+                print(f"removed: {', '.join(removed)}" if removed else "no named sandboxes")
+                return None
+            if cmd == "compare":
+                if not rest:
+                    raise UsageError("usage: %sandbox compare NAME [NAME...]")
+                infos = [_with_host_maps(client.request("inspect", name=n)) for n in rest]
+                _compare(infos)
+                return None
+        except SandboxRequestError as e:
+            raise UsageError(str(e)) from None
+        raise UsageError(
+            f"%sandbox {cmd}: unknown command; use ls, inspect NAME, rm NAME|--all, compare NAME..."
+        )
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+
+
+def _compare(infos: list[dict[str, Any]]) -> None:
+    try:
+        from nskernel import widgets  # issue 6
+    except ImportError:
+        widgets = None
+    compare = getattr(widgets, "compare", None)
+    if compare is None:
+        print(
+            "the side-by-side widget panel is not available in this version of nskernel "
+            "(nskernel.widgets.compare is missing); showing the facts instead:",
+            file=sys.stderr,
+        )
+        for info in infos:
+            display(SandboxInfo(info))
+        return
+    display(compare(*infos))
+
+
+def _show(facts: dict[str, Any] | None, name: str | None) -> None:
+    info = dict(facts or {})
+    info.setdefault("name", name or "(this cell's sandbox)")
+    info.setdefault("pid", info.get("host_pid"))
+    info["age"] = info.get("age", 0.0)
+    info.setdefault("created", [])
+    _compare([info])

@@ -1,0 +1,720 @@
+"""Sandbox networks: named virtual networks, address allocation, names, published ports.
+
+One :class:`NetworkManager` belongs to one single-threaded process that creates the
+sandboxes (the ``%%sandbox`` server, or a test helper). It decides everything that
+needs no privileges (names, subnets, addresses, hosts files) and leaves the netlink
+work to ``nskernel._linux.vnet``, which it imports only when a sandbox joins a network:
+sandboxes with just ``--net`` never pay for pyroute2.
+
+The layout::
+
+    hub network namespace (no link to the host, no default route, no forwarding)
+      nsk-br-lab   10.213.0.1/24 ── nskv1 ══ eth0 10.213.0.2  sandbox web1
+                                 └─ nskv2 ══ eth0 10.213.0.3  sandbox client1
+      nsk-br-other 10.213.1.1/24 ── nskv3 ══ eth0 10.213.1.2  sandbox lonely
+
+- Subnets come from a pool, by default ``10.213.0.0/16`` (part of the RFC 1918 private
+  range 10.0.0.0/8) cut into ``/24`` networks; set ``NSKERNEL_NETWORK_POOL`` and
+  ``NSKERNEL_NETWORK_PREFIXLEN`` (or the constructor's arguments) to choose others.
+  Because the hub is isolated, a pool overlapping the host's own networks still cannot
+  reach them; pick another one only to avoid confusing addresses.
+- ``.1`` of each subnet is the bridge in the hub (so published ports can be forwarded
+  into the network); sandboxes get ``.2`` upwards, or the address asked with ``--ip``.
+- Names resolve through a managed ``/etc/hosts`` in each sandbox (bound over the host's,
+  read-only), rewritten in place whenever a peer joins or leaves.
+- The hub lives as long as some network exists; everything netlink-made lives in it,
+  so when the owning process dies (SIGKILL included) the kernel removes it all.
+- ``publish`` forwards TCP from ``127.0.0.1:HOSTPORT`` in the caller's own network
+  namespace to a sandbox's port, through a small forked relay process whose listening
+  socket is made before it enters the hub (the only way the host side can reach in).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import ipaddress
+import os
+import re
+import selectors
+import signal
+import socket
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import NskernelError
+
+if TYPE_CHECKING:
+    from ._linux.vnet import Hub
+
+DEFAULT_POOL = "10.213.0.0/16"
+DEFAULT_PREFIXLEN = 24
+POOL_ENV = "NSKERNEL_NETWORK_POOL"
+PREFIXLEN_ENV = "NSKERNEL_NETWORK_PREFIXLEN"
+
+_NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+_HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+class NetworkError(NskernelError):
+    """A network request could not be met; the message says why and what to do."""
+
+
+class AddressInUse(NetworkError):
+    """``--ip`` asked for an address another sandbox (or the bridge) already has."""
+
+
+class SubnetExhausted(NetworkError):
+    """No free address left in a network's subnet, or no free subnet left in the pool."""
+
+
+class NetworkInUse(NetworkError):
+    """``network rm`` of a network that still has sandboxes on it."""
+
+
+class PublishError(NetworkError):
+    """``--publish`` could not listen on the host side or find its target."""
+
+
+@dataclasses.dataclass
+class Network:
+    name: str
+    subnet: ipaddress.IPv4Network
+    bridge: str
+    members: dict[str, ipaddress.IPv4Address] = dataclasses.field(default_factory=dict)
+
+    @property
+    def gateway(self) -> ipaddress.IPv4Address:
+        return self.subnet.network_address + 1
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "subnet": str(self.subnet),
+            "bridge": self.bridge,
+            "gateway": str(self.gateway),
+            "members": {n: str(a) for n, a in sorted(self.members.items())},
+        }
+
+
+@dataclasses.dataclass
+class Endpoint:
+    """One interface of a sandbox on one network."""
+
+    network: str
+    ifname: str  # inside the sandbox: eth0, eth1, ...
+    hub_end: str  # the veth end on the bridge, in the hub
+    address: ipaddress.IPv4Address
+    prefixlen: int
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "network": self.network,
+            "interface": self.ifname,
+            "address": f"{self.address}/{self.prefixlen}",
+            "hub_link": self.hub_end,
+        }
+
+
+@dataclasses.dataclass
+class Forwarder:
+    """A relay process: ``127.0.0.1:host_port`` on the host side → ``target:port``."""
+
+    pid: int
+    host: str
+    host_port: int
+    target: str
+    port: int
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _reap(self.pid)
+
+    def info(self) -> dict[str, Any]:
+        return {"host": f"{self.host}:{self.host_port}", "target": f"{self.target}:{self.port}"}
+
+
+@dataclasses.dataclass
+class Member:
+    name: str
+    init_pid: int
+    aliases: tuple[str, ...]
+    endpoints: list[Endpoint]
+    hosts_fd: int | None
+    forwarders: list[Forwarder] = dataclasses.field(default_factory=list)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "interfaces": [e.info() for e in self.endpoints],
+            "networks": [e.network for e in self.endpoints],
+            "published": [f.info() for f in self.forwarders],
+        }
+
+
+def parse_publish(text: str) -> tuple[int, int]:
+    """``HOSTPORT:PORT`` (or just ``PORT``, the same on both sides) → (hostport, port)."""
+    host_s, sep, port_s = text.partition(":")
+    if not sep:
+        port_s = host_s
+    try:
+        host_port, port = int(host_s), int(port_s)
+    except ValueError:
+        host_port = port = -1
+    if not (1 <= host_port <= 65535 and 1 <= port <= 65535):
+        msg = f"--publish {text!r}: expected HOSTPORT:PORT with ports 1-65535, e.g. 8080:80"
+        raise NetworkError(msg)
+    return host_port, port
+
+
+def _pool_from_env() -> tuple[str, int]:
+    pool = os.environ.get(POOL_ENV) or DEFAULT_POOL
+    raw = os.environ.get(PREFIXLEN_ENV) or str(DEFAULT_PREFIXLEN)
+    try:
+        prefixlen = int(raw)
+    except ValueError:
+        msg = f"{PREFIXLEN_ENV}={raw!r}: expected a prefix length such as 24"
+        raise NetworkError(msg) from None
+    return pool, prefixlen
+
+
+class NetworkManager:
+    """All networks of one sandbox-creating process. Not thread-safe (nor needs to be)."""
+
+    def __init__(self, pool: str | None = None, prefixlen: int | None = None) -> None:
+        env_pool, env_prefixlen = _pool_from_env()
+        pool = pool or env_pool
+        prefixlen = prefixlen or env_prefixlen
+        try:
+            self.pool = ipaddress.IPv4Network(pool)
+        except ValueError as e:
+            msg = f"network pool {pool!r} is not an IPv4 network such as {DEFAULT_POOL}: {e}"
+            raise NetworkError(msg) from None
+        if not (self.pool.prefixlen <= prefixlen <= 30):
+            msg = (
+                f"subnet size /{prefixlen} does not fit the pool {self.pool}: use a prefix "
+                f"length from {self.pool.prefixlen} to 30 (each network needs a bridge "
+                "address and at least one sandbox address)"
+            )
+            raise NetworkError(msg)
+        self.prefixlen = prefixlen
+        self.networks: dict[str, Network] = {}
+        self.members: dict[str, Member] = {}
+        self._hub: Hub | None = None
+        self._veth_counter = 0
+
+    # ------------------------------------------------------------ queries
+
+    def ls(self) -> list[dict[str, Any]]:
+        """``%sandbox network ls``: every network, its subnet and members."""
+        return [n.info() for _, n in sorted(self.networks.items())]
+
+    def describe(self, name: str) -> dict[str, Any] | None:
+        """The network part of ``%sandbox inspect NAME`` (None: not on any network)."""
+        m = self.members.get(name)
+        return m.info() if m else None
+
+    def hub_links(self) -> list[str]:
+        """The links in the hub (for tests and ``network ls --verbose``)."""
+        return self._hub.links() if self._hub else []
+
+    @property
+    def hub_ns_fd(self) -> int | None:
+        return self._hub.ns_fd if self._hub else None
+
+    # ------------------------------------------------------------ attach / detach
+
+    def check_request(self, name: str, networks: Sequence[str], ip: str | None = None) -> None:
+        """Validate a request without changing anything (call before spawning)."""
+        if not _HOST_NAME_RE.match(name):
+            msg = (
+                f"sandbox name {name!r} cannot be used on a network: names resolve as host "
+                "names, so use 1-63 letters, digits and '-', not starting or ending with '-'"
+            )
+            raise NetworkError(msg)
+        if name in self.members:
+            msg = f"sandbox {name!r} is already on a network; remove it first"
+            raise NetworkError(msg)
+        if not networks:
+            raise NetworkError("no network given: name one, e.g. --network lab")
+        if len(set(networks)) != len(networks):
+            msg = f"network listed twice: {', '.join(networks)}"
+            raise NetworkError(msg)
+        for net in networks:
+            _check_network_name(net)
+        if ip is not None:
+            if len(networks) != 1:
+                msg = "--ip applies to a single --network; give exactly one network with --ip"
+                raise NetworkError(msg)
+            addr = _parse_ip(ip)
+            existing = self.networks.get(networks[0])
+            if existing is not None:
+                self._check_wanted(existing, addr)
+
+    def attach(
+        self,
+        name: str,
+        init_pid: int,
+        networks: Sequence[str],
+        *,
+        ip: str | None = None,
+        aliases: Sequence[str] = (),
+        hosts_file: bool = True,
+    ) -> list[Endpoint]:
+        """Put the running sandbox ``name`` (init at host PID ``init_pid``) on ``networks``.
+
+        Creates missing networks, one interface per network (``eth0``, ``eth1``...), an
+        address on each, and (with ``hosts_file``: the sandbox has its own mount
+        namespace) a managed /etc/hosts. Returns when every link is up, so the first
+        packet is not lost. On failure nothing of this attachment remains.
+        """
+        networks = list(networks)
+        self.check_request(name, networks, ip)
+        from ._linux import vnet
+
+        created_nets: list[str] = []
+        endpoints: list[Endpoint] = []
+        sock = None
+        hosts_fd = None
+        try:
+            for i, net_name in enumerate(networks):
+                net = self.networks.get(net_name)
+                if net is None:
+                    net = self._create_network(net_name)
+                    created_nets.append(net_name)
+                addr = self._allocate(net, _parse_ip(ip) if ip is not None and i == 0 else None)
+                net.members[name] = addr  # reserved now; released on failure below
+                self._veth_counter += 1
+                endpoints.append(
+                    Endpoint(net_name, f"eth{i}", f"nskv{self._veth_counter}", addr, self.prefixlen)
+                )
+            hub = self._ensure_hub()
+            ns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                peers = [
+                    hub.add_veth(ep.hub_end, self.networks[ep.network].bridge, ns_fd, ep.ifname)
+                    for ep in endpoints
+                ]
+            finally:
+                os.close(ns_fd)
+            member = Member(name, init_pid, tuple(aliases), endpoints, None)
+            hosts_text = self._hosts_text(member) if hosts_file else None
+            sock, hosts_fd = vnet.enter_sandbox(init_pid, hosts_text=hosts_text)
+            for ep, peer in zip(endpoints, peers, strict=True):
+                vnet.attach_inside(sock, peer, str(ep.address), ep.prefixlen)
+            for ep in endpoints:
+                hub.wait_up(ep.hub_end)
+        except BaseException:
+            if hosts_fd is not None:
+                os.close(hosts_fd)
+            self._undo(name, endpoints, created_nets)
+            raise
+        finally:
+            if sock is not None:
+                sock.close()
+        member.hosts_fd = hosts_fd
+        self.members[name] = member
+        self._refresh_hosts(exclude=name, networks=networks)
+        return endpoints
+
+    def detach(self, name: str) -> None:
+        """Take ``name`` off its networks (call when the sandbox goes, or before).
+
+        Releases its addresses, stops its published ports, removes its veth pairs and
+        every network left without members; the hub goes with the last network.
+        """
+        member = self.members.pop(name, None)
+        if member is None:
+            return
+        for fwd in member.forwarders:
+            fwd.stop()
+        if member.hosts_fd is not None:
+            os.close(member.hosts_fd)
+        nets = [ep.network for ep in member.endpoints]
+        self._undo(name, member.endpoints, [])
+        self._refresh_hosts(exclude=name, networks=nets)
+
+    def remove_network(self, name: str) -> None:
+        """``%sandbox network rm NAME``: only a network no sandbox is on."""
+        net = self.networks.get(name)
+        if net is None:
+            known = ", ".join(sorted(self.networks)) or "none"
+            msg = f"no network named {name!r} (networks: {known})"
+            raise NetworkError(msg)
+        if net.members:
+            msg = (
+                f"network {name!r} is in use by {', '.join(sorted(net.members))}: "
+                "remove those sandboxes first (%sandbox rm NAME)"
+            )
+            raise NetworkInUse(msg)
+        self._drop_network(net)
+
+    def close(self) -> None:
+        """Tear everything down (the owning process is about to exit)."""
+        for name in list(self.members):
+            try:
+                self.detach(name)
+            except NskernelError:
+                pass
+        if self._hub is not None:
+            self._hub.close()
+            self._hub = None
+        self.networks.clear()
+
+    # ------------------------------------------------------------ publish
+
+    def publish(
+        self, name: str, host_port: int, port: int, *, host: str = "127.0.0.1"
+    ) -> Forwarder:
+        """Forward TCP ``host:host_port`` (caller's namespace) to ``name``'s ``port``.
+
+        The relay runs until the sandbox is detached or the caller dies. Raises
+        :class:`PublishError` if the host port is taken.
+        """
+        member = self.members.get(name)
+        if member is None or not member.endpoints or self._hub is None:
+            msg = (
+                f"--publish needs sandbox {name!r} on a network: add --network NAME "
+                "(the published port is forwarded into that network)"
+            )
+            raise PublishError(msg)
+        target = str(member.endpoints[0].address)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, host_port))
+            listener.listen(64)
+        except OSError as e:
+            listener.close()
+            msg = (
+                f"--publish {host_port}:{port}: cannot listen on {host}:{host_port}: "
+                f"{e.strerror or e}; choose another host port"
+            )
+            raise PublishError(msg) from e
+        pid = _start_relay(listener, self._hub.ns_fd, (target, port))
+        listener.close()
+        fwd = Forwarder(pid, host, host_port, target, port)
+        member.forwarders.append(fwd)
+        return fwd
+
+    # ------------------------------------------------------------ internals
+
+    def _ensure_hub(self) -> Hub:
+        if self._hub is None:
+            from ._linux.vnet import Hub
+
+            self._hub = Hub()
+        return self._hub
+
+    def _create_network(self, name: str) -> Network:
+        used = {n.subnet for n in self.networks.values()}
+        for subnet in self.pool.subnets(new_prefix=self.prefixlen):
+            if subnet not in used:
+                break
+        else:
+            msg = (
+                f"cannot create network {name!r}: all {len(used)} subnets of the pool "
+                f"{self.pool} (/{self.prefixlen} each) are in use; remove a network "
+                f"(%sandbox network rm) or set {POOL_ENV} to a larger pool"
+            )
+            raise SubnetExhausted(msg)
+        net = Network(name, subnet, _bridge_name(name))
+        hub = self._ensure_hub()
+        hub.add_bridge(net.bridge, str(net.gateway), self.prefixlen)
+        self.networks[name] = net
+        return net
+
+    def _check_wanted(self, net: Network, addr: ipaddress.IPv4Address) -> None:
+        if addr not in net.subnet:
+            msg = (
+                f"--ip {addr} is not in network {net.name!r}'s subnet {net.subnet}; "
+                f"pick an address from {net.subnet.network_address + 2} to "
+                f"{net.subnet.broadcast_address - 1}"
+            )
+            raise NetworkError(msg)
+        if addr in (net.subnet.network_address, net.subnet.broadcast_address):
+            msg = f"--ip {addr} is the network or broadcast address of {net.subnet}; pick another"
+            raise NetworkError(msg)
+        if addr == net.gateway:
+            msg = f"--ip {addr} is the address of network {net.name!r}'s bridge; pick another"
+            raise AddressInUse(msg)
+        for other, used in net.members.items():
+            if used == addr:
+                msg = (
+                    f"--ip {addr} is already used by sandbox {other!r} on network "
+                    f"{net.name!r}; pick another address or leave out --ip"
+                )
+                raise AddressInUse(msg)
+
+    def _allocate(
+        self, net: Network, wanted: ipaddress.IPv4Address | None
+    ) -> ipaddress.IPv4Address:
+        if wanted is not None:
+            self._check_wanted(net, wanted)
+            return wanted
+        used = set(net.members.values())
+        for addr in net.subnet.hosts():
+            if addr != net.gateway and addr not in used:
+                return addr
+        msg = (
+            f"network {net.name!r} ({net.subnet}) has no free address: all "
+            f"{net.subnet.num_addresses - 3} sandbox addresses are taken; remove a sandbox "
+            "from it or use another network"
+        )
+        raise SubnetExhausted(msg)
+
+    def _undo(self, name: str, endpoints: Sequence[Endpoint], created: Sequence[str]) -> None:
+        for ep in endpoints:
+            if self._hub is not None:
+                try:
+                    self._hub.delete_link(ep.hub_end)
+                except OSError:
+                    pass  # gone already: the sandbox's namespace took the pair with it
+            net = self.networks.get(ep.network)
+            if net is not None:
+                net.members.pop(name, None)
+        for net_name in {*created, *(ep.network for ep in endpoints)}:
+            net = self.networks.get(net_name)
+            if net is not None and not net.members:
+                self._drop_network(net)
+
+    def _drop_network(self, net: Network) -> None:
+        self.networks.pop(net.name, None)
+        if self._hub is not None:
+            try:
+                self._hub.delete_link(net.bridge)
+            except OSError:
+                pass
+            if not self.networks:
+                self._hub.close()
+                self._hub = None
+
+    def _hosts_text(self, member: Member) -> str:
+        lines = [
+            "# Managed by nskernel: sandboxes on this sandbox's networks. Rewritten as",
+            "# sandboxes join and leave; changes made here are not kept.",
+            "127.0.0.1\tlocalhost",
+            "::1\tlocalhost ip6-localhost ip6-loopback",
+        ]
+        seen: set[str] = set()
+        for ep in member.endpoints:
+            own = " ".join(dict.fromkeys((member.name, *member.aliases)))
+            if member.name not in seen:
+                lines.append(f"{ep.address}\t{own}")
+                seen.add(member.name)
+            net = self.networks.get(ep.network)
+            for other, addr in sorted((net.members if net else {}).items()):
+                if other in seen:
+                    continue
+                seen.add(other)
+                peer = self.members.get(other)
+                names = (other, *(peer.aliases if peer else ()))
+                lines.append(f"{addr}\t{' '.join(dict.fromkeys(names))}")
+        return "\n".join(lines) + "\n"
+
+    def _refresh_hosts(self, *, exclude: str, networks: Sequence[str]) -> None:
+        from ._linux import vnet
+
+        affected: set[str] = set()
+        for net_name in networks:
+            net = self.networks.get(net_name)
+            if net is not None:
+                affected.update(net.members)
+        for other in sorted(affected - {exclude}):
+            m = self.members.get(other)
+            if m is not None and m.hosts_fd is not None:
+                try:
+                    vnet.rewrite_hosts(m.hosts_fd, self._hosts_text(m))
+                except OSError:
+                    pass  # that sandbox is going away; its own detach will follow
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _check_network_name(name: str) -> None:
+    if not _NETWORK_NAME_RE.match(name):
+        msg = (
+            f"invalid network name {name!r}: use up to 63 letters, digits, '_', '.' "
+            "and '-', starting with a letter or digit"
+        )
+        raise NetworkError(msg)
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(text)
+    except ValueError:
+        msg = f"--ip {text!r} is not an IPv4 address such as 10.213.0.10"
+        raise NetworkError(msg) from None
+
+
+def _bridge_name(network: str) -> str:
+    # Interface names are limited to 15 bytes; long network names get a stable digest.
+    name = f"nsk-br-{network}"
+    if len(name) <= 15 and "." not in network:
+        return name
+    return "nsk-br-" + hashlib.sha1(network.encode()).hexdigest()[:8]
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # reaped elsewhere (a server's waitpid(-1)); it is gone either way
+
+
+# ---------------------------------------------------------------- the relay process
+
+
+def _start_relay(listener: socket.socket, hub_ns_fd: int, target: tuple[str, int]) -> int:
+    """Fork the relay for one published port; returns its PID once it is serving."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the relay
+        code = 1
+        try:
+            os.close(ready_r)
+            code = _relay_main(listener, hub_ns_fd, target, ready_w)
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    try:
+        answer = os.read(ready_r, 4096)
+    finally:
+        os.close(ready_r)
+    if answer != b"ok":
+        _reap(pid)
+        why = answer.decode(errors="replace") or "it exited at once"
+        raise PublishError(f"the port relay could not start: {why}")
+    return pid
+
+
+def _relay_main(
+    listener: socket.socket, hub_ns_fd: int, target: tuple[str, int], ready_w: int
+) -> int:
+    from ._linux import syscalls as sc
+
+    try:
+        # The relay is a forked copy of its parent: it must not hold the parent's other
+        # descriptors (a sandbox's lifeline held here would keep that sandbox alive).
+        keep = {listener.fileno(), hub_ns_fd, ready_w}
+        for entry in os.listdir("/proc/self/fd"):
+            fd = int(entry)
+            if fd > 2 and fd not in keep:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        sc.set_process_name("nskernel-relay")
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        # The listener stays in the namespace it was made in; every socket made from
+        # now on is in the hub, where the networks' bridges are.
+        sc.setns(hub_ns_fd, sc.CLONE_NEWNET)
+        os.close(hub_ns_fd)
+    except OSError as e:
+        os.write(ready_w, f"{e}".encode())
+        return 1
+    os.write(ready_w, b"ok")
+    os.close(ready_w)
+    _relay_loop(listener, target)
+    return 0
+
+
+class _Half:
+    """One direction of a relayed connection: bytes read from ``src``, owed to ``dst``."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
+        self.src, self.dst = src, dst
+        self.buf = bytearray()
+        self.eof = False  # src sent FIN
+        self.done = False  # ... and it was passed on to dst (shutdown SHUT_WR)
+
+
+_MAX_BUFFERED = 1 << 18
+
+
+def _relay_loop(listener: socket.socket, target: tuple[str, int]) -> None:
+    """Relay every accepted connection to ``target``, both ways, half-closes included."""
+    sel = selectors.DefaultSelector()
+    listener.setblocking(False)
+    sel.register(listener, selectors.EVENT_READ)
+    out_of: dict[socket.socket, _Half] = {}  # socket → the half it reads into
+    into: dict[socket.socket, _Half] = {}  # socket → the half it writes out
+
+    def close(s: socket.socket) -> None:
+        other = out_of[s].dst
+        for x in (s, other):
+            sel.unregister(x)
+            out_of.pop(x, None)
+            into.pop(x, None)
+            x.close()
+
+    def update(s: socket.socket) -> None:
+        h_out, h_in = out_of[s], into[s]
+        events = 0
+        if not h_out.eof and len(h_out.buf) < _MAX_BUFFERED:
+            events |= selectors.EVENT_READ
+        if h_in.buf or (h_in.eof and not h_in.done):
+            events |= selectors.EVENT_WRITE
+        if h_out.done and h_in.done:
+            close(s)
+        elif events:
+            sel.modify(s, events)
+        else:
+            sel.modify(s, selectors.EVENT_READ)  # only errors can arrive now
+
+    while True:
+        for key, mask in sel.select():
+            s: socket.socket = key.fileobj  # type: ignore[assignment]
+            if s is listener:
+                try:
+                    client, _ = listener.accept()
+                except OSError:
+                    continue
+                upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                client.setblocking(False)
+                upstream.setblocking(False)
+                if upstream.connect_ex(target) not in (0, errno.EINPROGRESS):
+                    client.close()
+                    upstream.close()
+                    continue
+                a, b = _Half(client, upstream), _Half(upstream, client)
+                out_of[client], into[upstream] = a, a
+                out_of[upstream], into[client] = b, b
+                sel.register(client, selectors.EVENT_READ)
+                # Writable once connected; a refused connection shows up as an error.
+                sel.register(upstream, selectors.EVENT_READ | selectors.EVENT_WRITE)
+                continue
+            if s not in out_of:
+                continue
+            try:
+                if mask & selectors.EVENT_READ:
+                    h = out_of[s]
+                    data = s.recv(65536)
+                    if data:
+                        h.buf += data
+                    else:
+                        h.eof = True
+                    update(h.dst)
+                if s in into and mask & selectors.EVENT_WRITE:
+                    h = into[s]
+                    if h.buf:
+                        del h.buf[: s.send(h.buf)]
+                    if not h.buf and h.eof and not h.done:
+                        s.shutdown(socket.SHUT_WR)
+                        h.done = True
+                    update(h.src)
+                if s in out_of:
+                    update(s)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                if s in out_of:
+                    close(s)

@@ -10,7 +10,6 @@ Every wrapper raises ``OSError`` with errno set, so callers can explain failures
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -62,7 +61,19 @@ _SYSCALL_NUMBERS = {
     "aarch64": {"pivot_root": 41, "mount_setattr": 442},
 }
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+def _load_libc() -> ctypes.CDLL:
+    # find_library() runs `ldconfig -p` in a subprocess (milliseconds on every start):
+    # try glibc's soname first, and only search when that is not it (e.g. musl).
+    try:
+        return ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c"), use_errno=True)
+
+
+_libc = _load_libc()
 _libc.mount.argtypes = [
     ctypes.c_char_p,
     ctypes.c_char_p,

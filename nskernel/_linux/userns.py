@@ -17,7 +17,6 @@ import dataclasses
 import os
 import pwd
 import shutil
-import subprocess
 
 NOBODY = 65534
 
@@ -104,6 +103,8 @@ def plan_id_maps(*, map_root_to: int | None = None, use_subids: bool = True) -> 
 def write_id_maps_from_parent(pid: int, plan: IdMapPlan) -> None:
     """Write ``pid``'s maps. Raises OSError (or CalledProcessError) on failure."""
     if plan.method == "newidmap":
+        import subprocess  # only this path needs it; keep it off every sandbox's start
+
         for tool, m in (("newgidmap", plan.gid_map), ("newuidmap", plan.uid_map)):
             args = [tool, str(pid)] + [str(x) for triple in m for x in triple]
             subprocess.run(args, check=True, capture_output=True, text=True)

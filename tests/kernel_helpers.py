@@ -1,0 +1,180 @@
+"""Helpers for the sandboxed-kernel tests: throwaway kernelspecs, running cells, waiting.
+
+Kernelspecs are installed into a temporary prefix and found through a KernelSpecManager
+(or JUPYTER_PATH for subprocesses) pointed at it: the user's real Jupyter config is never
+touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nskernel.paths import runtime_dir
+
+KERNEL_NAME = "nsk-test"
+DISPLAY_NAME = "Python 3 (sandboxed)"
+
+
+def install_kernelspecs(prefix: Path) -> Path:
+    """The default kernelspec plus a net+uts-only one, side by side; returns kernels dir."""
+    from nskernel.kernel import install
+
+    install.install(name=KERNEL_NAME, prefix=str(prefix))
+    install.install(
+        name="nsk-test-net",
+        display_name="Python 3 (sandboxed, net only)",
+        namespaces=install.parse_namespaces("net,uts"),
+        prefix=str(prefix),
+    )
+    return prefix / "share" / "jupyter" / "kernels"
+
+
+def jupyter_env(tmp: Path, prefix: Path) -> dict[str, str]:
+    """Environment for a Jupyter subprocess that sees only our kernelspecs and tmp dirs."""
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_PATH=str(prefix / "share" / "jupyter"),
+        JUPYTER_CONFIG_DIR=str(tmp / "config"),
+        JUPYTER_DATA_DIR=str(tmp / "data"),
+        JUPYTER_RUNTIME_DIR=str(tmp / "runtime"),
+        JUPYTER_PLATFORM_DIRS="1",
+        IPYTHONDIR=str(tmp / "ipython"),
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    return env
+
+
+def run_cell(kc: Any, code: str, timeout: float = 60) -> dict[str, Any]:
+    """Execute ``code``; collect its iopub output until idle."""
+    msg_id = kc.execute(code)
+    out: dict[str, Any] = {"stdout": "", "stderr": "", "error": None, "data": [], "msgs": []}
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        out["msgs"].append(msg)
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out[content["name"]] += content["text"]
+        elif kind == "error":
+            out["error"] = content["ename"]
+        elif kind in ("display_data", "execute_result"):
+            out["data"].append(content["data"])
+        elif kind == "status" and content["execution_state"] == "idle":
+            while True:  # skip replies to requests other than ours (e.g. comm traffic)
+                reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    out["reply"] = reply["content"]
+                    return out
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def socket_dirs() -> set[str]:
+    d = runtime_dir()
+    return {os.path.join(d, e) for e in os.listdir(d) if e.startswith("kern-")}
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (by /proc/PID/task/*/children)."""
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    kids = {int(x) for x in f.read().split()}
+            except OSError:
+                continue
+            stack.extend(kids - found)
+            found |= kids
+    return {p for p in found if alive(p)}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_jupyter(
+    app: str, tmp: Path, prefix: Path, root_dir: Path, token: str
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``jupyter_server`` or ``jupyterlab`` on 127.0.0.1; returns (process, base url)."""
+    port = free_port()
+    log = open(tmp / f"{app}-{port}.log", "wb")
+    cmd = [
+        sys.executable,
+        "-m",
+        app,
+        "--no-browser",
+        "--ip=127.0.0.1",
+        f"--port={port}",
+        "--ServerApp.port_retries=0",
+        f"--IdentityProvider.token={token}",
+        f"--ServerApp.root_dir={root_dir}",
+        "--ServerApp.disable_check_xsrf=True",
+    ]
+    if os.geteuid() == 0:
+        cmd.append("--allow-root")
+    proc = subprocess.Popen(
+        cmd, env=jupyter_env(tmp, prefix), stdout=log, stderr=subprocess.STDOUT, cwd=root_dir
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    return proc, base
+
+
+def wait_http(base: str, token: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    import urllib.request
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"the Jupyter server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    wait_for(up, timeout, f"{base} to answer")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

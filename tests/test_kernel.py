@@ -1,0 +1,366 @@
+"""The sandboxed kernel end to end through jupyter_client, against real processes.
+
+Runs for any caller (root and rootless: CI runs both), through a throwaway kernelspec.
+What is checked is what the issue promises a notebook user: the sandbox's hostname, its
+own PID 1, only ``lo``, root inside while the host sees an unprivileged uid, a private
+/tmp, a writable notebook directory, streams, errors, interrupt (also of a subprocess),
+restart into a fresh sandbox, graceful shutdown, ipywidgets comms, and that nothing —
+process or socket directory — is left after each kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from tests.conftest import IS_ROOT
+from tests.kernel_helpers import (
+    KERNEL_NAME,
+    alive,
+    descendants,
+    install_kernelspecs,
+    run_cell,
+    socket_dirs,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.userns]
+
+NS_TYPES = ("pid", "net", "mnt", "uts", "ipc", "user")
+
+
+@pytest.fixture(scope="module")
+def kernels_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return install_kernelspecs(tmp_path_factory.mktemp("prefix"))
+
+
+@pytest.fixture(scope="module")
+def ksm(kernels_dir: Path) -> KernelSpecManager:
+    return KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+
+
+class Running:
+    def __init__(self, km: KernelManager, kc: Any, cwd: Path) -> None:
+        self.km, self.kc, self.cwd = km, kc, cwd
+        self.launcher = km.provisioner.pid
+        self.socket_dir = km.provisioner.socket_dir
+
+    def run(self, code: str, timeout: float = 60) -> dict[str, Any]:
+        return run_cell(self.kc, textwrap.dedent(code), timeout)
+
+    def ns_ids(self) -> dict[str, int]:
+        out = self.run(
+            "import json, os\n"
+            f"print(json.dumps({{t: os.stat(f'/proc/self/ns/{{t}}').st_ino for t in {NS_TYPES}}}))"
+        )
+        return json.loads(out["stdout"])
+
+
+@contextlib.contextmanager
+def kernel(ksm: KernelSpecManager, cwd: Path, name: str = KERNEL_NAME) -> Iterator[Running]:
+    """A started sandboxed kernel; afterwards, asserts nothing of it is left."""
+    before = socket_dirs()
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(cwd))
+    kc = km.client()
+    kc.start_channels()
+    launcher = km.provisioner.pid
+    procs: set[int] = set()
+    try:
+        kc.wait_for_ready(timeout=60)
+        procs = descendants(launcher)
+        yield Running(km, kc, cwd)
+    finally:
+        procs |= descendants(launcher)
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+    wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
+    assert socket_dirs() == before, "the kernel's socket directory was not removed"
+
+
+@pytest.fixture(scope="module")
+def shared(ksm: KernelSpecManager, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    """One kernel for the read-only checks (each kernel start costs about a second)."""
+    nbdir = tmp_path_factory.mktemp("notebook")
+    with kernel(ksm, nbdir) as k:
+        yield k
+
+
+# ---------------------------------------------------------------- inside the sandbox
+
+
+def test_hostname_is_derived_from_the_kernel_id(shared: Running) -> None:
+    out = shared.run("!hostname")
+    assert out["stdout"].strip() == f"nsk-{shared.km.kernel_id[:8]}"
+    assert socket.gethostname() != out["stdout"].strip()
+
+
+def test_ps_shows_init_as_pid_1_and_only_the_kernels_processes(shared: Running) -> None:
+    out = shared.run("!ps -e -o pid=,ppid=,comm=")
+    rows = [line.split(None, 2) for line in out["stdout"].strip().splitlines()]
+    table = {int(pid): (int(ppid), comm) for pid, ppid, comm in rows}
+    assert table[1] == (0, "nskernel-init")
+    assert table[2][0] == 1  # ipykernel, the init's only child
+    for pid, (ppid, comm) in table.items():
+        if pid > 2:  # everything else descends from the kernel (the shell, ps)
+            while ppid > 2:
+                ppid = table[ppid][0]
+            assert ppid == 2, f"{pid} {comm} is not the kernel's"
+    # The host sees the same processes with other PIDs, all below our launcher.
+    assert len(descendants(shared.launcher)) >= 2
+
+
+def test_only_lo_and_it_is_up(shared: Running) -> None:
+    out = shared.run(
+        """
+        import socket, os
+        print(sorted(n for _, n in socket.if_nameindex()), os.listdir('/sys/class/net'))
+        print(int(open('/sys/class/net/lo/flags').read(), 16) & 1)
+        """
+    )
+    names, up = out["stdout"].strip().splitlines()
+    assert names == "['lo'] ['lo']"
+    assert up == "1"
+
+
+def test_root_inside_unprivileged_on_the_host(shared: Running) -> None:
+    out = shared.run("!id -u; id -g")
+    assert out["stdout"].split() == ["0", "0"]
+    host_uids = set()
+    for pid in descendants(shared.launcher):
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    host_uids.add(int(line.split()[1]))
+    if IS_ROOT:
+        assert 0 not in host_uids, "sandbox root must never be host root"
+    else:
+        assert host_uids == {os.getuid()}
+
+
+def test_tmp_is_private(shared: Running, tmp_path: Path) -> None:
+    host_marker = Path("/tmp") / f"nsk-host-marker-{uuid.uuid4().hex}"
+    host_marker.write_text("host")
+    inside_name = f"nsk-inside-marker-{uuid.uuid4().hex}"
+    try:
+        out = shared.run(
+            f"import os; open('/tmp/{inside_name}', 'w').write('x'); "
+            f"print(os.path.exists('{host_marker}'))"
+        )
+        assert out["stdout"].strip() == "False"
+        assert not (Path("/tmp") / inside_name).exists()
+    finally:
+        host_marker.unlink()
+
+
+def test_notebook_directory_is_readable_and_writable(shared: Running) -> None:
+    (shared.cwd / "data.csv").write_text("a,b\n1,2\n")
+    out = shared.run(
+        """
+        import os
+        print(os.getcwd())
+        print(open('data.csv').read().splitlines()[1])
+        open('result.txt', 'w').write('written inside')
+        os.makedirs('out/sub', exist_ok=True)
+        open('out/sub/x', 'w').write('deep')
+        """
+    )
+    assert out["error"] is None, out
+    cwd, row = out["stdout"].strip().splitlines()
+    assert cwd == str(shared.cwd)
+    assert row == "1,2"
+    assert (shared.cwd / "result.txt").read_text() == "written inside"
+    assert (shared.cwd / "out/sub/x").read_text() == "deep"
+    # What the sandbox writes belongs to the directory's owner on the host (as root:
+    # through the idmapped mount, not by running as that owner).
+    owner = shared.cwd.stat().st_uid
+    assert (shared.cwd / "result.txt").stat().st_uid == owner
+
+
+def test_host_facts_are_readable_inside(shared: Running) -> None:
+    out = shared.run(
+        """
+        import json, os
+        f = json.load(open(os.environ['NSKERNEL_HOST_FACTS']))
+        print(json.dumps({'hostname': f['hostname'], 'ns': f['namespaces'],
+                          'mine': os.stat('/proc/self/ns/pid').st_ino}))
+        """
+    )
+    facts = json.loads(out["stdout"])
+    assert facts["hostname"] == socket.gethostname()
+    assert facts["ns"]["pid"] == os.stat("/proc/self/ns/pid").st_ino
+    assert facts["ns"]["pid"] != facts["mine"]
+
+
+def test_streams_and_errors(shared: Running) -> None:
+    out = shared.run("import sys; print('to stdout'); print('to stderr', file=sys.stderr)")
+    assert out["stdout"] == "to stdout\n"
+    assert out["stderr"] == "to stderr\n"
+    out = shared.run("raise ValueError('boom')")
+    assert out["error"] == "ValueError"
+    assert out["reply"]["status"] == "error"
+    out = shared.run("1 + 1")
+    assert out["data"] == [{"text/plain": "2"}]
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["import time; time.sleep(60)", "import subprocess; subprocess.run(['sleep', '60'])"],
+    ids=["time.sleep", "subprocess"],
+)
+def test_interrupt(shared: Running, code: str) -> None:
+    before = descendants(shared.launcher)
+    msg_id = shared.kc.execute(code)
+    # Wait until the cell really runs (and its subprocess exists) before interrupting.
+    wait_for(lambda: len(descendants(shared.launcher)) > len(before) or "time" in code, 10, "")
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    shared.km.interrupt_kernel()
+    reply = shared.kc.get_shell_msg(timeout=15)
+    assert reply["parent_header"]["msg_id"] == msg_id
+    assert reply["content"]["status"] == "error"
+    assert reply["content"]["ename"] == "KeyboardInterrupt"
+    assert time.monotonic() - t0 < 5
+    wait_for(lambda: descendants(shared.launcher) <= before, 5, "the sleep to be gone")
+    assert shared.run("print('still alive')")["stdout"] == "still alive\n"
+
+
+def test_ipywidgets_comm(shared: Running) -> None:
+    out = shared.run("import ipywidgets as w; s = w.IntSlider(value=5); display(s)")
+    opens = [m for m in out["msgs"] if m["msg_type"] == "comm_open"]
+    slider = [
+        m for m in opens if m["content"]["data"]["state"].get("_model_name") == "IntSliderModel"
+    ]
+    assert slider, "no IntSlider comm was opened"
+    comm_id = slider[0]["content"]["comm_id"]
+    assert slider[0]["content"]["target_name"] == "jupyter.widget"
+    views = [d for d in out["data"] if "application/vnd.jupyter.widget-view+json" in d]
+    assert views[0]["application/vnd.jupyter.widget-view+json"]["model_id"] == comm_id
+    # The frontend side: change the value through the comm, as a slider drag does.
+    kc = shared.kc
+    msg = kc.session.msg(
+        "comm_msg",
+        {
+            "comm_id": comm_id,
+            "data": {"method": "update", "state": {"value": 7}, "buffer_paths": []},
+        },
+    )
+    kc.shell_channel.send(msg)
+    wait_for(lambda: shared.run("print(s.value)")["stdout"] == "7\n", 10, "the update")
+
+
+# ---------------------------------------------------------------- lifecycle
+
+
+def test_restart_gives_a_fresh_sandbox_and_shutdown_is_graceful(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    with kernel(ksm, tmp_path) as k:
+        ids1 = k.ns_ids()
+        old = descendants(k.launcher) | {k.launcher}
+        k.km.restart_kernel(now=False)
+        k.kc.wait_for_ready(timeout=60)
+        ids2 = k.ns_ids()
+        for t in NS_TYPES:
+            assert ids1[t] != ids2[t], f"{t} namespace was reused across restart"
+        assert not any(alive(p) for p in old), "the first sandbox outlived the restart"
+        assert k.km.provisioner.socket_dir == k.socket_dir  # same socket paths
+        assert os.path.isdir(k.socket_dir)
+        assert k.run("print(6 * 7)")["stdout"] == "42\n"
+
+        launcher = k.km.provisioner.pid
+        proc = k.km.provisioner.process
+        t0 = time.monotonic()
+        k.km.shutdown_kernel(now=False)
+        took = time.monotonic() - t0
+        # shutdown_request honoured: no fall-through to SIGTERM/SIGKILL after the
+        # 5 s shutdown_wait_time; the launcher exited with the kernel's status 0.
+        assert took < 4, f"shutdown took {took:.1f}s"
+        assert proc.returncode == 0
+        assert not alive(launcher)
+
+
+def test_sigterm_to_the_launcher_reaches_the_kernel(ksm: KernelSpecManager, tmp_path: Path) -> None:
+    with kernel(ksm, tmp_path) as k:
+        kernel_pids = descendants(k.launcher)
+        proc = k.km.provisioner.process
+        proc.send_signal(signal.SIGTERM)  # the launcher only, not the process group
+        assert proc.wait(10) == 128 + signal.SIGTERM
+        assert not any(alive(p) for p in kernel_pids)
+
+
+def test_side_by_side_kernelspec_with_fewer_namespaces(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    assert {"nsk-test", "nsk-test-net"} <= set(ksm.find_kernel_specs())
+    with kernel(ksm, tmp_path, name="nsk-test-net") as k:
+        ids = k.ns_ids()
+        mine = {t: os.stat(f"/proc/self/ns/{t}").st_ino for t in NS_TYPES}
+        assert ids["net"] != mine["net"]
+        assert ids["uts"] != mine["uts"]
+        assert ids["user"] != mine["user"]  # always: sandbox root is never host root
+        assert ids["pid"] == mine["pid"]
+        assert ids["mnt"] == mine["mnt"] or IS_ROOT  # root: the launcher's private mount ns
+        assert k.run("!hostname")["stdout"].strip() == f"nsk-{k.km.kernel_id[:8]}"
+
+
+# ---------------------------------------------------------------- where it is denied
+
+DENIED_SCRIPT = """
+import json, sys, time
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name="nsk-test", kernel_spec_manager=KernelSpecManager(
+    kernel_dirs=[sys.argv[1]]))
+t0 = time.monotonic()
+try:
+    km.start_kernel(cwd=sys.argv[2])
+except Exception as e:
+    print(json.dumps({"type": type(e).__name__, "error": str(e),
+                      "seconds": time.monotonic() - t0}))
+else:
+    km.shutdown_kernel(now=True)
+    print(json.dumps({"type": None}))
+"""
+
+
+# tests.helpers.deny's seccomp mode answers clone3 with EPERM, so a threaded
+# KernelManager cannot even start its threads there (Docker answers ENOSYS, and glibc
+# falls back to clone); the per-user-namespace limit is the realistic denial for it.
+@pytest.mark.parametrize(
+    ("how", "expect"),
+    [(["limit", "net"], "max_net_namespaces"), (["limit", "user"], "max_user_namespaces")],
+    ids=["max_net_namespaces=0", "max_user_namespaces=0"],
+)
+def test_denied_namespaces_fail_at_once_with_the_cause(
+    kernels_dir: Path, tmp_path: Path, how: list[str], expect: str
+) -> None:
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"), PYTHONDONTWRITEBYTECODE="1")
+    cmd = [sys.executable, "-m", "tests.helpers.deny", *how, "--"]
+    cmd += [sys.executable, "-c", DENIED_SCRIPT, str(kernels_dir), str(tmp_path)]
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parent.parent
+    )
+    assert res.returncode == 0, res.stderr
+    result = json.loads(res.stdout.strip().splitlines()[-1])
+    assert result["type"] == "KernelSandboxUnavailable", result
+    assert expect in result["error"], result["error"]
+    assert "nskernel doctor" in result["error"]
+    assert result["seconds"] < 10
+    assert "ipykernel" not in res.stderr  # the kernel itself never ran

@@ -175,9 +175,7 @@ class _Helper:
                 os.close(fd)
         t1 = time.perf_counter()
         try:
-            eps = self.nm.attach(
-                name, sb.pid, networks, ip=ip, hosts_file="mnt" in sb.namespaces
-            )
+            eps = self.nm.attach(name, sb.pid, networks, ip=ip, hosts_file="mnt" in sb.namespaces)
         except BaseException:
             for fd in (go_w, cmd_w, res_r):
                 os.close(fd)

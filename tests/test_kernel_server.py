@@ -1,0 +1,225 @@
+"""The sandboxed kernel behind a real jupyter_server (a subprocess on 127.0.0.1 with a token).
+
+REST creates, interrupts, restarts and deletes the kernel; code runs over the websocket
+channels as JupyterLab sends it. A SIGKILLed server must take its sandboxes with it (the
+launcher's lifeline), and a restarted server must start kernels normally, sweeping the
+dead server's socket directory.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel_helpers import (
+    KERNEL_NAME,
+    alive,
+    descendants,
+    install_kernelspecs,
+    socket_dirs,
+    start_jupyter,
+    stop,
+    wait_for,
+    wait_http,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.userns, pytest.mark.slow]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], base: str, token: str) -> None:
+        self.proc, self.base, self.token = proc, base, token
+
+    def api(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            f"{self.base}{path}",
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=90) as r:
+            text = r.read()
+            return json.loads(text) if text else r.status
+
+    def channels(self, kernel_id: str) -> Channels:
+        import websocket
+
+        url = self.base.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels"
+        ws = websocket.create_connection(
+            url, header=[f"Authorization: token {self.token}"], timeout=60
+        )
+        return Channels(ws)
+
+
+class Channels:
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.session = uuid.uuid4().hex
+
+    def send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
+        msg_id = uuid.uuid4().hex
+        self.ws.send(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": "test",
+                        "session": self.session,
+                        "msg_type": msg_type,
+                        "version": "5.3",
+                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": content,
+                    "channel": channel,
+                    "buffers": [],
+                }
+            )
+        )
+        return msg_id
+
+    def execute(self, code: str, timeout: float = 60) -> dict[str, Any]:
+        msg_id = self.send("execute_request", {"code": code, "silent": False})
+        out: dict[str, Any] = {"stdout": "", "error": None, "reply": None, "idle": False}
+        deadline = time.monotonic() + timeout
+        while not (out["reply"] and out["idle"]):
+            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            msg = json.loads(self.ws.recv())
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream" and content["name"] == "stdout":
+                out["stdout"] += content["text"]
+            elif kind == "error":
+                out["error"] = content["ename"]
+            elif kind == "execute_reply":
+                out["reply"] = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                out["idle"] = True
+        return out
+
+    def close(self) -> None:
+        self.ws.close()
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    p = tmp_path_factory.mktemp("prefix")
+    install_kernelspecs(p)
+    return p
+
+
+def _start(tmp: Path, prefix: Path, root: Path) -> Server:
+    token = secrets.token_hex(16)
+    proc, base = start_jupyter("jupyter_server", tmp, prefix, root, token)
+    try:
+        wait_http(base, token, proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return Server(proc, base, token)
+
+
+@pytest.fixture
+def server(tmp_path: Path, prefix: Path) -> Iterator[Server]:
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    srv = _start(tmp_path, prefix, root)
+    try:
+        yield srv
+    finally:
+        stop(srv.proc)
+
+
+def _ns(ch: Channels) -> dict[str, int]:
+    out = ch.execute(
+        "import os, json; print(json.dumps({t: os.stat('/proc/self/ns/' + t).st_ino "
+        "for t in ('pid', 'net', 'mnt', 'uts', 'ipc', 'user')}))"
+    )
+    return json.loads(out["stdout"])
+
+
+def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
+    before = socket_dirs()
+    specs = server.api("GET", "/api/kernelspecs")["kernelspecs"]
+    assert specs[KERNEL_NAME]["spec"]["display_name"] == "Python 3 (sandboxed)"
+
+    kernel = server.api("POST", "/api/kernels", {"name": KERNEL_NAME})
+    kid = kernel["id"]
+    kernel_procs = descendants(server.proc.pid)
+    ch = server.channels(kid)
+    try:
+        out = ch.execute("import socket; print(socket.gethostname())")
+        assert out["stdout"].strip() == f"nsk-{kid[:8]}"
+
+        msg_id = ch.send("execute_request", {"code": "import time; time.sleep(60)"})
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        assert server.api("POST", f"/api/kernels/{kid}/interrupt") == 204
+        while True:
+            msg = json.loads(ch.ws.recv())
+            if msg["msg_type"] == "execute_reply" and msg["parent_header"]["msg_id"] == msg_id:
+                assert msg["content"]["ename"] == "KeyboardInterrupt"
+                break
+        assert time.monotonic() - t0 < 5
+
+        ids1 = _ns(ch)
+        server.api("POST", f"/api/kernels/{kid}/restart")
+        # The same websocket keeps working: the socket paths survive the restart.
+        ids2 = wait_for(lambda: _ns(ch), 30, "the restarted kernel")
+        assert all(ids1[t] != ids2[t] for t in ids1)
+        assert not any(alive(p) for p in kernel_procs), "the first sandbox outlived restart"
+        kernel_procs = descendants(server.proc.pid)
+    finally:
+        ch.close()
+    assert server.api("DELETE", f"/api/kernels/{kid}") == 204
+    wait_for(lambda: not any(alive(p) for p in kernel_procs), 10, "the kernel to be gone")
+    assert socket_dirs() == before
+
+
+def test_server_sigkill_leaves_no_sandbox_and_a_new_server_works(
+    tmp_path: Path, prefix: Path
+) -> None:
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    before = socket_dirs()
+    first = _start(tmp_path, prefix, root)
+    try:
+        kid = first.api("POST", "/api/kernels", {"name": KERNEL_NAME})["id"]
+        ch = first.channels(kid)
+        assert ch.execute("print('up')")["stdout"] == "up\n"
+        ch.close()
+        kernel_procs = descendants(first.proc.pid)
+        assert len(kernel_procs) >= 3  # launcher, init, ipykernel
+        stale = socket_dirs() - before
+        assert len(stale) == 1
+    finally:
+        os.kill(first.proc.pid, signal.SIGKILL)
+        first.proc.wait()
+    wait_for(lambda: not any(alive(p) for p in kernel_procs), 10, "the orphaned sandbox to die")
+
+    second = _start(tmp_path, prefix, root)
+    try:
+        kid = second.api("POST", "/api/kernels", {"name": KERNEL_NAME})["id"]
+        assert not (stale & socket_dirs()), "the dead server's socket dir was not swept"
+        ch = second.channels(kid)
+        assert ch.execute("print(6 * 7)")["stdout"] == "42\n"
+        ch.close()
+        assert second.api("DELETE", f"/api/kernels/{kid}") == 204
+    finally:
+        stop(second.proc)
+    assert socket_dirs() == before

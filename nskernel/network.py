@@ -718,3 +718,86 @@ def _relay_loop(listener: socket.socket, target: tuple[str, int]) -> None:
             except OSError:
                 if s in out_of:
                     close(s)
+
+
+# ---------------------------------------------------------------- the sandbox server's hooks
+#
+# ``nskernel.magics.server`` calls these (see its ``_network_backend``). The server is
+# single-threaded and lives as long as its kernel, so one manager per process suffices.
+
+_manager: NetworkManager | None = None
+_member_of: dict[int, str] = {}  # sandbox init PID → its name on the networks
+
+
+def manager() -> NetworkManager:
+    """This process's NetworkManager (created on first use)."""
+    global _manager
+    if _manager is None:
+        _manager = NetworkManager()
+    return _manager
+
+
+def attach_sandbox(
+    sandbox: Any,
+    *,
+    name: str | None,
+    network: str | None = None,
+    ip: str | None = None,
+    publish: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Server hook: put a just-spawned sandbox on ``network`` (comma-separated names).
+
+    Called before any cell runs in it. Returns the facts ``%sandbox ls/inspect`` show.
+    """
+    if not network:
+        what = "--ip" if ip else "--publish"
+        msg = f"{what} needs --network NAME (the virtual network the sandbox joins)"
+        raise NetworkError(msg)
+    if "net" not in sandbox.namespaces:
+        msg = "--network needs the sandbox's own network namespace: add --net (or no flag)"
+        raise NetworkError(msg)
+    ports = [parse_publish(p) for p in publish]  # all checked before anything is made
+    nm = manager()
+    member = name or sandbox.hostname or f"sandbox-{sandbox.pid}"
+    aliases = (sandbox.hostname,) if sandbox.hostname and sandbox.hostname != member else ()
+    networks = [n.strip() for n in network.split(",") if n.strip()]
+    nm.attach(
+        member,
+        sandbox.pid,
+        networks,
+        ip=ip,
+        aliases=aliases,
+        hosts_file="mnt" in sandbox.namespaces,
+    )
+    _member_of[sandbox.pid] = member
+    try:
+        for host_port, port in ports:
+            nm.publish(member, host_port, port)
+    except BaseException:
+        detach_sandbox(sandbox, name=name)
+        raise
+    info = nm.describe(member) or {}
+    return {
+        "ips": [i["address"].split("/")[0] for i in info.get("interfaces", [])],
+        **info,
+    }
+
+
+def detach_sandbox(sandbox: Any, *, name: str | None = None) -> None:
+    """Server hook: the sandbox is about to be killed; release what it had."""
+    member = _member_of.pop(sandbox.pid, None)
+    if member is not None and _manager is not None:
+        _manager.detach(member)
+
+
+def network_ls() -> list[dict[str, Any]]:
+    """Server hook for ``%sandbox network ls`` (never loads pyroute2 by itself)."""
+    return _manager.ls() if _manager is not None else []
+
+
+def network_rm(name: str) -> None:
+    """Server hook for ``%sandbox network rm NAME``."""
+    if _manager is None:
+        msg = f"no network named {name!r} (no networks exist yet)"
+        raise NetworkError(msg)
+    _manager.remove_network(name)

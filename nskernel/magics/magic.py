@@ -243,14 +243,25 @@ class SandboxMagics(Magics):
         action="store_true",
         help="after the cell, show the host and this sandbox side by side (widgets)",
     )
-    @argument("--network", metavar="NET", help="join the named virtual network (not yet)")
-    @argument("--ip", metavar="ADDR", help="this sandbox's address on --network (not yet)")
+    @argument(
+        "--network",
+        metavar="NET[,NET]",
+        help="join the named virtual network(s), created on first use (implies --net): an "
+        "eth0 with its own address; sandboxes on the same network reach each other by IP "
+        "and by name, nothing else is reachable",
+    )
+    @argument(
+        "--ip",
+        metavar="ADDR",
+        help="this sandbox's address on --network (default: the next free one)",
+    )
     @argument(
         "--publish",
         metavar="HOSTPORT:PORT",
         action="append",
         default=[],
-        help="forward a host port into the sandbox (not yet)",
+        help="forward the kernel side's 127.0.0.1:HOSTPORT to PORT in this sandbox "
+        "(needs --network)",
     )
     @cell_magic("sandbox")
     def sandbox_cell(self, line: str, cell: str) -> Any:
@@ -335,6 +346,8 @@ class SandboxMagics(Magics):
 
     def _build_request(self, args: Any, cell: str) -> dict[str, Any]:
         flags = [ns for ns in ALL_NAMESPACES if getattr(args, ns)]
+        if flags and args.network and "net" not in flags:
+            flags.append("net")  # --network implies --net: the interface lives there
         given = []
         if flags:
             given.append("namespaces")
@@ -391,6 +404,8 @@ class SandboxMagics(Magics):
             %sandbox rm NAME [NAME...]  kill and forget named sandboxes
             %sandbox rm --all           all of them
             %sandbox compare NAME...    the host and these sandboxes side by side (widgets)
+            %sandbox network ls         virtual networks: subnet, bridge, members and IPs
+            %sandbox network rm NAME    remove a network no sandbox is on
 
         ``%%sandbox`` (two %) runs a cell in a sandbox: see ``%%sandbox?``.
         """
@@ -423,6 +438,8 @@ class SandboxMagics(Magics):
                     raise UsageError("usage: %sandbox rm NAME [NAME...]  or  %sandbox rm --all")
                 print(f"removed: {', '.join(removed)}" if removed else "no named sandboxes")
                 return None
+            if cmd == "network":
+                return self._network_command(client, rest)
             if cmd == "compare":
                 if not rest:
                     raise UsageError("usage: %sandbox compare NAME [NAME...]")
@@ -434,6 +451,16 @@ class SandboxMagics(Magics):
         raise UsageError(
             f"%sandbox {cmd}: unknown command; use ls, inspect NAME, rm NAME|--all, compare NAME..."
         )
+
+    def _network_command(self, client: Any, rest: list[str]) -> Any:
+        """``%sandbox network ls`` / ``%sandbox network rm NAME`` (issue 5)."""
+        if rest == ["ls"]:
+            return client.request("network_ls")
+        if len(rest) == 2 and rest[0] == "rm":
+            client.request("network_rm", name=rest[1])
+            print(f"removed network: {rest[1]}")
+            return None
+        raise UsageError("usage: %sandbox network ls  or  %sandbox network rm NAME")
 
 
 def _cwd() -> str | None:

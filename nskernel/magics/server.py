@@ -38,7 +38,7 @@ import sys
 import time
 from typing import Any
 
-from nskernel import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
+from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, SpecError
 from nskernel._linux import procfs, syscalls, userns
 
 from . import protocol
@@ -282,9 +282,16 @@ class Server:
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": self.info(box)})
             elif op == "rm":
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": self.op_rm(req)})
+            elif op in ("network_ls", "network_rm"):
+                from nskernel import network  # cheap: pyroute2 loads only with a network
+
+                result = network.network_ls() if op == "network_ls" else None
+                if op == "network_rm":
+                    network.network_rm(req["name"])
+                self.reply({"type": "reply", "id": rid, "ok": True, "result": result})
             else:
                 raise SpecError(f"unknown request {op!r}")
-        except (SandboxError, SpecError, KeyError, OSError) as e:
+        except (NskernelError, KeyError, OSError) as e:
             text = str(e) if not isinstance(e, KeyError) else str(e.args[0])
             if op == "run":
                 self.reply({"type": "done", "id": rid, "status": "failed", "message": text})

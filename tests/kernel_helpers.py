@@ -178,3 +178,20 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def hold_namespaces(pids: set[int]) -> list[int]:
+    """Open the namespaces of ``pids``, so they outlive the processes.
+
+    Namespace ids are nsfs inode numbers, which the kernel reuses as soon as a namespace
+    is freed: "the restarted kernel has new namespace ids" is only meaningful while the
+    old namespaces are kept alive. Close the returned fds afterwards.
+    """
+    fds = []
+    for pid in pids:
+        for t in ("pid", "net", "mnt", "uts", "ipc", "user"):
+            try:
+                fds.append(os.open(f"/proc/{pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                pass
+    return fds

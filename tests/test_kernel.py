@@ -33,6 +33,7 @@ from tests.kernel_helpers import (
     KERNEL_NAME,
     alive,
     descendants,
+    hold_namespaces,
     install_kernelspecs,
     run_cell,
     socket_dirs,
@@ -274,9 +275,14 @@ def test_restart_gives_a_fresh_sandbox_and_shutdown_is_graceful(
     with kernel(ksm, tmp_path) as k:
         ids1 = k.ns_ids()
         old = descendants(k.launcher) | {k.launcher}
-        k.km.restart_kernel(now=False)
-        k.kc.wait_for_ready(timeout=60)
-        ids2 = k.ns_ids()
+        held = hold_namespaces(old)
+        try:
+            k.km.restart_kernel(now=False)
+            k.kc.wait_for_ready(timeout=60)
+            ids2 = k.ns_ids()
+        finally:
+            for fd in held:
+                os.close(fd)
         for t in NS_TYPES:
             assert ids1[t] != ids2[t], f"{t} namespace was reused across restart"
         assert not any(alive(p) for p in old), "the first sandbox outlived the restart"

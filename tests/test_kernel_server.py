@@ -27,6 +27,7 @@ from tests.kernel_helpers import (
     KERNEL_NAME,
     alive,
     descendants,
+    hold_namespaces,
     install_kernelspecs,
     socket_dirs,
     start_jupyter,
@@ -178,9 +179,14 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         assert time.monotonic() - t0 < 5
 
         ids1 = _ns(ch)
-        server.api("POST", f"/api/kernels/{kid}/restart")
-        # The same websocket keeps working: the socket paths survive the restart.
-        ids2 = wait_for(lambda: _ns(ch), 30, "the restarted kernel")
+        held = hold_namespaces(descendants(server.proc.pid))
+        try:
+            server.api("POST", f"/api/kernels/{kid}/restart")
+            # The same websocket keeps working: the socket paths survive the restart.
+            ids2 = wait_for(lambda: _ns(ch), 30, "the restarted kernel")
+        finally:
+            for fd in held:
+                os.close(fd)
         assert all(ids1[t] != ids2[t] for t in ids1)
         assert not any(alive(p) for p in kernel_procs), "the first sandbox outlived restart"
         kernel_procs = descendants(server.proc.pid)

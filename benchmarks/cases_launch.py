@@ -61,17 +61,17 @@ def _need(tool: str, package: str) -> str:
 
 
 # Full-run iterations per tool, the same for both payloads: about two minutes in all on a
-# 2-core machine, most of it spent in docker and in `nskernel run`'s interpreter start.
+# quiet 2-core machine, most of it spent in docker, podman and `nskernel run`.
 ITERATIONS = {
-    "host": 200,
-    "nskernel-cli": 60,
-    "nskernel-api": 200,
-    "nskernel-api-callable": 200,
-    "unshare": 200,
-    "bwrap": 200,
-    "crun": 100,
-    "podman": 40,
-    "docker": 40,
+    "host": 100,
+    "nskernel-cli": 40,
+    "nskernel-api": 100,
+    "nskernel-api-callable": 100,
+    "unshare": 100,
+    "bwrap": 100,
+    "crun": 60,
+    "podman": 30,
+    "docker": 30,
 }
 ENGINE_LABELS = {"crun": "crun run", "podman": "podman run", "docker": "docker run"}
 
@@ -146,13 +146,16 @@ def _api_loop(
     plan: Plan, *, argv: list[str] | None = None, target: Callable[[], None] | None = None
 ) -> list[float]:
     try:
-        from nskernel import Sandbox, SandboxSpec
+        from nskernel import NskernelError, Sandbox, SandboxSpec
     except ImportError as e:
         raise NotAvailable(f"nskernel's Python API cannot be imported: {e}") from e
     spec = SandboxSpec()
 
     def once() -> None:
-        status = Sandbox.spawn(spec, argv, target=target).wait()
+        try:
+            status = Sandbox.spawn(spec, argv, target=target).wait()
+        except NskernelError as e:
+            raise CaseFailed(f"{type(e).__name__}: {e}") from e
         if status != 0:
             raise CaseFailed(f"the sandboxed payload exited with status {status}")
 

@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import struct
@@ -58,6 +59,7 @@ from benchmarks.harness import (
     cgroup_layout,
     cgroup_mounts,
     pack_error,
+    raise_packed,
     time_command,
 )
 
@@ -154,10 +156,7 @@ class EngineHost:
         if not line:
             raise CaseFailed(f"the engine host exited (status {self._proc.poll()})")
         reply: dict[str, Any] = json.loads(line)
-        if "not_available" in reply:
-            raise NotAvailable(reply["not_available"])
-        if "failed" in reply:
-            raise CaseFailed(reply["failed"])
+        raise_packed(reply)
         return reply
 
 
@@ -219,9 +218,21 @@ def build_rootfs(root: Path) -> None:
     (root / "etc" / "group").write_text("root:x:0:\n")
 
 
+def _checked(argv: list[str], **kwargs: Any) -> str:
+    """Run a setup command; its failure fails the case with the command's own words."""
+    shown = shlex.join([os.path.basename(argv[0]), *argv[1:]])
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, **kwargs)
+    except subprocess.TimeoutExpired as e:
+        raise CaseFailed(f"`{shown}` took over 120 s") from e
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-600:]
+        raise CaseFailed(f"`{shown}` exited {proc.returncode}: {tail}")
+    return proc.stdout.strip()
+
+
 def _version(argv: list[str]) -> str:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    return (proc.stdout or proc.stderr).strip().splitlines()[0]
+    return _checked(argv).splitlines()[0]
 
 
 class Engine:
@@ -267,31 +278,34 @@ class Crun(Engine):
         self.details["version"] = _version([self.crun, "--version"])
         self.details["namespaces"] = "pid, net, ipc, uts, mnt (crun spec defaults)"
         self.run.mkdir(parents=True)
-        for payload in PAYLOADS:
-            bundle = self.dir / payload
-            bundle.mkdir()
-            subprocess.run([self.crun, "spec"], cwd=bundle, check=True, capture_output=True)
-            config = json.loads((bundle / "config.json").read_text())
-            config["process"]["terminal"] = False
-            config["process"]["args"] = container_payload(payload)
-            config["root"] = {"path": str(self.rootfs), "readonly": True}
-            # A known parent, so that teardown can find and remove what crun leaves.
-            config["linux"]["cgroupsPath"] = f"/nsk-bench-{self.token}/crun-{payload}"
-            if payload == "python":
-                config["mounts"].append(
-                    {
-                        "destination": "/usr",
-                        "type": "bind",
-                        "source": "/usr",
-                        "options": ["rbind", "ro"],
-                    }
-                )
-            (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        self.dir.mkdir(parents=True)
 
     def command(self, payload: str) -> list[str]:
         bundle = self.dir / payload
+        if not bundle.exists():
+            self._write_bundle(bundle, payload)
         run = ["run", "--bundle", str(bundle), f"nskb-{payload}"]
         return [self.crun, f"--root={self.run}", *run]
+
+    def _write_bundle(self, bundle: Path, payload: str) -> None:
+        args = container_payload(payload)
+        bundle.mkdir()
+        _checked([self.crun, "spec"], cwd=bundle)
+        config = json.loads((bundle / "config.json").read_text())
+        config["process"]["terminal"] = False
+        config["process"]["args"] = args
+        config["root"] = {"path": str(self.rootfs), "readonly": True}
+        # A known parent, so that teardown can find and remove what crun leaves.
+        config["linux"]["cgroupsPath"] = f"/nsk-bench-{self.token}/crun-{payload}"
+        if payload == "python":
+            usr = {
+                "destination": "/usr",
+                "type": "bind",
+                "source": "/usr",
+                "options": ["rbind", "ro"],
+            }
+            config["mounts"].append(usr)
+        (bundle / "config.json").write_text(json.dumps(config, indent=1))
 
 
 class Podman(Engine):
@@ -366,19 +380,11 @@ class Docker(Engine):
         with tarfile.open(tarball, "w") as tar:
             tar.add(self.rootfs, arcname=".")
         self._docker("import", str(tarball), IMAGE)
-        self.details["server"] = self._docker("version", "--format", "{{.Server.Version}}")
+        versions = "{{.Server.Version}} (client {{.Client.Version}})"
+        self.details["server"] = self._docker("version", "--format", versions)
 
     def _docker(self, *args: str) -> str:
-        proc = subprocess.run(
-            [self.docker, f"--host=unix://{self.sock}", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=120,
-        )
-        if proc.returncode != 0:
-            raise CaseFailed(f"docker {args[0]} failed: {proc.stderr.strip()[-600:]}")
-        return proc.stdout.strip()
+        return _checked([self.docker, f"--host=unix://{self.sock}", *args], env=self.env)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -5,10 +5,29 @@ engine host (see ``engines.py``), whose timings must not pay for heavy imports, 
 must never start a thread (a user namespace cannot be created from a threaded process).
 
 A *case* is a function ``measure(ctx, plan) -> Measurement`` registered with :func:`case`
-under a *group* (one chart panel, one comparison). It either returns samples or raises
-:class:`NotAvailable` (the tool is absent or not permitted here) or :class:`CaseFailed`
-(it is present but did not work). Groups name a reference case; every other case of the
-group gets a ratio to it. :func:`ratio` declares any other ratio, optionally with a target.
+under a *group* (one chart panel, one comparison). It returns samples, or raises
+:class:`NotAvailable` (status "not available": the tool is absent or not permitted here)
+or :class:`CaseFailed` (status "failed": it is present but did not work). Any other
+exception is a bug in the benchmark (status "error"; the smoke test rejects it). Groups
+name a reference case; every other case of the group gets a ratio to it. :func:`ratio`
+declares any other ratio, optionally with a target. For example, in a new
+``benchmarks/cases_kernel.py``::
+
+    group("kernel-start", "start -> kernel_info reply", reference="kernel-start.ipykernel")
+
+    @case("kernel-start", "ipykernel", "plain ipykernel", iterations=20)
+    def plain(ctx: Context, plan: Plan) -> Measurement:
+        return Measurement(time_calls(start_plain_kernel, plan))
+
+    @case("kernel-start", "sandboxed", "Python 3 (sandboxed)", iterations=20)
+    def sandboxed(ctx: Context, plan: Plan) -> Measurement: ...
+
+    ratio("sandboxed kernel start", "kernel-start.sandboxed", "kernel-start.ipykernel",
+          target=1.1)
+
+Values other than times set ``unit`` (e.g. ``"MiB"``) and return them as samples; a
+figure that is not a sample (growth from the 1st to the 200th sandbox, drift of the last
+100 cycles against the first 100) goes in ``Measurement.details``.
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -43,6 +63,10 @@ class NotAvailable(Exception):
 
 class CaseFailed(Exception):
     """What the case measures is present but did not work; carries the error."""
+
+
+class CaseError(Exception):
+    """The benchmark's own code broke (reported from a worker or the engine host)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,24 +288,28 @@ def in_fresh_interpreter(target: str, plan: Plan, ctx: Context) -> list[float]:
     if proc.returncode != 0 or not lines:
         tail = proc.stderr.strip()[-600:]
         raise CaseFailed(f"worker for {target} exited {proc.returncode}: {tail or 'no output'}")
-    return unpack_reply(json.loads(lines[-1]))
+    reply = json.loads(lines[-1])
+    raise_packed(reply)
+    return [float(s) for s in reply["samples"]]
 
 
 def pack_error(e: BaseException) -> dict[str, str]:
-    """The JSON form of a case's outcome when it has no samples (for worker processes)."""
+    """The JSON form of a case's outcome when it has no samples (for helper processes)."""
     if isinstance(e, NotAvailable):
         return {"not_available": str(e)}
     if isinstance(e, CaseFailed):
         return {"failed": str(e)}
-    return {"failed": f"{type(e).__name__}: {e}"}
+    return {"error": "".join(traceback.format_exception(e)[-3:]).strip()}
 
 
-def unpack_reply(reply: dict[str, Any]) -> list[float]:
+def raise_packed(reply: dict[str, Any]) -> None:
+    """Raise what :func:`pack_error` packed, if the reply is an error."""
     if "not_available" in reply:
         raise NotAvailable(reply["not_available"])
     if "failed" in reply:
         raise CaseFailed(reply["failed"])
-    return [float(s) for s in reply["samples"]]
+    if "error" in reply:
+        raise CaseError(reply["error"])
 
 
 # ---------------------------------------------------------------- statistics
@@ -333,10 +361,12 @@ def run_case(c: Case, ctx: Context) -> dict[str, Any]:
         return entry | {"status": "not available", "reason": str(e)}
     except CaseFailed as e:
         return entry | {"status": "failed", "reason": str(e)}
+    except CaseError as e:
+        return entry | {"status": "error", "reason": str(e)}
     except Exception as e:
-        # A bug in the case itself: report it in the results and keep measuring the rest.
+        # A bug in the benchmark itself: report it and keep measuring the rest.
         traceback.print_exc()
-        return entry | {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+        return entry | {"status": "error", "reason": f"{type(e).__name__}: {e}"}
     if not m.samples:
         return entry | {"status": "failed", "reason": "the case returned no samples"}
     entry |= {"status": "ok", "warmup": plan.warmup, **summarize(m.samples)}
@@ -462,6 +492,16 @@ def _git_commit() -> str | None:
     return f"{head}{'+dirty' if dirty else ''}" if head else None
 
 
+def _nskernel_version() -> str | None:
+    # Read, not imported: this process stays free of the code it measures.
+    try:
+        text = (REPO / "nskernel" / "__init__.py").read_text()
+    except OSError:
+        return None
+    match = re.search(r'^__version__ = "([^"]+)"', text, re.MULTILINE)
+    return match.group(1) if match else None
+
+
 def describe_machine() -> dict[str, Any]:
     uname = platform.uname()
     return {
@@ -476,6 +516,7 @@ def describe_machine() -> dict[str, Any]:
         "python_executable": sys.executable,
         "euid": os.geteuid(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "nskernel_version": _nskernel_version(),
         "nskernel_commit": _git_commit(),
         # Container engines report their versions from inside the engine host (in their
         # cases' details): even `crun --version` creates /run/crun.

@@ -15,12 +15,14 @@ Output: ``--out`` (default ``benchmarks/results/latest.json``) and a PNG chart b
 (``--chart`` to choose). The JSON holds
 
 - ``machine``: date, CPU, cores, memory, OS, kernel, cgroup layout, Python, euid, load
-  average at the start, the nskernel commit, and the versions of the tools compared;
+  average at the start (``load_average_end`` at the end), nskernel's version and commit,
+  and the versions of unshare and bwrap (the engines' are in their cases' details);
 - ``groups``: one comparison each, with its reference case;
 - ``cases``: per case id (``<group>.<name>``) either ``status: ok`` with ``median``,
   ``p95``, ``mean``, ``stdev``, ``min``, ``max``, ``n`` and all ``samples`` (in ``unit``,
-  milliseconds for times) plus the exact ``command``, or ``status: not available`` /
-  ``failed`` with a ``reason``;
+  milliseconds for times) plus the exact ``command`` and ``details`` (namespaces created,
+  engine versions), or ``status`` ``not available`` (tool absent or not permitted),
+  ``failed`` (the tool did not work) or ``error`` (a bug in the benchmark) with a ``reason``;
 - ``ratios``: each case's median over its group's reference median (above 1: slower
   than nskernel's), and any declared ratio with its target.
 
@@ -99,6 +101,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["cases"][c.id] = entry
             print(_progress(c.id, entry), file=sys.stderr, flush=True)
     results["ratios"] = harness.all_ratios(results["cases"])
+    results["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results["seconds"] = round(time.monotonic() - started, 1)
     return results
 
@@ -132,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         results["chart"] = {"path": os.path.relpath(chart, args.out.parent)}
     harness.write_json(args.out, results)
     print("\n".join(harness.iter_results_lines(results)))
-    print(f"\nwrote {args.out} and {results['chart']['path']}", file=sys.stderr)
+    made = results["chart"]["path"] or f"no chart ({results['chart']['reason']})"
+    print(f"\nwrote {args.out} and {made}", file=sys.stderr)
     return 0
 
 

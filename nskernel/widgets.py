@@ -272,8 +272,9 @@ def column_html(place: Mapping[str, Any], host: Mapping[str, Any] | None) -> str
 
 def _wrap_column(parts: Sequence[str], kind: str) -> str:
     return (
+        # line-height: JupyterLab gives HTML widgets a 28px line, too loose for tables.
         f"<div class='nsk-place' data-kind='{kind}' style='min-width:280px;max-width:560px;"
-        "padding:6px 10px;"
+        "padding:6px 10px;line-height:1.35;overflow-x:auto;"
         f"border:1px solid #ccc;border-radius:4px'>{''.join(parts)}</div>"
     )
 
@@ -333,7 +334,7 @@ class ComparePanel(W.VBox):
             description="Refresh", icon="refresh", tooltip="Re-read the facts of every place"
         )
         self.status = W.HTML()
-        self.columns = W.HBox(layout=W.Layout(flex_flow="row wrap", align_items="flex-start"))
+        self.columns = W.HBox(layout=W.Layout(align_items="flex-start", overflow="auto"))
         self.refresh_button.on_click(lambda _b: self.refresh())
         super().__init__([W.HBox([self.refresh_button, self.status]), self.columns], **kwargs)
         self.add_class("nsk-compare")
@@ -351,7 +352,10 @@ class ComparePanel(W.VBox):
             for w, value in zip(self.columns.children, htmls, strict=True):
                 w.value = value
         else:
-            self.columns.children = [W.HTML(value=h) for h in htmls]
+            self.columns.children = [
+                W.HTML(value=h, layout=W.Layout(flex="1 1 0", min_width="300px", margin="0 4px"))
+                for h in htmls
+            ]
         self.status.value = (
             f"<span style='color:{_MUTED};font-size:11px'>"
             f"read at {_v(time.strftime('%H:%M:%S'))}</span>"

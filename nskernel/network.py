@@ -296,7 +296,13 @@ class NetworkManager:
             ns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 peers = [
-                    hub.add_veth(ep.hub_end, self.networks[ep.network].bridge, ns_fd, ep.ifname)
+                    hub.add_veth(
+                        ep.hub_end,
+                        self.networks[ep.network].bridge,
+                        ns_fd,
+                        ep.ifname,
+                        vnet.mac_for(str(ep.address)),
+                    )
                     for ep in endpoints
                 ]
             finally:

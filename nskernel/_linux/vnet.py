@@ -352,16 +352,19 @@ class Hub:
     def links(self) -> list[str]:
         return sorted(link.get("IFLA_IFNAME") for link in self.ipr.get_links())
 
-    def add_veth(self, hub_end: str, bridge: str, sandbox_ns_fd: int, inside_name: str) -> int:
+    def add_veth(
+        self, hub_end: str, bridge: str, sandbox_ns_fd: int, inside_name: str, inside_mac: str
+    ) -> int:
         """A veth pair: ``hub_end`` on ``bridge`` (up), its peer ``inside_name`` created
-        directly in the sandbox's namespace. Returns the peer's ifindex there."""
+        directly in the sandbox's namespace with ``inside_mac``. Returns the peer's
+        ifindex there."""
         step = f"create veth {hub_end} <-> {inside_name} on {bridge}"
         try:
             self.ipr.link(
                 "add",
                 ifname=hub_end,
                 kind="veth",
-                peer={"ifname": inside_name, "net_ns_fd": sandbox_ns_fd},
+                peer={"ifname": inside_name, "net_ns_fd": sandbox_ns_fd, "address": inside_mac},
             )
             index = self._index(hub_end)
             master = self._index(bridge)
@@ -388,6 +391,17 @@ def _as_vnet_error(step: str, e: BaseException) -> VnetError:
         return e
     code = getattr(e, "code", None) or getattr(e, "errno", None)
     return VnetError(step, code if isinstance(code, int) and code > 0 else None, str(e))
+
+
+def mac_for(address: str) -> str:
+    """The MAC address of the interface holding IPv4 ``address``: derived from it.
+
+    When an address is released and handed to a new sandbox, the peers' neighbour
+    caches still map it to the old interface's MAC for up to a minute; with the MAC a
+    function of the IP (as Docker does) those cached entries stay right. ``02:`` marks
+    a locally administered unicast address.
+    """
+    return "02:6e:" + ":".join(f"{int(b):02x}" for b in address.split("."))
 
 
 def attach_inside(

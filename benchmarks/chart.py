@@ -82,10 +82,13 @@ def _panel(ax: Any, g: dict[str, Any], cases: list[tuple[str, dict[str, Any]]]) 
             fontsize=8,
         )
     ax.set_yticks(range(len(labels)), labels, fontsize=9)
-    ax.invert_yaxis()
-    if log:
+    # Fixed limits, top to bottom: rows without a bar (not available) stay inside the axes.
+    ax.set_ylim(len(labels) - 0.5, -0.5)
+    if not ok:
+        ax.set_xticks([])
+    elif log:
         ax.set_xscale("log")
-        ax.set_xlim(right=top * 4)
+        ax.set_xlim(min(c["median"] for c in ok) / 2, top * 4)
     else:
         ax.set_xlim(0, top * 1.25)
     ax.set_xlabel(f"{unit}, median (bar) and p95 (whisker)" if unit else "")

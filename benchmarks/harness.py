@@ -116,8 +116,8 @@ CASES: dict[str, Case] = {}
 RATIOS: list[Ratio] = []
 
 
-def group(id: str, title: str, *, reference: str | None = None) -> None:
-    GROUPS[id] = Group(id, title, reference)
+def group(group_id: str, title: str, *, reference: str | None = None) -> None:
+    GROUPS[group_id] = Group(group_id, title, reference)
 
 
 def case(

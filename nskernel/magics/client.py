@@ -46,7 +46,8 @@ class _Interrupts:
     """
 
     def __init__(self) -> None:
-        self.pending = False
+        self.count = 0  # SIGINTs received
+        self.seen = 0  # SIGINTs already acted on
         self.waiting = False
         self._old: Any = None
         self._installed = False
@@ -61,8 +62,12 @@ class _Interrupts:
         if self._installed:
             signal.signal(signal.SIGINT, self._old)
 
+    @property
+    def pending(self) -> bool:
+        return self.count > self.seen
+
     def _handler(self, signum: int, frame: object) -> None:
-        self.pending = True
+        self.count += 1
         if self.waiting:
             raise KeyboardInterrupt
 
@@ -211,20 +216,18 @@ class SandboxClient:
                     self.reader.feed()
                     continue
                 now = time.monotonic()
-                if intr.pending and "interrupt" not in asked:
-                    asked.add("interrupt")
+                if intr.pending:
+                    intr.seen = intr.count
                     reason = "interrupt"
-                    if req.get("name"):
+                    if req.get("name") and "interrupt" not in asked:
                         # A named sandbox keeps its state: interrupt the cell like a
                         # kernel would, and kill the sandbox only if it will not stop.
+                        asked.add("interrupt")
                         self._send({"op": "interrupt", "id": rid})
                         force_at = now + INTERRUPT_GRACE
-                        intr.pending = False
-                    else:
+                    elif "kill" not in asked:  # unnamed, or a second interrupt
+                        asked.add("kill")
                         self._send({"op": "kill", "id": rid, "reason": "interrupt"})
-                elif intr.pending and "kill" not in asked:
-                    asked.add("kill")  # a second interrupt: stop waiting for grace
-                    self._send({"op": "kill", "id": rid, "reason": "interrupt"})
                 if deadline is not None and now >= deadline and "timeout" not in asked:
                     asked.add("timeout")
                     reason = "timeout"

@@ -72,6 +72,18 @@ class SandboxTimeout(_ShortError, TimeoutError):
     """The cell ran longer than ``--timeout``; its sandbox was killed."""
 
 
+# Named KeyboardInterrupt so the error reply says so (ename), shown without nskernel frames.
+SandboxInterrupted = type(
+    "KeyboardInterrupt",
+    (KeyboardInterrupt,),
+    {
+        "__doc__": "The cell was interrupted; an unnamed sandbox is killed with it.",
+        "__module__": "nskernel.magics",
+        "_render_traceback_": lambda self: [f"\x1b[0;31mKeyboardInterrupt\x1b[0m: {self}"],
+    },
+)
+
+
 class SandboxOutputError(_ShortError):
     """An ``--out`` variable was missing or could not cross back (not JSON or bytes)."""
 
@@ -326,9 +338,12 @@ class SandboxMagics(Magics):
                     f"was killed{gone}"
                 )
                 raise SandboxTimeout(msg)
-            if done.get("removed"):
-                print(f"sandbox {done['removed']!r} was killed", file=sys.stderr)
-            raise KeyboardInterrupt
+            what = f"sandbox {done['removed']!r}" if done.get("removed") else "its sandbox"
+            if status == "killed" and done.get("reason") == "interrupt" and done.get("removed"):
+                raise SandboxInterrupted(f"the cell was interrupted and {what} was killed")
+            raise SandboxInterrupted(
+                "the cell was interrupted" + ("" if req.get("name") else f" and {what} was killed")
+            )
         if status == "failed":
             raise SandboxStartError(done.get("message", "the sandbox could not be created"))
         if status == "died":

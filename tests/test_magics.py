@@ -1,0 +1,328 @@
+"""``%%sandbox`` through a real ipykernel: namespaces, output, errors, named sandboxes.
+
+One kernel serves most tests (a module fixture); tests that end a kernel start their own.
+Everything here runs both as root and rootless (CI runs the suite twice); where the two
+differ (who sandbox root is on the host) the assertion says which.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from tests.magic_helpers import Output, execute, host_namespaces, kernel, wait_gone
+
+pytestmark = [pytest.mark.kernel, pytest.mark.userns]
+
+IS_ROOT = os.geteuid() == 0
+
+PROBE = textwrap.dedent(
+    """
+    import json, os, socket
+    types = ("pid", "net", "mnt", "uts", "ipc", "user")
+    ns = {{t: os.stat(f"/proc/self/ns/{{t}}").st_ino for t in types}}
+    with open("/proc/sysvipc/msg") as f:
+        msq = [int(l.split()[1]) for l in f.read().splitlines()[1:]]
+    try:
+        open("/nsk-probe-write", "w").close(); os.unlink("/nsk-probe-write"); root_rw = True
+    except OSError:
+        root_rw = False
+    print(json.dumps({{
+        "pid": os.getpid(), "hostname": socket.gethostname(), "ns": ns,
+        "ifaces": sorted(n for _, n in socket.if_nameindex()),
+        "uid": os.getuid(), "uid_map": open("/proc/self/uid_map").read().split(),
+        "msq": msq, "marker": os.path.exists({marker!r}), "root_rw": root_rw,
+    }}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def kc():
+    with kernel() as (_km, kc):
+        yield kc
+
+
+@pytest.fixture(scope="module")
+def host_msq():
+    """A System V message queue on the host, to see which IPC namespace a cell is in."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    qid = libc.msgget(0, 0o1000 | 0o600)  # IPC_PRIVATE, IPC_CREAT
+    assert qid >= 0, os.strerror(ctypes.get_errno())
+    yield qid
+    libc.msgctl(qid, 0, None)  # IPC_RMID
+
+
+@pytest.fixture(scope="module")
+def marker():
+    with tempfile.NamedTemporaryFile(dir="/tmp", prefix="nsk-magic-marker-") as f:
+        yield f.name
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["pid"], ["net"], ["mnt"], ["uts"], ["ipc"], ["user"], []],
+    ids=["pid", "net", "mnt", "uts", "ipc", "user", "all-six"],
+)
+def test_namespaces_seen_from_the_cell(kc, host_msq, marker, flags):
+    line = " ".join(f"--{f}" for f in flags)
+    res = execute(kc, f"%%sandbox {line}\n" + PROBE.format(marker=marker))
+    assert res.status == "ok", res.error_text
+    seen = res.json_line()
+    asked = set(flags) or {"pid", "net", "mnt", "uts", "ipc", "user"}
+    host = host_namespaces()
+    for t in ("pid", "net", "mnt", "uts", "ipc"):
+        assert (seen["ns"][t] != host[t]) == (t in asked), f"{t} namespace: {seen['ns']}"
+    # Rootless, every sandbox gets a user namespace (nested in the server's own).
+    assert (seen["ns"]["user"] != host["user"]) == ("user" in asked or not IS_ROOT)
+    assert (seen["pid"] == 2) == ("pid" in asked)  # PID 1 is the sandbox's init
+    if "uts" in asked:
+        assert seen["hostname"].startswith("nsk-") and seen["hostname"] != os.uname().nodename
+    else:
+        assert seen["hostname"] == os.uname().nodename
+    if "net" in asked:
+        assert seen["ifaces"] == ["lo"]
+    else:
+        assert seen["ifaces"] == sorted(n for _, n in __import__("socket").if_nameindex())
+    if "user" in asked or not IS_ROOT:
+        assert seen["uid"] == 0
+        assert seen["uid_map"] != ["0", "0", "4294967295"]
+    assert (host_msq in seen["msq"]) == ("ipc" not in asked)
+    if "mnt" in asked:
+        assert not seen["marker"], "the sandbox's /tmp must be private"
+        assert not seen["root_rw"], "the host root must be read-only"
+    else:
+        assert seen["marker"]
+
+
+def test_hostname_and_shell_escapes(kc):
+    res = execute(
+        kc, "%%sandbox --uts --pid --hostname box1\n!hostname\n%pwd\nimport os\nos.getpid()"
+    )
+    assert res.status == "ok", res.error_text
+    assert res.stdout.splitlines()[0] == "box1"
+    assert res.result == "2"  # the last expression is this cell's result
+
+
+def test_output_streams_live(kc):
+    code = (
+        "%%sandbox\nimport time\n"
+        "for i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.5)\n"
+    )
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    ticks = [o for o in res.outputs if o.kind == "stream" and "tick" in o.text]
+    assert "".join(o.text for o in ticks) == "tick 0\ntick 1\ntick 2\n"
+    # Each line arrived on its own, while the cell was still running.
+    assert len(ticks) == 3
+    assert ticks[-1].at - ticks[0].at > 0.7
+
+
+def test_stdout_stderr_display_keep_their_order(kc):
+    code = textwrap.dedent(
+        """\
+        %%sandbox
+        import sys
+        from IPython.display import HTML, display
+        print("one")
+        print("two", file=sys.stderr)
+        display(HTML("<b>three</b>"))
+        !echo four
+        print("five")
+        !echo six >&2
+        print("seven")
+        """
+    )
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    seq = []
+    for o in res.outputs:
+        if o.kind == "display_data":
+            seq.append(("display", o.content["data"]["text/html"]))
+        else:
+            seq += [(o.content["name"], w) for w in o.text.split()]
+    assert seq == [
+        ("stdout", "one"),
+        ("stderr", "two"),
+        ("display", "<b>three</b>"),
+        ("stdout", "four"),
+        ("stdout", "five"),
+        ("stderr", "six"),
+        ("stdout", "seven"),
+    ]
+
+
+def test_error_fails_the_cell_with_the_sandbox_traceback(kc):
+    res = execute(kc, "%%sandbox\nx = 1\nprint('before')\n1 / 0\nprint('never')")
+    assert res.status == "error"
+    assert res.reply["content"]["ename"] == "ZeroDivisionError"
+    assert res.error["evalue"] == "division by zero"
+    text = res.error_text
+    # The cell's own line numbers, counted from the line after %%sandbox.
+    assert "line 3" in text and "----> 3 1 / 0" in text, text
+    assert "nskernel" not in text  # no frames of the kernel-side machinery
+    assert res.stdout == "before\n"
+    assert execute(kc, "%%sandbox\nprint('still works')").stdout == "still works\n"
+
+
+def test_in_and_out(kc):
+    execute(kc, "a = [1, 2, {'k': 'v'}]\nb = b'\\x00\\xffbytes'\nc = None")
+    res = execute(
+        kc,
+        "%%sandbox --in a,b --out c,d\nc = {'n': len(a), 'k': a[2]['k'], 'b': b + b'!'}\nd = 4.5",
+    )
+    assert res.status == "ok", res.error_text
+    res = execute(kc, "print(c == {'n': 3, 'k': 'v', 'b': b'\\x00\\xffbytes!'}, d)")
+    assert res.stdout == "True 4.5\n"
+
+    res = execute(kc, "s = {1, 2}")
+    res = execute(kc, "%%sandbox --in s\npass")
+    assert res.status == "error"
+    assert "--in s is a builtins.set" in res.error_text and "JSON" in res.error_text
+    res = execute(kc, "%%sandbox --out f\nimport threading\nf = threading.Lock()")
+    assert res.status == "error" and "--out f" in res.error_text
+    res = execute(kc, "%%sandbox --out nothere\npass")
+    assert res.status == "error" and "did not define 'nothere'" in res.error_text
+
+
+def test_interrupt_kills_the_sandbox(kc):
+    km_interrupt = []
+    pgid = os.getpgid(kernel_pid(kc))
+
+    def on_output(o: Output) -> None:
+        if "started" in o.text and not km_interrupt:
+            km_interrupt.append(time.monotonic())
+            # jupyter_client's signal-mode interrupt: SIGINT to the kernel's process group
+            os.killpg(pgid, signal.SIGINT)
+
+    t0 = time.monotonic()
+    res = execute(
+        kc,
+        "%%sandbox\nimport time\nprint('started', flush=True)\ntime.sleep(60)",
+        on_output=on_output,
+    )
+    assert km_interrupt, "the cell never started"
+    assert res.status == "error"
+    assert res.reply["content"]["ename"] == "KeyboardInterrupt"
+    assert "interrupted" in res.error_text and "killed" in res.error_text
+    assert "nskernel" not in res.error_text
+    assert time.monotonic() - t0 < 20
+    assert execute(kc, "%%sandbox\nprint(1)").stdout == "1\n"
+
+
+def kernel_pid(kc) -> int:
+    res = execute(kc, "import os; print(os.getpid())")
+    return int(res.stdout)
+
+
+def test_timeout_kills_with_a_message(kc):
+    t0 = time.monotonic()
+    res = execute(kc, "%%sandbox --timeout 1\nprint('go', flush=True)\nimport time\ntime.sleep(60)")
+    assert time.monotonic() - t0 < 15
+    assert res.status == "error"
+    assert res.reply["content"]["ename"] == "SandboxTimeout"
+    assert "--timeout 1 s" in res.error_text and "killed" in res.error_text
+    assert res.stdout == "go\n"
+
+
+def test_named_lifecycle(kc):
+    res = execute(kc, "%%sandbox --name web1 --hostname web1\nimport os\ncounter = 41\nos.getpid()")
+    assert res.status == "ok", res.error_text
+    res = execute(
+        kc,
+        "%%sandbox --name web1\ncounter += 1\nimport socket\nprint(counter, socket.gethostname())",
+    )
+    assert res.stdout == "42 web1\n", res.error_text
+
+    res = execute(kc, "%%sandbox --name web1 --pid\npass")
+    assert res.status == "error"
+    assert "already exists" in res.error_text and "%sandbox rm web1" in res.error_text
+
+    res = execute(kc, "%sandbox ls")
+    assert res.status == "ok"
+    assert "web1" in res.result and "NAMESPACES" in res.result
+
+    res = execute(
+        kc,
+        "info = %sandbox inspect web1\nimport json\nprint(json.dumps(dict(info)))",
+    )
+    info = res.json_line()
+    assert info["name"] == "web1" and info["hostname"] == "web1"
+    for key in ("pid", "ips", "namespaces", "uid_map", "gid_map"):
+        assert key in info
+    assert set(info["namespaces"]) >= {"pid", "net", "mnt", "uts", "ipc", "user"}
+    assert info["namespaces"]["net"] != host_namespaces()["net"]
+    pid = info["pid"]
+    os.kill(pid, 0)  # a host PID: the sandbox's init
+    with open(f"/proc/{pid}/uid_map") as f:
+        assert [int(x) for x in f.read().split()] == [x for row in info["uid_map"] for x in row]
+    if not IS_ROOT:
+        assert info["uid_map"][0][:2] == [0, os.getuid()]  # host view: root is the user
+    html = execute(kc, "%sandbox inspect web1").outputs[-1].content["data"]["text/html"]
+    assert "<table" in html and "web1" in html
+
+    res = execute(kc, "%sandbox rm web1")
+    assert res.status == "ok" and "web1" in res.stdout
+    assert wait_gone(pid)
+    res = execute(kc, "%sandbox inspect web1")
+    assert res.status == "error" and "no sandbox named 'web1'" in res.error_text
+
+
+def test_rm_all_and_state_after_interrupt(kc):
+    for n in ("a1", "a2"):
+        assert execute(kc, f"%%sandbox --name {n} --pid --uts\nv = '{n}'").status == "ok"
+    ls = execute(kc, "%sandbox ls").result
+    assert "a1" in ls and "a2" in ls
+    res = execute(kc, "%sandbox rm --all")
+    assert "a1" in res.stdout and "a2" in res.stdout
+    assert "no named sandboxes" in execute(kc, "%sandbox ls").result
+
+
+def test_bad_arguments_give_usage_errors(kc):
+    cases = {
+        "%%sandbox --bogus\npass": "unrecognized arguments",
+        "%%sandbox --timeout soon\npass": "invalid float value",
+        "%%sandbox --hostname 'no good!'\npass": "invalid hostname",
+        "%%sandbox --bind :/x\npass": "expected SRC or SRC:DST",
+        "%%sandbox --bind /nonexistent-nsk\npass": "no such file or directory",
+        "%%sandbox --pid --hostname h\npass": "needs a UTS namespace",
+        "%sandbox": "needs a command",
+        "%sandbox frobnicate": "unknown command",
+        "%sandbox inspect": "usage: %sandbox inspect NAME",
+        "%sandbox rm nosuch": "no sandbox named 'nosuch'",
+    }
+    for code, expected in cases.items():
+        res = execute(kc, code)
+        assert res.status == "error", code
+        assert expected in res.error_text, (code, res.error_text)
+    res = execute(kc, "%%sandbox?")
+    page = str(res.reply["content"].get("payload"))
+    assert "--pid" in page and "--name" in page and "--timeout" in page
+    assert execute(kc, "%%sandbox\nprint('fine')").stdout == "fine\n"
+
+
+@pytest.mark.parametrize("how", ["shutdown", "sigkill"])
+def test_named_sandboxes_end_with_the_kernel(how):
+    with kernel() as (km, kc):
+        res = execute(kc, "%%sandbox --name keep\nx = 1")
+        assert res.status == "ok", res.error_text
+        res = execute(
+            kc,
+            "from nskernel.magics.client import get_client\n"
+            "info = %sandbox inspect keep\n"
+            "print(info['pid'], get_client().server_pid)",
+        )
+        sandbox_pid, server_pid = map(int, res.stdout.split())
+        kpid = km.provisioner.process.pid
+        if how == "sigkill":
+            os.kill(kpid, signal.SIGKILL)
+        else:
+            km.shutdown_kernel(now=False)
+        assert wait_gone(server_pid), "the sandbox server outlived its kernel"
+        assert wait_gone(sandbox_pid), "a named sandbox outlived its kernel"

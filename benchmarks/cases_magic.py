@@ -1,0 +1,146 @@
+"""``%%sandbox`` overhead: a trivial cell with and without the magic, through a real kernel.
+
+One plain ipykernel (this interpreter's, ``%load_ext nskernel``) runs both kinds of cell
+in the same run, interleaved (plain, sandboxed, plain, ...) so load changes hit both
+alike. Each figure is the wall time from sending ``execute_request`` to receiving its
+``execute_reply``, as a notebook front end sees it.
+
+- ``magic.plain``: ``pass``, no sandbox;
+- ``magic.sandbox``: ``%%sandbox`` + ``pass`` in a brand-new sandbox with all six
+  namespaces, with 100 ms between cells (a person reading output): the server has made
+  the next sandbox ahead of time, so the cell pays for running, not for creating it;
+- ``magic.overhead``: per pair, sandboxed minus plain: the figure the issue targets
+  (median <= 10 ms, goal 5 ms);
+- ``magic.back-to-back``: ``%%sandbox`` cells with no pause (Run All): no sandbox is made
+  ahead while cells arrive, so each pays for creating its own;
+- ``magic.named``: a cell in an existing named sandbox (``--name``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from benchmarks.harness import CaseFailed, Context, Measurement, NotAvailable, Plan, case, group
+
+THINK_TIME = 0.1  # seconds between cells in the interleaved run
+TARGET_OVERHEAD_MS = 10.0
+
+group("magic", "trivial notebook cell, with and without %%sandbox", reference="magic.plain")
+
+
+@contextlib.contextmanager
+def _kernel(ctx: Context) -> Iterator[Any]:
+    try:
+        from jupyter_client.manager import start_new_kernel
+    except ImportError as e:
+        raise NotAvailable(f"jupyter_client is not installed: {e}") from e
+
+    env = ctx.env
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, env=env, cwd="/")
+    try:
+        _cell(kc, "%load_ext nskernel")
+        for _ in range(3):
+            _cell(kc, "%%sandbox\npass")  # starts the server; every path is warm after
+        _cell(kc, "%%sandbox --name bench\npass")
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def _cell(kc: Any, code: str, timeout: float = 60.0) -> float:
+    """Run one cell; milliseconds until its execute_reply. Fails on an error reply."""
+    t0 = time.perf_counter()
+    msg_id = kc.execute(code)
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    elapsed = (time.perf_counter() - t0) * 1e3
+    # Wait for "idle" (untimed), so the next cell does not start under this one's output.
+    while True:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
+            break
+    if reply["content"]["status"] != "ok":
+        c = reply["content"]
+        raise CaseFailed(f"cell {code!r} failed: {c.get('ename')}: {c.get('evalue')}")
+    return elapsed
+
+
+def _interleaved(ctx: Context, plan: Plan) -> dict[str, list[float]]:
+    def make(c: Context) -> contextlib.AbstractContextManager[dict[str, list[float]]]:
+        kc = c.fixture("magic-kernel", _kernel)
+        plain: list[float] = []
+        boxed: list[float] = []
+        for i in range(plan.warmup + plan.n):
+            time.sleep(THINK_TIME)
+            p = _cell(kc, "pass")
+            time.sleep(THINK_TIME)
+            s = _cell(kc, "%%sandbox\npass")
+            if i >= plan.warmup:
+                plain.append(p)
+                boxed.append(s)
+        overhead = [s - p for p, s in zip(plain, boxed, strict=True)]
+        return contextlib.nullcontext({"plain": plain, "sandbox": boxed, "overhead": overhead})
+
+    return ctx.fixture("magic-interleaved", make)
+
+
+_COMMAND = "jupyter_client execute_request -> execute_reply, plain ipykernel + %load_ext nskernel"
+
+
+@case("magic", "plain", "cell: pass", iterations=100)
+def plain(ctx: Context, plan: Plan) -> Measurement:
+    return Measurement(_interleaved(ctx, plan)["plain"], _COMMAND, {"cell": "pass"})
+
+
+@case("magic", "sandbox", "cell: %%sandbox pass", iterations=100)
+def sandboxed(ctx: Context, plan: Plan) -> Measurement:
+    return Measurement(
+        _interleaved(ctx, plan)["sandbox"],
+        _COMMAND,
+        {
+            "cell": "%%sandbox\\npass",
+            "namespaces": "user, pid, net, mnt, uts, ipc (no flag: all six)",
+            "think_time_ms": THINK_TIME * 1e3,
+        },
+    )
+
+
+@case("magic", "overhead", "%%sandbox overhead per cell", iterations=100, target=TARGET_OVERHEAD_MS)
+def overhead(ctx: Context, plan: Plan) -> Measurement:
+    return Measurement(
+        _interleaved(ctx, plan)["overhead"],
+        _COMMAND,
+        {"what": "per interleaved pair: %%sandbox cell minus plain cell", "goal_ms": 5.0},
+    )
+
+
+@case("magic", "back-to-back", "%%sandbox pass, no pause (Run All)", iterations=60)
+def back_to_back(ctx: Context, plan: Plan) -> Measurement:
+    kc = ctx.fixture("magic-kernel", _kernel)
+    samples = []
+    for i in range(plan.warmup + plan.n):
+        ms = _cell(kc, "%%sandbox\npass")
+        if i >= plan.warmup:
+            samples.append(ms)
+    return Measurement(samples, _COMMAND, {"cell": "%%sandbox\\npass", "think_time_ms": 0})
+
+
+@case("magic", "named", "%%sandbox --name: cell in a named sandbox", iterations=100)
+def named(ctx: Context, plan: Plan) -> Measurement:
+    kc = ctx.fixture("magic-kernel", _kernel)
+    samples = []
+    for i in range(plan.warmup + plan.n):
+        ms = _cell(kc, "%%sandbox --name bench\npass")
+        if i >= plan.warmup:
+            samples.append(ms)
+    return Measurement(samples, _COMMAND, {"cell": "%%sandbox --name bench\\npass"})

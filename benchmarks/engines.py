@@ -1,21 +1,28 @@
 """Container engines for the comparison: crun, podman and docker, set up and torn down here.
 
 Nothing is pulled from a registry: the containers' root filesystem is made locally from a
-static busybox (``/bin/busybox`` with ``sh`` and ``true`` linked to it); payloads that need
+static busybox (``/bin/busybox``, the applets the payloads call linked to it); payloads that need
 Python get the host's ``/usr`` bound read-only, with ``/lib`` and ``/lib64`` pointing into it.
 
 All engines run inside one *engine host*: ``python -m benchmarks.engines --host WORKDIR TOKEN``
-started under ``unshare --mount --pid --fork --kill-child --mount-proc``. In that private
-mount namespace
+started under ``unshare --mount --pid --fork --kill-child --mount-proc --net``. In that
+private mount namespace
 
-- ``/sys/fs/cgroup/unified`` is unmounted on a hybrid cgroup v1/v2 machine, because crun
-  and podman refuse the mixed layout ("cgroups in hybrid mode not supported");
+- the cgroup2 mount (``/sys/fs/cgroup/unified``) is unmounted on a hybrid cgroup v1/v2
+  machine, because crun and podman refuse the mixed layout ("cgroups in hybrid mode not
+  supported");
 - a tmpfs covers ``/run``: the engines' sockets and runtime state (``/run/nsk-bench/...``
   and whatever they keep under ``/run`` by default) vanish with it;
 - dockerd's overlay mounts never reach the host's mount table.
 
+Its own network namespace holds docker's user-defined network (bridge, veths, addresses):
+nothing appears on the host's links and no traffic leaves it.
+
 What must be on disk (the root filesystem, crun's bundles, podman's storage, dockerd's
 ``--data-root``) goes to the run's scratch directory, deleted at the end.
+
+Payloads: ``true`` and ``python`` for every engine; ``network`` for docker only (see
+:meth:`Docker._measure_network`), the comparison for nskernel's network case.
 
 The host is PID 1 of its own PID namespace, so when it exits (or the ``unshare`` that
 started it is killed) the kernel kills every process an engine left behind. The
@@ -39,6 +46,7 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shlex
 import shutil
 import signal
@@ -66,7 +74,11 @@ from benchmarks.harness import (
 ENGINES = ("crun", "podman", "docker")
 PAYLOADS = ("true", "python")
 IMAGE = "nsk-bench/busybox:local"
+APPLETS = ("sh", "true", "nc", "grep", "usleep", "sleep")  # what the payloads call
 PRIVATE_RUN = Path("/run/nsk-bench")  # inside the engine host's tmpfs on /run
+NETWORK = "nsk-bench"  # docker's user-defined network, inside the host's own netns
+NET_PEER = "nskb-peer"
+NET_PORT = 7000
 
 # The interpreter measured in every Python case: the real file, not a venv's symlink or a
 # shell shim on PATH, so that containers see it through the read-only /usr bind.
@@ -116,6 +128,7 @@ class EngineHost:
             "--fork",
             "--kill-child",
             "--mount-proc",
+            "--net",
             "--",
             sys.executable,
             "-m",
@@ -148,6 +161,10 @@ class EngineHost:
             proc.stdout.close()
 
     def time(self, engine: str, payload: str, plan: Plan) -> dict[str, Any]:
+        """Time ``payload`` under ``engine`` in the host: ``samples``, ``command``, ``details``.
+
+        For a case: ``ctx.fixture("engines", EngineHost.open).time("docker", "network", plan)``.
+        """
         assert self._proc.stdin and self._proc.stdout
         request = {"engine": engine, "payload": payload, "plan": plan.__dict__}
         self._proc.stdin.write(json.dumps(request) + "\n")
@@ -209,7 +226,7 @@ def build_rootfs(root: Path) -> None:
     root.chmod(0o755)
     (root / "tmp").chmod(0o1777)
     shutil.copy2(busybox, root / "bin" / "busybox")
-    for applet in ("sh", "true"):
+    for applet in APPLETS:
         (root / "bin" / applet).symlink_to("busybox")
     # Merged-/usr layout: with the host's /usr bound read-only, its Python and libc work.
     (root / "lib").symlink_to("usr/lib")
@@ -261,6 +278,11 @@ class Engine:
 
     def command(self, payload: str) -> list[str]:
         raise NotImplementedError
+
+    def measure(self, payload: str, plan: Plan) -> tuple[list[float], str]:
+        """Samples (ms) and the command they timed."""
+        argv = self.command(payload)
+        return time_command(argv, plan, env=self.env), shlex.join(argv)
 
     def stop(self) -> None:
         """Stop whatever ``prepare`` started; called once, also after a failed prepare."""
@@ -339,6 +361,7 @@ class Docker(Engine):
         super().__init__(workdir, token, rootfs)
         self.daemon: subprocess.Popen[bytes] | None = None
         self.log: IO[bytes] | None = None
+        self.fifos: tuple[int, int] | None = None  # driving the network peer, once started
 
     def prepare(self) -> None:
         self.dockerd = self.binary("dockerd")
@@ -405,6 +428,74 @@ class Docker(Engine):
         text = (self.dir / "dockerd.log").read_text(errors="replace")
         return text.strip()[-600:] or "no log output"
 
+    def measure(self, payload: str, plan: Plan) -> tuple[list[float], str]:
+        if payload == "network":
+            return self._measure_network(plan)
+        return super().measure(payload, plan)
+
+    def _measure_network(self, plan: Plan) -> tuple[list[float], str]:
+        """``docker run -d`` a server on a user-defined network until a peer reads its byte.
+
+        The same figure as nskernel's ``network`` case: from creating the container until
+        another container on the network has connected to it *by name* and read the first
+        byte. The peer is one long-lived container that takes names from a FIFO and answers
+        on another (``docker exec`` would add its own ~100 ms). Removal is not timed.
+        """
+        cmd_fd, res_fd = self._network_client()
+
+        def server(name: str) -> list[str]:
+            run = ["run", "--detach", f"--network={NETWORK}", f"--name={name}", IMAGE]
+            listen = ["nc", "-l", "-p", str(NET_PORT), "-e", "echo", "x"]
+            return [self.docker, f"--host=unix://{self.sock}", *run, *listen]
+
+        samples = []
+        for i in range(plan.warmup + plan.n):
+            name = f"nskb-svc{i}"
+            t0 = time.perf_counter()
+            started = subprocess.run(server(name), capture_output=True, text=True, env=self.env)
+            if started.returncode != 0:
+                raise CaseFailed(f"docker run --network failed: {started.stderr.strip()[-600:]}")
+            os.write(cmd_fd, f"{name}\n".encode())
+            ready, _, _ = select.select([res_fd], [], [], plan.timeout)
+            if not ready or os.read(res_fd, 2) != b"k\n":
+                raise CaseFailed(f"the peer container never reached {name}:{NET_PORT}")
+            took = (time.perf_counter() - t0) * 1e3
+            self._docker("rm", "--force", name)
+            if i >= plan.warmup:
+                samples.append(took)
+        return samples, shlex.join(server("nskb-svcN"))
+
+    def _network_client(self) -> tuple[int, int]:
+        """Create the network and the peer container once; the FIFOs' fds to drive it."""
+        if self.fifos is None:
+            fifo_dir = self.dir / "net"
+            fifo_dir.mkdir()
+            # Opened read-write here, a FIFO never blocks this side on open and never
+            # reads as EOF between the peer's opens (it reopens both for every name).
+            fds = []
+            for fifo in ("cmd", "res"):
+                os.mkfifo(fifo_dir / fifo)
+                fds.append(os.open(fifo_dir / fifo, os.O_RDWR))
+            self.fifos = (fds[0], fds[1])
+            self._docker("network", "create", "--internal", NETWORK)
+            peer = (
+                "while read name < /x/cmd; do "
+                f"until nc $name {NET_PORT} </dev/null | grep -q x; do usleep 500; done; "
+                "echo k > /x/res; done"
+            )
+            self._docker(
+                "run",
+                "--detach",
+                f"--network={NETWORK}",
+                f"--name={NET_PEER}",
+                f"--volume={fifo_dir}:/x",
+                IMAGE,
+                "sh",
+                "-c",
+                peer,
+            )
+        return self.fifos
+
     def command(self, payload: str) -> list[str]:
         run = ["run", "--rm", "--network=none"]
         if payload == "python":
@@ -413,6 +504,12 @@ class Docker(Engine):
         return [*docker, *run, IMAGE, *container_payload(payload)]
 
     def stop(self) -> None:
+        if self.fifos is not None:
+            # Its shell, PID 1 in the container, ignores SIGTERM: dockerd would wait 15 s.
+            with contextlib.suppress(CaseFailed):
+                self._docker("rm", "--force", NET_PEER)
+            for fd in self.fifos:
+                os.close(fd)
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)  # dockerd then stops its containerd
             try:
@@ -497,13 +594,12 @@ class _Host:
         engine = self.engines[request["engine"]]
         try:
             self._ready(engine)
-            argv = engine.command(request["payload"])
-            samples = time_command(argv, Plan(**request["plan"]), env=engine.env)
+            samples, command = engine.measure(request["payload"], Plan(**request["plan"]))
         except Exception as e:
             return pack_error(e)
         finally:
             _reap_orphans(set().union(*(e.pids() for e in self.engines.values())))
-        return {"samples": samples, "command": argv, "details": engine.details}
+        return {"samples": samples, "command": command, "details": engine.details}
 
     def stop(self) -> None:
         for name, engine in self.engines.items():

@@ -295,7 +295,7 @@ class NetworkManager:
             hub = self._ensure_hub()
             ns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:
-                peers = [
+                for ep in endpoints:
                     hub.add_veth(
                         ep.hub_end,
                         self.networks[ep.network].bridge,
@@ -303,15 +303,13 @@ class NetworkManager:
                         ep.ifname,
                         vnet.mac_for(str(ep.address)),
                     )
-                    for ep in endpoints
-                ]
             finally:
                 os.close(ns_fd)
             member = Member(name, init_pid, tuple(aliases), endpoints, None)
             hosts_text = self._hosts_text(member) if hosts_file else None
-            sock, hosts_fd = vnet.enter_sandbox(init_pid, hosts_text=hosts_text)
-            for ep, peer in zip(endpoints, peers, strict=True):
-                vnet.attach_inside(sock, peer, str(ep.address), ep.prefixlen)
+            sock, hosts_fd = hub.hopper.enter(init_pid, hosts_text=hosts_text)
+            for ep in endpoints:
+                vnet.attach_inside(sock, ep.ifname, str(ep.address), ep.prefixlen)
             for ep in endpoints:
                 hub.wait_up(ep.hub_end)
         except BaseException:

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import array
 import contextlib
+import ctypes
 import errno
+import json
 import os
 import socket
 import struct
@@ -127,8 +129,9 @@ def _rtnl_socket() -> socket.socket:
     return s
 
 
-def new_hub() -> tuple[int, socket.socket]:
-    """A new, empty network namespace: (an fd that keeps it alive, a netlink socket in it).
+def new_hub() -> tuple[int, socket.socket, socket.socket]:
+    """A new, empty network namespace: an fd that keeps it alive, two netlink sockets in it
+    (one for pyroute2's ``IPRoute``, one for our raw requests).
 
     The child that creates it exits at once; only the caller's descriptors hold the
     namespace, so it dies with the caller.
@@ -141,60 +144,171 @@ def new_hub() -> tuple[int, socket.socket]:
         with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
             f.write("0")
         ns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        nl = _rtnl_socket()
-        _send_fds(sock, [ns, nl.fileno()])
+        _send_fds(sock, [ns, _rtnl_socket().detach(), _rtnl_socket().detach()])
 
     _, fds = _in_child(work, step="create the hub network namespace (unshare(CLONE_NEWNET))")
-    ns_fd, nl_fd = fds
+    ns_fd, nl_fd, raw_fd = fds
     os.set_inheritable(ns_fd, False)
-    return ns_fd, socket.socket(fileno=nl_fd)
+    return ns_fd, socket.socket(fileno=nl_fd), socket.socket(fileno=raw_fd)
 
 
-def enter_sandbox(init_pid: int, *, hosts_text: str | None) -> tuple[socket.socket, int | None]:
-    """Netlink socket in the sandbox's network namespace, and its managed hosts file.
+class Hopper:
+    """A helper process that enters sandboxes' namespaces for us, on request.
 
-    With ``hosts_text`` (the sandbox has a mount namespace) the child also enters the
-    sandbox's mount namespace, writes the text to a file in the sandbox's private /tmp,
-    binds it read-only onto /etc/hosts and passes back a writable fd to it, so later
-    updates need no namespace hop. Returns (socket, hosts fd or None).
+    Forking a child per attachment costs a copy of the caller's page tables (tens of ms
+    for a big caller on a busy machine). This process is forked once, drops every
+    descriptor it inherited, and then serves requests: join a sandbox's network (and
+    mount) namespace, make a netlink socket there (and the managed /etc/hosts), pass them
+    back, return home. "Home" is a private network and mount namespace of its own, made
+    at start: a rootless hopper could not return to the host's, and staying in a
+    sandbox's namespaces would keep them alive after the sandbox is gone. It never joins
+    a sandbox's user namespace, so it can always hop to the next one; files it creates
+    for a sandbox get that sandbox's root as owner through setfsuid.
     """
-    opened: dict[str, int] = {}
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the hopper
+            code = 1
+            try:
+                ours.close()
+                os.close(ready_r)
+                code = _hopper_main(theirs, ready_w)
+            finally:
+                os._exit(code)
+        theirs.close()
+        os.close(ready_w)
+        try:
+            answer = os.read(ready_r, 4096)
+        finally:
+            os.close(ready_r)
+        if answer != b"ok":
+            ours.close()
+            _reap(pid)
+            raise VnetError("start the namespace helper", None, answer.decode() or "it died")
+        self.pid = pid
+        self.sock = ours
+
+    def close(self) -> None:
+        if self.pid:
+            self.sock.close()  # EOF: the hopper exits
+            _reap(self.pid)
+            self.pid = 0
+
+    def enter(self, init_pid: int, *, hosts_text: str | None) -> tuple[socket.socket, int | None]:
+        """Netlink socket in the sandbox's network namespace, and its managed hosts file.
+
+        With ``hosts_text`` (the sandbox has a mount namespace) the hopper also writes
+        the text to a file in the sandbox's private /tmp, binds it read-only onto
+        /etc/hosts and passes back a writable fd to it, so later updates need no hop.
+        """
+        step = f"enter the namespaces of sandbox init {init_pid}"
+        kinds = ("net", "mnt") if hosts_text is not None else ("net",)
+        fds = [os.open(f"/proc/{init_pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds]
+        try:
+            # Who sandbox root is, as seen from here: its files must be owned by an id
+            # mapped inside (host root is not, in a sandbox that a root caller made).
+            uid = _root_of(init_pid, "uid_map")
+            gid = _root_of(init_pid, "gid_map")
+            header = json.dumps({"hosts": hosts_text, "uid": uid, "gid": gid}).encode()
+            _send_fds(self.sock, fds, header)
+            msg, got = _recv_fds(self.sock, 4)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        if not msg:
+            raise VnetError(step, None, "the namespace helper exited")
+        if msg[:1] == b"E":
+            for fd in got:
+                os.close(fd)
+            (num,) = struct.unpack("i", msg[1:5])
+            raise VnetError(step, num or None, msg[5:].decode(errors="replace"))
+        return socket.socket(fileno=got[0]), (got[1] if len(got) > 1 else None)
+
+
+def _root_of(pid: int, which: str) -> int:
+    with open(f"/proc/{pid}/{which}") as f:
+        for line in f:
+            inside, outside, _count = (int(x) for x in line.split())
+            if inside == 0:
+                return outside
+    return os.geteuid() if which == "uid_map" else os.getegid()
+
+
+def _hopper_main(sock: socket.socket, ready_w: int) -> int:
     try:
-        for kind in ("net", "user", "mnt") if hosts_text is not None else ("net",):
-            opened[kind] = os.open(f"/proc/{init_pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
-        same_user = "user" in opened and (
-            os.fstat(opened["user"]).st_ino == os.stat("/proc/self/ns/user").st_ino
+        keep = {sock.fileno(), ready_w}
+        for entry in os.listdir("/proc/self/fd"):
+            fd = int(entry)
+            if fd > 2 and fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
+        sc.set_process_name("nskernel-netns")
+        sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWNET)  # a home we may always return to
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        home_net = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        home_mnt = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        os.write(ready_w, str(e).encode())
+        return 1
+    os.write(ready_w, b"ok")
+    os.close(ready_w)
+    while True:
+        try:
+            msg, fds = _recv_fds(sock, 2)
+        except OSError:
+            return 0
+        if not msg:
+            return 0
+        out: list[int] = []
+        try:
+            _hop(json.loads(msg), fds, out)
+            _send_fds(sock, out)
+        except OSError as e:
+            sock.send(b"E" + struct.pack("i", e.errno or 0) + str(e).encode()[:3000])
+        finally:
+            for fd in (*fds, *out):
+                os.close(fd)
+            sc.setns(home_net, sc.CLONE_NEWNET)
+            sc.setns(home_mnt, sc.CLONE_NEWNS)
+
+
+def _hop(req: dict[str, Any], fds: list[int], out: list[int]) -> None:
+    sc.setns(fds[0], sc.CLONE_NEWNET)
+    out.append(_rtnl_socket().detach())
+    text = req.get("hosts")
+    if text is None:
+        return
+    sc.setns(fds[1], sc.CLONE_NEWNS)  # moves our root and cwd to the sandbox's
+    me = os.geteuid()
+    _setfsids(req["uid"], req["gid"])
+    try:
+        hosts = os.open(
+            HOSTS_PATH_INSIDE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
         )
-
-        def work(sock: socket.socket) -> None:
-            sc.setns(opened["net"], sc.CLONE_NEWNET)
-            nl = _rtnl_socket()
-            fds = [nl.fileno()]
-            if hosts_text is not None:
-                if not same_user:
-                    # Become the sandbox's root: files we create on its /tmp must be
-                    # owned by an id mapped in its user namespace (host root is not).
-                    sc.setns(opened["user"], sc.CLONE_NEWUSER)
-                    with contextlib.suppress(OSError):
-                        os.setgroups([])
-                    os.setresgid(0, 0, 0)
-                    os.setresuid(0, 0, 0)
-                sc.setns(opened["mnt"], sc.CLONE_NEWNS)  # moves root and cwd there too
-                hosts = os.open(
-                    HOSTS_PATH_INSIDE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
-                )
-                os.fchmod(hosts, 0o644)  # whatever the umask: every sandbox user reads it
-                os.write(hosts, hosts_text.encode())
-                sc.mount(HOSTS_PATH_INSIDE, "/etc/hosts", None, sc.MS_BIND)
-                sc.mount(None, "/etc/hosts", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY)
-                fds.append(hosts)
-            _send_fds(sock, fds)
-
-        _, fds = _in_child(work, step=f"enter the namespaces of sandbox init {init_pid}")
+        out.append(hosts)
+        os.fchmod(hosts, 0o644)  # whatever the umask: every sandbox user reads it
+        os.write(hosts, text.encode())
     finally:
-        for fd in opened.values():
-            os.close(fd)
-    return socket.socket(fileno=fds[0]), (fds[1] if len(fds) > 1 else None)
+        _setfsids(me, os.getegid())
+    sc.mount(HOSTS_PATH_INSIDE, "/etc/hosts", None, sc.MS_BIND)
+    # The bind inherits /tmp's nosuid/nodev/noexec; in a mount namespace that is less
+    # privileged than its parent's they are locked, and a remount that left them out
+    # would be refused (EPERM). statvfs's ST_* bits equal the MS_* ones.
+    keep = os.statvfs("/etc/hosts").f_flag & (sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    sc.mount(None, "/etc/hosts", None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | keep)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _setfsids(uid: int, gid: int) -> None:
+    # setfsuid(2) reports no errors; the open(2) that follows fails if this did not work.
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
 
 
 def rewrite_hosts(fd: int, text: str) -> None:
@@ -274,6 +388,17 @@ class Rtnl:
         m["change"] = IFF_UP
         self.request(m, RTM_NEWLINK, 0, f"bring link {index} up")
 
+    def index(self, ifname: str) -> int:
+        from pyroute2.netlink.rtnl import RTM_GETLINK
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+
+        m = ifinfmsg()
+        m["attrs"] = [("IFLA_IFNAME", ifname)]
+        replies = self.request(m, RTM_GETLINK, 0, f"find link {ifname}")
+        if not replies:
+            raise VnetError(f"find link {ifname}", errno.ENODEV)
+        return int(replies[0]["index"])
+
     def operstate(self, index: int) -> str:
         from pyroute2.netlink.rtnl import RTM_GETLINK
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
@@ -315,13 +440,18 @@ class Hub:
     def __init__(self) -> None:
         from pyroute2 import IPRoute
 
-        self.ns_fd, sock = new_hub()
+        self.ns_fd, sock, raw = new_hub()
         self.ipr = IPRoute(use_socket=sock)
+        self.raw = Rtnl(raw)
+        self.hopper = Hopper()
+        self._bridges: dict[str, int] = {}
 
     def close(self) -> None:
         """Drop the hub: the kernel destroys its bridges and veth pairs with it."""
         if self.ns_fd >= 0:
+            self.hopper.close()
             self.ipr.close()
+            self.raw.close()
             os.close(self.ns_fd)
             self.ns_fd = -1
 
@@ -338,9 +468,11 @@ class Hub:
             self.ipr.link("set", index=index, state="up")
         except Exception as e:
             raise _as_vnet_error(f"create bridge {name} ({address}/{prefixlen})", e) from e
+        self._bridges[name] = index
         return index
 
     def delete_link(self, name: str) -> None:
+        self._bridges.pop(name, None)
         index = self._index(name)
         if index is None:
             return
@@ -354,36 +486,23 @@ class Hub:
 
     def add_veth(
         self, hub_end: str, bridge: str, sandbox_ns_fd: int, inside_name: str, inside_mac: str
-    ) -> int:
-        """A veth pair: ``hub_end`` on ``bridge`` (up), its peer ``inside_name`` created
-        directly in the sandbox's namespace with ``inside_mac``. Returns the peer's
-        ifindex there."""
-        step = f"create veth {hub_end} <-> {inside_name} on {bridge}"
+    ) -> None:
+        """A veth pair: ``hub_end`` on ``bridge``, up, and its peer ``inside_name`` (with
+        ``inside_mac``) created directly in the sandbox's namespace: one request."""
         try:
             self.ipr.link(
                 "add",
                 ifname=hub_end,
                 kind="veth",
+                master=self._bridges[bridge],
+                state="up",
                 peer={"ifname": inside_name, "net_ns_fd": sandbox_ns_fd, "address": inside_mac},
             )
-            index = self._index(hub_end)
-            master = self._index(bridge)
-            assert index is not None and master is not None
-            self.ipr.link("set", index=index, master=master, state="up")
-            info = self.ipr.get_links(index)[0]
         except Exception as e:
-            raise _as_vnet_error(step, e) from e
-        # For a veth, IFLA_LINK is the peer's ifindex in the peer's namespace.
-        peer = info.get("IFLA_LINK")
-        if not peer:
-            raise VnetError(step, None, "the kernel did not report the peer's index")
-        return int(peer)
+            raise _as_vnet_error(f"create veth {hub_end} <-> {inside_name} on {bridge}", e) from e
 
     def wait_up(self, hub_end: str, timeout: float = 5.0) -> None:
-        index = self._index(hub_end)
-        if index is None:
-            raise VnetError(f"wait for {hub_end} to come up", errno.ENODEV)
-        _poll_until_up(lambda: self.ipr.get_links(index)[0].get("IFLA_OPERSTATE"), index, timeout)
+        self.raw.wait_up(self.raw.index(hub_end), timeout)
 
 
 def _as_vnet_error(step: str, e: BaseException) -> VnetError:
@@ -405,7 +524,7 @@ def mac_for(address: str) -> str:
 
 
 def attach_inside(
-    sock: socket.socket, index: int, address: str, prefixlen: int, timeout: float = 5.0
+    sock: socket.socket, ifname: str, address: str, prefixlen: int, timeout: float = 5.0
 ) -> None:
     """Inside the sandbox: address on the new interface, up, wait until it is UP.
 
@@ -413,6 +532,7 @@ def attach_inside(
     route, so anything outside the subnet is unreachable at once (ENETUNREACH).
     """
     rt = Rtnl(sock)
+    index = rt.index(ifname)
     rt.add_address(index, address, prefixlen)
     rt.set_up(index)
     rt.wait_up(index, timeout)

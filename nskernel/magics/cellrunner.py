@@ -233,21 +233,23 @@ def interface_addresses() -> dict[str, list[str]]:
 
 
 def gather_facts() -> dict[str, Any]:
-    """Facts seen from inside the sandbox (JSON-ready)."""
+    """Facts seen from inside the sandbox (JSON-ready): ``nskernel.facts`` plus ``ips``."""
     try:
-        from nskernel import facts as facts_mod  # issue 6's gatherer, when it exists
+        from nskernel import facts as F
 
-        gather = getattr(facts_mod, "gather", None) or getattr(facts_mod, "gather_facts", None)
-    except ImportError:
-        gather = None
-    if gather is not None:
-        try:
-            return dict(gather())
-        except Exception as e:  # fall back to the basics below, but say why
-            base = _basic_facts()
-            base["facts_error"] = f"{type(e).__name__}: {e}"
-            return base
-    return _basic_facts()
+        found = dict(F.gather_here(kind="sandbox"))
+    except Exception as e:  # the basics below still answer %sandbox ls; say why
+        found = _basic_facts()
+        found["facts_error"] = f"{type(e).__name__}: {e}"
+        return found
+    ips = []
+    for iface in found.get("interfaces") or ():
+        for addr in iface.get("addresses") or ():
+            ip = addr.split("/")[0]
+            if iface.get("name") != "lo" and ":" not in ip:
+                ips.append(ip)
+    found["ips"] = ips
+    return found
 
 
 def _basic_facts() -> dict[str, Any]:
@@ -256,8 +258,8 @@ def _basic_facts() -> dict[str, Any]:
     addrs = interface_addresses()
     return {
         "hostname": socket.gethostname(),
-        "interfaces": addrs,
-        "ips": sorted({a for v in addrs.values() for a in v if not a.startswith("127.")}),
+        "interfaces": [{"name": n, "addresses": a} for n, a in addrs.items()],
+        "ips": sorted({a for n, v in addrs.items() for a in v if n != "lo"}),
         "pid": os.getpid(),
         "namespaces": procfs.namespace_ids("self"),
         "uid_map": procfs.id_map("self", "uid_map"),
@@ -337,8 +339,8 @@ def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
     )
 
 
-def serve(fd: int, *, once: bool, warm: bool = False) -> int:
-    """The sandbox's main program: run cells sent on ``fd`` (one, or until EOF).
+def serve(fd: int, *, warm: bool = False) -> int:
+    """The sandbox's main program: run the cells sent on ``fd`` until EOF.
 
     ``warm``: this sandbox was made ahead of time and waits for its cell; run a no-op
     cell first, so the copy-on-write page faults of the shell's first run (~4 ms here)
@@ -359,8 +361,8 @@ def serve(fd: int, *, once: bool, warm: bool = False) -> int:
         op = req.get("op")
         if op == "run":
             _run_one(shell, ch, req)
-            if once:
-                return 0
+            # An unnamed sandbox too waits here until the server closes the socket (and
+            # its lifeline): the server may still read its facts for --show.
         elif op == "facts":
             ch.send({"type": "facts", "facts": gather_facts()}, drain=False)
         else:

@@ -490,28 +490,73 @@ def _cwd() -> str | None:
         return None
 
 
-def _compare(infos: list[dict[str, Any]]) -> None:
+def _compose_map(inner: list[list[int]], outer: list[list[int]]) -> list[list[int]]:
+    """Express ``inner`` (relative to the server's user namespace) in host ids."""
+    out = []
+    for first, lower, count in inner:
+        for o_first, o_lower, o_count in outer:
+            if o_first <= lower and lower + count <= o_first + o_count:
+                out.append([first, o_lower + (lower - o_first), count])
+                break
+        else:
+            return inner  # not expressible row by row: leave it as the server saw it
+    return out
+
+
+def _host_view(facts: dict[str, Any]) -> dict[str, Any]:
+    """Facts read by the server, with uid/gid maps in the kernel's (host) ids."""
+    hello = get_client().hello
+    out = dict(facts)
+    if hello.get("userns") == "own":
+        server_map = hello.get("uid_map") or []
+        server_gid_map = hello.get("gid_map") or server_map
+        for which, outer in (("uid_map", server_map), ("gid_map", server_gid_map)):
+            if out.get(which):
+                out[which] = _compose_map(out[which], outer)
+    return out
+
+
+def _widgets_compare() -> Any:
     try:
-        from nskernel import widgets  # issue 6
-    except ImportError:
-        widgets = None
-    compare = getattr(widgets, "compare", None)
-    if compare is None:
+        from nskernel import widgets  # issue 6: ipywidgets side-by-side panel
+    except ImportError as e:
         print(
-            "the side-by-side widget panel is not available in this version of nskernel "
-            "(nskernel.widgets.compare is missing); showing the facts instead:",
+            f"the side-by-side widget panel is not available here ({e}); "
+            "showing the facts instead:",
             file=sys.stderr,
         )
+        return None
+    return widgets.compare
+
+
+def _compare(infos: list[dict[str, Any]]) -> None:
+    """``%sandbox compare``: live columns, read by this kernel from the host side."""
+    compare = _widgets_compare()
+    if compare is None:
         for info in infos:
             display(SandboxInfo(info))
         return
-    display(compare(*infos))
+    from nskernel import facts as F
+
+    def place(info: dict[str, Any]) -> Any:
+        return lambda: F.sandbox_facts_from_host(
+            int(info["pid"]),
+            name=info["name"],
+            hostname=info.get("hostname"),
+            created=info.get("created"),
+        )
+
+    display(compare(*[place(i) for i in infos]))
 
 
 def _show(facts: dict[str, Any] | None, name: str | None) -> None:
-    info = dict(facts or {})
-    info.setdefault("name", name or "(this cell's sandbox)")
-    info.setdefault("pid", info.get("host_pid"))
-    info["age"] = info.get("age", 0.0)
-    info.setdefault("created", [])
-    _compare([info])
+    """``--show``: the host next to this cell's sandbox as it was when the cell ended."""
+    if not facts:
+        print("--show: the sandbox's facts could not be read", file=sys.stderr)
+        return
+    facts = _host_view(facts)
+    compare = _widgets_compare()
+    if compare is None:
+        display(SandboxInfo({**facts, "pid": facts.get("host_pid"), "age": 0.0}))
+        return
+    display(compare(facts))

@@ -192,7 +192,7 @@ class Box:
         self.runner_pid = _first_child(sandbox.pid)
         self.network: dict[str, Any] = {}
         self.net_backend: Any = None
-        self.pending: list[dict[str, Any]] = []
+        self.show = False  # --show: read its facts when the cell is done
 
 
 class Server:
@@ -213,7 +213,7 @@ class Server:
     def reply(self, msg: dict[str, Any]) -> None:
         protocol.send(self.fd, msg)
 
-    def _spawn(self, spec: dict[str, Any], *, once: bool, warm: bool = False) -> Box:
+    def _spawn(self, spec: dict[str, Any], *, warm: bool = False) -> Box:
         from . import cellrunner
 
         sandbox_spec = _build_spec(spec)
@@ -222,7 +222,7 @@ class Server:
         try:
             sb = Sandbox.spawn(
                 sandbox_spec,
-                target=lambda: cellrunner.serve(child_fd, once=once, warm=warm),
+                target=lambda: cellrunner.serve(child_fd, warm=warm),
                 pass_fds=(child_fd,),
             )
         except BaseException:
@@ -291,8 +291,14 @@ class Server:
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": result})
             else:
                 raise SpecError(f"unknown request {op!r}")
-        except (NskernelError, KeyError, OSError) as e:
-            text = str(e) if not isinstance(e, KeyError) else str(e.args[0])
+        except Exception as e:
+            # Whatever one request did wrong, the server (and every named sandbox) lives on.
+            if isinstance(e, KeyError):
+                text = str(e.args[0])
+            elif isinstance(e, (NskernelError, OSError)):
+                text = str(e)
+            else:
+                text = f"{type(e).__name__}: {e}"
             if op == "run":
                 self.reply({"type": "done", "id": rid, "status": "failed", "message": text})
             else:
@@ -344,7 +350,7 @@ class Server:
             key = _spec_key(spec)
             box = None if (name or net) else self.warm.pop(key, None)
             if box is None:
-                box = self._spawn(spec, once=not name)
+                box = self._spawn(spec)
             if not name and self.prewarm:
                 self.want_warm.add(key)
             if backend is not None:
@@ -359,6 +365,7 @@ class Server:
                 box.name = name
                 self.named[name] = box
         box.current = rid
+        box.show = bool(req.get("facts"))
         self.running[rid] = box
         protocol.send(
             box.fd,
@@ -368,7 +375,7 @@ class Server:
                 "inputs": req.get("inputs") or {},
                 "outputs": req.get("outputs") or [],
                 "execution_count": req.get("execution_count"),
-                "facts": bool(req.get("facts")),
+                "facts": False,
             },
         )
 
@@ -431,6 +438,22 @@ class Server:
             "facts": facts,
         }
 
+    def facts_from_host(self, box: Box) -> dict[str, Any]:
+        """The widgets' facts of a sandbox, read from outside (host PIDs included).
+
+        For ``--show`` of an unnamed sandbox, read before it is removed. Rootless, the
+        uid/gid maps here are relative to this server's user namespace; the kernel side
+        translates them to host ids with the server's own map.
+        """
+        from nskernel import facts as F
+
+        sb = box.sandbox
+        return dict(
+            F.sandbox_facts_from_host(
+                sb.pid, name=box.name, hostname=sb.hostname, created=sb.namespaces
+            )
+        )
+
     def query_facts(self, box: Box) -> dict[str, Any] | None:
         if box.current is not None:
             return None
@@ -453,8 +476,8 @@ class Server:
         if msg.get("type") == "cell_done":
             msg["type"] = "done"
             msg["id"] = rid
-            if msg.get("facts") is not None:
-                msg["facts"]["host_pid"] = box.sandbox.pid
+            if box.show:
+                msg["facts"] = self.facts_from_host(box)
             box.current = None
             self.running.pop(rid, None)
             self.reply(msg)
@@ -485,7 +508,7 @@ class Server:
             if key in self.warm:
                 continue
             try:
-                self.warm[key] = self._spawn(json.loads(key), once=True, warm=True)
+                self.warm[key] = self._spawn(json.loads(key), warm=True)
             except (SandboxError, SpecError, OSError):
                 pass  # the next cell creates its own and reports the error
 
@@ -557,6 +580,7 @@ def main(argv: list[str] | None = None) -> int:
             "pid": os.getpid(),
             "userns": mode,
             "uid_map": procfs.id_map("self", "uid_map"),
+            "gid_map": procfs.id_map("self", "gid_map"),
         },
     )
     server = Server(args.fd, mode)

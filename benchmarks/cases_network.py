@@ -57,6 +57,16 @@ def nskernel_network(ctx: Context, plan: Plan) -> Measurement:
     )
 
 
+@case("network", "nskernel-attach", "nskernel: the network part alone", iterations=40)
+def nskernel_attach(ctx: Context, plan: Plan) -> Measurement:
+    """Only ``NetworkManager.attach`` of the same loop: veth pair, address, hosts files,
+    link up. The rest of the figure above is creating the sandbox and its server."""
+    if importlib.util.find_spec("pyroute2") is None:
+        raise NotAvailable("pyroute2 is not installed (pip install pyroute2)")
+    samples = in_fresh_interpreter("benchmarks.cases_network:loop_attach", plan, ctx)
+    return Measurement(samples, "NetworkManager.attach(name, pid, ['bench'])")
+
+
 @case("network", "docker", "docker run --network", iterations=20)
 def docker_network(ctx: Context, plan: Plan) -> Measurement:
     # Measured inside the engine host (benchmarks/engines.py, Docker._measure_network).
@@ -101,6 +111,14 @@ def _client(cmd_r: int, res_w: int) -> int:
 
 
 def loop(plan: Plan) -> list[float]:
+    return _loop(plan, attach_only=False)
+
+
+def loop_attach(plan: Plan) -> list[float]:
+    return _loop(plan, attach_only=True)
+
+
+def _loop(plan: Plan, *, attach_only: bool) -> list[float]:
     from nskernel import NskernelError, Sandbox, SandboxSpec
     from nskernel._linux.userns import in_initial_user_namespace
     from nskernel.magics.server import enter_own_user_namespace
@@ -136,7 +154,9 @@ def loop(plan: Plan) -> list[float]:
             finally:
                 os.close(go_r)
             try:
+                t_attach = time.perf_counter()
                 nm.attach(name, sb.pid, ["bench"])
+                attach_ms = (time.perf_counter() - t_attach) * 1e3
                 os.write(go_w, b"g")
                 os.write(cmd_w, name.encode())
                 if not select.select([res_r], [], [], 15)[0] or os.read(res_r, 1) != b"k":
@@ -147,7 +167,7 @@ def loop(plan: Plan) -> list[float]:
                 nm.detach(name)
                 sb.kill()
             if i >= plan.warmup:
-                samples.append(took)
+                samples.append(attach_ms if attach_only else took)
     finally:
         os.close(cmd_w)
         nm.close()

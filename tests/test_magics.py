@@ -359,11 +359,12 @@ def test_rootless_sandboxes_live_in_the_servers_user_namespace(kc):
     sandbox_userns = os.stat(f"/proc/{pid}/ns/user").st_ino
     if IS_ROOT:
         assert mode == "host" and server_userns == host_namespaces()["user"]
+        assert sandbox_userns == server_userns  # as root, only the namespaces asked for
     else:
         # The server made its own user namespace (where it holds CAP_NET_ADMIN over every
         # sandbox); each sandbox still gets a fresh one of its own, nested in it.
         assert mode == "own" and server_userns != host_namespaces()["user"]
         with open(f"/proc/{server_pid}/uid_map") as f:
             assert f.read().split()[:2] == ["0", str(os.getuid())]
-    assert sandbox_userns not in (server_userns, host_namespaces()["user"])
+        assert sandbox_userns not in (server_userns, host_namespaces()["user"])
     execute(kc, "%sandbox rm nest1")

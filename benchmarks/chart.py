@@ -42,7 +42,8 @@ def render(results: dict[str, Any], path: Path) -> None:
         f"{m['cpu']}, {m['cores']} cores, {m['kernel']}, {m['python']}",
         fontsize=10,
     )
-    fig.tight_layout()
+    # Keep 0.4 inch at the top for the two-line title, whatever the figure height.
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / (sum(heights) + 1.0)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -53,7 +54,8 @@ def _panel(ax: Any, g: dict[str, Any], cases: list[tuple[str, dict[str, Any]]]) 
     unit = ok[0]["unit"] if ok else ""
     # Launch times span three orders of magnitude (API to docker): log scale keeps both
     # ends readable; a narrow range reads better on a linear axis.
-    log = bool(ok) and max(c["p95"] for c in ok) / max(min(c["median"] for c in ok), 1e-9) > 20
+    positive = bool(ok) and min(c["median"] for c in ok) > 0  # differences can be negative
+    log = positive and max(c["p95"] for c in ok) / min(c["median"] for c in ok) > 20
     top = max((c["p95"] for c in ok), default=1.0)
     labels = []
     for y, (cid, c) in enumerate(cases):
@@ -90,7 +92,7 @@ def _panel(ax: Any, g: dict[str, Any], cases: list[tuple[str, dict[str, Any]]]) 
         ax.set_xscale("log")
         ax.set_xlim(min(c["median"] for c in ok) / 2, top * 4)
     else:
-        ax.set_xlim(0, top * 1.25)
+        ax.set_xlim(min(0.0, *(c["median"] for c in ok)) * 1.25, top * 1.25)
     ax.set_xlabel(f"{unit}, median (bar) and p95 (whisker)" if unit else "")
     ax.set_title(g["title"], fontsize=10, loc="left")
     ax.grid(axis="x", alpha=0.3)

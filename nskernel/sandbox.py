@@ -129,6 +129,7 @@ class Sandbox:
             pass_fds=tuple(pass_fds),
             cgroup_dirs=tuple(applied.cgroup_dirs),
             rlimits=tuple(applied.rlimits),
+            final_maps=plan_maps if contain.locks_mounts(namespaces) else None,
         )
 
         global _subreaper_set
@@ -178,7 +179,9 @@ class Sandbox:
                     raise _error_from(msg, namespaces)
                 assert plan_maps is not None
                 try:
-                    userns.write_id_maps_from_parent(setup_pid, plan_maps)  # step 4
+                    # With locked mounts the sandbox's own maps are written by its init.
+                    staged = plan_maps.staging() if child_plan.final_maps else plan_maps
+                    userns.write_id_maps_from_parent(setup_pid, staged)  # step 4
                 except Exception as e:
                     raise _map_error(e, plan_maps) from e
                 os.write(pipes.go_w, b"g")

@@ -20,6 +20,15 @@ Parent side (launcher)                    Child side
                                                 12. report "ready", fork the command
                                           command: 13. reset signals, exec (or run target)
 
+With a user and a mount namespace, the mounts are locked (see ``locks_mounts``): step 5
+creates only MNT and PID (and a throwaway NET for a locked /sys beneath the real one);
+the launcher writes staging maps (host ids mapped to themselves) in step 4; init does
+11. mounts, 11b. unshare(CLONE_NEWUSER|CLONE_NEWNS) again, with the sandbox's real maps
+(``userns.enter_nested_from_child``), then IPC, UTS, NET, 9. hostname, 10. lo up and
+11c. /sys and /dev/mqueue for them. Sandbox root keeps every capability over its own
+namespaces but can no longer remount the read-only host root or a ``--ro-bind``
+read-write, nor unmount /proc to uncover the host's.
+
 Messages travel child → launcher as JSON lines on the ``report`` pipe (each write is one
 line, under PIPE_BUF, so atomic). The pipe is close-on-exec: EOF after "ready" means the
 command was exec'd. The launcher → child ``go`` pipe releases step 5.
@@ -54,6 +63,9 @@ class ChildPlan:
     pass_fds: tuple[int, ...] = ()
     cgroup_dirs: tuple[str, ...] = ()
     rlimits: tuple[tuple[int, int], ...] = ()
+    # Set when the mounts are locked (see ``locks_mounts``): the launcher wrote the staging
+    # maps, init's helper writes these for the sandbox's own, nested user namespace.
+    final_maps: userns.IdMapPlan | None = None
 
 
 @dataclasses.dataclass
@@ -124,14 +136,13 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
             return 1
     os.close(pipes.go_r)
 
-    for ns in ORDER_AFTER_USER:  # step 5
-        if ns in plan.namespaces:
-            flag = syscalls.NAMESPACE_FLAGS[ns]
-            try:
-                syscalls.unshare(flag)
-            except OSError as e:
-                _fail(rep, f"unshare(CLONE_NEW{_FLAG_NAMES[ns]})", e, ns)
-                return 1
+    for ns in _created_by_setup_child(plan):  # step 5
+        flag = syscalls.NAMESPACE_FLAGS[ns]
+        try:
+            syscalls.unshare(flag)
+        except OSError as e:
+            _fail(rep, f"unshare(CLONE_NEW{_FLAG_NAMES[ns]})", e, ns)
+            return 1
 
     if plan.mounts is not None and plan.mounts.binds:
         try:  # step 6, still with the caller's own access rights
@@ -142,31 +153,106 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
 
     if "user" in plan.namespaces:
         try:
-            userns.become_root_from_child(setgroups_allowed=plan.setgroups_allowed)  # 7
+            if plan.final_maps is not None:
+                userns.become_staging_from_child(
+                    plan.final_maps, setgroups_allowed=plan.setgroups_allowed
+                )
+            else:
+                userns.become_root_from_child(setgroups_allowed=plan.setgroups_allowed)  # 7
         except OSError as e:
             _fail(rep, "become sandbox root (setresuid/setresgid)", e, "user")
             return 1
 
+    nesting = host_proc = None
+    if plan.final_maps is not None:
+        nesting = userns.NestingPipes.create()
+        # Opened before init exists: its pivot_root will move our root (and /proc) too.
+        host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     pid = os.fork()  # step 8: with CLONE_NEWPID unshared, this child is PID 1
     if pid == 0:
         code = 1
         try:
-            code = _init_main(plan, pipes)
+            code = _init_main(plan, pipes, nesting)
         except BaseException as e:
             _fail(rep, "init", e)
         finally:
             os._exit(code)
     report(rep, event="init", pid=pid)
+    if nesting is not None and host_proc is not None and plan.final_maps is not None:
+        # Stay until init's step 11b: only we, outside its new user namespace, can map it.
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        proc_dir = os.open(str(pid), flags, dir_fd=host_proc)
+        os.close(host_proc)
+        try:
+            userns.write_nested_maps_from_setup_child(nesting, proc_dir, plan.final_maps)
+        except OSError as e:
+            _fail(rep, "write the sandbox's uid_map/gid_map (step 11b)", e, "user")
+            return 1
+        finally:
+            os.close(proc_dir)
     return 0
 
 
 _FLAG_NAMES = {"user": "USER", "pid": "PID", "net": "NET", "mnt": "NS", "uts": "UTS", "ipc": "IPC"}
 
 
-def _init_main(plan: ChildPlan, pipes: Pipes) -> int:
+def locks_mounts(namespaces: frozenset[str]) -> bool:
+    """Whether init steps into a nested user namespace to lock its mounts (step 11b).
+
+    Only with a user namespace (without one, the command is the caller itself: host root
+    as root) and a mount namespace (nothing to lock otherwise).
+    """
+    return "user" in namespaces and "mnt" in namespaces
+
+
+def _locks_mounts(plan: ChildPlan) -> bool:
+    return plan.final_maps is not None
+
+
+def _created_by_setup_child(plan: ChildPlan) -> list[str]:
+    if not _locks_mounts(plan):
+        return [ns for ns in ORDER_AFTER_USER if ns in plan.namespaces]
+    # IPC, UTS and NET are created by init in the nested user namespace, which must own
+    # them so that sandbox root keeps its capabilities there (hostname, ip, ping). A
+    # throwaway network namespace now gives the locked /sys beneath the real one.
+    early = ["net"] if plan.mounts is not None and plan.mounts.fresh_sys else []
+    return early + [ns for ns in ("mnt", "pid") if ns in plan.namespaces]
+
+
+def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | None) -> int:
     rep = pipes.report_w
     pid_ns = "pid" in plan.namespaces
     step = ""
+    if nesting is not None:
+        assert plan.mounts is not None
+        ns: str | None = "mnt"
+        os.close(nesting.hop_r)
+        os.close(nesting.done_w)
+        try:
+            step = "mounts"
+            mntns.setup_mounts_from_child(plan.mounts, plan.cwd, locked=True)  # step 11
+            step = "lock the mounts: unshare(CLONE_NEWUSER|CLONE_NEWNS) again"
+            ns = "user"
+            userns.enter_nested_from_child(nesting)  # step 11b
+            for ns in ("ipc", "uts", "net"):
+                if ns in plan.namespaces:
+                    step = f"unshare(CLONE_NEW{_FLAG_NAMES[ns]})"
+                    syscalls.unshare(syscalls.NAMESPACE_FLAGS[ns])
+            ns = None
+            if plan.hostname is not None:
+                step = f"sethostname({plan.hostname!r})"
+                utsns.set_hostname_from_child(plan.hostname)  # step 9
+            if "net" in plan.namespaces:
+                step = "bring up lo (ioctl SIOCSIFFLAGS)"
+                netns.bring_up_loopback_from_child()  # step 10
+            mntns.mount_namespace_views_from_child(plan.mounts)  # step 11c
+        except mntns.MountStepError as e:
+            _fail(rep, e.step, e, "mnt")
+            return 1
+        except OSError as e:
+            _fail(rep, step, e, ns)
+            return 1
+        return _start_command(plan, pipes, pid_ns)
     try:
         if plan.hostname is not None:
             step = f"sethostname({plan.hostname!r})"
@@ -187,6 +273,11 @@ def _init_main(plan: ChildPlan, pipes: Pipes) -> int:
         _fail(rep, step, e, {"mounts": "mnt"}.get(step))
         return 1
 
+    return _start_command(plan, pipes, pid_ns)
+
+
+def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool) -> int:
+    rep = pipes.report_w
     wake_r, wake_w = init.prepare_signals()
     report(rep, event="ready")  # step 12
     child = os.fork()

@@ -90,11 +90,39 @@ def _remount_readonly_one_by_one(path: str) -> None:
                 continue  # a mount we may not touch stays as the host has it
 
 
+def _mqueue(target: str) -> None:
+    flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    _step("mount(mqueue) on /dev/mqueue", sc.mount, "mqueue", target, "mqueue", flags)
+
+
+def _sysfs(target: str) -> None:
+    # Read-only: a sysfs mounted in a user namespace may not be less restricted than the
+    # locked one beneath it, and the sandbox has nothing to configure through /sys.
+    flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    _step("mount(sysfs) on /sys", sc.mount, "sysfs", target, "sysfs", flags)
+
+
+def mount_namespace_views_from_child(plan: MountPlan) -> None:
+    """After the nested user namespace: /sys and /dev/mqueue for the namespaces made there."""
+    if plan.fresh_sys:
+        _sysfs("/sys")
+    if plan.fresh_mqueue and os.path.isdir("/dev/mqueue"):
+        _mqueue("/dev/mqueue")
+
+
 def _tmpfs(target: str, mode: str) -> None:
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}")
 
 
-def setup_mounts_from_child(plan: MountPlan, cwd: str | None) -> None:
+def setup_mounts_from_child(plan: MountPlan, cwd: str | None, *, locked: bool = False) -> None:
+    """Build the sandbox's mount tree and enter it.
+
+    ``locked``: the caller will next step into a nested user namespace that locks these
+    mounts (``userns.enter_nested_from_child``) and create its network and IPC
+    namespaces there. The /sys mounted now then shows a throwaway network namespace and
+    /dev/mqueue gets an empty tmpfs: locked layers, so that unmounting the views mounted
+    later (``mount_namespace_views_from_child``) uncovers nothing of the host's.
+    """
     sources = [(fd, dst, ro) for _src, fd, dst, ro in plan.binds]
 
     _step("mount(MS_REC|MS_PRIVATE) on /", sc.mount, None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -108,16 +136,15 @@ def setup_mounts_from_child(plan: MountPlan, cwd: str | None) -> None:
         flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
         _step("mount(proc) on /proc", sc.mount, "proc", r + "/proc", "proc", flags)
     if plan.fresh_sys:
-        flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-        _step("mount(sysfs) on /sys", sc.mount, "sysfs", r + "/sys", "sysfs", flags)
+        _sysfs(r + "/sys")
     _step("mount(tmpfs) on /tmp", _tmpfs, r + "/tmp", "1777")
     if os.path.isdir(r + "/dev/shm"):
         _step("mount(tmpfs) on /dev/shm", _tmpfs, r + "/dev/shm", "1777")
     if plan.fresh_mqueue and os.path.isdir(r + "/dev/mqueue"):
-        flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-        _step(
-            "mount(mqueue) on /dev/mqueue", sc.mount, "mqueue", r + "/dev/mqueue", "mqueue", flags
-        )
+        if locked:
+            _step("mount(tmpfs) on /dev/mqueue", _tmpfs, r + "/dev/mqueue", "0755")
+        else:
+            _mqueue(r + "/dev/mqueue")
 
     for fd, dst, ro in sources:
         target = r + dst

@@ -52,6 +52,8 @@ MOUNT_ATTR_RDONLY = 0x1
 
 # prctl(2).
 PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
 PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -168,6 +170,11 @@ def mount_setattr_recursive_readonly(path: str) -> None:
 
 def prctl(option: int, arg2: int = 0) -> None:
     _check(_libc.prctl(option, arg2, 0, 0, 0), f"prctl({option}, {arg2})")
+
+
+def prctl_get(option: int) -> int:
+    """A ``PR_GET_*`` prctl: the value is the return value."""
+    return _check(_libc.prctl(option, 0, 0, 0, 0), f"prctl({option})")
 
 
 def set_process_name(name: str) -> None:

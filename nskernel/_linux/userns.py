@@ -29,6 +29,18 @@ class IdMapPlan:
     method: str
     deny_setgroups: bool
 
+    def staging(self) -> IdMapPlan:
+        """The same host ids, each mapped to itself: the namespace mounts are set up in.
+
+        The sandbox's own user namespace is then nested in it with this plan's maps (see
+        ``enter_nested_from_child``), so inside, /proc/self/uid_map still shows the host ids.
+        """
+        return dataclasses.replace(
+            self,
+            uid_map=tuple((out, out, n) for _in, out, n in self.uid_map),
+            gid_map=tuple((out, out, n) for _in, out, n in self.gid_map),
+        )
+
     def describe(self) -> str:
         return f"uid_map {list(self.uid_map)} gid_map {list(self.gid_map)} via {self.method}"
 
@@ -120,6 +132,101 @@ def write_id_maps_from_parent(pid: int, plan: IdMapPlan) -> None:
             os.write(fd, text.encode())
         finally:
             os.close(fd)
+
+
+def become_staging_from_child(final: IdMapPlan, *, setgroups_allowed: bool) -> None:
+    """In the staging namespace (``IdMapPlan.staging``): become the host ids of sandbox root.
+
+    The creator of a user namespace holds every capability in it whatever its uid, and a
+    uid change here keeps them (this namespace has no uid 0 whose loss would drop them),
+    so the mounts can still be made; files created meanwhile need a mapped owner.
+    """
+    if setgroups_allowed and _setgroups_allowed_here():
+        os.setgroups([])
+    gid = next(out for inside, out, _n in final.gid_map if inside == 0)
+    uid = next(out for inside, out, _n in final.uid_map if inside == 0)
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+@dataclasses.dataclass
+class NestingPipes:
+    """init → setup child: "u" once init has unshared; setup child → init: "k" once the
+    maps are written. Both ends exist in both processes until each closes its spare ones."""
+
+    hop_r: int
+    hop_w: int
+    done_r: int
+    done_w: int
+
+    @classmethod
+    def create(cls) -> NestingPipes:
+        return cls(*os.pipe2(os.O_CLOEXEC), *os.pipe2(os.O_CLOEXEC))
+
+
+def enter_nested_from_child(pipes: NestingPipes) -> None:
+    """Init: unshare(CLONE_NEWUSER | CLONE_NEWNS) once more, into the sandbox's own user
+    namespace, and wait for the setup child to write its maps.
+
+    Why: sandbox root has CAP_SYS_ADMIN over a mount namespace its user namespace owns,
+    so it could remount the read-only host root or a ``--ro-bind`` read-write, or unmount
+    the fresh /proc to uncover the host's. A mount namespace copied into a *less
+    privileged* user namespace gets every mount locked (MNT_LOCKED, MNT_LOCK_READONLY):
+    flags that can no longer be cleared, mounts that can no longer be taken away. So the
+    mounts are made in a staging namespace that maps the host ids to themselves, and init
+    then steps into a child user namespace with the sandbox's real maps, together with a
+    new, locked copy of the mount namespace.
+
+    Only a process in the parent user namespace with CAP_SETUID there may write the
+    child's maps: the setup child (outside the PID namespace, so the command stays PID 2)
+    waits in ``write_nested_maps_from_setup_child``.
+    """
+    from . import syscalls as sc
+
+    # Becoming sandbox root changed our euid, which made us non-dumpable, and then
+    # /proc/PID/*_map belong to host root: the setup child could not open them.
+    dumpable = sc.prctl_get(sc.PR_GET_DUMPABLE)
+    sc.prctl(sc.PR_SET_DUMPABLE, 1)
+    try:
+        sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+        os.write(pipes.hop_w, b"u")
+        os.close(pipes.hop_w)
+        answer = os.read(pipes.done_r, 1)
+        os.close(pipes.done_r)
+    finally:
+        sc.prctl(sc.PR_SET_DUMPABLE, dumpable)
+    if answer != b"k":
+        msg = "the setup process could not write the sandbox's user namespace maps"
+        raise PermissionError(1, msg)
+
+
+def write_nested_maps_from_setup_child(
+    pipes: NestingPipes, init_proc_dir: int, final: IdMapPlan
+) -> None:
+    """Setup child: once init has unshared (``enter_nested_from_child``), write its maps.
+
+    ``init_proc_dir`` is init's /proc directory, opened right after fork in the host's
+    /proc: init's mounts replace /proc for both of us (pivot_root moves our root too).
+    """
+    os.close(pipes.hop_w)
+    os.close(pipes.done_r)
+    ok = False
+    try:
+        if os.read(pipes.hop_r, 1) == b"u":
+            for which, m in (("gid_map", final.gid_map), ("uid_map", final.uid_map)):
+                fd = os.open(which, os.O_WRONLY, dir_fd=init_proc_dir)
+                try:  # one write(2): the kernel rejects a map split across writes
+                    os.write(fd, "".join(f"{a} {b} {c}\n" for a, b, c in m).encode())
+                finally:
+                    os.close(fd)
+            ok = True
+    finally:
+        try:
+            os.write(pipes.done_w, b"k" if ok else b"x")
+        except BrokenPipeError:
+            pass  # init already failed (and reported why) before step 11b
+        os.close(pipes.done_w)
+        os.close(pipes.hop_r)
 
 
 def _setgroups_allowed_here() -> bool:

@@ -129,11 +129,12 @@ def probe_namespaces(namespaces: frozenset[str]) -> None:
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     if res.returncode != 0:
         why = res.stderr.strip() or f"the probe exited with status {res.returncode}"
+        if "nskernel doctor" not in why:
+            why += "\nRun `nskernel doctor` for the full picture."
         msg = (
             "Cannot start the sandboxed kernel: this machine does not let it create the "
             f"namespaces it needs ({', '.join(sorted(namespaces))}).\n{why}\n"
-            "Run `nskernel doctor` for the full picture. The kernel was not started "
-            "(it never runs unsandboxed)."
+            "The kernel was not started (it never runs unsandboxed)."
         )
         raise KernelSandboxUnavailable(msg)
     _probed_ok.add(namespaces)

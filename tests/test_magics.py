@@ -368,3 +368,40 @@ def test_rootless_sandboxes_live_in_the_servers_user_namespace(kc):
             assert f.read().split()[:2] == ["0", str(os.getuid())]
         assert sandbox_userns not in (server_userns, host_namespaces()["user"])
     execute(kc, "%sandbox rm nest1")
+
+
+def test_interrupting_a_named_sandbox_keeps_its_state(kc):
+    assert execute(kc, "%%sandbox --name keep1\nstate = 'kept'").status == "ok"
+    pgid = os.getpgid(kernel_pid(kc))
+    sent = []
+
+    def on_output(o: Output) -> None:
+        if "started" in o.text and not sent:
+            sent.append(1)
+            os.killpg(pgid, signal.SIGINT)
+
+    res = execute(
+        kc,
+        "%%sandbox --name keep1\nimport time\nprint('started', flush=True)\ntime.sleep(60)",
+        on_output=on_output,
+    )
+    assert sent and res.status == "error"
+    assert res.reply["content"]["ename"] == "KeyboardInterrupt"
+    res = execute(kc, "%%sandbox --name keep1\nprint(state)")
+    assert res.stdout == "kept\n", res.error_text
+    execute(kc, "%sandbox rm keep1")
+
+
+def test_a_sandbox_that_dies_mid_cell_fails_it_clearly(kc):
+    assert execute(kc, "%%sandbox --name gone1\nx = 1").status == "ok"
+    res = execute(kc, "%%sandbox --name gone1\nimport os\nos._exit(3)")
+    assert res.status == "error"
+    assert res.reply["content"]["ename"] == "SandboxDied"
+    assert "exit status 3" in res.error_text and "'gone1' is gone" in res.error_text
+    assert "gone1" not in execute(kc, "%sandbox ls").result
+    res = execute(kc, "%%sandbox --name gone1\nprint('x' in dir())")
+    assert res.stdout == "False\n"  # a fresh sandbox under the same name
+    res = execute(kc, "%%sandbox --name gone1 --timeout 0.5\nimport time\ntime.sleep(30)")
+    assert res.reply["content"]["ename"] == "SandboxTimeout"
+    assert "sandbox 'gone1' was removed" in res.error_text
+    assert "gone1" not in execute(kc, "%sandbox ls").result

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import socket
 import struct
 import sys
@@ -347,6 +348,10 @@ def serve(fd: int, *, warm: bool = False) -> int:
     happen now rather than when the user is waiting.
     """
     global _channel
+    # The sandbox's init starts its command with default signal actions, under which
+    # SIGINT kills; here it must raise KeyboardInterrupt in the cell (named sandboxes
+    # are interrupted that way and keep their state).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     ch = _Channel(fd)
     shell = prepare()
     _setup_stdio(ch)
@@ -355,7 +360,10 @@ def serve(fd: int, *, warm: bool = False) -> int:
     _channel = ch
     reader = protocol.FrameReader(fd)
     while True:
-        req = reader.next()
+        try:
+            req = reader.next()
+        except KeyboardInterrupt:
+            continue  # an interrupt that arrived just after its cell ended
         if req is None:
             return 0
         op = req.get("op")

@@ -4,7 +4,7 @@ Two groups, one per payload: ``true`` and a Python snippet (``python3 -I -c pass
 host's real interpreter; the API also runs a Python callable, which needs no new
 interpreter). Each figure is the wall time from starting the command (or calling the API)
 until its sandbox is gone and reaped. The reference is ``nskernel run``: the other
-command-line tools are measured the same way, from the same single-threaded parent.
+command-line tools are measured the same way, from the same parent process.
 
 The first runs of every case are untimed and must succeed; a case whose tool is missing
 or not permitted says "not available" and why.

@@ -269,4 +269,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # Test this checkout's nskernel (the one the test imported), not whichever the
+    # interpreter's install points to: a script's sys.path starts at tests/.
+    sys.path.insert(0, os.path.dirname(HERE))
     sys.exit(main())

@@ -355,6 +355,7 @@ def run_case(c: Case, ctx: Context) -> dict[str, Any]:
     if c.target is not None:
         entry["target"] = c.target
     t0 = time.monotonic()
+    load_at_start = round(os.getloadavg()[0], 2)
     try:
         m = c.measure(ctx, plan)
     except NotAvailable as e:
@@ -370,6 +371,8 @@ def run_case(c: Case, ctx: Context) -> dict[str, Any]:
     if not m.samples:
         return entry | {"status": "failed", "reason": "the case returned no samples"}
     entry |= {"status": "ok", "warmup": plan.warmup, **summarize(m.samples)}
+    # The machine may be shared: the 1-minute load when the case started helps judge a p95.
+    entry["load_average_1min"] = load_at_start
     if c.target is not None:
         entry["meets_target"] = entry["median"] <= c.target
     if m.command is not None:

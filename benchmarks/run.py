@@ -20,15 +20,16 @@ Output: ``--out`` (default ``benchmarks/results/latest.json``) and a PNG chart b
 - ``groups``: one comparison each, with its reference case;
 - ``cases``: per case id (``<group>.<name>``) either ``status: ok`` with ``median``,
   ``p95``, ``mean``, ``stdev``, ``min``, ``max``, ``n`` and all ``samples`` (in ``unit``,
-  milliseconds for times) plus the exact ``command`` and ``details`` (namespaces created,
-  engine versions), or ``status`` ``not available`` (tool absent or not permitted),
-  ``failed`` (the tool did not work) or ``error`` (a bug in the benchmark) with a ``reason``;
+  milliseconds for times), the 1-minute load average when the case started, the exact
+  ``command`` and ``details`` (namespaces created, engine versions); or ``status``
+  ``not available`` (tool absent or not permitted), ``failed`` (the tool did not work)
+  or ``error`` (a bug in the benchmark) with a ``reason``;
 - ``ratios``: each case's median over its group's reference median (above 1: slower
-  than nskernel's), and any declared ratio with its target.
+  than the reference), and any declared ratio with its target.
 
 Reading it: medians are the figure to quote; p95 shows the tail on a busy machine (the
-load average says how busy). Every timed command ran after untimed warm-up runs that
-had to succeed, from a single-threaded parent, with its output discarded.
+load averages say how busy). Every timed run came after untimed warm-up runs that had to
+succeed; commands' output was discarded.
 
 Adding a case: create ``benchmarks/cases_<topic>.py`` with a ``group(...)`` and functions
 decorated with ``@case(...)`` (see ``harness.py``); it is picked up automatically.

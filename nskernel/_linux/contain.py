@@ -40,6 +40,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -305,6 +306,10 @@ def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> No
         else:
             assert plan.argv is not None
             env = plan.env if plan.env is not None else os.environ
+            # Python ignores SIGPIPE and SIGXFSZ, and ignored signals survive exec: without
+            # this, `nskernel run -- yes | head -1` would end in EPIPE errors, not SIGPIPE.
+            for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+                signal.signal(sig, signal.SIG_DFL)
             try:
                 os.execvpe(plan.argv[0], list(plan.argv), env)
             except OSError as e:

@@ -177,6 +177,9 @@ def _map_to_inside(host_id: int, id_map: Iterable[Iterable[int]]) -> int | None:
 # ------------------------------------------------------------------ processes
 
 
+_FORKED_WITHOUT_EXEC = frozenset({"nskernel-init"})
+
+
 class _Proc:
     __slots__ = ("command", "nspid", "pid", "ppid", "uid")
 
@@ -190,6 +193,10 @@ class _Proc:
             raw = f.read()
         args = raw.rstrip(b"\0").split(b"\0") if raw else []
         name = st.get("Name", "?")
+        if name in _FORKED_WITHOUT_EXEC:
+            # nskernel's init and setup processes are forks of the launcher: their argv
+            # is still the launcher's, but their name says what they are.
+            args = [name.encode()]
         self.command = " ".join(a.decode(errors="replace") for a in args) or f"[{name}]"
         self.command = self.command[:200]
 

@@ -195,3 +195,20 @@ def hold_namespaces(pids: set[int]) -> list[int]:
             except OSError:
                 pass
     return fds
+
+
+def owned_socket_dirs(pid: int) -> set[str]:
+    """Socket directories whose owner (the KernelManager's process) is ``pid``.
+
+    Other test sessions on the machine may have kernels of their own at the same time,
+    so tests check the directories of their own manager, not the whole runtime dir.
+    """
+    found = set()
+    for d in socket_dirs():
+        try:
+            with open(os.path.join(d, "owner")) as f:
+                if f.read().split()[0] == str(pid):
+                    found.add(d)
+        except (OSError, IndexError):
+            continue
+    return found

@@ -35,8 +35,8 @@ from tests.kernel_helpers import (
     descendants,
     hold_namespaces,
     install_kernelspecs,
+    owned_socket_dirs,
     run_cell,
-    socket_dirs,
     wait_for,
 )
 
@@ -75,12 +75,13 @@ class Running:
 @contextlib.contextmanager
 def kernel(ksm: KernelSpecManager, cwd: Path, name: str = KERNEL_NAME) -> Iterator[Running]:
     """A started sandboxed kernel; afterwards, asserts nothing of it is left."""
-    before = socket_dirs()
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
     km.start_kernel(cwd=str(cwd))
     kc = km.client()
     kc.start_channels()
     launcher = km.provisioner.pid
+    sockdir = km.provisioner.socket_dir
+    assert sockdir in owned_socket_dirs(os.getpid())
     procs: set[int] = set()
     try:
         kc.wait_for_ready(timeout=60)
@@ -92,7 +93,7 @@ def kernel(ksm: KernelSpecManager, cwd: Path, name: str = KERNEL_NAME) -> Iterat
         if km.has_kernel:
             km.shutdown_kernel(now=False)
     wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
-    assert socket_dirs() == before, "the kernel's socket directory was not removed"
+    assert not os.path.exists(sockdir), "the kernel's socket directory was not removed"
 
 
 @pytest.fixture(scope="module")

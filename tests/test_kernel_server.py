@@ -29,6 +29,7 @@ from tests.kernel_helpers import (
     descendants,
     hold_namespaces,
     install_kernelspecs,
+    owned_socket_dirs,
     socket_dirs,
     start_jupyter,
     stop,
@@ -155,7 +156,6 @@ def _ns(ch: Channels) -> dict[str, int]:
 
 
 def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
-    before = socket_dirs()
     specs = server.api("GET", "/api/kernelspecs")["kernelspecs"]
     assert specs[KERNEL_NAME]["spec"]["display_name"] == "Python 3 (sandboxed)"
 
@@ -194,7 +194,7 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         ch.close()
     assert server.api("DELETE", f"/api/kernels/{kid}") == 204
     wait_for(lambda: not any(alive(p) for p in kernel_procs), 10, "the kernel to be gone")
-    assert socket_dirs() == before
+    assert not owned_socket_dirs(server.proc.pid)
 
 
 def test_server_sigkill_leaves_no_sandbox_and_a_new_server_works(
@@ -202,7 +202,6 @@ def test_server_sigkill_leaves_no_sandbox_and_a_new_server_works(
 ) -> None:
     root = tmp_path / "notebooks"
     root.mkdir()
-    before = socket_dirs()
     first = _start(tmp_path, prefix, root)
     try:
         kid = first.api("POST", "/api/kernels", {"name": KERNEL_NAME})["id"]
@@ -211,7 +210,7 @@ def test_server_sigkill_leaves_no_sandbox_and_a_new_server_works(
         ch.close()
         kernel_procs = descendants(first.proc.pid)
         assert len(kernel_procs) >= 3  # launcher, init, ipykernel
-        stale = socket_dirs() - before
+        stale = owned_socket_dirs(first.proc.pid)
         assert len(stale) == 1
     finally:
         os.kill(first.proc.pid, signal.SIGKILL)
@@ -226,6 +225,6 @@ def test_server_sigkill_leaves_no_sandbox_and_a_new_server_works(
         assert ch.execute("print(6 * 7)")["stdout"] == "42\n"
         ch.close()
         assert second.api("DELETE", f"/api/kernels/{kid}") == 204
+        assert not owned_socket_dirs(second.proc.pid)
     finally:
         stop(second.proc)
-    assert socket_dirs() == before

@@ -29,13 +29,14 @@ with the likely cause and fix, goes to ``--status-fd`` as JSON and to stderr).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import select
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
@@ -173,12 +174,54 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         cwd=cwd,
         env=env,
     )
-    sb = Sandbox.spawn(spec, argv)
+    target = _ipykernel_in_process(argv, env)
+    sb = Sandbox.spawn(spec, target=target) if target else Sandbox.spawn(spec, argv)
     if sockdir:
         sb.write_status_json(env[SANDBOX_FACTS_ENV])
     for sig in pending:
         sb.send_signal(sig)
     return sb
+
+
+def _ipykernel_in_process(argv: list[str], env: dict[str, str]) -> Callable[[], int] | None:
+    """For this interpreter's ``-m ipykernel_launcher``: run it in the forked sandbox process.
+
+    Why: the kernel's start time is dominated by interpreter start-up and imports. Exec'ing
+    a second interpreter inside the sandbox would pay for both twice (this launcher's, then
+    ipykernel's); importing ipykernel here, before the fork, pays once, and the sandbox's
+    command process simply calls it. Imports start no threads, so spawning stays allowed.
+    Any other kernel command is exec'd as given.
+    """
+    if len(argv) < 3 or argv[1:3] != ["-m", "ipykernel_launcher"]:
+        return None
+    try:
+        same = os.path.samefile(argv[0], sys.executable)
+    except OSError:
+        same = False
+    if not same:
+        return None
+    # ipykernel reads some environment at import time (JPY_PARENT_PID becomes a trait
+    # default when its module is imported), so the kernel's environment comes first.
+    os.environ.clear()
+    os.environ.update(env)
+    import ipykernel_launcher
+    from ipykernel import kernelapp
+
+    args = argv[3:]
+
+    def run_kernel() -> int:
+        os.environ.clear()
+        os.environ.update(env)
+        sys.argv = [ipykernel_launcher.__file__, *args]
+        try:
+            kernelapp.launch_new_instance(argv=args)
+        finally:
+            # The command process ends with os._exit: run what a normal exit would
+            # (IPython's history session end, ipykernel's cleanups).
+            atexit._run_exitfuncs()
+        return 0
+
+    return run_kernel
 
 
 def supervise(sb: Sandbox, lifeline_fd: int | None) -> int:

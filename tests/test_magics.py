@@ -405,3 +405,23 @@ def test_a_sandbox_that_dies_mid_cell_fails_it_clearly(kc):
     assert res.reply["content"]["ename"] == "SandboxTimeout"
     assert "sandbox 'gone1' was removed" in res.error_text
     assert "gone1" not in execute(kc, "%sandbox ls").result
+
+
+def test_bind_and_ro_bind(kc, tmp_path):
+    rw = tmp_path / "rw"
+    ro = tmp_path / "ro"
+    for d in (rw, ro):
+        d.mkdir()
+        d.chmod(0o777)  # as root, sandbox root is an unprivileged host uid
+    (ro / "in.txt").write_text("from the host")
+    os.chmod(tmp_path, 0o755)
+    code = (
+        f"%%sandbox --bind {rw}:/tmp/out --ro-bind {ro}:/tmp/in\n"
+        "print(open('/tmp/in/in.txt').read())\n"
+        "open('/tmp/out/made.txt', 'w').write('from the sandbox')\n"
+        "try:\n    open('/tmp/in/x', 'w')\nexcept OSError as e:\n    print('ro:', e.errno)\n"
+    )
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    assert res.stdout == "from the host\nro: 30\n"  # EROFS
+    assert (rw / "made.txt").read_text() == "from the sandbox"

@@ -24,6 +24,7 @@ Choices:
 - **A warm sandbox ahead of time.** After each unnamed cell the server creates the next
   sandbox for the same options while the user reads the output, so the next cell only
   pays for sending the cell over (see ``benchmarks/cases_magic.py`` for the figures).
+  ``NSKERNEL_MAGIC_PREWARM=0`` turns this off (every cell then creates its sandbox).
 """
 
 from __future__ import annotations

@@ -49,6 +49,27 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, str]]:
         stop(proc)
 
 
+def artifact_dir() -> Path:
+    """``test-artifacts/`` in the checkout, or where $NSKERNEL_TEST_ARTIFACTS says.
+
+    CI's rootless run cannot write the checkout (root owns it), so it falls back to a
+    per-user directory under /tmp, and says where.
+    """
+    wanted = os.environ.get("NSKERNEL_TEST_ARTIFACTS")
+    candidates = [Path(wanted)] if wanted else []
+    candidates += [REPO / "test-artifacts", Path(f"/tmp/nskernel-test-artifacts-{os.getuid()}")]
+    for d in candidates:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if os.access(d, os.W_OK):
+            if d != candidates[0]:
+                print(f"test artifacts go to {d} ({candidates[0]} is not writable)")
+            return d
+    raise AssertionError(f"no writable directory for test artifacts among {candidates}")
+
+
 def _api(base: str, token: str, method: str, path: str) -> object:
     import json
     import urllib.request
@@ -70,8 +91,7 @@ def test_pick_sandboxed_kernel_run_hostname_and_render_widget(lab: tuple[str, st
     from playwright.sync_api import sync_playwright
 
     base, token = lab
-    artifacts = REPO / "test-artifacts"
-    artifacts.mkdir(exist_ok=True)
+    artifacts = artifact_dir()
     shot = artifacts / f"kernel-browser-{'root' if os.geteuid() == 0 else 'rootless'}.png"
 
     with sync_playwright() as p:

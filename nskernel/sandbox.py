@@ -122,6 +122,7 @@ class Sandbox:
             hostname=hostname,
             mounts=mounts,
             cwd=spec.cwd or _cwd_or_none(),
+            cwd_required=spec.cwd is not None,
             setgroups_allowed=plan_maps is None or not plan_maps.deny_setgroups,
             argv=tuple(argv) if argv is not None else None,
             env=spec.env,

@@ -83,12 +83,19 @@ class Snapshot:
         return cls(_mount_points(), _links(), _runtime_entries(), _own_cgroup_dirs())
 
 
-def leaks(before: Snapshot, tag: str, timeout: float = 10.0) -> list[str]:
+def leaks(
+    before: Snapshot, tag: str, timeout: float = 10.0, *, processes_only: bool = False
+) -> list[str]:
     """What exists now that did not before; empty when nothing leaked."""
     deadline = time.monotonic() + timeout
     while True:
-        now = Snapshot.take()
         problems = [f"process {pid}: {cmd}" for pid, cmd in _tagged_processes(tag).items()]
+        if processes_only:
+            if not problems or time.monotonic() > deadline:
+                return problems
+            time.sleep(0.2)
+            continue
+        now = Snapshot.take()
         problems += [f"mount {m}" for m in sorted(now.mounts - before.mounts)]
         problems += [f"link {n}" for n in sorted(now.links - before.links)]
         problems += [f"runtime entry {e}" for e in sorted(now.runtime - before.runtime)]

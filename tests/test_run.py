@@ -359,3 +359,16 @@ def test_python_api_kill_destroys_a_running_sandbox():
     sb.kill()
     assert not host_pid_alive(init)
     assert sb.returncode == 128 + signal.SIGKILL
+
+
+def test_explicit_chdir_must_exist_inside(nsk):
+    r = nsk("run", "--chdir", "/no/such/dir", "--", "sh", "-c", "echo ran")
+    assert r.returncode == 125
+    assert "ran" not in r.stdout
+    assert "working directory /no/such/dir does not exist inside the sandbox" in r.stderr
+
+
+def test_chdir_into_a_bound_directory(nsk, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    r = nsk("run", "--bind", f"{tmp_path}:/tmp/work", "--chdir", "/tmp/work", "--", "pwd")
+    assert r.stdout == "/tmp/work\n", r.stderr

@@ -57,6 +57,7 @@ class ChildPlan:
     hostname: str | None
     mounts: mntns.MountPlan | None
     cwd: str | None
+    cwd_required: bool  # an explicit --chdir must exist inside; the caller's cwd may not
     setgroups_allowed: bool
     argv: Sequence[str] | None = None
     env: dict[str, str] | None = None
@@ -231,7 +232,9 @@ def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | Non
         os.close(nesting.done_w)
         try:
             step = "mounts"
-            mntns.setup_mounts_from_child(plan.mounts, plan.cwd, locked=True)  # step 11
+            mntns.setup_mounts_from_child(
+                plan.mounts, plan.cwd, plan.cwd_required, locked=True
+            )  # step 11
             step = "lock the mounts: unshare(CLONE_NEWUSER|CLONE_NEWNS) again"
             ns = "user"
             userns.enter_nested_from_child(nesting)  # step 11b
@@ -263,7 +266,7 @@ def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | Non
             netns.bring_up_loopback_from_child()  # step 10
         if plan.mounts is not None:
             step = "mounts"
-            mntns.setup_mounts_from_child(plan.mounts, plan.cwd)  # step 11
+            mntns.setup_mounts_from_child(plan.mounts, plan.cwd, plan.cwd_required)  # step 11
         elif plan.cwd:
             step = f"chdir({plan.cwd!r})"
             os.chdir(plan.cwd)

@@ -114,7 +114,9 @@ def _tmpfs(target: str, mode: str) -> None:
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}")
 
 
-def setup_mounts_from_child(plan: MountPlan, cwd: str | None, *, locked: bool = False) -> None:
+def setup_mounts_from_child(
+    plan: MountPlan, cwd: str | None, cwd_required: bool = False, *, locked: bool = False
+) -> None:
     """Build the sandbox's mount tree and enter it.
 
     ``locked``: the caller will next step into a nested user namespace that locks these
@@ -177,6 +179,14 @@ def setup_mounts_from_child(plan: MountPlan, cwd: str | None, *, locked: bool = 
     os.chdir(r)
     _step("pivot_root", sc.pivot_root, ".", ".")
     _step("detach the old root", sc.umount2, ".", sc.MNT_DETACH)
-    os.chdir(cwd if cwd and os.path.isdir(cwd) else "/")
+    if cwd and not os.path.isdir(cwd):
+        if cwd_required:
+            msg = (
+                f"working directory {cwd} does not exist inside the sandbox; "
+                "bind it in (--bind) or choose one that exists"
+            )
+            raise MountStepError(f"chdir({cwd!r})", FileNotFoundError(2, msg))
+        cwd = None  # the caller's own directory is not visible inside: start at /
+    os.chdir(cwd or "/")
     for fd, _dst, _ro in sources:
         os.close(fd)

@@ -112,10 +112,7 @@ def test_hostname_and_shell_escapes(kc):
 
 
 def test_output_streams_live(kc):
-    code = (
-        "%%sandbox\nimport time\n"
-        "for i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(0.5)\n"
-    )
+    code = "%%sandbox\nimport time\nfor i in range(3):\n    print('tick', i)\n    time.sleep(0.5)\n"
     res = execute(kc, code)
     assert res.status == "ok", res.error_text
     ticks = [o for o in res.outputs if o.kind == "stream" and "tick" in o.text]
@@ -425,3 +422,9 @@ def test_bind_and_ro_bind(kc, tmp_path):
     assert res.status == "ok", res.error_text
     assert res.stdout == "from the host\nro: 30\n"  # EROFS
     assert (rw / "made.txt").read_text() == "from the sandbox"
+
+
+def test_a_flood_of_prints_arrives_whole_and_in_order(kc):
+    res = execute(kc, "%%sandbox\nimport sys\nfor i in range(20000):\n    print(i)\n", timeout=60)
+    assert res.status == "ok", res.error_text
+    assert res.stdout == "".join(f"{i}\n" for i in range(20000))

@@ -25,6 +25,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from typing import Any
 
 from IPython.core.displayhook import DisplayHook
@@ -38,19 +39,71 @@ from . import protocol
 _channel: _Channel | None = None
 
 
+# Stream text is sent at once when a line ends and nothing was sent for this long;
+# otherwise it is batched (a loop of prints must not cost one frame per write) and the
+# pump thread sends the batch at the latest this much later. Output still looks live.
+STREAM_BATCH_SECONDS = 0.02
+STREAM_BATCH_BYTES = 1 << 16
+
+
 class _Channel:
-    """The socket to the server, shared by the shell, the streams and the pump thread."""
+    """The socket to the server, shared by the shell, the streams and the pump thread.
+
+    Every frame goes out under ``lock``, after any batched stream text and anything
+    waiting in the fd 1/2 pipes: so frames leave in the order the output was produced.
+    """
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.lock = threading.Lock()
         self.pipes: dict[int, str] = {}  # read end -> stream name
+        self.batch_name: str | None = None
+        self.batch: list[str] = []
+        self.batch_size = 0
+        self.last_sent = 0.0
+        self.batch_started = 0.0
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def send(self, msg: dict[str, Any], *, drain: bool = True) -> None:
         with self.lock:
+            self._flush_batch_locked()
             if drain:
                 self._drain_locked()
-            protocol.send(self.fd, msg)
+            self._send_locked(msg)
+
+    def _send_locked(self, msg: dict[str, Any]) -> None:
+        protocol.send(self.fd, msg)
+        self.last_sent = time.monotonic()
+
+    def write_stream(self, name: str, text: str) -> None:
+        with self.lock:
+            self._drain_locked()
+            if self.batch_name != name:
+                self._flush_batch_locked()
+                self.batch_name = name
+            was_empty = not self.batch
+            now = time.monotonic()
+            if was_empty:
+                self.batch_started = now
+            self.batch.append(text)
+            self.batch_size += len(text)
+            if self.batch_size >= STREAM_BATCH_BYTES or (
+                "\n" in text and now - self.last_sent >= STREAM_BATCH_SECONDS
+            ):
+                self._flush_batch_locked()
+            elif was_empty:
+                os.write(self.wake_w, b"b")  # the pump sends it if nothing else does
+
+    def flush(self) -> None:
+        with self.lock:
+            self._flush_batch_locked()
+
+    def _flush_batch_locked(self) -> None:
+        if self.batch:
+            text = "".join(self.batch)
+            self.batch.clear()
+            self.batch_size = 0
+            self._send_locked({"type": "stream", "name": self.batch_name, "text": text})
 
     def _drain_locked(self) -> None:
         for rfd, name in self.pipes.items():
@@ -64,11 +117,13 @@ class _Channel:
                     break
                 chunks.append(data)
             if chunks:
+                self._flush_batch_locked()
                 text = b"".join(chunks).decode(errors="replace")
-                protocol.send(self.fd, {"type": "stream", "name": name, "text": text})
+                self._send_locked({"type": "stream", "name": name, "text": text})
 
     def drain(self) -> None:
         with self.lock:
+            self._flush_batch_locked()
             self._drain_locked()
 
 
@@ -84,14 +139,15 @@ class _FramedStream:
 
     def write(self, text: str) -> int:
         if text and _channel is not None:
-            _channel.send({"type": "stream", "name": self.name, "text": str(text)})
+            _channel.write_stream(self.name, str(text))
         return len(text)
 
     def writelines(self, lines: list[str]) -> None:
         self.write("".join(lines))
 
     def flush(self) -> None:
-        pass
+        if _channel is not None:
+            _channel.flush()
 
     def isatty(self) -> bool:
         return False
@@ -290,14 +346,27 @@ def _setup_stdio(ch: _Channel) -> None:
 
 
 def _pump(ch: _Channel) -> None:
-    """Forward fd 1/2 output live (e.g. `!ping` printing once a second)."""
+    """Forward fd 1/2 output live (e.g. `!ping` printing once a second), and send
+    batched stream text that nothing else sent within ``STREAM_BATCH_SECONDS``."""
     import select
 
-    fds = list(ch.pipes)
-    while fds:
-        ready, _, _ = select.select(fds, [], [])
+    fds = [*ch.pipes, ch.wake_r]
+    while len(fds) > 1:
+        timeout = None
+        if ch.batch:
+            timeout = max(0.0, ch.batch_started + STREAM_BATCH_SECONDS - time.monotonic())
+        ready, _, _ = select.select(fds, [], [], timeout)
         with ch.lock:
+            if ch.wake_r in ready:
+                try:
+                    os.read(ch.wake_r, 4096)
+                except BlockingIOError:
+                    pass
+            if ch.batch and time.monotonic() - ch.batch_started >= STREAM_BATCH_SECONDS:
+                ch._flush_batch_locked()
             for rfd in ready:
+                if rfd == ch.wake_r:
+                    continue
                 try:
                     data = os.read(rfd, 65536)
                 except BlockingIOError:
@@ -305,8 +374,9 @@ def _pump(ch: _Channel) -> None:
                 if not data:
                     fds.remove(rfd)
                     continue
+                ch._flush_batch_locked()
                 text = data.decode(errors="replace")
-                protocol.send(ch.fd, {"type": "stream", "name": ch.pipes[rfd], "text": text})
+                ch._send_locked({"type": "stream", "name": ch.pipes[rfd], "text": text})
 
 
 def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:

@@ -3,9 +3,10 @@
     python -m tests.helpers.deny seccomp -- CMD...      # like Docker's default profile
     python -m tests.helpers.deny limit net -- CMD...    # user.max_net_namespaces = 0
 
-``seccomp`` installs a filter that makes unshare(2) and clone3(2) fail with EPERM
-(Docker's default profile blocks them this way for unprivileged containers), then
-execs CMD. ``limit`` creates a user namespace (the limits are per user namespace and
+``seccomp`` installs a filter like Docker's default profile for unprivileged
+containers: unshare(2) fails with EPERM, and clone3(2) with ENOSYS (so that libc falls
+back to clone(2) and threads still work, while clone3's namespace flags can't be used),
+then execs CMD. ``limit`` creates a user namespace (the limits are per user namespace and
 writable by its root), sets the namespace limit to 0 there, and runs CMD inside.
 Both only affect CMD and its descendants; nothing on the host changes.
 """
@@ -25,6 +26,7 @@ _SECCOMP_SET_MODE_FILTER = 1
 _SECCOMP_RET_ALLOW = 0x7FFF0000
 _SECCOMP_RET_ERRNO = 0x00050000
 _EPERM = 1
+_ENOSYS = 38
 _NR = {"x86_64": {"unshare": 272, "clone3": 435}, "aarch64": {"unshare": 97, "clone3": 435}}
 
 
@@ -39,11 +41,12 @@ def install_seccomp_denying_unshare() -> None:
     ret = 0x06  # BPF_RET | BPF_K
     prog = b"".join(
         [
-            _bpf(ld_nr, 0, 0, 0),
-            _bpf(jeq, 2, 0, nr["unshare"]),
-            _bpf(jeq, 1, 0, nr["clone3"]),
-            _bpf(ret, 0, 0, _SECCOMP_RET_ALLOW),
-            _bpf(ret, 0, 0, _SECCOMP_RET_ERRNO | _EPERM),
+            _bpf(ld_nr, 0, 0, 0),  # 0: A = syscall number
+            _bpf(jeq, 3, 0, nr["unshare"]),  # 1: unshare → 5
+            _bpf(jeq, 1, 0, nr["clone3"]),  # 2: clone3 → 4
+            _bpf(ret, 0, 0, _SECCOMP_RET_ALLOW),  # 3
+            _bpf(ret, 0, 0, _SECCOMP_RET_ERRNO | _ENOSYS),  # 4
+            _bpf(ret, 0, 0, _SECCOMP_RET_ERRNO | _EPERM),  # 5
         ]
     )
     buf = ctypes.create_string_buffer(prog)

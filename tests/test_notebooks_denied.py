@@ -20,11 +20,10 @@ from nbclient.exceptions import CellExecutionError
 REPO = Path(__file__).resolve().parent.parent
 OVERVIEW = REPO / "notebooks" / "00-overview.ipynb"
 
-# Each runs the kernel in a user namespace of the test's own with one namespace limit
-# at 0. (The helper's seccomp mode cannot host a kernel: it fails clone3(2) with EPERM,
-# which also stops ipykernel's threads, where Docker's profile answers ENOSYS and glibc
-# falls back to clone(2); `nskernel doctor` under that filter is tested in test_doctor.)
+# Each runs the kernel where namespaces are denied the way real hosts deny them.
 DENIALS = {
+    # A seccomp filter like Docker's default profile: unshare(2) fails with EPERM.
+    "seccomp": ["seccomp", "--"],
     # user.max_user_namespaces=0, like Binder's unprivileged pods: no rooms at all.
     "user-limit": ["limit", "user", "--"],
     # user.max_net_namespaces=0: every room but NET; the notebook needs all six.

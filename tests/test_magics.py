@@ -428,3 +428,20 @@ def test_a_flood_of_prints_arrives_whole_and_in_order(kc):
     res = execute(kc, "%%sandbox\nimport sys\nfor i in range(20000):\n    print(i)\n", timeout=60)
     assert res.status == "ok", res.error_text
     assert res.stdout == "".join(f"{i}\n" for i in range(20000))
+
+
+def test_a_working_directory_under_tmp(kc, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    back = execute(kc, "import os; print(os.getcwd())").stdout.strip()
+    try:
+        execute(kc, f"os.chdir({str(tmp_path)!r})")
+        res = execute(kc, "%%sandbox\nimport os\nprint(os.getcwd())")
+        assert res.status == "ok", res.error_text
+        assert res.stdout == "/\n"  # its private /tmp hides the directory...
+        assert f"--bind {tmp_path}" in res.stderr  # ...and the note says how to see it
+        res = execute(kc, f"%%sandbox --bind {tmp_path}\nimport os\nprint(os.getcwd())")
+        assert res.stdout == f"{tmp_path}\n", res.error_text
+        res = execute(kc, "%%sandbox --pid\nimport os\nprint(os.getcwd())")  # no mnt: as is
+        assert res.stdout == f"{tmp_path}\n", res.error_text
+    finally:
+        execute(kc, f"os.chdir({back!r})")

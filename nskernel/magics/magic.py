@@ -397,7 +397,7 @@ class SandboxMagics(Magics):
             "namespaces": sorted(flags or ALL_NAMESPACES),
             "hostname": args.hostname,
             "binds": [[os.path.abspath(b.source), b.dest, b.readonly] for b in binds],
-            "cwd": _cwd(),
+            "cwd": _sandbox_cwd(flags or ALL_NAMESPACES, binds),
         }
         network = {"network": args.network, "ip": args.ip, "publish": args.publish}
         req = {
@@ -488,6 +488,36 @@ def _cwd() -> str | None:
         return os.getcwd()
     except OSError:
         return None
+
+
+# A sandbox with its own mounts gets a private, empty /tmp and /dev/shm.
+_PRIVATE_DIRS = ("/tmp", "/dev/shm")
+_warned_cwd: set[str] = set()
+
+
+def _sandbox_cwd(namespaces: Any, binds: list[Bind]) -> str | None:
+    """The kernel's working directory, or / when the sandbox could not see it.
+
+    With a mount namespace, a directory under /tmp (or /dev/shm) is hidden by the
+    sandbox's private one, unless a bind puts something there; the cell then runs in /,
+    and a note (once per directory) says why and how to see the directory.
+    """
+    cwd = _cwd()
+    if cwd is None or "mnt" not in namespaces:
+        return cwd
+    hidden = any(cwd == d or cwd.startswith(d + "/") for d in _PRIVATE_DIRS)
+    covered = any(cwd == b.dest or cwd.startswith(b.dest.rstrip("/") + "/") for b in binds)
+    if hidden and not covered:
+        if cwd not in _warned_cwd:
+            _warned_cwd.add(cwd)
+            print(
+                f"note: the kernel's working directory {cwd} is under a directory the "
+                "sandbox has its own private copy of, so cells run in /; add "
+                f"--bind {cwd} to work there",
+                file=sys.stderr,
+            )
+        return "/"
+    return cwd
 
 
 def _compose_map(inner: list[list[int]], outer: list[list[int]]) -> list[list[int]]:

@@ -105,7 +105,7 @@ def uninstall(name: str = DEFAULT_NAME) -> str:
 
     try:
         return KernelSpecManager().remove_kernel_spec(name)
-    except NoSuchKernel:
+    except (NoSuchKernel, KeyError):  # jupyter_client 8 raises KeyError here
         msg = f"no kernelspec named {name!r} is installed (see `jupyter kernelspec list`)"
         raise InstallError(msg) from None
 

@@ -18,6 +18,13 @@ jupyter_server's websocket bridges) reconnect to the addresses they already have
 ``owner`` file names that process (PID and start time); directories whose owner is gone
 are swept on the next launch, and :meth:`cleanup` removes the directory at shutdown.
 
+Interrupts stay in signal mode (``interrupt_mode: signal``): jupyter_client's ``killpg``
+reaches ipykernel and every subprocess of the running cell, because the launcher, the
+sandbox's init and the kernel share one process group (it crosses the PID namespace);
+the launcher ignores SIGINT and the init does not forward it, so it arrives once. That
+also stops a ``subprocess`` child, which message mode (an ``interrupt_request`` the
+kernel handles itself) would leave running until the kernel got around to it.
+
 Fails closed: if this machine cannot create the namespaces, ``pre_launch`` raises
 :class:`KernelSandboxUnavailable` with the cause and the fix (as ``nskernel doctor``
 words them) — JupyterLab shows it as the kernel start error; no unsandboxed kernel, no

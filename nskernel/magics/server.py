@@ -352,7 +352,7 @@ class Server:
             box = None if (name or net) else self.warm.pop(key, None)
             if box is None:
                 box = self._spawn(spec)
-            if not name and self.prewarm:
+            if not name and not net and self.prewarm:
                 self.want_warm.add(key)
             if backend is not None:
                 box.net_backend = backend

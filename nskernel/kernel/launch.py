@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gc
 import json
 import os
 import select
@@ -175,6 +176,10 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         env=env,
     )
     target = _ipykernel_in_process(argv, env)
+    if target is not None:
+        # The imported modules are shared copy-on-write with the kernel process; without
+        # this, the kernel's first garbage collections write to (and copy) all of them.
+        gc.freeze()
     sb = Sandbox.spawn(spec, target=target) if target else Sandbox.spawn(spec, argv)
     if sockdir:
         sb.write_status_json(env[SANDBOX_FACTS_ENV])

@@ -139,6 +139,10 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
     with_mnt = "mnt" in namespaces
     env = dict(os.environ)
     env["JPY_PARENT_PID"] = "1"
+    if with_mnt and "IPYTHONDIR" not in env:
+        # Inside, HOME is read-only (the host's root is), so IPython would warn and make
+        # a temporary profile anyway; the sandbox's private /tmp is the honest place.
+        env["IPYTHONDIR"] = "/tmp/.ipython"
     binds: list[Bind] = []
     if sockdir:
         facts_path = os.path.join(sockdir, "host.json")

@@ -10,12 +10,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Iterable
 
 from ._linux.limits import Limits
 from .errors import SpecError
 
 ALL_NAMESPACES: tuple[str, ...] = ("pid", "net", "mnt", "uts", "ipc", "user")
+
+# Directories a sandbox with its own mounts gets fresh and empty.
+PRIVATE_DIRS: tuple[str, ...] = ("/tmp", "/dev/shm")
+
+
+def hidden_inside(path: str) -> bool:
+    """Whether ``path`` lies in a directory that is private (empty) inside a sandbox."""
+    return any(path == d or path.startswith(d + "/") for d in PRIVATE_DIRS)
+
 
 # RFC 1123 label, as sethostname(2) users (and `hostname(1)`) expect.
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
@@ -90,6 +100,22 @@ def make_limits(
             msg = f"invalid --cpus {cpus!r}: give a number of CPUs from 0.01 to {os.cpu_count()}"
             raise SpecError(msg)
     return Limits(memory=mem, pids=n, cpus=c)
+
+
+def python_environment_binds() -> tuple[Bind, ...]:
+    """Read-only binds that keep this Python's modules importable inside a sandbox.
+
+    /tmp and /dev/shm are private inside, so a virtualenv or an editable install that
+    lives there (throwaway environments, CI checkouts) would vanish, and a kernel or cell
+    runner started inside could no longer import what the host side just imported.
+    """
+    candidates = [sys.prefix, sys.exec_prefix, *sys.path]
+    hidden = sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)}, key=len)
+    tops: list[str] = []
+    for p in hidden:
+        if hidden_inside(p) and not any(p == t or p.startswith(t + "/") for t in tops):
+            tops.append(p)
+    return tuple(Bind(p, p, readonly=True) for p in tops)
 
 
 def _hostname_error(name: str) -> str | None:

@@ -445,3 +445,36 @@ def test_a_working_directory_under_tmp(kc, tmp_path):
         assert res.stdout == f"{tmp_path}\n", res.error_text
     finally:
         execute(kc, f"os.chdir({back!r})")
+
+
+@pytest.mark.userns
+def test_limits_contain_a_cell_and_the_kernel_keeps_working(kc):
+    bomb = (
+        "%%sandbox --pids 16 --timeout 20\n"
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(30); os._exit(0)\n"
+        "        n += 1\n"
+        "except OSError:\n"
+        "    print('refused after', n)\n"
+    )
+    out = execute(kc, bomb)
+    assert out.status == "ok", out.error_text
+    assert "refused after" in out.stdout and int(out.stdout.split()[-1]) < 16
+    hog = "%%sandbox --memory 64M\nx = bytearray(400 * 1024 * 1024)\nprint('allocated')"
+    out = execute(kc, hog)
+    assert out.status == "error" and "allocated" not in out.stdout
+    if IS_ROOT:  # a writable v1 memory cgroup here: the kernel's OOM killer ends it
+        assert "killed: memory limit 64 MiB reached" in out.error_text
+    else:  # an rlimit on the address space: the allocation fails instead
+        assert "MemoryError" in out.error_text
+    assert execute(kc, "print(6 * 7)").stdout == "42\n"
+
+
+def test_bad_limits_are_usage_errors(kc):
+    out = execute(kc, "%%sandbox --memory lots\npass")
+    assert out.status == "error" and "invalid size 'lots'" in out.error_text
+    assert execute(kc, "print('fine')").stdout == "fine\n"

@@ -21,7 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import clear_output, display, publish_display_data
 
 from nskernel.errors import NskernelError, SpecError
-from nskernel.spec import ALL_NAMESPACES, Bind
+from nskernel.spec import ALL_NAMESPACES, Bind, make_limits
 
 from . import protocol
 from .client import SandboxRequestError, get_client, read_host_map
@@ -250,6 +250,9 @@ class SandboxMagics(Magics):
         help="copy these sandbox variables back into the kernel (JSON values and bytes only)",
     )
     @argument("--timeout", type=float, metavar="SECONDS", help="kill the sandbox after this long")
+    @argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M or 1G")
+    @argument("--pids", metavar="N", help="at most N processes at once (fork bombs stop there)")
+    @argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5 for half a CPU")
     @argument(
         "--show",
         action="store_true",
@@ -384,6 +387,11 @@ class SandboxMagics(Magics):
             raise UsageError("--name needs a non-empty name, e.g. --name web1")
         if args.timeout is not None and args.timeout <= 0:
             raise UsageError(f"--timeout {args.timeout:g}: give a positive number of seconds")
+        try:
+            make_limits(args.memory, args.pids, args.cpus)  # validated here, applied by the server
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+        limits = {"memory": args.memory, "pids": args.pids, "cpus": args.cpus}
         names = [n for text in args.inputs for n in _csv(text)]
         ns = self.shell.user_ns  # type: ignore[union-attr]
         missing = [n for n in names if n not in ns]
@@ -398,6 +406,7 @@ class SandboxMagics(Magics):
             "hostname": args.hostname,
             "binds": [[os.path.abspath(b.source), b.dest, b.readonly] for b in binds],
             "cwd": _sandbox_cwd(flags or ALL_NAMESPACES, binds),
+            "limits": {k: v for k, v in limits.items() if v is not None},
         }
         network = {"network": args.network, "ip": args.ip, "publish": args.publish}
         req = {

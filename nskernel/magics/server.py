@@ -41,6 +41,7 @@ from typing import Any
 
 from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, SpecError
 from nskernel._linux import procfs, syscalls, userns
+from nskernel.spec import ALL_NAMESPACES, make_limits, python_environment_binds
 
 from . import protocol
 
@@ -159,11 +160,20 @@ def _spec_key(spec: dict[str, Any]) -> str:
 
 def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
     binds = tuple(Bind(src, dst, bool(ro)) for src, dst, ro in spec.get("binds") or ())
+    namespaces = spec.get("namespaces") or ALL_NAMESPACES
+    if "mnt" in namespaces:
+        # Cells import modules on demand: keep this environment visible even if it
+        # lives in a directory that is private inside (a venv or checkout under /tmp).
+        binds += tuple(
+            b for b in python_environment_binds() if b.dest not in {x.dest for x in binds}
+        )
+    limits = spec.get("limits") or {}
     return SandboxSpec.from_flags(
-        spec.get("namespaces") or (),
+        namespaces,
         hostname=spec.get("hostname"),
         binds=binds,
         cwd=spec.get("cwd"),
+        limits=make_limits(limits.get("memory"), limits.get("pids"), limits.get("cpus")),
     )
 
 
@@ -494,8 +504,9 @@ class Server:
         self._retire(box)
         if rid is not None:
             code = box.sandbox.wait(2.0)
+            reason = box.sandbox.exit_reason()
             what = f"exit status {code}" if code is not None else "an unknown status"
-            msg = f"the sandbox's Python process ended during the cell ({what})"
+            msg = reason or f"the sandbox's Python process ended during the cell ({what})"
             if name:
                 msg += f"; sandbox {name!r} is gone"
             self.reply({"type": "done", "id": rid, "status": "died", "message": msg})

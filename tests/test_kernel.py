@@ -347,13 +347,14 @@ else:
 """
 
 
-# tests.helpers.deny's seccomp mode answers clone3 with EPERM, so a threaded
-# KernelManager cannot even start its threads there (Docker answers ENOSYS, and glibc
-# falls back to clone); the per-user-namespace limit is the realistic denial for it.
 @pytest.mark.parametrize(
     ("how", "expect"),
-    [(["limit", "net"], "max_net_namespaces"), (["limit", "user"], "max_user_namespaces")],
-    ids=["max_net_namespaces=0", "max_user_namespaces=0"],
+    [
+        (["limit", "net"], "max_net_namespaces"),
+        (["limit", "user"], "max_user_namespaces"),
+        (["seccomp"], "seccomp"),  # like Docker's default profile
+    ],
+    ids=["max_net_namespaces=0", "max_user_namespaces=0", "seccomp"],
 )
 def test_denied_namespaces_fail_at_once_with_the_cause(
     kernels_dir: Path, tmp_path: Path, how: list[str], expect: str

@@ -30,18 +30,36 @@ IS_ROOT = os.geteuid() == 0
 
 @functools.cache
 def userns_problem() -> str | None:
-    """None if this caller can create all six namespaces, else the reason and fix."""
-    from nskernel import Sandbox, SandboxError, SandboxSpec
+    """None if this caller can create all six namespaces, else the reason and fix.
 
-    try:
-        sb = Sandbox.spawn(SandboxSpec(), target=lambda: 0)
-    except SandboxError as e:
-        return f"cannot create namespaces here: {e}"
-    code = sb.wait(10)
-    if code != 0:
-        sb.kill()
-        return f"a probe sandbox exited with {code}"
+    Probed through the CLI, a fresh process: the pytest process itself may have threads
+    by then (kernel clients), and a threaded process may not create user namespaces.
+    """
+    r = subprocess.run(
+        nskernel_cmd("run", "--", "true"), capture_output=True, text=True, timeout=60
+    )
+    if r.returncode != 0:
+        return f"cannot create namespaces here: {r.stderr.strip()}"
     return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``spawns_here`` call Sandbox.spawn in the pytest process itself.
+
+    That is only allowed while the process has a single thread, and kernel clients
+    (ZMQ) start threads that outlive their tests, so these tests run first.
+    """
+    items.sort(key=lambda item: 0 if item.get_closest_marker("spawns_here") else 1)
+
+
+@pytest.fixture(autouse=True)
+def _single_threaded_for_spawns_here(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("spawns_here"):
+        from nskernel.sandbox import _thread_count
+
+        assert _thread_count() == 1, (
+            "a spawns_here test runs after something started threads in the pytest process"
+        )
 
 
 def require(problem: str | None) -> None:

@@ -19,6 +19,10 @@ from nskernel import Sandbox, SandboxSpec, facts
 from tests.conftest import IS_ROOT
 from tests.facts_helpers import gather_inside, load
 
+# Some tests here call Sandbox.spawn in the pytest process (see conftest).
+pytestmark = pytest.mark.spawns_here
+
+
 SECTIONS = {
     "schema",
     "name",

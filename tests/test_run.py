@@ -330,6 +330,7 @@ def _descendants(pid: int) -> list[int]:
 # ---------------------------------------------------------------- the Python API
 
 
+@pytest.mark.spawns_here
 def test_python_api_spawn_target_and_facts():
     from nskernel import Sandbox, SandboxSpec
 
@@ -350,6 +351,7 @@ def test_python_api_spawn_target_and_facts():
         sb.kill()
 
 
+@pytest.mark.spawns_here
 def test_python_api_kill_destroys_a_running_sandbox():
     from nskernel import Sandbox, SandboxSpec
 

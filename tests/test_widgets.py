@@ -149,6 +149,7 @@ def test_compare_without_places_in_a_sandboxed_kernel(monkeypatch, tmp_path) -> 
 
 
 @pytest.mark.userns
+@pytest.mark.spawns_here
 def test_refresh_after_the_sandbox_exits() -> None:
     sb = Sandbox.spawn(SandboxSpec(hostname="refresh1"), ["sleep", "60"])
     try:

@@ -1,5 +1,8 @@
 """The PNG chart: one panel per group, a bar per case at its median, a whisker to its p95.
 
+nskernel's own figures are orange, the others blue; cases that have no figure show their
+status and reason in grey.
+
 Imported only after every case has run: matplotlib pulls in numpy, whose thread pool
 would make the benchmark process multi-threaded.
 """
@@ -18,6 +21,12 @@ import matplotlib.pyplot as plt  # after use("Agg"): the backend must be chosen 
 OK_COLOR = "#4c72b0"
 NSKERNEL_COLOR = "#dd8452"
 MISSING_COLOR = "#999999"
+OURS = ("nskernel", "sandbox")  # case ids containing these are nskernel's own figures
+
+
+def _number(x: float) -> str:
+    """Three significant digits, never in scientific notation (1070, 45.0, 1.41)."""
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
 
 
 def render(results: dict[str, Any], path: Path) -> None:
@@ -71,7 +80,7 @@ def _panel(ax: Any, g: dict[str, Any], cases: list[tuple[str, dict[str, Any]]]) 
                 transform=ax.get_yaxis_transform(),
             )
             continue
-        color = NSKERNEL_COLOR if ".nskernel" in cid else OK_COLOR
+        color = NSKERNEL_COLOR if any(k in cid for k in OURS) else OK_COLOR
         ax.barh(y, c["median"], color=color, height=0.6)
         ax.errorbar(
             c["median"], y, xerr=[[0], [c["p95"] - c["median"]]], color="black", capsize=3, lw=1
@@ -79,7 +88,7 @@ def _panel(ax: Any, g: dict[str, Any], cases: list[tuple[str, dict[str, Any]]]) 
         ax.text(
             c["p95"] * (1.08 if log else 1.0) + (0 if log else top * 0.01),
             y,
-            f"{c['median']:.3g} {c['unit']}",
+            f"{_number(c['median'])} {c['unit']}",
             va="center",
             fontsize=8,
         )

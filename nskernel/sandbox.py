@@ -24,7 +24,8 @@ from .errors import (
     CommandNotFound,
     SandboxError,
 )
-from .spec import SandboxSpec, format_size
+from .paths import runtime_dir
+from .spec import SandboxSpec, format_size, hidden_inside
 
 _subreaper_set = False
 
@@ -115,6 +116,7 @@ class Sandbox:
                 fresh_sys="net" in namespaces,
                 fresh_mqueue="ipc" in namespaces,
                 binds=tuple((b.source, -1, b.dest, b.readonly) for b in spec.resolved_binds()),
+                masks=_masked_state_dirs(),
             )
         applied = limits.create_from_parent(spec.limits)
         child_plan = contain.ChildPlan(
@@ -364,6 +366,17 @@ class _Reports:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
+
+
+def _masked_state_dirs() -> tuple[str, ...]:
+    """nskernel's per-user runtime directory, hidden inside every sandbox with mounts.
+
+    It holds other kernels' socket directories and connection files (with their keys):
+    a sandbox must not read them. Under /tmp it is hidden anyway (private /tmp); under
+    $XDG_RUNTIME_DIR it would be visible read-only without this mask.
+    """
+    d = runtime_dir()
+    return () if hidden_inside(d) else (d,)
 
 
 def _cwd_or_none() -> str | None:

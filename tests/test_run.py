@@ -374,3 +374,28 @@ def test_chdir_into_a_bound_directory(nsk, tmp_path):
     os.chmod(tmp_path, 0o777)
     r = nsk("run", "--bind", f"{tmp_path}:/tmp/work", "--chdir", "/tmp/work", "--", "pwd")
     assert r.stdout == "/tmp/work\n", r.stderr
+
+
+def test_nskernels_runtime_state_is_masked_inside(nsk):
+    # Other kernels' socket dirs and connection files (with their keys) live in the
+    # per-user runtime dir; under $XDG_RUNTIME_DIR it would otherwise be visible inside.
+    import shutil
+    import tempfile
+
+    xdg = tempfile.mkdtemp(prefix="nsk-xdg-", dir="/var/tmp")
+    try:
+        os.chmod(xdg, 0o755)  # traversable by sandbox root, which is another uid for root
+        state = os.path.join(xdg, f"nsk-{os.geteuid()}")
+        os.mkdir(state, 0o700)
+        os.mkdir(os.path.join(state, "kern-other"), 0o755)  # readable by sandbox root
+        with open(os.path.join(state, "kern-other", "kernel.json"), "w") as f:
+            f.write("secret-key")
+        os.chmod(os.path.join(state, "kern-other", "kernel.json"), 0o644)
+        env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
+        r = nsk("run", "--", "sh", "-c", f"ls -A {state}; echo listed", env=env)
+        assert r.stdout == "listed\n", r.stdout + r.stderr
+        mine = os.path.join(state, "kern-other")
+        r = nsk("run", "--ro-bind", mine, "--", "cat", f"{mine}/kernel.json", env=env)
+        assert r.stdout == "secret-key"  # what is bound explicitly is still visible
+    finally:
+        shutil.rmtree(xdg)

@@ -35,6 +35,9 @@ class MountPlan:
     fresh_mqueue: bool
     # (host source, O_PATH fd on it or -1 until opened, sandbox destination, readonly)
     binds: tuple[tuple[str, int, str, bool], ...]
+    # Host directories covered by an empty tmpfs inside (nskernel's own runtime state:
+    # other kernels' sockets and connection files). Binds may land inside them.
+    masks: tuple[str, ...] = ()
 
     def with_sources_opened(self) -> MountPlan:
         """Open every bind source as O_PATH, in the new mount namespace.
@@ -148,12 +151,17 @@ def setup_mounts_from_child(
         else:
             _mqueue(r + "/dev/mqueue")
 
+    for mask in plan.masks:
+        if os.path.isdir(r + mask):
+            _step(f"mount(tmpfs) over {mask}", _tmpfs, r + mask, "0755")  # a skeleton for binds
+
+    scratch = ("/tmp", *plan.masks)  # fresh tmpfs: a missing destination may be made here
     for fd, dst, ro in sources:
         target = r + dst
         if not os.path.lexists(target):
-            # Only inside the sandbox's own /tmp may a missing destination be created;
+            # Only inside the sandbox's own tmpfs may a missing destination be created;
             # elsewhere it would have to be created on the (read-only) host filesystem.
-            if dst == "/tmp" or dst.startswith("/tmp/"):
+            if any(dst == d or dst.startswith(d.rstrip("/") + "/") for d in scratch):
                 if os.path.isdir(f"/proc/self/fd/{fd}"):
                     os.makedirs(target, exist_ok=True)
                 else:

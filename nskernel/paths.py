@@ -11,12 +11,45 @@ from __future__ import annotations
 import os
 
 
-def runtime_dir() -> str:
-    """The private per-user directory, created 0700 on first use."""
+def _base() -> str:
     base = os.environ.get("XDG_RUNTIME_DIR")
     if not base or not os.path.isdir(base) or not os.access(base, os.W_OK | os.X_OK):
         base = "/tmp"
-    path = os.path.join(base, f"nsk-{os.geteuid()}")
+    return base
+
+
+def _host_uid() -> int:
+    """Our uid as the parent user namespace sees it (the same in the host's namespace)."""
+    uid = os.geteuid()
+    try:
+        with open("/proc/self/uid_map") as f:
+            for line in f:
+                inside, outside, count = (int(x) for x in line.split())
+                if inside <= uid < inside + count:
+                    return outside + uid - inside
+    except (OSError, ValueError):
+        pass
+    return uid
+
+
+def existing_runtime_dirs() -> list[str]:
+    """The runtime directories of this user that exist, without creating or checking any.
+
+    Inside a user namespace (the rootless sandbox server) the effective uid is 0, but
+    the state on disk is under the host uid: both are considered.
+    """
+    base = _base()
+    found = []
+    for uid in dict.fromkeys((os.geteuid(), _host_uid())):
+        path = os.path.join(base, f"nsk-{uid}")
+        if os.path.isdir(path):
+            found.append(path)
+    return found
+
+
+def runtime_dir() -> str:
+    """The private per-user directory, created 0700 on first use."""
+    path = os.path.join(_base(), f"nsk-{os.geteuid()}")
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

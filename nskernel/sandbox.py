@@ -24,7 +24,7 @@ from .errors import (
     CommandNotFound,
     SandboxError,
 )
-from .paths import runtime_dir
+from .paths import existing_runtime_dirs
 from .spec import SandboxSpec, format_size, hidden_inside
 
 _subreaper_set = False
@@ -375,8 +375,7 @@ def _masked_state_dirs() -> tuple[str, ...]:
     a sandbox must not read them. Under /tmp it is hidden anyway (private /tmp); under
     $XDG_RUNTIME_DIR it would be visible read-only without this mask.
     """
-    d = runtime_dir()
-    return () if hidden_inside(d) else (d,)
+    return tuple(d for d in existing_runtime_dirs() if not hidden_inside(d))
 
 
 def _cwd_or_none() -> str | None:

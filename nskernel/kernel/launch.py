@@ -44,7 +44,7 @@ from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
 from .._linux import userns
 from ..errors import EXIT_SANDBOX_FAILED
 from ..facts import capture_host_facts
-from ..spec import ALL_NAMESPACES
+from ..spec import ALL_NAMESPACES, python_environment_binds
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -154,6 +154,12 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
     bind_cwd = not args.no_bind_cwd and cwd != "/"
     if bind_cwd and with_mnt:
         binds.append(Bind(cwd, cwd))
+    if with_mnt:
+        # Modules the kernel imports later (nskernel.widgets, the user's editable
+        # packages) must stay importable when this environment lives under a directory
+        # that is private inside (a venv or checkout under /tmp).
+        taken = {b.dest for b in binds}
+        binds += [b for b in python_environment_binds() if b.dest not in taken]
 
     if _host_root():
         from . import staging

@@ -93,3 +93,10 @@ def test_provisioner_entry_point_is_registered() -> None:
     found = {ep.name: ep.load() for ep in eps}
     assert found.get("nskernel-provisioner") is NamespaceProvisioner
     assert nskernel_cmd("install")[-1] == "install"
+
+
+def test_install_rejects_bad_limits(nsk, tmp_path: Path) -> None:
+    res = nsk("install", "--prefix", str(tmp_path), "--pids", "none", env=_env(tmp_path))
+    assert res.returncode != 0
+    assert "invalid --pids 'none'" in res.stderr
+    assert not (tmp_path / "share").exists()

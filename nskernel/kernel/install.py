@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ..errors import NskernelError
-from ..spec import ALL_NAMESPACES, _hostname_error
+from ..errors import NskernelError, SpecError
+from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 from . import DEFAULT_DISPLAY_NAME, DEFAULT_NAME, PROVISIONER_NAME
 
 
@@ -57,6 +57,7 @@ def kernel_json(
     namespaces: list[str] | None = None,
     hostname: str | None = None,
     python: str | None = None,
+    limits: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     with open(template_dir() / "kernel.json") as f:
         spec = json.load(f)
@@ -73,6 +74,13 @@ def kernel_json(
         if err:
             raise InstallError(err)
         config["hostname"] = hostname
+    limits = {k: v for k, v in (limits or {}).items() if v is not None}
+    if limits:
+        try:  # checked now, so a bad value fails at install time, not at every start
+            make_limits(limits.get("memory"), limits.get("pids"), limits.get("cpus"))
+        except SpecError as e:
+            raise InstallError(str(e)) from None
+        config["limits"] = {k: str(v) for k, v in limits.items()}
     return spec
 
 
@@ -84,11 +92,14 @@ def install(
     hostname: str | None = None,
     user: bool = False,
     prefix: str | None = None,
+    limits: dict[str, str] | None = None,
 ) -> str:
     """Install the kernelspec; returns the directory it was written to."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    spec = kernel_json(display_name=display_name, namespaces=namespaces, hostname=hostname)
+    spec = kernel_json(
+        display_name=display_name, namespaces=namespaces, hostname=hostname, limits=limits
+    )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
         src.mkdir()
@@ -123,6 +134,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
             hostname=args.hostname,
             user=args.user,
             prefix=prefix,
+            limits={"memory": args.memory, "pids": args.pids, "cpus": args.cpus},
         )
     except PermissionError as e:
         msg = f"cannot write the kernelspec ({e}); use --user, or --prefix with a writable path"
@@ -176,6 +188,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="fixed hostname inside (default: nsk-<first 8 characters of the kernel id>)",
     )
+    p.add_argument("--memory", metavar="SIZE", help="memory limit for each session, e.g. 1G")
+    p.add_argument("--pids", metavar="N", help="at most N processes at once in a session")
+    p.add_argument("--cpus", metavar="FRACTION", help="CPU share of a session, e.g. 0.5")
     p.set_defaults(func=_cmd_install)
 
     u = sub.add_parser("uninstall", help="remove an installed nskernel kernelspec")

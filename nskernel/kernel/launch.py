@@ -44,7 +44,7 @@ from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
 from .._linux import userns
 from ..errors import EXIT_SANDBOX_FAILED
 from ..facts import capture_host_facts
-from ..spec import ALL_NAMESPACES, python_environment_binds
+from ..spec import ALL_NAMESPACES, make_limits, python_environment_binds
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated namespace types (user is always added)",
     )
     p.add_argument("--hostname", help="the sandbox's hostname")
+    p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 1G")
+    p.add_argument("--pids", metavar="N", help="at most N processes at once")
+    p.add_argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5")
     p.add_argument(
         "--socket-dir",
         help="private directory holding the kernel's unix sockets; bound at the same path",
@@ -184,6 +187,7 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         binds=tuple(binds),
         cwd=cwd,
         env=env,
+        limits=make_limits(args.memory, args.pids, args.cpus),
     )
     target = _ipykernel_in_process(argv, env)
     if target is not None:
@@ -253,7 +257,11 @@ def supervise(sb: Sandbox, lifeline_fd: int | None) -> int:
             if not data:
                 return sb.kill() or 0
         if pidfd in ready:
-            return sb.wait() or 0
+            code = sb.wait() or 0
+            reason = sb.exit_reason()
+            if reason:  # e.g. "killed: memory limit 1 GiB reached", in the server's log
+                print(f"nskernel kernel: {reason}", file=sys.stderr)
+            return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

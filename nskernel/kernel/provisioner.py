@@ -46,11 +46,11 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import List, Unicode
+from traitlets import Dict, List, Unicode
 
-from ..errors import NskernelError
+from ..errors import NskernelError, SpecError
 from ..paths import runtime_dir
-from ..spec import ALL_NAMESPACES, _hostname_error
+from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 
 SOCKET_DIR_PREFIX = "kern-"
 # sun_path is 108 bytes including the NUL; ZMQ appends "-<port>" (up to 6 bytes).
@@ -163,8 +163,27 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         help="Hostname inside the sandbox; default nsk-<first 8 characters of the kernel id>.",
     )
 
+    limits = Dict(
+        default_value={},
+        config=True,
+        help="Resource limits for the session: memory (e.g. '1G'), pids, cpus.",
+    )
+
     socket_dir: str | None = None
     _lifeline_w: int | None = None
+
+    def _limit_args(self) -> list[str]:
+        try:
+            make_limits(**{k: self.limits.get(k) for k in ("memory", "pids", "cpus")})
+        except (SpecError, TypeError, AttributeError) as e:
+            msg = f"kernel.json has an unusable limits setting {self.limits!r}: {e}"
+            msg += " (reinstall with nskernel install --memory/--pids/--cpus)"
+            raise KernelSandboxUnavailable(msg) from None
+        args: list[str] = []
+        for key in ("memory", "pids", "cpus"):
+            if self.limits.get(key) is not None:
+                args += [f"--{key}", str(self.limits[key])]
+        return args
 
     def _namespace_set(self) -> frozenset[str]:
         chosen = frozenset(self.namespaces) or frozenset(ALL_NAMESPACES)
@@ -210,6 +229,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         launcher += ["--namespaces", ",".join(sorted(namespaces))]
         if hostname:
             launcher += ["--hostname", hostname]
+        launcher += self._limit_args()
         launcher += ["--socket-dir", self.socket_dir]
         if km is not None:
             launcher += ["--connection-file", km.connection_file]

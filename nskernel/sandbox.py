@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import select
 import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import doctor
 from ._linux import contain, limits, mntns, procfs, syscalls, userns
 from .errors import (
     EXIT_NOT_FOUND,
@@ -31,7 +29,7 @@ _subreaper_set = False
 
 
 def default_hostname() -> str:
-    return "nsk-" + secrets.token_hex(3)
+    return "nsk-" + os.urandom(3).hex()
 
 
 def _thread_count() -> int:
@@ -412,12 +410,16 @@ def _error_from(msg: dict[str, Any], namespaces: frozenset[str]) -> SandboxError
     ns = msg.get("namespace")
     errno = msg.get("errno")
     what = f"cannot create the sandbox: {step} failed: {msg.get('strerror')}"
+    from . import doctor  # only on failure: keep it off every sandbox's start
+
     hint = doctor.explain_failure(step=step, namespace=ns, errno=errno)
     return SandboxError(what, step=step, namespace=ns, errno=errno, hint=hint)
 
 
 def _map_error(e: Exception, plan: userns.IdMapPlan) -> SandboxError:
     detail = getattr(e, "stderr", None) or str(e)
+    from . import doctor
+
     hint = doctor.explain_failure(step="uid_map", namespace="user", errno=getattr(e, "errno", None))
     return SandboxError(
         f"cannot write the user namespace's id maps ({plan.describe()}): {detail.strip()}",

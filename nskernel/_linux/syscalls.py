@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import platform
 
 # clone(2) namespace flags.
 CLONE_NEWNS = 0x00020000
@@ -118,9 +117,9 @@ def _enc(path: str | None) -> bytes | None:
 
 def _syscall_number(name: str) -> int:
     try:
-        return _SYSCALL_NUMBERS[platform.machine()][name]
+        return _SYSCALL_NUMBERS[os.uname().machine][name]
     except KeyError:
-        msg = f"{name}: unsupported architecture {platform.machine()!r}"
+        msg = f"{name}: unsupported architecture {os.uname().machine!r}"
         raise OSError(38, msg) from None  # ENOSYS
 
 

@@ -53,10 +53,12 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._linux.procfs import NS_TYPES, namespace_ids
+from ._linux.procfs import id_map as _id_map
+
 SCHEMA_VERSION = 1
 
-#: Namespace types a place reports, in display order.
-NS_TYPES: tuple[str, ...] = ("pid", "net", "mnt", "uts", "ipc", "user", "cgroup")
+# NS_TYPES: the namespace types a place reports, in display order.
 
 #: The environment variable the kernel launcher sets to the captured host facts file.
 HOST_FACTS_ENV = "NSKERNEL_HOST_FACTS"
@@ -135,11 +137,6 @@ def _status(pid: int | str) -> dict[str, str]:
             key, _, value = line.partition(":")
             out[key] = value.strip()
     return out
-
-
-def _id_map(pid: int | str, which: str) -> list[list[int]]:
-    with open(f"/proc/{pid}/{which}") as f:
-        return [[int(x) for x in line.split()] for line in f if line.strip()]
 
 
 def _namespaces(pid: int | str, facts: Facts) -> None:
@@ -580,13 +577,7 @@ def gather_here(
 
 
 def _own_namespace_ids() -> dict[str, int]:
-    ids = {}
-    for t in NS_TYPES:
-        try:
-            ids[t] = os.stat(f"/proc/self/ns/{t}").st_ino
-        except OSError:
-            pass
-    return ids
+    return namespace_ids("self")
 
 
 def host_facts() -> Facts:

@@ -18,7 +18,6 @@ import pytest
 from tests.conftest import nskernel_cmd
 from tests.hostile import descendants, host_pid_alive, start_background, wait_for
 
-
 # Some tests here call Sandbox.spawn in the pytest process (see conftest).
 pytestmark = [pytest.mark.userns, pytest.mark.spawns_here]
 

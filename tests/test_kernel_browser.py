@@ -15,22 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import MUST_WORK
 from tests.kernel_helpers import DISPLAY_NAME, install_kernelspecs, start_jupyter, stop, wait_http
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns, pytest.mark.browser, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--headless",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 90_000
 
 

@@ -12,38 +12,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 from nskernel._linux.procfs import namespace_ids
-from tests.conftest import IS_ROOT, nskernel_cmd
+from tests.conftest import IS_ROOT
+from tests.hostile import descendants, host_pid_alive, start_background, wait_for
 
 pytestmark = pytest.mark.userns
-
-
-def host_pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def start_background(tmp_path, *args: str, **kw) -> tuple[subprocess.Popen, dict]:
-    """Start `nskernel run --status-json ... -- args` and wait until the sandbox exists."""
-    status = tmp_path / "status.json"
-    proc = subprocess.Popen(nskernel_cmd("run", "--status-json", str(status), *args), **kw)
-    wait_for(status.exists, what="the status JSON")
-    return proc, json.loads(status.read_text())
 
 
 # ---------------------------------------------------------------- what's inside
@@ -306,25 +282,12 @@ def test_without_pid_namespace_orphans_still_die_with_the_sandbox(tmp_path):
         tmp_path, "--net", "--", "sh", "-c", "(sleep 1000 &); sleep 1000"
     )
     init = facts["pid"]
-    wait_for(lambda: len(_descendants(init)) >= 2, what="the orphaned sleep")
-    victims = _descendants(init)
+    wait_for(lambda: len(descendants(init)) >= 2, what="the orphaned sleep")
+    victims = descendants(init)
     proc.kill()  # SIGKILL of the launcher: the lifeline closes
     proc.wait(10)
     for pid in (init, *victims):
         wait_for(lambda pid=pid: not host_pid_alive(pid), what=f"process {pid} to die")
-
-
-def _descendants(pid: int) -> list[int]:
-    out, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        try:
-            kids = [int(x) for x in open(f"/proc/{p}/task/{p}/children").read().split()]
-        except OSError:
-            continue
-        out += kids
-        stack += kids
-    return out
 
 
 # ---------------------------------------------------------------- the Python API

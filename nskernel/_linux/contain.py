@@ -221,6 +221,28 @@ def _created_by_setup_child(plan: ChildPlan) -> list[str]:
     return early + [ns for ns in ("mnt", "pid") if ns in plan.namespaces]
 
 
+def _name_and_loopback(plan: ChildPlan) -> None:
+    """Steps 9 and 10; a failure raises a _StepError naming the step."""
+    if plan.hostname is not None:
+        try:
+            utsns.set_hostname_from_child(plan.hostname)
+        except OSError as e:
+            raise _StepError(f"sethostname({plan.hostname!r})", e) from e
+    if "net" in plan.namespaces:
+        try:
+            netns.bring_up_loopback_from_child()
+        except OSError as e:
+            raise _StepError("bring up lo (ioctl SIOCSIFFLAGS)", e) from e
+
+
+class _StepError(OSError):
+    """An OSError that knows which setup step raised it."""
+
+    def __init__(self, step: str, err: OSError) -> None:
+        super().__init__(err.errno, err.strerror)
+        self.step = step
+
+
 def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | None) -> int:
     rep = pipes.report_w
     pid_ns = "pid" in plan.namespaces
@@ -243,27 +265,17 @@ def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | Non
                     step = f"unshare(CLONE_NEW{_FLAG_NAMES[ns]})"
                     syscalls.unshare(syscalls.NAMESPACE_FLAGS[ns])
             ns = None
-            if plan.hostname is not None:
-                step = f"sethostname({plan.hostname!r})"
-                utsns.set_hostname_from_child(plan.hostname)  # step 9
-            if "net" in plan.namespaces:
-                step = "bring up lo (ioctl SIOCSIFFLAGS)"
-                netns.bring_up_loopback_from_child()  # step 10
+            _name_and_loopback(plan)  # steps 9, 10
             mntns.mount_namespace_views_from_child(plan.mounts)  # step 11c
         except mntns.MountStepError as e:
             _fail(rep, e.step, e, "mnt")
             return 1
         except OSError as e:
-            _fail(rep, step, e, ns)
+            _fail(rep, getattr(e, "step", step), e, ns)
             return 1
         return _start_command(plan, pipes, pid_ns)
     try:
-        if plan.hostname is not None:
-            step = f"sethostname({plan.hostname!r})"
-            utsns.set_hostname_from_child(plan.hostname)  # step 9
-        if "net" in plan.namespaces:
-            step = "bring up lo (ioctl SIOCSIFFLAGS)"
-            netns.bring_up_loopback_from_child()  # step 10
+        _name_and_loopback(plan)  # steps 9, 10
         if plan.mounts is not None:
             step = "mounts"
             mntns.setup_mounts_from_child(plan.mounts, plan.cwd, plan.cwd_required)  # step 11
@@ -274,6 +286,7 @@ def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | Non
         _fail(rep, e.step, e, "mnt")
         return 1
     except OSError as e:
+        step = getattr(e, "step", step)
         _fail(rep, step, e, {"mounts": "mnt"}.get(step))
         return 1
 

@@ -21,7 +21,9 @@ namespaces:
 filesystem (with --mnt):
   The host's root is visible read-only; /tmp and /dev/shm are private and writable;
   /proc is fresh with --pid, /sys with --net. A host path is writable inside only
-  through --bind; --ro-bind exposes one read-only. Nothing mounted inside reaches the host.
+  through --bind; --ro-bind exposes one read-only. A bind's destination must exist
+  inside (the same path as on the host always does) or lie under /tmp. Nothing mounted
+  inside reaches the host.
 
 signals:
   TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command. Ctrl-C
@@ -41,7 +43,7 @@ limits:
 examples:
   nskernel run --hostname box -- sh -c 'hostname; id -u; ps -e'
   nskernel run --net --uts -- hostname
-  nskernel run --bind ./out:/out --ro-bind ./data:/data -- python3 job.py
+  nskernel run --bind "$PWD" --ro-bind ./data:/tmp/data -- python3 job.py
 """
 
 

@@ -196,7 +196,22 @@ def diagnose() -> dict[str, Any]:
         report["namespaces"][ns] = _probe(frozenset({ns}))
     report["all"] = _probe(frozenset(NAMESPACES))
     report["ok"] = report["all"]["ok"]
+    report["limits"] = limit_mechanisms()
     return report
+
+
+def limit_mechanisms() -> dict[str, str]:
+    """Which mechanism --memory, --pids and --cpus would use here (probed for real)."""
+    from ._linux.limits import Limits, create_from_parent
+
+    try:
+        applied = create_from_parent(Limits(memory=64 << 20, pids=64, cpus=0.5))
+    except OSError as e:
+        return {"error": f"cannot probe cgroups: {e}"}
+    try:
+        return {name: d["mechanism"] for name, d in applied.describe().items()}  # type: ignore[misc]
+    finally:
+        applied.remove_from_parent()
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -213,6 +228,8 @@ def format_report(report: dict[str, Any]) -> str:
             lines.append(f"  FAIL  {ns}: {r['error']}")
             if r.get("fix"):
                 lines.append(f"        fix: {r['fix']}")
+    for name, mechanism in report.get("limits", {}).items():
+        lines.append(f"  limit --{name}: {mechanism}")
     lines.append(
         "Sandboxes work here."
         if report["ok"]

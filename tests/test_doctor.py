@@ -4,6 +4,7 @@ the command never runs unsandboxed."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -29,6 +30,10 @@ def test_doctor_json(nsk):
     assert report["ok"] is True
     assert set(report["namespaces"]) == {"user", "pid", "net", "mnt", "uts", "ipc"}
     assert all(v["ok"] for v in report["namespaces"].values())
+    # Which mechanism each limit uses here, probed for real (and the probe cleaned up).
+    expected = "cgroup v1" if os.geteuid() == 0 else "rlimit RLIMIT_AS"
+    assert report["limits"]["memory"].startswith(expected)
+    assert set(report["limits"]) == {"memory", "pids", "cpus"}
 
 
 def run_denied(mode: list[str], *args: str, tmp_path):

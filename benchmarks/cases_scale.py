@@ -282,15 +282,19 @@ def idle_sandbox_memory(ctx: Context, plan: Plan) -> Measurement:
     k = ctx.fixture("scale-kernel", _scale_kernel)
     samples: list[float] = []
     readings: list[dict[str, float]] = []
+    by_process: list[dict[str, Any]] = []
     for i in range(plan.warmup + plan.n):
         k.cell(f"%%sandbox --name idle{i}\nx = {i}")
         pid = k.named_pids()[f"idle{i}"]
         time.sleep(SETTLE)
         m = tree_memory_mib(pid)
+        if i == plan.warmup:
+            by_process = [_process_row(p) for p in process_tree(pid)]
         k.cell(f"%sandbox rm idle{i}")
         if i >= plan.warmup:
             samples.append(m["pss"])
             readings.append(m)
+    assert k.server_pid is not None
     return Measurement(
         samples,
         "%%sandbox --name idleK (all six namespaces) + one trivial cell, then idle",
@@ -299,8 +303,21 @@ def idle_sandbox_memory(ctx: Context, plan: Plan) -> Measurement:
             "processes": readings[0]["processes"],
             "uss_mib_median": _median(readings, "uss"),
             "rss_mib_median": _median(readings, "rss"),
+            "by_process": by_process,
+            "server": _process_row(k.server_pid),
         },
     )
+
+
+def _process_row(pid: int) -> dict[str, Any]:
+    """One process's memory in MiB, named by its comm (nskernel-init, python, ...)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            comm = f.read().strip()
+    except OSError:
+        comm = "?"
+    m = memory_kib(pid)
+    return {"comm": comm} | {k.lower() + "_mib": round(v / 1024, 2) for k, v in m.items()}
 
 
 # ---------------------------------------------------------------- N named sandboxes

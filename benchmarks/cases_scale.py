@@ -365,11 +365,18 @@ def _named(ctx: Context, plan: Plan) -> dict[str, Any]:
     return ctx.fixture("scale-many-named", lambda c: _many_named(c, plan))
 
 
+def _tenths(values: list[float]) -> list[list[float]]:
+    size = max(1, len(values) // 10)
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
 def _named_details(run: dict[str, Any]) -> dict[str, Any]:
     return {
         "sandboxes": run["count"],
         "cell": "%%sandbox --name sK\\npass (all six namespaces), K = 0..N-1, all kept alive",
         "median_all_ms": round(statistics.median(run["times"]), 2),
+        # Growth or noise? A trend shows across all tenths, a busy spell in one or two.
+        "median_by_tenth_ms": [round(statistics.median(part), 2) for part in _tenths(run["times"])],
         "rm_all_ms": run["rm_all_ms"],
         "processes_removed": run["processes"],
     }

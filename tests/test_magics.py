@@ -478,3 +478,29 @@ def test_bad_limits_are_usage_errors(kc):
     out = execute(kc, "%%sandbox --memory lots\npass")
     assert out.status == "error" and "invalid size 'lots'" in out.error_text
     assert execute(kc, "print('fine')").stdout == "fine\n"
+
+
+def test_runaway_output_is_truncated_with_a_note(kc):
+    code = (
+        "%%sandbox --max-output 1M\n"
+        "import sys\n"
+        "for i in range(64):\n"
+        "    sys.stdout.write('x' * 1024 * 1024)\n"
+        "print('the end')\n"
+    )
+    out = execute(kc, code, timeout=120)
+    assert out.status == "ok", out.error_text
+    assert len(out.stdout) == 1024 * 1024 and "the end" not in out.stdout
+    assert "output truncated after 1 MiB; 63.0 MiB more was dropped" in out.stderr
+    assert "--max-output" in out.stderr
+    assert execute(kc, "%%sandbox\nprint('next')").stdout == "next\n"
+
+
+def test_a_misplaced_cell_magic_is_explained_and_sandboxed_lines_never_run(kc, tmp_path):
+    marker = tmp_path / "ran"
+    out = execute(kc, f"x = 1\n%%sandbox\nopen({str(marker)!r}, 'w').close()")
+    assert out.status == "error"
+    assert "%%sandbox must be the first line of its cell" in out.error_text
+    assert not marker.exists(), "a line meant for the sandbox ran in the kernel"
+    bad = execute(kc, "%%sandbox --max-output lots\npass")
+    assert bad.status == "error" and "--max-output" in bad.error_text

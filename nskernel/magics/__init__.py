@@ -17,9 +17,12 @@ from typing import Any
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    from .magic import SandboxMagics
+    from .magic import SandboxMagics, misplaced_cell_magic
 
     ipython.register_magics(SandboxMagics)
+    # IPython reads `%%sandbox` below a cell's first line as a line magic named
+    # "%sandbox"; registered under that name, it can say what is wrong.
+    ipython.register_magic_function(misplaced_cell_magic, "line", "%sandbox")
 
 
 def unload_ipython_extension(ipython: Any) -> None:

@@ -21,7 +21,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import clear_output, display, publish_display_data
 
 from nskernel.errors import NskernelError, SpecError
-from nskernel.spec import ALL_NAMESPACES, Bind, make_limits
+from nskernel.spec import ALL_NAMESPACES, Bind, format_size, make_limits, parse_size
 
 from . import protocol
 from .client import SandboxRequestError, get_client, read_host_map
@@ -250,6 +250,13 @@ class SandboxMagics(Magics):
         help="copy these sandbox variables back into the kernel (JSON values and bytes only)",
     )
     @argument("--timeout", type=float, metavar="SECONDS", help="kill the sandbox after this long")
+    @argument(
+        "--max-output",
+        metavar="SIZE",
+        default="16M",
+        help="show at most this much stdout/stderr text per cell; the rest is dropped "
+        "with a note (default 16M), so a runaway print cannot flood the notebook",
+    )
     @argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M or 1G")
     @argument("--pids", metavar="N", help="at most N processes at once (fork bombs stop there)")
     @argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5 for half a CPU")
@@ -300,12 +307,26 @@ class SandboxMagics(Magics):
         """
         args = parse_argstring(self.sandbox_cell, line)
         req = self._build_request(args, cell)
+        try:
+            max_output = parse_size(args.max_output)
+        except SpecError as e:
+            raise UsageError(f"--max-output: {e}") from None
         client = get_client()
         state: dict[str, Any] = {"result": None, "last": None, "error": None}
+        shown = {"chars": 0, "dropped": 0}
 
         def on_message(msg: dict[str, Any]) -> None:
             kind = msg.get("type")
             if kind == "stream":
+                text = msg.get("text", "")
+                room = max_output - shown["chars"]
+                if len(text) > room:  # past the cap: count what is dropped, show the rest
+                    shown["dropped"] += len(text) - max(room, 0)
+                    text = text[: max(room, 0)]
+                    if not text:
+                        return
+                shown["chars"] += len(text)
+                msg = {**msg, "text": text}
                 stream = sys.stderr if msg.get("name") == "stderr" else sys.stdout
                 other = sys.stdout if stream is sys.stderr else sys.stderr
                 if state["last"] is not stream:
@@ -337,6 +358,13 @@ class SandboxMagics(Magics):
             # ipykernel's IO thread, ~0.5 ms on a busy machine).
             if state["last"] is not None:
                 state["last"].flush()
+            if shown["dropped"]:
+                sys.stderr.write(
+                    f"\n[nskernel: output truncated after {format_size(max_output)}; "
+                    f"{_amount(shown['dropped'])} more was dropped. Use --max-output to see "
+                    "more, or write large output to a file in a --bind directory.]\n"
+                )
+                sys.stderr.flush()
         status = done.get("status")
         if status == "killed":
             if done.get("reason") == "timeout":
@@ -599,3 +627,19 @@ def _show(facts: dict[str, Any] | None, name: str | None) -> None:
         display(SandboxInfo({**facts, "pid": facts.get("host_pid"), "age": 0.0}))
         return
     display(compare(facts))
+
+
+def _amount(chars: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if chars >= factor:
+            return f"{chars / factor:.1f} {unit}"
+    return f"{chars} characters"
+
+
+def misplaced_cell_magic(line: str) -> None:
+    """``%%sandbox`` that is not on the first line of its cell."""
+    msg = (
+        "%%sandbox must be the first line of its cell (a cell magic applies to the whole "
+        "cell): move it to the top. The lines below it did not run."
+    )
+    raise UsageError(msg)

@@ -504,3 +504,17 @@ def test_a_misplaced_cell_magic_is_explained_and_sandboxed_lines_never_run(kc, t
     assert not marker.exists(), "a line meant for the sandbox ran in the kernel"
     bad = execute(kc, "%%sandbox --max-output lots\npass")
     assert bad.status == "error" and "--max-output" in bad.error_text
+
+
+def test_inspect_says_which_mechanism_enforces_each_limit(kc):
+    assert execute(kc, "%%sandbox --name limited1 --pids 40 --memory 128M\npass").status == "ok"
+    try:
+        out = execute(
+            kc, "info = %sandbox inspect limited1\nimport json; print(json.dumps(info['limits']))"
+        )
+        limits = out.json_line()
+        assert limits["pids"]["value"] == 40 and limits["memory"]["value"] == 128 << 20
+        expected = "cgroup v1" if IS_ROOT else "rlimit RLIMIT_NPROC"
+        assert limits["pids"]["mechanism"].startswith(expected)
+    finally:
+        execute(kc, "%sandbox rm limited1")

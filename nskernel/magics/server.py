@@ -177,6 +177,11 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
     )
 
 
+def _limit_lines(sb: Sandbox) -> dict[str, str]:
+    """Limits as the widget shows them: value and the mechanism enforcing it."""
+    return {name: f"{d['value']} ({d['mechanism']})" for name, d in sb.limits.describe().items()}
+
+
 def _first_child(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -447,6 +452,8 @@ class Server:
             "busy": box.current is not None,
             "network": {k: v for k, v in box.network.items() if k != "options"},
             "facts": facts,
+            # Only when set: each limit, and the mechanism enforcing it (cgroup or rlimit).
+            **({"limits": sb.limits.describe()} if sb.limits.describe() else {}),
         }
 
     def facts_from_host(self, box: Box) -> dict[str, Any]:
@@ -461,7 +468,11 @@ class Server:
         sb = box.sandbox
         return dict(
             F.sandbox_facts_from_host(
-                sb.pid, name=box.name, hostname=sb.hostname, created=sb.namespaces
+                sb.pid,
+                name=box.name,
+                hostname=sb.hostname,
+                created=sb.namespaces,
+                limits=_limit_lines(sb) or None,
             )
         )
 

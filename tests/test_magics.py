@@ -518,3 +518,25 @@ def test_inspect_says_which_mechanism_enforces_each_limit(kc):
         assert limits["pids"]["mechanism"].startswith(expected)
     finally:
         execute(kc, "%sandbox rm limited1")
+
+
+def test_sigkill_of_the_sandbox_server_loses_nothing_silently():
+    with kernel() as (_km, kc):
+        assert execute(kc, "%%sandbox --name keep1\nx = 5").status == "ok"
+        out = execute(
+            kc, "from nskernel.magics.client import get_client\nprint(get_client().server_pid)"
+        )
+        server = int(out.stdout)
+        with open(f"/proc/{server}/task/{server}/children") as f:
+            sandboxes = [int(p) for p in f.read().split()]
+        os.kill(server, signal.SIGKILL)
+        for pid in sandboxes:  # their lifelines closed with the server
+            assert wait_gone(pid), f"sandbox process {pid} outlived its server"
+        out = execute(kc, "%%sandbox --name keep1\nprint(x)")
+        assert out.status == "error"
+        assert "named sandbox 'keep1' was lost with its state" in out.error_text
+        assert "killed by signal 9" in out.error_text
+        assert execute(kc, "%%sandbox\nprint('fresh')").stdout == "fresh\n"
+        again = execute(kc, "%%sandbox --name keep1\nprint('x' in globals())")
+        assert again.stdout == "False\n"  # created afresh, as the message said
+        execute(kc, "%sandbox rm keep1")

@@ -92,12 +92,21 @@ class SandboxClient:
         self.reader: protocol.FrameReader | None = None
         self.hello: dict[str, Any] = {}
         self._next_id = 0
+        # Named sandboxes this server holds, and those lost when a server died under us:
+        # a later cell naming a lost one must not silently get a fresh, empty sandbox.
+        self.named: set[str] = set()
+        self.lost: dict[str, str] = {}
 
     # ------------------------------------------------------------ server lifecycle
 
     def ensure_started(self) -> None:
         if self.proc is not None and self.proc.poll() is None and self.sock is not None:
             return
+        if self.proc is not None and self.proc.returncode is not None:
+            code = self.proc.returncode
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            self.lost.update(dict.fromkeys(self.named, how))
+        self.named.clear()
         self.close()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -159,6 +168,11 @@ class SandboxClient:
     def request(self, op: str, **fields: Any) -> Any:
         """A control request (ls, inspect, rm); returns its result or raises."""
         self.ensure_started()
+        if op == "rm":
+            gone = self.named if fields.get("all") else set(fields.get("names") or ())
+            self.named -= gone
+            for n in list(self.lost) if fields.get("all") else gone:
+                self.lost.pop(n, None)
         self._next_id += 1
         rid = self._next_id
         self._send({"op": op, "id": rid, **fields})
@@ -187,6 +201,29 @@ class SandboxClient:
         (with ``reason`` interrupt or timeout).
         """
         self.ensure_started()
+        assert self.sock is not None and self.reader is not None
+        name = req.get("name")
+        if name in self.lost:
+            how = self.lost.pop(name)
+            return {
+                "status": "failed",
+                "message": f"named sandbox {name!r} was lost with its state: the sandbox "
+                f"server died ({how}). Nothing ran; run the cell again to create it afresh.",
+            }
+        done = self._run(req, on_message, timeout=timeout)
+        if name and done.get("status") in ("ok", "error"):
+            self.named.add(name)
+        elif name and done.get("removed"):
+            self.named.discard(name)
+        return done
+
+    def _run(
+        self,
+        req: dict[str, Any],
+        on_message: Callable[[dict[str, Any]], None],
+        *,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
         assert self.sock is not None and self.reader is not None
         self._next_id += 1
         rid = self._next_id

@@ -216,6 +216,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         """Called by the KernelManager before launch: check, prepare sockets, wrap the cmd."""
         namespaces = self._namespace_set()
         hostname = self._hostname() if "uts" in namespaces else None
+        limit_args = self._limit_args()  # every setting checked before anything is made
         await asyncio.get_running_loop().run_in_executor(None, probe_namespaces, namespaces)
         sweep_stale_socket_dirs()
         km = self.parent
@@ -229,7 +230,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         launcher += ["--namespaces", ",".join(sorted(namespaces))]
         if hostname:
             launcher += ["--hostname", hostname]
-        launcher += self._limit_args()
+        launcher += limit_args
         launcher += ["--socket-dir", self.socket_dir]
         if km is not None:
             launcher += ["--connection-file", km.connection_file]

@@ -350,7 +350,7 @@ def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> No
             sys.stdout.flush()
             sys.stderr.flush()
         except Exception:
-            pass
+            pass  # the command may have closed them (or its reader left): exit regardless
         os._exit(code)
 
 

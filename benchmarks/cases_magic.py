@@ -23,7 +23,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from benchmarks.harness import CaseFailed, Context, Measurement, NotAvailable, Plan, case, group
+from benchmarks.harness import Context, Measurement, NotAvailable, Plan, case, group
+from benchmarks.kernelcells import timed_cell
 
 THINK_TIME = 0.1  # seconds between cells in the interleaved run
 TARGET_OVERHEAD_MS = 10.0
@@ -53,26 +54,7 @@ def _kernel(ctx: Context) -> Iterator[Any]:
 
 def _cell(kc: Any, code: str, timeout: float = 60.0) -> float:
     """Run one cell; milliseconds until its execute_reply. Fails on an error reply."""
-    t0 = time.perf_counter()
-    msg_id = kc.execute(code)
-    while True:
-        reply = kc.get_shell_msg(timeout=timeout)
-        if reply["parent_header"].get("msg_id") == msg_id:
-            break
-    elapsed = (time.perf_counter() - t0) * 1e3
-    # Wait for "idle" (untimed), so the next cell does not start under this one's output.
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"]["execution_state"] == "idle"
-        ):
-            break
-    if reply["content"]["status"] != "ok":
-        c = reply["content"]
-        raise CaseFailed(f"cell {code!r} failed: {c.get('ename')}: {c.get('evalue')}")
-    return elapsed
+    return timed_cell(kc, code, timeout)[0]
 
 
 def _interleaved(ctx: Context, plan: Plan) -> dict[str, list[float]]:

@@ -47,6 +47,7 @@ from benchmarks.harness import (
     group,
     ratio,
 )
+from benchmarks.kernelcells import timed_cell
 
 MIB = 2**20
 TARGET_IDLE_MIB = 5.0
@@ -164,32 +165,7 @@ class Kernel:
 
     def cell(self, code: str, timeout: float = 60.0) -> tuple[float, str]:
         """Run one cell; (milliseconds until its execute_reply, its stdout)."""
-        kc = self.kc
-        t0 = time.perf_counter()
-        msg_id = kc.execute(code)
-        while True:
-            reply = kc.get_shell_msg(timeout=timeout)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
-        elapsed = (time.perf_counter() - t0) * 1e3
-        out: list[str] = []
-        errors: list[str] = []
-        while True:  # until "idle" (untimed): the next cell must not start under this one
-            msg = kc.get_iopub_msg(timeout=timeout)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            kind = msg["msg_type"]
-            if kind == "stream":
-                (out if msg["content"]["name"] == "stdout" else errors).append(
-                    msg["content"]["text"]
-                )
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        content = reply["content"]
-        if content["status"] != "ok":
-            detail = f"{content.get('ename')}: {content.get('evalue')} {''.join(errors)[-500:]}"
-            raise CaseFailed(f"cell {code[:60]!r} failed: {detail}")
-        return elapsed, "".join(out)
+        return timed_cell(self.kc, code, timeout)
 
     def value(self, expr: str) -> Any:
         """The JSON value of ``expr`` evaluated in the kernel."""

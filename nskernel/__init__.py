@@ -4,12 +4,19 @@ Layout (private modules behind this public surface):
 
 - ``spec``      SandboxSpec and Bind: what a sandbox should be, validated up front
 - ``sandbox``   Sandbox: spawn, facts, signal, wait (the launcher side)
-- ``_linux``    the privileged, stdlib-only syscall layer, one module per namespace
+- ``_linux``    the privileged, stdlib-only syscall layer, one module per namespace;
+                ``_linux/contain.py`` is the setup checklist, in order
+- ``errors``    exception classes and the documented exit codes
+- ``paths``     the per-user runtime directory (sockets, server state)
 - ``doctor``    what this machine allows, and the fix for what it doesn't
-- ``cli``       the `nskernel` command
-- ``kernel``    the "Python 3 (sandboxed)" Jupyter kernel: provisioner and installer
-- ``magics``    ``%%sandbox`` and ``%sandbox`` (``%load_ext nskernel``)
-- ``widgets``   host and sandboxes side by side
+- ``cli``       the `nskernel` command (run, doctor, install, uninstall)
+- ``kernel``    the "Python 3 (sandboxed)" Jupyter kernel: provisioner, launcher, installer
+- ``magics``    ``%%sandbox`` and ``%sandbox`` (``%load_ext nskernel``): the kernel-side
+                client and the single-threaded sandbox server
+- ``network``   virtual networks between sandboxes (``--network``); netlink work in
+                ``_linux/vnet.py``
+- ``facts``     one JSON schema for "a place" (the host or a sandbox), read for real
+- ``widgets``   host and sandboxes side by side (``compare()``)
 """
 
 from __future__ import annotations

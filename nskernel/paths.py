@@ -47,9 +47,28 @@ def existing_runtime_dirs() -> list[str]:
     return found
 
 
+def runtime_dir_path() -> str:
+    """Where the per-user directory is (or would be); nothing is created."""
+    return os.path.join(_base(), f"nsk-{os.geteuid()}")
+
+
+def remove_runtime_entry(path: str) -> None:
+    """Remove ``path`` (below the runtime dir), then the runtime dir if that left it empty.
+
+    Nothing of nskernel's stays behind once its last kernel or server is gone.
+    """
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(path))
+    except OSError:
+        pass  # not empty: another kernel still uses it (or it is already gone)
+
+
 def runtime_dir() -> str:
     """The private per-user directory, created 0700 on first use."""
-    path = os.path.join(_base(), f"nsk-{os.geteuid()}")
+    path = runtime_dir_path()
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from nskernel.paths import runtime_dir
+from nskernel.paths import runtime_dir_path
 
 KERNEL_NAME = "nsk-test"
 DISPLAY_NAME = "Python 3 (sandboxed)"
@@ -88,8 +88,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def socket_dirs() -> set[str]:
-    d = runtime_dir()
-    return {os.path.join(d, e) for e in os.listdir(d) if e.startswith("kern-")}
+    d = runtime_dir_path()
+    try:
+        return {os.path.join(d, e) for e in os.listdir(d) if e.startswith("kern-")}
+    except FileNotFoundError:
+        return set()
 
 
 def descendants(pid: int) -> set[int]:

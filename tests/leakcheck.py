@@ -14,7 +14,7 @@ import dataclasses
 import os
 import time
 
-from nskernel.paths import runtime_dir
+from nskernel.paths import runtime_dir_path
 
 TAG_VAR = "NSKERNEL_TEST_SESSION"
 
@@ -50,8 +50,12 @@ def _links() -> set[str]:
 
 
 def _runtime_entries() -> set[str]:
-    d = runtime_dir()
-    return {os.path.join(d, e) for e in os.listdir(d)}
+    """The per-user runtime dir itself and what is in it (looked at, never created)."""
+    d = runtime_dir_path()
+    try:
+        return {d} | {os.path.join(d, e) for e in os.listdir(d)}
+    except FileNotFoundError:
+        return set()
 
 
 def _own_cgroup_dirs() -> set[str]:

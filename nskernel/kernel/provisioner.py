@@ -39,7 +39,6 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 from typing import Any
@@ -49,7 +48,7 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Dict, List, Unicode
 
 from ..errors import NskernelError, SpecError
-from ..paths import runtime_dir
+from ..paths import remove_runtime_entry, runtime_dir, runtime_dir_path
 from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 
 SOCKET_DIR_PREFIX = "kern-"
@@ -85,9 +84,13 @@ def _owner_alive(token: str) -> bool:
 
 def sweep_stale_socket_dirs(base: str | None = None) -> list[str]:
     """Remove socket directories whose owning process is gone. Returns what was removed."""
-    base = base or runtime_dir()
+    base = base or runtime_dir_path()
     removed = []
-    for name in os.listdir(base):
+    try:
+        names = os.listdir(base)
+    except FileNotFoundError:
+        return removed
+    for name in names:
         if not name.startswith(SOCKET_DIR_PREFIX):
             continue
         path = os.path.join(base, name)
@@ -99,20 +102,25 @@ def sweep_stale_socket_dirs(base: str | None = None) -> list[str]:
         except OSError:
             continue
         if not _owner_alive(token):
-            shutil.rmtree(path, ignore_errors=True)
+            remove_runtime_entry(path)
             removed.append(path)
     return removed
 
 
 def make_socket_dir() -> str:
-    base = runtime_dir()
-    path = os.path.join(base, SOCKET_DIR_PREFIX + secrets.token_hex(4))
-    os.mkdir(path, 0o700)
+    for attempt in range(3):
+        path = os.path.join(runtime_dir(), SOCKET_DIR_PREFIX + secrets.token_hex(4))
+        try:
+            os.mkdir(path, 0o700)
+            break
+        except FileNotFoundError:  # the last other kernel just removed the empty parent
+            if attempt == 2:
+                raise
     with open(os.path.join(path, "owner"), "w") as f:
         f.write(_owner_token() + "\n")
     ip = os.path.join(path, "k")
     if len(ip.encode()) + _PORT_SUFFIX > MAX_SOCKET_PATH:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_runtime_entry(path)
         msg = (
             f"the kernel's unix socket path {ip}-N would exceed {MAX_SOCKET_PATH} bytes; "
             "set XDG_RUNTIME_DIR to a shorter directory (or unset it to use /tmp)"
@@ -277,7 +285,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         await super().cleanup(restart=restart)
         await self._close_lifeline()
         if not restart and self.socket_dir:
-            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            remove_runtime_entry(self.socket_dir)
             self.socket_dir = None
 
     async def get_provisioner_info(self) -> dict[str, Any]:

@@ -57,6 +57,13 @@ def _cell(kc: Any, code: str, timeout: float = 60.0) -> float:
     return timed_cell(kc, code, timeout)[0]
 
 
+def _repeat(ctx: Context, plan: Plan, code: str) -> list[float]:
+    """Run ``code`` back to back; the timed samples after the warm-up."""
+    kc = ctx.fixture("magic-kernel", _kernel)
+    samples = [_cell(kc, code) for _ in range(plan.warmup + plan.n)]
+    return samples[plan.warmup :]
+
+
 def _interleaved(ctx: Context, plan: Plan) -> dict[str, list[float]]:
     def make(c: Context) -> contextlib.AbstractContextManager[dict[str, list[float]]]:
         kc = c.fixture("magic-kernel", _kernel)
@@ -108,21 +115,11 @@ def overhead(ctx: Context, plan: Plan) -> Measurement:
 
 @case("magic", "back-to-back", "%%sandbox pass, no pause (Run All)", iterations=60)
 def back_to_back(ctx: Context, plan: Plan) -> Measurement:
-    kc = ctx.fixture("magic-kernel", _kernel)
-    samples = []
-    for i in range(plan.warmup + plan.n):
-        ms = _cell(kc, "%%sandbox\npass")
-        if i >= plan.warmup:
-            samples.append(ms)
+    samples = _repeat(ctx, plan, "%%sandbox\npass")
     return Measurement(samples, _COMMAND, {"cell": "%%sandbox\\npass", "think_time_ms": 0})
 
 
 @case("magic", "named", "%%sandbox --name: cell in a named sandbox", iterations=100)
 def named(ctx: Context, plan: Plan) -> Measurement:
-    kc = ctx.fixture("magic-kernel", _kernel)
-    samples = []
-    for i in range(plan.warmup + plan.n):
-        ms = _cell(kc, "%%sandbox --name bench\npass")
-        if i >= plan.warmup:
-            samples.append(ms)
+    samples = _repeat(ctx, plan, "%%sandbox --name bench\npass")
     return Measurement(samples, _COMMAND, {"cell": "%%sandbox --name bench\\npass"})

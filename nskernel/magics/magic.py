@@ -21,7 +21,14 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import clear_output, display, publish_display_data
 
 from nskernel.errors import NskernelError, SpecError
-from nskernel.spec import ALL_NAMESPACES, Bind, format_size, make_limits, parse_size
+from nskernel.spec import (
+    ALL_NAMESPACES,
+    Bind,
+    format_size,
+    hidden_inside,
+    make_limits,
+    parse_size,
+)
 
 from . import protocol
 from .client import SandboxRequestError, get_client, read_host_map
@@ -528,7 +535,6 @@ def _cwd() -> str | None:
 
 
 # A sandbox with its own mounts gets a private, empty /tmp and /dev/shm.
-_PRIVATE_DIRS = ("/tmp", "/dev/shm")
 _warned_cwd: set[str] = set()
 
 
@@ -542,7 +548,7 @@ def _sandbox_cwd(namespaces: Any, binds: list[Bind]) -> str | None:
     cwd = _cwd()
     if cwd is None or "mnt" not in namespaces:
         return cwd
-    hidden = any(cwd == d or cwd.startswith(d + "/") for d in _PRIVATE_DIRS)
+    hidden = hidden_inside(cwd)
     covered = any(cwd == b.dest or cwd.startswith(b.dest.rstrip("/") + "/") for b in binds)
     if hidden and not covered:
         if cwd not in _warned_cwd:

@@ -158,15 +158,18 @@ def _spec_key(spec: dict[str, Any]) -> str:
     return json.dumps(spec, sort_keys=True)
 
 
+# The server's sys.path does not change after start: computed once, not per cell.
+_PYTHON_BINDS = python_environment_binds()
+
+
 def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
     binds = tuple(Bind(src, dst, bool(ro)) for src, dst, ro in spec.get("binds") or ())
     namespaces = spec.get("namespaces") or ALL_NAMESPACES
     if "mnt" in namespaces:
         # Cells import modules on demand: keep this environment visible even if it
         # lives in a directory that is private inside (a venv or checkout under /tmp).
-        binds += tuple(
-            b for b in python_environment_binds() if b.dest not in {x.dest for x in binds}
-        )
+        taken = {b.dest for b in binds}
+        binds += tuple(b for b in _PYTHON_BINDS if b.dest not in taken)
     limits = spec.get("limits") or {}
     return SandboxSpec.from_flags(
         namespaces,

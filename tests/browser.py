@@ -16,3 +16,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+def require_chromium() -> None:
+    """Skip (or, with NSKERNEL_MUST_WORK=1, fail) when Debian's chromium is missing."""
+    import os
+
+    from tests.conftest import require
+
+    ok = os.access(CHROMIUM, os.X_OK)
+    require(None if ok else f"needs Debian's chromium at {CHROMIUM}: apt-get install chromium")

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.conftest import MUST_WORK
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.kernel_helpers import DISPLAY_NAME, install_kernelspecs, start_jupyter, stop, wait_http
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns, pytest.mark.browser, pytest.mark.slow]
@@ -74,11 +73,7 @@ def _api(base: str, token: str, method: str, path: str) -> object:
 
 
 def test_pick_sandboxed_kernel_run_hostname_and_render_widget(lab: tuple[str, str]) -> None:
-    if not os.access(CHROMIUM, os.X_OK):
-        msg = f"{CHROMIUM} is missing: apt install chromium"
-        if MUST_WORK:
-            pytest.fail(msg)
-        pytest.skip(msg)
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     base, token = lab

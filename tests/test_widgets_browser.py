@@ -21,7 +21,7 @@ import urllib.request
 
 import pytest
 
-from tests.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
 from tests.facts_helpers import end_run_process, notebook_cell
 
 pytestmark = [pytest.mark.browser, pytest.mark.kernel, pytest.mark.userns, pytest.mark.slow]
@@ -36,8 +36,7 @@ def _free_port() -> int:
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on loopback, with its config and state under tmp_path."""
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("needs Debian's chromium: apt-get install chromium")
+    require_chromium()
     port, token = _free_port(), secrets.token_hex(16)
     home = tmp_path / "home"
     home.mkdir()

@@ -50,6 +50,7 @@ class Sandbox:
         lifeline_w: int,
         namespaces: frozenset[str],
         hostname: str | None,
+        applied_limits: limits.AppliedLimits,
     ) -> None:
         self.spec = spec
         self.pid = pid
@@ -59,7 +60,7 @@ class Sandbox:
         self.started = time.time()
         self._lifeline_w: int | None = lifeline_w
         self._facts: dict[str, Any] | None = None
-        self.limits = limits.AppliedLimits(spec.limits, {}, [], [])
+        self.limits = applied_limits
         self.timed_out = False
         self.oom_killed = False
         self.pids_limit_hit = False
@@ -140,12 +141,10 @@ class Sandbox:
             _subreaper_set = True
 
         try:
-            sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname)
+            sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname, applied)
         except BaseException:
             applied.remove_from_parent()
             raise
-        sb.limits = applied
-        sb._facts = None
         sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
         return sb
 
@@ -157,6 +156,7 @@ class Sandbox:
         plan_maps: userns.IdMapPlan | None,
         namespaces: frozenset[str],
         hostname: str | None,
+        applied: limits.AppliedLimits,
     ) -> Sandbox:
         pipes = contain.Pipes.create()
         setup_pid = os.fork()
@@ -216,7 +216,7 @@ class Sandbox:
             raise
         finally:
             os.close(pipes.report_r)
-        return cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname)
+        return cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname, applied)
 
     # ------------------------------------------------------------ facts
 

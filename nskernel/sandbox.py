@@ -209,8 +209,11 @@ class Sandbox:
             if pipes.go_w >= 0:
                 os.close(pipes.go_w)
             os.close(pipes.lifeline_w)  # the init, if any, kills the sandbox
+            # init's own error may have arrived before the setup child reported init's
+            # PID: learn it from what is left, or init would stay an unreaped child.
+            init_pid = init_pid or reader.drain_for_init_pid(timeout=5.0)
             if setup_pid:
-                _kill_and_reap(setup_pid)
+                _kill_and_reap(setup_pid)  # first: init is then re-parented to us
             if init_pid:
                 _kill_and_reap(init_pid)
             raise
@@ -364,6 +367,28 @@ class _Reports:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return json.loads(line)
+
+    def drain_for_init_pid(self, timeout: float) -> int | None:
+        """Read the remaining reports until EOF (or ``timeout``); init's PID if reported.
+
+        Every writer ends once setup failed: the setup child when its go pipe or init's
+        nesting pipe closes, init after reporting its error.
+        """
+        deadline = time.monotonic() + timeout
+        pid = None
+        while True:
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                msg = json.loads(line)
+                if msg.get("event") == "init":
+                    pid = int(msg["pid"])
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return pid
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                return pid
+            self.buf += chunk
 
 
 def _masked_state_dirs() -> tuple[str, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -188,3 +189,22 @@ def test_no_leftovers_after_a_failed_sandbox(tmp_path):
     assert r.returncode == 125
     assert "does not exist inside the sandbox" in r.stderr
     assert set(descendants(os.getpid())) == before
+
+
+def test_failed_launches_leave_no_orphan_to_a_subreaper_caller(tmp_path):
+    # When init's error outran the setup child's report of init's PID, the launcher used
+    # to exit without reaping init; it was re-parented to the nearest subreaper (a
+    # server, or pytest) as a zombie. About 1 launch in 8 did; 40 make a miss unlikely.
+    launch = nskernel_cmd("run", "--bind", f"{tmp_path}:/nonexistent-dir", "--", "true")
+    code = f"""
+import os, subprocess
+from nskernel._linux import syscalls
+syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+for _ in range(40):
+    r = subprocess.run({launch!r}, capture_output=True)
+    assert r.returncode == 125, r.stderr
+print(len(open(f"/proc/{{os.getpid()}}/task/{{os.getpid()}}/children").read().split()))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "0\n", "failed launches left processes to their caller"

@@ -159,7 +159,7 @@ class Sandbox:
         applied: limits.AppliedLimits,
     ) -> Sandbox:
         pipes = contain.Pipes.create()
-        setup_pid = os.fork()
+        setup_pid = syscalls.fork_lean()  # the setup child runs only nskernel's code
         if setup_pid == 0:
             code = 1
             try:

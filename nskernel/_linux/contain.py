@@ -170,7 +170,7 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
         nesting = userns.NestingPipes.create()
         # Opened before init exists: its pivot_root will move our root (and /proc) too.
         host_proc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    pid = os.fork()  # step 8: with CLONE_NEWPID unshared, this child is PID 1
+    pid = syscalls.fork_lean()  # step 8: with CLONE_NEWPID unshared, this child is PID 1
     if pid == 0:
         code = 1
         try:
@@ -297,7 +297,9 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool) -> int:
     rep = pipes.report_w
     wake_r, wake_w = init.prepare_signals()
     report(rep, event="ready")  # step 12
-    child = os.fork()
+    # A command that is exec'd needs nothing of Python's at-fork handling; a target runs
+    # on in Python (the caller's code: random must be reseeded, threading reset...).
+    child = os.fork() if plan.target is not None else syscalls.fork_lean()
     if child == 0:
         _command_main(plan, pipes, wake_r, wake_w)  # never returns
     os.close(rep)

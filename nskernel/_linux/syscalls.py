@@ -180,3 +180,26 @@ def set_process_name(name: str) -> None:
     """Name shown by ``ps -o comm`` (at most 15 bytes)."""
     buf = ctypes.create_string_buffer(name.encode()[:15])
     _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)
+
+
+# fork(2) straight from libc, holding the GIL (PyDLL does not release it).
+_libc_gil = ctypes.PyDLL(_libc._name, use_errno=True)
+
+
+def fork_lean() -> int:
+    """``fork()`` without Python's at-fork machinery; for setup processes only.
+
+    ``os.fork()`` runs every handler registered with ``os.register_at_fork`` (logging,
+    threading, random, IPython...) and re-initialises the runtime in the child. In a
+    warm sandbox server that is over a millisecond per fork, and the child dirties the
+    pages those handlers touch (memory it then holds privately). The setup child and
+    init run only nskernel's own setup code, then exec or fork the command with
+    ``os.fork()``, so they need none of it. The caller must be single-threaded (every
+    sandbox launcher is: user namespaces require it), so no lock can be held by a thread
+    that the child lacks.
+    """
+    pid = _libc_gil.fork()
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fork: {os.strerror(err)}")
+    return pid

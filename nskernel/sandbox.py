@@ -78,7 +78,8 @@ class Sandbox:
     ) -> Sandbox:
         """Create the sandbox and start ``argv`` (exec'd) or ``target`` (called) in it.
 
-        Returns once the command was exec'd (or ``target`` started). Raises
+        Returns once the command was exec'd (or, for ``target``, once the sandbox is
+        ready and init is about to fork it). Raises
         :class:`SandboxError` if any setup step failed (nothing ran, nothing is left),
         :class:`CommandNotFound` if ``argv[0]`` cannot be executed inside.
         """
@@ -201,10 +202,15 @@ class Sandbox:
                     init_pid = int(msg["pid"])
                     os.waitpid(setup_pid, 0)  # init is now re-parented to us
                     setup_pid = 0
-            # EOF now means exec succeeded (the pipe is close-on-exec) or target started.
-            msg = reader.next()
-            if msg.get("event") == "error":
-                raise _error_from(msg, namespaces)
+            # With a command, EOF now means it was exec'd (the pipe is close-on-exec), or
+            # an error says why not. A target needs no such wait: init forks it next and
+            # it starts on its own, while the caller gets on (e.g. attaching a network).
+            # Should the few steps before the target fail, it exits (status 1) without
+            # having run: the caller sees the sandbox end.
+            if child_plan.target is None:
+                msg = reader.next()
+                if msg.get("event") == "error":
+                    raise _error_from(msg, namespaces)
         except BaseException:
             if pipes.go_w >= 0:
                 os.close(pipes.go_w)

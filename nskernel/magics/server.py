@@ -208,10 +208,18 @@ class Box:
         self.key = key
         self.name: str | None = None
         self.current: int | None = None  # id of the request running in it
-        self.runner_pid = _first_child(sandbox.pid)
+        self._runner_pid: int | None = None
         self.network: dict[str, Any] = {}
         self.net_backend: Any = None
         self.show = False  # --show: read its facts when the cell is done
+
+    @property
+    def runner_pid(self) -> int | None:
+        """Host PID of the cell runner (init's child), looked up on first use: spawn
+        returns before init has forked it."""
+        if self._runner_pid is None:
+            self._runner_pid = _first_child(self.sandbox.pid)
+        return self._runner_pid
 
 
 class Server:

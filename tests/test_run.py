@@ -315,6 +315,40 @@ def test_python_api_spawn_target_and_facts():
 
 
 @pytest.mark.spawns_here
+def test_python_api_target_gets_pythons_fork_handling():
+    """The setup processes skip Python's at-fork handlers (speed); a target must not:
+    its `random` is reseeded, so two sandboxes never draw the same numbers, and a
+    handler the caller registered runs in it."""
+    import random
+
+    from nskernel import Sandbox, SandboxSpec
+
+    marks: list[str] = []
+    os.register_at_fork(after_in_child=lambda: marks.append("child"))
+    random.seed(1234)  # every fork starts from this state unless it is reseeded
+    r, w = os.pipe()
+
+    def target() -> int:
+        os.write(w, f"{random.getrandbits(64)} {','.join(marks)}\n".encode())
+        return 0
+
+    draws = []
+    try:
+        for _ in range(2):
+            sb = Sandbox.spawn(SandboxSpec(), target=target, pass_fds=[w])
+            try:
+                assert sb.wait(10) == 0
+            finally:
+                sb.kill()
+            draws.append(os.read(r, 100).decode().split())
+    finally:
+        os.close(r)
+        os.close(w)
+    assert draws[0][1] == draws[1][1] == "child"  # ran once per target, not per setup fork
+    assert draws[0][0] != draws[1][0]
+
+
+@pytest.mark.spawns_here
 def test_python_api_kill_destroys_a_running_sandbox():
     from nskernel import Sandbox, SandboxSpec
 

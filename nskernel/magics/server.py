@@ -523,9 +523,12 @@ class Server:
     def on_box_eof(self, box: Box) -> None:
         rid = box.current
         name = box.name
+        # The runner is gone; its init follows at once with the runner's status. Take
+        # that status before retiring the box, whose closed lifeline would kill init
+        # first and turn any status into SIGKILL's.
+        code = box.sandbox.wait(2.0) if rid is not None else None
         self._retire(box)
         if rid is not None:
-            code = box.sandbox.wait(2.0)
             reason = box.sandbox.exit_reason()
             what = f"exit status {code}" if code is not None else "an unknown status"
             msg = reason or f"the sandbox's Python process ended during the cell ({what})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno as errno_mod
 import os
 import shutil
+import time
 from typing import Any
 
 from ._linux.procfs import NS_TYPES
@@ -197,7 +198,51 @@ def diagnose() -> dict[str, Any]:
     report["all"] = _probe(frozenset(NAMESPACES))
     report["ok"] = report["all"]["ok"]
     report["limits"] = limit_mechanisms()
+    report["init"] = init_in_use() if report["ok"] else None
     return report
+
+
+def init_in_use() -> dict[str, str]:
+    """Which program is a sandbox's PID 1 here, seen in a real sandbox.
+
+    ``native``: nskernel-init (built from init.c at install time), a few pages per
+    sandbox. ``python``: the fallback loop, which keeps a copy of the launcher's heap.
+    """
+    from ._linux import init as init_mod
+    from .sandbox import Sandbox
+    from .spec import SandboxSpec
+
+    r, w = os.pipe()
+    try:
+        sb = Sandbox.spawn(SandboxSpec(), target=lambda: len(os.read(r, 1)), pass_fds=(r,))
+    except Exception as e:
+        os.close(r)
+        os.close(w)
+        return {"init": "unknown", "why": f"no sandbox could be created: {e}"}
+    try:
+        exe = ""
+        for _ in range(200):  # init execs the native program right after forking the target
+            try:
+                exe = os.readlink(f"/proc/{sb.pid}/exe")
+            except OSError:
+                exe = ""
+            if exe.endswith("/nskernel-init") or exe == init_mod.NATIVE_INIT:
+                return {"init": "native", "path": init_mod.NATIVE_INIT}
+            time.sleep(0.005)
+    finally:
+        os.close(w)
+        os.close(r)
+        sb.kill()
+    if os.environ.get(init_mod.INIT_ENV) == "python":
+        why = f"{init_mod.INIT_ENV}=python is set"
+    elif not os.path.exists(init_mod.NATIVE_INIT):
+        why = (
+            f"{init_mod.NATIVE_INIT} was not built (no C compiler when nskernel was "
+            "installed): install gcc and reinstall nskernel"
+        )
+    else:
+        why = f"{init_mod.NATIVE_INIT} could not be executed inside the sandbox (noexec mount?)"
+    return {"init": "python", "why": why}
 
 
 def limit_mechanisms() -> dict[str, str]:
@@ -230,6 +275,10 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"        fix: {r['fix']}")
     for name, mechanism in report.get("limits", {}).items():
         lines.append(f"  limit --{name}: {mechanism}")
+    init = report.get("init")
+    if init:
+        detail = init.get("path") or init.get("why", "")
+        lines.append(f"  sandbox init: {init['init']} ({detail})")
     lines.append(
         "Sandboxes work here."
         if report["ok"]

@@ -16,10 +16,28 @@ import sys
 import pytest
 
 from nskernel._linux.procfs import namespace_ids
-from tests.conftest import IS_ROOT
+from tests.conftest import IS_ROOT, require
 from tests.hostile import descendants, host_pid_alive, start_background, wait_for
 
 pytestmark = pytest.mark.userns
+
+
+@pytest.fixture(params=["native", "python"])
+def init_kind(request, monkeypatch):
+    """Run a test with each sandbox init: nskernel-init (built from init.c when the
+    package is installed) and the Python loop it falls back to."""
+    from nskernel._linux import init
+
+    if request.param == "python":
+        monkeypatch.setenv(init.INIT_ENV, "python")
+    else:
+        monkeypatch.delenv(init.INIT_ENV, raising=False)
+        require(
+            None
+            if os.access(init.NATIVE_INIT, os.X_OK)
+            else f"{init.NATIVE_INIT} was not built (no C compiler when nskernel was installed)"
+        )
+    return request.param
 
 
 # ---------------------------------------------------------------- what's inside
@@ -188,6 +206,7 @@ def test_stdin_and_stdout_pass_through(nsk):
 @pytest.mark.parametrize(
     ("script", "code"), [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 137), ("kill -TERM $$", 143)]
 )
+@pytest.mark.usefixtures("init_kind")
 def test_exit_status_is_the_commands(nsk, script, code):
     assert nsk("run", "--", "sh", "-c", script).returncode == code
 
@@ -210,6 +229,7 @@ def test_invalid_hostname_is_refused_before_anything_runs(nsk):
     assert "invalid hostname" in r.stderr
 
 
+@pytest.mark.usefixtures("init_kind")
 def test_sigterm_reaches_the_command(tmp_path):
     script = "trap 'echo got-term; exit 42' TERM; echo ready; while true; do sleep 0.05; done"
     proc, _ = start_background(
@@ -221,6 +241,7 @@ def test_sigterm_reaches_the_command(tmp_path):
     assert proc.stdout.read() == "got-term\n"
 
 
+@pytest.mark.usefixtures("init_kind")
 def test_ctrl_c_reaches_the_command_through_the_process_group(tmp_path):
     script = (
         "import time, sys\n"
@@ -243,6 +264,7 @@ def test_ctrl_c_reaches_the_command_through_the_process_group(tmp_path):
     assert proc.stdout.read() == "interrupted\n"
 
 
+@pytest.mark.usefixtures("init_kind")
 def test_lifeline_sigkill_of_nskernel_kills_the_whole_sandbox(tmp_path):
     proc, facts = start_background(tmp_path, "--", "sh", "-c", "sleep 1000 & sleep 1000 & wait")
     init = facts["pid"]
@@ -259,6 +281,17 @@ def test_lifeline_sigkill_of_nskernel_kills_the_whole_sandbox(tmp_path):
         wait_for(lambda pid=pid: not host_pid_alive(pid), what=f"process {pid} to die")
 
 
+def test_pid_1_is_the_init_asked_for(nsk, init_kind):
+    from nskernel._linux import init
+
+    # The Python init is not dumpable (it changed uid), so its exe link stays unreadable.
+    r = nsk("run", "--", "sh", "-c", "cat /proc/1/comm; readlink /proc/1/exe || echo hidden")
+    comm, exe = r.stdout.split()
+    assert comm == "nskernel-init", r.stderr
+    assert (exe == init.NATIVE_INIT) == (init_kind == "native"), exe
+
+
+@pytest.mark.usefixtures("init_kind")
 def test_init_reaps_orphaned_zombies(nsk):
     script = r"""
 import os, time
@@ -277,6 +310,7 @@ print("zombies", states.count("Z"), "procs", len(states))
     assert r.stdout.split() == ["zombies", "0", "procs", "2"], r.stderr
 
 
+@pytest.mark.usefixtures("init_kind")
 def test_without_pid_namespace_orphans_still_die_with_the_sandbox(tmp_path):
     proc, facts = start_background(
         tmp_path, "--net", "--", "sh", "-c", "(sleep 1000 &); sleep 1000"

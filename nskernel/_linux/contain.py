@@ -18,6 +18,7 @@ Parent side (launcher)                    Child side
                                           8. fork init, report its PID, exit
                                           init: 9. hostname  10. lo up  11. mounts
                                                 12. report "ready", fork the command
+                                          14. exec nskernel-init (the C init), if built
                                           command: 13. reset signals, exec (or run target)
 
 With a user and a mount namespace, the mounts are locked (see ``locks_mounts``): step 5
@@ -119,6 +120,7 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     _close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
+    native_init = init.open_native()  # before any namespace can hide it
 
     if plan.cgroup_dirs:
         try:  # before any namespace exists: every process of the sandbox is accounted
@@ -174,7 +176,7 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     if pid == 0:
         code = 1
         try:
-            code = _init_main(plan, pipes, nesting)
+            code = _init_main(plan, pipes, nesting, native_init)
         except BaseException as e:
             _fail(rep, "init", e)
         finally:
@@ -243,7 +245,9 @@ class _StepError(OSError):
         self.step = step
 
 
-def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | None) -> int:
+def _init_main(
+    plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | None, native_init: int | None
+) -> int:
     rep = pipes.report_w
     pid_ns = "pid" in plan.namespaces
     step = ""
@@ -273,7 +277,7 @@ def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | Non
         except OSError as e:
             _fail(rep, getattr(e, "step", step), e, ns)
             return 1
-        return _start_command(plan, pipes, pid_ns)
+        return _start_command(plan, pipes, pid_ns, native_init)
     try:
         _name_and_loopback(plan)  # steps 9, 10
         if plan.mounts is not None:
@@ -290,10 +294,10 @@ def _init_main(plan: ChildPlan, pipes: Pipes, nesting: userns.NestingPipes | Non
         _fail(rep, step, e, {"mounts": "mnt"}.get(step))
         return 1
 
-    return _start_command(plan, pipes, pid_ns)
+    return _start_command(plan, pipes, pid_ns, native_init)
 
 
-def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool) -> int:
+def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int | None) -> int:
     rep = pipes.report_w
     wake_r, wake_w = init.prepare_signals()
     report(rep, event="ready")  # step 12
@@ -301,12 +305,16 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool) -> int:
     # on in Python (the caller's code: random must be reseeded, threading reset...).
     child = os.fork() if plan.target is not None else syscalls.fork_lean()
     if child == 0:
-        _command_main(plan, pipes, wake_r, wake_w)  # never returns
+        _command_main(plan, pipes, wake_r, wake_w, native_init)  # never returns
     os.close(rep)
+    if native_init is not None:  # 14. become the native init (returns only if it cannot)
+        init.exec_native(native_init, child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns)
     return init.run_init_loop(child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns)
 
 
-def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> None:
+def _command_main(
+    plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int, native_init: int | None
+) -> None:
     """Step 13: the command. Never returns."""
     rep = pipes.report_w
     code = 1
@@ -314,6 +322,8 @@ def _command_main(plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int) -> No
         init.reset_signals_for_command()
         for fd in (wake_r, wake_w, pipes.lifeline_r):
             os.close(fd)
+        if native_init is not None:
+            os.close(native_init)
         for fd in plan.pass_fds:
             os.set_inheritable(fd, True)
         limits.apply_rlimits_from_child(list(plan.rlimits))

@@ -15,6 +15,12 @@ and kills every other process of the namespace when it exits. So this small loop
 
 Without a PID namespace the same loop runs as a subreaper, so orphans of the command
 still come back to it and are killed with it.
+
+Once the command is forked, init execs ``nskernel-init`` (``init.c``, compiled when the
+package is built), which does the same in C: a forked Python init would otherwise hold
+a copy-on-write image of the launcher's heap for the sandbox's whole life. The loop
+here is the fallback when that program was not built or cannot be executed, and what
+``NSKERNEL_INIT=python`` chooses.
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import select
 import signal
 
 from . import syscalls as sc
+
+NATIVE_INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nskernel-init")
+INIT_ENV = "NSKERNEL_INIT"  # "python": keep the Python loop (debugging, tests)
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 HANDLED = (*FORWARDED, signal.SIGCHLD, signal.SIGINT)
@@ -41,6 +50,43 @@ def prepare_signals() -> tuple[int, int]:
         # wake-up fd, which the loop below reads.
         signal.signal(sig, lambda *_: None)
     return wake_r, wake_w
+
+
+def open_native() -> int | None:
+    """An O_PATH descriptor of ``nskernel-init``, or None to use the Python loop.
+
+    Opened by the setup child before any namespace exists: inside, the package's
+    directory may be hidden (a private /tmp) or not searchable by sandbox root.
+    """
+    if os.environ.get(INIT_ENV) == "python":
+        return None
+    try:
+        return os.open(NATIVE_INIT, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None  # not built (no C compiler at install time): the Python loop serves
+
+
+def exec_native(
+    fd: int, child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool
+) -> OSError:
+    """Become ``nskernel-init`` (``execveat`` of ``fd``). Returns only on failure.
+
+    The handled signals are blocked first: blocked signals stay pending across exec,
+    where the native init reads them from a signalfd; those caught before that went to
+    the wake-up pipe, which it drains. On failure everything is as it was.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    for f in (lifeline_fd, wake_r):
+        os.set_inheritable(f, True)
+    argv = ["nskernel-init", str(child), str(lifeline_fd), str(wake_r), str(int(pid_namespace))]
+    try:
+        os.execve(fd, argv, os.environ)  # the environment only keeps init recognisable
+    except OSError as e:
+        for f in (lifeline_fd, wake_r):
+            os.set_inheritable(f, False)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        return e
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def reset_signals_for_command() -> None:

@@ -1,0 +1,75 @@
+"""Build hook: compile the sandbox init (``nskernel/_linux/init.c``) into the package.
+
+Why a native init: see the comment at the top of init.c. Without a C compiler the build
+still succeeds, with a warning: nskernel then keeps its Python init (every feature
+works, each sandbox just holds more memory), and ``nskernel doctor`` says which init is
+in use. ``CC`` chooses the compiler; ``NSKERNEL_NO_NATIVE_INIT=1`` skips the build.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+SOURCE = Path("nskernel/_linux/init.c")
+BINARY = Path("nskernel/_linux/nskernel-init")
+
+
+def _warn(text: str) -> None:
+    print(f"nskernel build: {text}", file=sys.stderr)
+
+
+def compile_init(root: Path) -> Path | None:
+    """Compile init.c next to itself; the binary's path, or None (with a warning)."""
+    if os.environ.get("NSKERNEL_NO_NATIVE_INIT") == "1":
+        _warn("NSKERNEL_NO_NATIVE_INIT=1: not building the native init")
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        _warn(
+            "no C compiler (cc/gcc) found: sandboxes will use the Python init, which "
+            "holds more memory per sandbox; install gcc and reinstall to build it"
+        )
+        return None
+    src, out = root / SOURCE, root / BINARY
+    tmp = out.with_name(out.name + ".tmp")
+    base = [cc, "-O2", "-Wall", "-Wextra", "-o", str(tmp), str(src)]
+    # Static first: the init then needs no loader or libc inside the sandbox. Without
+    # libc.a (libc6-dev's static part), a dynamic build works as well here.
+    errors = []
+    for cmd in ([*base[:1], "-static", *base[1:]], base):
+        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if r.returncode == 0:
+            tmp.chmod(0o755)  # sandbox root is often "other" to this file
+            os.replace(tmp, out)
+            return out
+        errors.append(f"$ {' '.join(cmd)}\n{r.stderr.strip()}")
+    tmp.unlink(missing_ok=True)
+    _warn("compiling the native init failed; sandboxes will use the Python init:\n")
+    _warn("\n".join(errors))
+    return None
+
+
+class NativeInitHook(BuildHookInterface):
+    PLUGIN_NAME = "custom"
+
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if self.target_name != "wheel":
+            return  # the sdist ships init.c, not a binary
+        out = compile_init(Path(self.root))
+        if out is None:
+            return
+        # A binary inside: the wheel is for this platform only (any Python 3: the binary
+        # does not link against Python).
+        platform = sysconfig.get_platform().replace("-", "_").replace(".", "_")
+        build_data["pure_python"] = False
+        build_data["tag"] = f"py3-none-{platform}"
+        if version != "editable":  # an editable install finds it in the source tree
+            build_data["force_include"][str(out)] = str(BINARY)

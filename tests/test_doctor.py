@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import nskernel_cmd
+from tests.conftest import nskernel_cmd, require
 
 DENY = [sys.executable, "-m", "tests.helpers.deny"]
 
@@ -36,6 +36,25 @@ def test_doctor_json(nsk):
     assert all(m.startswith(known) for m in report["limits"].values()), report["limits"]
     if os.geteuid() == 0:  # root can always write its own cgroup (v1 or v2)
         assert report["limits"]["memory"].startswith("cgroup")
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("forced", [False, True])
+def test_doctor_says_which_init_sandboxes_get(nsk, forced, monkeypatch):
+    from nskernel._linux import init
+
+    if forced:
+        monkeypatch.setenv(init.INIT_ENV, "python")
+    else:
+        monkeypatch.delenv(init.INIT_ENV, raising=False)
+        require(None if os.access(init.NATIVE_INIT, os.X_OK) else "nskernel-init not built")
+    report = json.loads(nsk("doctor", "--json").stdout)
+    if forced:
+        assert report["init"] == {"init": "python", "why": "NSKERNEL_INIT=python is set"}
+    else:
+        assert report["init"] == {"init": "native", "path": init.NATIVE_INIT}
+    text = nsk("doctor").stdout
+    assert f"sandbox init: {report['init']['init']} (" in text
 
 
 def run_denied(mode: list[str], *args: str, tmp_path):

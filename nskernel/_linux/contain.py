@@ -4,8 +4,12 @@ Processes (the launcher must be single-threaded: unshare(CLONE_NEWUSER) fails wi
 EINVAL in a process with more than one thread):
 
     launcher ── fork ──► setup child ── fork ──► init (PID 1) ── fork ──► command (PID 2)
-                          exits once init exists; init is re-parented to the launcher,
-                          which is a child subreaper
+                          exits once init exists;     then execs nskernel-init
+                          init is re-parented to the launcher, a child subreaper
+
+The setup child and init are forked with libc's fork() (``syscalls.fork_lean``): they run
+only this module's code, and Python's at-fork handlers cost over a millisecond per fork
+in a warm server. The command gets ``os.fork()`` when it runs Python (a target).
 
 Parent side (launcher)                    Child side
 1. validate the spec (no privileges)
@@ -18,7 +22,7 @@ Parent side (launcher)                    Child side
                                           8. fork init, report its PID, exit
                                           init: 9. hostname  10. lo up  11. mounts
                                                 12. report "ready", fork the command
-                                          14. exec nskernel-init (the C init), if built
+                                                14. exec nskernel-init (init.c), if built
                                           command: 13. reset signals, exec (or run target)
 
 With a user and a mount namespace, the mounts are locked (see ``locks_mounts``): step 5
@@ -32,7 +36,8 @@ read-write, nor unmount /proc to uncover the host's.
 
 Messages travel child → launcher as JSON lines on the ``report`` pipe (each write is one
 line, under PIPE_BUF, so atomic). The pipe is close-on-exec: EOF after "ready" means the
-command was exec'd. The launcher → child ``go`` pipe releases step 5.
+command was exec'd (a target is not waited for: the launcher returns at "ready"). The
+launcher → child ``go`` pipe releases step 5.
 """
 
 from __future__ import annotations

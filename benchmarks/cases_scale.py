@@ -108,7 +108,7 @@ def memory_kib(pid: int) -> dict[str, int]:
                 key, _, rest = line.partition(":")
                 if key in ("Rss", "Pss", "Private_Clean", "Private_Dirty"):
                     fields[key] = int(rest.split()[0])
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
         return {"Pss": 0, "Rss": 0, "Uss": 0}  # exited meanwhile
     except PermissionError as e:
         raise NotAvailable(f"cannot read /proc/{pid}/smaps_rollup as this user: {e}") from e
@@ -147,7 +147,7 @@ def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between open and read
         return False
 
 

@@ -43,7 +43,6 @@ from typing import Any
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
 from .._linux import userns
 from ..errors import EXIT_SANDBOX_FAILED
-from ..facts import capture_host_facts
 from ..spec import ALL_NAMESPACES, make_limits, python_environment_binds
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
@@ -149,11 +148,17 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
     binds: list[Bind] = []
     if sockdir:
         facts_path = os.path.join(sockdir, "host.json")
-        capture_host_facts(facts_path)  # just before the sandbox exists
         env[HOST_FACTS_ENV] = facts_path
         env[SANDBOX_FACTS_ENV] = os.path.join(sockdir, "sandbox.json")
+        # The host's facts are read by a child while this process imports ipykernel:
+        # both take the CPU for a while, and this machine has more than one core.
+        facts_child = _capture_host_facts_in_child(facts_path)
+        target = _ipykernel_in_process(argv, env)
+        _wait_for_host_facts(facts_child, facts_path)
         if with_mnt:
             binds.append(Bind(sockdir, sockdir))
+    else:
+        target = _ipykernel_in_process(argv, env)
     bind_cwd = not args.no_bind_cwd and cwd != "/"
     if bind_cwd and with_mnt:
         binds.append(Bind(cwd, cwd))
@@ -189,7 +194,6 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         env=env,
         limits=make_limits(args.memory, args.pids, args.cpus),
     )
-    target = _ipykernel_in_process(argv, env)
     if target is not None:
         # The imported modules are shared copy-on-write with the kernel process; without
         # this, the kernel's first garbage collections write to (and copy) all of them.
@@ -200,6 +204,30 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
     for sig in pending:
         sb.send_signal(sig)
     return sb
+
+
+def _capture_host_facts_in_child(path: str) -> int:
+    """Fork a child that writes the host's facts to ``path``; its PID."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            from ..facts import capture_host_facts  # imported here only: ~9 ms
+
+            capture_host_facts(path)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait_for_host_facts(pid: int, path: str) -> None:
+    """Reap the facts child; should it have failed, capture here to raise the reason."""
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        from ..facts import capture_host_facts
+
+        capture_host_facts(path)
 
 
 def _ipykernel_in_process(argv: list[str], env: dict[str, str]) -> Callable[[], int] | None:

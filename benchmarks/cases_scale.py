@@ -142,15 +142,6 @@ def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def alive(pid: int) -> bool:
-    """False once ``pid`` is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between open and read
-        return False
-
-
 # ---------------------------------------------------------------- the kernel
 
 
@@ -301,6 +292,8 @@ def _process_row(pid: int) -> dict[str, Any]:
 
 def _many_named(ctx: Context, plan: Plan) -> contextlib.AbstractContextManager[dict[str, Any]]:
     """Create N named sandboxes, all alive at once; measure; remove them all; check."""
+    from nskernel._linux.procfs import alive
+
     k = ctx.fixture("scale-kernel", _scale_kernel)
     count = NAMED_QUICK if ctx.quick else NAMED_FULL
     times = []

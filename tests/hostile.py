@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+from nskernel._linux import procfs
 from tests.conftest import nskernel_cmd
 
 # Prepended to every script run inside: try an operation, name the errno it fails with.
@@ -50,12 +51,7 @@ def inside(nsk, script: str, *flags: str, timeout: float = 60) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def host_pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):  # ESRCH: it went between open and read
-        return False
+host_pid_alive = procfs.alive
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nskernel._linux import procfs
 from nskernel.paths import runtime_dir_path
 
 KERNEL_NAME = "nsk-test"
@@ -116,12 +117,7 @@ def descendants(pid: int) -> set[int]:
     return {p for p in found if alive(p)}
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+alive = procfs.alive
 
 
 def free_port() -> int:

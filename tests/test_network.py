@@ -18,6 +18,7 @@ import urllib.request
 
 import pytest
 
+from nskernel._linux import procfs
 from tests.netlab import Lab, LabError
 
 pytestmark = pytest.mark.userns
@@ -218,19 +219,11 @@ def test_publish_round_trips_http(lab):
     assert e.value.kind == "PublishError" and "choose another host port" in e.value.message
     # Removing the sandbox stops the relay and frees the port.
     lab.call("rm", name="web1")
-    assert not _pid_alive(fwd["pid"])
+    assert not procfs.alive(fwd["pid"])
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
         s.bind(("127.0.0.1", port))
         s.listen()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _holders_of(inode: int) -> list[str]:
@@ -283,7 +276,7 @@ def test_sigkill_of_the_helper_leaves_nothing():
         lab.proc.send_signal(signal.SIGKILL)
         lab.proc.wait()
         for pid in (a["pid"], b["pid"], fwd["pid"]):
-            assert _wait(lambda pid=pid: not _pid_alive(pid), 10), f"process {pid} survived"
+            assert _wait(lambda pid=pid: not procfs.alive(pid), 10), f"process {pid} survived"
         assert _wait(lambda: not _holders_of(hub["inode"]), 10), "the hub namespace survived"
     finally:
         lab.close()

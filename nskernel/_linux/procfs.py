@@ -19,6 +19,19 @@ def namespace_ids(pid: int | str = "self") -> dict[str, int]:
     return ids
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie.
+
+    A process may exit between opening its stat file and reading it, which reads as
+    ESRCH (ProcessLookupError): that too means gone.
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def id_map(pid: int | str, which: str) -> list[list[int]]:
     """``uid_map`` or ``gid_map`` as ``[[inside, outside, count], ...]``."""
     with open(f"/proc/{pid}/{which}") as f:

@@ -611,14 +611,7 @@ def _relay_main(
     try:
         # The relay is a forked copy of its parent: it must not hold the parent's other
         # descriptors (a sandbox's lifeline held here would keep that sandbox alive).
-        keep = {listener.fileno(), hub_ns_fd, ready_w}
-        for entry in os.listdir("/proc/self/fd"):
-            fd = int(entry)
-            if fd > 2 and fd not in keep:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        sc.close_fds_except({listener.fileno(), hub_ns_fd, ready_w})
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         sc.set_process_name("nskernel-relay")
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -106,23 +106,13 @@ def _fail(fd: int, step: str, err: BaseException, namespace: str | None = None) 
         pass
 
 
-def _close_fds_except(keep: set[int]) -> None:
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
 # ---------------------------------------------------------------- child side
 
 
 def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     """Steps 3-8. Runs in the forked setup child; returns its exit status."""
     rep = pipes.report_w
-    _close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
+    syscalls.close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
     native_init = init.open_native()  # before any namespace can hide it

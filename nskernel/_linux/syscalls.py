@@ -182,6 +182,18 @@ def set_process_name(name: str) -> None:
     _libc.prctl(PR_SET_NAME, ctypes.cast(buf, ctypes.c_void_p).value or 0, 0, 0, 0)
 
 
+def close_fds_except(keep: set[int]) -> None:
+    """Close every descriptor above 2 not in ``keep``: a forked helper must not hold
+    its parent's other descriptors (a sandbox's lifeline held there keeps it alive)."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+
+
 # fork(2) straight from libc, holding the GIL (PyDLL does not release it).
 _libc_gil = ctypes.PyDLL(_libc._name, use_errno=True)
 

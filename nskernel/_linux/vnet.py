@@ -28,7 +28,6 @@ The constraints that shape this module:
 from __future__ import annotations
 
 import array
-import contextlib
 import ctypes
 import errno
 import json
@@ -247,12 +246,7 @@ def _root_of(pid: int, which: str) -> int:
 
 def _hopper_main(sock: socket.socket, ready_w: int) -> int:
     try:
-        keep = {sock.fileno(), ready_w}
-        for entry in os.listdir("/proc/self/fd"):
-            fd = int(entry)
-            if fd > 2 and fd not in keep:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        sc.close_fds_except({sock.fileno(), ready_w})
         sc.prctl(sc.PR_SET_PDEATHSIG, 9)
         sc.set_process_name("nskernel-netns")
         sc.unshare(sc.CLONE_NEWNS | sc.CLONE_NEWNET)  # a home we may always return to

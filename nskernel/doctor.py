@@ -226,7 +226,7 @@ def init_in_use() -> dict[str, str]:
                 exe = os.readlink(f"/proc/{sb.pid}/exe")
             except OSError:
                 exe = ""
-            if exe.endswith("/nskernel-init") or exe == init_mod.NATIVE_INIT:
+            if exe == init_mod.NATIVE_INIT:
                 return {"init": "native", "path": init_mod.NATIVE_INIT}
             time.sleep(0.005)
     finally:

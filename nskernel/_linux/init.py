@@ -31,7 +31,8 @@ import signal
 
 from . import syscalls as sc
 
-NATIVE_INIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nskernel-init")
+# Resolved, as /proc/PID/exe shows it once init runs it.
+NATIVE_INIT = os.path.join(os.path.dirname(os.path.realpath(__file__)), "nskernel-init")
 INIT_ENV = "NSKERNEL_INIT"  # "python": keep the Python loop (debugging, tests)
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -66,9 +67,7 @@ def open_native() -> int | None:
         return None  # not built (no C compiler at install time): the Python loop serves
 
 
-def exec_native(
-    fd: int, child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool
-) -> OSError:
+def exec_native(fd: int, child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool) -> None:
     """Become ``nskernel-init`` (``execveat`` of ``fd``). Returns only on failure.
 
     The handled signals are blocked first: blocked signals stay pending across exec,
@@ -81,12 +80,10 @@ def exec_native(
     argv = ["nskernel-init", str(child), str(lifeline_fd), str(wake_r), str(int(pid_namespace))]
     try:
         os.execve(fd, argv, os.environ)  # the environment only keeps init recognisable
-    except OSError as e:
+    except OSError:  # e.g. a noexec mount: the caller runs the Python loop instead
         for f in (lifeline_fd, wake_r):
             os.set_inheritable(f, False)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
-        return e
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def reset_signals_for_command() -> None:

@@ -146,19 +146,19 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         # a temporary profile anyway; the sandbox's private /tmp is the honest place.
         env["IPYTHONDIR"] = "/tmp/.ipython"
     binds: list[Bind] = []
+    facts_child = None
     if sockdir:
         facts_path = os.path.join(sockdir, "host.json")
         env[HOST_FACTS_ENV] = facts_path
         env[SANDBOX_FACTS_ENV] = os.path.join(sockdir, "sandbox.json")
-        # The host's facts are read by a child while this process imports ipykernel:
-        # both take the CPU for a while, and this machine has more than one core.
+        # The host's facts are read by a child while this process imports ipykernel
+        # (just below): both take the CPU for a while, and there is more than one core.
         facts_child = _capture_host_facts_in_child(facts_path)
-        target = _ipykernel_in_process(argv, env)
-        _wait_for_host_facts(facts_child, facts_path)
         if with_mnt:
             binds.append(Bind(sockdir, sockdir))
-    else:
-        target = _ipykernel_in_process(argv, env)
+    target = _ipykernel_in_process(argv, env)
+    if facts_child is not None:
+        _wait_for_host_facts(facts_child, facts_path)
     bind_cwd = not args.no_bind_cwd and cwd != "/"
     if bind_cwd and with_mnt:
         binds.append(Bind(cwd, cwd))

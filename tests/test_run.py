@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -322,6 +323,56 @@ def test_without_pid_namespace_orphans_still_die_with_the_sandbox(tmp_path):
     proc.wait(10)
     for pid in (init, *victims):
         wait_for(lambda pid=pid: not host_pid_alive(pid), what=f"process {pid} to die")
+
+
+@pytest.mark.spawns_here
+@pytest.mark.usefixtures("init_kind")
+def test_without_pid_namespace_an_orphan_made_at_once_comes_back_to_init(monkeypatch):
+    """Init must be the orphans' subreaper before its command runs, not once its own
+    loop starts: found in CI, where an orphan made in that gap went to the launcher and
+    outlived the sandbox. Here init is made slow to reach its loop, so the gap is wide."""
+    from nskernel import Sandbox, SandboxSpec
+    from nskernel._linux import init
+
+    def slowly(step):
+        def slow_step(*args, **kwargs):
+            time.sleep(0.2)
+            return step(*args, **kwargs)
+
+        return slow_step
+
+    # Init is a fork of this process, so it runs these (the native init and the Python loop).
+    monkeypatch.setattr(init, "exec_native", slowly(init.exec_native))
+    monkeypatch.setattr(init, "run_init_loop", slowly(init.run_init_loop))
+    r, w = os.pipe()
+
+    def target() -> int:
+        if os.fork() == 0:
+            if os.fork() == 0:  # orphaned at once: its parent exits right away
+                time.sleep(0.5)  # init has reached its loop by now
+                os.write(w, f"{os.getpid()} {os.getppid()}\n".encode())
+                time.sleep(1000)
+            os._exit(0)
+        os.wait()
+        time.sleep(1000)
+        return 0
+
+    sb = Sandbox.spawn(SandboxSpec(namespaces={"net", "uts"}), target=target, pass_fds=[w])
+    os.close(w)
+    try:
+        orphan, parent = map(int, os.read(r, 100).split())
+    finally:
+        os.close(r)
+        sb.kill()
+    try:
+        assert parent == sb.pid, "the orphan was re-parented past the sandbox's init"
+        # Init kills its descendants when the lifeline closes: the orphan goes too.
+        wait_for(lambda: not host_pid_alive(orphan), what=f"orphan {orphan} to die")
+    finally:
+        if host_pid_alive(orphan):  # it escaped: end it here rather than leak it
+            os.kill(orphan, signal.SIGKILL)
+            if parent == os.getpid():
+                os.waitpid(orphan, 0)
 
 
 # ---------------------------------------------------------------- the Python API

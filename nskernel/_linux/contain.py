@@ -295,6 +295,12 @@ def _init_main(
 def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int | None) -> int:
     rep = pipes.report_w
     wake_r, wake_w = init.prepare_signals()
+    if not pid_ns:
+        # Without a PID namespace, init is the subreaper its command's orphans come back
+        # to, so it can kill them with the sandbox. Set before the fork: a command that
+        # orphans a process at once would otherwise hand it to the launcher, outside the
+        # sandbox's lifetime. The attribute survives init's exec of nskernel-init.
+        syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
     report(rep, event="ready")  # step 12
     # A command that is exec'd needs nothing of Python's at-fork handling; a target runs
     # on in Python (the caller's code: random must be reseeded, threading reset...).

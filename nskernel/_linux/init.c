@@ -16,7 +16,8 @@
  *   - exits with the command's status (128+N when it died of signal N), which takes
  *     the rest of the PID namespace down with it;
  *   - kills the whole sandbox when the lifeline pipe reaches EOF (the host side is gone).
- * Without a PID namespace it is a child subreaper and kills the command's descendants.
+ * Without a PID namespace it is a child subreaper (set before the command was forked)
+ * and kills the command's descendants.
  *
  * Usage (by nskernel only): nskernel-init CHILD_PID LIFELINE_FD WAKE_FD PID_NAMESPACE
  *   WAKE_FD: the Python init's signal wake-up pipe (signal numbers it caught before the
@@ -128,8 +129,8 @@ int main(int argc, char **argv) {
     /* The exec named us after the descriptor it ran ("3"); ps and the benchmarks look
      * for this name, as the Python init sets it too. */
     prctl(PR_SET_NAME, "nskernel-init", 0, 0, 0);
-    if (!pid_namespace)
-        prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    /* Without a PID namespace the Python side made us a child subreaper before it
+     * forked the command (an orphan must not slip out in between); exec keeps that. */
 
     sigset_t handled;
     sigemptyset(&handled);

@@ -151,8 +151,6 @@ def _reap_all() -> list[tuple[int, int]]:
 def run_init_loop(child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool) -> int:
     """Supervise ``child`` until it exits or the lifeline closes. Returns the exit code."""
     sc.set_process_name("nskernel-init")
-    if not pid_namespace:
-        sc.prctl(sc.PR_SET_CHILD_SUBREAPER, 1)
     code: int | None = None
     while code is None:
         try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -272,7 +271,7 @@ class Sandbox:
         if timeout is not None:
             fd = os.pidfd_open(self.pid)
             try:
-                if not select.select([fd], [], [], timeout)[0]:
+                if not syscalls.readable([fd], timeout):
                     return None
             finally:
                 os.close(fd)
@@ -389,7 +388,7 @@ class _Reports:
                 if msg.get("event") == "init":
                     pid = int(msg["pid"])
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+            if left <= 0 or not syscalls.readable([self.fd], left):
                 return pid
             chunk = os.read(self.fd, 4096)
             if not chunk:

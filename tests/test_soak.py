@@ -10,17 +10,23 @@ links, cgroups and runtime entries.
 
 Timing is only checked for pathological growth (the last 30 cells against the first 30,
 a loose factor); the figures belong to the benchmark (``benchmarks/cases_scale.py``).
+
+And hundreds of named sandboxes alive at once in one kernel: enough that the server's
+descriptors are numbered past 1024, where select() gives up (the server died at the
+513th before it used poll).
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import time
 
 import pytest
 from jupyter_client.blocking.client import BlockingKernelClient
 
+from tests.conftest import require
 from tests.magic_helpers import execute, kernel
 
 pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.userns]
@@ -32,6 +38,8 @@ MAX_SLOWDOWN = 3.0
 # (WARM_AFTER_IDLE, 20 ms) plus the time to make one on a busy machine.
 PAUSE = 0.2
 SETTLE_TIMEOUT = 10.0
+# The server holds two descriptors per named sandbox: this many take it past fd 1023.
+NAMED = 520
 
 
 def _children(pid: int) -> list[int]:
@@ -140,3 +148,58 @@ def test_300_unnamed_sandbox_cells_leak_nothing_and_do_not_slow_down() -> None:
             f"the last {WINDOW} cells took {last * 1e3:.1f} ms (median), the first "
             f"{first * 1e3:.1f} ms: more than {MAX_SLOWDOWN}x slower"
         )
+
+
+def test_more_named_sandboxes_than_select_could_watch() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    require(
+        None
+        if hard >= 4 * NAMED
+        else f"the open-files hard limit is {hard}; {NAMED} named sandboxes need about "
+        f"{2 * NAMED} descriptors in the server (raise it with `ulimit -Hn`)"
+    )
+    # The kernel starts with the soft limit most shells give (1024): the server must
+    # raise its own to hold them all, and hand the user's code the 1024 back.
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        _many_named_sandboxes()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _many_named_sandboxes() -> None:
+    with kernel() as (_km, kc):
+        # One execute request makes them all: what is tested is the server, not messaging.
+        _cell(
+            kc,
+            f"for i in range({NAMED}):\n"
+            "    get_ipython().run_cell_magic('sandbox', f'--name s{i}', f'x = {i}')",
+        )
+        server_pid = int(
+            _cell(
+                kc,
+                "from nskernel.magics.client import get_client; print(get_client().server_pid)",
+            )
+        )
+        top_fd = max(int(fd) for fd in os.listdir(f"/proc/{server_pid}/fd"))
+        assert top_fd >= 1024, f"the server's highest fd is {top_fd}: this tests nothing"
+
+        # Every one kept its own state, the first and the last included.
+        assert _cell(kc, "%%sandbox --name s0\nprint(x)") == "0\n"
+        assert _cell(kc, f"%%sandbox --name s{NAMED - 1}\nprint(x)") == f"{NAMED - 1}\n"
+        # New sandboxes (their descriptors numbered past 1024 too) still work.
+        assert _cell(kc, "%%sandbox\nimport os; print(os.getpid())") == "2\n"
+        names = _cell(kc, "rows = %sandbox ls\nprint(sorted(int(r['name'][1:]) for r in rows))")
+        assert names == f"{list(range(NAMED))}\n"
+        # The server raised its own limit, not the user's code's.
+        limit = _cell(
+            kc, "%%sandbox\nimport resource; print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+        )
+        assert int(limit) == 1024
+
+        _cell(kc, "%sandbox rm --all")
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while len(_children(server_pid)) > 1 and time.monotonic() < deadline:
+            time.sleep(0.1)  # removed sandboxes are killed and reaped asynchronously
+        # At most the sandbox made ahead of time for the next unnamed cell is left.
+        assert len(_children(server_pid)) <= 1

@@ -26,7 +26,6 @@ here is the fallback when that program was not built or cannot be executed, and 
 from __future__ import annotations
 
 import os
-import select
 import signal
 
 from . import syscalls as sc
@@ -154,7 +153,7 @@ def run_init_loop(child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: b
     code: int | None = None
     while code is None:
         try:
-            ready, _, _ = select.select([lifeline_fd, wake_r], [], [])
+            ready = sc.readable([lifeline_fd, wake_r])
         except InterruptedError:
             ready = [wake_r]
         if lifeline_fd in ready:

@@ -10,7 +10,9 @@ Every wrapper raises ``OSError`` with errno set, so callers can explain failures
 from __future__ import annotations
 
 import ctypes
+import math
 import os
+import select
 
 # clone(2) namespace flags.
 CLONE_NEWNS = 0x00020000
@@ -58,8 +60,8 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
 _SYSCALL_NUMBERS = {
-    "x86_64": {"pivot_root": 155, "mount_setattr": 442},
-    "aarch64": {"pivot_root": 41, "mount_setattr": 442},
+    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "close_range": 436},
+    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "close_range": 436},
 }
 
 
@@ -184,7 +186,21 @@ def set_process_name(name: str) -> None:
 
 def close_fds_except(keep: set[int]) -> None:
     """Close every descriptor above 2 not in ``keep``: a forked helper must not hold
-    its parent's other descriptors (a sandbox's lifeline held there keeps it alive)."""
+    its parent's other descriptors (a sandbox's lifeline held there keeps it alive).
+
+    With close_range(2) over the gaps between the kept ones (Linux 5.9+): a sandbox
+    server holds a few descriptors per sandbox, and closing a thousand one by one made
+    every new sandbox ~15 ms slower once ~500 were alive."""
+    lo = 3
+    try:
+        for fd in sorted(k for k in keep if k >= lo):
+            if fd > lo:
+                _close_range(lo, fd - 1)
+            lo = fd + 1
+        _close_range(lo, 0xFFFFFFFF)
+        return
+    except OSError:
+        pass  # no close_range here (ENOSYS, or a seccomp filter): one by one
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if fd > 2 and fd not in keep:
@@ -192,6 +208,26 @@ def close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
             except OSError:
                 pass  # the listing's own descriptor, already closed
+
+
+def readable(fds: list[int] | tuple[int, ...], timeout: float | None = None) -> list[int]:
+    """Those of ``fds`` that are readable, at EOF or in error within ``timeout`` seconds
+    (None: wait for one). poll(2), never select(2): select fails outright for descriptor
+    numbers of 1024 and up, which a server holding hundreds of sandboxes reaches (and so
+    can any process whose user code opened many files)."""
+    p = select.poll()
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+    ms = None if timeout is None else math.ceil(max(0.0, timeout) * 1000)
+    return [fd for fd, _ in p.poll(ms)]
+
+
+def _close_range(first: int, last: int) -> None:
+    nr = _syscall_number("close_range")
+    _check(
+        _libc.syscall(nr, ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(0)),
+        "close_range",
+    )
 
 
 # fork(2) straight from libc, holding the GIL (PyDLL does not release it).

@@ -33,7 +33,6 @@ import atexit
 import gc
 import json
 import os
-import select
 import shutil
 import signal
 import sys
@@ -41,7 +40,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
-from .._linux import userns
+from .._linux import syscalls, userns
 from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import ALL_NAMESPACES, make_limits, python_environment_binds
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
@@ -276,7 +275,7 @@ def supervise(sb: Sandbox, lifeline_fd: int | None) -> int:
     pidfd = os.pidfd_open(sb.pid)
     watch = [pidfd] if lifeline_fd is None else [pidfd, lifeline_fd]
     while True:
-        ready, _, _ = select.select(watch, [], [])  # PEP 475: retried after handlers
+        ready = syscalls.readable(watch)  # PEP 475: retried after handlers
         if lifeline_fd in ready:
             try:
                 data = os.read(lifeline_fd, 64)

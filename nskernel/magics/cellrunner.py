@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import resource
 import signal
 import socket
 import struct
@@ -32,6 +33,8 @@ from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
+
+from nskernel._linux import syscalls
 
 from . import protocol
 
@@ -352,14 +355,12 @@ def _setup_stdio(ch: _Channel) -> None:
 def _pump(ch: _Channel) -> None:
     """Forward fd 1/2 output live (e.g. `!ping` printing once a second), and send
     batched stream text that nothing else sent within ``STREAM_BATCH_SECONDS``."""
-    import select
-
     fds = [*ch.pipes, ch.wake_r]
     while len(fds) > 1:
         timeout = None
         if ch.batch:
             timeout = max(0.0, ch.batch_started + STREAM_BATCH_SECONDS - time.monotonic())
-        ready, _, _ = select.select(fds, [], [], timeout)
+        ready = syscalls.readable(fds, timeout)
         with ch.lock:
             if ch.wake_r in ready:
                 try:
@@ -414,14 +415,19 @@ def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
     )
 
 
-def serve(fd: int, *, warm: bool = False) -> int:
+def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int:
     """The sandbox's main program: run the cells sent on ``fd`` until EOF.
 
     ``warm``: this sandbox was made ahead of time and waits for its cell; run a no-op
     cell first, so the copy-on-write page faults of the shell's first run (~4 ms here)
     happen now rather than when the user is waiting.
+    ``nofile_soft``: the open-files soft limit the user's code gets (the server raised
+    its own; see ``server.raise_open_files_limit``).
     """
     global _channel
+    if nofile_soft is not None:
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile_soft, hard))
     # The sandbox's init starts its command with default signal actions, under which
     # SIGINT kills; here it must raise KeyboardInterrupt in the cell (named sandboxes
     # are interrupted that way and keep their state).

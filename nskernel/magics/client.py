@@ -15,7 +15,6 @@ JSON; nothing from a sandbox is ever unpickled here.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -25,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from nskernel._linux import syscalls
 from nskernel.errors import NskernelError
 
 from . import protocol
@@ -39,7 +39,7 @@ class SandboxServerError(NskernelError, RuntimeError):
 
 
 class _Interrupts:
-    """Turns SIGINT into KeyboardInterrupt only while we wait in select().
+    """Turns SIGINT into KeyboardInterrupt only while we wait for the server.
 
     A KeyboardInterrupt in the middle of reading a frame would lose bytes and break the
     framing; so during a cell SIGINT only sets a flag, and raises where it is safe.
@@ -76,7 +76,7 @@ class _Interrupts:
             return False
         self.waiting = True
         try:
-            return bool(select.select([fd], [], [], timeout)[0])
+            return bool(syscalls.readable([fd], timeout))
         except KeyboardInterrupt:
             return False
         finally:

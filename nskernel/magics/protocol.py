@@ -7,7 +7,8 @@ pickled: a sandbox runs untrusted code, and unpickling its bytes in the kernel w
 let that code run in the kernel too. Data that crosses (``--in``/``--out``) is JSON, with
 ``bytes`` carried as tagged base64.
 
-Standard library only: the cell runner imports this inside the sandbox.
+Standard library and nskernel's syscalls only: the cell runner imports this inside the
+sandbox.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from __future__ import annotations
 import base64
 import json
 import os
-import select
 import struct
 import time
 from collections.abc import Iterator
 from typing import Any
+
+from nskernel._linux import syscalls
 
 HEADER = struct.Struct("!I")
 # A frame larger than this is a protocol error (a runaway display payload, or garbage).
@@ -103,7 +105,7 @@ class FrameReader:
                 return None
             if deadline is not None:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                if left <= 0 or not syscalls.readable([self.fd], left):
                     return None
             self.feed()
 

@@ -32,7 +32,10 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
+import resource
+import select
 import signal
 import socket
 import sys
@@ -223,8 +226,9 @@ class Box:
 
 
 class Server:
-    def __init__(self, fd: int, userns_mode: str) -> None:
+    def __init__(self, fd: int, userns_mode: str, user_nofile_soft: int | None = None) -> None:
         self.fd = fd
+        self.user_nofile_soft = user_nofile_soft  # what the cells get back
         self.reader = protocol.FrameReader(fd)
         self.userns_mode = userns_mode
         self.boxes: dict[int, Box] = {}  # by socket fd
@@ -233,6 +237,10 @@ class Server:
         self.warm: dict[str, Box] = {}  # spec key -> a sandbox created ahead of time
         self.want_warm: set[str] = set()
         self.dying: list[Sandbox] = []
+        # poll(2), kept up to date as boxes come and go: select(2) cannot watch
+        # descriptors numbered 1024 and up, which ~500 named sandboxes reach.
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
         self.prewarm = os.environ.get("NSKERNEL_MAGIC_PREWARM", "1") != "0"
 
     # ------------------------------------------------------------ plumbing
@@ -249,7 +257,9 @@ class Server:
         try:
             sb = Sandbox.spawn(
                 sandbox_spec,
-                target=lambda: cellrunner.serve(child_fd, warm=warm),
+                target=lambda: cellrunner.serve(
+                    child_fd, warm=warm, nofile_soft=self.user_nofile_soft
+                ),
                 pass_fds=(child_fd,),
             )
         except BaseException:
@@ -259,11 +269,13 @@ class Server:
             child.close()
         box = Box(sb, parent, spec, _spec_key(spec))
         self.boxes[box.fd] = box
+        self.poller.register(box.fd, select.POLLIN)
         return box
 
     def _retire(self, box: Box) -> None:
         """Kill a box's sandbox without waiting; it is reaped later."""
-        self.boxes.pop(box.fd, None)
+        if self.boxes.pop(box.fd, None) is not None:
+            self.poller.unregister(box.fd)
         if box.name and self.named.get(box.name) is box:
             del self.named[box.name]
         if box.current is not None:
@@ -550,21 +562,16 @@ class Server:
                 pass  # the next cell creates its own and reports the error
 
     def run(self) -> None:
-        import select
-
         while True:
             self._reap()
-            fds = [self.fd, *self.boxes]
             timeout = 0.05 if self.dying else None
             # Make the next sandbox only while no cell runs and after a short quiet spell:
             # creating one takes the CPU for tens of ms, which must not delay a cell.
             idle = self.want_warm and not self.running
             if idle:
                 timeout = WARM_AFTER_IDLE
-            try:
-                ready, _, _ = select.select(fds, [], [], timeout)
-            except InterruptedError:
-                continue
+            ms = None if timeout is None else math.ceil(timeout * 1000)
+            ready = [fd for fd, _ in self.poller.poll(ms)]
             if not ready and idle:
                 self.fill_warm()
                 continue
@@ -592,6 +599,25 @@ class Server:
             time.sleep(0.01)
 
 
+def raise_open_files_limit() -> int | None:
+    """Raise this server's open-files soft limit to the hard one; returns the old soft
+    limit (None if unchanged), which the cell runners restore for the user's code.
+
+    The server holds two descriptors per sandbox, so the usual soft limit of 1024 would
+    stop a kernel at ~500 named sandboxes. Raising it is what a daemon that polls (never
+    select()s) should do; the code in a sandbox keeps the limit it would have had, as
+    programs that size tables by it, or close every fd below it, expect.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return None  # e.g. a hard limit above fs.nr_open: keep what we have
+    return soft
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m nskernel.magics.server",
@@ -600,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fd", type=int, required=True, help="the socket to the kernel (inherited)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the kernel's decision
+    user_nofile_soft = raise_open_files_limit()
     try:
         mode = enter_own_user_namespace()
         from . import cellrunner
@@ -620,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
             "gid_map": procfs.id_map("self", "gid_map"),
         },
     )
-    server = Server(args.fd, mode)
+    server = Server(args.fd, mode, user_nofile_soft)
     try:
         server.run()
     except BrokenPipeError:

@@ -73,10 +73,15 @@ class Running:
 
 
 @contextlib.contextmanager
-def kernel(ksm: KernelSpecManager, cwd: Path, name: str = KERNEL_NAME) -> Iterator[Running]:
+def kernel(
+    ksm: KernelSpecManager,
+    cwd: Path,
+    name: str = KERNEL_NAME,
+    env: dict[str, str] | None = None,
+) -> Iterator[Running]:
     """A started sandboxed kernel; afterwards, asserts nothing of it is left."""
     km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-    km.start_kernel(cwd=str(cwd))
+    km.start_kernel(cwd=str(cwd), **({"env": env} if env is not None else {}))
     kc = km.client()
     kc.start_channels()
     launcher = km.provisioner.pid
@@ -301,6 +306,33 @@ def test_restart_gives_a_fresh_sandbox_and_shutdown_is_graceful(
         assert took < 4, f"shutdown took {took:.1f}s"
         assert proc.returncode == 0
         assert not alive(launcher)
+
+
+def test_the_users_ipython_profile_is_loaded_inside(ksm: KernelSpecManager, tmp_path: Path) -> None:
+    # Inside, ~/.ipython is read-only (for root, unreadable): the kernel runs on a copy
+    # of the profile's config and startup files in its own IPython dir.
+    home = tmp_path / "home"
+    profile = home / ".ipython" / "profile_default"
+    (profile / "startup").mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        "c.IPKernelApp.exec_lines = ['FROM_CONFIG = 1']\n"
+    )
+    (profile / "startup" / "00-first.py").write_text("FROM_STARTUP = 2\n")
+    (profile / "startup" / "10-second.ipy").write_text(
+        "%xmode Minimal\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "IPYTHONDIR"}
+    env["HOME"] = str(home)
+    home.chmod(0o700)  # private, as a home directory is
+    with kernel(ksm, tmp_path, env=env) as k:
+        out = k.run(
+            "import os\n"
+            "print(FROM_CONFIG, FROM_STARTUP, get_ipython().InteractiveTB.mode)\n"
+            "print(os.environ['IPYTHONDIR'])"
+        )
+        assert out["stdout"].split() == ["1", "2", "Minimal", "/tmp/.ipython"], out
+        # The host's profile is untouched by the kernel's history and the like.
+        assert sorted(p.name for p in profile.iterdir()) == ["ipython_kernel_config.py", "startup"]
 
 
 def test_sigterm_to_the_launcher_reaches_the_kernel(ksm: KernelSpecManager, tmp_path: Path) -> None:

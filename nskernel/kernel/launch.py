@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import json
 import os
@@ -140,10 +141,13 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
     with_mnt = "mnt" in namespaces
     env = dict(os.environ)
     env["JPY_PARENT_PID"] = "1"
+    profile: dict[str, bytes] = {}
     if with_mnt and "IPYTHONDIR" not in env:
         # Inside, HOME is read-only (the host's root is), so IPython would warn and make
         # a temporary profile anyway; the sandbox's private /tmp is the honest place.
-        env["IPYTHONDIR"] = "/tmp/.ipython"
+        # The user's own config and startup files are carried over into it.
+        profile = read_user_profile(argv)
+        env["IPYTHONDIR"] = SANDBOX_IPYTHONDIR
     binds: list[Bind] = []
     facts_child = None
     if sockdir:
@@ -155,7 +159,7 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         facts_child = _capture_host_facts_in_child(facts_path)
         if with_mnt:
             binds.append(Bind(sockdir, sockdir))
-    target = _ipykernel_in_process(argv, env)
+    target = _ipykernel_in_process(argv, env, profile)
     if facts_child is not None:
         _wait_for_host_facts(facts_child, facts_path)
     bind_cwd = not args.no_bind_cwd and cwd != "/"
@@ -229,7 +233,55 @@ def _wait_for_host_facts(pid: int, path: str) -> None:
         capture_host_facts(path)
 
 
-def _ipykernel_in_process(argv: list[str], env: dict[str, str]) -> Callable[[], int] | None:
+SANDBOX_IPYTHONDIR = "/tmp/.ipython"
+PROFILE_FILE_MAX = 1 << 20  # bytes; a config or startup file larger than this is skipped
+
+
+def read_user_profile(argv: list[str]) -> dict[str, bytes]:
+    """The user's IPython profile, read on the host: ``{path under IPYTHONDIR: bytes}``.
+
+    Its config files (``*_config.py``/``.json``) and ``startup/`` files, what a plain
+    ipykernel would load from ``~/.ipython/profile_NAME``. Inside the sandbox that dir is
+    read-only, or, for root, not readable at all by sandbox root; so the kernel gets a copy
+    in its own IPython dir. History, databases and security files stay on the host.
+    """
+    name = "default"
+    for i, arg in enumerate(argv):
+        if arg.startswith("--profile="):
+            name = arg.split("=", 1)[1]
+        elif arg == "--profile" and i + 1 < len(argv):
+            name = argv[i + 1]
+    rel = f"profile_{name}"
+    src = os.path.join(os.path.expanduser("~"), ".ipython", rel)
+    wanted = []
+    with contextlib.suppress(OSError):
+        wanted += [e for e in os.scandir(src) if e.name.endswith(("_config.py", "_config.json"))]
+    with contextlib.suppress(OSError):
+        wanted += list(os.scandir(os.path.join(src, "startup")))
+    files = {}
+    for entry in wanted:
+        path = os.path.relpath(entry.path, src)
+        try:
+            if not entry.is_file() or entry.stat().st_size > PROFILE_FILE_MAX:
+                continue
+            with open(entry.path, "rb") as f:
+                files[os.path.join(rel, path)] = f.read()
+        except OSError as e:
+            print(f"nskernel: your IPython profile's {path} is not loaded: {e}", file=sys.stderr)
+    return files
+
+
+def _write_profile(ipython_dir: str, files: dict[str, bytes]) -> None:
+    for path, data in files.items():
+        dest = os.path.join(ipython_dir, path)
+        os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
+        with open(dest, "wb") as f:
+            f.write(data)
+
+
+def _ipykernel_in_process(
+    argv: list[str], env: dict[str, str], profile: dict[str, bytes]
+) -> Callable[[], int] | None:
     """For this interpreter's ``-m ipykernel_launcher``: run it in the forked sandbox process.
 
     Why: the kernel's start time is dominated by interpreter start-up and imports. Exec'ing
@@ -258,6 +310,8 @@ def _ipykernel_in_process(argv: list[str], env: dict[str, str]) -> Callable[[], 
     def run_kernel() -> int:
         os.environ.clear()
         os.environ.update(env)
+        if profile:
+            _write_profile(env["IPYTHONDIR"], profile)
         sys.argv = [ipykernel_launcher.__file__, *args]
         try:
             kernelapp.launch_new_instance(argv=args)

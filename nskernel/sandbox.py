@@ -22,7 +22,7 @@ from .errors import (
     SandboxError,
 )
 from .paths import existing_runtime_dirs
-from .spec import SandboxSpec, format_size, hidden_inside
+from .spec import Bind, SandboxSpec, blocked_ancestor, format_size, hidden_inside
 
 _subreaper_set = False
 
@@ -109,13 +109,14 @@ class Sandbox:
             else None
         )
         mounts = None
+        binds = spec.resolved_binds()
         if "mnt" in namespaces:
             mounts = mntns.MountPlan(
                 fresh_proc="pid" in namespaces,
                 fresh_sys="net" in namespaces,
                 fresh_mqueue="ipc" in namespaces,
-                binds=tuple((b.source, -1, b.dest, b.readonly) for b in spec.resolved_binds()),
-                masks=_masked_state_dirs(),
+                binds=tuple((b.source, -1, b.dest, b.readonly) for b in binds),
+                masks=_masked_state_dirs() + _skeletons_for_binds(binds, plan_maps),
             )
         applied = limits.create_from_parent(spec.limits)
         child_plan = contain.ChildPlan(
@@ -404,6 +405,26 @@ def _masked_state_dirs() -> tuple[str, ...]:
     $XDG_RUNTIME_DIR it would be visible read-only without this mask.
     """
     return tuple(d for d in existing_runtime_dirs() if not hidden_inside(d))
+
+
+def _skeletons_for_binds(
+    binds: tuple[Bind, ...], plan_maps: userns.IdMapPlan | None
+) -> tuple[str, ...]:
+    """Directories to cover with an empty tmpfs so that binds under them are reachable.
+
+    Made by the host's root, sandbox root is an unprivileged host uid: a bind onto, say,
+    /root/work would land where it cannot go (/root is 0700). The tmpfs over /root hides
+    nothing it could have seen, and the bind's mount point is made in it.
+    """
+    if plan_maps is None or os.geteuid() != 0 or not userns.in_initial_user_namespace():
+        return ()
+    uid, gid = plan_maps.uid_map[0][1], plan_maps.gid_map[0][1]
+    found: list[str] = []
+    for b in binds:
+        top = blocked_ancestor(b.dest, uid, gid)
+        if top is not None and top not in found:
+            found.append(top)
+    return tuple(found)
 
 
 def _cwd_or_none() -> str | None:

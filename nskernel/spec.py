@@ -27,6 +27,39 @@ def hidden_inside(path: str) -> bool:
     return any(path == d or path.startswith(d + "/") for d in PRIVATE_DIRS)
 
 
+def blocked_ancestor(path: str, uid: int = -1, gid: int = -1) -> str | None:
+    """The topmost directory above ``path`` that host ``uid``/``gid`` may not search
+    (enter), or None. The default ids match no owner: the "other" bits decide.
+
+    When the host's root makes a sandbox, sandbox root is an unprivileged host uid (65534
+    by default), and a path under /root (mode 0700) is out of its reach inside even
+    though the host root, read-only, is visible there.
+    """
+    parts = os.path.normpath(path).split("/")[1:-1]
+    d = ""
+    for part in parts:
+        d += "/" + part
+        try:
+            st = os.stat(d)
+        except OSError:
+            return None  # the bind itself reports what is wrong with the path
+        if st.st_uid == uid:
+            bit = 0o100
+        elif st.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return d
+    return None
+
+
+def _host_root() -> bool:
+    from ._linux import userns
+
+    return os.geteuid() == 0 and userns.in_initial_user_namespace()
+
+
 # RFC 1123 label, as sethostname(2) users (and `hostname(1)`) expect.
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
@@ -108,12 +141,17 @@ def python_environment_binds() -> tuple[Bind, ...]:
     /tmp and /dev/shm are private inside, so a virtualenv or an editable install that
     lives there (throwaway environments, CI checkouts) would vanish, and a kernel or cell
     runner started inside could no longer import what the host side just imported.
+    As the host's root, the same goes for one under a directory that sandbox root (an
+    unprivileged host uid) cannot enter, such as /root: bound in, it becomes reachable
+    (see ``Sandbox.spawn``, which lays a skeleton over that directory).
     """
     candidates = [sys.prefix, sys.exec_prefix, *sys.path]
     hidden = sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)}, key=len)
+    as_root = _host_root()
     tops: list[str] = []
     for p in hidden:
-        if hidden_inside(p) and not any(p == t or p.startswith(t + "/") for t in tops):
+        unreachable = hidden_inside(p) or (as_root and blocked_ancestor(p) is not None)
+        if unreachable and not any(p == t or p.startswith(t + "/") for t in tops):
             tops.append(p)
     return tuple(Bind(p, p, readonly=True) for p in tops)
 

@@ -97,6 +97,20 @@ def nsk():
     return run
 
 
+@pytest.fixture
+def private_dir():
+    """A directory like /root (mode 0700, the caller's) outside /tmp, which is private
+    inside sandboxes anyway; made empty, removed afterwards."""
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="nsk-private-", dir="/var/tmp")
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leaks():
     """Fail the session if anything nskernel creates outlives the tests."""

@@ -318,9 +318,7 @@ def test_the_users_ipython_profile_is_loaded_inside(ksm: KernelSpecManager, tmp_
         "c.IPKernelApp.exec_lines = ['FROM_CONFIG = 1']\n"
     )
     (profile / "startup" / "00-first.py").write_text("FROM_STARTUP = 2\n")
-    (profile / "startup" / "10-second.ipy").write_text(
-        "%xmode Minimal\n"
-    )
+    (profile / "startup" / "10-second.ipy").write_text("%xmode Minimal\n")
     env = {k: v for k, v in os.environ.items() if k != "IPYTHONDIR"}
     env["HOME"] = str(home)
     home.chmod(0o700)  # private, as a home directory is
@@ -333,6 +331,27 @@ def test_the_users_ipython_profile_is_loaded_inside(ksm: KernelSpecManager, tmp_
         assert out["stdout"].split() == ["1", "2", "Minimal", "/tmp/.ipython"], out
         # The host's profile is untouched by the kernel's history and the like.
         assert sorted(p.name for p in profile.iterdir()) == ["ipython_kernel_config.py", "startup"]
+
+
+@pytest.mark.root
+def test_as_root_notebook_and_modules_in_a_directory_sandbox_root_cannot_enter(
+    ksm: KernelSpecManager, private_dir: str
+) -> None:
+    # Jupyter run by root from /root/notebooks, with the user's code in /root/src: sandbox
+    # root (an unprivileged host uid) may not enter /root, yet both must work inside.
+    nbdir, src = Path(private_dir, "notebooks"), Path(private_dir, "src")
+    nbdir.mkdir()
+    src.mkdir()
+    (src / "nsk_private_mod.py").write_text("VALUE = 7\n")
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    with kernel(ksm, nbdir, env=env) as k:
+        out = k.run(
+            "import os, nsk_private_mod\n"  # imported inside, after the kernel started
+            "print(os.getcwd(), nsk_private_mod.VALUE)\n"
+            "with open('written.txt', 'w') as f: f.write('inside')"
+        )
+        assert out["stdout"].split() == [str(nbdir), "7"], out
+    assert (nbdir / "written.txt").read_text() == "inside"
 
 
 def test_sigterm_to_the_launcher_reaches_the_kernel(ksm: KernelSpecManager, tmp_path: Path) -> None:

@@ -458,6 +458,29 @@ def test_chdir_into_a_bound_directory(nsk, tmp_path):
     assert r.stdout == "/tmp/work\n", r.stderr
 
 
+@pytest.mark.root
+def test_as_root_a_directory_sandbox_root_cannot_enter(nsk, private_dir):
+    # Made by the host's root, sandbox root is an unprivileged host uid: a 0700 directory
+    # of root's (like /root) is visible inside but cannot be entered.
+    work = os.path.join(private_dir, "work")
+    os.mkdir(work)
+    with open(os.path.join(work, "data.txt"), "w") as f:
+        f.write("from the host\n")
+
+    # Started from there, the command starts at / (as from a directory not visible).
+    r = nsk("run", "--", "pwd", cwd=work)
+    assert (r.returncode, r.stdout) == (0, "/\n"), r.stderr
+    # Asked for explicitly: a clear error, nothing ran.
+    r = nsk("run", "--chdir", work, "--", "sh", "-c", "echo ran")
+    assert r.returncode == 125
+    assert "ran" not in r.stdout
+    assert f"working directory {work} is not accessible inside the sandbox" in r.stderr
+    # Bound in, it is reachable: a tmpfs skeleton over the 0700 directory holds the bind
+    # (and hides the rest of it, which sandbox root could not read anyway).
+    r = nsk("run", "--ro-bind", work, "--chdir", work, "--", "sh", "-c", "cat data.txt; ls ..")
+    assert r.stdout == "from the host\nwork\n", r.stderr
+
+
 def test_nskernels_runtime_state_is_masked_inside(nsk):
     # Other kernels' socket dirs and connection files (with their keys) live in the
     # per-user runtime dir; under $XDG_RUNTIME_DIR it would otherwise be visible inside.

@@ -187,14 +187,26 @@ def setup_mounts_from_child(
     os.chdir(r)
     _step("pivot_root", sc.pivot_root, ".", ".")
     _step("detach the old root", sc.umount2, ".", sc.MNT_DETACH)
-    if cwd and not os.path.isdir(cwd):
-        if cwd_required:
+    try:
+        os.chdir(cwd or "/")
+    except OSError as e:
+        if not cwd_required:
+            # The caller's own directory is not visible inside, or (made by the host's
+            # root, sandbox root being an unprivileged host uid) may not be entered
+            # there, like anything under /root: start at /.
+            os.chdir("/")
+        elif isinstance(e, PermissionError):
+            msg = (
+                f"working directory {cwd} is not accessible inside the sandbox: sandbox "
+                "root is an unprivileged user on the host and may not enter it; bind it "
+                "in (--bind DIR), which makes it reachable, or choose another"
+            )
+            raise MountStepError(f"chdir({cwd!r})", PermissionError(13, msg)) from None
+        else:
             msg = (
                 f"working directory {cwd} does not exist inside the sandbox; "
                 "bind it in (--bind) or choose one that exists"
             )
-            raise MountStepError(f"chdir({cwd!r})", FileNotFoundError(2, msg))
-        cwd = None  # the caller's own directory is not visible inside: start at /
-    os.chdir(cwd or "/")
+            raise MountStepError(f"chdir({cwd!r})", FileNotFoundError(2, msg)) from None
     for fd, _dst, _ro in sources:
         os.close(fd)

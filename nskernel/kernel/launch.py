@@ -43,7 +43,7 @@ from typing import Any
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
 from .._linux import syscalls, userns
 from ..errors import EXIT_SANDBOX_FAILED
-from ..spec import ALL_NAMESPACES, make_limits, python_environment_binds
+from ..spec import ALL_NAMESPACES, blocked_ancestor, make_limits, python_environment_binds
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -185,6 +185,14 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
             items.append(staging.Expose(sockdir))
         if bind_cwd:
             items.append(staging.Expose(cwd, owner_to=(uid, gid)))
+        # This Python's environment, when it lives where sandbox root cannot go (a venv
+        # under /root): kept reachable, read-only and owned as it is.
+        exposed = {it.path for it in items}
+        items += [
+            staging.Expose(b.source)
+            for b in binds
+            if b.source not in exposed and blocked_ancestor(b.source, uid, gid) is not None
+        ]
         for warning in staging.expose_in_private_mount_namespace(items, uid):
             print(warning, file=sys.stderr)
         os.chdir(cwd)  # re-resolve through the idmapped mount

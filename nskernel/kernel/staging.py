@@ -29,9 +29,9 @@ import ctypes
 import dataclasses
 import os
 import stat
-import sys
 
 from .._linux import syscalls as sc
+from ..spec import blocked_ancestor
 
 OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
@@ -134,18 +134,6 @@ class Expose:
     owner_to: tuple[int, int] | None = None  # (host uid, host gid) the owner should become
 
 
-def _blocking_ancestor(path: str, uid: int) -> str | None:
-    """The topmost proper ancestor of ``path`` that ``uid`` (not its owner) cannot search."""
-    parts = path.strip("/").split("/")[:-1]
-    cur = ""
-    for part in parts:
-        cur += "/" + part
-        st = os.stat(cur)
-        if st.st_uid != uid and not (st.st_mode & stat.S_IXOTH):
-            return cur
-    return None
-
-
 def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> list[str]:
     """Enter a private mount namespace and prepare ``items`` there. Returns warnings."""
     warnings: list[str] = []
@@ -172,7 +160,7 @@ def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> 
                 os.close(userns_fd)
         clones.append((item.path, fd))
 
-    blockers = {b for it in items if (b := _blocking_ancestor(it.path, sandbox_uid))}
+    blockers = {b for it in items if (b := blocked_ancestor(it.path, sandbox_uid))}
     # Only the outermost: a tmpfs over /root already covers /root/x.
     outer = sorted(b for b in blockers if not any(b.startswith(o + "/") for o in blockers))
     for b in outer:
@@ -186,7 +174,3 @@ def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> 
         finally:
             os.close(fd)
     return warnings
-
-
-if __name__ == "__main__":  # pragma: no cover - manual check
-    print(_blocking_ancestor(sys.argv[1], int(sys.argv[2])))

@@ -54,12 +54,6 @@ def blocked_ancestor(path: str, uid: int = -1, gid: int = -1) -> str | None:
     return None
 
 
-def _host_root() -> bool:
-    from ._linux import userns
-
-    return os.geteuid() == 0 and userns.in_initial_user_namespace()
-
-
 # RFC 1123 label, as sethostname(2) users (and `hostname(1)`) expect.
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
@@ -147,7 +141,9 @@ def python_environment_binds() -> tuple[Bind, ...]:
     """
     candidates = [sys.prefix, sys.exec_prefix, *sys.path]
     hidden = sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)}, key=len)
-    as_root = _host_root()
+    from ._linux.userns import is_host_root
+
+    as_root = is_host_root()
     tops: list[str] = []
     for p in hidden:
         unreachable = hidden_inside(p) or (as_root and blocked_ancestor(p) is not None)
@@ -225,11 +221,11 @@ class SandboxSpec:
         other namespace types inside a user namespace it owns, so ``user`` is added.
         """
         if privileged is None:
-            from ._linux.userns import in_initial_user_namespace
+            from ._linux.userns import is_host_root
 
             # Root inside some other user namespace has no privilege over the host's
             # namespaces; nested sandboxes there still need their own user namespace.
-            privileged = os.geteuid() == 0 and in_initial_user_namespace()
+            privileged = is_host_root()
         if not privileged and self.namespaces:
             return self.namespaces | {"user"}
         return self.namespaces

@@ -75,6 +75,12 @@ def in_initial_user_namespace() -> bool:
         return True
 
 
+def is_host_root() -> bool:
+    """Real root: uid 0 in the host's user namespace (root of some other user namespace
+    has no privilege over the host's). Sandboxes it makes map their root elsewhere."""
+    return os.geteuid() == 0 and in_initial_user_namespace()
+
+
 def _identity_of_own_map(which: str) -> tuple[tuple[int, int, int], ...]:
     with open(f"/proc/self/{which}") as f:
         rows = [tuple(int(x) for x in line.split()) for line in f if line.strip()]

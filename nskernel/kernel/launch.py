@@ -119,10 +119,6 @@ def probe(namespaces: frozenset[str]) -> int:
     return 0
 
 
-def _host_root() -> bool:
-    return os.geteuid() == 0 and userns.in_initial_user_namespace()
-
-
 def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sandbox:
     """Prepare the socket directory, capture host facts, create the sandbox."""
     cwd = os.getcwd()
@@ -172,7 +168,7 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         taken = {b.dest for b in binds}
         binds += [b for b in python_environment_binds() if b.dest not in taken]
 
-    if _host_root():
+    if userns.is_host_root():
         from . import staging
 
         plan = userns.plan_id_maps()

@@ -99,7 +99,10 @@ class Channels:
         out: dict[str, Any] = {"stdout": "", "error": None, "reply": None, "idle": False}
         deadline = time.monotonic() + timeout
         while not (out["reply"] and out["idle"]):
-            self.ws.settimeout(max(0.1, deadline - time.monotonic()))
+            left = deadline - time.monotonic()
+            if left <= 0:  # other messages (e.g. a kernel restarting) may keep coming
+                raise TimeoutError(f"no reply to {code[:60]!r} within {timeout} s: {out}")
+            self.ws.settimeout(left)
             msg = json.loads(self.ws.recv())
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue

@@ -150,12 +150,25 @@ def server(tmp_path: Path, prefix: Path) -> Iterator[Server]:
         stop(srv.proc)
 
 
-def _ns(ch: Channels) -> dict[str, int]:
+def _ns(ch: Channels, timeout: float = 60) -> dict[str, int]:
     out = ch.execute(
         "import os, json; print(json.dumps({t: os.stat('/proc/self/ns/' + t).st_ino "
-        "for t in ('pid', 'net', 'mnt', 'uts', 'ipc', 'user')}))"
+        "for t in ('pid', 'net', 'mnt', 'uts', 'ipc', 'user')}))",
+        timeout,
     )
     return json.loads(out["stdout"])
+
+
+def _ns_after_restart(ch: Channels) -> dict[str, int] | None:
+    """As a frontend does after a restart: ask, and ask again if no answer comes. A
+    message sent while jupyter_server reconnects the websocket's channels to the new
+    kernel can be dropped (seen here about once in ten runs)."""
+    import websocket
+
+    try:
+        return _ns(ch, timeout=5)
+    except (TimeoutError, websocket.WebSocketTimeoutException):
+        return None
 
 
 def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
@@ -186,7 +199,7 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         try:
             server.api("POST", f"/api/kernels/{kid}/restart")
             # The same websocket keeps working: the socket paths survive the restart.
-            ids2 = wait_for(lambda: _ns(ch), 30, "the restarted kernel")
+            ids2 = wait_for(lambda: _ns_after_restart(ch), 60, "the restarted kernel")
         finally:
             for fd in held:
                 os.close(fd)

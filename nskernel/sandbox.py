@@ -416,7 +416,7 @@ def _skeletons_for_binds(
     /root/work would land where it cannot go (/root is 0700). The tmpfs over /root hides
     nothing it could have seen, and the bind's mount point is made in it.
     """
-    if plan_maps is None or not userns.is_host_root():
+    if not binds or plan_maps is None or not userns.is_host_root():
         return ()
     uid, gid = plan_maps.uid_map[0][1], plan_maps.gid_map[0][1]
     found: list[str] = []

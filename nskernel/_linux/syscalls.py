@@ -218,8 +218,13 @@ def readable(fds: list[int] | tuple[int, ...], timeout: float | None = None) -> 
     p = select.poll()
     for fd in fds:
         p.register(fd, select.POLLIN)
+    return poll_ready(p, timeout)
+
+
+def poll_ready(poller: select.poll, timeout: float | None) -> list[int]:
+    """The descriptors ``poller`` reports within ``timeout`` seconds (None: wait)."""
     ms = None if timeout is None else math.ceil(max(0.0, timeout) * 1000)
-    return [fd for fd, _ in p.poll(ms)]
+    return [fd for fd, _ in poller.poll(ms)]
 
 
 def _close_range(first: int, last: int) -> None:

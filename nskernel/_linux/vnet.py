@@ -196,18 +196,15 @@ class Hopper:
             _reap(self.pid)
             self.pid = 0
 
-    def enter(self, init_pid: int, *, hosts_text: str | None) -> tuple[socket.socket, int | None]:
-        """Netlink socket in the sandbox's network namespace, and its managed hosts file.
+    def send_enter(self, init_pid: int, *, hosts_text: str | None) -> None:
+        """Ask the hopper into the sandbox; the caller may work meanwhile, then takes the
+        answer with ``receive_enter``: a netlink socket in the sandbox's network
+        namespace, and its managed hosts file.
 
         With ``hosts_text`` (the sandbox has a mount namespace) the hopper also writes
         the text to a file in the sandbox's private /tmp, binds it read-only onto
         /etc/hosts and passes back a writable fd to it, so later updates need no hop.
         """
-        self.send_enter(init_pid, hosts_text=hosts_text)
-        return self.receive_enter(init_pid)
-
-    def send_enter(self, init_pid: int, *, hosts_text: str | None) -> None:
-        """First half of ``enter``: the hopper starts; the caller may work meanwhile."""
         kinds = ("net", "mnt") if hosts_text is not None else ("net",)
         fds = [os.open(f"/proc/{init_pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds]
         try:
@@ -222,7 +219,7 @@ class Hopper:
                 os.close(fd)
 
     def receive_enter(self, init_pid: int) -> tuple[socket.socket, int | None]:
-        """Second half of ``enter``: the hopper's answer to ``send_enter``."""
+        """The hopper's answer to ``send_enter``."""
         step = f"enter the namespaces of sandbox init {init_pid}"
         msg, got = _recv_fds(self.sock, 4)
         if not msg:
@@ -340,15 +337,21 @@ class Rtnl:
     def close(self) -> None:
         self.sock.close()
 
-    def request(self, msg: Any, kind: int, flags: int, step: str) -> list[Any]:
-        from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
+    def _send(self, msg: Any, kind: int, flags: int) -> None:
+        """Stamp ``msg`` with the next sequence number and send it."""
+        from pyroute2.netlink import NLM_F_REQUEST
 
         self._seq += 1
         msg["header"]["type"] = kind
-        msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
+        msg["header"]["flags"] = NLM_F_REQUEST | flags
         msg["header"]["sequence_number"] = self._seq
         msg.encode()
         self.sock.send(msg.data)
+
+    def request(self, msg: Any, kind: int, flags: int, step: str) -> list[Any]:
+        from pyroute2.netlink import NLM_F_ACK, NLMSG_DONE, NLMSG_ERROR
+
+        self._send(msg, kind, NLM_F_ACK | flags)
         replies: list[Any] = []
         while True:
             data = self.sock.recv(65536)
@@ -415,15 +418,9 @@ class Rtnl:
         these two fields sit at fixed offsets: nlmsghdr (16 bytes), then ifinfomsg's
         family, pad, type (4 bytes), index (int32) and flags (uint32).
         """
-        from pyroute2.netlink import NLM_F_REQUEST
         from pyroute2.netlink.rtnl import RTM_GETLINK
 
-        self._seq += 1
-        m["header"]["type"] = RTM_GETLINK
-        m["header"]["flags"] = NLM_F_REQUEST
-        m["header"]["sequence_number"] = self._seq
-        m.encode()
-        self.sock.send(m.data)
+        self._send(m, RTM_GETLINK, 0)
         while True:
             data = self.sock.recv(65536)
             offset = 0

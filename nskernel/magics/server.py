@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import resource
 import select
@@ -570,8 +569,7 @@ class Server:
             idle = self.want_warm and not self.running
             if idle:
                 timeout = WARM_AFTER_IDLE
-            ms = None if timeout is None else math.ceil(timeout * 1000)
-            ready = [fd for fd, _ in self.poller.poll(ms)]
+            ready = syscalls.poll_ready(self.poller, timeout)
             if not ready and idle:
                 self.fill_warm()
                 continue

@@ -16,7 +16,9 @@ Output: ``--out`` (default ``benchmarks/results/latest.json``) and a PNG chart b
 
 - ``machine``: date, CPU, cores, memory, OS, kernel, cgroup layout, Python, euid, load
   average at the start (``load_average_end`` at the end), nskernel's version and commit,
-  and the versions of unshare and bwrap (the engines' are in their cases' details);
+  the versions of unshare and bwrap (the engines' are in their cases' details), and
+  whether this checkout's bytecode was compiled up front (``nskernel_bytecode``: it is,
+  before any case runs, so that no timed interpreter compiles nskernel from source);
 - ``groups``: one comparison each, with its reference case;
 - ``cases``: per case id (``<group>.<name>``) either ``status: ok`` with ``median``,
   ``p95``, ``mean``, ``stdev``, ``min``, ``max``, ``n`` and all ``samples`` (in ``unit``,
@@ -89,11 +91,12 @@ def _progress(cid: str, entry: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cases = _selected(load_cases(), args.only)
     started = time.monotonic()
+    bytecode = harness.compile_bytecode()
     results: dict[str, Any] = {
         "schema": harness.SCHEMA,
         "mode": "quick" if args.quick else "full",
         "command": " ".join(sys.argv),
-        "machine": harness.describe_machine(),
+        "machine": harness.describe_machine() | {"nskernel_bytecode": bytecode},
         "groups": {
             gid: {"title": g.title, "reference": g.reference}
             for gid, g in harness.GROUPS.items()

@@ -45,6 +45,11 @@ def test_quick_benchmark_run_reports_every_case(tmp_path: Path) -> None:
     for key in ("date", "cpu", "cores", "kernel", "python", "os"):
         assert machine[key], f"machine.{key} is empty"
     assert results["mode"] == "quick"
+    # Timed interpreters must not compile nskernel from source (see compile_bytecode).
+    if os.access(REPO / "nskernel" / "__pycache__", os.W_OK):
+        assert machine["nskernel_bytecode"].startswith("compiled"), machine["nskernel_bytecode"]
+    else:
+        assert machine["nskernel_bytecode"], "the bytecode step says nothing"
 
     registered = load_cases()
     assert set(results["cases"]) == set(registered)

@@ -24,6 +24,9 @@ filesystem (with --mnt):
   through --bind; --ro-bind exposes one read-only. A bind's destination must exist
   inside (the same path as on the host always does) or lie under /tmp. Nothing mounted
   inside reaches the host.
+  As root, sandbox root is an unprivileged host uid, not root: a --bind directory it
+  does not own is shown to it as its own (an idmapped mount), so it can write there;
+  what it creates is owned on the host by the directory's owner, as with docker -v.
 
 signals:
   TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command. Ctrl-C
@@ -151,6 +154,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, lambda *_: None)
     sb = Sandbox.spawn(spec, cmd)
     box.append(sb)
+    for warning in sb.warnings:
+        print(warning, file=sys.stderr)
     if args.status_json:
         sb.write_status_json(args.status_json)
     code = sb.wait_with_timeout()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._linux import contain, limits, mntns, procfs, syscalls, userns
+from ._linux import contain, idmap, limits, mntns, procfs, syscalls, userns
 from .errors import (
     EXIT_NOT_FOUND,
     CommandNotFound,
@@ -53,6 +53,9 @@ class Sandbox:
     ) -> None:
         self.spec = spec
         self.pid = pid
+        # What the sandbox could not do as asked, though it runs (e.g. a writable bind
+        # that stays read-only for sandbox root): for the caller to show the user.
+        self.warnings: list[str] = []
         self.namespaces = namespaces
         self.hostname = hostname
         self.returncode: int | None = None
@@ -110,12 +113,18 @@ class Sandbox:
         )
         mounts = None
         binds = spec.resolved_binds()
+        warnings: list[str] = []
+        owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
         if "mnt" in namespaces:
+            owned = _owned_clones(binds, plan_maps, warnings)
             mounts = mntns.MountPlan(
                 fresh_proc="pid" in namespaces,
                 fresh_sys="net" in namespaces,
                 fresh_mqueue="ipc" in namespaces,
-                binds=tuple((b.source, -1, b.dest, b.readonly) for b in binds),
+                binds=tuple(
+                    (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
+                    for i, b in enumerate(binds)
+                ),
                 masks=_masked_state_dirs() + _skeletons_for_binds(binds, plan_maps),
             )
         applied = limits.create_from_parent(spec.limits)
@@ -146,6 +155,10 @@ class Sandbox:
         except BaseException:
             applied.remove_from_parent()
             raise
+        finally:
+            for fd in owned.values():
+                os.close(fd)  # the sandbox has attached its own copy
+        sb.warnings = warnings
         sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
         return sb
 
@@ -425,6 +438,38 @@ def _skeletons_for_binds(
         if top is not None and top not in found:
             found.append(top)
     return tuple(found)
+
+
+def _owned_clones(
+    binds: tuple[Bind, ...], plan_maps: userns.IdMapPlan | None, warnings: list[str]
+) -> dict[int, int]:
+    """Host root: idmapped clones that make writable binds writable for sandbox root.
+
+    Sandbox root is then an unprivileged host uid R, which may not write a directory owned
+    by root (or anyone else): a ``--bind`` would be read-only in practice. Each writable
+    bind whose source R does not own gets a clone on which its owner appears as R (see
+    :mod:`nskernel._linux.idmap`); what the sandbox writes there is owned on the host by
+    the source's owner, as with ``docker run -v`` as root. Read-only binds, and sources R
+    owns already (the kernel's notebook directory, idmapped by its launcher), are left
+    alone. Where a filesystem refuses, the plain bind stays and a warning says why.
+    """
+    if not binds or plan_maps is None or not userns.is_host_root():
+        return {}
+    root_to = (plan_maps.uid_map[0][1], plan_maps.gid_map[0][1])
+    clones: dict[int, int] = {}
+    try:
+        for i, b in enumerate(binds):
+            if b.readonly or os.stat(b.source).st_uid == root_to[0]:
+                continue
+            try:
+                clones[i] = idmap.owned_clone(b.source, root_to)
+            except OSError as e:
+                warnings.append(idmap.refused(b.source, e, "bind a directory sandbox root owns"))
+    except BaseException:
+        for fd in clones.values():
+            os.close(fd)
+        raise
+    return clones
 
 
 def _cwd_or_none() -> str | None:

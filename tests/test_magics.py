@@ -407,9 +407,10 @@ def test_a_sandbox_that_dies_mid_cell_fails_it_clearly(kc):
 def test_bind_and_ro_bind(kc, tmp_path):
     rw = tmp_path / "rw"
     ro = tmp_path / "ro"
+    # Mode 0755, the caller's: as root, sandbox root (an unprivileged host uid) can write
+    # the --bind only through its idmapped mount; rootless, it is the caller anyway.
     for d in (rw, ro):
-        d.mkdir()
-        d.chmod(0o777)  # as root, sandbox root is an unprivileged host uid
+        d.mkdir(mode=0o755)
     (ro / "in.txt").write_text("from the host")
     os.chmod(tmp_path, 0o755)
     code = (
@@ -422,6 +423,8 @@ def test_bind_and_ro_bind(kc, tmp_path):
     assert res.status == "ok", res.error_text
     assert res.stdout == "from the host\nro: 30\n"  # EROFS
     assert (rw / "made.txt").read_text() == "from the sandbox"
+    assert (rw / "made.txt").stat().st_uid == os.getuid()  # owned as the directory is
+    assert "cannot make" not in res.stderr
 
 
 def test_a_flood_of_prints_arrives_whole_and_in_order(kc):

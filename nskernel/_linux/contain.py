@@ -112,7 +112,10 @@ def _fail(fd: int, step: str, err: BaseException, namespace: str | None = None) 
 def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     """Steps 3-8. Runs in the forked setup child; returns its exit status."""
     rep = pipes.report_w
-    syscalls.close_fds_except({rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds})
+    keep = {rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds}
+    if plan.mounts is not None:
+        keep |= plan.mounts.detached_fds()
+    syscalls.close_fds_except(keep)
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
     native_init = init.open_native()  # before any namespace can hide it

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from . import idmap
 from . import syscalls as sc
 
 _SCRATCH = "/tmp"
@@ -33,8 +34,10 @@ class MountPlan:
     fresh_proc: bool
     fresh_sys: bool
     fresh_mqueue: bool
-    # (host source, O_PATH fd on it or -1 until opened, sandbox destination, readonly)
-    binds: tuple[tuple[str, int, str, bool], ...]
+    # (host source, fd or -1 until opened, sandbox destination, readonly, detached): the fd
+    # is an O_PATH descriptor of the source, or, when ``detached``, a mount the launcher
+    # made already (an idmapped clone, see :mod:`.idmap`), attached with move_mount.
+    binds: tuple[tuple[str, int, str, bool, bool], ...]
     # Host directories covered by an empty tmpfs inside (nskernel's own runtime state:
     # other kernels' sockets and connection files). Binds may land inside them.
     masks: tuple[str, ...] = ()
@@ -47,9 +50,14 @@ class MountPlan:
         sandbox root (which may be another host uid, without the caller's access).
         """
         opened = tuple(
-            (src, os.open(src, os.O_PATH | os.O_CLOEXEC), dst, ro) for src, _, dst, ro in self.binds
+            (src, fd if detached else os.open(src, os.O_PATH | os.O_CLOEXEC), dst, ro, detached)
+            for src, fd, dst, ro, detached in self.binds
         )
         return dataclasses.replace(self, binds=opened)
+
+    def detached_fds(self) -> set[int]:
+        """The mounts made by the launcher, which the setup child must keep open."""
+        return {fd for _src, fd, _dst, _ro, detached in self.binds if detached}
 
 
 class MountStepError(OSError):
@@ -128,7 +136,7 @@ def setup_mounts_from_child(
     /dev/mqueue gets an empty tmpfs: locked layers, so that unmounting the views mounted
     later (``mount_namespace_views_from_child``) uncovers nothing of the host's.
     """
-    sources = [(fd, dst, ro) for _src, fd, dst, ro in plan.binds]
+    sources = [(fd, dst, ro, detached) for _src, fd, dst, ro, detached in plan.binds]
 
     _step("mount(MS_REC|MS_PRIVATE) on /", sc.mount, None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     _step(f"mount(tmpfs) on {_SCRATCH}", _tmpfs, _SCRATCH, "0700")
@@ -156,7 +164,7 @@ def setup_mounts_from_child(
             _step(f"mount(tmpfs) over {mask}", _tmpfs, r + mask, "0755")  # a skeleton for binds
 
     scratch = ("/tmp", *plan.masks)  # fresh tmpfs: a missing destination may be made here
-    for fd, dst, ro in sources:
+    for fd, dst, ro, detached in sources:
         target = r + dst
         if not os.path.lexists(target):
             # Only inside the sandbox's own tmpfs may a missing destination be created;
@@ -173,14 +181,17 @@ def setup_mounts_from_child(
                     "bind onto an existing path, or under /tmp"
                 )
                 raise MountStepError(f"bind onto {dst}", FileNotFoundError(2, msg))
-        _step(
-            f"bind onto {dst}",
-            sc.mount,
-            f"/proc/self/fd/{fd}",
-            target,
-            None,
-            sc.MS_BIND | sc.MS_REC,
-        )
+        if detached:
+            _step(f"attach the idmapped mount onto {dst}", idmap.move_mount, fd, target)
+        else:
+            _step(
+                f"bind onto {dst}",
+                sc.mount,
+                f"/proc/self/fd/{fd}",
+                target,
+                None,
+                sc.MS_BIND | sc.MS_REC,
+            )
         if ro:
             _step(f"make {dst} read-only", _make_readonly, target)
 
@@ -208,5 +219,5 @@ def setup_mounts_from_child(
                 "bind it in (--bind) or choose one that exists"
             )
             raise MountStepError(f"chdir({cwd!r})", FileNotFoundError(2, msg)) from None
-    for fd, _dst, _ro in sources:
+    for fd, _dst, _ro, _detached in sources:
         os.close(fd)

@@ -60,8 +60,22 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
 
 _SYSCALL_NUMBERS = {
-    "x86_64": {"pivot_root": 155, "mount_setattr": 442, "close_range": 436},
-    "aarch64": {"pivot_root": 41, "mount_setattr": 442, "close_range": 436},
+    # The new mount API (open_tree, move_mount, mount_setattr) and close_range have the
+    # same numbers on both: they came after the syscall tables were unified.
+    "x86_64": {
+        "pivot_root": 155,
+        "open_tree": 428,
+        "move_mount": 429,
+        "mount_setattr": 442,
+        "close_range": 436,
+    },
+    "aarch64": {
+        "pivot_root": 41,
+        "open_tree": 428,
+        "move_mount": 429,
+        "mount_setattr": 442,
+        "close_range": 436,
+    },
 }
 
 

@@ -402,6 +402,8 @@ class Server:
             if name:
                 box.name = name
                 self.named[name] = box
+            for warning in box.sandbox.warnings:  # e.g. a --bind left read-only for it
+                self.reply({"type": "stream", "id": rid, "name": "stderr", "text": warning + "\n"})
         box.current = rid
         box.show = bool(req.get("facts"))
         self.running[rid] = box

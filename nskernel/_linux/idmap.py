@@ -1,0 +1,143 @@
+"""Idmapped mounts: show a host directory's owner as sandbox root, for host root only.
+
+When the caller is real root, sandbox root is an unprivileged host uid R (never 0), so a
+writable bind of a directory owned by root, or by another user, would be read-only in
+practice: R may not write it. An *idmapped* clone of the directory fixes that without
+giving the sandbox anybody's identity elsewhere: through the clone, files whose on-disk
+owner is the directory's owner appear owned by R (sandbox root), and what R creates is
+stored on disk owned by that owner. Nothing else on the host changes.
+
+The clone is made by a process in the host's user namespace with CAP_SYS_ADMIN (the
+filesystem's own user namespace must grant it): ``open_tree(OPEN_TREE_CLONE)`` gives a
+detached mount, ``mount_setattr(MOUNT_ATTR_IDMAP)`` sets the mapping from a throwaway user
+namespace, and ``move_mount`` attaches it: in the launcher's private mount namespace
+(the kernel's notebook directory, :mod:`nskernel.kernel.staging`) or in the sandbox's
+own (a writable bind, :meth:`nskernel.Sandbox.spawn`).
+
+Filesystems without idmapped-mount support (NFS, tmpfs before Linux 6.3, ...) refuse
+with EINVAL: callers then keep the plain bind and say so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import syscalls as sc
+
+OPEN_TREE_CLONE = 0x1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+def _sys(name: str, *args: object) -> int:
+    ret = sc._libc.syscall(sc._syscall_number(name), *args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+    return int(ret)
+
+
+def open_tree_clone(path: str) -> int:
+    """A detached copy of the mount tree at ``path``, with the mounts below it (like
+    ``mount --rbind``), not yet attached anywhere."""
+    return _sys(
+        "open_tree",
+        ctypes.c_int(sc.AT_FDCWD),
+        os.fsencode(path),
+        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE),
+    )
+
+
+def set_idmap(mount_fd: int, userns_fd: int) -> None:
+    """Idmap the top mount of ``mount_fd`` only: mounts below it (other filesystems,
+    which may not support idmapping) stay as they are."""
+    attr = sc._MountAttr(attr_set=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+    _sys(
+        "mount_setattr",
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_uint(AT_EMPTY_PATH),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+
+
+def move_mount(mount_fd: int, target: str) -> None:
+    """Attach the detached mount ``mount_fd`` at ``target`` (in this mount namespace)."""
+    _sys(
+        "move_mount",
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_int(sc.AT_FDCWD),
+        os.fsencode(target),
+        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+    )
+
+
+def idmap_userns(uid_pair: tuple[int, int], gid_pair: tuple[int, int]) -> int:
+    """An fd for a throwaway user namespace mapping on-disk id -> host id (one of each).
+
+    An idmapped mount shows a file whose on-disk owner is ``k`` as owned by the id that
+    this namespace maps ``k`` to, and stores files created through it the other way round.
+    """
+    r_go, w_go = os.pipe2(os.O_CLOEXEC)
+    r_ready, w_ready = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # callers are single-threaded (the launcher, the server): fork is safe
+        code = 1
+        try:
+            os.close(w_go)
+            os.close(r_ready)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(w_ready, b"u")
+            os.read(r_go, 1)  # hold the namespace alive until the parent has an fd
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(r_go)
+    os.close(w_ready)
+    try:
+        if os.read(r_ready, 1) != b"u":
+            raise OSError(1, "could not create a user namespace for the idmapped mount")
+        for which, (inside, outside) in (("gid_map", gid_pair), ("uid_map", uid_pair)):
+            fd = os.open(f"/proc/{pid}/{which}", os.O_WRONLY)
+            try:
+                os.write(fd, f"{inside} {outside} 1\n".encode())
+            finally:
+                os.close(fd)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(w_go)
+        os.close(r_ready)
+        os.waitpid(pid, 0)
+
+
+def owned_clone(path: str, owner_to: tuple[int, int]) -> int:
+    """A detached clone of ``path`` whose owner's uid/gid appear as ``owner_to``.
+
+    Raises OSError (EINVAL where the filesystem cannot be idmapped); closes what it made.
+    """
+    st = os.stat(path)
+    fd = open_tree_clone(path)
+    try:
+        userns_fd = idmap_userns((st.st_uid, owner_to[0]), (st.st_gid, owner_to[1]))
+        try:
+            set_idmap(fd, userns_fd)
+        finally:
+            os.close(userns_fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def refused(path: str, err: OSError, alternative: str) -> str:
+    """The warning when ``path`` cannot be made writable for sandbox root."""
+    return (
+        f"nskernel: cannot make {path} writable for the sandbox (idmapped mount refused: "
+        f"{err.strerror}); it stays as the host has it. Use a filesystem that supports "
+        f"idmapped mounts (ext4, xfs, btrfs, tmpfs on Linux >= 6.3) or {alternative}."
+    )

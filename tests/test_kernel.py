@@ -308,6 +308,61 @@ def test_restart_gives_a_fresh_sandbox_and_shutdown_is_graceful(
         assert not alive(launcher)
 
 
+def test_shutdown_lets_the_control_thread_finish_before_the_exit_handlers(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    # After a shutdown_request, ipykernel's control thread still publishes "idle" while
+    # the main thread runs the exit handlers, which stop IOPub and then join the control
+    # thread. A publish that lands while IOPub's thread is ending blocks forever, and so
+    # does the join (SIGTERM after 2.5 s, exit 143): about once in ten shutdowns on a
+    # busy machine. The launcher lets the control thread finish first. A profile startup
+    # file makes the control thread late and logs both events, in the notebook directory.
+    home = tmp_path / "home"
+    startup = home / ".ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-late-control.py").write_text(
+        textwrap.dedent(
+            """\
+            # Everything these need is bound as a default: at exit, IPython clears the
+            # user namespace (these globals) before ipykernel's handlers run.
+            import time
+            from ipykernel.kernelapp import IPKernelApp
+
+            _log = open("events.log", "a", buffering=1)
+            _kernel = get_ipython().kernel
+            _app = IPKernelApp.instance()
+
+            def _late(status, channel, *args, _publish=_kernel._publish_status_and_flush,
+                      _log=_log, _sleep=time.sleep, **kwargs):
+                if (status, channel) != ("idle", "control"):
+                    return _publish(status, channel, *args, **kwargs)
+                _sleep(0.5)
+                _publish(status, channel, *args, **kwargs)
+                _log.write("control thread published idle\\n")
+
+            def _closing(_reset_io=_app.reset_io, _log=_log):  # what IPKernelApp.close does first
+                _log.write("exit handlers close the channels\\n")
+                _reset_io()
+
+            _kernel._publish_status_and_flush = _late
+            _app.reset_io = _closing
+            """
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if k != "IPYTHONDIR"}
+    env["HOME"] = str(home)
+    home.chmod(0o700)
+    with kernel(ksm, tmp_path, env=env) as k:
+        assert k.run("print(_late.__name__)")["stdout"] == "_late\n"  # the delay is in place
+        proc = k.km.provisioner.process
+        k.km.shutdown_kernel(now=False)
+        assert proc.returncode == 0
+    assert (tmp_path / "events.log").read_text().splitlines() == [
+        "control thread published idle",
+        "exit handlers close the channels",
+    ]
+
+
 def test_the_users_ipython_profile_is_loaded_inside(ksm: KernelSpecManager, tmp_path: Path) -> None:
     # Inside, ~/.ipython is read-only (for root, unreadable): the kernel runs on a copy
     # of the profile's config and startup files in its own IPython dir.

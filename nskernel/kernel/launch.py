@@ -320,12 +320,35 @@ def _ipykernel_in_process(
         try:
             kernelapp.launch_new_instance(argv=args)
         finally:
+            _let_the_control_thread_finish(kernelapp.IPKernelApp)
             # The command process ends with os._exit: run what a normal exit would
             # (IPython's history session end, ipykernel's cleanups).
             atexit._run_exitfuncs()
         return 0
 
     return run_kernel
+
+
+CONTROL_THREAD_GRACE = 2.0  # seconds; jupyter_client sends SIGTERM after 2.5
+
+
+def _let_the_control_thread_finish(app_class: Any) -> None:
+    """Before ipykernel's exit handlers run, let its control thread end by itself.
+
+    After a shutdown_request, the control thread still publishes an "idle" status on
+    IOPub, then stops its loop. ipykernel's exit handler (``IPKernelApp.close``) stops
+    the IOPub thread first and then joins the control thread without a timeout: if the
+    control thread had not published yet, its send blocks forever, and so does the
+    join, until jupyter_client gives up and sends SIGTERM (exit 143 instead of 0). A
+    known race upstream (ipykernel PR 1518, positron issue 7142); calling the exit
+    handlers right away, as this process must, hit it about once in ten shutdowns on a
+    busy machine, against never once the thread has finished.
+    """
+    if not app_class.initialized():
+        return
+    thread = getattr(app_class.instance(), "control_thread", None)
+    if thread is not None and thread.is_alive():
+        thread.join(CONTROL_THREAD_GRACE)
 
 
 def supervise(sb: Sandbox, lifeline_fd: int | None) -> int:

@@ -159,18 +159,6 @@ def _ns(ch: Channels, timeout: float = 60) -> dict[str, int]:
     return json.loads(out["stdout"])
 
 
-def _ns_after_restart(ch: Channels) -> dict[str, int] | None:
-    """As a frontend does after a restart: ask, and ask again if no answer comes. A
-    message sent while jupyter_server reconnects the websocket's channels to the new
-    kernel can be dropped (seen here about once in ten runs)."""
-    import websocket
-
-    try:
-        return _ns(ch, timeout=5)
-    except (TimeoutError, websocket.WebSocketTimeoutException):
-        return None
-
-
 def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
     specs = server.api("GET", "/api/kernelspecs")["kernelspecs"]
     assert specs[KERNEL_NAME]["spec"]["display_name"] == "Python 3 (sandboxed)"
@@ -198,8 +186,10 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         held = hold_namespaces(descendants(server.proc.pid))
         try:
             server.api("POST", f"/api/kernels/{kid}/restart")
-            # The same websocket keeps working: the socket paths survive the restart.
-            ids2 = wait_for(lambda: _ns_after_restart(ch), 60, "the restarted kernel")
+            # The same websocket keeps working: the socket paths survive the restart. The
+            # first message after it must be answered: an old kernel that hung on its way
+            # out (ipykernel's control thread, see test_kernel.py) once made it get lost.
+            ids2 = _ns(ch)
         finally:
             for fd in held:
                 os.close(fd)

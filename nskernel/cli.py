@@ -24,9 +24,9 @@ filesystem (with --mnt):
   through --bind; --ro-bind exposes one read-only. A bind's destination must exist
   inside (the same path as on the host always does) or lie under /tmp. Nothing mounted
   inside reaches the host.
-  As root, sandbox root is an unprivileged host uid, not root: a --bind directory it
-  does not own is shown to it as its own (an idmapped mount), so it can write there;
-  what it creates is owned on the host by the directory's owner, as with docker -v.
+  As root, sandbox root is an unprivileged host uid, not root: a --bind it cannot write
+  that belongs to another user is shown to it as its own (an idmapped mount), so it
+  writes there as that user; one that belongs to root stays read-only for it.
 
 signals:
   TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command. Ctrl-C

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -445,13 +446,14 @@ def _owned_clones(
 ) -> dict[int, int]:
     """Host root: idmapped clones that make writable binds writable for sandbox root.
 
-    Sandbox root is then an unprivileged host uid R, which may not write a directory owned
-    by root (or anyone else): a ``--bind`` would be read-only in practice. Each writable
-    bind whose source R does not own gets a clone on which its owner appears as R (see
-    :mod:`nskernel._linux.idmap`); what the sandbox writes there is owned on the host by
-    the source's owner, as with ``docker run -v`` as root. Read-only binds, and sources R
-    owns already (the kernel's notebook directory, idmapped by its launcher), are left
-    alone. Where a filesystem refuses, the plain bind stays and a warning says why.
+    Sandbox root is then an unprivileged host uid R, which may not write a directory
+    owned by someone else: a ``--bind`` would be read-only in practice. Each writable bind
+    that R cannot write and whose owner is a user other than root gets a clone on which
+    that owner appears as R (see :mod:`nskernel._linux.idmap`): inside that tree the
+    sandbox acts as the owner, and what it writes is owned by them on the host. A tree
+    owned by root (uid or gid 0) is never idmapped: the sandbox must not act as host root,
+    not even in a bind. It stays as the host has it, and a warning says what to do; so
+    does a filesystem that refuses idmapping (proc, sysfs, NFS).
     """
     if not binds or plan_maps is None or not userns.is_host_root():
         return {}
@@ -459,7 +461,19 @@ def _owned_clones(
     clones: dict[int, int] = {}
     try:
         for i, b in enumerate(binds):
-            if b.readonly or os.stat(b.source).st_uid == root_to[0]:
+            if b.readonly:
+                continue
+            st = os.stat(b.source)
+            if _may_write(st, *root_to):
+                continue
+            if st.st_uid == 0 or st.st_gid == 0:
+                warnings.append(
+                    f"nskernel: {b.source} belongs to root, so it stays read-only for the "
+                    f"sandbox: sandbox root is host uid {root_to[0]}, and it never acts as "
+                    "host root, not even in a bind. To write there from a sandbox, run "
+                    "nskernel as the user who should own the files, or bind a directory "
+                    "that user owns."
+                )
                 continue
             try:
                 clones[i] = idmap.owned_clone(b.source, root_to)
@@ -470,6 +484,18 @@ def _owned_clones(
             os.close(fd)
         raise
     return clones
+
+
+def _may_write(st: os.stat_result, uid: int, gid: int) -> bool:
+    """Whether ``uid``/``gid`` may write (and, for a directory, enter) what ``st`` is."""
+    need = 0o3 if stat.S_ISDIR(st.st_mode) else 0o2
+    if st.st_uid == uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid == gid:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & need == need
 
 
 def _cwd_or_none() -> str | None:

@@ -407,10 +407,9 @@ def test_a_sandbox_that_dies_mid_cell_fails_it_clearly(kc):
 def test_bind_and_ro_bind(kc, tmp_path):
     rw = tmp_path / "rw"
     ro = tmp_path / "ro"
-    # Mode 0755, the caller's: as root, sandbox root (an unprivileged host uid) can write
-    # the --bind only through its idmapped mount; rootless, it is the caller anyway.
     for d in (rw, ro):
-        d.mkdir(mode=0o755)
+        d.mkdir()
+        d.chmod(0o777)  # as root, sandbox root is an unprivileged host uid
     (ro / "in.txt").write_text("from the host")
     os.chmod(tmp_path, 0o755)
     code = (
@@ -423,8 +422,33 @@ def test_bind_and_ro_bind(kc, tmp_path):
     assert res.status == "ok", res.error_text
     assert res.stdout == "from the host\nro: 30\n"  # EROFS
     assert (rw / "made.txt").read_text() == "from the sandbox"
-    assert (rw / "made.txt").stat().st_uid == os.getuid()  # owned as the directory is
-    assert "cannot make" not in res.stderr
+    assert res.stderr == ""  # writable as it is: no idmapping, no warning
+
+
+@pytest.mark.root
+def test_as_root_a_users_bind_is_writable_and_roots_is_not(kc, private_dir):
+    # Sandbox root is an unprivileged host uid: a bind owned by a user is idmapped so the
+    # cell writes as that user; one owned by root stays read-only, and the cell says why.
+    os.chmod(private_dir, 0o755)
+    theirs = os.path.join(private_dir, "user-owned")
+    roots = os.path.join(private_dir, "root-owned")
+    for d in (theirs, roots):
+        os.mkdir(d, 0o755)
+    os.chown(theirs, 4321, 4322)
+    code = (
+        f"%%sandbox --bind {theirs} --bind {roots}\n"
+        f"open('{theirs}/made.txt', 'w').write('from the sandbox')\n"
+        f"try:\n    open('{roots}/x', 'w')\n"
+        "except OSError as e:\n    print('root-owned:', e.errno)\n"
+    )
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    assert res.stdout == "root-owned: 13\n"  # EACCES
+    st = os.stat(os.path.join(theirs, "made.txt"))
+    assert (st.st_uid, st.st_gid) == (4321, 4322)
+    assert f"{roots} belongs to root, so it stays read-only for the sandbox" in res.stderr
+    assert theirs not in res.stderr
+    assert os.listdir(roots) == []
 
 
 def test_a_flood_of_prints_arrives_whole_and_in_order(kc):

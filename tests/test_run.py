@@ -134,11 +134,11 @@ def test_private_tmp_and_read_only_host_root(nsk, tmp_path):
 def test_bind_is_writable_and_ro_bind_is_not(nsk, tmp_path):
     rw = tmp_path / "rw"
     ro = tmp_path / "ro"
-    # Mode 0755, the caller's: as root, sandbox root (an unprivileged host uid) can write
-    # the --bind only through its idmapped mount; rootless, it is the caller anyway.
-    rw.mkdir(mode=0o755)
-    ro.mkdir(mode=0o755)
+    rw.mkdir()
+    ro.mkdir()
     (ro / "data.txt").write_text("hello\n")
+    for d in (tmp_path, rw, ro):
+        os.chmod(d, 0o777)  # sandbox root is another uid on the host when we are root
     script = (
         "echo out > /tmp/rw/result.txt && echo rw-ok; "
         "cat /tmp/data/data.txt; "
@@ -150,9 +150,8 @@ def test_bind_is_writable_and_ro_bind_is_not(nsk, tmp_path):
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["rw-ok", "hello", "ro-refused"]
     assert (rw / "result.txt").read_text() == "out\n"
-    assert (rw / "result.txt").stat().st_uid == os.getuid()  # owned as the directory is
     assert not (ro / "new.txt").exists()
-    assert "cannot make" not in r.stderr  # no idmapping was refused
+    assert "nskernel:" not in r.stderr  # writable as it is: no idmapping, no warning
 
 
 def test_bind_without_destination_uses_the_same_path(nsk, tmp_path):
@@ -484,56 +483,78 @@ def test_as_root_a_directory_sandbox_root_cannot_enter(nsk, private_dir):
 
 
 @pytest.mark.root
-def test_as_root_a_bind_it_does_not_own_is_writable_as_its_owner(nsk, private_dir):
-    # Sandbox root is an unprivileged host uid R. Each writable bind is attached through
-    # an idmapped mount on which the directory's owner (root, or any user) is R: inside
-    # it is sandbox root's own, and what it writes lands on the host as that owner.
+def test_as_root_a_bind_owned_by_a_user_is_writable_as_that_user(nsk, private_dir):
+    # Sandbox root is an unprivileged host uid R. A writable bind R cannot write, owned
+    # by a user, is attached through an idmapped mount on which that user is R: inside
+    # it is sandbox root's own, and what it writes lands on the host as that user.
     os.chmod(private_dir, 0o755)
-    mine = os.path.join(private_dir, "root-owned")
     theirs = os.path.join(private_dir, "user-owned")
     kept = os.path.join(private_dir, "read-only")
-    for d in (mine, theirs, kept):
+    for d in (theirs, kept):
         os.mkdir(d, 0o755)
-    os.chown(theirs, 4321, 4322)
-    with open(os.path.join(mine, "old.txt"), "w") as f:
+    with open(os.path.join(theirs, "old.txt"), "w") as f:
         f.write("old\n")
+    for path in (theirs, os.path.join(theirs, "old.txt"), kept):
+        os.chown(path, 4321, 4322)
     script = (
-        f"stat -c %u:%g {mine} {mine}/old.txt {theirs}; "
-        f"echo more >> {mine}/old.txt && mkdir {mine}/sub && touch {theirs}/new && echo wrote; "
+        f"stat -c %u:%g {theirs} {theirs}/old.txt; "
+        f"echo more >> {theirs}/old.txt && mkdir {theirs}/sub && echo wrote; "
         f"touch {kept}/x 2>/dev/null || echo ro-refused"
     )
-    r = nsk("run", "--bind", mine, "--bind", theirs, "--ro-bind", kept, "--", "sh", "-c", script)
+    r = nsk("run", "--bind", theirs, "--ro-bind", kept, "--", "sh", "-c", script)
     assert (r.returncode, r.stderr) == (0, "")
-    assert r.stdout.split() == ["0:0", "0:0", "0:0", "wrote", "ro-refused"]
-    with open(os.path.join(mine, "old.txt")) as f:
+    assert r.stdout.split() == ["0:0", "0:0", "wrote", "ro-refused"]
+    with open(os.path.join(theirs, "old.txt")) as f:
         assert f.read() == "old\nmore\n"
-    st = os.stat(os.path.join(mine, "sub"))
-    assert (st.st_uid, st.st_gid) == (0, 0)
-    st = os.stat(os.path.join(theirs, "new"))
+    st = os.stat(os.path.join(theirs, "sub"))
     assert (st.st_uid, st.st_gid) == (4321, 4322)
     assert os.listdir(kept) == []
-    # Only the bound trees: the rest of the host stays read-only and as it was.
-    r = nsk("run", "--bind", mine, "--", "sh", "-c", f"touch {private_dir}/x || echo refused")
+    # Only the bound tree: the rest of the host stays read-only and as it was.
+    r = nsk("run", "--bind", theirs, "--", "sh", "-c", f"touch {private_dir}/x || echo refused")
     assert r.stdout == "refused\n"
-    assert sorted(os.listdir(private_dir)) == ["read-only", "root-owned", "user-owned"]
+    assert sorted(os.listdir(private_dir)) == ["read-only", "user-owned"]
+
+
+@pytest.mark.root
+def test_as_root_a_root_owned_bind_stays_read_only_and_says_why(nsk, private_dir):
+    # Idmapping root's tree would let the sandbox act as host root there (setuid files
+    # included): it stays as the host has it, and the warning says what to do instead.
+    os.chmod(private_dir, 0o755)
+    r = nsk(
+        "run", "--bind", private_dir, "--", "sh", "-c", f"touch {private_dir}/x || echo refused"
+    )
+    assert (r.returncode, r.stdout) == (0, "refused\n")
+    assert f"{private_dir} belongs to root, so it stays read-only for the sandbox" in r.stderr
+    assert "run nskernel as the user who should own the files" in r.stderr
+    assert os.listdir(private_dir) == []
+    # Writable for sandbox root as it is (mode 1777): a plain bind, no warning.
+    os.chmod(private_dir, 0o1777)
+    r = nsk("run", "--bind", private_dir, "--", "sh", "-c", f"touch {private_dir}/x && echo wrote")
+    assert (r.stdout, r.stderr) == ("wrote\n", "")
 
 
 @pytest.mark.root
 def test_as_root_a_bind_that_cannot_be_idmapped_says_so_and_still_runs(nsk):
-    # sysfs cannot be idmapped: the plain bind stays (not writable for sandbox root) and
-    # a warning says why and what to do; the command runs regardless.
-    r = nsk(
-        "run",
-        "--bind",
-        "/sys/kernel/mm:/tmp/mm",
-        "--",
-        "sh",
-        "-c",
-        "ls /tmp/mm >/dev/null && echo ran",
-    )
-    assert r.stdout == "ran\n"
-    assert "cannot make /sys/kernel/mm writable for the sandbox" in r.stderr
-    assert "idmapped mount refused" in r.stderr
+    # procfs cannot be idmapped: a /proc/PID directory of a user's process keeps its plain
+    # bind (not writable for sandbox root), a warning says why, and the command runs.
+    pid = os.fork()
+    if pid == 0:  # a process of uid 4321, so that its /proc directory is that user's
+        try:
+            os.setgid(4322)
+            os.setuid(4321)
+            time.sleep(60)
+        finally:
+            os._exit(0)
+    try:
+        wait_for(lambda: os.stat(f"/proc/{pid}").st_uid == 4321, 5, "the child to be uid 4321")
+        r = nsk("run", "--bind", f"/proc/{pid}:/tmp/p", "--", "sh", "-c", "cat /tmp/p/comm")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() in ("python", "python3", "python3.11", "pytest")
+        assert f"cannot make /proc/{pid} writable for the sandbox" in r.stderr
+        assert "idmapped mount refused" in r.stderr
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def test_nskernels_runtime_state_is_masked_inside(nsk):

@@ -1,11 +1,12 @@
 """Idmapped mounts: show a host directory's owner as sandbox root, for host root only.
 
 When the caller is real root, sandbox root is an unprivileged host uid R (never 0), so a
-writable bind of a directory owned by root, or by another user, would be read-only in
-practice: R may not write it. An *idmapped* clone of the directory fixes that without
-giving the sandbox anybody's identity elsewhere: through the clone, files whose on-disk
-owner is the directory's owner appear owned by R (sandbox root), and what R creates is
-stored on disk owned by that owner. Nothing else on the host changes.
+writable bind of a directory owned by another user would be read-only in practice: R may
+not write it. An *idmapped* clone of the directory fixes that without giving the sandbox
+anybody's identity elsewhere: through the clone, files whose on-disk owner is the
+directory's owner appear owned by R (sandbox root), and what R creates is stored on disk
+owned by that owner. Nothing else on the host changes. Which trees get one is the
+callers' policy (``Sandbox.spawn`` never idmaps a tree owned by root).
 
 The clone is made by a process in the host's user namespace with CAP_SYS_ADMIN (the
 filesystem's own user namespace must grant it): ``open_tree(OPEN_TREE_CLONE)`` gives a

@@ -363,9 +363,27 @@ def test_shutdown_lets_the_control_thread_finish_before_the_exit_handlers(
     ]
 
 
-def test_the_users_ipython_profile_is_loaded_inside(ksm: KernelSpecManager, tmp_path: Path) -> None:
+def _exec_kernelspec(kernels_dir: Path, tmp_path: Path) -> KernelSpecManager:
+    """The sandboxed kernelspec, but running ``python -m ipykernel``: a command the
+    launcher execs inside the sandbox instead of running ipykernel in its own process."""
+    spec = json.loads((kernels_dir / KERNEL_NAME / "kernel.json").read_text())
+    assert spec["argv"][1:3] == ["-m", "ipykernel_launcher"]
+    spec["argv"][1:3] = ["-m", "ipykernel"]
+    exec_dir = tmp_path / "exec-kernels" / KERNEL_NAME
+    exec_dir.mkdir(parents=True)
+    (exec_dir / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(exec_dir.parent)])
+
+
+@pytest.mark.parametrize("command", ["in-process", "exec"])
+def test_the_users_ipython_profile_is_loaded_inside(
+    ksm: KernelSpecManager, kernels_dir: Path, tmp_path: Path, command: str
+) -> None:
     # Inside, ~/.ipython is read-only (for root, unreadable): the kernel runs on a copy
-    # of the profile's config and startup files in its own IPython dir.
+    # of the profile's config and startup files in its own IPython dir. The launcher's
+    # own ipykernel gets it in memory; an exec'd kernel command, in its socket dir.
+    if command == "exec":
+        ksm = _exec_kernelspec(kernels_dir, tmp_path)
     home = tmp_path / "home"
     profile = home / ".ipython" / "profile_default"
     (profile / "startup").mkdir(parents=True)
@@ -379,11 +397,20 @@ def test_the_users_ipython_profile_is_loaded_inside(ksm: KernelSpecManager, tmp_
     home.chmod(0o700)  # private, as a home directory is
     with kernel(ksm, tmp_path, env=env) as k:
         out = k.run(
-            "import os\n"
+            "import os, sys\n"
             "print(FROM_CONFIG, FROM_STARTUP, get_ipython().InteractiveTB.mode)\n"
-            "print(os.environ['IPYTHONDIR'])"
+            "print(os.environ['IPYTHONDIR'])\n"
+            "print(os.getpid(), sys.argv[0].rsplit('/', 1)[-1])"
         )
-        assert out["stdout"].split() == ["1", "2", "Minimal", "/tmp/.ipython"], out
+        lines = out["stdout"].splitlines()
+        assert len(lines) == 3, out  # a NameError here: the profile was not loaded
+        assert lines[0].split() == ["1", "2", "Minimal"], out
+        if command == "exec":
+            assert lines[1] == os.path.join(k.socket_dir, "ipython")
+            assert lines[2].split() == ["2", "__main__.py"]  # python -m ipykernel, as PID 2
+        else:
+            assert lines[1] == "/tmp/.ipython"
+            assert lines[2].split() == ["2", "ipykernel_launcher.py"]
         # The host's profile is untouched by the kernel's history and the like.
         assert sorted(p.name for p in profile.iterdir()) == ["ipython_kernel_config.py", "startup"]
 

@@ -156,6 +156,12 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         if with_mnt:
             binds.append(Bind(sockdir, sockdir))
     target = _ipykernel_in_process(argv, env, profile)
+    if target is None and profile and sockdir:
+        # An exec'd kernel command cannot be handed the profile in memory: it gets an
+        # IPython dir holding the copy in its private socket dir, bound inside (and
+        # removed with it when the kernel shuts down).
+        env["IPYTHONDIR"] = os.path.join(sockdir, "ipython")
+        _write_profile(env["IPYTHONDIR"], profile)
     if facts_child is not None:
         _wait_for_host_facts(facts_child, facts_path)
     bind_cwd = not args.no_bind_cwd and cwd != "/"
@@ -175,8 +181,9 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         uid, gid = plan.uid_map[0][1], plan.gid_map[0][1]
         items = []
         if sockdir:
-            for name in os.listdir(sockdir):
-                os.chown(os.path.join(sockdir, name), uid, gid)
+            for top, dirs, files in os.walk(sockdir):
+                for name in dirs + files:
+                    os.chown(os.path.join(top, name), uid, gid)
             os.chown(sockdir, uid, gid)
             items.append(staging.Expose(sockdir))
         if bind_cwd:

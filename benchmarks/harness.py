@@ -513,8 +513,8 @@ def compile_bytecode() -> str:
     launcher, the sandbox server) imports nskernel from this checkout. Without valid
     ``__pycache__`` files (a fresh clone, edited sources, or ``PYTHONDONTWRITEBYTECODE``
     set) each of them would compile it from source first: ~30 ms more per kernel start
-    and ~80 ms more per ``nskernel run`` here, a cost no installed copy pays. The plain
-    ipykernel it is compared with always starts from installed bytecode.
+    and per ``nskernel run`` here, a cost no installed copy pays. The plain ipykernel it
+    is compared with always starts from installed bytecode.
     """
     import compileall
     import io
@@ -524,9 +524,10 @@ def compile_bytecode() -> str:
         ok = compileall.compile_dir(str(REPO / "nskernel"), quiet=1)
     if ok:
         return "compiled up front (as installing does)"
-    return "could not be compiled up front: imports may compile from source: " + (
-        quiet.getvalue().strip().splitlines() or ["no reason given"]
-    )[-1]
+    return (
+        "could not be compiled up front: imports may compile from source: "
+        + (quiet.getvalue().strip().splitlines() or ["no reason given"])[-1]
+    )
 
 
 def describe_machine() -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .errors import (
     SandboxError,
 )
 from .paths import existing_runtime_dirs
-from .spec import Bind, SandboxSpec, blocked_ancestor, format_size, hidden_inside
+from .spec import Bind, SandboxSpec, access_bits, blocked_ancestor, format_size, hidden_inside
 
 _subreaper_set = False
 
@@ -432,7 +432,7 @@ def _skeletons_for_binds(
     """
     if not binds or plan_maps is None or not userns.is_host_root():
         return ()
-    uid, gid = plan_maps.uid_map[0][1], plan_maps.gid_map[0][1]
+    uid, gid = plan_maps.root_on_host
     found: list[str] = []
     for b in binds:
         top = blocked_ancestor(b.dest, uid, gid)
@@ -457,7 +457,7 @@ def _owned_clones(
     """
     if not binds or plan_maps is None or not userns.is_host_root():
         return {}
-    root_to = (plan_maps.uid_map[0][1], plan_maps.gid_map[0][1])
+    root_to = plan_maps.root_on_host
     clones: dict[int, int] = {}
     try:
         for i, b in enumerate(binds):
@@ -489,13 +489,7 @@ def _owned_clones(
 def _may_write(st: os.stat_result, uid: int, gid: int) -> bool:
     """Whether ``uid``/``gid`` may write (and, for a directory, enter) what ``st`` is."""
     need = 0o3 if stat.S_ISDIR(st.st_mode) else 0o2
-    if st.st_uid == uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid == gid:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & need == need
+    return access_bits(st, uid, gid) & need == need
 
 
 def _cwd_or_none() -> str | None:

@@ -43,15 +43,19 @@ def blocked_ancestor(path: str, uid: int = -1, gid: int = -1) -> str | None:
             st = os.stat(d)
         except OSError:
             return None  # the bind itself reports what is wrong with the path
-        if st.st_uid == uid:
-            bit = 0o100
-        elif st.st_gid == gid:
-            bit = 0o010
-        else:
-            bit = 0o001
-        if not st.st_mode & bit:
+        if not access_bits(st, uid, gid) & 0o1:
             return d
     return None
+
+
+def access_bits(st: os.stat_result, uid: int = -1, gid: int = -1) -> int:
+    """The rwx bits (0-7) of ``st``'s mode that apply to host ``uid``/``gid``: the owner's,
+    the group's or the others' (no supplementary groups, no ACLs, as for sandbox root)."""
+    if st.st_uid == uid:
+        return (st.st_mode >> 6) & 0o7
+    if st.st_gid == gid:
+        return (st.st_mode >> 3) & 0o7
+    return st.st_mode & 0o7
 
 
 # RFC 1123 label, as sethostname(2) users (and `hostname(1)`) expect.

@@ -41,6 +41,11 @@ class IdMapPlan:
             gid_map=tuple((out, out, n) for _in, out, n in self.gid_map),
         )
 
+    @property
+    def root_on_host(self) -> tuple[int, int]:
+        """The host uid and gid that sandbox root is (the first line of each map)."""
+        return self.uid_map[0][1], self.gid_map[0][1]
+
     def describe(self) -> str:
         return f"uid_map {list(self.uid_map)} gid_map {list(self.gid_map)} via {self.method}"
 

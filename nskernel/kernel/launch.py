@@ -178,7 +178,7 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         from . import staging
 
         plan = userns.plan_id_maps()
-        uid, gid = plan.uid_map[0][1], plan.gid_map[0][1]
+        uid, gid = plan.root_on_host
         items = []
         if sockdir:
             for top, dirs, files in os.walk(sockdir):

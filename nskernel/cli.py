@@ -9,6 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .environ import sandbox_environment
 from .errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, NskernelError, SandboxError, SpecError
 from .spec import ALL_NAMESPACES, Bind, SandboxSpec, make_limits
 
@@ -28,10 +29,18 @@ filesystem (with --mnt):
   that belongs to another user is shown to it as its own (an idmapped mount), so it
   writes there as that user; one that belongs to root stays read-only for it.
 
+environment:
+  A sandbox starts with an allow-list of the environment: PATH, HOME, USER, LOGNAME,
+  SHELL, LANG, LANGUAGE, LC_*, TERM, COLORTERM, NO_COLOR, TZ, and Python's own (PYTHON*
+  settings, VIRTUAL_ENV, CONDA_PREFIX...). Tokens, keys, SSH_AUTH_SOCK and DISPLAY stay
+  out. --env KEY=VALUE or --env KEY adds one; NSKERNEL_KEEP_ENV="KEY1 KEY2" adds names
+  for every sandbox; --keep-env passes everything.
+
 signals:
-  TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command. Ctrl-C
-  reaches the command directly (it shares the terminal's process group). If nskernel
-  itself is killed, the whole sandbox is killed with it.
+  TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command, INT
+  (Ctrl-C) to the command's process group. The sandbox runs in a session of its own:
+  it never gets your terminal as its controlling one. If nskernel itself is killed,
+  the whole sandbox is killed with it.
 
 exit status:
   the command's own status (128+N if it was killed by signal N), or
@@ -88,6 +97,18 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="write the sandbox's facts (PID, namespace ids, maps) as JSON to PATH",
     )
     p.add_argument("--chdir", metavar="DIR", help="working directory inside (default: current)")
+    p.add_argument(
+        "--env",
+        metavar="KEY[=VALUE]",
+        action="append",
+        default=[],
+        help="set KEY inside (KEY alone: pass its current value); see 'environment' below",
+    )
+    p.add_argument(
+        "--keep-env",
+        action="store_true",
+        help="pass the whole environment on, secrets included (default: an allow-list)",
+    )
     p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M or 1G")
     p.add_argument(
         "--pids", metavar="N", help="at most N processes at once (fork bombs stop there)"
@@ -116,8 +137,10 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
     ]
     if binds and namespaces and "mnt" not in namespaces:
         namespaces.add("mnt")
+    env = sandbox_environment(os.environ, env_options=args.env, keep_all=args.keep_env)
     return SandboxSpec.from_flags(
         namespaces,
+        env=env,
         hostname=args.hostname,
         binds=tuple(binds),
         cwd=os.path.abspath(args.chdir) if args.chdir else None,
@@ -140,9 +163,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     spec = _spec_from_args(args)
 
-    # While the sandbox runs we only wait: Ctrl-C goes to the command through the
-    # process group; other signals are forwarded to the sandbox's init.
-    forwarded = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+    # While the sandbox runs we only wait, and pass signals on to its init. The sandbox
+    # has a session of its own (it never shares our terminal), so Ctrl-C reaches only
+    # us: init passes SIGINT on to the command's process group.
+    forwarded = (
+        signal.SIGINT,
+        signal.SIGTERM,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+    )
     box: list[Sandbox] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -151,7 +182,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     for sig in forwarded:
         signal.signal(sig, forward)
-    signal.signal(signal.SIGINT, lambda *_: None)
     sb = Sandbox.spawn(spec, cmd)
     box.append(sb)
     for warning in sb.warnings:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._linux import contain, idmap, limits, mntns, procfs, syscalls, userns
+from .environ import sandbox_environment
 from .errors import (
     EXIT_NOT_FOUND,
     CommandNotFound,
@@ -78,8 +79,20 @@ class Sandbox:
         *,
         target: Callable[[], int | None] | None = None,
         pass_fds: Sequence[int] = (),
+        stdio: Sequence[int] | None = None,
+        new_session: bool = True,
+        controlling_tty: int | None = None,
     ) -> Sandbox:
         """Create the sandbox and start ``argv`` (exec'd) or ``target`` (called) in it.
+
+        ``stdio``: three descriptors that become the sandbox's 0, 1 and 2 (default: the
+        caller's). ``new_session``: the sandbox runs in a session of its own, so it never
+        shares the caller's controlling terminal; turn off only where the caller has no
+        terminal and must reach the sandbox with ``killpg`` (the kernel launcher).
+        ``controlling_tty``: a terminal (one of ``stdio`` or ``pass_fds``, e.g. a pty
+        the caller relays) that becomes the command's controlling terminal. The
+        environment is ``spec.env``, or else the caller's, filtered through
+        :func:`nskernel.environ.sandbox_environment`.
 
         Returns once the command was exec'd (or, for ``target``, once the sandbox is
         ready and init is about to fork it). Raises
@@ -91,6 +104,9 @@ class Sandbox:
             raise TypeError(msg)
         if argv is not None and not argv:
             msg = "no command given: put the command after --, e.g. nskernel run -- sh"
+            raise TypeError(msg)
+        if stdio is not None and len(stdio) != 3:
+            msg = "stdio: give three descriptors, for the sandbox's 0, 1 and 2"
             raise TypeError(msg)
         spec.validate_host_paths()
         namespaces = spec.effective_namespaces()
@@ -137,9 +153,12 @@ class Sandbox:
             cwd_required=spec.cwd is not None,
             setgroups_allowed=plan_maps is None or not plan_maps.deny_setgroups,
             argv=tuple(argv) if argv is not None else None,
-            env=spec.env,
+            env=spec.env if spec.env is not None else sandbox_environment(os.environ),
             target=target,
             pass_fds=tuple(pass_fds),
+            stdio=tuple(stdio) if stdio is not None else None,  # type: ignore[arg-type]
+            new_session=new_session,
+            controlling_tty=controlling_tty,
             cgroup_dirs=tuple(applied.cgroup_dirs),
             rlimits=tuple(applied.rlimits),
             final_maps=plan_maps if contain.locks_mounts(namespaces) else None,
@@ -337,6 +356,21 @@ class Sandbox:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+    def destroy(self) -> None:
+        """End the whole sandbox now, without its cooperation, and do not wait.
+
+        A sandbox can stop (ptrace) or starve its own init, so ending it must not rely on
+        init reading its lifeline: init is SIGKILLed (with a PID namespace, the kernel
+        then kills every process in it). Reap it afterwards with :meth:`poll` or
+        :meth:`wait`. init is our child and unreaped, so its PID cannot have been reused.
+        """
+        self._close_lifeline()
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     def kill(self, timeout: float = 5.0) -> int | None:
         """Destroy the whole sandbox now and reap it."""

@@ -22,6 +22,7 @@ import uuid
 
 import pytest
 
+from nskernel.environ import KEEP_ENV_VAR
 from tests import leakcheck
 
 MUST_WORK = os.environ.get("NSKERNEL_MUST_WORK") == "1"
@@ -116,6 +117,9 @@ def no_leaks():
     """Fail the session if anything nskernel creates outlives the tests."""
     tag = uuid.uuid4().hex
     os.environ[leakcheck.TAG_VAR] = tag
+    # Sandboxes get an allow-listed environment; this name is added to the list, so
+    # the tag reaches every process a sandbox of this session runs.
+    os.environ[KEEP_ENV_VAR] = leakcheck.TAG_VAR
     before = leakcheck.Snapshot.take()
     yield
     # NSKERNEL_LEAKCHECK_PROCESSES_ONLY=1 is for developers running several suites at

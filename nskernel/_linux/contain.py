@@ -69,6 +69,16 @@ class ChildPlan:
     env: dict[str, str] | None = None
     target: Callable[[], int | None] | None = None
     pass_fds: tuple[int, ...] = ()
+    # The sandbox's fds 0, 1, 2 (None: the caller's own). The setup child dup2()s them
+    # into place before anything else, so no other descriptor of the caller's survives.
+    stdio: tuple[int, int, int] | None = None
+    # A new session for the whole sandbox: it never shares the caller's controlling
+    # terminal (TIOCSTI would let it type into the caller's shell, CVE-2017-5226). Off
+    # only for a caller that has no terminal and needs the sandbox in its process group
+    # (the kernel launcher: jupyter_client interrupts with killpg).
+    new_session: bool = True
+    # A terminal the command makes its controlling one (a pty nskernel relays), or None.
+    controlling_tty: int | None = None
     cgroup_dirs: tuple[str, ...] = ()
     rlimits: tuple[tuple[int, int], ...] = ()
     # Set when the mounts are locked (see ``locks_mounts``): the launcher wrote the staging
@@ -113,9 +123,15 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     """Steps 3-8. Runs in the forked setup child; returns its exit status."""
     rep = pipes.report_w
     keep = {rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds}
+    if plan.controlling_tty is not None:
+        keep.add(plan.controlling_tty)
     if plan.mounts is not None:
         keep |= plan.mounts.detached_fds()
+    if plan.stdio is not None:
+        syscalls.install_stdio(plan.stdio)
     syscalls.close_fds_except(keep)
+    if plan.new_session:
+        os.setsid()  # the setup child is no group leader (forked): this cannot fail
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
     native_init = init.open_native()  # before any namespace can hide it
@@ -311,9 +327,21 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     if child == 0:
         _command_main(plan, pipes, wake_r, wake_w, native_init)  # never returns
     os.close(rep)
+    # In a session of its own the command leads its own process group: init passes a
+    # SIGINT (the caller's Ctrl-C, forwarded) on to that group, as a terminal would.
+    to_group = plan.new_session
     if native_init is not None:  # 14. become the native init (returns only if it cannot)
-        init.exec_native(native_init, child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns)
-    return init.run_init_loop(child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns)
+        init.exec_native(
+            native_init,
+            child,
+            pipes.lifeline_r,
+            wake_r,
+            pid_namespace=pid_ns,
+            sigint_to_group=to_group,
+        )
+    return init.run_init_loop(
+        child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns, sigint_to_group=to_group
+    )
 
 
 def _command_main(
@@ -330,9 +358,17 @@ def _command_main(
             os.close(native_init)
         for fd in plan.pass_fds:
             os.set_inheritable(fd, True)
+        if plan.controlling_tty is not None:
+            os.setsid()  # only a session leader may take a controlling terminal
+            syscalls.take_controlling_tty(plan.controlling_tty)
+        elif plan.new_session:
+            os.setpgid(0, 0)  # a group of its own, which init sends SIGINT to
         limits.apply_rlimits_from_child(list(plan.rlimits))
         if plan.target is not None:
             os.close(rep)
+            if plan.env is not None:  # a target runs on in this interpreter: no execve
+                os.environ.clear()
+                os.environ.update(plan.env)
             result = plan.target()
             code = result if isinstance(result, int) else 0
         else:

@@ -11,15 +11,17 @@
  * It does what nskernel/_linux/init.py's run_init_loop does, which stays the fallback
  * when this program was not built or cannot be executed:
  *   - reaps every zombie, not just the command's;
- *   - forwards TERM, HUP, QUIT, USR1, USR2 to the command (SIGINT is not forwarded: the
- *     process group already delivers it to the command);
+ *   - forwards TERM, HUP, QUIT, USR1, USR2 to the command, and SIGINT to the command's
+ *     process group when SIGINT_TO_GROUP is 1 (the sandbox has a session of its own);
+ *     with 0 the command shares the caller's process group, which already got it;
  *   - exits with the command's status (128+N when it died of signal N), which takes
  *     the rest of the PID namespace down with it;
  *   - kills the whole sandbox when the lifeline pipe reaches EOF (the host side is gone).
  * Without a PID namespace it is a child subreaper (set before the command was forked)
  * and kills the command's descendants.
  *
- * Usage (by nskernel only): nskernel-init CHILD_PID LIFELINE_FD WAKE_FD PID_NAMESPACE
+ * Usage (by nskernel only):
+ *   nskernel-init CHILD_PID LIFELINE_FD WAKE_FD PID_NAMESPACE SIGINT_TO_GROUP
  *   WAKE_FD: the Python init's signal wake-up pipe (signal numbers it caught before the
  *   exec), or -1. The caller blocks the handled signals before the exec: blocked
  *   signals stay pending across it, and signalfd reads them here.
@@ -42,9 +44,14 @@ static const int forwarded[] = {SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2};
 #define N_FORWARDED (sizeof forwarded / sizeof forwarded[0])
 
 static pid_t child;
+static int sigint_to_group;
 static int child_code = -1; /* the command's exit code, once reaped */
 
 static void forward(int sig) {
+    if (sig == SIGINT && sigint_to_group) {
+        kill(-child, SIGINT); /* the command leads its own process group */
+        return;
+    }
     for (size_t i = 0; i < N_FORWARDED; i++)
         if (forwarded[i] == sig) {
             kill(child, sig);
@@ -116,15 +123,16 @@ static void kill_everything(int pid_namespace) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
+    if (argc != 6) {
         fprintf(stderr, "nskernel-init: started by nskernel only "
-                        "(CHILD_PID LIFELINE_FD WAKE_FD PID_NAMESPACE)\n");
+                        "(CHILD_PID LIFELINE_FD WAKE_FD PID_NAMESPACE SIGINT_TO_GROUP)\n");
         return 125;
     }
     child = (pid_t)atoi(argv[1]);
     int lifeline = atoi(argv[2]);
     int wake = atoi(argv[3]);
     int pid_namespace = atoi(argv[4]);
+    sigint_to_group = atoi(argv[5]);
 
     /* The exec named us after the descriptor it ran ("3"); ps and the benchmarks look
      * for this name, as the Python init sets it too. */

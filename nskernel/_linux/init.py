@@ -5,9 +5,11 @@ SIGTERM does nothing unless handled), re-parents every orphan in the namespace t
 and kills every other process of the namespace when it exits. So this small loop:
 
 - reaps every zombie, not just its own child's;
-- forwards TERM, HUP, QUIT, USR1, USR2 to the command; SIGINT is not forwarded,
-  because the terminal (or jupyter_client's ``killpg``) already delivers it to the whole
-  process group, which the command shares: forwarding would deliver it twice;
+- forwards TERM, HUP, QUIT, USR1, USR2 to the command, and SIGINT to the command's
+  process group, as a terminal's Ctrl-C would (the sandbox runs in a session of its
+  own, so the caller's Ctrl-C reaches only the caller, which passes it on). Where the
+  command shares the caller's process group instead (the kernel: jupyter_client
+  interrupts with ``killpg``), SIGINT already reached it and is not forwarded again;
 - exits with the command's status (128+N when the command died of signal N), which
   takes the rest of the sandbox down with it;
 - kills the whole sandbox when the lifeline (a pipe whose write end only the host side
@@ -66,7 +68,15 @@ def open_native() -> int | None:
         return None  # not built (no C compiler at install time): the Python loop serves
 
 
-def exec_native(fd: int, child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool) -> None:
+def exec_native(
+    fd: int,
+    child: int,
+    lifeline_fd: int,
+    wake_r: int,
+    *,
+    pid_namespace: bool,
+    sigint_to_group: bool,
+) -> None:
     """Become ``nskernel-init`` (``execveat`` of ``fd``). Returns only on failure.
 
     The handled signals are blocked first: blocked signals stay pending across exec,
@@ -76,7 +86,14 @@ def exec_native(fd: int, child: int, lifeline_fd: int, wake_r: int, *, pid_names
     signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
     for f in (lifeline_fd, wake_r):
         os.set_inheritable(f, True)
-    argv = ["nskernel-init", str(child), str(lifeline_fd), str(wake_r), str(int(pid_namespace))]
+    argv = [
+        "nskernel-init",
+        str(child),
+        str(lifeline_fd),
+        str(wake_r),
+        str(int(pid_namespace)),
+        str(int(sigint_to_group)),
+    ]
     try:
         os.execve(fd, argv, os.environ)  # the environment only keeps init recognisable
     except OSError:  # e.g. a noexec mount: the caller runs the Python loop instead
@@ -147,7 +164,9 @@ def _reap_all() -> list[tuple[int, int]]:
         reaped.append((pid, status))
 
 
-def run_init_loop(child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool) -> int:
+def run_init_loop(
+    child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: bool, sigint_to_group: bool
+) -> int:
     """Supervise ``child`` until it exits or the lifeline closes. Returns the exit code."""
     sc.set_process_name("nskernel-init")
     code: int | None = None
@@ -170,11 +189,13 @@ def run_init_loop(child: int, lifeline_fd: int, wake_r: int, *, pid_namespace: b
             except BlockingIOError:
                 signums = b""
             for signum in signums:
-                if signum in FORWARDED:
-                    try:
+                try:
+                    if signum in FORWARDED:
                         os.kill(child, signum)
-                    except ProcessLookupError:
-                        pass
+                    elif signum == signal.SIGINT and sigint_to_group:
+                        os.killpg(child, signum)  # the command leads its own group
+                except ProcessLookupError:
+                    pass
         for pid, status in _reap_all():
             if pid == child:
                 code = _wait_status_to_code(status)

@@ -224,6 +224,31 @@ def close_fds_except(keep: set[int]) -> None:
                 pass  # the listing's own descriptor, already closed
 
 
+def install_stdio(stdio: tuple[int, int, int]) -> None:
+    """Make ``stdio`` this process's fds 0, 1 and 2 (inheritable), whatever their numbers.
+
+    Each is first duplicated above 2, so that one moving onto 0-2 cannot overwrite
+    another before it was moved itself.
+    """
+    import fcntl
+
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3) for fd in stdio]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target)  # dup2 leaves the new descriptor inheritable
+    for fd in high:
+        os.close(fd)
+
+
+TIOCSCTTY = 0x540E
+
+
+def take_controlling_tty(fd: int) -> None:
+    """Make the terminal ``fd`` this session leader's controlling terminal."""
+    import fcntl
+
+    fcntl.ioctl(fd, TIOCSCTTY, 0)
+
+
 def readable(fds: list[int] | tuple[int, ...], timeout: float | None = None) -> list[int]:
     """Those of ``fds`` that are readable, at EOF or in error within ``timeout`` seconds
     (None: wait for one). poll(2), never select(2): select fails outright for descriptor

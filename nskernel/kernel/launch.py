@@ -212,7 +212,12 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         # The imported modules are shared copy-on-write with the kernel process; without
         # this, the kernel's first garbage collections write to (and copy) all of them.
         gc.freeze()
-    sb = Sandbox.spawn(spec, target=target) if target else Sandbox.spawn(spec, argv)
+    # jupyter_client started us as a session leader without a terminal, and interrupts
+    # with killpg(SIGINT): the kernel must stay in our process group.
+    if target is not None:
+        sb = Sandbox.spawn(spec, target=target, new_session=False)
+    else:
+        sb = Sandbox.spawn(spec, argv, new_session=False)
     if sockdir:
         sb.write_status_json(env[SANDBOX_FACTS_ENV])
     for sig in pending:

@@ -1,0 +1,108 @@
+"""The environment a sandbox starts with: an allow-list, never the caller's whole one.
+
+The hazard: a kernel's or a shell's environment carries secrets that code in a sandbox
+must not see: ``JUPYTERHUB_API_TOKEN``, cloud credentials (``AWS_SECRET_ACCESS_KEY``),
+``SSH_AUTH_SOCK``, ``DISPLAY`` (X11 access is keyboard access), tokens of CI systems.
+Filtering out known-bad names cannot keep up with them; so a sandbox gets only the
+variables below, which tools need to behave as they do on the host, plus what nskernel
+itself sets (the kernel's connection details) and what the caller names explicitly:
+``--env KEY=VALUE`` / ``--env KEY`` per sandbox, or ``NSKERNEL_KEEP_ENV`` (names separated
+by spaces or commas) for every sandbox a process makes. ``--keep-env`` passes everything.
+
+Standard library only: the sandbox server and the launchers import it before forking.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+from .errors import SpecError
+
+# What a program needs to find its tools and speak the user's language. No credentials,
+# no sockets, no display: each of those is a way out of the sandbox or a secret.
+ALLOWED: frozenset[str] = frozenset(
+    {
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TERM",
+        "COLORTERM",
+        "NO_COLOR",
+        "TZ",
+        # Python: where modules come from and how the interpreter behaves.
+        "PYTHONPATH",
+        "PYTHONNOUSERSITE",
+        "PYTHONSAFEPATH",
+        "PYTHONUTF8",
+        "PYTHONIOENCODING",
+        "PYTHONUNBUFFERED",
+        "PYTHONDONTWRITEBYTECODE",
+        "PYTHONWARNINGS",
+        "VIRTUAL_ENV",
+        "CONDA_PREFIX",
+        "CONDA_DEFAULT_ENV",
+        "MPLBACKEND",
+    }
+)
+ALLOWED_PREFIXES: tuple[str, ...] = ("LC_",)
+
+# Names (separated by spaces or commas) that every sandbox made by this process also gets.
+KEEP_ENV_VAR = "NSKERNEL_KEEP_ENV"
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def allowed(name: str) -> bool:
+    return name in ALLOWED or name.startswith(ALLOWED_PREFIXES)
+
+
+def kept_names(source: Mapping[str, str]) -> set[str]:
+    """The extra names ``NSKERNEL_KEEP_ENV`` asks for (invalid ones are ignored)."""
+    text = source.get(KEEP_ENV_VAR, "")
+    return {n for n in re.split(r"[\s,]+", text) if _NAME_RE.match(n)}
+
+
+def parse_env_option(text: str) -> tuple[str, str | None]:
+    """``--env KEY=VALUE`` -> (KEY, VALUE); ``--env KEY`` -> (KEY, None): take the caller's."""
+    name, sep, value = text.partition("=")
+    if not _NAME_RE.match(name):
+        msg = (
+            f"--env {text!r}: expected KEY=VALUE, or KEY to pass the current value on; "
+            "KEY is letters, digits and '_', not starting with a digit"
+        )
+        raise SpecError(msg)
+    return name, (value if sep else None)
+
+
+def sandbox_environment(
+    source: Mapping[str, str],
+    *,
+    env_options: Iterable[str] = (),
+    keep_all: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment for a sandbox, from the caller's ``source``.
+
+    ``env_options``: ``--env`` values (``KEY=VALUE`` sets, ``KEY`` copies from ``source``
+    if set there). ``keep_all``: ``--keep-env``, everything passes. ``extra``: what the
+    caller itself sets (e.g. the kernel's ``JPY_PARENT_PID``), applied last.
+    """
+    if keep_all:
+        env = dict(source)
+    else:
+        names = kept_names(source)
+        env = {k: v for k, v in source.items() if allowed(k) or k in names}
+    for text in env_options:
+        name, value = parse_env_option(text)
+        if value is not None:
+            env[name] = value
+        elif name in source:
+            env[name] = source[name]
+    if extra:
+        env.update(extra)
+    return env

@@ -10,6 +10,7 @@ threads), a ``%%sandbox`` cell in a real ipykernel, and the sandboxed kernel.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import uuid
 
 import pytest
 
-from tests.hostile import pids_with_cmdline, start_background, wait_for
+from tests.conftest import IS_ROOT, require
+from tests.hostile import inside, pids_with_cmdline, start_background, wait_for
 from tests.magic_helpers import execute, kernel
 
 pytestmark = pytest.mark.userns
@@ -236,3 +238,231 @@ def test_api_kill_ends_a_sandbox_that_stopped_its_init(tmp_path):
     assert out["code"] == 128 + signal.SIGKILL
     assert _gone(out["init"])
     wait_for(lambda: not pids_with_cmdline(f"sleep {tag}"), what="the sandbox's sleep to die")
+
+
+# ---------------------------------------------------------------- item 4: groups
+
+GROUPS_INSIDE = r"""
+import json, os
+with open("/proc/self/status") as f:
+    line = next(l for l in f if l.startswith("Groups:"))
+print(json.dumps({"groups": line.split()[1:], "getgroups": os.getgroups()}))
+"""
+
+
+def _as_user_with_an_extra_group(*args: str) -> subprocess.CompletedProcess[str]:
+    """`nskernel run ARGS` as uid 4321 (no /etc/subuid range) in extra group 4999."""
+    return subprocess.run(
+        [sys.executable, "-m", "nskernel", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        user=4321,
+        group=4321,
+        extra_groups=[4999],
+        env={
+            **{k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")},
+            "HOME": "/nonexistent",
+            "LANG": "C.UTF-8",
+        },
+    )
+
+
+@pytest.mark.root
+def test_groups_that_cannot_be_dropped_refuse_the_sandbox_and_say_how_to_fix_it():
+    r = _as_user_with_an_extra_group("--", sys.executable, "-I", "-c", GROUPS_INSIDE)
+    assert r.returncode == 125, (r.stdout, r.stderr)
+    assert "supplementary groups (4999)" in r.stderr
+    assert "/etc/subgid" in r.stderr and "--keep-groups" in r.stderr
+    assert r.stdout == ""  # nothing ran
+
+
+@pytest.mark.root
+def test_keep_groups_runs_with_them_and_warns():
+    r = _as_user_with_an_extra_group(
+        "--keep-groups", "--", sys.executable, "-I", "-c", GROUPS_INSIDE
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--keep-groups: your supplementary groups (4999)" in r.stderr
+    assert json.loads(r.stdout)["groups"] != []  # still attached (shown unmapped)
+
+
+def test_no_supplementary_group_reaches_the_sandbox(nsk):
+    if not IS_ROOT and not [g for g in os.getgroups() if g != os.getegid()]:
+        require(
+            "the caller has no supplementary group, so dropping them is not shown: put "
+            "the test user in one (.ci/run adds nskci to nskci-extra)"
+        )
+    r = nsk("run", "--", sys.executable, "-I", "-c", GROUPS_INSIDE)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"groups": [], "getgroups": []}
+
+
+@pytest.mark.rootless
+def test_rootless_without_a_subgid_map_groups_refuse_the_api(tmp_path):
+    if not [g for g in os.getgroups() if g != os.getegid()]:
+        require("the caller has no supplementary group (.ci/run adds nskci to nskci-extra)")
+    script = textwrap.dedent(
+        """
+        from nskernel import Sandbox, SandboxSpec, SandboxError
+        try:
+            Sandbox.spawn(SandboxSpec(use_subids=False), ["true"])
+        except SandboxError as e:
+            print("refused:", e)
+        """
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert r.stdout.startswith("refused: your supplementary groups"), (r.stdout, r.stderr)
+
+
+# ---------------------------------------------------------------- item 8: /dev
+
+
+def test_dev_is_fresh_and_minimal_and_other_terminals_are_out_of_reach(nsk):
+    master, slave = os.openpty()  # a terminal of the host's, like the user's other ones
+    try:
+        name = os.ttyname(slave)
+        script = f"""
+import os, pty
+found = {{"dev": sorted(os.listdir("/dev")), "pts": sorted(os.listdir("/dev/pts"))}}
+found["host_pty"] = attempt(os.open, {name!r}, os.O_WRONLY | os.O_NOCTTY)
+m, s = pty.openpty()  # a pty of its own still works
+found["own_pty"] = os.ttyname(s)
+report(**found)
+"""
+        seen = inside(nsk, script)
+    finally:
+        os.close(master)
+        os.close(slave)
+    nodes = ["null", "zero", "full", "random", "urandom", "tty", "ptmx"]
+    assert seen["dev"] == sorted(
+        [*nodes, "pts", "shm", "mqueue", "fd", "stdin", "stdout", "stderr"]
+    )
+    assert seen["pts"] == ["ptmx"]
+    assert seen["host_pty"] == "ENOENT"
+    assert seen["own_pty"] == "/dev/pts/0"
+
+
+# ---------------------------------------------------------------- item 9: --pids
+
+SPREAD = r"""
+import json, os, time
+forked = 0
+for i in range(1, 200):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        try:
+            os.setresuid(i, i, i)  # move to another uid, if one is mapped: a fresh count
+        except OSError:
+            pass
+        time.sleep(30)
+        os._exit(0)
+    forked += 1
+with open("/proc/self/uid_map") as f:
+    rows = len(f.read().splitlines())
+print(json.dumps({"forked": forked, "uid_map_rows": rows}))
+"""
+
+
+def test_pids_limit_holds_even_across_uids(nsk):
+    r = nsk("run", "--pids", "16", "--timeout", "20", "--", sys.executable, "-I", "-c", SPREAD)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    # init, python and its children: at most 16 in all.
+    assert seen["forked"] <= 14, seen
+
+
+# ---------------------------------------------------------------- safer defaults
+
+
+def test_homes_are_hidden_and_home_is_private_and_writable(nsk, tmp_path):
+    home = os.path.expanduser("~")
+    script = f"""
+found = {{"home_listing": sorted(os.listdir({home!r})), "HOME": os.environ["HOME"]}}
+found["write"] = attempt(write_file, os.path.join({home!r}, "made-inside"))
+found["others"] = sorted(os.listdir("/home")) if os.path.isdir("/home") else None
+found["root"] = attempt(os.listdir, "/root")
+report(**found)
+"""
+    seen = inside(nsk, script)
+    assert seen["HOME"] == home
+    assert seen["home_listing"] == []
+    assert seen["write"] == "ok"
+    assert not os.path.exists(os.path.join(home, "made-inside"))  # stayed inside
+    user_home = os.path.basename(home) if home.startswith("/home/") else None
+    assert seen["others"] in ([], [user_home])
+    assert seen["root"] == "ok" if home == "/root" else seen["root"] in ("ok", "EACCES")
+
+
+def test_share_home_shows_the_homes_read_only(nsk):
+    home = os.path.expanduser("~")
+    script = f"""
+report(
+    listing=attempt(os.listdir, {home!r}),
+    write=attempt(write_file, os.path.join({home!r}, "nsk-share-home-probe")),
+)
+"""
+    seen = inside(nsk, script, "--share-home")
+    # Visible as the host has it: the caller's own home (rootless), or /root, which
+    # sandbox root (nobody on the host) may not even list (root).
+    assert seen["listing"] == ("EACCES" if IS_ROOT else "ok")
+    assert seen["write"] in ("EROFS", "EACCES")
+
+
+def test_environment_is_an_allow_list(nsk):
+    env = {
+        **os.environ,
+        "JUPYTERHUB_API_TOKEN": "secret-token",
+        "AWS_SECRET_ACCESS_KEY": "secret-key",
+        "SSH_AUTH_SOCK": "/run/agent.sock",
+        "MY_SETTING": "kept",
+    }
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    r = nsk("run", "--", sys.executable, "-I", "-c", dump, env=env)
+    seen = json.loads(r.stdout)
+    for secret in ("JUPYTERHUB_API_TOKEN", "AWS_SECRET_ACCESS_KEY", "SSH_AUTH_SOCK", "MY_SETTING"):
+        assert secret not in seen
+    assert seen["PATH"] == os.environ["PATH"]
+    r = nsk(
+        "run",
+        "--env",
+        "MY_SETTING",
+        "--env",
+        "X=1",
+        "--",
+        sys.executable,
+        "-I",
+        "-c",
+        dump,
+        env=env,
+    )
+    seen = json.loads(r.stdout)
+    assert seen["MY_SETTING"] == "kept" and seen["X"] == "1"
+    assert "JUPYTERHUB_API_TOKEN" not in seen
+    r = nsk("run", "--keep-env", "--", sys.executable, "-I", "-c", dump, env=env)
+    assert json.loads(r.stdout)["JUPYTERHUB_API_TOKEN"] == "secret-token"
+
+
+def test_sandbox_cell_gets_no_secret_of_the_kernels_environment():
+    with kernel() as (_km, kc):
+        execute(kc, "import os; os.environ['AWS_SECRET_ACCESS_KEY'] = 'secret-key'")
+        res = execute(kc, "%%sandbox\nimport os\nprint('AWS_SECRET_ACCESS_KEY' in os.environ)")
+        assert res.status == "ok", res.error_text
+        # The server was started before the secret was set: a new server sees it too.
+        assert res.stdout == "False\n"
+
+
+def test_sandbox_root_is_never_host_root_even_for_single_namespaces(nsk):
+    # The design's own example, %%sandbox --pid --net, and nskernel run --net: as root,
+    # these used to run as host uid 0 with a writable host filesystem.
+    for flags in (("--net",), ("--pid", "--net"), ("--uts",)):
+        r = nsk("run", *flags, "--", "sh", "-c", "cat /proc/self/uid_map; id -u")
+        assert r.returncode == 0, r.stderr
+        first = r.stdout.split("\n")[0].split()
+        assert first[0] == "0" and first[1] != "0", (flags, r.stdout)

@@ -101,9 +101,7 @@ def test_pid_brings_a_fresh_proc_and_so_a_mount_namespace(nsk):
 
 @pytest.mark.root
 def test_no_userns_opts_out_explicitly_and_keeps_the_host_identity(tmp_path):
-    proc, facts = start_background(
-        tmp_path, "--net", "--uts", "--no-userns", "--", "sleep", "30"
-    )
+    proc, facts = start_background(tmp_path, "--net", "--uts", "--no-userns", "--", "sleep", "30")
     try:
         host = namespace_ids()
         assert facts["namespaces"]["user"] == host["user"]

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._linux import contain, idmap, limits, mntns, procfs, syscalls, userns
+from ._linux import contain, idmap, init, limits, mntns, procfs, syscalls, userns
 from .environ import sandbox_environment
 from .errors import (
     EXIT_NOT_FOUND,
@@ -35,6 +35,7 @@ from .spec import (
 )
 
 _subreaper_set = False
+_init_warned = False
 
 
 def default_hostname() -> str:
@@ -193,6 +194,17 @@ class Sandbox:
         finally:
             for fd in owned.values():
                 os.close(fd)  # the sandbox has attached its own copy
+        global _init_warned
+        if not _init_warned:
+            # pip hides the build hook's output: say it where the user looks, once.
+            _init_warned = True
+            why = init.fallback_reason()
+            if why:
+                warnings.append(
+                    f"nskernel: sandboxes use the Python init, because nskernel-init is "
+                    f"missing: {why}. They work the same but each holds more memory; install "
+                    "a C compiler (Debian: gcc libc6-dev) and reinstall nskernel."
+                )
         sb.warnings = warnings
         sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
         return sb

@@ -608,3 +608,16 @@ def test_nskernels_runtime_state_is_masked_inside(nsk):
         assert r.stdout == "secret-key"  # what is bound explicitly is still visible
     finally:
         shutil.rmtree(xdg)
+
+
+def test_a_missing_native_init_is_said_at_first_use(tmp_path, monkeypatch):
+    # pip hides the build hook's warning; its note (one line) is shown instead.
+    from nskernel._linux import init
+
+    monkeypatch.delenv(init.INIT_ENV, raising=False)
+    monkeypatch.setattr(init, "NATIVE_INIT", str(tmp_path / "nskernel-init"))
+    monkeypatch.setattr(init, "MISSING_NOTE", str(tmp_path / "nskernel-init.missing"))
+    (tmp_path / "nskernel-init.missing").write_text("no C compiler (cc/gcc) found\n")
+    assert init.fallback_reason() == "no C compiler (cc/gcc) found"
+    (tmp_path / "nskernel-init").write_bytes(b"")
+    assert init.fallback_reason() is None

@@ -466,3 +466,33 @@ def test_sandbox_root_is_never_host_root_even_for_single_namespaces(nsk):
         assert r.returncode == 0, r.stderr
         first = r.stdout.split("\n")[0].split()
         assert first[0] == "0" and first[1] != "0", (flags, r.stdout)
+
+
+def test_kernel_shutdown_ends_a_sandboxed_kernel_that_stopped_its_init(tmp_path):
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
+
+    ksm = KernelSpecManager(kernel_dirs=[str(install_kernelspecs(tmp_path / "prefix"))])
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    km.start_kernel(cwd=str(nbdir))
+    kc = km.client()
+    kc.start_channels()
+    tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
+    try:
+        kc.wait_for_ready(timeout=60)
+        attack = STOP_INIT.replace("time.sleep(1000)", "").replace("sys.argv[1]", repr(tag))
+        out = run_cell(kc, attack)
+        assert json.loads(out["stdout"])["seize"] == 0, out
+        launcher = km.provisioner.pid
+        with open(f"/proc/{launcher}/task/{launcher}/children") as f:
+            init = int(f.read().split()[0])
+        wait_for(lambda: _state(init) == "t", what="init to be in a tracing stop")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert _gone(init)
+    wait_for(lambda: not pids_with_cmdline(f"sleep {tag}"), what="the sandbox's sleep to die")

@@ -778,6 +778,23 @@ def test_profile_semantics_match_docker(tmp_path) -> None:
     assert fewer.verdict("write") == "errno ENOSYS" and fewer.verdict("close") == "allow"
 
 
+def test_a_multi_architecture_profile_compiles_with_syscalls_libseccomp_lacks(tmp_path) -> None:
+    """Docker's own profile adds x86 and x32 on x86_64 and lists syscalls newer than
+    Debian 12's libseccomp (mseal...): those are skipped there, as runc skips them."""
+    profile = {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "archMap": [
+            {"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]},
+            {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]},
+        ],
+        "syscalls": [{"names": ["read", "mseal", "statmount"], "action": "SCMP_ACT_ALLOW"}],
+    }
+    filt = seccomp.load(_write(tmp_path, profile), capabilities=caps.DEFAULT)
+    assert filt.verdict("read") == "allow"
+    assert len(filt.architectures) == 2
+    assert set(filt.unknown_syscalls) <= {"mseal", "statmount"}
+
+
 # ---------------------------------------------------------------- pure: capabilities
 
 

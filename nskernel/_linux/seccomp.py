@@ -333,12 +333,17 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
             if nr is None:
                 unknown.append(syscall)
                 continue
-            for conds in groups:
-                try:
+            try:
+                for conds in groups:
                     filt.add_rule(action, nr, *conds)
-                except OSError as e:
-                    msg = f"{at}: libseccomp refused the rule for {syscall}: {e.strerror}"
-                    raise SeccompError(msg) from e
+            except OSError as e:
+                if _RECENT_SYSCALLS.get(syscall) == nr and len(arches) > 1:
+                    # libseccomp translates a rule to the other architectures by name,
+                    # and it does not know this one: skipped, as an unknown name is.
+                    unknown.append(syscall)
+                    continue
+                msg = f"{at}: libseccomp refused the rule for {syscall}: {e.strerror}"
+                raise SeccompError(msg) from e
     program = _export(filt)
     probe = evaluate(program, _resolve_native("unshare") or -1, sc.system_arch(), (CLONE_NEWUSER,))
     return Filter(

@@ -21,6 +21,7 @@ class Confinement:
     capabilities: frozenset[str]
     filter: seccomp.Filter
     last_cap: int  # the kernel's highest capability number, read before fork
+    cap_mask: int  # ``capabilities`` as bits, computed before fork
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready: what the command runs with (for --status-json, inspect, doctor)."""
@@ -42,11 +43,11 @@ def plan(
     this sandbox may create user namespaces (the sandboxed kernel's own sandbox)."""
     keep = caps.plan(cap_add, cap_drop)
     filt = seccomp.load(seccomp_choice, capabilities=keep, allow_new_userns=allow_new_userns)
-    return Confinement(keep, filt, caps.last_cap())
+    return Confinement(keep, filt, caps.last_cap(), caps.mask(keep))
 
 
 def apply_from_child(c: Confinement) -> None:
     """The command's last setup step. Raises OSError naming the call that failed: the
     command must not run then."""
-    caps.apply_from_child(c.capabilities, last=c.last_cap)
+    caps.apply_mask_from_child(c.cap_mask, c.last_cap)
     seccomp.install_from_child(c.filter)

@@ -94,7 +94,13 @@ def compile_cached(ctx: Context, plan: Plan) -> Measurement:
     return Measurement(samples, 'seccomp.load("default", ...) again', DETAILS)
 
 
-@case(COST, "install", "install caps + no_new_privs + filter", iterations=100)
+@case(
+    COST,
+    "install",
+    "install caps + no_new_privs + filter",
+    iterations=100,
+    target=INSTALL_TARGET_MS,
+)
 def install(ctx: Context, plan: Plan) -> Measurement:
     samples = in_fresh_interpreter("benchmarks.cases_confine:install_loop", plan, ctx)
     return Measurement(samples, "confine.apply_from_child(plan), inside the sandbox", DETAILS)

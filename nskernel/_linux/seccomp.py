@@ -76,6 +76,7 @@ _RET_DATA = 0x0000FFFF
 
 CLONE_NEWUSER = syscalls.CLONE_NEWUSER
 MAX_PROFILE_BYTES = 1 << 20
+BPF_MAXINSNS = 4096  # linux/bpf_common.h: the most one classic BPF program may hold
 
 # Syscalls newer than the libseccomp that Debian 12 ships (2.5.4 knows up to futex_wake).
 # Numbers from the kernel's unified syscall table, the same on x86_64 and aarch64; used only
@@ -246,7 +247,12 @@ def _read_profile(path: str) -> str:
         if not stat.S_ISREG(st.st_mode):
             msg = f"seccomp profile {path} is not a regular file: give a JSON file"
             raise SeccompError(msg)
-        data = os.read(fd, MAX_PROFILE_BYTES + 1)
+        data = b""
+        while len(data) <= MAX_PROFILE_BYTES:
+            chunk = os.read(fd, MAX_PROFILE_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
     finally:
         os.close(fd)
     if len(data) > MAX_PROFILE_BYTES:
@@ -345,6 +351,12 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
                 msg = f"{at}: libseccomp refused the rule for {syscall}: {e.strerror}"
                 raise SeccompError(msg) from e
     program = _export(filt)
+    if len(program) // 8 > BPF_MAXINSNS:
+        msg = (
+            f"{where} compiles to {len(program) // 8} BPF instructions; the kernel accepts at "
+            f"most {BPF_MAXINSNS}: merge entries or drop architectures"
+        )
+        raise SeccompError(msg)
     probe = evaluate(program, _resolve_native("unshare") or -1, sc.system_arch(), (CLONE_NEWUSER,))
     return Filter(
         name=name,

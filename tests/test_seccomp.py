@@ -795,6 +795,38 @@ def test_a_multi_architecture_profile_compiles_with_syscalls_libseccomp_lacks(tm
     assert set(filt.unknown_syscalls) <= {"mseal", "statmount"}
 
 
+def test_filters_can_be_compiled_and_installed_here() -> None:
+    """What doctor reports; CI's machines must be able to (libseccomp2 is in .ci/run)."""
+    assert seccomp.available() is None
+
+
+@pytest.mark.parametrize(
+    ("raised", "says"),
+    [
+        (ImportError("No module named 'pyseccomp'"), "pip install pyseccomp"),
+        (RuntimeError("Unable to find libseccomp"), "apt-get install libseccomp2"),
+    ],
+    ids=["no-binding", "no-libseccomp"],
+)
+def test_without_libseccomp_loading_fails_closed_and_says_what_to_do(
+    monkeypatch, raised: Exception, says: str
+) -> None:
+    def missing() -> None:
+        raise raised
+
+    monkeypatch.setattr(seccomp, "_import_binding", missing)
+    seccomp._binding.cache_clear()
+    try:
+        with pytest.raises(seccomp.SeccompError) as e:
+            seccomp.load("default", capabilities=frozenset({"KILL"}))  # not cached yet
+        assert says in str(e.value) and "--seccomp unconfined" in str(e.value)
+        assert "--seccomp unconfined" in (seccomp.available() or "")
+        # Unconfined needs no libseccomp.
+        assert seccomp.load("unconfined", capabilities=caps.DEFAULT).program is None
+    finally:
+        seccomp._binding.cache_clear()
+
+
 # ---------------------------------------------------------------- pure: capabilities
 
 

@@ -595,6 +595,7 @@ def _import_binding() -> Any:
 def available() -> str | None:
     """None if filters can be compiled and installed here, else why and what to do."""
     try:
+        _binding()  # a cached filter would not tell whether libseccomp is (still) here
         filt = load(DEFAULT, capabilities=frozenset())
     except SeccompError as e:
         return str(e)

@@ -357,11 +357,15 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
             f"most {BPF_MAXINSNS}: merge entries or drop architectures"
         )
         raise SeccompError(msg)
-    probe = evaluate(program, _resolve_native("unshare") or -1, sc.system_arch(), (CLONE_NEWUSER,))
+    try:
+        nr = _resolve_native("unshare") or -1
+        new_userns = evaluate(program, nr, sc.system_arch(), (CLONE_NEWUSER,)) == RET_ALLOW
+    except ValueError:  # an instruction evaluate() does not know: report the worst case
+        new_userns = True
     return Filter(
         name=name,
         program=program,
-        allows_new_userns=probe == RET_ALLOW,
+        allows_new_userns=new_userns,
         flags=flags,
         architectures=tuple(arches),
         unknown_syscalls=tuple(dict.fromkeys(unknown)),

@@ -470,8 +470,10 @@ def _settings(blocker: str, rt: dict[str, Any]) -> list[str]:
                 "in the pod spec hostUsers: false, and in the container's securityContext "
                 "procMount: Unmasked (Kubernetes 1.33 or later with user namespaces: Linux "
                 "6.3 or later, containerd 2.0 or CRI-O 1.25 or later). Pod Security "
-                "'baseline' rejects an Unmasked procMount: the pods' namespace must be "
-                "labelled pod-security.kubernetes.io/enforce=privileged or be exempted.",
+                "admission: 'restricted' always rejects an Unmasked procMount, 'baseline' "
+                "allows it for hostUsers: false pods from Kubernetes 1.35 on (before, only "
+                "'privileged' does): label the pods' namespace "
+                "pod-security.kubernetes.io/enforce accordingly.",
                 *_z2jh(rt, "masked"),
             ]
         return [
@@ -511,18 +513,24 @@ def _settings(blocker: str, rt: dict[str, Any]) -> list[str]:
 
 
 def _z2jh(rt: dict[str, Any], blocker: str) -> list[str]:
-    """The same setting as Zero to JupyterHub config.yaml keys (singleuser.*)."""
+    """The same setting for Zero to JupyterHub: KubeSpawner options in config.yaml."""
     if not rt.get("jupyterhub"):
         return []
-    key = {
-        "seccomp": "singleuser.extraContainerConfig.securityContext.seccompProfile",
-        "masked": (
-            "singleuser.extraPodConfig.hostUsers: false and "
-            "singleuser.extraContainerConfig.securityContext.procMount: Unmasked"
+    value = {
+        "seccomp": (
+            "container_security_context: {seccompProfile: {type: Localhost, "
+            f"localhostProfile: {PROFILE_FILE}}}}}"
         ),
-        "apparmor": "singleuser.extraContainerConfig.securityContext.appArmorProfile",
+        "masked": (
+            "extra_pod_config: {hostUsers: false}, "
+            "container_security_context: {procMount: Unmasked}"
+        ),
+        "apparmor": "container_security_context: {appArmorProfile: {type: Unconfined}}",
     }[blocker]
-    return [f"Zero to JupyterHub (config.yaml, or a profileList kubespawner_override): {key}."]
+    return [
+        f"Zero to JupyterHub (config.yaml): in a singleuser.profileList entry, "
+        f"kubespawner_override: {{{value}}} (merge with the other settings it needs)."
+    ]
 
 
 def _blocker(bid: str, rt: dict[str, Any], *, seen: bool = True, **kw: Any) -> Blocker:

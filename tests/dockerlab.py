@@ -254,6 +254,9 @@ class PrivateDocker:
             f"--env=HOME={home}",
             "--env=LANG=C.UTF-8",
             "--env=PYTHONDONTWRITEBYTECODE=1",
+            # The checkout bound here is what runs, whatever the environment's editable
+            # install points at (processes started in other directories import it too).
+            f"--env=PYTHONPATH={REPO}",
             f"--env=PATH={venv}/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             f"--workdir={REPO}",
             "--volume=/usr:/usr:ro",

@@ -70,14 +70,22 @@ NEEDED_SYSCALLS = (
 # The file `--print-seccomp-profile` writes, as the fixes name it.
 PROFILE_FILE = "nskernel-seccomp.json"
 
-# Opt-in degraded modes (issue 18, item 4), implemented in the sandbox core. Doctor
-# offers them only once the core has them (see _degraded_supported), under this name.
+# Opt-in degraded modes (issue 18, item 4), implemented in the sandbox core: where a
+# fresh /proc or /sys is refused (or sethostname), keep what the container has. Doctor
+# offers them only once the core has them (see _degraded_supported), under this name;
+# the core says degraded_warning(...) wherever one is in use (every cell, every run).
 DEGRADED_OPTION = "--allow-degraded"
+DEGRADED_ENV = "NSKERNEL_ALLOW_DEGRADED"
 DEGRADED_LOSSES = {
+    # A fresh procfs is refused outright there (subset=pid and hidepid too, measured
+    # with Docker 20.10 on Linux 6.18), so the container's own is all there is.
     "proc": (
         "the sandbox sees the container's own /proc, read-only: every process of the "
-        "container is listed (ps, /proc/PID), not only the sandbox's, though none of them "
-        "can be signalled or traced from inside"
+        "container is listed with its command line (tokens passed on command lines "
+        "included), and those that run as the same user as the sandbox (in a container "
+        "run as one user: the Jupyter server and the kernel) can be read further through "
+        "/proc/PID (environment, memory) unless the kernel's Yama ptrace_scope forbids it; "
+        "none of them can be signalled or traced by PID"
     ),
     "sys": (
         "the sandbox sees the container's own /sys, read-only: /sys/class/net lists the "
@@ -85,6 +93,20 @@ DEGRADED_LOSSES = {
     ),
     "hostname": "the sandbox keeps the container's hostname (its UTS namespace is still its own)",
 }
+
+
+def degraded_warning(what: str) -> str:
+    """The warning a sandbox running in degraded mode ``what`` must show, each time."""
+    cause = {
+        "proc": "the container's runtime refuses a fresh /proc",
+        "sys": "the container's runtime refuses a fresh /sys",
+        "hostname": "a seccomp filter refuses sethostname",
+    }[what]
+    return (
+        f"nskernel: warning: {cause}, and {DEGRADED_OPTION} {what} is set: "
+        f"{DEGRADED_LOSSES[what]}. To get the full sandbox, change the container's "
+        "settings as `nskernel doctor` says (docs/deploy.md)."
+    )
 
 
 def _read(path: str) -> str | None:

@@ -351,3 +351,15 @@ def test_print_seccomp_profile(nsk):
         for n in rule["names"]
     }
     assert set(doctor.NEEDED_SYSCALLS) <= allowed
+
+
+def test_degraded_mode_warnings_say_what_is_lost_and_the_real_fix():
+    from nskernel import doctor
+
+    for what in ("proc", "sys", "hostname"):
+        text = doctor.degraded_warning(what)
+        assert text.startswith("nskernel: warning: ")
+        assert f"{doctor.DEGRADED_OPTION} {what}" in text
+        assert doctor.DEGRADED_LOSSES[what] in text
+        assert "docs/deploy.md" in text
+    assert "environment, memory" in doctor.degraded_warning("proc")

@@ -625,9 +625,6 @@ def _blocker(bid: str, rt: dict[str, Any], *, seen: bool = True, **kw: Any) -> B
         return Blocker(bid, "No CAP_SYS_ADMIN", why, fix, seen)
     if bid == "id-maps":
         return Blocker(bid, "Id maps", kw["why"], kw["fix"], seen)
-    if bid == "sethostname":
-        # Podman's default profile refuses exactly this one.
-        return _blocker("seccomp", rt, seen=seen, calls=["sethostname"])
     raise KeyError(bid)
 
 
@@ -657,6 +654,23 @@ def _id_map_blocker(rt: dict[str, Any]) -> Blocker:
     return _blocker("id-maps", rt, why=why, fix=fix)
 
 
+def _syscalls_of(step: str) -> set[str] | None:
+    """The syscalls a setup step (as the sandbox core names it) makes; None: unknown."""
+    prefixes = {
+        ("unshare", "lock the mounts", "create the hub network"): {"unshare"},
+        ("sethostname",): {"sethostname"},
+        ("pivot_root",): {"pivot_root"},
+        ("detach the old root",): {"umount2"},
+        ("setns",): {"setns"},
+        ("mount(", "bind ", "make "): {"mount", "mount_setattr"},
+        ("attach the idmapped",): {"open_tree", "move_mount", "mount_setattr"},
+    }
+    for starts, calls in prefixes.items():
+        if step.startswith(starts):
+            return calls
+    return None
+
+
 def classify(
     *, step: str, namespace: str | None, errno: int | None, rt: dict[str, Any] | None = None
 ) -> Blocker | None:
@@ -672,10 +686,11 @@ def classify(
             return _blocker("threads", rt)
     if denied and seccomp_mode() == 2:
         blocked = blocked_syscalls(probe_syscalls())
-        if blocked:
+        made = _syscalls_of(step)
+        # The filter is to blame if it refuses the call this step made (a filter that
+        # refuses only sethostname does not explain a refused /proc).
+        if blocked and (made is None or made & set(blocked)):
             return _blocker("seccomp", rt, calls=blocked)
-    if step.startswith("sethostname") and errno == errno_mod.EPERM:
-        return _blocker("sethostname", rt)
     if denied:
         lsm = security_module()
         if errno == errno_mod.EACCES and lsm["confined"] and lsm["name"]:

@@ -363,3 +363,24 @@ def test_degraded_mode_warnings_say_what_is_lost_and_the_real_fix():
         assert doctor.DEGRADED_LOSSES[what] in text
         assert "docs/deploy.md" in text
     assert "environment, memory" in doctor.degraded_warning("proc")
+
+
+def test_a_filter_is_blamed_only_for_the_calls_it_refuses(monkeypatch):
+    """Podman's default profile refuses sethostname only: a refused /proc there is the
+    masking's doing, a refused hostname the filter's."""
+    import errno
+
+    from nskernel import doctor
+
+    probe = {n: "allowed" for n in doctor.NEEDED_SYSCALLS} | {"sethostname": "blocked (EPERM)"}
+    monkeypatch.setattr(doctor, "seccomp_mode", lambda: 2)
+    monkeypatch.setattr(doctor, "probe_syscalls", lambda: probe)
+    monkeypatch.setattr(doctor, "masked_paths", lambda: {"/proc": ["/proc/kcore"], "/sys": []})
+    proc = doctor.classify(
+        step="mount(proc) on /proc", namespace="mnt", errno=errno.EPERM, rt=PODMAN
+    )
+    assert proc.id == "masked" and "podman run --security-opt unmask=ALL." in proc.fix
+    host = doctor.classify(
+        step="sethostname('nsk-1')", namespace="uts", errno=errno.EPERM, rt=PODMAN
+    )
+    assert host.id == "seccomp" and "refuses sethostname to this process" in host.why

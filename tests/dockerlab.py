@@ -117,8 +117,8 @@ class PrivateDocker:
         self.sock = os.path.join(base, "docker.sock")
         self.log_path = os.path.join(base, "dockerd.log")
         self.proc: subprocess.Popen[bytes] | None = None
-        # Relative: runc puts each container beneath its own cgroup, which is ours.
-        self.cgroup_parent = "nsk-docker-" + os.path.basename(base).rsplit(".", 1)[-1]
+        self.cgroup_name = "nsk-docker-" + os.path.basename(base).rsplit(".", 1)[-1]
+        self.cgroup_parent = _cgroup_parent(self.cgroup_name)
         # Directories dockerd and containerd's shims make at fixed paths whatever their
         # options say (plugin discovery, shim sockets): removed again if we made them.
         self._fixed_dirs = [d for d in ("/run/docker", "/run/containerd") if not os.path.lexists(d)]
@@ -221,7 +221,7 @@ class PrivateDocker:
     def _remove_cgroup_parent(self) -> None:
         """runc removes each container's cgroup, not the parent it made them in."""
         for d in _own_cgroup_dirs():
-            top = os.path.join(d, self.cgroup_parent)
+            top = os.path.join(d, self.cgroup_name)
             if not os.path.isdir(top):
                 continue
             for root, _dirs, _files in os.walk(top, topdown=False):
@@ -267,6 +267,21 @@ class PrivateDocker:
             *argv,
         ]
         return self.docker(*cmd, timeout=timeout)
+
+
+def _cgroup_parent(name: str) -> str:
+    """A --cgroup-parent that puts containers beneath this process's own cgroup.
+
+    cgroup v1 (this project's machines): relative, which runc resolves against its own
+    cgroup in each hierarchy, and runc runs in ours (dockerd, containerd and the shims
+    are our children). cgroup v2 alone: runc would resolve a relative path against the
+    *parent* of its cgroup, so the path is spelled out from the root instead.
+    """
+    if not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return name
+    with open("/proc/self/cgroup") as f:
+        own = next(line.split(":", 2)[2].strip() for line in f if line.startswith("0::"))
+    return f"{own.rstrip('/')}/{name}"
 
 
 def _own_cgroup_dirs() -> list[str]:

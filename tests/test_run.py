@@ -84,12 +84,40 @@ def test_only_the_namespaces_asked_for(tmp_path):
         assert ns["uts"] != host["uts"]
         for shared in ("pid", "mnt", "ipc", "cgroup"):
             assert ns[shared] == host[shared], shared
-        # An unprivileged caller needs a user namespace to create the others.
-        assert (ns["user"] == host["user"]) is IS_ROOT
-        assert set(facts["created"]) == ({"net", "uts"} if IS_ROOT else {"net", "uts", "user"})
+        # A user namespace always: sandbox root is never host root.
+        assert ns["user"] != host["user"]
+        assert set(facts["created"]) == {"net", "uts", "user"}
     finally:
         proc.terminate()
         assert proc.wait(10) == 128 + signal.SIGTERM
+
+
+def test_pid_brings_a_fresh_proc_and_so_a_mount_namespace(nsk):
+    r = nsk("run", "--pid", "--", "sh", "-c", "ls /proc | grep -c '^[0-9]'; cat /proc/1/comm")
+    assert r.returncode == 0, r.stderr
+    count, comm = r.stdout.split()
+    assert int(count) <= 4 and comm == "nskernel-init"  # init, sh, grep (and ls)
+
+
+@pytest.mark.root
+def test_no_userns_opts_out_explicitly_and_keeps_the_host_identity(tmp_path):
+    proc, facts = start_background(tmp_path, "--net", "--uts", "--no-userns", "--", "sleep", "30")
+    try:
+        host = namespace_ids()
+        assert facts["namespaces"]["user"] == host["user"]
+        assert set(facts["created"]) == {"net", "uts"}
+        with open(f"/proc/{facts['pid']}/status") as f:
+            assert "Uid:\t0\t0\t0\t0" in f.read()  # host root, as asked for
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 128 + signal.SIGTERM
+
+
+@pytest.mark.rootless
+def test_no_userns_needs_cap_sys_admin(nsk):
+    r = nsk("run", "--net", "--no-userns", "--", "true")
+    assert r.returncode == 2
+    assert "--no-userns needs CAP_SYS_ADMIN" in r.stderr
 
 
 def test_status_json_is_the_facts_feed(tmp_path):

@@ -562,9 +562,9 @@ def _blocker(bid: str, rt: dict[str, Any], *, seen: bool = True, **kw: Any) -> B
     host = _on_host(name)
     if bid == "seccomp":
         calls = kw.get("calls") or ["unshare"]
-        what = "A seccomp filter"
+        what = "Seccomp"
         why = (
-            f"refuses {', '.join(calls)} to this process{where}: nskernel needs "
+            f"a seccomp filter forbids {', '.join(calls)} to this process{where}: nskernel needs "
             f"{', '.join(NEEDED_SYSCALLS)} to build a sandbox. Docker's and containerd's "
             "default profiles allow them only with CAP_SYS_ADMIN (which a sandbox does not "
             "need: it gets its privileges in its own user namespace) and never pivot_root."

@@ -81,7 +81,7 @@ def test_seccomp_denial_is_explained_and_nothing_runs(tmp_path):
     assert r.returncode == 125, r.stderr
     assert "unshare(CLONE_NEW" in r.stderr
     # Not in a container: who installs filters on a host, and the runtimes' settings.
-    assert "A seccomp filter: refuses unshare to this process" in r.stderr
+    assert "Seccomp: a seccomp filter forbids unshare to this process" in r.stderr
     assert "SystemCallFilter=" in r.stderr and "seccomp=unconfined" in r.stderr
     assert "`nskernel doctor`" not in r.stderr  # the fix itself, not a pointer to it
     assert not marker.exists(), "the command ran although the sandbox failed"
@@ -383,4 +383,4 @@ def test_a_filter_is_blamed_only_for_the_calls_it_refuses(monkeypatch):
     host = doctor.classify(
         step="sethostname('nsk-1')", namespace="uts", errno=errno.EPERM, rt=PODMAN
     )
-    assert host.id == "seccomp" and "refuses sethostname to this process" in host.why
+    assert host.id == "seccomp" and "forbids sethostname to this process" in host.why

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._linux import contain, idmap, limits, mntns, procfs, syscalls, userns
+from ._linux import confine, contain, idmap, init, limits, mntns, procfs, syscalls, userns
 from .environ import sandbox_environment
 from .errors import (
     EXIT_NOT_FOUND,
@@ -35,6 +35,7 @@ from .spec import (
 )
 
 _subreaper_set = False
+_init_warned = False
 
 
 def default_hostname() -> str:
@@ -73,6 +74,7 @@ class Sandbox:
         self._lifeline_w: int | None = lifeline_w
         self._facts: dict[str, Any] | None = None
         self.limits = applied_limits
+        self.confinement: confine.Confinement | None = None  # set by spawn
         # Processes killed by destroy() that come back to us as zombies (no PID
         # namespace: init's children are re-parented to us, a subreaper, when it dies).
         self._killed: list[tuple[int, int]] = []
@@ -135,6 +137,13 @@ class Sandbox:
                 hint="The kernel refuses it (EINVAL). Create sandboxes from a fresh, "
                 "single-threaded process: `nskernel run`, or the sandbox server.",
             )
+        # Bad --seccomp/--cap-* values fail here, before anything exists.
+        confinement = confine.plan(
+            spec.seccomp,
+            cap_add=spec.cap_add,
+            cap_drop=spec.cap_drop,
+            allow_new_userns=spec.allow_new_userns,
+        )
         applied = limits.create_from_parent(spec.limits)
         warnings: list[str] = []
         try:
@@ -177,6 +186,7 @@ class Sandbox:
             cgroup_dirs=tuple(applied.cgroup_dirs),
             rlimits=tuple(applied.rlimits),
             final_maps=plan_maps if contain.locks_mounts(namespaces) else None,
+            confinement=confinement,
         )
 
         global _subreaper_set
@@ -187,12 +197,24 @@ class Sandbox:
 
         try:
             sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname, applied)
+            sb.confinement = confinement
         except BaseException:
             applied.remove_from_parent()
             raise
         finally:
             for fd in owned.values():
                 os.close(fd)  # the sandbox has attached its own copy
+        global _init_warned
+        if not _init_warned:
+            # pip hides the build hook's output: say it where the user looks, once.
+            _init_warned = True
+            why = init.fallback_reason()
+            if why:
+                warnings.append(
+                    f"nskernel: sandboxes use the Python init, because nskernel-init is "
+                    f"missing: {why}. They work the same but each holds more memory; install "
+                    "a C compiler (Debian: gcc libc6-dev) and reinstall nskernel."
+                )
         sb.warnings = warnings
         sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
         return sb
@@ -297,6 +319,7 @@ class Sandbox:
                 "gid_map": procfs.id_map(self.pid, "gid_map"),
                 "started": self.started,
                 "limits": self.limits.describe(),
+                **({"confinement": self.confinement.describe()} if self.confinement else {}),
             }
         return dict(self._facts)
 

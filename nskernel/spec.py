@@ -206,10 +206,20 @@ class SandboxSpec:
     no_userns: bool = False
     keep_groups: bool = False
     share_home: bool = False
+    # The command's syscall filter ("default", "unconfined" or a Docker/OCI JSON profile),
+    # and changes to the default capability set (see nskernel._linux.confine).
+    seccomp: str = "default"
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    # The sandbox may create user namespaces of its own (the sandboxed kernel's, so that
+    # %%sandbox works in it); every other sandbox's filter refuses them.
+    allow_new_userns: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "binds", tuple(self.binds))
+        object.__setattr__(self, "cap_add", tuple(self.cap_add))
+        object.__setattr__(self, "cap_drop", tuple(self.cap_drop))
         unknown = self.namespaces - set(ALL_NAMESPACES)
         if unknown:
             msg = (

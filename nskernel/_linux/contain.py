@@ -23,7 +23,9 @@ Parent side (launcher)                    Child side
                                           init: 9. hostname  10. lo up  11. mounts
                                                 12. report "ready", fork the command
                                                 14. exec nskernel-init (init.c), if built
-                                          command: 13. reset signals, exec (or run target)
+                                          command: 13. reset signals, close what it was
+                                                not given, drop capabilities, no_new_privs,
+                                                syscall filter; exec (or run target)
 
 With a user and a mount namespace, the mounts are locked (see ``locks_mounts``): step 5
 creates only MNT and PID (and a throwaway NET for a locked /sys beneath the real one);
@@ -50,7 +52,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from . import init, limits, mntns, netns, syscalls, userns, utsns
+from . import confine, init, limits, mntns, netns, syscalls, userns, utsns
 
 ORDER_AFTER_USER = ("ipc", "uts", "net", "mnt", "pid")
 
@@ -81,6 +83,9 @@ class ChildPlan:
     controlling_tty: int | None = None
     cgroup_dirs: tuple[str, ...] = ()
     rlimits: tuple[tuple[int, int], ...] = ()
+    # Capabilities, no_new_privs and the syscall filter of the command (see ``confine``),
+    # decided and compiled by the launcher; None runs the command with neither.
+    confinement: confine.Confinement | None = None
     # Set when the mounts are locked (see ``locks_mounts``): the launcher wrote the staging
     # maps, init's helper writes these for the sandbox's own, nested user namespace.
     final_maps: userns.IdMapPlan | None = None
@@ -400,13 +405,20 @@ def _command_main(
         limits.apply_rlimits_from_child(list(plan.rlimits))
         # The sandbox starts with fds 0-2 plus exactly what it was passed: nothing of
         # the setup (the report pipe stays for a failed exec, close-on-exec).
-        keep = set(plan.pass_fds)
+        keep = {rep, *plan.pass_fds}
         if plan.controlling_tty is not None:
             keep.add(plan.controlling_tty)
-        if plan.target is None:
-            keep.add(rep)
         syscalls.close_fds_except(keep)
+        if plan.confinement is not None:
+            # Last: capabilities, no_new_privs, the syscall filter. Nothing runs without.
+            try:
+                confine.apply_from_child(plan.confinement)
+            except OSError as e:
+                report(rep, event="error", step="confine", errno=e.errno, strerror=str(e))
+                code = 125
+                raise SystemExit(code) from None
         if plan.target is not None:
+            os.close(rep)
             if plan.env is not None:  # a target runs on in this interpreter: no execve
                 os.environ.clear()
                 os.environ.update(plan.env)

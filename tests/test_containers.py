@@ -7,9 +7,9 @@ kernel without a network namespace, as an Enterprise Gateway kernel pod runs it,
 reaches the server on the container's loopback). Each runs as container root and as
 ``--user 1000``:
 
-- with the settings docs/deploy.md documents (the container seccomp profile, or
-  unconfined where this build has none, and ``systempaths=unconfined``): it all works,
-  in namespaces of its own;
+- with the settings docs/deploy.md documents (the container seccomp profile that
+  ``nskernel doctor --print-seccomp-profile`` writes, and ``systempaths=unconfined``):
+  it all works, in namespaces of its own;
 - with Docker's defaults: everything fails closed (no code runs unsandboxed: the marker
   files stay absent), and doctor names both blockers and the exact ``docker run`` flags.
 
@@ -46,17 +46,13 @@ class Lab:
         self.seccomp = self._documented_seccomp()
 
     def _documented_seccomp(self) -> str:
-        """The container seccomp profile doctor prints, or unconfined where this build
-        has no default profile to derive it from (docs/deploy.md says both)."""
+        """The container seccomp profile, as `nskernel doctor --print-seccomp-profile`
+        writes it: the documented setting is tested with exactly that file."""
         from nskernel import doctor
 
-        try:
-            profile = doctor.container_seccomp_profile()
-        except doctor.ProfileUnavailable:
-            return "unconfined"
         path = f"{self.docker.base}/{doctor.PROFILE_FILE}"
         with open(path, "w") as f:
-            json.dump(profile, f)
+            json.dump(doctor.container_seccomp_profile(), f)
         return path
 
     def documented(self) -> list[str]:

@@ -336,16 +336,16 @@ def test_the_container_profile_is_the_default_plus_what_sandboxes_need():
 
 
 def test_print_seccomp_profile(nsk):
+    """The profile docs/deploy.md tells operators to use (tests/test_containers.py runs
+    Docker with exactly this output)."""
     from nskernel import doctor
 
     r = nsk("doctor", "--print-seccomp-profile")
-    if not doctor._default_profile_path().exists():
-        assert r.returncode == 1
-        assert "has no default seccomp profile" in r.stderr
-        assert "seccomp=unconfined" in r.stderr
-        return
     assert r.returncode == 0, r.stderr
     profile = json.loads(r.stdout)
+    with open(doctor._default_profile_path()) as f:
+        default = json.load(f)
+    assert profile == doctor.derive_container_profile(default)
     allowed = {
         n
         for rule in profile["syscalls"]
@@ -353,6 +353,17 @@ def test_print_seccomp_profile(nsk):
         for n in rule["names"]
     }
     assert set(doctor.NEEDED_SYSCALLS) <= allowed
+
+
+def test_a_missing_default_profile_is_said_plainly(monkeypatch, tmp_path, capsys):
+    import argparse
+
+    from nskernel import doctor
+
+    monkeypatch.setattr(doctor, "_default_profile_path", lambda: tmp_path / "default.json")
+    assert doctor.main(argparse.Namespace(print_seccomp_profile=True, json=False)) == 1
+    err = capsys.readouterr().err
+    assert "has no default seccomp profile" in err and "seccomp=unconfined" in err
 
 
 def test_degraded_mode_warnings_say_what_is_lost_and_the_real_fix():

@@ -744,8 +744,10 @@ def _probe(namespaces: frozenset[str]) -> dict[str, Any]:
     from .sandbox import Sandbox
     from .spec import SandboxSpec
 
+    # Namespaces only: the filter and the groups are checked on their own (diagnose).
+    spec = SandboxSpec(namespaces=namespaces, seccomp="unconfined", keep_groups=True)
     try:
-        sb = Sandbox.spawn(SandboxSpec(namespaces=namespaces), target=lambda: 0)
+        sb = Sandbox.spawn(spec, target=lambda: 0)
     except SandboxError as e:
         return {
             "ok": False,
@@ -804,14 +806,20 @@ def diagnose() -> dict[str, Any]:
         "namespaces": {},
     }
     report["proc_masked"] = bool(report["masked"]["/proc"])
-    from ._linux.userns import plan_id_maps
+    report["id_maps"], report["groups"] = _id_maps_and_groups()
+    from ._linux import seccomp as seccomp_filter
 
-    report["id_maps"] = plan_id_maps().describe()
+    why = seccomp_filter.available()
+    report["sandbox_filter"] = {"available": why is None, "why": why}
     # Each type with the user namespace that owns it, as every default sandbox has it.
     for ns in NAMESPACES:
         report["namespaces"][ns] = _probe(frozenset({ns, "user"}))
     report["all"] = _probe(frozenset(NAMESPACES))
-    report["ok"] = report["all"]["ok"]
+    report["ok"] = (
+        report["all"]["ok"]
+        and report["sandbox_filter"]["available"]
+        and not report["groups"]["usable_inside"]
+    )
     blockers: dict[str, Blocker] = {}
     for r in [*report["namespaces"].values(), report["all"]]:
         if r["ok"]:
@@ -840,6 +848,26 @@ def diagnose() -> dict[str, Any]:
     report["limits"] = limit_mechanisms()
     report["init"] = init_in_use() if report["ok"] else None
     return report
+
+
+def _id_maps_and_groups() -> tuple[str, dict[str, Any]]:
+    """The id maps sandboxes get, and whether the caller's supplementary groups would stay
+    usable inside (they cannot be dropped without a newgidmap range: sandboxes refuse)."""
+    from ._linux import userns
+
+    try:
+        return userns.plan_id_maps().describe(), {"usable_inside": False}
+    except userns.GroupsStayUsable as e:
+        from .sandbox import _group_names, _user_name
+
+        plan = userns.plan_id_maps(keep_groups=True)
+        return plan.describe(), {
+            "usable_inside": True,
+            "groups": _group_names(e.groups),
+            "fix": "sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 "
+            f"{_user_name()}, and newuidmap/newgidmap (Debian: apt install uidmap); or run "
+            "with --keep-groups to accept them",
+        }
 
 
 def combined_fix(blockers: list[dict[str, Any]], rt: dict[str, Any]) -> str | None:
@@ -931,8 +959,9 @@ def init_in_use() -> dict[str, str]:
     from .spec import SandboxSpec
 
     r, w = os.pipe()
+    spec = SandboxSpec(seccomp="unconfined", keep_groups=True)
     try:
-        sb = Sandbox.spawn(SandboxSpec(), target=lambda: len(os.read(r, 1)), pass_fds=(r,))
+        sb = Sandbox.spawn(spec, target=lambda: len(os.read(r, 1)), pass_fds=(r,))
     except Exception as e:
         os.close(r)
         os.close(w)
@@ -955,8 +984,8 @@ def init_in_use() -> dict[str, str]:
         why = f"{init_mod.INIT_ENV}=python is set"
     elif not os.path.exists(init_mod.NATIVE_INIT):
         why = (
-            f"{init_mod.NATIVE_INIT} was not built (no C compiler when nskernel was "
-            "installed): install gcc and reinstall nskernel"
+            f"{init_mod.NATIVE_INIT} was not built ({init_mod.fallback_reason()}): install "
+            "a C compiler (Debian: gcc libc6-dev) and reinstall nskernel"
         )
     else:
         why = f"{init_mod.NATIVE_INIT} could not be executed inside the sandbox (noexec mount?)"
@@ -1015,6 +1044,22 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  /proc and /sys: {'masked: ' + ', '.join(masked) if masked else 'not masked'}")
     lines.append(f"  security module: {lsm_text}")
     lines.append(f"  id maps: {report['id_maps']}")
+    groups = report.get("groups") or {}
+    if groups.get("usable_inside"):
+        lines.append(
+            f"  supplementary groups: {groups['groups']} CANNOT be dropped inside sandboxes, "
+            "which therefore refuse to start (they would keep the groups' access)"
+        )
+        lines.append(f"        fix: {groups['fix']}")
+    else:
+        lines.append("  supplementary groups: dropped inside sandboxes")
+    sf = report.get("sandbox_filter") or {}
+    if sf.get("available", True):
+        lines.append(
+            "  sandbox confinement: default seccomp filter, no_new_privs, reduced capabilities"
+        )
+    else:
+        lines.append(f"  sandbox confinement: the seccomp filter is UNAVAILABLE: {sf['why']}")
     titles = {b["id"]: b["what"] for b in report.get("blockers", [])}
     # One line per namespace that works; one per distinct failure (six namespaces
     # refused for one reason are one line, not six).
@@ -1034,6 +1079,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  sandbox init: {init['init']} ({detail})")
     if report["ok"]:
         lines.append("Sandboxes work here.")
+        return "\n".join(lines)
+    if report["all"]["ok"]:
+        # The namespaces work; what stops every sandbox is said above, with its fix.
+        lines.append(
+            "Sandboxes do NOT start here (nskernel fails closed): see the supplementary "
+            "groups or the confinement line above, and its fix."
+        )
         return "\n".join(lines)
     lines.append("Sandboxes do NOT work here (nskernel fails closed: nothing runs unsandboxed).")
     if rt.get("binder"):

@@ -76,8 +76,6 @@ FORWARDED = (
 # Once the sandbox has ended: stop waiting for the terminal to take the rest.
 GIVE_UP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
-TIOCGPTPEER = 0x5441  # Linux >= 4.13: the slave of a pty master, without a path lookup
-
 _Attrs = list  # what termios.tcgetattr returns
 
 
@@ -282,10 +280,19 @@ class Relay:
         """Undo ``_enter``; called on every way out, possibly more than once."""
 
     def _on_signal(self, sb: Sandbox, signum: int) -> None:
+        # A sandbox that exited before its pidfd was handled has ended all the same:
+        # the signal was meant for nskernel then, not lost on a zombie.
+        if signum in GIVE_UP and not self._ended and sb.poll() is not None:
+            self._mark_ended()
         if self._ended:
             self._give_up = self._give_up or signum in GIVE_UP
         elif signum in FORWARDED:
             sb.send_signal(signum)
+
+    def _mark_ended(self) -> None:
+        self._ended = True
+        for ch in self._inputs:
+            ch.stop_writing()  # what the user types now is for their shell
 
     def _on_input_eof(self, ch: _Channel) -> None:
         raise NotImplementedError
@@ -373,15 +380,13 @@ class Relay:
                     if broken:
                         self._on_broken(ch)
             self._tidy()
-            if pidfd is not None and pidfd in ready:
-                sb.wait()
+            if pidfd is not None and (self._ended or pidfd in ready):
+                sb.wait()  # reaps it (unless a signal's sb.poll() did already)
                 self._own.remove(pidfd)
                 os.close(pidfd)
                 pidfd = None
                 deadline = None
-                self._ended = True
-                for ch in self._inputs:
-                    ch.stop_writing()  # what the user types now is for their shell
+                self._mark_ended()
 
 
 class _PtyRelay(Relay):
@@ -447,6 +452,7 @@ class _PtyRelay(Relay):
             return True
 
     def _enter(self) -> None:
+        self._copy_winsize()  # it may have changed while the sandbox was being made
         if self._terminal is None or self._saved is not None or self.master < 0:
             return
         if not self._in_foreground():
@@ -491,7 +497,6 @@ class _PtyRelay(Relay):
             os.kill(os.getpid(), signal.SIGSTOP)
         elif signum == signal.SIGCONT:  # back from a stop (SIGTSTP, or SIGSTOP + fg)
             self._enter()
-            self._copy_winsize()
         else:
             super()._on_signal(sb, signum)
 

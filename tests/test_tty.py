@@ -25,6 +25,7 @@ import uuid
 
 import pytest
 
+from nskernel.errors import EXIT_TIMEOUT
 from tests.conftest import nskernel_cmd
 from tests.hostile import descendants, host_pid_alive, wait_for
 
@@ -438,7 +439,9 @@ def test_sigtstp_gives_the_terminal_back_until_sigcont(bash):
 
 def test_full_screen_vi(bash, tmp_path):
     bash.send(b"vi -u NONE -i NONE -N /tmp/from-vi\r")
-    bash.expect(b"/tmp/from-vi")  # its status line: the screen is up
+    bash.expect(b'"/tmp/from-vi"')  # its status line (not the echo): vi is up
+    bash.send(b":echo 'si' . 'ze' &lines &columns\r")
+    bash.expect(b"size 30 100")
     bash.send(b"iwritten in vi \x1b:wq\r")
     bash.prompt()
     bash.send(b"cat /tmp/from-vi\r")
@@ -460,7 +463,12 @@ def test_python_repl(terminals):
     t.send(b"import os; os.get_terminal_size()\r")
     t.expect(b"columns=100, lines=30")
     t.expect(b"PYPROMPT> ")
-    t.send(b"import time; print('sl' + 'eeping'); time.sleep(100)\r")
+    # Short sleeps, "sleeping" printed from inside the loop: a SIGINT that lands after
+    # Python last checked for signals but before a sleep began waits for that sleep to
+    # end (Python's race, not the relay's).
+    t.send(b"import time\r")
+    t.expect(b"PYPROMPT> ")
+    t.send(b"any(time.sleep(0.01) if i else print('sl' + 'eeping') for i in range(10**9))\r")
     t.expect(b"sleeping")
     t.send(b"\x03")
     t.expect(b"KeyboardInterrupt")
@@ -520,6 +528,14 @@ def test_a_terminal_that_stops_reading_blocks_the_sandbox_not_nskernel(terminals
     assert t.proc.poll() is None
     t.proc.send_signal(signal.SIGTERM)
     assert t.proc.wait(60) == 143  # without anyone reading the terminal
+    assert t.modes() == t.modes_before
+
+
+def test_timeout_in_a_terminal(terminals):
+    t = terminals.nskernel("run", "--timeout", "0.5", "--", "sh", "-c", "echo r$((1+1)); sleep 100")
+    t.expect(b"r2")
+    assert t.wait() == EXIT_TIMEOUT
+    assert b"nskernel run: killed: timeout 0.5 s reached" in t.out
     assert t.modes() == t.modes_before
 
 

@@ -318,6 +318,9 @@ def test_sandbox_never_holds_the_callers_terminal(terminals):
 def test_bash_has_job_control_and_line_editing(bash):
     assert b"no job control" not in bash.out
     assert _is_raw(bash.modes())  # every key goes to the sandbox's terminal
+    # The relay reads and writes the terminal through descriptors of its own: the open
+    # file description it shares with its caller (here the test's) stays blocking.
+    assert os.get_blocking(bash.slave)
     # Type the end of a command, go to the start of the line (Ctrl-A), insert there.
     bash.send(b"cho $((6*7))\x01e\r")
     bash.expect(re.compile(rb"[\r\n]42\r\n"))  # readline ends a line with \r or \n
@@ -662,6 +665,26 @@ def test_tty_forces_a_pty_without_a_terminal(nsk):
     assert b"all-ttys\r\n" in r.stdout
     assert r.stdout.count(b"line one\r\n") == 2  # the pty's echo, then cat
     assert r.stdout.endswith(b"partial"), r.stdout
+
+
+def test_a_socket_for_stdin_gets_its_flags_back(nsk):
+    """A socket cannot be reopened: O_NONBLOCK is set on the shared description for the
+    relay and put back afterwards."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        ours.sendall(b"from a socket\n")
+        ours.shutdown(socket.SHUT_WR)
+        r = subprocess.run(
+            nskernel_cmd("run", "-t", "--", "head", "-n", "1"),
+            stdin=theirs.fileno(),
+            capture_output=True,
+            timeout=60,
+        )
+        assert r.returncode == 0, r
+        assert r.stdout.count(b"from a socket\r\n") == 2  # the pty's echo, then head
+        assert os.get_blocking(theirs.fileno())
 
 
 def test_no_tty_gives_relayed_pipes(terminals):

@@ -75,6 +75,8 @@ FORWARDED = (
 )
 # Once the sandbox has ended: stop waiting for the terminal to take the rest.
 GIVE_UP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# How often a background nskernel looks whether it is in the foreground again.
+BACKGROUND_RECHECK_MS = 250
 
 _Attrs = list  # what termios.tcgetattr returns
 
@@ -222,6 +224,11 @@ class Relay:
         self._channels: list[_Channel] = []
         self._inputs: list[_Channel] = []  # caller -> sandbox
         self._outputs: list[_Channel] = []  # sandbox -> caller
+        # The caller's terminal we read from (fd 0), if it is one: read only while
+        # nskernel is in its foreground process group. A background `nskernel run ... &`
+        # that read it would be stopped by SIGTTIN as soon as the user types to the
+        # shell, and take what they type.
+        self._input_terminal: int | None = None
         self._ended = False  # the sandbox exited: only its last output is left
         self._give_up = False  # ... and the caller no longer waits for that either
 
@@ -270,8 +277,19 @@ class Relay:
 
     # ------------------------------------------------------------ the loop
 
+    def _in_foreground(self) -> bool:
+        """Whether nskernel may read and set the caller's terminal without SIGTTIN or
+        SIGTTOU: it is in the terminal's foreground process group, or the terminal is
+        not its controlling one (then job control does not apply)."""
+        if self._input_terminal is None:
+            return True
+        try:
+            return os.tcgetpgrp(self._input_terminal) == os.getpgrp()
+        except OSError:
+            return True
+
     def _handled_signals(self) -> tuple[int, ...]:
-        return FORWARDED
+        return (*FORWARDED, signal.SIGCONT)  # SIGCONT: `fg` may have made us foreground
 
     def _enter(self) -> None:
         """Called once the relay starts (the pty relay puts the terminal in raw mode)."""
@@ -338,8 +356,11 @@ class Relay:
             events: dict[int, int] = {wake_r: select.POLLIN}
             if pidfd is not None:
                 events[pidfd] = select.POLLIN
+            # In the background, leave the terminal's input to the foreground job.
+            reading_input = self._in_foreground()
             for ch in self._channels:
-                if ch.want_read() and not self._ended:
+                may_read = reading_input or ch not in self._inputs
+                if may_read and ch.want_read() and not self._ended:
                     events[ch.src] = events.get(ch.src, 0) | select.POLLIN
                 if ch.want_write():
                     events[ch.dst] = events.get(ch.dst, 0) | select.POLLOUT
@@ -351,7 +372,18 @@ class Relay:
             timeout_ms = None
             if deadline is not None:
                 timeout_ms = max(0, int((deadline - time.time()) * 1000) + 1)
+            if not reading_input and self._inputs and not self._ended:
+                # Nothing tells a running background job that `fg` gave it the terminal
+                # (bash sends SIGCONT only to a stopped one): look again now and then.
+                # The keys typed meanwhile wait in the terminal, none is lost.
+                timeout_ms = (
+                    BACKGROUND_RECHECK_MS
+                    if timeout_ms is None
+                    else min(timeout_ms, BACKGROUND_RECHECK_MS)
+                )
             ready = dict(poller.poll(timeout_ms))
+            if not reading_input and self._in_foreground():
+                self._enter()  # raw mode now that the terminal is ours again
             if deadline is not None and time.time() >= deadline and pidfd is not None:
                 sb.timed_out = True
                 sb.destroy()  # the pidfd says when it is gone
@@ -364,7 +396,8 @@ class Relay:
                 for signum in os.read(wake_r, 256):
                     self._on_signal(sb, signum)
             for ch in list(self._channels):
-                if not self._ended and ch.src in ready and ch.want_read():
+                may_read = reading_input or ch not in self._inputs
+                if may_read and not self._ended and ch.src in ready and ch.want_read():
                     at_eof = ch.read() is False
                     if at_eof and ch in self._inputs:
                         self._on_input_eof(ch)
@@ -395,6 +428,7 @@ class _PtyRelay(Relay):
     def __init__(self, replace: list[int], output: int) -> None:
         super().__init__()
         self._terminal: int | None = 0 if is_terminal(0) else None  # raw mode here
+        self._input_terminal = self._terminal
         self._saved: _Attrs | None = None  # its modes, while raw
         self._size_from = next(
             (fd for fd in (output, 0) if is_terminal(fd)), None
@@ -444,30 +478,30 @@ class _PtyRelay(Relay):
     def _handled_signals(self) -> tuple[int, ...]:
         return (*FORWARDED, signal.SIGWINCH, signal.SIGTSTP, signal.SIGCONT)
 
-    def _in_foreground(self) -> bool:
-        assert self._terminal is not None
-        try:
-            return os.tcgetpgrp(self._terminal) == os.getpgrp()
-        except OSError:  # not our controlling terminal: no job control applies
-            return True
-
     def _enter(self) -> None:
+        """Raw mode on the caller's terminal (again, after a stop), if we may."""
         self._copy_winsize()  # it may have changed while the sandbox was being made
-        if self._terminal is None or self._saved is not None or self.master < 0:
+        if self._terminal is None or self.master < 0:
             return
         if not self._in_foreground():
-            return  # a background job leaves the terminal to the foreground one
-        try:
-            attrs = termios.tcgetattr(self._terminal)
-            termios.tcsetattr(self._terminal, termios.TCSANOW, raw_attrs(attrs))
-        except termios.error:
+            # A job-control shell put its own modes back when it saw us stop; what the
+            # foreground job has now is not ours to change (and SIGTTOU would stop us).
+            self._saved = None
             return
-        self._saved = attrs
+        try:
+            if self._saved is None:
+                self._saved = termios.tcgetattr(self._terminal)
+            termios.tcsetattr(self._terminal, termios.TCSANOW, raw_attrs(self._saved))
+        except termios.error:
+            pass
 
     def _leave(self) -> None:
+        """The caller's modes back, if they are ours to set."""
         if self._terminal is None or self._saved is None:
             return
         saved, self._saved = self._saved, None
+        if not self._in_foreground():
+            return  # see _enter
         # TCSANOW: output already written was processed when it was written, and
         # waiting for a terminal to drain could wait forever.
         with contextlib.suppress(termios.error):
@@ -534,6 +568,7 @@ class _PipeRelay(Relay):
             raise
 
     def _open(self, replace: list[int]) -> None:
+        self._input_terminal = 0 if 0 in replace else None
         stdio = []
         for fd in (0, 1, 2):
             if fd not in replace:

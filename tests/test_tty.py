@@ -577,27 +577,86 @@ def test_an_exception_in_the_relay_restores_the_terminal_and_ends_the_sandbox(te
     wait_for(lambda: not host_pid_alive(init), what="the sandbox to end")
 
 
+def _outer_bash(terminals) -> tuple[Terminal, bytes]:
+    """The user's own interactive bash in the test's terminal, and its modes as a
+    command run from it sees them (`stty -g`)."""
+    outer = terminals(["/bin/bash", "--norc", "--noprofile", "-i"])
+    outer.send(b"PS1='OUTER''> '; HISTFILE=/dev/null\r")
+    outer.expect(b"OUTER> ")
+    return outer, _stty_g(outer)
+
+
+def _stty_g(outer: Terminal) -> bytes:
+    outer.send(b"stty -g\r")
+    modes = outer.expect(re.compile(rb"[\r\n]([0-9a-f:]+)\r\n")).group(1)
+    outer.expect(b"OUTER> ")
+    return modes
+
+
+def _nskernel_under(outer: Terminal, script: str, marker: bytes, background: bool = False) -> int:
+    """Start `nskernel run -- sh -c SCRIPT` from the outer shell; its host PID once
+    ``marker`` came out."""
+    cmd = " ".join(nskernel_cmd("run", "--", "sh", "-c", f"'{script}'"))
+    outer.send(cmd.encode() + (b" &\r" if background else b"\r"))
+    outer.expect(marker)
+    (pid,) = [p for p in descendants(outer.proc.pid) if _cmdline(p)[1:3] == ["-m", "nskernel"]]
+    return pid
+
+
 def test_after_sigkill_of_nskernel_interactive_bash_restores_the_terminal(terminals):
     """What nskernel cannot do itself (like ssh): bash puts back the modes it had when a
     foreground job dies of a signal."""
-    outer = terminals(
-        ["/bin/bash", "--norc", "--noprofile", "-i"],
-    )
-    outer.send(b"PS1='OUTER''> '; HISTFILE=/dev/null\r")
-    outer.expect(b"OUTER> ")
-    outer.send(b"stty -g\r")
-    before = outer.expect(re.compile(rb"[\r\n]([0-9a-f:]+)\r\n")).group(1)
-    outer.expect(b"OUTER> ")
-    cmd = " ".join(nskernel_cmd("run", "--", "sh", "-c", "'echo i$((1+1))n; exec sleep 1000'"))
-    outer.send(cmd.encode() + b"\r")
-    outer.expect(b"i2n")
-    (nsk,) = [p for p in descendants(outer.proc.pid) if _cmdline(p)[1:3] == ["-m", "nskernel"]]
+    outer, before = _outer_bash(terminals)
+    nsk = _nskernel_under(outer, "echo i$((1+1))n; exec sleep 1000", b"i2n")
     assert _is_raw(outer.modes())
     os.kill(nsk, signal.SIGKILL)
     outer.expect(b"OUTER> ")
-    outer.send(b"stty -g\r")
-    after = outer.expect(re.compile(rb"[\r\n]([0-9a-f:]+)\r\n")).group(1)
-    assert after == before
+    assert _stty_g(outer) == before
+    outer.send(b"exit\r")
+    assert outer.wait() == 0
+
+
+def test_stopped_and_fg_again_nskernel_takes_the_terminal_back(terminals):
+    """SIGSTOP (uncatchable): bash restores its modes when it sees the job stop; `fg`
+    continues it, and nskernel puts the terminal in raw mode again."""
+    outer, before = _outer_bash(terminals)
+    nsk = _nskernel_under(outer, "echo s$((1+1))p; exec sleep 1000", b"s2p")
+    os.kill(nsk, signal.SIGSTOP)
+    outer.expect(re.compile(rb"Stopped"))
+    outer.expect(b"OUTER> ")
+    assert _stty_g(outer) == before
+    outer.send(b"fg\r")
+    wait_for(lambda: _is_raw(outer.modes()), what="nskernel to take the terminal")
+    outer.send(b"\x03")  # a byte for the sandbox's pty: SIGINT to sh there
+    outer.expect(b"OUTER> ")
+    outer.send(b"echo status=$?\r")
+    outer.expect(b"status=130")
+    outer.expect(b"OUTER> ")
+    assert _stty_g(outer) == before
+    outer.send(b"exit\r")
+    assert outer.wait() == 0
+
+
+def test_in_the_background_nskernel_leaves_the_terminal_to_the_shell(terminals):
+    """`nskernel run ... &`: what the user types goes to their shell (nskernel neither
+    reads it nor gets stopped by SIGTTIN); after `fg` the sandbox gets the keys."""
+    outer, before = _outer_bash(terminals)
+    _nskernel_under(outer, "echo b$((1+1))g; exec sleep 1000", b"b2g", background=True)
+    outer.send(b"echo typed-$((40+2))\r")
+    outer.expect(b"typed-42")
+    outer.expect(b"OUTER> ")
+    outer.send(b"jobs\r")
+    outer.expect(re.compile(rb"\[1\]\+\s+Running"))
+    outer.expect(b"OUTER> ")
+    # bash gives a running job the terminal without a signal: nskernel notices.
+    outer.send(b"fg\r")
+    wait_for(lambda: _is_raw(outer.modes()), what="nskernel to take the terminal")
+    outer.send(b"\x03")  # a byte for the sandbox's pty now: SIGINT to sh there
+    outer.expect(b"OUTER> ")
+    outer.send(b"echo status=$?\r")
+    outer.expect(b"status=130")
+    outer.expect(b"OUTER> ")
+    assert _stty_g(outer) == before
     outer.send(b"exit\r")
     assert outer.wait() == 0
 

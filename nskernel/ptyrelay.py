@@ -37,6 +37,10 @@ The choices:
   command killed, a forwarded signal ending it, SIGTSTP (until SIGCONT), a hang-up, an
   exception. SIGKILL cannot be seen; like ssh, nskernel leaves that to the shell (bash
   and zsh restore the modes when a foreground job dies of a signal) or to `reset`.
+- Job control: in the background (`nskernel run ... &`) the relay does not read the
+  caller's terminal, which would get it stopped by SIGTTIN and take what the user types
+  to the shell, nor set its modes; it takes the terminal when brought to the
+  foreground (`fg`).
 - ``--no-tty`` gives the sandbox pipes instead of a pty (as `docker run -i` without
   ``-t`` does), relayed the same way: the command sees no terminal at all.
 """

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from . import ptyrelay
 from .environ import sandbox_environment
 from .errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, NskernelError, SandboxError, SpecError
 from .spec import ALL_NAMESPACES, Bind, SandboxSpec, make_limits
@@ -40,11 +41,32 @@ environment:
   out. --env KEY=VALUE or --env KEY adds one; NSKERNEL_KEEP_ENV="KEY1 KEY2" adds names
   for every sandbox; --keep-env passes everything.
 
+terminal:
+  The sandbox never gets your terminal: a process holding it could type into your
+  shell (TIOCSTI), change its modes or read what you type next. When any of fds 0-2 is
+  a terminal, the sandbox gets a pseudo-terminal of its own instead (it replaces each
+  of 0-2 that was a terminal and is the command's controlling terminal), and nskernel
+  relays between it and yours, as `ssh -t` and `docker run -it` do: line editing, job
+  control, Ctrl-C, Ctrl-Z, window size changes and full-screen programs work inside.
+  Your terminal is in raw mode while the command runs and its modes are restored when
+  nskernel exits (if nskernel is SIGKILLed it cannot: bash and zsh restore them
+  themselves; elsewhere type `reset`). Fds that are not terminals (files, pipes) are
+  passed as they are; with no terminal on 0-2 there is no pseudo-terminal.
+  -t, --tty     a pseudo-terminal even when no fd is a terminal (as `docker run -t`,
+                `ssh -tt`): fds 0-2 all become it; nskernel copies its stdin in (its
+                end is passed on as the EOF key) and the output to its stdout (the
+                command's stderr included)
+  -T, --no-tty  no pseudo-terminal: each of fds 0-2 that is a terminal becomes a pipe
+                nskernel relays (as `docker run -i` without -t, `ssh -T`); the command
+                sees no terminal, your Ctrl-C reaches it as SIGINT
+
 signals:
   TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command, INT
-  (Ctrl-C) to the command's process group. The sandbox runs in a session of its own:
-  it never gets your terminal as its controlling one. If nskernel itself is killed,
-  the whole sandbox is killed with it.
+  to the command's process group, with or without a pseudo-terminal. When your
+  terminal goes away, nskernel hangs up the command's pseudo-terminal too (SIGHUP to
+  its session). Once the command has ended, INT, TERM, HUP and QUIT make nskernel drop
+  output your terminal has not taken yet. The sandbox runs in a session of its own.
+  If nskernel itself is killed, the whole sandbox is killed with it.
 
 exit status:
   the command's own status (128+N if it was killed by signal N), or
@@ -78,6 +100,7 @@ examples:
   nskernel run --hostname box -- sh -c 'hostname; id -u; ps -e'
   nskernel run --net --uts -- hostname
   nskernel run --bind "$PWD" --ro-bind ./data:/tmp/data -- python3 job.py
+  nskernel run -- bash                  # interactive, in a terminal of its own
 """
 
 
@@ -180,6 +203,24 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         help=f"kill the sandbox after SECONDS (exit status {EXIT_TIMEOUT})",
     )
+    tty = p.add_mutually_exclusive_group()
+    tty.add_argument(
+        "-t",
+        "--tty",
+        dest="tty",
+        action="store_const",
+        const="always",
+        default="auto",
+        help="give the command a pseudo-terminal even if no fd is a terminal (see below)",
+    )
+    tty.add_argument(
+        "-T",
+        "--no-tty",
+        dest="tty",
+        action="store_const",
+        const="never",
+        help="no pseudo-terminal: terminals on fds 0-2 become relayed pipes (see below)",
+    )
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD [ARG...]")
     p.set_defaults(func=_cmd_run)
 
@@ -229,32 +270,40 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     spec = _spec_from_args(args)
 
-    # While the sandbox runs we only wait, and pass signals on to its init. The sandbox
-    # has a session of its own (it never shares our terminal), so Ctrl-C reaches only
-    # us: init passes SIGINT on to the command's process group.
-    forwarded = (
-        signal.SIGINT,
-        signal.SIGTERM,
-        signal.SIGHUP,
-        signal.SIGQUIT,
-        signal.SIGUSR1,
-        signal.SIGUSR2,
-    )
+    # Until the relay (if any) takes over, we only pass signals on to the sandbox's
+    # init. The sandbox has a session of its own (it never shares our terminal), so
+    # Ctrl-C reaches only us: init passes SIGINT on to the command's process group.
     box: list[Sandbox] = []
 
     def forward(signum: int, _frame: object) -> None:
         if box:
             box[0].send_signal(signum)
 
-    for sig in forwarded:
+    for sig in ptyrelay.FORWARDED:
         signal.signal(sig, forward)
-    sb = Sandbox.spawn(spec, cmd)
-    box.append(sb)
-    for warning in sb.warnings:
-        print(warning, file=sys.stderr)
-    if args.status_json:
-        sb.write_status_json(args.status_json)
-    code = sb.wait_with_timeout()
+    # Our terminal never reaches the sandbox: a pty (or pipes) of its own, relayed.
+    relay = ptyrelay.Relay.prepare(args.tty)
+    try:
+        if relay is None:
+            sb = Sandbox.spawn(spec, cmd)
+        else:
+            sb = Sandbox.spawn(
+                spec, cmd, stdio=relay.sandbox_stdio, controlling_tty=relay.controlling_tty
+            )
+            relay.started()
+        box.append(sb)
+        for warning in sb.warnings:
+            print(warning, file=sys.stderr)
+        if args.status_json:
+            sb.write_status_json(args.status_json)
+        code = sb.wait_with_timeout() if relay is None else relay.run(sb)
+    except BaseException:
+        if box:
+            box[0].kill()  # nothing of it may outlive a failure here
+        raise
+    finally:
+        if relay is not None:
+            relay.close()
     reason = sb.exit_reason()
     if reason:
         print(f"nskernel run: {reason}", file=sys.stderr)

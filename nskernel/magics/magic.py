@@ -232,18 +232,22 @@ class _CellOutput:
         kind = msg["type"]
         if kind == "stream":
             self._stream(msg["name"], msg["text"])
-        elif kind in ("display_data", "execute_result"):
-            size = messages.bundle_size(msg["data"])
+        elif kind in ("display_data", "execute_result", "clear_output"):
+            size = messages.display_cost(msg)
             if self.display_size + size > self.max_output:
                 self.dropped_displays += 1
                 self.dropped_display_size += size
                 return
             self.display_size += size
+            if kind == "clear_output":
+                self._end_stream()
+                clear_output(wait=msg["wait"])
+                return
             data, metadata = msg["data"], msg["metadata"]
             if self.sanitizer is not None:
                 data, metadata = self.sanitizer.bundle(data, metadata)
             if kind == "execute_result":
-                self.result = SandboxResult(data, metadata)
+                self.result = SandboxResult(data, metadata) if data else None
                 return
             self._end_stream()
             kw: dict[str, Any] = {}
@@ -256,11 +260,8 @@ class _CellOutput:
                 kw["update"] = True
             if data:
                 publish_display_data(data, metadata, **kw)
-        elif kind == "clear_output":
-            self._end_stream()
-            clear_output(wait=msg["wait"])
         elif kind == "error":
-            self.error = msg
+            self.error = _capped_error(msg, self.max_output)
 
     def _stream(self, name: str, text: str) -> None:
         room = max(self.max_output - self.chars, 0)
@@ -310,6 +311,18 @@ class _CellOutput:
         if notes:
             sys.stderr.write("\n" + "\n".join(notes) + "\n")
             sys.stderr.flush()
+
+
+def _capped_error(err: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The sandbox's exception, with its traceback cut to ``limit`` characters."""
+    lines, size = [], 0
+    for line in err["traceback"]:
+        size += len(line)
+        if size > limit:
+            lines.append(f"[nskernel: the rest of the traceback ({_amount(size)}+) was cut]")
+            break
+        lines.append(line)
+    return {**err, "evalue": err["evalue"][:limit], "traceback": lines}
 
 
 def _not_dead(done: dict[str, Any]) -> str:

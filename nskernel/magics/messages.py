@@ -115,12 +115,24 @@ def _bool(value: object, field: str) -> bool:
     return value
 
 
+#: What any display, result or clear_output costs at least against a cell's display
+#: budget: a flood of tiny ones would otherwise cost the browser more than their bytes.
+MIN_DISPLAY_COST = 256
+
+
 def bundle_size(data: dict[str, Any]) -> int:
-    """What a display costs against the per-cell budget: its text, and JSON as text."""
+    """The size of a mime bundle (or any dict of JSON): its text, and JSON as text."""
     return sum(
         len(v) if isinstance(v, str) else len(json.dumps(v, separators=(",", ":")))
         for v in data.values()
     )
+
+
+def display_cost(msg: dict[str, Any]) -> int:
+    """What a clean display_data, execute_result or clear_output message costs against
+    the per-cell display budget (``--max-output``)."""
+    size = sum(bundle_size(msg.get(k) or {}) for k in ("data", "metadata", "transient"))
+    return max(size, MIN_DISPLAY_COST)
 
 
 # ---------------------------------------------------------------- messages

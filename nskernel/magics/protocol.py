@@ -7,6 +7,10 @@ pickled: a sandbox runs untrusted code, and unpickling its bytes in the kernel w
 let that code run in the kernel too. Data that crosses (``--in``/``--out``) is JSON, with
 ``bytes`` carried as tagged base64.
 
+The cell runner is inside the sandbox, so frames from it are hostile: their size is
+limited before they are buffered (MAX_FRAME, MAX_IDLE_FRAME), they must decode to a JSON
+object, and :mod:`.messages` checks their shape before anything reads them.
+
 Standard library and nskernel's syscalls only: the cell runner imports this inside the
 sandbox.
 """

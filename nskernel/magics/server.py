@@ -783,8 +783,8 @@ class Server:
                 msg["text"] = text = text[: budget.chars]
             budget.chars -= len(text)
             return bool(text)
-        if kind in ("display_data", "execute_result"):
-            size = messages.bundle_size(msg["data"])
+        if kind in ("display_data", "execute_result", "clear_output"):
+            size = messages.display_cost(msg)
             if size > budget.display:
                 budget.dropped_displays += 1
                 budget.dropped_display_size += size
@@ -886,6 +886,8 @@ class Server:
     def shutdown(self) -> None:
         for box in list(self.boxes.values()):
             self._retire(box)
+        for sb in self.dying:  # those whose channel closed mid-cell, too
+            sb.destroy()
         deadline = time.monotonic() + 5
         while self.dying and time.monotonic() < deadline:
             self._reap()

@@ -57,9 +57,11 @@ belongs in ``%%sandbox`` cells of an ordinary kernel, whose output is made inert
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import html
 import html.parser
+import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -221,20 +223,27 @@ def _functions(value: str) -> set[str]:
     return names
 
 
-def css_declarations(text: str) -> str:
+def css_declarations(text: str, removed: Counter[str] | None = None) -> str:
     """The declarations of ``text`` (``prop: value; ...``) that are safe, normalized.
 
     nh3 parses them (with a real CSS tokenizer: escapes decoded, comments and at-rules
     gone) and keeps only allow-listed properties; then any declaration whose value calls
     a function not in CSS_FUNCTIONS, or holds characters that could end a rule or a
-    ``<style>`` element, is dropped too.
+    ``<style>`` element, is dropped too. What was dropped is counted in ``removed``.
     """
+    kept, dropped = _css_declarations(text)
+    if removed is not None:
+        for name in dropped:
+            removed[f"{name}:"] += 1
+    return kept
+
+
+@functools.lru_cache(maxsize=1024)  # tables and the widgets repeat the same few styles
+def _css_declarations(text: str) -> tuple[str, tuple[str, ...]]:
     out = _style_cleaner.clean(f'<span style="{html.escape(text, quote=True)}"></span>')
     start = out.find(' style="')
-    if start < 0:
-        return ""
-    normalized = html.unescape(out[start + 8 : out.index('"', start + 8)])
-    kept = []
+    normalized = html.unescape(out[start + 8 : out.index('"', start + 8)]) if start >= 0 else ""
+    kept, names = [], set()
     for decl in _split_top(normalized, ";"):
         name, _, value = decl.partition(":")
         name, value = name.strip().lower(), value.strip()
@@ -243,7 +252,9 @@ def css_declarations(text: str) -> str:
         if any(c in value for c in "{}<>\\@") or not _functions(value) <= CSS_FUNCTIONS:
             continue
         kept.append(f"{name}: {value}")
-    return "; ".join(kept)
+        names.add(name)
+    dropped = tuple(n for n in _property_names(text) if n not in names)
+    return "; ".join(kept), dropped
 
 
 def _property_names(text: str) -> list[str]:
@@ -255,7 +266,7 @@ def _property_names(text: str) -> list[str]:
     return names
 
 
-def confine_stylesheet(css: str, scope: str) -> str | None:
+def confine_stylesheet(css: str, scope: str, removed: Counter[str] | None = None) -> str | None:
     """The rules of a ``<style>`` element, each selector prefixed with ``.scope``.
 
     Only plain rules are accepted (``selector { declarations }``); a stylesheet with
@@ -275,7 +286,7 @@ def confine_stylesheet(css: str, scope: str) -> str | None:
         if not selector or not all(c.isalnum() or c in _SELECTOR_PUNCTUATION for c in selector):
             return None
         scoped = ", ".join(f".{scope} {s.strip()}" for s in _split_top(selector, ",") if s.strip())
-        body = css_declarations(decls)
+        body = css_declarations(decls, removed)
         if body:
             rules.append(f"{scoped} {{ {body} }}")
     return "\n".join(rules)
@@ -284,50 +295,64 @@ def confine_stylesheet(css: str, scope: str) -> str | None:
 # ------------------------------------------------------------------ what was removed
 
 
-class _Inventory(html.parser.HTMLParser):
-    """Tags, attributes and CSS properties of a fragment, to say what sanitizing removed.
+class _Removed(html.parser.HTMLParser):
+    """What the policy removes from a fragment, by name, to say so in the note.
 
-    Only for the note: the parsing that decides anything is nh3's.
+    Only for the note: what is removed is decided by nh3 with the allow-lists above;
+    this reads the fragment once more (Python's parser, not nh3's) and applies the same
+    lists to name what went. CSS that was dropped is counted where it is filtered.
     """
 
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
-        self.found: Counter[str] = Counter()
-        self._in_style = False
+        self.removed: Counter[str] = Counter()
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.found[f"<{tag}>"] += 1
-        self._in_style = tag == "style"
+        if tag not in TAGS:
+            if tag not in ("html", "head", "body"):  # wrappers a fragment does not have
+                self.removed[f"<{tag}>"] += 1
+            return
         if tag == "style":
-            return  # its attributes (scoped, type, media) do not matter to anyone
+            return  # its attributes (scoped, type, media) matter to no one
+        allowed = ATTRIBUTES["*"] | ATTRIBUTES.get(tag, set())
         for name, value in attrs:
-            self.found[f"{name}="] += 1
-            if name == "style" and value:
-                for prop in _property_names(value):
-                    self.found[f"{prop}:"] += 1
-
-    def handle_endtag(self, tag: str) -> None:
-        self._in_style = False
-
-    def handle_data(self, data: str) -> None:
-        if self._in_style:
-            for chunk in data.split("}"):
-                for prop in _property_names(chunk.partition("{")[2]):
-                    self.found[f"{prop}:"] += 1
+            if name not in allowed:
+                # data-* carry no content; only the command linker's are worth a word
+                if not name.startswith("data-") or "commandlinker" in name:
+                    self.removed[f"{name}="] += 1
+            elif name == "href" and not _link_ok(value or ""):
+                self.removed["href="] += 1
+            elif name == "src" and not _image_ok(value or ""):
+                self.removed["src="] += 1
 
 
-def _inventory(fragment: str) -> Counter[str]:
-    inv = _Inventory()
+def _removed_from(fragment: str) -> Counter[str]:
+    p = _Removed()
     try:
-        inv.feed(fragment)
-        inv.close()
+        p.feed(fragment)
+        p.close()
     except Exception:  # a report only: never let it fail the display
         pass
-    return inv.found
+    return p.removed
 
 
-# Differences between a fragment and its sanitized form that are not removals.
-_NOT_REMOVED = frozenset({"<html>", "<head>", "<body>", "<tbody>", "<div>", "rel=", "class="})
+def _url_text(value: str) -> str:
+    # As a browser reads a URL: ASCII tabs and newlines anywhere are ignored, and so are
+    # control characters and spaces around it.
+    value = "".join(c for c in value if c not in "\t\n\r")
+    return value.strip("".join(map(chr, range(33)))).lower()
+
+
+def _link_ok(value: str) -> bool:
+    url = _url_text(value)
+    scheme, colon, _ = url.partition(":")
+    if not colon or not scheme[:1].isalpha() or any(c in scheme for c in "/?#"):
+        return True  # no scheme: a relative link
+    return scheme in ("http", "https", "mailto")
+
+
+def _image_ok(value: str) -> bool:
+    return _url_text(value).startswith(IMAGE_URL_PREFIXES)
 
 
 class Sanitizer:
@@ -342,27 +367,30 @@ class Sanitizer:
         self.id_scope = id_scope
         self.own_models = own_models
         self.removed: Counter[str] = Counter()
-        self._cleaner = nh3.Cleaner(
+        self._html_removed: Counter[str] = Counter()
+        self._style_mark = ""
+
+    def _cleaner(self, nonce: str) -> nh3.Cleaner:
+        return nh3.Cleaner(
             tags=set(TAGS),
             clean_content_tags=set(CLEAN_CONTENT_TAGS),
             attributes={k: set(v) for k, v in ATTRIBUTES.items()},
             attribute_filter=self._attribute,
             strip_comments=False,  # inert; the widgets' static HTML marks values with them
             url_schemes=set(URL_SCHEMES),
+            set_tag_attribute_values={"style": {"data-nsk-style": nonce}},
         )
-        self._html_removed: Counter[str] = Counter()
 
     # ---------------------------------------------------------- HTML
 
     def _attribute(self, tag: str, name: str, value: str) -> str | None:
         if name == "style":
-            return css_declarations(value) or None
-        # Removed src/href are reported from the inventories' difference.
+            return css_declarations(value, self._html_removed) or None
+        # Removed src/href are reported by _Removed.
         if name == "src":
-            ok = "".join(value.split()).lower().startswith(IMAGE_URL_PREFIXES)
-            return value if ok else None
-        if name == "href" and "".join(value.split()).lower().startswith("data:"):
-            return None
+            return value if _image_ok(value) else None
+        if name == "href" and not _link_ok(value):
+            return None  # nh3 let a data: URL through (allowed for images)
         if name == "class":
             kept = [c for c in value.split() if not c.lower().startswith(RESERVED_CLASS_PREFIXES)]
             if len(kept) < len(value.split()):
@@ -372,14 +400,15 @@ class Sanitizer:
 
     def html(self, fragment: str) -> str:
         """``fragment`` sanitized; what was removed is added to the cell's report."""
-        self._html_removed = Counter()
-        clean = self._cleaner.clean(fragment)
-        if "<style>" in clean:
+        self._html_removed = _removed_from(fragment)
+        # Every <style> nh3 keeps gets this attribute, a nonce: the text "<style" can
+        # occur inside a stylesheet, never this marker with its quotes (nh3 escapes
+        # quotes in attribute values, and the nonce is new for each call).
+        nonce = secrets.token_hex(8)
+        self._style_mark = f'<style data-nsk-style="{nonce}">'
+        clean = self._cleaner(nonce).clean(fragment)
+        if self._style_mark in clean:
             clean = self._confine_styles(clean, fragment)
-        before, after = _inventory(fragment), _inventory(clean)
-        for key, n in (before - after).items():
-            if key not in _NOT_REMOVED:
-                self._html_removed[key] += n
         for key, n in self._html_removed.items():
             self.removed[_describe(key)] += n
         return clean
@@ -390,24 +419,24 @@ class Sanitizer:
         scope = "nsk-out-" + hashlib.sha256(original.encode("utf-8", "replace")).hexdigest()[:12]
         parts, pos = [], 0
         while True:
-            start = clean.find("<style>", pos)
+            start = clean.find(self._style_mark, pos)
             if start < 0:
                 break
-            end = clean.find("</style>", start)
+            body = start + len(self._style_mark)
+            end = clean.find("</style>", body)  # a stylesheet cannot contain "</style"
             if end < 0:
                 end = len(clean)
             parts.append(clean[pos:start])
-            confined = confine_stylesheet(clean[start + 7 : end], scope)
+            confined = confine_stylesheet(clean[body:end], scope, self._html_removed)
             if confined is None:
                 self._html_removed["stylesheets that are not plain rules"] += 1
             elif confined:
+                # Confined rules hold no "<" (confine_stylesheet refuses it), so they
+                # cannot end the element early.
                 parts.append(f"<style>{confined}</style>")
-            pos = end + 8
+            pos = end + len("</style>")
         parts.append(clean[pos:])
-        # Once more through nh3: whatever the splicing above did, the result is what nh3
-        # makes of it (the confined rules pass unchanged: they hold no "<").
-        again = self._cleaner.clean("".join(parts))
-        return f'<div class="{scope}">{again}</div>'
+        return f'<div class="{scope}">{"".join(parts)}</div>'
 
     # ---------------------------------------------------------- bundles
 
@@ -440,9 +469,7 @@ class Sanitizer:
             if not {"text/html", "text/markdown", "text/latex"} & out.keys():
                 b64 = base64.b64encode(svg.encode("utf-8", "replace")).decode("ascii")
                 out["text/html"] = f'<img src="data:image/svg+xml;base64,{b64}" alt="SVG image">'
-            active = {"<script>", "<foreignobject>", "href=", "xlink:href="}
-            inv = _inventory(svg)
-            if any(k in active or k.startswith("on") for k in inv):
+            if _svg_is_active(svg):
                 self.removed["scripts and links in SVG images (drawn as static images)"] += 1
         meta = {
             k: v
@@ -472,6 +499,30 @@ class Sanitizer:
             f"[nskernel: output from the sandbox was made inert for the browser; removed: "
             f"{shown}. Run the cell with %%sandbox --trust-output to show it as sent.]"
         )
+
+
+class _SvgScan(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.active = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in ("script", "foreignobject") or any(
+            n.startswith("on") or n.endswith("href") for n, _ in attrs
+        ):
+            self.active = True
+
+
+def _svg_is_active(svg: str) -> bool:
+    """Whether an SVG has scripts, handlers or links (that drawing it as an image stops):
+    only for the note."""
+    p = _SvgScan()
+    try:
+        p.feed(svg)
+        p.close()
+    except Exception:
+        return True
+    return p.active
 
 
 def _describe_type(mime: str) -> str:

@@ -322,6 +322,52 @@ def test_timeout_says_killed_only_once_a_sandbox_with_a_stopped_init_is_dead(kc)
     assert_all_well(kc)
 
 
+@pytest.mark.parametrize("flags", ["", "--net"], ids=["all-six", "without-pid-namespace"])
+def test_a_cells_background_processes_end_with_its_sandbox(kc, flags):
+    # Ending a sandbox must not orphan what its cell started: with a PID namespace the
+    # kernel kills it with init; without one, init does, before it is SIGKILLed itself.
+    code = f"%%sandbox {flags}\nimport subprocess\nprint(subprocess.Popen(['sleep', '300']).pid)"
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    if flags:  # no PID namespace: the PID is the host's
+        assert wait_gone(int(res.stdout), 20), "a process of the cell outlived its sandbox"
+    res = execute(
+        kc,
+        f"%%sandbox --name bg1 {flags}\nimport subprocess\np = subprocess.Popen(['sleep', '300'])",
+    )
+    assert res.status == "ok", res.error_text
+    init = inspect_pid(kc, "bg1")
+    if flags:
+        sleeper = int(execute(kc, "%%sandbox --name bg1\nprint(p.pid)").stdout)
+    else:
+        sleeper = next(p for p in _descendants(init) if "sleep" in _cmdline(p))
+    assert execute(kc, "%sandbox rm bg1").status == "ok"
+    assert not procfs.alive(init)
+    assert wait_gone(sleeper, 20), "a process of a removed sandbox lives on"
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+        out += kids
+        todo += kids
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 # ------------------------------------------------------------------ output in the browser
 
 ACTIVE = """\

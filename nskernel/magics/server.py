@@ -61,6 +61,9 @@ KILL_WAIT = 5.0
 # When a runner's channel closes mid-cell, how long its init has to exit on its own (with
 # the runner's status) before it is ended.
 EXIT_GRACE = 2.0
+# Without a PID namespace, how long init has to kill its processes and exit once its
+# lifeline closes, before it is SIGKILLed (see Server._end).
+END_GRACE = 1.0
 REAP_INTERVAL = 0.05
 DEFAULT_MAX_OUTPUT = 16 << 20  # the magic's --max-output default; the kernel sends its own
 
@@ -311,11 +314,13 @@ class Server:
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
         self.prewarm = os.environ.get("NSKERNEL_MAGIC_PREWARM", "1") != "0"
+        self.closing = False  # shutting down: the kernel is gone, nobody reads replies
 
     # ------------------------------------------------------------ plumbing
 
     def reply(self, msg: dict[str, Any]) -> None:
-        protocol.send(self.fd, msg)
+        if not self.closing:
+            protocol.send(self.fd, msg)
 
     def send_box(self, box: Box, msg: dict[str, Any]) -> None:
         """Queue a frame for a cell runner and write what it takes now (never blocks)."""
@@ -384,15 +389,26 @@ class Server:
         box.sock.close()
 
     def _retire(self, box: Box) -> None:
-        """End a box's sandbox now, without its cooperation; it is reaped later.
-
-        ``destroy()`` SIGKILLs its init: a sandbox can ptrace-stop (or starve) its own
-        init, so closing the lifeline alone would leave it running.
-        """
+        """Forget a box and end its sandbox without its cooperation; reaped later."""
         self._detach(box)
-        box.sandbox.destroy()
-        if box.sandbox not in self.dying:
-            self.dying.append(box.sandbox)
+        self._end(box.sandbox)
+
+    def _end(self, sb: Sandbox) -> None:
+        """End a sandbox without needing its cooperation: a sandbox can ptrace-stop (or
+        starve) its own init, so closing its lifeline alone may leave it running.
+
+        With a PID namespace, ``destroy()`` (SIGKILL of its init) takes every process of
+        it down at once. Without one, init's descendants would outlive a SIGKILLed init:
+        init first gets its lifeline closed (it kills them and exits), and is SIGKILLed
+        if it has not exited END_GRACE later.
+        """
+        if "pid" in sb.namespaces:
+            sb.destroy()
+        else:
+            sb._close_lifeline()
+            self.when_dead([sb], END_GRACE, lambda dead: None if dead else sb.destroy())
+        if sb not in self.dying:
+            self.dying.append(sb)
 
     def _reap(self) -> None:
         still = []
@@ -797,8 +813,7 @@ class Server:
         name = box.name
         self._detach(box)
         if rid is None:
-            box.sandbox.destroy()
-            self.dying.append(box.sandbox)
+            self._end(box.sandbox)
             if name:
                 self.lost[name] = (
                     f"named sandbox {name!r} ended while no cell of it ran; its state is "
@@ -832,7 +847,7 @@ class Server:
             if dead:
                 report(True)
             else:  # its channel closed, but it lives on: end it
-                sb.destroy()
+                self._end(sb)
                 self.when_dead([sb], KILL_WAIT, report)
 
         self.when_dead([sb], EXIT_GRACE, exited)
@@ -884,14 +899,18 @@ class Server:
                     self.service(box)
 
     def shutdown(self) -> None:
+        self.closing = True
         for box in list(self.boxes.values()):
             self._retire(box)
-        for sb in self.dying:  # those whose channel closed mid-cell, too
-            sb.destroy()
+        for sb in list(self.dying):  # those whose channel closed mid-cell, too
+            self._end(sb)
         deadline = time.monotonic() + 5
         while self.dying and time.monotonic() < deadline:
             self._reap()
+            self._check_waits()  # SIGKILL those that did not end on their own
             time.sleep(0.01)
+        for sb in self.dying:
+            sb.destroy()
 
 
 def raise_open_files_limit() -> int | None:

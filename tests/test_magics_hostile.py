@@ -155,6 +155,36 @@ def test_a_frame_while_no_cell_runs_stops_that_sandbox_and_the_next_cell_says_so
     assert_all_well(kc)
 
 
+def test_output_between_cells_is_dropped_and_the_sandbox_lives(kc):
+    # What a well-behaved cell leaves running may print, even a lot, and display between
+    # cells: that is no protocol error (it has no cell to go to, and is dropped).
+    code = (
+        "%%sandbox --name chatty1\nimport signal, threading\n"
+        "from IPython.display import HTML, display\n"
+        "go = threading.Event()\n"
+        "def talk():\n"
+        "    go.wait()\n"
+        "    print('x' * 3_000_000)\n"
+        "    display(HTML('<b>late</b>' * 200_000))\n"
+        "    print('talked', flush=True)\n"
+        "    open('/tmp/talked', 'w').close()\n"
+        "threading.Thread(target=talk, daemon=True).start()\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: go.set())\n"
+        "state = 'alive'"
+    )
+    assert execute(kc, code).status == "ok"
+    runner = runner_of(inspect_pid(kc, "chatty1"))
+    os.kill(runner, 10)  # SIGUSR1: talk now, while no cell runs
+    done = f"/proc/{runner}/root/tmp/talked"  # its private /tmp, seen from here
+    deadline = time.monotonic() + 30
+    while not os.path.exists(done):
+        assert time.monotonic() < deadline, "the background thread never finished talking"
+        time.sleep(0.05)
+    res = execute(kc, "%%sandbox --name chatty1\nprint(state)")
+    assert res.status == "ok" and res.stdout == "alive\n", res.error_text
+    execute(kc, "%sandbox rm chatty1")
+
+
 # ------------------------------------------------------------------ forged results
 
 

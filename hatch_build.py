@@ -4,6 +4,13 @@ Why a native init: see the comment at the top of init.c. Without a C compiler th
 still succeeds, with a warning: nskernel then keeps its Python init (every feature
 works, each sandbox just holds more memory), and ``nskernel doctor`` says which init is
 in use. ``CC`` chooses the compiler; ``NSKERNEL_NO_NATIVE_INIT=1`` skips the build.
+
+pip shows a build backend's output only with ``-v``, so the warning alone would go
+unseen. The reason is therefore also written next to where the binary would be
+(:data:`NOTE`, ``nskernel/_linux/nskernel-init.missing``: one line, what happened and the
+fix), in the source tree for an editable install and inside the wheel otherwise, where
+``nskernel doctor`` and nskernel's first sandbox can show it; a successful build removes
+it.
 """
 
 from __future__ import annotations
@@ -20,22 +27,32 @@ from hatchling.builders.hooks.plugin.interface import BuildHookInterface
 
 SOURCE = Path("nskernel/_linux/init.c")
 BINARY = Path("nskernel/_linux/nskernel-init")
+NOTE = Path("nskernel/_linux/nskernel-init.missing")
 
 
 def _warn(text: str) -> None:
     print(f"nskernel build: {text}", file=sys.stderr)
 
 
+def _note_why(root: Path, why: str) -> None:
+    """Say it where the user will see it: pip hides this hook's output (see above)."""
+    _warn(why)
+    (root / NOTE).write_text(why.splitlines()[0] + "\n")
+
+
 def compile_init(root: Path) -> Path | None:
-    """Compile init.c next to itself; the binary's path, or None (with a warning)."""
+    """Compile init.c next to itself; the binary's path, or None (with a warning and NOTE)."""
+    (root / NOTE).unlink(missing_ok=True)
     if os.environ.get("NSKERNEL_NO_NATIVE_INIT") == "1":
-        _warn("NSKERNEL_NO_NATIVE_INIT=1: not building the native init")
+        _note_why(root, "NSKERNEL_NO_NATIVE_INIT=1 was set: the native init was not built")
         return None
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
-        _warn(
-            "no C compiler (cc/gcc) found: sandboxes will use the Python init, which "
-            "holds more memory per sandbox; install gcc and reinstall to build it"
+        _note_why(
+            root,
+            "no C compiler (cc/gcc) was found when nskernel was installed: sandboxes use "
+            "the Python init, which holds more memory per sandbox; install gcc and libc6-dev "
+            "(Debian) and reinstall nskernel to build the native one",
         )
         return None
     src, out = root / SOURCE, root / BINARY
@@ -52,8 +69,12 @@ def compile_init(root: Path) -> Path | None:
             return out
         errors.append(f"$ {' '.join(cmd)}\n{r.stderr.strip()}")
     tmp.unlink(missing_ok=True)
-    _warn("compiling the native init failed; sandboxes will use the Python init:\n")
-    _warn("\n".join(errors))
+    _note_why(
+        root,
+        f"compiling the native init with {cc} failed when nskernel was installed: sandboxes "
+        "use the Python init; reinstall with pip -v to see the compiler's errors\n"
+        + "\n".join(errors),
+    )
     return None
 
 
@@ -65,6 +86,8 @@ class NativeInitHook(BuildHookInterface):
             return  # the sdist ships init.c, not a binary
         out = compile_init(Path(self.root))
         if out is None:
+            if version != "editable":  # an editable install finds the note in the tree
+                build_data["force_include"][str(Path(self.root) / NOTE)] = str(NOTE)
             return
         # A binary inside: the wheel is for this platform only (any Python 3: the binary
         # does not link against Python).

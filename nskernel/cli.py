@@ -15,15 +15,20 @@ from .spec import ALL_NAMESPACES, Bind, SandboxSpec, make_limits
 
 RUN_EPILOG = f"""\
 namespaces:
-  With no namespace flag, all six are created ({", ".join(ALL_NAMESPACES)}).
-  An unprivileged caller can only create the others inside a user namespace it owns,
-  so --user is added for it automatically; as root only the flags given are created.
+  With no namespace flag, all six are created ({", ".join(ALL_NAMESPACES)}). A user
+  namespace is always added, so sandbox root is never host root (as root, it is an
+  unprivileged host uid); --no-userns opts out, for root only: the command then keeps
+  your host identity, with every privilege it has. --pid adds a mount namespace with a
+  fresh /proc (as unshare --mount-proc), so ps shows only the sandbox's processes.
 
-filesystem (with --mnt):
-  The host's root is visible read-only; /tmp and /dev/shm are private and writable;
-  /proc is fresh with --pid, /sys with --net. A host path is writable inside only
-  through --bind; --ro-bind exposes one read-only. A bind's destination must exist
-  inside (the same path as on the host always does) or lie under /tmp. Nothing mounted
+filesystem (with --mnt, or --pid):
+  The host's root is visible read-only, but not the homes: /home, /root and /run/user
+  are empty, and $HOME is a private, empty, writable directory (--share-home shows the
+  homes read-only instead). /tmp and /dev/shm are private and writable; /dev is a fresh
+  minimal one (null, zero, full, random, urandom, tty, its own /dev/pts); /proc is
+  fresh with --pid, /sys with --net. A host path is writable inside only through
+  --bind; --ro-bind exposes one read-only. A bind's destination must exist inside (the
+  same path as on the host always does) or lie under /tmp or a home. Nothing mounted
   inside reaches the host.
   As root, sandbox root is an unprivileged host uid, not root: a --bind it cannot write
   that belongs to another user is shown to it as its own (an idmapped mount), so it
@@ -48,9 +53,27 @@ exit status:
   {EXIT_TIMEOUT}  --timeout was reached and the sandbox was killed
   126  the command could not be executed        127  the command was not found
 
+confinement:
+  Sandbox root holds only Docker's default capabilities plus SYS_ADMIN and NET_ADMIN
+  (over the sandbox's own namespaces: mounts, hostname, interfaces); --cap-add and
+  --cap-drop change that. The command runs with no_new_privs and a seccomp filter
+  modelled on Docker's default profile: keyrings, bpf, perf_event_open, userfaultfd,
+  io_uring, module loading, new user namespaces and more fail with EPERM. --seccomp
+  PATH takes a Docker/OCI JSON profile instead; --seccomp unconfined, none (keeps
+  no_new_privs). A profile that cannot be read or compiled: exit 2, nothing runs.
+
+groups:
+  Your supplementary groups never reach the sandbox: they are dropped inside, which
+  needs your gid map written by newgidmap from an /etc/subgid range (root: always). Where
+  they cannot be dropped nskernel refuses (exit {EXIT_SANDBOX_FAILED}) and says how to
+  add a range; --keep-groups runs anyway, with them (a warning names them).
+
 limits:
   --memory, --pids and --cpus use a cgroup beneath nskernel's own (v2 where delegated,
   else v1 controllers), else an rlimit; --status-json and `nskernel doctor` say which.
+  The rlimit fallbacks are weaker: --memory becomes RLIMIT_AS, the address space of
+  each process (not their sum, and not memory use); --pids becomes RLIMIT_NPROC, a
+  count per uid, so such a sandbox maps a single uid; --cpus has none (not enforced).
 
 examples:
   nskernel run --hostname box -- sh -c 'hostname; id -u; ps -e'
@@ -76,6 +99,12 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         ("user", "own users: root inside, unprivileged outside"),
     ):
         p.add_argument(f"--{ns}", dest="ns", action="append_const", const=ns, help=what)
+    p.add_argument(
+        "--no-userns",
+        action="store_true",
+        help="no user namespace: the command keeps your host identity (as root: host "
+        "root, every privilege). Root only; never for code you do not trust",
+    )
     p.add_argument("--hostname", metavar="NAME", help="hostname inside (implies a UTS namespace)")
     p.add_argument(
         "--bind",
@@ -103,6 +132,38 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="set KEY inside (KEY alone: pass its current value); see 'environment' below",
+    )
+    p.add_argument(
+        "--seccomp",
+        metavar="default|unconfined|PATH",
+        default="default",
+        help="the syscall filter: nskernel's default (Docker's, with a sandbox's own "
+        "namespaces allowed), none, or a profile in Docker's/OCI's JSON format",
+    )
+    p.add_argument(
+        "--cap-add",
+        metavar="CAP",
+        action="append",
+        default=[],
+        help="keep this capability for sandbox root too (e.g. SYS_PTRACE, or ALL)",
+    )
+    p.add_argument(
+        "--cap-drop",
+        metavar="CAP",
+        action="append",
+        default=[],
+        help="drop this capability from sandbox root's default set (or ALL)",
+    )
+    p.add_argument(
+        "--share-home",
+        action="store_true",
+        help="show the host's homes read-only, as they are (default: hidden, and a "
+        "private, empty, writable $HOME)",
+    )
+    p.add_argument(
+        "--keep-groups",
+        action="store_true",
+        help="run even where your supplementary groups cannot be dropped inside",
     )
     p.add_argument(
         "--keep-env",
@@ -146,6 +207,12 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         cwd=os.path.abspath(args.chdir) if args.chdir else None,
         limits=make_limits(args.memory, args.pids, args.cpus),
         timeout=args.timeout,
+        no_userns=args.no_userns,
+        keep_groups=args.keep_groups,
+        share_home=args.share_home,
+        seccomp=args.seccomp,
+        cap_add=tuple(args.cap_add),
+        cap_drop=tuple(args.cap_drop),
     )
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._linux import contain, idmap, limits, mntns, procfs, syscalls, userns
+from ._linux import confine, contain, idmap, init, limits, mntns, procfs, syscalls, userns
 from .environ import sandbox_environment
 from .errors import (
     EXIT_NOT_FOUND,
@@ -24,9 +24,18 @@ from .errors import (
     SandboxError,
 )
 from .paths import existing_runtime_dirs
-from .spec import Bind, SandboxSpec, access_bits, blocked_ancestor, format_size, hidden_inside
+from .spec import (
+    HOME_DIRS,
+    Bind,
+    SandboxSpec,
+    access_bits,
+    blocked_ancestor,
+    format_size,
+    hidden_inside,
+)
 
 _subreaper_set = False
+_init_warned = False
 
 
 def default_hostname() -> str:
@@ -65,6 +74,10 @@ class Sandbox:
         self._lifeline_w: int | None = lifeline_w
         self._facts: dict[str, Any] | None = None
         self.limits = applied_limits
+        self.confinement: confine.Confinement | None = None  # set by spawn
+        # Processes killed by destroy() that come back to us as zombies (no PID
+        # namespace: init's children are re-parented to us, a subreaper, when it dies).
+        self._killed: list[tuple[int, int]] = []
         self.timed_out = False
         self.oom_killed = False
         self.pids_limit_hit = False
@@ -109,6 +122,7 @@ class Sandbox:
             msg = "stdio: give three descriptors, for the sandbox's 0, 1 and 2"
             raise TypeError(msg)
         spec.validate_host_paths()
+        spec.check_privileges()
         namespaces = spec.effective_namespaces()
         hostname = spec.hostname
         if hostname is None and "uts" in namespaces:
@@ -123,28 +137,38 @@ class Sandbox:
                 hint="The kernel refuses it (EINVAL). Create sandboxes from a fresh, "
                 "single-threaded process: `nskernel run`, or the sandbox server.",
             )
-        plan_maps = (
-            userns.plan_id_maps(map_root_to=spec.map_root_to, use_subids=spec.use_subids)
-            if "user" in namespaces
-            else None
+        # Bad --seccomp/--cap-* values fail here, before anything exists.
+        confinement = confine.plan(
+            spec.seccomp,
+            cap_add=spec.cap_add,
+            cap_drop=spec.cap_drop,
+            allow_new_userns=spec.allow_new_userns,
         )
-        mounts = None
-        binds = spec.resolved_binds()
-        warnings: list[str] = []
-        owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
-        if "mnt" in namespaces:
-            owned = _owned_clones(binds, plan_maps, warnings)
-            mounts = mntns.MountPlan(
-                fresh_proc="pid" in namespaces,
-                fresh_sys="net" in namespaces,
-                fresh_mqueue="ipc" in namespaces,
-                binds=tuple(
-                    (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
-                    for i, b in enumerate(binds)
-                ),
-                masks=_masked_state_dirs() + _skeletons_for_binds(binds, plan_maps),
-            )
         applied = limits.create_from_parent(spec.limits)
+        warnings: list[str] = []
+        try:
+            plan_maps = _plan_maps(spec, namespaces, applied, warnings)
+            env = spec.env if spec.env is not None else sandbox_environment(os.environ)
+            mounts = None
+            binds = spec.resolved_binds()
+            owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
+            if "mnt" in namespaces:
+                owned = _owned_clones(binds, plan_maps, warnings)
+                home = None if spec.share_home else _private_home(env.get("HOME"))
+                mounts = mntns.MountPlan(
+                    fresh_proc="pid" in namespaces,
+                    fresh_sys="net" in namespaces,
+                    fresh_mqueue="ipc" in namespaces,
+                    binds=tuple(
+                        (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
+                        for i, b in enumerate(binds)
+                    ),
+                    masks=_masks(spec, home, binds, plan_maps),
+                    home=home,
+                )
+        except BaseException:
+            applied.remove_from_parent()
+            raise
         child_plan = contain.ChildPlan(
             namespaces=namespaces,
             hostname=hostname,
@@ -153,7 +177,7 @@ class Sandbox:
             cwd_required=spec.cwd is not None,
             setgroups_allowed=plan_maps is None or not plan_maps.deny_setgroups,
             argv=tuple(argv) if argv is not None else None,
-            env=spec.env if spec.env is not None else sandbox_environment(os.environ),
+            env=env,
             target=target,
             pass_fds=tuple(pass_fds),
             stdio=tuple(stdio) if stdio is not None else None,  # type: ignore[arg-type]
@@ -162,6 +186,7 @@ class Sandbox:
             cgroup_dirs=tuple(applied.cgroup_dirs),
             rlimits=tuple(applied.rlimits),
             final_maps=plan_maps if contain.locks_mounts(namespaces) else None,
+            confinement=confinement,
         )
 
         global _subreaper_set
@@ -172,12 +197,24 @@ class Sandbox:
 
         try:
             sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname, applied)
+            sb.confinement = confinement
         except BaseException:
             applied.remove_from_parent()
             raise
         finally:
             for fd in owned.values():
                 os.close(fd)  # the sandbox has attached its own copy
+        global _init_warned
+        if not _init_warned:
+            # pip hides the build hook's output: say it where the user looks, once.
+            _init_warned = True
+            why = init.fallback_reason()
+            if why:
+                warnings.append(
+                    f"nskernel: sandboxes use the Python init, because nskernel-init is "
+                    f"missing: {why}. They work the same but each holds more memory; install "
+                    "a C compiler (Debian: gcc libc6-dev) and reinstall nskernel."
+                )
         sb.warnings = warnings
         sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
         return sb
@@ -235,6 +272,12 @@ class Sandbox:
                     init_pid = int(msg["pid"])
                     os.waitpid(setup_pid, 0)  # init is now re-parented to us
                     setup_pid = 0
+                    # Tell init it is ours now: it arms its death signal (see
+                    # contain._adopted_by_launcher) before it starts the command.
+                    try:
+                        os.write(pipes.lifeline_w, b"a")
+                    except BrokenPipeError:
+                        pass  # init failed already: its report of why comes next
             # With a command, EOF now means it was exec'd (the pipe is close-on-exec), or
             # an error says why not. A target needs no such wait: init forks it next and
             # it starts on its own, while the caller gets on (e.g. attaching a network).
@@ -276,6 +319,7 @@ class Sandbox:
                 "gid_map": procfs.id_map(self.pid, "gid_map"),
                 "started": self.started,
                 "limits": self.limits.describe(),
+                **({"confinement": self.confinement.describe()} if self.confinement else {}),
             }
         return dict(self._facts)
 
@@ -323,6 +367,9 @@ class Sandbox:
             128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
         )
         self._close_lifeline()
+        if self._killed:
+            procfs.reap_killed(self._killed)
+            self._killed = []
         self.oom_killed = self.limits.oom_killed()
         self.pids_limit_hit = self.limits.pids_limit_hit()
         self.limits.remove_from_parent()
@@ -361,24 +408,29 @@ class Sandbox:
         """End the whole sandbox now, without its cooperation, and do not wait.
 
         A sandbox can stop (ptrace) or starve its own init, so ending it must not rely on
-        init reading its lifeline: init is SIGKILLed (with a PID namespace, the kernel
-        then kills every process in it). Reap it afterwards with :meth:`poll` or
-        :meth:`wait`. init is our child and unreaped, so its PID cannot have been reused.
+        init reading its lifeline. Its cgroups, if any, are killed; without a PID
+        namespace init's descendants are stopped and killed from here; then init is
+        SIGKILLed (with a PID namespace, the kernel then kills every process in it).
+        Reap it afterwards with :meth:`poll` or :meth:`wait`. init is our child and not
+        yet reaped, so its PID cannot have been reused.
         """
         self._close_lifeline()
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self.returncode is not None:
+            return
+        self.limits.kill_from_parent()
+        if "pid" not in self.namespaces:
+            self._killed += procfs.kill_tree(self.pid)
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
-    def kill(self, timeout: float = 5.0) -> int | None:
-        """Destroy the whole sandbox now and reap it."""
-        self._close_lifeline()  # init kills every process of the sandbox, then exits
-        if self.wait(timeout) is None:
-            self.send_signal(signal.SIGKILL)
-            return self.wait()
-        return self.returncode
+    def kill(self) -> int:
+        """Destroy the whole sandbox now and reap it; returns its status (137)."""
+        self.destroy()
+        code = self.wait()
+        assert code is not None
+        return code
 
     def _close_lifeline(self) -> None:
         if self._lifeline_w is not None:
@@ -443,6 +495,99 @@ class _Reports:
             if not chunk:
                 return pid
             self.buf += chunk
+
+
+def _plan_maps(
+    spec: SandboxSpec,
+    namespaces: frozenset[str],
+    applied: limits.AppliedLimits,
+    warnings: list[str],
+) -> userns.IdMapPlan | None:
+    """Who sandbox root is on the host; refuses what would leave it the caller's groups."""
+    if "user" not in namespaces:
+        return None
+    # RLIMIT_NPROC counts processes per uid: with a range of uids mapped, a sandbox
+    # could spread its processes over them and pass any --pids. One uid, then.
+    single_uid = applied.mechanism.get("pids", "").startswith("rlimit")
+    try:
+        plan = userns.plan_id_maps(
+            map_root_to=spec.map_root_to,
+            use_subids=spec.use_subids,
+            single_uid=single_uid,
+            keep_groups=spec.keep_groups,
+        )
+    except userns.GroupsStayUsable as e:
+        raise SandboxError(
+            f"your supplementary groups ({_group_names(e.groups)}) would stay usable inside "
+            "the sandbox, and the host would grant their access (a member of 'docker' "
+            "reaches dockerd, and with it the host)",
+            step="drop supplementary groups",
+            namespace="user",
+            hint="They can only be dropped when your gid map is written by newgidmap from "
+            "a range in /etc/subgid. Fix: sudo usermod --add-subuids 100000-165535 "
+            f"--add-subgids 100000-165535 {_user_name()} (and install newuidmap/newgidmap: "
+            "Debian's uidmap package); or accept it with --keep-groups.",
+        ) from None
+    if plan.deny_setgroups and spec.keep_groups:
+        kept = userns.supplementary_groups()
+        if kept:
+            warnings.append(
+                f"nskernel: --keep-groups: your supplementary groups ({_group_names(kept)}) "
+                "stay usable inside the sandbox: whatever they may access on the host, "
+                "code in it may access too"
+            )
+    return plan
+
+
+def _group_names(gids: list[int]) -> str:
+    import grp
+
+    out = []
+    for g in gids:
+        try:
+            out.append(f"{grp.getgrgid(g).gr_name} ({g})")
+        except KeyError:
+            out.append(str(g))
+    return ", ".join(out)
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _private_home(home: str | None) -> str | None:
+    """The path of the sandbox's private, writable home: the caller's $HOME, where that
+    names a directory that exists on the host (the mount point must exist below a mask
+    or be made in one). None: no private home (HOME unset, relative or /)."""
+    if not home or not os.path.isabs(home) or os.path.normpath(home) == "/":
+        return None
+    return os.path.normpath(home)
+
+
+def _masks(
+    spec: SandboxSpec,
+    home: str | None,
+    binds: tuple[Bind, ...],
+    plan_maps: userns.IdMapPlan | None,
+) -> tuple[str, ...]:
+    """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
+    wanted = list(_masked_state_dirs())
+    if not spec.share_home:
+        wanted += [d for d in HOME_DIRS if os.path.isdir(d)]
+        # A home outside /home and /root (e.g. /var/lib/jenkins) is masked by itself.
+        if home and not hidden_inside(home) and os.path.isdir(home):
+            wanted.append(home)
+    wanted += _skeletons_for_binds(binds, plan_maps)
+    out: list[str] = []
+    for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
+        if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
+            out.append(d)
+    return tuple(out)
 
 
 def _masked_state_dirs() -> tuple[str, ...]:

@@ -20,11 +20,26 @@ ALL_NAMESPACES: tuple[str, ...] = ("pid", "net", "mnt", "uts", "ipc", "user")
 
 # Directories a sandbox with its own mounts gets fresh and empty.
 PRIVATE_DIRS: tuple[str, ...] = ("/tmp", "/dev/shm")
+# Where people keep what code in a sandbox must not read (SSH keys, tokens, browser
+# profiles, other kernels' connection files, session sockets): covered by an empty
+# tmpfs inside, unless the caller asks to share them (--share-home). The caller's own
+# $HOME gets a fresh, private, writable directory there.
+HOME_DIRS: tuple[str, ...] = ("/home", "/root", "/run/user")
 
 
-def hidden_inside(path: str) -> bool:
+def hidden_dirs(home: str | None = None, *, share_home: bool = False) -> tuple[str, ...]:
+    """Host directories a sandbox with its own mounts does not see (fresh and empty
+    inside): the private ones, and unless ``share_home``, every home (and ``home``)."""
+    if share_home:
+        return PRIVATE_DIRS
+    extra = (home,) if home and os.path.isabs(home) and home != "/" else ()
+    return PRIVATE_DIRS + HOME_DIRS + extra
+
+
+def hidden_inside(path: str, *, share_home: bool = False) -> bool:
     """Whether ``path`` lies in a directory that is private (empty) inside a sandbox."""
-    return any(path == d or path.startswith(d + "/") for d in PRIVATE_DIRS)
+    dirs = hidden_dirs(os.environ.get("HOME"), share_home=share_home)
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
 def blocked_ancestor(path: str, uid: int = -1, gid: int = -1) -> str | None:
@@ -169,10 +184,14 @@ def _hostname_error(name: str) -> str | None:
 class SandboxSpec:
     """Which namespaces to create and how to set them up.
 
-    ``namespaces`` is the set the caller asked for; :meth:`effective_namespaces`
-    adds ``user`` where an unprivileged caller needs it to create the others.
-    ``map_root_to`` is the host uid that sandbox root becomes when the caller is real
-    root (never 0); for an unprivileged caller sandbox root is always the caller.
+    ``namespaces`` is the set the caller asked for; :meth:`effective_namespaces` is
+    what is created: always a user namespace too (sandbox root is never host root),
+    unless ``no_userns`` opts out explicitly, and with ``pid`` a mount namespace for a
+    fresh /proc (as ``unshare --mount-proc``). ``map_root_to`` is the host uid that
+    sandbox root becomes when the caller is real root (never 0); for an unprivileged
+    caller sandbox root is always the caller. ``keep_groups``: run even where the
+    caller's supplementary groups cannot be dropped inside (see ``userns``).
+    ``share_home``: the homes stay visible (read-only) instead of a private, empty one.
     """
 
     namespaces: frozenset[str] = frozenset(ALL_NAMESPACES)
@@ -184,10 +203,23 @@ class SandboxSpec:
     use_subids: bool = True
     limits: Limits = dataclasses.field(default_factory=Limits)
     timeout: float | None = None
+    no_userns: bool = False
+    keep_groups: bool = False
+    share_home: bool = False
+    # The command's syscall filter ("default", "unconfined" or a Docker/OCI JSON profile),
+    # and changes to the default capability set (see nskernel._linux.confine).
+    seccomp: str = "default"
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    # The sandbox may create user namespaces of its own (the sandboxed kernel's, so that
+    # %%sandbox works in it); every other sandbox's filter refuses them.
+    allow_new_userns: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "binds", tuple(self.binds))
+        object.__setattr__(self, "cap_add", tuple(self.cap_add))
+        object.__setattr__(self, "cap_drop", tuple(self.cap_drop))
         unknown = self.namespaces - set(ALL_NAMESPACES)
         if unknown:
             msg = (
@@ -202,7 +234,7 @@ class SandboxSpec:
             err = _hostname_error(self.hostname)
             if err:
                 raise SpecError(err)
-        if self.binds and "mnt" not in self.namespaces:
+        if self.binds and "mnt" not in self.effective_namespaces():
             msg = "--bind/--ro-bind need a mount namespace: add --mnt"
             raise SpecError(msg)
         if self.timeout is not None and not self.timeout > 0:
@@ -211,6 +243,9 @@ class SandboxSpec:
         if self.map_root_to == 0:
             msg = "map_root_to=0 would make sandbox root the host's root; pick an unprivileged uid"
             raise SpecError(msg)
+        if self.no_userns and "user" in self.namespaces:
+            msg = "--no-userns and --user contradict each other: drop one"
+            raise SpecError(msg)
 
     @classmethod
     def from_flags(cls, namespaces: Iterable[str] = (), **kwargs: object) -> SandboxSpec:
@@ -218,21 +253,37 @@ class SandboxSpec:
         chosen = frozenset(namespaces) or frozenset(ALL_NAMESPACES)
         return cls(namespaces=chosen, **kwargs)  # type: ignore[arg-type]
 
-    def effective_namespaces(self, *, privileged: bool | None = None) -> frozenset[str]:
+    def effective_namespaces(self) -> frozenset[str]:
         """The namespaces that will actually be created.
 
-        Without CAP_SYS_ADMIN on the host, the kernel only lets a process create the
-        other namespace types inside a user namespace it owns, so ``user`` is added.
+        A user namespace always: it is what keeps sandbox root from being host root (and
+        without CAP_SYS_ADMIN the kernel allows the other types only inside one). With a
+        PID namespace, a mount namespace too, so that /proc shows the sandbox's own
+        processes. ``no_userns`` drops the user namespace: the command keeps the caller's
+        host identity, which only a caller holding CAP_SYS_ADMIN may ask for
+        (:meth:`check_privileges`).
         """
-        if privileged is None:
-            from ._linux.userns import is_host_root
+        chosen = set(self.namespaces)
+        if "pid" in chosen:
+            chosen.add("mnt")
+        if not self.no_userns:
+            chosen.add("user")
+        return frozenset(chosen)
 
-            # Root inside some other user namespace has no privilege over the host's
-            # namespaces; nested sandboxes there still need their own user namespace.
-            privileged = is_host_root()
-        if not privileged and self.namespaces:
-            return self.namespaces | {"user"}
-        return self.namespaces
+    def check_privileges(self) -> None:
+        """Refuse, before anything is created, what this caller cannot have."""
+        if not self.no_userns:
+            return
+        from ._linux.userns import holds_cap_sys_admin
+
+        if not holds_cap_sys_admin():
+            msg = (
+                "--no-userns needs CAP_SYS_ADMIN (root on the host): without a user "
+                "namespace, the kernel lets only a privileged caller create the others. "
+                "Drop --no-userns (a user namespace is what keeps sandbox root from being "
+                "host root anyway)"
+            )
+            raise SpecError(msg)
 
     def validate_host_paths(self) -> None:
         """Check bind sources exist, before anything is created."""

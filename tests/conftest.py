@@ -10,6 +10,9 @@ Tiers, by marker:
 A capability that is missing turns into a skip whose reason says how to fix the
 machine. With NSKERNEL_MUST_WORK=1 (set by CI) such a skip is a failure instead, so a
 broken machine or a regression cannot hide behind skips.
+
+The end-of-session leak check is a plugin of its own (tests/leakcheck.py, loaded by the
+repository's root conftest.py), so that it covers the tutorial notebooks too.
 """
 
 from __future__ import annotations
@@ -18,12 +21,8 @@ import functools
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
-
-from nskernel.environ import KEEP_ENV_VAR
-from tests import leakcheck
 
 MUST_WORK = os.environ.get("NSKERNEL_MUST_WORK") == "1"
 IS_ROOT = os.geteuid() == 0
@@ -110,20 +109,3 @@ def private_dir():
         yield d
     finally:
         shutil.rmtree(d)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def no_leaks():
-    """Fail the session if anything nskernel creates outlives the tests."""
-    tag = uuid.uuid4().hex
-    os.environ[leakcheck.TAG_VAR] = tag
-    # Sandboxes get an allow-listed environment; this name is added to the list, so
-    # the tag reaches every process a sandbox of this session runs.
-    os.environ[KEEP_ENV_VAR] = leakcheck.TAG_VAR
-    before = leakcheck.Snapshot.take()
-    yield
-    # NSKERNEL_LEAKCHECK_PROCESSES_ONLY=1 is for developers running several suites at
-    # once (the other checks look at global state); CI never sets it.
-    only = os.environ.get("NSKERNEL_LEAKCHECK_PROCESSES_ONLY") == "1"
-    problems = leakcheck.leaks(before, tag, processes_only=only)
-    assert not problems, "leaked after the test session:\n  " + "\n  ".join(problems)

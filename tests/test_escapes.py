@@ -218,9 +218,9 @@ def test_writes_land_only_in_bind_paths(nsk, scratch):
         "parent": f"{scratch}/f",
         "var_tmp": f"/var/tmp/nsk-escape-{tag}",
         "etc": f"/etc/nsk-escape-{tag}",
-        "home": os.path.expanduser(f"~/nsk-escape-{tag}"),
         "tmp": f"/tmp/nsk-escape-{tag}",  # private inside: lands, but not on the host
         "shm": f"/dev/shm/nsk-escape-{tag}",  # private inside too
+        "home": os.path.expanduser(f"~/nsk-escape-{tag}"),  # a private home too
     }
     script = f"""
 targets = {targets!r}
@@ -231,7 +231,7 @@ found["rename"] = attempt(os.rename, "{scratch}/unbound/existing", "{scratch}/bo
 report(**found)
 """
     seen = inside(nsk, script, "--bind", f"{scratch}/bound")
-    assert seen.pop("bound") == seen.pop("tmp") == seen.pop("shm") == "ok"
+    assert seen.pop("bound") == seen.pop("tmp") == seen.pop("shm") == seen.pop("home") == "ok"
     for what, err in seen.items():
         # EROFS: the read-only host root; EACCES: a directory nobody may enter (/root when
         # the suite runs as root); EXDEV: a rename across the bind boundary; ENOENT: a

@@ -76,11 +76,12 @@ def test_namespaces_seen_from_the_cell(kc, host_msq, marker, flags):
     assert res.status == "ok", res.error_text
     seen = res.json_line()
     asked = set(flags) or {"pid", "net", "mnt", "uts", "ipc", "user"}
+    # Every sandbox gets a user namespace (sandbox root is never host root), and --pid a
+    # mount namespace with a fresh /proc.
+    asked |= {"user"} | ({"mnt"} if "pid" in asked else set())
     host = host_namespaces()
-    for t in ("pid", "net", "mnt", "uts", "ipc"):
+    for t in ("pid", "net", "mnt", "uts", "ipc", "user"):
         assert (seen["ns"][t] != host[t]) == (t in asked), f"{t} namespace: {seen['ns']}"
-    # Rootless, every sandbox gets a user namespace (nested in the server's own).
-    assert (seen["ns"]["user"] != host["user"]) == ("user" in asked or not IS_ROOT)
     # In its own PID namespace the cell is one of the first PIDs (1 is the sandbox's init).
     assert (seen["pid"] < 10) == ("pid" in asked)
     if "uts" in asked:
@@ -91,9 +92,8 @@ def test_namespaces_seen_from_the_cell(kc, host_msq, marker, flags):
         assert seen["ifaces"] == ["lo"]
     else:
         assert seen["ifaces"] == sorted(n for _, n in __import__("socket").if_nameindex())
-    if "user" in asked or not IS_ROOT:
-        assert seen["uid"] == 0
-        assert seen["uid_map"] != ["0", "0", "4294967295"]
+    assert seen["uid"] == 0
+    assert seen["uid_map"] != ["0", "0", "4294967295"]
     assert (host_msq in seen["msq"]) == ("ipc" not in asked)
     if "mnt" in asked:
         assert not seen["marker"], "the sandbox's /tmp must be private"
@@ -356,7 +356,7 @@ def test_rootless_sandboxes_live_in_the_servers_user_namespace(kc):
     sandbox_userns = os.stat(f"/proc/{pid}/ns/user").st_ino
     if IS_ROOT:
         assert mode == "host" and server_userns == host_namespaces()["user"]
-        assert sandbox_userns == server_userns  # as root, only the namespaces asked for
+        assert sandbox_userns != server_userns  # sandbox root is never host root
     else:
         # The server made its own user namespace (where it holds CAP_NET_ADMIN over every
         # sandbox); each sandbox still gets a fresh one of its own, nested in it.
@@ -462,13 +462,21 @@ def test_a_working_directory_under_tmp(kc, tmp_path):
     back = execute(kc, "import os; print(os.getcwd())").stdout.strip()
     try:
         execute(kc, f"os.chdir({str(tmp_path)!r})")
-        res = execute(kc, "%%sandbox\nimport os\nprint(os.getcwd())")
-        assert res.status == "ok", res.error_text
-        assert res.stdout == "/\n"  # its private /tmp hides the directory...
-        assert f"--bind {tmp_path}" in res.stderr  # ...and the note says how to see it
-        res = execute(kc, f"%%sandbox --bind {tmp_path}\nimport os\nprint(os.getcwd())")
+        (tmp_path / "data.txt").write_text("next to the notebook\n")
+        # The notebook's directory stays reachable, read-only, though /tmp is private.
+        res = execute(
+            kc,
+            "%%sandbox\nimport os\nprint(os.getcwd(), open('data.txt').read(), end='')\n"
+            "open('new.txt', 'w')",
+        )
+        assert res.stdout == f"{tmp_path} next to the notebook\n", res.error_text
+        assert "Read-only file system" in res.error_text
+        res = execute(
+            kc, f"%%sandbox --bind {tmp_path}\nimport os\nprint(os.getcwd())\nopen('new.txt', 'w')"
+        )
         assert res.stdout == f"{tmp_path}\n", res.error_text
-        res = execute(kc, "%%sandbox --pid\nimport os\nprint(os.getcwd())")  # no mnt: as is
+        assert (tmp_path / "new.txt").exists()  # --bind makes it writable
+        res = execute(kc, "%%sandbox --pid\nimport os\nprint(os.getcwd())")  # --pid: mnt too
         assert res.stdout == f"{tmp_path}\n", res.error_text
     finally:
         execute(kc, f"os.chdir({back!r})")

@@ -1,14 +1,18 @@
-"""The overview notebook where namespaces are denied (Binder, Docker's default profile).
+"""The tutorials where namespaces are denied (Binder, Docker's default profile).
 
-Such hosts must get ``nskernel doctor``'s explanation at the top of 00-overview and a
-clean stop — one short error line, nothing run after it — not a wall of tracebacks.
-The kernel process is started under a real denial (tests/helpers/deny.py): a zero
+Such hosts must get ``nskernel doctor``'s explanation once, at the top of each tutorial,
+and a clean stop — one short error line, nothing run after it — not a wall of
+tracebacks, and not the same fix paragraph at every cell; the notebook's note at the top
+says so before anything runs. The tutorial that runs on the sandboxed kernel cannot run
+a cell at all there: the kernel's own failure must name the cause. The kernel process is
+started under a real denial (tests/helpers/deny.py): a seccomp filter or a zero
 namespace limit; nothing on the host changes.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,8 +21,9 @@ import pytest
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-REPO = Path(__file__).resolve().parent.parent
-OVERVIEW = REPO / "notebooks" / "00-overview.ipynb"
+from tests.tutorials import NOTEBOOKS, REPO, SANDBOXED_KERNEL, SHIPPED
+
+OVERVIEW = NOTEBOOKS / "00-overview.ipynb"
 
 # Each runs the kernel where namespaces are denied the way real hosts deny them.
 DENIALS = {
@@ -51,10 +56,31 @@ def denied_kernel(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: p
     return "nsk-denied"
 
 
+def _on_ipykernel() -> list[str]:
+    return [
+        n
+        for n in SHIPPED
+        if nbformat.read(NOTEBOOKS / f"{n}.ipynb", as_version=4).metadata.kernelspec.name
+        != SANDBOXED_KERNEL
+    ]
+
+
+# The overview under every kind of denial; each other tutorial under Binder's.
+CASES = [(d, "00-overview") for d in sorted(DENIALS)]
+CASES += [("user-limit", n) for n in _on_ipykernel() if n != "00-overview"]
+
+
 @pytest.mark.kernel
-@pytest.mark.parametrize("denied_kernel", sorted(DENIALS), indirect=True)
-def test_overview_explains_and_stops(denied_kernel: str) -> None:
-    nb = nbformat.read(OVERVIEW, as_version=4)
+@pytest.mark.parametrize(
+    ("denied_kernel", "name"), CASES, indirect=["denied_kernel"], ids=[f"{d}-{n}" for d, n in CASES]
+)
+def test_tutorial_explains_once_and_stops(denied_kernel: str, name: str) -> None:
+    path = NOTEBOOKS / f"{name}.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    # Before anything runs, the note at the top says where the notebook runs and that
+    # the stored outputs stay readable.
+    top = next(c for c in nb.cells if c.cell_type == "markdown").source
+    assert "Where this runs" in top and "stored in this notebook" in top, top
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs = []
@@ -63,7 +89,7 @@ def test_overview_explains_and_stops(denied_kernel: str) -> None:
         nb,
         kernel_name=denied_kernel,
         timeout=60,
-        resources={"metadata": {"path": str(OVERVIEW.parent)}},
+        resources={"metadata": {"path": str(path.parent)}},
     )
     with pytest.raises(CellExecutionError) as stopped:
         client.execute()
@@ -82,3 +108,49 @@ def test_overview_explains_and_stops(denied_kernel: str) -> None:
     assert "stored outputs" in errors[0].traceback[0]
     # "Run All" stopped there: no sandbox cell ran and failed on its own.
     assert all(c.execution_count is None and not c.outputs for c in code[1:])
+
+
+_RUN_ON_SANDBOXED_KERNEL = """
+import sys, nbformat
+from nbclient import NotebookClient
+from tests.tutorials import temporary_kernelspec
+path, name = sys.argv[1], sys.argv[2]
+nb = nbformat.read(path, as_version=4)
+for c in nb.cells:
+    if c.cell_type == "code":
+        c.outputs, c.execution_count = [], None
+with temporary_kernelspec():
+    client = NotebookClient(nb, kernel_name=name, timeout=60, startup_timeout=60)
+    try:
+        client.execute()
+    except Exception as e:
+        ran = [c for c in nb.cells if c.cell_type == "code" and c.execution_count]
+        print(f"{type(e).__name__}: {e}")
+        print(f"cells run: {len(ran)}")
+        sys.exit(3)
+print("the kernel started")
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("denial", ["seccomp", "user-limit"])
+def test_sandboxed_kernel_tutorial_fails_naming_the_cause(denial: str) -> None:
+    """Jupyter (here nbclient, under the denial) gets the provisioner's reason and fix."""
+    path = NOTEBOOKS / "08-sandboxed-kernel.ipynb"
+    kernel = nbformat.read(path, as_version=4).metadata.kernelspec.name
+    assert kernel == SANDBOXED_KERNEL
+    deny = [sys.executable, "-m", "tests.helpers.deny", *DENIALS[denial]]
+    run = [sys.executable, "-c", _RUN_ON_SANDBOXED_KERNEL, str(path), kernel]
+    r = subprocess.run(
+        [*deny, *run],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode == 3, r.stdout + r.stderr
+    out = r.stdout
+    assert "KernelSandboxUnavailable" in out and "cells run: 0" in out, out
+    cause = {"seccomp": "seccomp filter forbids unshare", "user-limit": "max_user_namespaces"}
+    assert cause[denial] in out, out
+    assert "nskernel doctor" in out and "never runs unsandboxed" in out, out

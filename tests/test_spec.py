@@ -12,10 +12,13 @@ def test_no_flag_means_all_six():
     assert SandboxSpec.from_flags([]).namespaces == frozenset(ALL_NAMESPACES)
 
 
-def test_unprivileged_caller_gets_a_user_namespace_added():
-    spec = SandboxSpec.from_flags(["net", "uts"])
-    assert spec.effective_namespaces(privileged=False) == {"net", "uts", "user"}
-    assert spec.effective_namespaces(privileged=True) == {"net", "uts"}
+def test_a_user_namespace_is_always_added_and_pid_brings_mnt():
+    assert SandboxSpec.from_flags(["net", "uts"]).effective_namespaces() == {"net", "uts", "user"}
+    assert SandboxSpec.from_flags(["pid"]).effective_namespaces() == {"pid", "mnt", "user"}
+    opted_out = SandboxSpec.from_flags(["net"], no_userns=True)
+    assert opted_out.effective_namespaces() == {"net"}
+    with pytest.raises(SpecError, match="contradict"):
+        SandboxSpec.from_flags(["net", "user"], no_userns=True)
 
 
 @pytest.mark.parametrize("name", ["-box", "box-", "a" * 64, "has space", "dot.ted", ""])
@@ -73,5 +76,5 @@ def test_run_help_documents_namespaces_exit_codes_and_the_added_user_namespace()
     text = run.format_help()
     for needle in ("--pid", "--net", "--mnt", "--uts", "--ipc", "--user", "--status-json"):
         assert needle in text
-    assert "--user is added" in text
+    assert "A user" in text and "never host root" in text and "--no-userns" in text
     assert "125" in text and "127" in text

@@ -23,7 +23,9 @@ Parent side (launcher)                    Child side
                                           init: 9. hostname  10. lo up  11. mounts
                                                 12. report "ready", fork the command
                                                 14. exec nskernel-init (init.c), if built
-                                          command: 13. reset signals, exec (or run target)
+                                          command: 13. reset signals, close what it was
+                                                not given, drop capabilities, no_new_privs,
+                                                syscall filter; exec (or run target)
 
 With a user and a mount namespace, the mounts are locked (see ``locks_mounts``): step 5
 creates only MNT and PID (and a throwaway NET for a locked /sys beneath the real one);
@@ -50,7 +52,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from . import init, limits, mntns, netns, syscalls, userns, utsns
+from . import confine, init, limits, mntns, netns, syscalls, userns, utsns
 
 ORDER_AFTER_USER = ("ipc", "uts", "net", "mnt", "pid")
 
@@ -81,6 +83,9 @@ class ChildPlan:
     controlling_tty: int | None = None
     cgroup_dirs: tuple[str, ...] = ()
     rlimits: tuple[tuple[int, int], ...] = ()
+    # Capabilities, no_new_privs and the syscall filter of the command (see ``confine``),
+    # decided and compiled by the launcher; None runs the command with neither.
+    confinement: confine.Confinement | None = None
     # Set when the mounts are locked (see ``locks_mounts``): the launcher wrote the staging
     # maps, init's helper writes these for the sandbox's own, nested user namespace.
     final_maps: userns.IdMapPlan | None = None
@@ -190,6 +195,10 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
     if pid == 0:
         code = 1
         try:
+            if host_proc is not None:
+                # A handle on the host's /proc: through it a sandbox lists and reads every
+                # host process. Only the setup child, outside, may hold it.
+                os.close(host_proc)
             code = _init_main(plan, pipes, nesting, native_init)
         except BaseException as e:
             _fail(rep, "init", e)
@@ -313,6 +322,8 @@ def _init_main(
 
 def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int | None) -> int:
     rep = pipes.report_w
+    if not _adopted_by_launcher(pipes.lifeline_r, arm=pid_ns):
+        return 128 + signal.SIGKILL  # the launcher is gone: nobody may outlive it
     wake_r, wake_w = init.prepare_signals()
     if not pid_ns:
         # Without a PID namespace, init is the subreaper its command's orphans come back
@@ -344,6 +355,34 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     )
 
 
+def _adopted_by_launcher(lifeline_r: int, *, arm: bool) -> bool:
+    """Wait until the launcher is our parent; with ``arm``, then die with it.
+
+    Ending a sandbox must not need its init's cooperation: a sandbox can ptrace-stop or
+    starve its init, which then never reads the lifeline's EOF. With a PID namespace,
+    init gets PR_SET_PDEATHSIG(SIGKILL): if the launcher dies (even by SIGKILL), the
+    kernel kills init, and with init every process of its PID namespace. The death
+    signal belongs to the parent at the time it dies, and ours was the setup child: the
+    launcher writes one byte on the lifeline once it has reaped the setup child, which
+    made it our parent (it is a child subreaper). The command does not exist yet, so
+    nothing can stop us in between. Without a PID namespace a SIGKILLed init would leave
+    the command's processes behind, so there init keeps its lifeline duty alone (see
+    SECURITY.md: a partial set of namespaces is not a boundary). False: the launcher
+    died before that (EOF); nothing must start.
+    """
+    try:
+        if os.read(lifeline_r, 1) != b"a":
+            return False
+    except OSError:
+        return False
+    if not arm:
+        return True
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    # Had the launcher died between its byte and our prctl, no signal would come: then
+    # its end of the lifeline is closed already.
+    return not syscalls.readable([lifeline_r], 0)
+
+
 def _command_main(
     plan: ChildPlan, pipes: Pipes, wake_r: int, wake_w: int, native_init: int | None
 ) -> None:
@@ -364,6 +403,20 @@ def _command_main(
         elif plan.new_session:
             os.setpgid(0, 0)  # a group of its own, which init sends SIGINT to
         limits.apply_rlimits_from_child(list(plan.rlimits))
+        # The sandbox starts with fds 0-2 plus exactly what it was passed: nothing of
+        # the setup (the report pipe stays for a failed exec, close-on-exec).
+        keep = {rep, *plan.pass_fds}
+        if plan.controlling_tty is not None:
+            keep.add(plan.controlling_tty)
+        syscalls.close_fds_except(keep)
+        if plan.confinement is not None:
+            # Last: capabilities, no_new_privs, the syscall filter. Nothing runs without.
+            try:
+                confine.apply_from_child(plan.confinement)
+            except OSError as e:
+                report(rep, event="error", step="confine", errno=e.errno, strerror=str(e))
+                code = 125
+                raise SystemExit(code) from None
         if plan.target is not None:
             os.close(rep)
             if plan.env is not None:  # a target runs on in this interpreter: no execve

@@ -137,6 +137,11 @@ int main(int argc, char **argv) {
     /* The exec named us after the descriptor it ran ("3"); ps and the benchmarks look
      * for this name, as the Python init sets it too. */
     prctl(PR_SET_NAME, "nskernel-init", 0, 0, 0);
+    /* Not dumpable: only a holder of CAP_SYS_PTRACE over the sandbox's user namespace
+     * may ptrace us (or read our memory), and sandbox root's capability set lacks it.
+     * exec made us dumpable again; the command, already running, has fewer capabilities
+     * than we do, which also keeps it from attaching in between. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     /* Without a PID namespace the Python side made us a child subreaper before it
      * forked the command (an orphan must not slip out in between); exec keeps that. */
 

@@ -54,6 +54,23 @@ def prepare_signals() -> tuple[int, int]:
     return wake_r, wake_w
 
 
+# Written by the build hook when it could not compile the native init: one line, why.
+MISSING_NOTE = NATIVE_INIT + ".missing"
+
+
+def fallback_reason() -> str | None:
+    """Why sandboxes get the Python init here, or None when nskernel-init is in place."""
+    if os.environ.get(INIT_ENV) == "python":
+        return None  # asked for: nothing to warn about
+    if os.path.exists(NATIVE_INIT):
+        return None
+    try:
+        with open(MISSING_NOTE) as f:
+            return f.readline().strip() or "it was not built"
+    except OSError:
+        return "it was not built (no C compiler when nskernel was installed?)"
+
+
 def open_native() -> int | None:
     """An O_PATH descriptor of ``nskernel-init``, or None to use the Python loop.
 

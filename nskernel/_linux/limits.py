@@ -89,6 +89,34 @@ class AppliedLimits:
                 continue
         return False
 
+    def kill_from_parent(self) -> None:
+        """SIGKILL every process in the sandbox's cgroups (it needs no cooperation).
+
+        cgroup v2 has ``cgroup.kill`` (Linux 5.14+), atomic against forks; in a v1
+        hierarchy the members are killed one by one until none is left.
+        """
+        import signal
+
+        for d in self.cgroup_dirs:
+            try:
+                _write(os.path.join(d, "cgroup.kill"), 1)
+                continue
+            except OSError:
+                pass
+            for _ in range(100):
+                try:
+                    with open(os.path.join(d, "cgroup.procs")) as f:
+                        pids = [int(x) for x in f.read().split()]
+                except OSError:
+                    break
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
     def remove_from_parent(self) -> None:
         for d in self.cgroup_dirs:
             _rmdir_quietly(d)

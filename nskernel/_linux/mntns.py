@@ -38,9 +38,14 @@ class MountPlan:
     # is an O_PATH descriptor of the source, or, when ``detached``, a mount the launcher
     # made already (an idmapped clone, see :mod:`.idmap`), attached with move_mount.
     binds: tuple[tuple[str, int, str, bool, bool], ...]
-    # Host directories covered by an empty tmpfs inside (nskernel's own runtime state:
-    # other kernels' sockets and connection files). Binds may land inside them.
+    # Host directories covered by an empty tmpfs inside (the homes, nskernel's own
+    # runtime state: other kernels' sockets and connection files). Binds may land inside.
     masks: tuple[str, ...] = ()
+    # The sandbox's private, writable home: a directory made in a mask (or in /tmp).
+    home: str | None = None
+    # A minimal /dev of its own (bwrap's --dev): no host terminal, disk or device is
+    # reachable, only null, zero, full, random, urandom, tty and a new devpts instance.
+    fresh_dev: bool = True
 
     def with_sources_opened(self) -> MountPlan:
         """Open every bind source as O_PATH, in the new mount namespace.
@@ -114,15 +119,78 @@ def _sysfs(target: str) -> None:
 
 
 def mount_namespace_views_from_child(plan: MountPlan) -> None:
-    """After the nested user namespace: /sys and /dev/mqueue for the namespaces made there."""
+    """After the nested user namespace: /sys and /dev/mqueue for the namespaces made there,
+    and /dev/pts, so that the sandbox's own user namespace owns its terminals."""
     if plan.fresh_sys:
         _sysfs("/sys")
     if plan.fresh_mqueue and os.path.isdir("/dev/mqueue"):
         _mqueue("/dev/mqueue")
+    if plan.fresh_dev:
+        _devpts("/dev/pts")
+
+
+# Device nodes a program may expect; bound from the host one by one (mknod is not
+# allowed in a user namespace, and a bind carries no other device with it).
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+
+
+def _devpts(target: str) -> None:
+    # A new instance: its ptys are the sandbox's own, none of the host's (the user's
+    # other terminals) is listed or openable. ptmxmode: anyone inside may open ptmx.
+    flags = sc.MS_NOSUID | sc.MS_NOEXEC
+    _step(
+        "mount(devpts) on /dev/pts",
+        sc.mount,
+        "devpts",
+        target,
+        "devpts",
+        flags,
+        "newinstance,ptmxmode=0666,mode=0620",
+    )
+
+
+def _minimal_dev(dev: str, *, devpts_now: bool) -> None:
+    """A fresh /dev at ``dev`` (inside the new root): a tmpfs with the usual nodes bound
+    from the host's, its own /dev/pts (now, or after the nested user namespace), and
+    empty /dev/shm and /dev/mqueue for the private mounts that follow."""
+    _step("mount(tmpfs) on /dev", _tmpfs, dev, "0755")
+    for name in DEV_NODES:
+        host = "/dev/" + name
+        if not os.path.exists(host):
+            continue
+        open(f"{dev}/{name}", "w").close()  # a mount point for the node
+        _step(f"bind {host}", sc.mount, host, f"{dev}/{name}", None, sc.MS_BIND)
+    for name, target in DEV_LINKS:
+        os.symlink(target, f"{dev}/{name}")
+    for name in ("pts", "shm", "mqueue"):
+        os.mkdir(f"{dev}/{name}", 0o755)
+    if devpts_now:
+        _devpts(f"{dev}/pts")
 
 
 def _tmpfs(target: str, mode: str) -> None:
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}")
+
+
+def _make_home(r: str, home: str, scratch: tuple[str, ...]) -> None:
+    """The private home: a directory sandbox root owns, in a fresh tmpfs (a mask or /tmp).
+
+    We run as sandbox root's host ids (or as root itself without a user namespace), so
+    what we make here is sandbox root's. Nowhere else may it be made: it would land on
+    the read-only host root.
+    """
+    if not any(home == d or home.startswith(d.rstrip("/") + "/") for d in scratch):
+        return
+    target = r + home
+    _step(f"make the private home {home}", os.makedirs, target, 0o700, True)
+    _step(f"make the private home {home}", os.chmod, target, 0o700)
 
 
 def setup_mounts_from_child(
@@ -150,6 +218,8 @@ def setup_mounts_from_child(
         _step("mount(proc) on /proc", sc.mount, "proc", r + "/proc", "proc", flags)
     if plan.fresh_sys:
         _sysfs(r + "/sys")
+    if plan.fresh_dev:
+        _minimal_dev(r + "/dev", devpts_now=not locked)
     _step("mount(tmpfs) on /tmp", _tmpfs, r + "/tmp", "1777")
     if os.path.isdir(r + "/dev/shm"):
         _step("mount(tmpfs) on /dev/shm", _tmpfs, r + "/dev/shm", "1777")
@@ -162,6 +232,8 @@ def setup_mounts_from_child(
     for mask in plan.masks:
         if os.path.isdir(r + mask):
             _step(f"mount(tmpfs) over {mask}", _tmpfs, r + mask, "0755")  # a skeleton for binds
+    if plan.home is not None:
+        _make_home(r, plan.home, ("/tmp", *plan.masks))
 
     scratch = ("/tmp", *plan.masks)  # fresh tmpfs: a missing destination may be made here
     for fd, dst, ro, detached in sources:

@@ -80,6 +80,25 @@ def in_initial_user_namespace() -> bool:
         return True
 
 
+CAP_SYS_ADMIN = 21
+
+
+def holds_cap_sys_admin() -> bool:
+    """CAP_SYS_ADMIN in the host's user namespace: what creating namespaces without a
+    user namespace takes. Decided by capability, never by uid: root in a container
+    usually lacks it, and a process with it need not be uid 0."""
+    if not in_initial_user_namespace():
+        return False
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_ADMIN & 1)
+    except OSError:
+        pass
+    return False
+
+
 def is_host_root() -> bool:
     """Real root: uid 0 in the host's user namespace (root of some other user namespace
     has no privilege over the host's). Sandboxes it makes map their root elsewhere."""
@@ -92,34 +111,70 @@ def _identity_of_own_map(which: str) -> tuple[tuple[int, int, int], ...]:
     return tuple((inside, inside, count) for inside, _outside, count in rows)
 
 
-def plan_id_maps(*, map_root_to: int | None = None, use_subids: bool = True) -> IdMapPlan:
+class GroupsStayUsable(Exception):
+    """The caller's supplementary groups cannot be dropped inside the sandbox.
+
+    An unprivileged caller that writes its own gid_map must first deny setgroups(2) in
+    the new namespace; its supplementary groups then stay attached to every process of
+    the sandbox, and the host checks permissions against them (a member of ``docker``
+    reaches dockerd's socket). Only a gid map written through ``newgidmap`` (a range in
+    /etc/subgid) leaves setgroups allowed, so that sandbox root can drop them.
+    """
+
+    def __init__(self, groups: list[int]) -> None:
+        super().__init__(groups)
+        self.groups = groups
+
+
+def supplementary_groups() -> list[int]:
+    """The caller's supplementary groups other than its own (effective) group."""
+    egid = os.getegid()
+    return sorted(g for g in set(os.getgroups()) if g != egid)
+
+
+def plan_id_maps(
+    *,
+    map_root_to: int | None = None,
+    use_subids: bool = True,
+    single_uid: bool = False,
+    keep_groups: bool = False,
+) -> IdMapPlan:
+    """The uid/gid maps of a new sandbox. ``single_uid``: map only sandbox root's uid,
+    so every process of the sandbox is one uid (RLIMIT_NPROC counts per uid).
+    Raises :class:`GroupsStayUsable` unless ``keep_groups``."""
     uid, gid = os.geteuid(), os.getegid()
     if not in_initial_user_namespace():
         # Nested (e.g. inside the rootless sandbox server's own user namespace): keep
         # every id the parent namespace has, unchanged, so sandbox root is still the
         # host user who started it. setgroups is inherited from the parent as it is.
-        return IdMapPlan(
-            _identity_of_own_map("uid_map"), _identity_of_own_map("gid_map"), "direct", False
-        )
+        uid_map = _identity_of_own_map("uid_map")
+        if single_uid:
+            uid_map = ((0, 0, 1),)
+        return IdMapPlan(uid_map, _identity_of_own_map("gid_map"), "direct", False)
     if uid == 0:
         if map_root_to is not None:
             return IdMapPlan(((0, map_root_to, 1),), ((0, map_root_to, 1),), "direct", False)
         subuid = _subid_range("/etc/subuid", 0) if use_subids else None
         subgid = _subid_range("/etc/subgid", 0) if use_subids else None
         if subuid and subgid:
-            return IdMapPlan(((0, *subuid),), ((0, *subgid),), "direct", False)
+            uid_row = (0, subuid[0], 1 if single_uid else subuid[1])
+            return IdMapPlan((uid_row,), ((0, *subgid),), "direct", False)
         return IdMapPlan(((0, NOBODY, 1),), ((0, NOBODY, 1),), "direct", False)
 
     if use_subids and shutil.which("newuidmap") and shutil.which("newgidmap"):
         subuid = _subid_range("/etc/subuid", uid)
         subgid = _subid_range("/etc/subgid", uid)
         if subuid and subgid:
+            uid_map = ((0, uid, 1),) if single_uid else ((0, uid, 1), (1, subuid[0], subuid[1]))
             return IdMapPlan(
-                ((0, uid, 1), (1, subuid[0], subuid[1])),
+                uid_map,
                 ((0, gid, 1), (1, subgid[0], subgid[1])),
                 "newidmap",
                 False,
             )
+    groups = supplementary_groups()
+    if groups and not keep_groups:
+        raise GroupsStayUsable(groups)
     return IdMapPlan(((0, uid, 1),), ((0, gid, 1),), "direct", True)
 
 

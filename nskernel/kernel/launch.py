@@ -207,6 +207,9 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         cwd=cwd,
         env=env,
         limits=make_limits(args.memory, args.pids, args.cpus),
+        # %%sandbox in this kernel makes nested sandboxes: its filter lets it create user
+        # namespaces (the cells' own filters, stacked on it, do not).
+        allow_new_userns=True,
     )
     if target is not None:
         # The imported modules are shared copy-on-write with the kernel process; without

@@ -26,7 +26,6 @@ from nskernel.spec import (
     ALL_NAMESPACES,
     Bind,
     format_size,
-    hidden_inside,
     make_limits,
     parse_size,
 )
@@ -573,11 +572,17 @@ class SandboxMagics(Magics):
             inputs = protocol.encode_values({n: ns[n] for n in names})
         except protocol.UnsupportedValue as e:
             raise UsageError(f"--in {e}") from None
+        created = set(flags or ALL_NAMESPACES)
+        if "pid" in created:
+            created.add("mnt")  # a fresh /proc comes with a mount namespace
+        cwd, notebook_dir = _sandbox_cwd(created, binds)
         spec = {
             "namespaces": sorted(flags or ALL_NAMESPACES),
             "hostname": args.hostname,
-            "binds": [[os.path.abspath(b.source), b.dest, b.readonly] for b in binds],
-            "cwd": _sandbox_cwd(flags or ALL_NAMESPACES, binds),
+            "binds": [
+                [os.path.abspath(b.source), b.dest, b.readonly] for b in [*binds, *notebook_dir]
+            ],
+            "cwd": cwd,
             "limits": {k: v for k, v in limits.items() if v is not None},
         }
         network = {"network": args.network, "ip": args.ip, "publish": args.publish}
@@ -671,33 +676,35 @@ def _cwd() -> str | None:
         return None
 
 
-# A sandbox with its own mounts gets a private, empty /tmp and /dev/shm.
 _warned_cwd: set[str] = set()
 
 
-def _sandbox_cwd(namespaces: Any, binds: list[Bind]) -> str | None:
-    """The kernel's working directory, or / when the sandbox could not see it.
+def _sandbox_cwd(namespaces: Any, binds: list[Bind]) -> tuple[str | None, list[Bind]]:
+    """Where the cell runs, and the bind that makes it reachable.
 
-    With a mount namespace, a directory under /tmp (or /dev/shm) is hidden by the
-    sandbox's private one, unless a bind puts something there; the cell then runs in /,
-    and a note (once per directory) says why and how to see the directory.
+    With a mount namespace the cell runs in the kernel's working directory (the
+    notebook's), bound read-only at the same path: files next to the notebook can be
+    read, ``--bind DIR`` makes it writable. Not when that directory holds the user's
+    home (a notebook in ~ itself): binding it would show the home the sandbox must not
+    see, so the cell runs in its private home, and a note (once) says why.
     """
     cwd = _cwd()
-    if cwd is None or "mnt" not in namespaces:
-        return cwd
-    hidden = hidden_inside(cwd)
-    covered = any(cwd == b.dest or cwd.startswith(b.dest.rstrip("/") + "/") for b in binds)
-    if hidden and not covered:
+    if cwd is None or "mnt" not in namespaces or cwd == "/":
+        return cwd, []
+    if any(cwd == b.dest or cwd.startswith(b.dest.rstrip("/") + "/") for b in binds):
+        return cwd, []
+    home = os.path.expanduser("~")
+    if home == cwd or home.startswith(cwd.rstrip("/") + "/"):
         if cwd not in _warned_cwd:
             _warned_cwd.add(cwd)
             print(
-                f"note: the kernel's working directory {cwd} is under a directory the "
-                "sandbox has its own private copy of, so cells run in /; add "
-                f"--bind {cwd} to work there",
+                f"note: the kernel's working directory {cwd} holds your home, which "
+                f"sandboxes do not see, so cells run in their own private {home}; keep "
+                "notebooks in a subdirectory, or --ro-bind what a cell needs",
                 file=sys.stderr,
             )
-        return "/"
-    return cwd
+        return home, []
+    return cwd, [Bind(cwd, cwd, readonly=True)]
 
 
 def _compose_map(inner: list[list[int]], outer: list[list[int]]) -> list[list[int]]:

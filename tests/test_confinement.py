@@ -1,0 +1,180 @@
+"""The syscall filter, no_new_privs and the capability set, seen from inside every entry
+point (issue 15): `nskernel run`, a ``%%sandbox`` cell, a named sandbox, the sandboxed
+kernel and a cell nested in it. tests/test_seccomp.py covers the modules themselves
+(profile semantics, what the default filter allows, broken profiles); here: that every
+way of making a sandbox applies them, and the command-line choices.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from nskernel._linux import caps
+from tests.magic_helpers import execute, kernel
+
+pytestmark = pytest.mark.userns
+
+# x86_64 numbers; the calls the issue names, each made with harmless arguments.
+PROBE = r"""
+import ctypes, errno, json, os
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+def call(nr, *args):
+    if libc.syscall(nr, *[ctypes.c_long(a) for a in args]) == -1:
+        return errno.errorcode.get(ctypes.get_errno(), "?")
+    return "ok"
+
+def in_child(nr, *args):
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if call(nr, *args) == "ok" else ctypes.get_errno())
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    return "ok" if code == 0 else errno.errorcode.get(code, str(code))
+
+status = {}
+with open("/proc/self/status") as f:
+    for line in f:
+        key, _, value = line.partition(":")
+        if key in ("Seccomp", "NoNewPrivs", "CapBnd", "CapEff", "Seccomp_filters"):
+            status[key] = value.strip()
+print(json.dumps({
+    "status": status,
+    "keyctl": call(250, 0, 0, 0, 0),
+    "bpf": call(321, 0, 0, 0),
+    "perf_event_open": call(298, 0, 0, -1, -1, 0),
+    "userfaultfd": call(323, 0),
+    "io_uring_setup": call(425, 0, 0),
+    "unshare(CLONE_NEWUSER)": in_child(272, 0x10000000),
+}))
+"""
+
+DENIED = ("keyctl", "bpf", "perf_event_open", "userfaultfd", "io_uring_setup")
+DEFAULT_CAPS = f"{caps.mask(caps.DEFAULT):016x}"
+
+
+def _assert_default(seen: dict, *, nested_userns: str = "EPERM") -> None:
+    assert seen["status"]["Seccomp"] == "2" and seen["status"]["NoNewPrivs"] == "1", seen
+    assert seen["status"]["CapBnd"] == seen["status"]["CapEff"] == DEFAULT_CAPS, seen
+    for call in DENIED:
+        assert seen[call] == "EPERM", (call, seen)
+    assert seen["unshare(CLONE_NEWUSER)"] == nested_userns, seen
+
+
+# ---------------------------------------------------------------- nskernel run
+
+
+def test_run_confines_the_command_by_default(nsk):
+    r = nsk("run", "--", sys.executable, "-I", "-c", PROBE)
+    assert r.returncode == 0, r.stderr
+    _assert_default(json.loads(r.stdout))
+
+
+def test_run_unconfined_keeps_no_new_privs_only(nsk):
+    r = nsk("run", "--seccomp", "unconfined", "--cap-add", "ALL", "--", sys.executable, "-c", PROBE)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    assert seen["status"]["Seccomp"] == "0" and seen["status"]["NoNewPrivs"] == "1"
+    assert seen["keyctl"] != "EPERM" and seen["unshare(CLONE_NEWUSER)"] == "ok"
+
+
+def test_run_cap_add_and_drop(nsk):
+    r = nsk(
+        "run",
+        "--cap-add",
+        "sys_ptrace",
+        "--cap-drop",
+        "NET_ADMIN",
+        "--",
+        sys.executable,
+        "-c",
+        PROBE,
+    )
+    assert r.returncode == 0, r.stderr
+    want = f"{caps.mask(caps.plan(['SYS_PTRACE'], ['NET_ADMIN'])):016x}"
+    assert json.loads(r.stdout)["status"]["CapBnd"] == want
+
+
+def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["getcwd"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
+    path = tmp_path / "deny-getcwd.json"
+    path.write_text(json.dumps(profile))
+    r = nsk("run", "--seccomp", str(path), "--", sys.executable, "-c", "import os; os.getcwd()")
+    assert r.returncode == 1 and "PermissionError" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('{"defaultAction": "SCMP_ACT_BOGUS"}', "SCMP_ACT_BOGUS"),
+    ],
+    ids=["not-json", "bad-action"],
+)
+def test_run_rejects_a_broken_profile_before_anything_runs(nsk, tmp_path: Path, content, says):
+    path = tmp_path / "broken.json"
+    path.write_text(content)
+    marker = tmp_path / "ran"
+    r = nsk("run", "--seccomp", str(path), "--", "touch", str(marker))
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr
+    assert not marker.exists()
+
+
+def test_run_rejects_an_unknown_capability(nsk):
+    r = nsk("run", "--cap-add", "SYS_MAGIC", "--", "true")
+    assert r.returncode == 2 and "SYS_MAGIC" in r.stderr, r.stderr
+
+
+# ---------------------------------------------------------------- %%sandbox
+
+
+def test_sandbox_cells_and_named_sandboxes_are_confined():
+    with kernel() as (_km, kc):
+        res = execute(kc, "%%sandbox\n" + PROBE)
+        assert res.status == "ok", res.error_text
+        _assert_default(res.json_line())
+        res = execute(kc, "%%sandbox --name confined1\n" + PROBE)
+        assert res.status == "ok", res.error_text
+        _assert_default(res.json_line())
+        execute(kc, "%sandbox rm confined1")
+
+
+# ---------------------------------------------------------------- the sandboxed kernel
+
+
+@pytest.mark.kernel
+def test_the_sandboxed_kernel_is_confined_and_its_cells_more_so(tmp_path: Path):
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
+
+    ksm = KernelSpecManager(kernel_dirs=[str(install_kernelspecs(tmp_path / "prefix"))])
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    (tmp_path / "nb").mkdir()
+    km.start_kernel(cwd=str(tmp_path / "nb"))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        out = run_cell(kc, PROBE)
+        # The kernel's own filter lets it make user namespaces: %%sandbox needs them.
+        _assert_default(json.loads(out["stdout"]), nested_userns="ok")
+        out = run_cell(kc, "%load_ext nskernel")
+        assert out["error"] is None, out
+        out = run_cell(kc, "%%sandbox\n" + PROBE)
+        assert out["error"] is None, out
+        seen = json.loads(out["stdout"])
+        _assert_default(seen)  # the cell's filter, stacked on the kernel's, refuses them
+        assert seen["status"]["Seccomp_filters"] == "2"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)

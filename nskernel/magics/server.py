@@ -61,9 +61,6 @@ KILL_WAIT = 5.0
 # When a runner's channel closes mid-cell, how long its init has to exit on its own (with
 # the runner's status) before it is ended.
 EXIT_GRACE = 2.0
-# Without a PID namespace, how long init has to kill its processes and exit once its
-# lifeline closes, before it is SIGKILLed (see Server._end).
-END_GRACE = 1.0
 REAP_INTERVAL = 0.05
 DEFAULT_MAX_OUTPUT = 16 << 20  # the magic's --max-output default; the kernel sends its own
 
@@ -396,17 +393,9 @@ class Server:
     def _end(self, sb: Sandbox) -> None:
         """End a sandbox without needing its cooperation: a sandbox can ptrace-stop (or
         starve) its own init, so closing its lifeline alone may leave it running.
-
-        With a PID namespace, ``destroy()`` (SIGKILL of its init) takes every process of
-        it down at once. Without one, init's descendants would outlive a SIGKILLed init:
-        init first gets its lifeline closed (it kills them and exits), and is SIGKILLed
-        if it has not exited END_GRACE later.
-        """
-        if "pid" in sb.namespaces:
-            sb.destroy()
-        else:
-            sb._close_lifeline()
-            self.when_dead([sb], END_GRACE, lambda dead: None if dead else sb.destroy())
+        ``destroy()`` kills its cgroups, and its processes without a PID namespace, and
+        SIGKILLs its init (with a PID namespace the kernel then kills the rest)."""
+        sb.destroy()
         if sb not in self.dying:
             self.dying.append(sb)
 
@@ -907,10 +896,7 @@ class Server:
         deadline = time.monotonic() + 5
         while self.dying and time.monotonic() < deadline:
             self._reap()
-            self._check_waits()  # SIGKILL those that did not end on their own
             time.sleep(0.01)
-        for sb in self.dying:
-            sb.destroy()
 
 
 def raise_open_files_limit() -> int | None:

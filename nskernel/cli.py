@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -265,12 +264,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from . import doctor
 
-    report = doctor.diagnose()
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        print(doctor.format_report(report))
-    return 0 if report["ok"] else 1
+    return doctor.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,6 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
         "doctor", help="check what this machine allows, and how to fix what it doesn't"
     )
     d.add_argument("--json", action="store_true", help="print the findings as JSON")
+    d.add_argument(
+        "--print-seccomp-profile",
+        action="store_true",
+        help="print the seccomp profile for containers that run nskernel (Docker's JSON "
+        "format) and exit",
+    )
     d.set_defaults(func=_cmd_doctor)
     try:
         from .kernel import install

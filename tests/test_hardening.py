@@ -502,3 +502,25 @@ def test_kernel_shutdown_ends_a_sandboxed_kernel_that_stopped_its_init(tmp_path)
         km.shutdown_kernel(now=False)
     assert _gone(init)
     wait_for(lambda: not pids_with_cmdline(f"sleep {tag}"), what="the sandbox's sleep to die")
+
+
+@pytest.mark.root
+def test_doctor_says_up_front_when_groups_cannot_be_dropped():
+    r = subprocess.run(
+        [sys.executable, "-m", "nskernel", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        user=4321,
+        group=4321,
+        extra_groups=[4999],
+        env={
+            **{k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")},
+            "HOME": "/nonexistent",
+        },
+    )
+    assert r.returncode == 1, r.stdout
+    assert "supplementary groups: 4999 CANNOT be dropped" in r.stdout
+    assert "--add-subgids" in r.stdout and "--keep-groups" in r.stdout
+    assert "Sandboxes do NOT start here" in r.stdout

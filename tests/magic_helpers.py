@@ -19,7 +19,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 @dataclasses.dataclass
 class Output:
-    kind: str  # stream, display_data, execute_result, error
+    kind: str  # stream, display_data, update_display_data, execute_result, error
     content: dict[str, Any]
     at: float  # time.monotonic() when it arrived
 
@@ -63,6 +63,11 @@ class Result:
         return ANSI.sub("", "\n".join([*parts, self.stderr]))
 
     @property
+    def displays(self) -> list[dict[str, Any]]:
+        """The mime bundles of the display_data messages, in order."""
+        return [o.content["data"] for o in self.outputs if o.kind == "display_data"]
+
+    @property
     def result(self) -> str | None:
         res = [o for o in self.outputs if o.kind == "execute_result"]
         return res[-1].text if res else None
@@ -95,7 +100,7 @@ def execute(
         kind = msg["msg_type"]
         if kind == "status" and msg["content"]["execution_state"] == "idle":
             break
-        if kind in ("stream", "display_data", "execute_result", "error"):
+        if kind in ("stream", "display_data", "update_display_data", "execute_result", "error"):
             out = Output(kind, msg["content"], time.monotonic())
             outputs.append(out)
             if on_output is not None:

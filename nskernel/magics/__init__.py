@@ -6,7 +6,12 @@ Layout:
 - ``client``     kernel side: starts the sandbox server, relays frames
 - ``server``     the single-threaded process that forks every sandbox
 - ``cellrunner`` the IPython shell that runs inside each sandbox
-- ``protocol``   JSON frames over unix sockets (nothing is ever pickled)
+- ``protocol``   JSON frames over unix sockets (nothing is ever pickled), their size limits
+- ``messages``   what a cell runner may send: every frame from a sandbox is checked here
+- ``untrusted``  what of a sandbox's display output may reach the browser (sanitizing)
+
+A sandbox is hostile: whatever it sends is checked before use (a malformed message
+stops that sandbox only), and its output is made inert unless ``--trust-output``.
 
 Loading the extension is cheap: the server starts on the first ``%%sandbox``.
 """

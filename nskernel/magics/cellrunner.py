@@ -47,6 +47,11 @@ _channel: _Channel | None = None
 # pump thread sends the batch at the latest this much later. Output still looks live.
 STREAM_BATCH_SECONDS = 0.02
 STREAM_BATCH_BYTES = 1 << 16
+# Stream text goes out in frames of at most this many characters (a few hundred KiB of
+# JSON at worst), well below the server's frame limits even between cells.
+STREAM_CHUNK = 1 << 16
+# A facts answer is trimmed to fit in a frame the server accepts between cells.
+FACTS_BUDGET = protocol.MAX_IDLE_FRAME - (64 << 10)
 
 
 class _Channel:
@@ -66,6 +71,9 @@ class _Channel:
         self.last_sent = 0.0
         self.batch_started = 0.0
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # Whether a cell runs: rich output from background threads between cells has no
+        # cell to go to (the server drops it), so it is not sent at all.
+        self.running = False
 
     def send(self, msg: dict[str, Any], *, drain: bool = True) -> None:
         with self.lock:
@@ -75,8 +83,32 @@ class _Channel:
             self._send_locked(msg)
 
     def _send_locked(self, msg: dict[str, Any]) -> None:
-        protocol.send(self.fd, msg)
+        data = protocol.encode(msg)
+        if len(data) - protocol.HEADER.size > protocol.MAX_FRAME:
+            # The server would stop this sandbox for it: say what was left out instead.
+            kind = str(msg.get("type")).replace("_", " ")
+            limit = protocol.size_text(protocol.MAX_FRAME)
+            note = (
+                f"[nskernel: a {kind} of {protocol.size_text(len(data))} was not shown: "
+                f"one message from a sandbox is limited to {limit}. "
+                "Write large data to a file in a --bind directory instead.]\n"
+            )
+            data = protocol.encode({"type": "stream", "name": "stderr", "text": note})
+        self._write_locked(data)
+
+    def _write_locked(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except InterruptedError:
+                continue
+            view = view[n:]
         self.last_sent = time.monotonic()
+
+    def _stream_locked(self, name: str, text: str) -> None:
+        for i in range(0, len(text), STREAM_CHUNK):
+            self._send_locked({"type": "stream", "name": name, "text": text[i : i + STREAM_CHUNK]})
 
     def write_stream(self, name: str, text: str) -> None:
         with self.lock:
@@ -97,6 +129,13 @@ class _Channel:
             elif was_empty:
                 os.write(self.wake_w, b"b")  # the pump sends it if nothing else does
 
+    def send_encoded(self, data: bytes) -> None:
+        """Like :meth:`send`, for a frame already encoded (and its size checked)."""
+        with self.lock:
+            self._flush_batch_locked()
+            self._drain_locked()
+            self._write_locked(data)
+
     def flush(self) -> None:
         with self.lock:
             self._flush_batch_locked()
@@ -106,7 +145,7 @@ class _Channel:
             text = "".join(self.batch)
             self.batch.clear()
             self.batch_size = 0
-            self._send_locked({"type": "stream", "name": self.batch_name, "text": text})
+            self._stream_locked(self.batch_name or "stdout", text)
 
     def _drain_locked(self) -> None:
         for rfd, name in self.pipes.items():
@@ -122,7 +161,7 @@ class _Channel:
             if chunks:
                 self._flush_batch_locked()
                 text = b"".join(chunks).decode(errors="replace")
-                self._send_locked({"type": "stream", "name": name, "text": text})
+                self._stream_locked(name, text)
 
     def drain(self) -> None:
         with self.lock:
@@ -176,7 +215,7 @@ class _FramedDisplayPublisher(DisplayPublisher):
         update: bool = False,
         **kwargs: object,
     ) -> None:
-        if _channel is None:
+        if _channel is None or not _channel.running:
             return
         _channel.send(
             {
@@ -189,7 +228,7 @@ class _FramedDisplayPublisher(DisplayPublisher):
         )
 
     def clear_output(self, wait: bool = False) -> None:
-        if _channel is not None:
+        if _channel is not None and _channel.running:
             _channel.send({"type": "clear_output", "wait": wait})
 
 
@@ -381,16 +420,19 @@ def _pump(ch: _Channel) -> None:
                     continue
                 ch._flush_batch_locked()
                 text = data.decode(errors="replace")
-                ch._send_locked({"type": "stream", "name": ch.pipes[rfd], "text": text})
+                ch._stream_locked(ch.pipes[rfd], text)
 
 
 def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
     shell.execution_count = int(req.get("execution_count") or 1)
     for name, value in (req.get("inputs") or {}).items():
         shell.user_ns[name] = protocol.decode_value(value)
-    result = shell.run_cell(req["cell"], store_history=True)
+    ch.running = True
+    try:
+        result = shell.run_cell(req["cell"], store_history=True)
+    finally:
+        sys.stdout.flush()
     ok = bool(result.success)
-    sys.stdout.flush()
     outputs: dict[str, object] = {}
     out_error = None
     if ok:
@@ -403,16 +445,41 @@ def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
             except protocol.UnsupportedValue as e:
                 out_error = f"--out {name}: {e}"
                 break
-    facts = gather_facts() if req.get("facts") else None
-    ch.send(
-        {
-            "type": "cell_done",
-            "status": "ok" if ok else "error",
-            "outputs": outputs,
-            "out_error": out_error,
-            "facts": facts,
-        }
-    )
+    done: dict[str, Any] = {
+        "type": "cell_done",
+        "status": "ok" if ok else "error",
+        "outputs": outputs,
+        "out_error": out_error,
+    }
+    data = protocol.encode(done)
+    if len(data) - protocol.HEADER.size > protocol.MAX_FRAME:
+        done["outputs"] = {}
+        done["out_error"] = (
+            f"--out {', '.join(outputs)}: {protocol.size_text(len(data))} of values is more "
+            f"than a sandbox may send back at once ({protocol.size_text(protocol.MAX_FRAME)}); "
+            "write them to a file in a --bind directory instead"
+        )
+        data = protocol.encode(done)
+    # Not running from here on: a display from a background thread, between the
+    # cell_done and the next cell, has no cell to go to.
+    with ch.lock:
+        ch.running = False
+    ch.send_encoded(data)
+
+
+def _facts_answer() -> dict[str, Any]:
+    """``gather_facts()``, trimmed to fit in a frame the server accepts between cells."""
+    facts = gather_facts()
+    if len(protocol.encode(facts)) > FACTS_BUDGET:
+        procs = facts.get("processes") or []
+        facts["processes"] = procs[:200]
+        facts.setdefault("errors", {})["processes"] = (
+            f"{len(procs)} processes; the first 200 are listed"
+        )
+    if len(protocol.encode(facts)) > FACTS_BUDGET:
+        facts = _basic_facts()
+        facts["facts_error"] = "the full facts were too large to send"
+    return facts
 
 
 def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int:
@@ -438,7 +505,7 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
     if warm:
         shell.run_cell("pass", store_history=False, silent=True)
     _channel = ch
-    reader = protocol.FrameReader(fd)
+    reader = protocol.FrameReader(fd)  # the server's frames: trusted, large (--in values)
     while True:
         try:
             req = reader.next()
@@ -452,6 +519,5 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
             # An unnamed sandbox too waits here until the server closes the socket (and
             # its lifeline): the server may still read its facts for --show.
         elif op == "facts":
-            ch.send({"type": "facts", "facts": gather_facts()}, drain=False)
-        else:
-            ch.send({"type": "bad_request", "op": op}, drain=False)
+            ch.send({"type": "facts", "facts": _facts_answer()}, drain=False)
+        # The server sends nothing else; anything else is ignored.

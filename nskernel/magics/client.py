@@ -163,7 +163,14 @@ class SandboxClient:
 
     def _read(self, timeout: float | None = None) -> dict[str, Any] | None:
         assert self.reader is not None
-        return self.reader.next(timeout)
+        try:
+            return self.reader.next(timeout)
+        except protocol.ProtocolError as e:
+            self.close()
+            raise SandboxServerError(
+                f"the sandbox server sent an invalid frame ({e}); the next %%sandbox starts "
+                "a new one"
+            ) from None
 
     def request(self, op: str, **fields: Any) -> Any:
         """A control request (ls, inspect, rm); returns its result or raises."""
@@ -235,14 +242,18 @@ class SandboxClient:
         reason = ""
         with _Interrupts() as intr:
             while True:
-                for msg in self.reader.frames():
-                    if msg.get("id") != rid:
-                        continue
-                    if msg.get("type") == "done":
-                        if reason and msg.get("status") == "error":
-                            msg["status"], msg["reason"] = "killed", reason
-                        return msg
-                    on_message(msg)
+                try:
+                    for msg in self.reader.frames():
+                        if msg.get("id") != rid:
+                            continue
+                        if msg.get("type") == "done":
+                            if reason and msg.get("status") == "error":
+                                msg["status"], msg["reason"] = "killed", reason
+                            return msg
+                        on_message(msg)
+                except protocol.ProtocolError as e:
+                    self.close()
+                    return {"status": "died", "message": f"the sandbox server broke ({e})"}
                 if self.reader.eof:
                     self.close()
                     return {"status": "died", "message": "the sandbox server exited mid-cell"}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import os
+import secrets
 import shlex
 import sys
 from typing import Any
@@ -29,8 +30,9 @@ from nskernel.spec import (
     parse_size,
 )
 
-from . import protocol
+from . import messages, protocol
 from .client import SandboxRequestError, get_client, read_host_map
+from .untrusted import Sanitizer
 
 # ------------------------------------------------------------------ exceptions
 
@@ -53,7 +55,8 @@ def cell_error(ename: str, evalue: str, traceback: list[str]) -> SandboxCellErro
     if cls is None:
         safe = ename if ename.isidentifier() else "SandboxCellError"
         cls = type(safe, (SandboxCellError,), {"__module__": "sandbox"})
-        _error_classes[ename] = cls
+        if len(_error_classes) < 1000:  # the names come from sandboxes: keep the cache bounded
+            _error_classes[ename] = cls
     err = cls(evalue)
     err.traceback_lines = traceback or [f"{ename}: {evalue}"]
     return err
@@ -72,6 +75,10 @@ class SandboxStartError(_ShortError):
 
 class SandboxDied(_ShortError):
     """The sandbox ended in the middle of the cell (e.g. the cell called os._exit)."""
+
+
+class SandboxStopped(_ShortError):
+    """The sandbox broke the protocol (a malformed message) and was stopped."""
 
 
 class SandboxTimeout(_ShortError, TimeoutError):
@@ -160,12 +167,12 @@ class SandboxList(list):  # type: ignore[type-arg]
     def _rows(self) -> list[tuple[str, ...]]:
         return [
             (
-                str(i["name"]),
-                str(i["pid"]),
-                str(i["hostname"]),
-                ",".join(i["ips"]) or "-",
-                ",".join(i["created"]),
-                _age(float(i["age"])),
+                str(i.get("name")),
+                str(i.get("pid")),
+                str(i.get("hostname")),
+                ",".join(map(str, i.get("ips") or ())) or "-",
+                ",".join(map(str, i.get("created") or ())),
+                _age(float(i.get("age") or 0)),
             )
             for i in self
         ]
@@ -190,6 +197,140 @@ class SandboxList(list):  # type: ignore[type-arg]
         if not self:
             body = f"<tr><td colspan='{len(self.HEAD)}'>(no named sandboxes)</td></tr>"
         return f"<table class='nsk-ls'><tr>{head}</tr>{body}</table>"
+
+
+# ------------------------------------------------------------------ one cell's output
+
+
+class _CellOutput:
+    """Republishes what one cell's sandbox sends: checked, within budget, made inert.
+
+    Streams go to ``sys.stdout``/``sys.stderr``, displays to ``publish_display_data``,
+    in the order they come. Each message is checked again here (the server relays what a
+    sandbox wrote); stream text and display data are each capped at ``max_output`` per
+    cell, as the server does too; with a ``sanitizer`` (unless --trust-output), displays
+    and the result are made inert first (:mod:`.untrusted`).
+    """
+
+    def __init__(self, max_output: int, sanitizer: Sanitizer | None) -> None:
+        self.max_output = max_output
+        self.sanitizer = sanitizer
+        self.chars = 0
+        self.dropped_chars = 0
+        self.display_size = 0
+        self.dropped_displays = 0
+        self.dropped_display_size = 0
+        self.last: Any = None  # the stream written to last
+        self.result: SandboxResult | None = None
+        self.error: dict[str, Any] | None = None
+
+    def on_message(self, raw: dict[str, Any]) -> None:
+        msg = messages.relayed(raw)
+        if msg is None:
+            return  # not an output message: nothing to show
+        kind = msg["type"]
+        if kind == "stream":
+            self._stream(msg["name"], msg["text"])
+        elif kind in ("display_data", "execute_result", "clear_output"):
+            size = messages.display_cost(msg)
+            if self.display_size + size > self.max_output:
+                self.dropped_displays += 1
+                self.dropped_display_size += size
+                return
+            self.display_size += size
+            if kind == "clear_output":
+                self._end_stream()
+                clear_output(wait=msg["wait"])
+                return
+            data, metadata = msg["data"], msg["metadata"]
+            if self.sanitizer is not None:
+                data, metadata = self.sanitizer.bundle(data, metadata)
+            if kind == "execute_result":
+                self.result = SandboxResult(data, metadata) if data else None
+                return
+            self._end_stream()
+            kw: dict[str, Any] = {}
+            transient = msg["transient"]
+            if transient:
+                kw["transient"] = (
+                    self.sanitizer.transient(transient) if self.sanitizer else transient
+                )
+            if msg["update"]:
+                kw["update"] = True
+            if data:
+                publish_display_data(data, metadata, **kw)
+        elif kind == "error":
+            self.error = _capped_error(msg, self.max_output)
+
+    def _stream(self, name: str, text: str) -> None:
+        room = max(self.max_output - self.chars, 0)
+        if len(text) > room:  # past the cap: count what is dropped, show the rest
+            self.dropped_chars += len(text) - room
+            text = text[:room]
+            if not text:
+                return
+        self.chars += len(text)
+        stream = sys.stderr if name == "stderr" else sys.stdout
+        other = sys.stdout if stream is sys.stderr else sys.stderr
+        if self.last is not stream:
+            if self.last is other:
+                other.flush()  # keep stdout/stderr interleaving in order
+            self.last = stream
+        stream.write(text)
+
+    def _end_stream(self) -> None:
+        if self.last is not None:
+            self.last.flush()
+            self.last = None
+
+    def finish(self, server_dropped: dict[str, int]) -> None:
+        """Flush, and say what was not shown (here or already by the server)."""
+        # Only a stream written to needs flushing (each flush is a round trip to
+        # ipykernel's IO thread, ~0.5 ms on a busy machine).
+        self._end_stream()
+        notes = []
+        chars = self.dropped_chars + server_dropped.get("chars", 0)
+        if chars:
+            notes.append(
+                f"[nskernel: output truncated after {format_size(self.max_output)}; "
+                f"{_amount(chars)} more was dropped. Use --max-output to see more, or write "
+                "large output to a file in a --bind directory.]"
+            )
+        displays = self.dropped_displays + server_dropped.get("displays", 0)
+        if displays:
+            size = self.dropped_display_size + server_dropped.get("display_size", 0)
+            notes.append(
+                f"[nskernel: {displays} display(s) ({_amount(size)}) were not shown: the cell "
+                f"had displayed {format_size(self.max_output)} already. Use --max-output to "
+                "see more.]"
+            )
+        inert = self.sanitizer.note() if self.sanitizer is not None else None
+        if inert:
+            notes.append(inert)
+        if notes:
+            sys.stderr.write("\n" + "\n".join(notes) + "\n")
+            sys.stderr.flush()
+
+
+def _capped_error(err: dict[str, Any], limit: int) -> dict[str, Any]:
+    """The sandbox's exception, with its traceback cut to ``limit`` characters."""
+    lines, size = [], 0
+    for line in err["traceback"]:
+        size += len(line)
+        if size > limit:
+            lines.append(f"[nskernel: the rest of the traceback ({_amount(size)}+) was cut]")
+            break
+        lines.append(line)
+    return {**err, "evalue": err["evalue"][:limit], "traceback": lines}
+
+
+def _not_dead(done: dict[str, Any]) -> str:
+    why = "it ran longer than --timeout" if done.get("reason") == "timeout" else "interrupted"
+    return (
+        f"the cell's sandbox was sent SIGKILL ({why}) but had not exited a few seconds "
+        "later (a process stuck in the kernel?); it is gone from %sandbox ls and will be "
+        "reaped when it exits"
+    )
 
 
 # ------------------------------------------------------------------ the magics
@@ -260,8 +401,16 @@ class SandboxMagics(Magics):
         "--max-output",
         metavar="SIZE",
         default="16M",
-        help="show at most this much stdout/stderr text per cell; the rest is dropped "
-        "with a note (default 16M), so a runaway print cannot flood the notebook",
+        help="show at most this much stdout/stderr text per cell, and as much display data; "
+        "the rest is dropped with a note (default 16M), so a runaway cell cannot flood the "
+        "notebook",
+    )
+    @argument(
+        "--trust-output",
+        action="store_true",
+        help="show the cell's output exactly as the sandbox sent it. By default it is made "
+        "inert for the browser first: JavaScript and other active content is removed, HTML "
+        "sanitized (see nskernel.magics.untrusted); use this only for code you trust",
     )
     @argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M or 1G")
     @argument("--pids", metavar="N", help="at most N processes at once (fork bombs stop there)")
@@ -317,62 +466,30 @@ class SandboxMagics(Magics):
             max_output = parse_size(args.max_output)
         except SpecError as e:
             raise UsageError(f"--max-output: {e}") from None
+        req["max_output"] = max_output
         client = get_client()
-        state: dict[str, Any] = {"result": None, "last": None, "error": None}
-        shown = {"chars": 0, "dropped": 0}
-
-        def on_message(msg: dict[str, Any]) -> None:
-            kind = msg.get("type")
-            if kind == "stream":
-                text = msg.get("text", "")
-                room = max_output - shown["chars"]
-                if len(text) > room:  # past the cap: count what is dropped, show the rest
-                    shown["dropped"] += len(text) - max(room, 0)
-                    text = text[: max(room, 0)]
-                    if not text:
-                        return
-                shown["chars"] += len(text)
-                msg = {**msg, "text": text}
-                stream = sys.stderr if msg.get("name") == "stderr" else sys.stdout
-                other = sys.stdout if stream is sys.stderr else sys.stderr
-                if state["last"] is not stream:
-                    if state["last"] is other:
-                        other.flush()  # keep stdout/stderr interleaving in order
-                    state["last"] = stream
-                stream.write(msg.get("text", ""))
-            elif kind == "display_data":
-                if state["last"] is not None:
-                    state["last"].flush()
-                    state["last"] = None
-                kw: dict[str, Any] = {}
-                if msg.get("transient"):
-                    kw["transient"] = msg["transient"]
-                if msg.get("update"):
-                    kw["update"] = True
-                publish_display_data(msg.get("data") or {}, msg.get("metadata") or {}, **kw)
-            elif kind == "clear_output":
-                clear_output(wait=bool(msg.get("wait")))
-            elif kind == "execute_result":
-                state["result"] = SandboxResult(msg.get("data") or {}, msg.get("metadata") or {})
-            elif kind == "error":
-                state["error"] = msg
-
+        sanitizer = None
+        if not args.trust_output:
+            scope = f"name:{args.name}" if args.name else f"cell:{secrets.token_hex(6)}"
+            sanitizer = Sanitizer(scope)
+        out = _CellOutput(max_output, sanitizer)
+        dropped: dict[str, int] = {}
         try:
-            done = client.run(req, on_message, timeout=args.timeout)
+            raw = client.run(req, out.on_message, timeout=args.timeout)
+            try:
+                done = messages.done(raw)
+            except messages.Malformed as e:
+                done = {"status": "died", "message": f"the sandbox server's reply is invalid: {e}"}
+            dropped = done.get("dropped") or {}
         finally:
-            # Only a stream written to needs flushing (each flush is a round trip to
-            # ipykernel's IO thread, ~0.5 ms on a busy machine).
-            if state["last"] is not None:
-                state["last"].flush()
-            if shown["dropped"]:
-                sys.stderr.write(
-                    f"\n[nskernel: output truncated after {format_size(max_output)}; "
-                    f"{_amount(shown['dropped'])} more was dropped. Use --max-output to see "
-                    "more, or write large output to a file in a --bind directory.]\n"
-                )
-                sys.stderr.flush()
-        status = done.get("status")
+            out.finish(dropped)
+        status = done["status"]
+        name = req.get("name")
+        dead = done.get("dead", True)
         if status == "killed":
+            if not dead:
+                cls = SandboxTimeout if done.get("reason") == "timeout" else SandboxInterrupted
+                raise cls(_not_dead(done))
             if done.get("reason") == "timeout":
                 gone = f"; sandbox {done['removed']!r} was removed" if done.get("removed") else ""
                 msg = (
@@ -381,25 +498,45 @@ class SandboxMagics(Magics):
                 )
                 raise SandboxTimeout(msg)
             what = f"sandbox {done['removed']!r}" if done.get("removed") else "its sandbox"
-            if status == "killed" and done.get("reason") == "interrupt" and done.get("removed"):
+            if done.get("reason") == "interrupt" and done.get("removed"):
                 raise SandboxInterrupted(f"the cell was interrupted and {what} was killed")
             raise SandboxInterrupted(
-                "the cell was interrupted" + ("" if req.get("name") else f" and {what} was killed")
+                "the cell was interrupted" + ("" if name else f" and {what} was killed")
             )
         if status == "failed":
             raise SandboxStartError(done.get("message", "the sandbox could not be created"))
         if status == "died":
             raise SandboxDied(done.get("message", "the sandbox died"))
+        if status == "stopped":
+            raise SandboxStopped(done.get("message", "the sandbox was stopped"))
         if status == "error":
-            err = state["error"] or {"ename": "Error", "evalue": "the cell failed"}
-            raise cell_error(err.get("ename", ""), err.get("evalue", ""), err.get("traceback"))
+            err = out.error or {"ename": "Error", "evalue": "the cell failed", "traceback": []}
+            raise cell_error(err["ename"], err["evalue"], err["traceback"])
         if done.get("out_error"):
             raise SandboxOutputError(done["out_error"])
-        for name, value in (done.get("outputs") or {}).items():
-            self.shell.user_ns[name] = protocol.decode_value(value)  # type: ignore[union-attr]
+        self._apply_outputs(req["outputs"], done.get("outputs") or {})
         if args.show:
-            _show(done.get("facts"), req.get("name"))
-        return state["result"]
+            _show(done.get("facts"), name)
+        return out.result
+
+    def _apply_outputs(self, names: list[str], sent: dict[str, Any]) -> None:
+        """Set the ``--out`` variables in the kernel: only those asked for, all or none.
+
+        The values came from the sandbox; anything else it sent is ignored, and a value
+        that does not decode (JSON and tagged bytes) fails the cell instead.
+        """
+        values = {}
+        for name in names:
+            if name not in sent:
+                raise SandboxOutputError(f"--out {name}: the sandbox did not send it back")
+            try:
+                values[name] = protocol.decode_value(sent[name])
+            except ValueError as e:
+                raise SandboxOutputError(
+                    f"--out {name}: the sandbox sent back something that is not a value "
+                    f"({e}); nothing was set"
+                ) from None
+        self.shell.user_ns.update(values)  # type: ignore[union-attr]
 
     def _build_request(self, args: Any, cell: str) -> dict[str, Any]:
         flags = [ns for ns in ALL_NAMESPACES if getattr(args, ns)]

@@ -7,6 +7,10 @@ pickled: a sandbox runs untrusted code, and unpickling its bytes in the kernel w
 let that code run in the kernel too. Data that crosses (``--in``/``--out``) is JSON, with
 ``bytes`` carried as tagged base64.
 
+The cell runner is inside the sandbox, so frames from it are hostile: their size is
+limited before they are buffered (MAX_FRAME, MAX_IDLE_FRAME), they must decode to a JSON
+object, and :mod:`.messages` checks their shape before anything reads them.
+
 Standard library and nskernel's syscalls only: the cell runner imports this inside the
 sandbox.
 """
@@ -24,8 +28,27 @@ from typing import Any
 from nskernel._linux import syscalls
 
 HEADER = struct.Struct("!I")
-# A frame larger than this is a protocol error (a runaway display payload, or garbage).
-MAX_FRAME = 256 * 1024 * 1024
+
+# Frame size limits. A frame is buffered whole before it can be decoded and checked, and
+# decoding holds a few more copies of it, so the limit on what one peer may send in one
+# frame is what that peer can make the reader hold at once.
+#
+#: What a sandbox may send in one frame while one of its cells runs: a stream chunk, a
+#: display (an image, a DataFrame's HTML), an exception, or the cell's ``--out`` values.
+#: 64 MiB is far above what a notebook can show (the default ``--max-output`` is 16M) and
+#: still a bounded cost for the server and the kernel; bigger data belongs in a file in a
+#: ``--bind`` directory. (It was 256 MiB, which let one cell make both hold gigabytes.)
+MAX_FRAME = 64 << 20
+#: What a sandbox may send in one frame while none of its cells runs: the answer to a facts
+#: query and stream text from background threads. Small, because hundreds of named
+#: sandboxes sit idle at once and each may hold a partial frame in the server.
+MAX_IDLE_FRAME = 1 << 20
+#: Frames between nskernel's own processes (kernel <-> server, server -> cell runner):
+#: ``--in`` values and replies listing hundreds of sandboxes. What the server relays from
+#: a sandbox was checked and capped there; this only guards against a corrupted stream.
+MAX_TRUSTED_FRAME = 1 << 30
+#: Deepest nesting of lists and dicts accepted in a value that crossed the boundary.
+MAX_DEPTH = 100
 BYTES_TAG = "__nskernel_bytes__"
 
 
@@ -47,7 +70,7 @@ def encode(msg: dict[str, Any]) -> bytes:
 
 
 def send(fd: int, msg: dict[str, Any]) -> None:
-    """Write one frame completely (blocking)."""
+    """Write one frame completely (blocking). Never towards a sandbox: see the server."""
     data = memoryview(encode(msg))
     while data:
         try:
@@ -57,13 +80,27 @@ def send(fd: int, msg: dict[str, Any]) -> None:
         data = data[n:]
 
 
-class FrameReader:
-    """Buffers bytes from ``fd`` and yields whole frames."""
+def size_text(size: int) -> str:
+    """``size`` bytes for a message: 64 MiB, 1.5 KiB, 12 bytes."""
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"
 
-    def __init__(self, fd: int) -> None:
+
+class FrameReader:
+    """Buffers bytes from ``fd`` and yields whole frames, each a JSON object.
+
+    ``max_frame`` may change between frames (the server lowers it while a sandbox has no
+    cell running); a frame announced larger than it raises :class:`ProtocolError` before
+    any of its body is buffered, and so does a body that is not a JSON object.
+    """
+
+    def __init__(self, fd: int, max_frame: int = MAX_TRUSTED_FRAME) -> None:
         self.fd = fd
         self.buf = bytearray()
         self.eof = False
+        self.max_frame = max_frame
 
     def feed(self) -> bool:
         """One read(2); False at EOF."""
@@ -83,17 +120,21 @@ class FrameReader:
         """Complete frames already buffered."""
         while len(self.buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self.buf)
-            if size > MAX_FRAME:
-                msg = f"frame of {size} bytes exceeds the {MAX_FRAME}-byte limit"
+            if size > self.max_frame:
+                msg = f"a frame of {size_text(size)} is over the {size_text(self.max_frame)} limit"
                 raise ProtocolError(msg)
             if len(self.buf) < HEADER.size + size:
                 return
             body = bytes(self.buf[HEADER.size : HEADER.size + size])
             del self.buf[: HEADER.size + size]
             try:
-                yield json.loads(body)
-            except ValueError as e:
-                raise ProtocolError(f"a frame is not valid JSON: {e}") from None
+                msg = json.loads(body)
+            except (ValueError, RecursionError) as e:
+                # ValueError covers invalid UTF-8 too; RecursionError, absurd nesting.
+                raise ProtocolError(f"a frame is not valid JSON ({type(e).__name__})") from None
+            if not isinstance(msg, dict):
+                raise ProtocolError(f"a frame is a JSON {type(msg).__name__}, not an object")
+            yield msg
 
     def next(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The next frame, blocking; None at EOF or when ``timeout`` passes."""
@@ -145,11 +186,32 @@ def encode_values(values: dict[str, object]) -> dict[str, object]:
     return {name: _check(v, name) for name, v in values.items()}
 
 
-def decode_value(value: object) -> object:
+def decode_value(value: object, _depth: int = 0) -> object:
+    """The value ``encode_values`` tagged, back; raises ValueError for anything else.
+
+    The kernel decodes what a sandbox sent (``--out``): a bytes tag whose payload is not
+    base64 text, a value that is not JSON, or nesting deeper than MAX_DEPTH is refused
+    rather than half-decoded.
+    """
+    if _depth > MAX_DEPTH:
+        raise ValueError(f"nested more than {MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
     if isinstance(value, list):
-        return [decode_value(v) for v in value]
+        return [decode_value(v, _depth + 1) for v in value]
     if isinstance(value, dict):
         if len(value) == 1 and BYTES_TAG in value:
-            return base64.b64decode(value[BYTES_TAG])
-        return {k: decode_value(v) for k, v in value.items()}
-    return value
+            data = value[BYTES_TAG]
+            if not isinstance(data, str):
+                raise ValueError("a malformed bytes value")
+            try:
+                return base64.b64decode(data, validate=True)
+            except ValueError:  # binascii.Error
+                raise ValueError("a bytes value that is not base64") from None
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ValueError("a dict with a key that is not a string")
+            out[k] = decode_value(v, _depth + 1)
+        return out
+    raise ValueError(f"a {type(value).__name__}, which is not a JSON value")

@@ -39,17 +39,30 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, SpecError
 from nskernel._linux import procfs, syscalls, userns
 from nskernel.spec import ALL_NAMESPACES, make_limits, python_environment_binds
 
-from . import protocol
+from . import messages, protocol
 
 NETWORK_OPTIONS = ("network", "ip", "publish")
-FACTS_TIMEOUT = 5.0
+# How long `%sandbox ls/inspect` waits for the named sandboxes' answers, all asked at once.
+# A healthy sandbox answers in milliseconds; one that has not answered is not waited for
+# again until it does.
+FACTS_TIMEOUT = 2.0
 WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
+# After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
+# the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in
+# the kernel, e.g. uninterruptible I/O).
+KILL_WAIT = 5.0
+# When a runner's channel closes mid-cell, how long its init has to exit on its own (with
+# the runner's status) before it is ended.
+EXIT_GRACE = 2.0
+REAP_INTERVAL = 0.05
+DEFAULT_MAX_OUTPUT = 16 << 20  # the magic's --max-output default; the kernel sends its own
 
 
 class NetworkNotSupported(SandboxError):
@@ -196,24 +209,65 @@ def _first_child(pid: int) -> int | None:
     return int(kids[0]) if kids else None
 
 
+class _Budget:
+    """What one cell may still show: ``--max-output`` of stream text and as much again
+    of display data (see :func:`.messages.bundle_size`); what went over is counted."""
+
+    def __init__(self, limit: int) -> None:
+        self.chars = limit
+        self.display = limit
+        self.dropped_chars = 0
+        self.dropped_displays = 0
+        self.dropped_display_size = 0
+
+    def report(self) -> dict[str, int]:
+        return {
+            "chars": self.dropped_chars,
+            "displays": self.dropped_displays,
+            "display_size": self.dropped_display_size,
+        }
+
+
 class Box:
-    """One sandbox and the socket to its cell runner."""
+    """One sandbox and the socket to its cell runner.
+
+    The socket is non-blocking on this side: a runner that stops reading must not stop
+    the server, so frames for it wait in ``out`` and go out as it reads (POLLOUT).
+    Its reader accepts frames up to MAX_FRAME while a cell runs, MAX_IDLE_FRAME otherwise.
+    """
 
     def __init__(
         self, sandbox: Sandbox, sock: socket.socket, spec: dict[str, Any], key: str
     ) -> None:
         self.sandbox = sandbox
         self.sock = sock
+        sock.setblocking(False)
         self.fd = sock.fileno()
-        self.reader = protocol.FrameReader(self.fd)
+        self.reader = protocol.FrameReader(self.fd, protocol.MAX_IDLE_FRAME)
+        self.out = bytearray()  # frames for the cell runner not written yet
         self.spec = spec
         self.key = key
         self.name: str | None = None
-        self.current: int | None = None  # id of the request running in it
+        self._current: int | None = None
         self._runner_pid: int | None = None
         self.network: dict[str, Any] = {}
         self.net_backend: Any = None
         self.show = False  # --show: read its facts when the cell is done
+        self.want_outputs: frozenset[str] = frozenset()  # the --out names of the cell
+        self.budget = _Budget(DEFAULT_MAX_OUTPUT)
+        self.facts_pending = False  # a facts query is out, unanswered
+        self.facts: dict[str, Any] | None = None  # its last answer
+        self.retired = False
+
+    @property
+    def current(self) -> int | None:
+        """Id of the request whose cell runs in it, or None."""
+        return self._current
+
+    @current.setter
+    def current(self, rid: int | None) -> None:
+        self._current = rid
+        self.reader.max_frame = protocol.MAX_FRAME if rid is not None else protocol.MAX_IDLE_FRAME
 
     @property
     def runner_pid(self) -> int | None:
@@ -224,6 +278,17 @@ class Box:
         return self._runner_pid
 
 
+class _Wait:
+    """A reply that waits until sandboxes are dead (reaped), or ``deadline`` passes."""
+
+    def __init__(
+        self, sandboxes: list[Sandbox], timeout: float, then: Callable[[bool], None]
+    ) -> None:
+        self.sandboxes = sandboxes
+        self.deadline = time.monotonic() + timeout
+        self.then = then
+
+
 class Server:
     def __init__(self, fd: int, userns_mode: str, user_nofile_soft: int | None = None) -> None:
         self.fd = fd
@@ -232,20 +297,47 @@ class Server:
         self.userns_mode = userns_mode
         self.boxes: dict[int, Box] = {}  # by socket fd
         self.named: dict[str, Box] = {}
+        # Named sandboxes stopped while no cell of theirs ran (a malformed message, or
+        # their runner exited): the next cell naming one says so instead of silently
+        # getting a fresh, empty sandbox under the same name.
+        self.lost: dict[str, str] = {}
         self.running: dict[int, Box] = {}  # by request id
         self.warm: dict[str, Box] = {}  # spec key -> a sandbox created ahead of time
         self.want_warm: set[str] = set()
         self.dying: list[Sandbox] = []
+        self.waits: list[_Wait] = []
         # poll(2), kept up to date as boxes come and go: select(2) cannot watch
         # descriptors numbered 1024 and up, which ~500 named sandboxes reach.
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
         self.prewarm = os.environ.get("NSKERNEL_MAGIC_PREWARM", "1") != "0"
+        self.closing = False  # shutting down: the kernel is gone, nobody reads replies
 
     # ------------------------------------------------------------ plumbing
 
     def reply(self, msg: dict[str, Any]) -> None:
-        protocol.send(self.fd, msg)
+        if not self.closing:
+            protocol.send(self.fd, msg)
+
+    def send_box(self, box: Box, msg: dict[str, Any]) -> None:
+        """Queue a frame for a cell runner and write what it takes now (never blocks)."""
+        box.out += protocol.encode(msg)
+        self._flush(box)
+
+    def _flush(self, box: Box) -> None:
+        while box.out:
+            try:
+                n = os.write(box.fd, box.out)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE, ECONNRESET: the runner is gone, its EOF follows
+                box.out.clear()
+                break
+            del box.out[:n]
+        if not box.retired:
+            self.poller.modify(box.fd, select.POLLIN | (select.POLLOUT if box.out else 0))
 
     def _spawn(self, spec: dict[str, Any], *, warm: bool = False) -> Box:
         from . import cellrunner
@@ -271,8 +363,11 @@ class Server:
         self.poller.register(box.fd, select.POLLIN)
         return box
 
-    def _retire(self, box: Box) -> None:
-        """Kill a box's sandbox without waiting; it is reaped later."""
+    def _detach(self, box: Box) -> None:
+        """Forget a box and close our end of its socket; its sandbox is left as it is."""
+        if box.retired:
+            return
+        box.retired = True
         if self.boxes.pop(box.fd, None) is not None:
             self.poller.unregister(box.fd)
         if box.name and self.named.get(box.name) is box:
@@ -287,9 +382,22 @@ class Server:
                 box.net_backend.detach_sandbox(box.sandbox, name=box.name)
             except Exception as e:
                 print(f"nskernel server: network detach failed: {e}", file=sys.stderr)
-        box.sandbox._close_lifeline()  # init kills the whole sandbox
+        box.out.clear()
         box.sock.close()
-        self.dying.append(box.sandbox)
+
+    def _retire(self, box: Box) -> None:
+        """Forget a box and end its sandbox without its cooperation; reaped later."""
+        self._detach(box)
+        self._end(box.sandbox)
+
+    def _end(self, sb: Sandbox) -> None:
+        """End a sandbox without needing its cooperation: a sandbox can ptrace-stop (or
+        starve) its own init, so closing its lifeline alone may leave it running.
+        ``destroy()`` kills its cgroups, and its processes without a PID namespace, and
+        SIGKILLs its init (with a PID namespace the kernel then kills the rest)."""
+        sb.destroy()
+        if sb not in self.dying:
+            self.dying.append(sb)
 
     def _reap(self) -> None:
         still = []
@@ -300,6 +408,52 @@ class Server:
             except ChildProcessError:
                 pass
         self.dying = still
+
+    def when_dead(
+        self, sandboxes: list[Sandbox], timeout: float, then: Callable[[bool], None]
+    ) -> None:
+        """Call ``then(True)`` once every one of ``sandboxes`` is reaped, or
+        ``then(False)`` after ``timeout``; the server goes on serving meanwhile."""
+        for sb in sandboxes:
+            if sb.returncode is None and sb not in self.dying:
+                self.dying.append(sb)
+        self.waits.append(_Wait(sandboxes, timeout, then))
+        self._check_waits()
+
+    def _check_waits(self) -> None:
+        now = time.monotonic()
+        for w in list(self.waits):
+            dead = all(sb.returncode is not None for sb in w.sandboxes)
+            if dead or now >= w.deadline:
+                self.waits.remove(w)
+                w.then(dead)
+
+    def malformed(self, box: Box, why: str) -> None:
+        """A sandbox broke the protocol: stop it (only it), and say so where it shows."""
+        rid, name = box.current, box.name
+        self._retire(box)
+        what = f"the sandbox sent a malformed message and was stopped ({why})"
+        if rid is not None:
+            text = what + (f"; named sandbox {name!r} is gone" if name else "")
+            self.when_dead(
+                [box.sandbox],
+                KILL_WAIT,
+                lambda dead: self.reply(
+                    {
+                        "type": "done",
+                        "id": rid,
+                        "status": "stopped",
+                        "message": text,
+                        "removed": name,
+                        "dead": dead,
+                    }
+                ),
+            )
+        elif name:
+            self.lost[name] = (
+                f"named sandbox {name!r} was stopped while no cell of it ran: {what}. "
+                "Its state is gone; run the cell again to create it afresh"
+            )
 
     # ------------------------------------------------------------ requests
 
@@ -317,9 +471,10 @@ class Server:
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": self.op_ls()})
             elif op == "inspect":
                 box = self._named(req["name"])
+                self.gather_facts([box])
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": self.info(box)})
             elif op == "rm":
-                self.reply({"type": "reply", "id": rid, "ok": True, "result": self.op_rm(req)})
+                self.op_rm(req)
             elif op in ("network_ls", "network_rm"):
                 from nskernel import network  # cheap: pyroute2 loads only with a network
 
@@ -368,6 +523,10 @@ class Server:
         name = req.get("name")
         spec = req["spec"]
         net = _network_options(req)
+        if name in self.lost:
+            msg = self.lost.pop(name) + ". Nothing ran."
+            self.reply({"type": "done", "id": rid, "status": "failed", "message": msg})
+            return
         box = self.named.get(name) if name else None
         if box is not None:
             conflict = self._conflict(box, spec, req.get("given") or [])
@@ -406,9 +565,11 @@ class Server:
                 self.reply({"type": "stream", "id": rid, "name": "stderr", "text": warning + "\n"})
         box.current = rid
         box.show = bool(req.get("facts"))
+        box.want_outputs = frozenset(req.get("outputs") or ())
+        box.budget = _Budget(int(req.get("max_output") or DEFAULT_MAX_OUTPUT))
         self.running[rid] = box
-        protocol.send(
-            box.fd,
+        self.send_box(
+            box,
             {
                 "op": "run",
                 "cell": req["cell"],
@@ -426,14 +587,21 @@ class Server:
             return  # already finished; its "done" is on the way
         was = box.name
         self._retire(box)
-        self.reply(
-            {
-                "type": "done",
-                "id": rid,
-                "status": "killed",
-                "reason": req.get("reason", ""),
-                "removed": was,
-            }
+        # "killed" is said once it is true: its init reaped, so with a PID namespace
+        # every process of it is gone too.
+        self.when_dead(
+            [box.sandbox],
+            KILL_WAIT,
+            lambda dead: self.reply(
+                {
+                    "type": "done",
+                    "id": rid,
+                    "status": "killed",
+                    "reason": req.get("reason", ""),
+                    "removed": was,
+                    "dead": dead,
+                }
+            ),
         )
 
     def op_interrupt(self, req: dict[str, Any]) -> None:
@@ -445,27 +613,55 @@ class Server:
             except ProcessLookupError:
                 pass
 
-    def op_rm(self, req: dict[str, Any]) -> list[str]:
-        names = sorted(self.named) if req.get("all") else list(req.get("names") or [])
-        boxes = [self._named(n) for n in names]  # all-or-nothing: check every name first
+    def op_rm(self, req: dict[str, Any]) -> None:
+        """Remove named sandboxes; the reply comes once they are dead (or say they are not)."""
+        rid = req["id"]
+        if req.get("all"):
+            names = sorted({*self.named, *self.lost})
+        else:
+            names = list(req.get("names") or [])
+        # All-or-nothing: check every name first.
+        boxes = [self._named(n) for n in names if n not in self.lost]
+        for n in names:
+            self.lost.pop(n, None)
         for box in boxes:
             self._retire(box)
-        return names
+
+        def then(dead: bool) -> None:
+            if dead:
+                self.reply({"type": "reply", "id": rid, "ok": True, "result": names})
+                return
+            alive = [b.name for b in boxes if b.sandbox.returncode is None]
+            msg = (
+                f"SIGKILL was sent to sandbox(es) {', '.join(map(repr, alive))}, but they had "
+                f"not exited after {KILL_WAIT:g} s (a process stuck in the kernel?); they are "
+                "gone from `%sandbox ls` and will be reaped when they exit"
+            )
+            self.reply({"type": "reply", "id": rid, "ok": False, "error": msg})
+
+        self.when_dead([b.sandbox for b in boxes], KILL_WAIT, then)
 
     def op_ls(self) -> list[dict[str, Any]]:
-        return [self.info(self.named[n]) for n in sorted(self.named)]
+        boxes = [self.named[n] for n in sorted(self.named)]
+        self.gather_facts(boxes)
+        return [self.info(b) for b in boxes if not b.retired]
 
     def info(self, box: Box) -> dict[str, Any]:
         sb = box.sandbox
-        facts = self.query_facts(box) or {}
-        ips = list(facts.get("ips") or [])
+        if box.facts is not None:
+            facts = box.facts
+        elif box.current is not None:
+            facts = {"facts_error": "a cell is running in it"}
+        else:
+            facts = {"facts_error": f"it did not answer within {FACTS_TIMEOUT:g} s"}
+        hostname, ips = messages.facts_summary(facts)
         for ip in box.network.get("ips") or ():
             if ip not in ips:
                 ips.append(ip)
         return {
             "name": box.name,
             "pid": sb.pid,
-            "hostname": facts.get("hostname") or sb.hostname,
+            "hostname": hostname or sb.hostname,
             "ips": ips,
             "namespaces": procfs.namespace_ids(sb.pid),
             "created": sorted(sb.namespaces),
@@ -500,54 +696,150 @@ class Server:
             )
         )
 
-    def query_facts(self, box: Box) -> dict[str, Any] | None:
-        if box.current is not None:
-            return None
-        protocol.send(box.fd, {"op": "facts"})
+    def gather_facts(self, boxes: list[Box]) -> None:
+        """Ask idle ``boxes`` for their facts, all at once, and wait FACTS_TIMEOUT at most.
+
+        A sandbox that has not answered an earlier query is not asked again (nor waited
+        for): one that never answers delays one ``%sandbox ls``, not every one. Answers
+        arrive through :meth:`on_box_frame`, checked like every other frame.
+        """
+        asked = []
+        for box in boxes:
+            if box.current is None and not box.facts_pending and not box.retired:
+                box.facts_pending = True
+                self.send_box(box, {"op": "facts"})
+                asked.append(box)
         deadline = time.monotonic() + FACTS_TIMEOUT
         while True:
-            msg = box.reader.next(timeout=max(0.0, deadline - time.monotonic()))
-            if msg is None:
-                return None
-            if msg.get("type") == "facts":
-                return msg.get("facts")
-            # anything else (stray output between cells) has no cell to go to
+            waiting = [b for b in asked if b.facts_pending and not b.retired]
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
+                return
+            poller = select.poll()
+            for b in waiting:
+                poller.register(b.fd, select.POLLIN | (select.POLLOUT if b.out else 0))
+            for fd in syscalls.poll_ready(poller, left):
+                box = self.boxes.get(fd)
+                if box is not None:
+                    self.service(box)
 
     # ------------------------------------------------------------ sandbox events
 
+    def service(self, box: Box) -> None:
+        """A box's socket is ready: write what waits for it, read and handle its frames."""
+        if box.out:
+            self._flush(box)
+        alive = box.reader.feed()
+        try:
+            for raw in box.reader.frames():
+                self.on_box_frame(box, messages.from_runner(raw, running=box.current is not None))
+                if box.retired:
+                    return
+        except (protocol.ProtocolError, messages.Malformed) as e:
+            self.malformed(box, str(e))
+            return
+        if not alive:
+            self.on_box_eof(box)
+
     def on_box_frame(self, box: Box, msg: dict[str, Any]) -> None:
+        kind = msg["type"]
+        if kind == "facts":
+            if box.facts_pending:
+                box.facts_pending = False
+                box.facts = msg["facts"]
+            return  # an answer nobody waits for any more
         rid = box.current
         if rid is None:
             return  # output between cells (a background thread): no cell to show it in
-        if msg.get("type") == "cell_done":
-            msg["type"] = "done"
-            msg["id"] = rid
+        if kind == "cell_done":
+            budget = box.budget
+            done = {
+                "type": "done",
+                "id": rid,
+                "status": msg["status"],
+                # Only what the cell asked for: the kernel applies nothing else either.
+                "outputs": {k: v for k, v in msg["outputs"].items() if k in box.want_outputs},
+                "out_error": msg["out_error"],
+                "dropped": budget.report(),
+            }
             if box.show:
-                msg["facts"] = self.facts_from_host(box)
+                done["facts"] = self.facts_from_host(box)
             box.current = None
             self.running.pop(rid, None)
-            self.reply(msg)
+            self.reply(done)
             if box.name is None:
                 self._retire(box)
             return
-        msg["id"] = rid
-        self.reply(msg)
+        if not self._within_budget(box.budget, msg):
+            return
+        self.reply({**msg, "id": rid})
+
+    def _within_budget(self, budget: _Budget, msg: dict[str, Any]) -> bool:
+        """Cut ``msg`` to what the cell may still show (in place); False to drop it.
+
+        The kernel enforces the same budget; doing it here too keeps a flood from ever
+        crossing to the kernel (and the kernel from decoding it).
+        """
+        kind = msg["type"]
+        if kind == "stream":
+            text = msg["text"]
+            if len(text) > budget.chars:
+                budget.dropped_chars += len(text) - budget.chars
+                msg["text"] = text = text[: budget.chars]
+            budget.chars -= len(text)
+            return bool(text)
+        if kind in ("display_data", "execute_result", "clear_output"):
+            size = messages.display_cost(msg)
+            if size > budget.display:
+                budget.dropped_displays += 1
+                budget.dropped_display_size += size
+                return False
+            budget.display -= size
+        return True
 
     def on_box_eof(self, box: Box) -> None:
         rid = box.current
         name = box.name
-        # The runner is gone; its init follows at once with the runner's status. Take
-        # that status before retiring the box, whose closed lifeline would kill init
-        # first and turn any status into SIGKILL's.
-        code = box.sandbox.wait(2.0) if rid is not None else None
-        self._retire(box)
-        if rid is not None:
-            reason = box.sandbox.exit_reason()
+        self._detach(box)
+        if rid is None:
+            self._end(box.sandbox)
+            if name:
+                self.lost[name] = (
+                    f"named sandbox {name!r} ended while no cell of it ran; its state is "
+                    "gone. Run the cell again to create it afresh"
+                )
+            return
+        # The runner is gone; its init follows at once with the runner's status. Wait
+        # for that status (without blocking the server) before ending it ourselves,
+        # which would turn any status into SIGKILL's.
+        sb = box.sandbox
+
+        def report(dead: bool) -> None:
+            code = sb.returncode if dead else None
+            reason = sb.exit_reason()
             what = f"exit status {code}" if code is not None else "an unknown status"
             msg = reason or f"the sandbox's Python process ended during the cell ({what})"
             if name:
                 msg += f"; sandbox {name!r} is gone"
-            self.reply({"type": "done", "id": rid, "status": "died", "message": msg})
+            self.reply(
+                {
+                    "type": "done",
+                    "id": rid,
+                    "status": "died",
+                    "message": msg,
+                    "removed": name,
+                    "dead": dead,
+                }
+            )
+
+        def exited(dead: bool) -> None:
+            if dead:
+                report(True)
+            else:  # its channel closed, but it lives on: end it
+                self._end(sb)
+                self.when_dead([sb], KILL_WAIT, report)
+
+        self.when_dead([sb], EXIT_GRACE, exited)
 
     # ------------------------------------------------------------ main loop
 
@@ -562,15 +854,25 @@ class Server:
             except (SandboxError, SpecError, OSError):
                 pass  # the next cell creates its own and reports the error
 
+    def _timeout(self) -> float | None:
+        timeout: float | None = None
+        if self.dying:
+            timeout = REAP_INTERVAL
+        if self.waits:
+            first = min(w.deadline for w in self.waits) - time.monotonic()
+            timeout = max(0.0, first if timeout is None else min(timeout, first))
+        return timeout
+
     def run(self) -> None:
         while True:
             self._reap()
-            timeout = 0.05 if self.dying else None
+            self._check_waits()
+            timeout = self._timeout()
             # Make the next sandbox only while no cell runs and after a short quiet spell:
             # creating one takes the CPU for tens of ms, which must not delay a cell.
             idle = self.want_warm and not self.running
             if idle:
-                timeout = WARM_AFTER_IDLE
+                timeout = WARM_AFTER_IDLE if timeout is None else min(timeout, WARM_AFTER_IDLE)
             ready = syscalls.poll_ready(self.poller, timeout)
             if not ready and idle:
                 self.fill_warm()
@@ -582,17 +884,15 @@ class Server:
                     self.handle(req)
             for fd in ready:
                 box = self.boxes.get(fd)
-                if box is None:
-                    continue
-                alive = box.reader.feed()
-                for msg in box.reader.frames():
-                    self.on_box_frame(box, msg)
-                if not alive and box.fd in self.boxes:
-                    self.on_box_eof(box)
+                if box is not None:
+                    self.service(box)
 
     def shutdown(self) -> None:
+        self.closing = True
         for box in list(self.boxes.values()):
             self._retire(box)
+        for sb in list(self.dying):  # those whose channel closed mid-cell, too
+            self._end(sb)
         deadline = time.monotonic() + 5
         while self.dying and time.monotonic() < deadline:
             self._reap()

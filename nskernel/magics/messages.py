@@ -1,0 +1,261 @@
+"""What a cell runner may send, checked field by field before anything reads it.
+
+The cell runner lives inside the sandbox: everything it sends was written by code we do
+not trust. Any frame may be forged, of the wrong shape, huge, or arrive when no cell
+runs. This module is the one place that says what a well-formed message is:
+
+- the server checks every frame from a sandbox with :func:`from_runner` and relays only
+  the clean copy it returns (the fields it knows, of the types it expects); anything
+  else is :class:`Malformed`, and the server stops that sandbox, and only that one;
+- the kernel checks again what the server relays (:func:`relayed`, :func:`done`): the
+  server is our own code, but what it relays came from a sandbox. There, text also loses
+  lone surrogates, which Jupyter's message encoder cannot send (a ``print('\\ud800')``
+  would otherwise lose the output on the way to the notebook).
+
+Messages from a cell runner (``type``) and their fields:
+
+=================  ==============================================================
+``stream``         name ("stdout" or "stderr"), text
+``display_data``   data (a mime bundle), metadata, transient (dicts), update (bool)
+``execute_result`` data, metadata: the cell's last value
+``error``          ename, evalue (str), traceback (list of str)
+``clear_output``   wait (bool)
+``cell_done``      status ("ok" or "error"), outputs (name -> JSON value),
+                   out_error (str or None); only while a cell runs
+``facts``          facts (a dict): the answer to a facts query
+=================  ==============================================================
+
+A mime bundle maps mime types to text or to JSON values. Sizes are bounded by the frame
+limits of :mod:`.protocol`; per-cell output budgets are the server's and the kernel's.
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+OUTPUT_KINDS = ("stream", "display_data", "execute_result", "error", "clear_output")
+#: Longest mime type, exception name or ``--out`` name accepted.
+MAX_NAME = 256
+#: Longest ``out_error``/``message`` text kept (it is shown as one error line).
+MAX_MESSAGE = 4096
+#: Most IP addresses a facts answer may list for ``%sandbox ls``.
+MAX_IPS = 256
+MAX_DEPTH = 100
+
+
+class Malformed(ValueError):
+    """A message that a cell runner may not send (wrong type, field or shape)."""
+
+
+# ---------------------------------------------------------------- field checks
+
+
+def _clean_text(text: str) -> str:
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates: replaced, as a decoder would
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _text(value: object, field: str, *, clean: bool = False, limit: int | None = None) -> str:
+    if not isinstance(value, str):
+        raise Malformed(f"{field} is not a string")
+    if limit is not None and len(value) > limit:
+        raise Malformed(f"{field} is longer than {limit} characters")
+    return _clean_text(value) if clean else value
+
+
+def _json(value: object, field: str, *, clean: bool = False, depth: int = 0) -> Any:
+    """``value`` if it is plain JSON (with text cleaned when ``clean``), else Malformed."""
+    if depth > MAX_DEPTH:
+        raise Malformed(f"{field} is nested more than {MAX_DEPTH} levels deep")
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str):
+        return _clean_text(value) if clean else value
+    if isinstance(value, list):
+        return [_json(v, field, clean=clean, depth=depth + 1) for v in value]
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):  # json.loads never makes these; a caller might
+                raise Malformed(f"{field} has a key that is not a string")
+            out[_clean_text(k) if clean else k] = _json(v, field, clean=clean, depth=depth + 1)
+        return out
+    raise Malformed(f"{field} holds a {type(value).__name__}, which is not JSON")
+
+
+def _dict(value: object, field: str, *, clean: bool = False) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise Malformed(f"{field} is not a JSON object")
+    return _json(value, field, clean=clean)
+
+
+def _bundle(value: object, field: str, *, clean: bool = False) -> dict[str, Any]:
+    data = _dict(value, field, clean=clean)
+    for mime in data:
+        if len(mime) > MAX_NAME or "/" not in mime:
+            raise Malformed(f"{field} has a key that is not a mime type")
+    return data
+
+
+def _bool(value: object, field: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise Malformed(f"{field} is not true or false")
+    return value
+
+
+#: What any display, result or clear_output costs at least against a cell's display
+#: budget: a flood of tiny ones would otherwise cost the browser more than their bytes.
+MIN_DISPLAY_COST = 256
+
+
+def bundle_size(data: dict[str, Any]) -> int:
+    """The size of a mime bundle (or any dict of JSON): its text, and JSON as text."""
+    return sum(
+        len(v) if isinstance(v, str) else len(json.dumps(v, separators=(",", ":")))
+        for v in data.values()
+    )
+
+
+def display_cost(msg: dict[str, Any]) -> int:
+    """What a clean display_data, execute_result or clear_output message costs against
+    the per-cell display budget (``--max-output``)."""
+    size = sum(bundle_size(msg.get(k) or {}) for k in ("data", "metadata", "transient"))
+    return max(size, MIN_DISPLAY_COST)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _output(msg: dict[str, Any], *, clean: bool) -> dict[str, Any]:
+    kind = msg.get("type")
+    if kind == "stream":
+        name = msg.get("name")
+        if name not in ("stdout", "stderr"):
+            raise Malformed("a stream message names no stream (stdout or stderr)")
+        return {"type": kind, "name": name, "text": _text(msg.get("text"), "text", clean=clean)}
+    if kind == "display_data":
+        return {
+            "type": kind,
+            "data": _bundle(msg.get("data"), "data", clean=clean),
+            "metadata": _dict(msg.get("metadata"), "metadata", clean=clean),
+            "transient": _dict(msg.get("transient"), "transient", clean=clean),
+            "update": _bool(msg.get("update"), "update"),
+        }
+    if kind == "execute_result":
+        return {
+            "type": kind,
+            "data": _bundle(msg.get("data"), "data", clean=clean),
+            "metadata": _dict(msg.get("metadata"), "metadata", clean=clean),
+        }
+    if kind == "error":
+        tb = msg.get("traceback")
+        if tb is None:
+            tb = []
+        if not isinstance(tb, list):
+            raise Malformed("traceback is not a list")
+        return {
+            "type": kind,
+            "ename": _text(msg.get("ename"), "ename", clean=clean, limit=MAX_NAME),
+            "evalue": _text(msg.get("evalue"), "evalue", clean=clean),
+            "traceback": [_text(line, "traceback", clean=clean) for line in tb],
+        }
+    if kind == "clear_output":
+        return {"type": kind, "wait": _bool(msg.get("wait"), "wait")}
+    raise Malformed("a message of a type the protocol does not have")
+
+
+def from_runner(msg: dict[str, Any], *, running: bool) -> dict[str, Any]:
+    """The server's check of one frame from a cell runner: a clean copy, or Malformed.
+
+    ``running``: whether a cell of this sandbox is running; a ``cell_done`` is only
+    possible then (output from background threads may come at any time).
+    """
+    kind = msg.get("type")
+    if kind in OUTPUT_KINDS:
+        return _output(msg, clean=False)
+    if kind == "cell_done":
+        if not running:
+            raise Malformed("a cell_done arrived while no cell was running")
+        status = msg.get("status")
+        if status not in ("ok", "error"):
+            raise Malformed("a cell_done has no valid status")
+        out_error = msg.get("out_error")
+        return {
+            "type": kind,
+            "status": status,
+            "outputs": _dict(msg.get("outputs"), "outputs"),
+            "out_error": None if out_error is None else _text(out_error, "out_error")[:MAX_MESSAGE],
+        }
+    if kind == "facts":
+        return {"type": kind, "facts": _dict(msg.get("facts"), "facts")}
+    raise Malformed("a message of a type the protocol does not have")
+
+
+def facts_summary(facts: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """The hostname and IPv4/IPv6 addresses a facts answer claims, if they look like
+    such (``%sandbox ls`` shows them); anything else there is left out."""
+    hostname = facts.get("hostname")
+    if not isinstance(hostname, str) or not 0 < len(hostname) <= 255:
+        hostname = None
+    ips: list[str] = []
+    raw = facts.get("ips")
+    for ip in raw[:MAX_IPS] if isinstance(raw, list) else ():
+        if isinstance(ip, str) and len(ip) <= 64:
+            try:
+                ips.append(str(ipaddress.ip_address(ip)))
+            except ValueError:
+                continue
+    return hostname, ips
+
+
+# ---------------------------------------------------------------- the kernel's side
+
+
+def relayed(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """The kernel's check of one output message the server relayed: a clean copy (text
+    without lone surrogates), or None for anything that is not a well-formed output."""
+    try:
+        return _output(msg, clean=True)
+    except Malformed:
+        return None
+
+
+DONE_STATUSES = ("ok", "error", "failed", "died", "killed", "stopped")
+
+
+def done(msg: dict[str, Any]) -> dict[str, Any]:
+    """The kernel's check of the final message of a cell; raises Malformed."""
+    status = msg.get("status")
+    if status not in DONE_STATUSES:
+        raise Malformed("the final message of the cell has no valid status")
+    out: dict[str, Any] = {"status": status}
+    for field in ("message", "reason", "out_error"):
+        value = msg.get(field)
+        if value is not None:
+            out[field] = _text(value, field, clean=True)[:MAX_MESSAGE]
+    removed = msg.get("removed")
+    if removed is not None:
+        out["removed"] = _text(removed, "removed", clean=True, limit=MAX_NAME)
+    out["dead"] = _bool(msg.get("dead", True), "dead")
+    out["outputs"] = _dict(msg.get("outputs"), "outputs")
+    facts = msg.get("facts")
+    out["facts"] = None if facts is None else _dict(facts, "facts", clean=True)
+    dropped = _dict(msg.get("dropped"), "dropped")
+    out["dropped"] = {
+        k: v
+        for k, v in dropped.items()
+        if k in ("chars", "displays", "display_size") and type(v) is int and v >= 0
+    }
+    return out

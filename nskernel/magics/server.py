@@ -30,6 +30,7 @@ Choices:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -180,19 +181,30 @@ _PYTHON_BINDS = python_environment_binds()
 def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
     binds = tuple(Bind(src, dst, bool(ro)) for src, dst, ro in spec.get("binds") or ())
     namespaces = spec.get("namespaces") or ALL_NAMESPACES
-    if "mnt" in namespaces:
-        # Cells import modules on demand: keep this environment visible even if it
-        # lives in a directory that is private inside (a venv or checkout under /tmp).
-        taken = {b.dest for b in binds}
-        binds += tuple(b for b in _PYTHON_BINDS if b.dest not in taken)
     limits = spec.get("limits") or {}
-    return SandboxSpec.from_flags(
+    env = spec.get("env")
+    built = SandboxSpec.from_flags(
         namespaces,
         hostname=spec.get("hostname"),
         binds=binds,
         cwd=spec.get("cwd"),
         limits=make_limits(limits.get("memory"), limits.get("pids"), limits.get("cpus")),
+        # The kernel filtered its environment (the allow-list) before sending it.
+        env=dict(env) if isinstance(env, dict) else None,
+        share_home=bool(spec.get("share_home")),
+        no_userns=bool(spec.get("no_userns")),
+        keep_groups=bool(spec.get("keep_groups")),
+        seccomp=str(spec.get("seccomp") or "default"),
+        cap_add=tuple(spec.get("cap_add") or ()),
+        cap_drop=tuple(spec.get("cap_drop") or ()),
     )
+    if "mnt" in built.effective_namespaces():
+        # Cells import modules on demand: keep this environment visible even if it
+        # lives in a directory that is private inside (a venv or checkout under /tmp).
+        taken = {b.dest for b in binds}
+        extra = tuple(b for b in _PYTHON_BINDS if b.dest not in taken)
+        built = dataclasses.replace(built, binds=binds + extra)
+    return built
 
 
 def _limit_lines(sb: Sandbox) -> dict[str, str]:

@@ -11,7 +11,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from nskernel.kernel import install
-from tests.kernel_helpers import socket_dirs
+from tests.kernel_helpers import kernel_dirs
 from tests.test_kernel import kernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns]
@@ -67,9 +67,9 @@ def test_a_limited_session_contains_a_fork_bomb(ksm: KernelSpecManager, tmp_path
 def test_an_unusable_limits_setting_fails_the_start_clearly(
     ksm: KernelSpecManager, tmp_path: Path
 ) -> None:
-    before = socket_dirs()
+    before = kernel_dirs()
     km = KernelManager(kernel_name="nsk-bad-limits", kernel_spec_manager=ksm)
     with pytest.raises(Exception, match=r"unusable limits setting.*invalid size 'lots'"):
         km.start_kernel(cwd=str(tmp_path))
     assert not km.has_kernel
-    assert socket_dirs() == before, "a failed start left a socket dir"
+    assert kernel_dirs() == before, "a failed start left a kernel dir"

@@ -282,6 +282,43 @@ def test_what_the_sandbox_plants_is_never_followed(
     # runtime_base checks on teardown that nothing is left in the runtime dir.
 
 
+def test_a_notebook_directory_holding_the_runtime_dir_is_not_made_writable(
+    ksm: KernelSpecManager, runtime_base: Path
+) -> None:
+    # Jupyter started in the directory that holds nskernel's runtime dir (say, /tmp):
+    # binding it writable would hand the sandbox every kernel's directory, keys and
+    # host-only files included. The kernel still starts there, without that bind.
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(runtime_base))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        kernel_dir = Path(km.provisioner.kernel_dir)
+        owner = (kernel_dir / "owner").read_bytes()
+        out = run_cell(
+            kc,
+            "import errno, json, os\n"
+            f"owner = {str(kernel_dir / 'owner')!r}\n"
+            "tried = {}\n"
+            "for path in (owner, 'written-inside'):\n"
+            "    try:\n"
+            "        with open(path, 'w') as f: f.write('sandbox')\n"
+            "        tried[path] = 'ok'\n"
+            "    except OSError as e:\n"
+            "        tried[path] = errno.errorcode[e.errno]\n"
+            "print(json.dumps([os.getcwd(), tried]))",
+        )
+        assert out["error"] is None, out
+        cwd, tried = json.loads(out["stdout"])
+        assert cwd == str(runtime_base)
+        assert (kernel_dir / "owner").read_bytes() == owner, tried
+        assert not (runtime_base / "written-inside").exists(), tried
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
 # ---------------------------------------------------------------- the caller's terminal
 
 RELAY_SCRIPT = r"""

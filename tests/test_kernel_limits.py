@@ -22,7 +22,11 @@ IS_ROOT = os.geteuid() == 0
 @pytest.fixture(scope="module")
 def ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     prefix = tmp_path_factory.mktemp("prefix")
-    install.install(name="nsk-limited", prefix=str(prefix), limits={"pids": "24", "memory": "512M"})
+    # 1G: where the memory limit falls back to RLIMIT_AS (rootless without a delegated
+    # cgroup), 512M of address space is too little for ipykernel with its output-capture
+    # threads (glibc reserves 64 MiB per thread arena) and the kernel dies at start.
+    limits = {"pids": "24", "memory": "1G"}
+    install.install(name="nsk-limited", prefix=str(prefix), limits=limits)
     kernels = prefix / "share" / "jupyter" / "kernels"
     bad = kernels / "nsk-bad-limits"
     install.install(name="nsk-bad-limits", prefix=str(prefix))
@@ -34,7 +38,7 @@ def ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
 
 def test_install_writes_validated_limits(ksm: KernelSpecManager) -> None:
     config = ksm.get_kernel_spec("nsk-limited").metadata["kernel_provisioner"]["config"]
-    assert config["limits"] == {"pids": "24", "memory": "512M"}
+    assert config["limits"] == {"pids": "24", "memory": "1G"}
     with pytest.raises(install.InstallError, match="invalid size 'lots'"):
         install.kernel_json(limits={"memory": "lots"})
 

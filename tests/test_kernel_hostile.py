@@ -127,6 +127,24 @@ def _snapshot(victims: dict[str, Any]) -> dict[str, tuple[int, int, int, bytes]]
     return out
 
 
+def _changed(victims: dict[str, Any], before: dict[str, Any]) -> dict[str, str]:
+    """The victims whose owner, mode or content changed: {path: what changed}."""
+    now = _snapshot(victims)
+    found = {}
+    for path, (uid, gid, mode, data) in before.items():
+        n_uid, n_gid, n_mode, n_data = now[path]
+        what = []
+        if (n_uid, n_gid) != (uid, gid):
+            what.append(f"owner {uid}:{gid} -> {n_uid}:{n_gid}")
+        if n_mode != mode:
+            what.append(f"mode {mode:o} -> {n_mode:o}")
+        if n_data != data:
+            what.append(f"content -> {n_data[:60]!r}")
+        if what:
+            found[path] = ", ".join(what)
+    return found
+
+
 def _home_with_profile(tmp_path: Path) -> Path:
     home = tmp_path / "home"
     profile = home / ".ipython" / "profile_default"
@@ -246,8 +264,11 @@ def test_what_the_sandbox_plants_is_never_followed(
         report = json.loads(out["stdout"].splitlines()[0])
         assert report["planted"], report  # the sandbox can write its socket directory
 
-        km.restart_kernel(now=False)
-        kc.wait_for_ready(timeout=60)
+        try:
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=60)
+        finally:  # the host's files first: what the restart did to them is the point
+            assert not _changed(victims, before), "the host followed what the sandbox planted"
         assert km.ip == ip  # the same socket paths: the server's sockets reconnect
         out = run_cell(
             kc,
@@ -278,7 +299,7 @@ def test_what_the_sandbox_plants_is_never_followed(
         kc.stop_channels()
         if km.has_kernel:
             km.shutdown_kernel(now=False)
-    assert _snapshot(victims) == before, "a host file changed owner, mode or content"
+    assert not _changed(victims, before), "the host followed what the sandbox planted"
     # runtime_base checks on teardown that nothing is left in the runtime dir.
 
 

@@ -458,6 +458,11 @@ def test_side_by_side_kernelspec_with_fewer_namespaces(
         assert ids["pid"] == mine["pid"]
         assert ids["mnt"] == mine["mnt"] or IS_ROOT  # root: the launcher's private mount ns
         assert k.run("!hostname")["stdout"].strip() == f"nsk-{k.km.kernel_id[:8]}"
+        # Without a mount namespace /tmp is the host's: IPython's dir is the kernel's own
+        # (removed with it), not a temporary directory left in the host's /tmp.
+        ipdir = k.run("import os; print(os.environ['IPYTHONDIR'])")["stdout"].strip()
+        assert ipdir == os.path.join(k.kernel_dir, "sock", "ipython")
+        assert k.run("print(get_ipython().profile_dir.location)")["stdout"].startswith(ipdir)
 
 
 # ---------------------------------------------------------------- where it is denied

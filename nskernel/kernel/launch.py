@@ -216,17 +216,17 @@ def _sandbox_root_on_host() -> tuple[int, int] | None:
     return userns.plan_id_maps().root_on_host
 
 
-def ipython_dir(in_process: bool, dirs: StartDirs | None) -> str | None:
+def ipython_dir(in_process: bool, with_mnt: bool, dirs: StartDirs | None) -> str | None:
     """Where the kernel's IPYTHONDIR is inside the sandbox: writable and its own.
 
     Inside, the user's home is read-only (or, for root, not readable by sandbox root),
     so the kernel gets its own IPython dir with a copy of the user's profile. The
-    in-process kernel writes that copy itself, inside (the sandbox's private /tmp);
-    an exec'd kernel command gets it written by the host into this start's fresh
-    socket directory before the sandbox exists. None: no place for it (no mount
-    namespace); IPython then uses its default.
+    in-process kernel writes that copy itself, inside, in the sandbox's private /tmp.
+    Otherwise (an exec'd kernel command, or no mount namespace, where /tmp is the
+    host's) it lives in this start's fresh socket directory, removed with it, and the
+    host writes the copy there before the sandbox exists. None: no kernel directory.
     """
-    if in_process:
+    if in_process and with_mnt:
         return SANDBOX_IPYTHONDIR
     if dirs is not None:
         return os.path.join(dirs.sockets, "ipython")
@@ -283,11 +283,6 @@ def _start(
             argv = [copy if a == args.connection_file else a for a in argv]
         env[HOST_FACTS_ENV] = os.path.join(dirs.shared, "host.json")
         env[SANDBOX_FACTS_ENV] = os.path.join(dirs.shared, "sandbox.json")
-    profile: dict[str, bytes] = {}
-    if with_mnt and "IPYTHONDIR" not in env:
-        # The user's own config and startup files are carried over into the kernel's
-        # own IPython dir (see ipython_dir).
-        profile = read_user_profile(argv)
     binds: list[Bind] = []
     facts_child = None
     if dirs is not None:
@@ -297,13 +292,16 @@ def _start(
         if with_mnt:
             binds += [Bind(dirs.sockets, dirs.sockets), Bind(dirs.shared, dirs.shared, True)]
     in_process = _runs_in_process(argv)
-    if with_mnt and "IPYTHONDIR" not in env:
-        where = ipython_dir(in_process, dirs)
-        if where is not None:
-            env["IPYTHONDIR"] = where
-            if not in_process and dirs is not None and profile:
-                dirs.write_tree("ipython", profile)
-                profile = {}
+    profile: dict[str, bytes] = {}
+    where = None if "IPYTHONDIR" in env else ipython_dir(in_process, with_mnt, dirs)
+    if where is not None:
+        # The user's own config and startup files are carried over into the kernel's
+        # own IPython dir: by the kernel itself inside, or by us before it exists.
+        env["IPYTHONDIR"] = where
+        profile = read_user_profile(argv)
+        if where != SANDBOX_IPYTHONDIR and dirs is not None:
+            dirs.write_tree("ipython", profile)
+            profile = {}
     target = _ipykernel_in_process(argv, env, profile) if in_process else None
     if facts_child is not None:
         _wait_for_host_facts(facts_child, dirs)  # type: ignore[arg-type]

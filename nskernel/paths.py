@@ -274,6 +274,8 @@ def remove_tree_at(dir_fd: int, name: str) -> list[OSError]:
         return errors
     try:
         top = open_dir(name, dir_fd)
+    except FileNotFoundError:
+        return errors  # someone else (another sweep) was quicker
     except OSError as e:
         return [_named(e, name)]
     device = os.fstat(top).st_dev

@@ -240,19 +240,10 @@ def start(
     stdio: tuple[int, int, int] | None = None,
 ) -> Sandbox:
     """Prepare this start's directories, capture host facts, create the sandbox."""
-    cwd = os.getcwd()
-    namespaces = _namespaces(args.namespaces)
-    # Without a mount namespace the sandbox sees the host's paths as they are: no binds.
-    with_mnt = "mnt" in namespaces
     owner = _sandbox_root_on_host()
-    # The provisioner gave this process the kernel's environment already (an allow-list
-    # of the server's): nothing else is in this process, so nothing else reaches the
-    # kernel forked from it.
-    env = dict(os.environ)
-    env["JPY_PARENT_PID"] = "1"
     dirs = StartDirs(args.kernel_dir, owner) if args.kernel_dir else None
     try:
-        return _start(args, argv, pending, stdio, cwd, namespaces, with_mnt, owner, env, dirs)
+        return _start(args, argv, pending, stdio, owner, dirs)
     finally:
         if dirs is not None:
             dirs.close()
@@ -263,13 +254,18 @@ def _start(
     argv: list[str],
     pending: list[int],
     stdio: tuple[int, int, int] | None,
-    cwd: str,
-    namespaces: frozenset[str],
-    with_mnt: bool,
     owner: tuple[int, int] | None,
-    env: dict[str, str],
     dirs: StartDirs | None,
 ) -> Sandbox:
+    cwd = os.getcwd()
+    namespaces = _namespaces(args.namespaces)
+    # Without a mount namespace the sandbox sees the host's paths as they are: no binds.
+    with_mnt = "mnt" in namespaces
+    # The provisioner gave this process the kernel's environment already (an allow-list
+    # of the server's): nothing else is in this process, so nothing else reaches the
+    # kernel forked from it.
+    env = dict(os.environ)
+    env["JPY_PARENT_PID"] = "1"
     if dirs is not None:
         # nskernel's runtime directory (masked inside every sandbox) is the one holding
         # this kernel's directory, whatever this process's environment says.
@@ -303,8 +299,8 @@ def _start(
             dirs.write_tree("ipython", profile)
             profile = {}
     target = _ipykernel_in_process(argv, env, profile) if in_process else None
-    if facts_child is not None:
-        _wait_for_host_facts(facts_child, dirs)  # type: ignore[arg-type]
+    if facts_child is not None and dirs is not None:
+        _wait_for_host_facts(facts_child, dirs)
     bind_cwd = not args.no_bind_cwd and cwd != "/"
     if bind_cwd and dirs is not None and _contains(cwd, os.path.dirname(dirs.kernel_dir)):
         # A writable bind of it would hand the sandbox nskernel's runtime directory:

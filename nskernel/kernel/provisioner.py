@@ -187,16 +187,28 @@ def make_kernel_dir() -> str:
     concurrent sweep by another process never sees a kern-* directory without an owner
     (and never removes one that is being made).
     """
-    for attempt in range(3):
+    ip = kernel_ip(os.path.join(paths.runtime_dir_path(), paths.KERNEL_DIR_PREFIX + "x" * 8))
+    if len(ip.encode()) + _PORT_SUFFIX > MAX_SOCKET_PATH:
+        msg = (
+            f"the kernel's unix socket path {ip}-N would exceed {MAX_SOCKET_PATH} bytes; "
+            "set XDG_RUNTIME_DIR to a shorter directory (or unset it to use /tmp)"
+        )
+        raise KernelSandboxUnavailable(msg)
+    token = _owner_token()
+    attempts = 3
+    while True:
         base = paths.runtime_dir()
         try:
-            base_fd = paths.open_dir(base)
-            break
+            return os.path.join(base, _make_kernel_dir_in(base, token))
         except FileNotFoundError:  # the last other kernel just removed the empty parent
-            if attempt == 2:
+            attempts -= 1
+            if not attempts:
                 raise
+
+
+def _make_kernel_dir_in(base: str, token: str) -> str:
+    base_fd = paths.open_dir(base)
     try:
-        token = _owner_token()
         tmp = f"{paths.KERNEL_DIR_NEW_PREFIX}{token.replace(' ', '-')}-{secrets.token_hex(4)}"
         fd = paths.make_dir(base_fd, tmp)
         try:
@@ -208,26 +220,15 @@ def make_kernel_dir() -> str:
             try:
                 # Over an existing kern-* (never empty: it has an owner) this fails.
                 os.rename(tmp, name, src_dir_fd=base_fd, dst_dir_fd=base_fd)
-                break
+                return name
             except OSError as e:
                 if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-        else:
-            paths.remove_tree_at(base_fd, tmp)
-            msg = f"could not find a free kernel directory name in {base}; remove stale kern-*"
-            raise KernelSandboxUnavailable(msg)
+        paths.remove_tree_at(base_fd, tmp)
+        msg = f"could not find a free kernel directory name in {base}; remove stale kern-*"
+        raise KernelSandboxUnavailable(msg)
     finally:
         os.close(base_fd)
-    path = os.path.join(base, name)
-    ip = kernel_ip(path)
-    if len(ip.encode()) + _PORT_SUFFIX > MAX_SOCKET_PATH:
-        remove_kernel_dir(path)
-        msg = (
-            f"the kernel's unix socket path {ip}-N would exceed {MAX_SOCKET_PATH} bytes; "
-            "set XDG_RUNTIME_DIR to a shorter directory (or unset it to use /tmp)"
-        )
-        raise KernelSandboxUnavailable(msg)
-    return path
 
 
 def kernel_ip(kernel_dir: str) -> str:

@@ -227,7 +227,7 @@ def ipython_dir(in_process: bool, with_mnt: bool, dirs: StartDirs | None) -> str
     host writes the copy there before the sandbox exists. None: no kernel directory.
     """
     if in_process and with_mnt:
-        return SANDBOX_IPYTHONDIR
+        return os.path.expanduser(SANDBOX_IPYTHONDIR)  # the same HOME as the kernel's
     if dirs is not None:
         return os.path.join(dirs.sockets, "ipython")
     return None
@@ -295,7 +295,7 @@ def _start(
         # own IPython dir: by the kernel itself inside, or by us before it exists.
         env["IPYTHONDIR"] = where
         profile = read_user_profile(argv)
-        if where != SANDBOX_IPYTHONDIR and dirs is not None:
+        if not (in_process and with_mnt) and dirs is not None:
             dirs.write_tree("ipython", profile)
             profile = {}
     target = _ipykernel_in_process(argv, env, profile) if in_process else None
@@ -396,6 +396,8 @@ def _wait_for_host_facts(pid: int, dirs: StartDirs) -> None:
         dirs.share("host.json", json.dumps(host_facts()).encode(), replace=True)
 
 
+# The in-process kernel's IPython dir inside its sandbox (private /tmp). Once every
+# sandbox with a mount namespace has a private, writable home, "~/.ipython" will do.
 SANDBOX_IPYTHONDIR = "/tmp/.ipython"
 PROFILE_FILE_MAX = 1 << 20  # bytes; a config or startup file larger than this is skipped
 

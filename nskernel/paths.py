@@ -233,7 +233,6 @@ def trash_name(sub: str) -> str:
     return f"{TRASH_PREFIX}{sub}-{os.urandom(4).hex()}"
 
 
-
 def remove_tree(path: str) -> list[OSError]:
     """Remove ``path`` and everything below it without following any symlink; see
     :func:`remove_tree_at`. Every component above ``path`` must be the host's own."""

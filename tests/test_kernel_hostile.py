@@ -39,7 +39,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from nskernel.kernel import install
-from tests.conftest import IS_ROOT
+from tests.conftest import IS_ROOT, nskernel_cmd
 from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns]
@@ -92,8 +92,7 @@ def _force_remove(path: Path) -> None:
     # Rootless: entries owned by the sandbox's subordinate ids need a user namespace.
     script = f"chmod -R u+rwX {path} 2>/dev/null; rm -rf {path}"
     subprocess.run(
-        [sys.executable, "-m", "nskernel", "run", "--bind", str(path.parent), "--", "sh", "-c"]
-        + [script],
+        [*nskernel_cmd("run", "--bind", str(path.parent), "--", "sh", "-c"), script],
         check=False,
         capture_output=True,
     )
@@ -426,10 +425,11 @@ def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path
     master, slave = pty.openpty()
     result_r, result_w = os.pipe()
     repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
+    script += [repo, str(result_w)]
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
-            + [repo, str(result_w)],
+            script,
             stdin=subprocess.PIPE,
             stdout=slave,
             stderr=slave,

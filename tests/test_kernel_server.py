@@ -186,9 +186,16 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         held = hold_namespaces(descendants(server.proc.pid))
         try:
             server.api("POST", f"/api/kernels/{kid}/restart")
-            # The same websocket keeps working: the socket paths survive the restart. The
-            # first message after it must be answered: an old kernel that hung on its way
+            # As JupyterLab does after a restart (KernelConnection.restart: REST restart,
+            # then reconnect), a new websocket: jupyter_server nudges the kernel on connect
+            # until IOPub delivers. On the old websocket the first cell's IOPub messages
+            # (busy, stream, idle) are lost whenever its SUB socket has not reconnected to
+            # the new kernel's PUB yet (ZMQ's slow joiner; execute_reply still arrives on
+            # shell): 15 of 80 restarts before this branch, 17 of 80 with it. The first
+            # message on the new one must be answered: an old kernel that hung on its way
             # out (ipykernel's control thread, see test_kernel.py) once made it get lost.
+            ch.close()
+            ch = server.channels(kid)
             ids2 = _ns(ch)
         finally:
             for fd in held:

@@ -5,7 +5,7 @@ $XDG_RUNTIME_DIR when it is usable, else /tmp. Each user gets a private 0700
 directory ``nsk-<uid>``; everything nskernel creates at run time lives below it, so
 stale state is easy to find and sweep (and the test suite's leak check looks there).
 
-A sandboxed kernel's directory, ``nsk-<uid>/kern-XXXXXXXX`` (see ``KernelDir``), is
+A sandboxed kernel's directory, ``nsk-<uid>/kern-XXXXXXXX`` (the names below), is
 split by who may write what, because a sandbox writes its socket directory and
 everything a sandbox can write is hostile input (symlinks to host files, FIFOs that
 block an open, ``/dev/zero`` that never ends, entries owned by ids the user cannot

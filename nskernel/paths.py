@@ -1,14 +1,48 @@
-"""Where nskernel keeps per-user runtime state (socket directories, server sockets).
+"""Where nskernel keeps per-user runtime state, and the only ways the host touches it.
 
 Unix socket paths are limited to 107 bytes, so the base is short: the user's
 $XDG_RUNTIME_DIR when it is usable, else /tmp. Each user gets a private 0700
 directory ``nsk-<uid>``; everything nskernel creates at run time lives below it, so
 stale state is easy to find and sweep (and the test suite's leak check looks there).
+
+A sandboxed kernel's directory, ``nsk-<uid>/kern-XXXXXXXX`` (the names below), is
+split by who may write what, because a sandbox writes its socket directory and
+everything a sandbox can write is hostile input (symlinks to host files, FIFOs that
+block an open, ``/dev/zero`` that never ends, entries owned by ids the user cannot
+remove):
+
+- ``kern-XXXXXXXX/`` (0700) and its ``owner`` file: host only, never bound into a
+  sandbox;
+- ``ro/``: what the sandbox may read (connection file, host facts, its own status),
+  bound read-only; fresh for every start;
+- ``sock/``: where the kernel binds its ZMQ unix sockets, bound read-write; fresh
+  for every start, at the same path (so the server's sockets reconnect).
+
+The hazard is the host following what a sandbox planted. So the host side writes and
+reads these files only through the functions below: relative to a directory
+descriptor, ``O_NOFOLLOW``, created with ``O_EXCL`` (never reused), read with
+``O_NONBLOCK`` and a size bound, removed without following anything (``remove_tree``).
+Standard library only: the launcher and the sandbox server import this.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
+
+# Layout of a sandboxed kernel's directory (the provisioner and the launcher share it).
+KERNEL_DIR_PREFIX = "kern-"
+KERNEL_DIR_NEW_PREFIX = "new-"  # being made: renamed to kern-* once its owner file exists
+OWNER_FILE = "owner"
+SOCKET_SUBDIR = "sock"
+SHARED_SUBDIR = "ro"
+TRASH_PREFIX = "trash-"
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Directories held open at once while removing a tree; deeper ones are moved up first.
+_REMOVE_DEPTH = 32
 
 
 def _base() -> str:
@@ -52,16 +86,20 @@ def runtime_dir_path() -> str:
     return os.path.join(_base(), f"nsk-{os.geteuid()}")
 
 
-def remove_runtime_entry(path: str) -> None:
+def remove_runtime_entry(path: str) -> list[OSError]:
     """Remove ``path`` (below the runtime dir), then the runtime dir if that left it empty.
 
-    Nothing of nskernel's stays behind once its last kernel or server is gone.
+    Nothing of nskernel's stays behind once its last kernel or server is gone. Returns
+    what could not be removed (empty when everything went).
     """
-    import shutil
+    errors = remove_tree(path)
+    remove_runtime_dir_if_empty(os.path.dirname(path))
+    return errors
 
-    shutil.rmtree(path, ignore_errors=True)
+
+def remove_runtime_dir_if_empty(path: str) -> None:
     try:
-        os.rmdir(os.path.dirname(path))
+        os.rmdir(path)
     except OSError:
         pass  # not empty: another kernel still uses it (or it is already gone)
 
@@ -73,7 +111,274 @@ def runtime_dir() -> str:
         os.mkdir(path, 0o700)
     except FileExistsError:
         st = os.lstat(path)
-        if st.st_uid != os.geteuid() or (st.st_mode & 0o077):
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or (st.st_mode & 0o077):
             msg = f"{path} exists but is not a private directory of this user; remove it"
             raise PermissionError(msg) from None
     return path
+
+
+# ---------------------------------------------------------------- descriptor-relative I/O
+
+
+def open_dir(name: str, dir_fd: int | None = None) -> int:
+    """Open a directory without following a symlink in its last component (or blocking)."""
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+def create_file(
+    dir_fd: int, name: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> None:
+    """Create ``name`` in ``dir_fd``, which must not exist yet, and write ``data``.
+
+    ``O_EXCL|O_NOFOLLOW``: whatever is at ``name`` already (a planted symlink, a FIFO) is
+    never opened; the call fails instead. ``owner``: given with fchown on the new file's
+    descriptor, never by path.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(name, flags, mode, dir_fd=dir_fd)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def replace_file(
+    dir_fd: int, name: str, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
+) -> None:
+    """Atomically give ``name`` in ``dir_fd`` new content: a fresh file renamed over it
+    (rename replaces the entry itself, whatever it is, and follows nothing)."""
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    create_file(dir_fd, tmp, data, mode, owner)
+    try:
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        raise
+
+
+def make_dir(
+    dir_fd: int, name: str, mode: int = 0o700, owner: tuple[int, int] | None = None
+) -> int:
+    """Create the directory ``name`` in ``dir_fd`` (it must not exist); its descriptor.
+
+    ``mkdirat`` never follows: a symlink at ``name`` makes it fail (EEXIST).
+    """
+    os.mkdir(name, mode, dir_fd=dir_fd)
+    fd = open_dir(name, dir_fd)
+    if owner is not None:
+        os.fchown(fd, *owner)
+    return fd
+
+
+def read_small_file(dir_fd: int, name: str, limit: int) -> bytes | None:
+    """The first ``limit`` bytes of the regular file ``name``; None if it is anything else.
+
+    Never blocks and never reads without bound: ``O_NONBLOCK`` (a FIFO opens at once),
+    ``O_NOFOLLOW`` (a link to /dev/zero is not opened), a regular-file check on the
+    descriptor, one bounded read.
+    """
+    try:
+        fd = os.open(
+            name,
+            os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC,
+            dir_fd=dir_fd,
+        )
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, limit)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- removal
+
+
+def retire_start_dirs(kernel_dir: str) -> list[OSError]:
+    """Take a finished start's ``sock/`` and ``ro/`` away (renamed, so that the next start
+    can make new ones at the same paths at once), then remove every ``trash-*``."""
+    try:
+        fd = open_dir(kernel_dir)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        return [e]
+    errors: list[OSError] = []
+    try:
+        for sub in (SOCKET_SUBDIR, SHARED_SUBDIR):
+            try:
+                os.rename(sub, trash_name(sub), src_dir_fd=fd, dst_dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                errors.append(_named(e, sub))
+        for name in os.listdir(fd):
+            if name.startswith(TRASH_PREFIX):
+                errors += remove_tree_at(fd, name)
+    finally:
+        os.close(fd)
+    return errors
+
+
+def trash_name(sub: str) -> str:
+    return f"{TRASH_PREFIX}{sub}-{os.urandom(4).hex()}"
+
+
+def remove_tree(path: str) -> list[OSError]:
+    """Remove ``path`` and everything below it without following any symlink; see
+    :func:`remove_tree_at`. Every component above ``path`` must be the host's own."""
+    parent, name = os.path.split(os.path.normpath(path))
+    try:
+        pfd = open_dir(parent or ".")
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        return [e]
+    try:
+        return remove_tree_at(pfd, name)
+    finally:
+        os.close(pfd)
+
+
+def remove_tree_at(dir_fd: int, name: str) -> list[OSError]:
+    """Remove ``name`` in ``dir_fd``, recursively; what could not be removed (empty: all).
+
+    What a sandbox may have left there is hostile: symlinks (unlinked, never followed),
+    FIFOs and devices (unlinked, never opened), trees deeper than Python's recursion
+    limit (this walks iteratively, and moves subtrees deeper than ``_REMOVE_DEPTH`` up to
+    the top before descending, so the number of descriptors held stays bounded), entries
+    a dying sandbox adds meanwhile (a directory is listed again, a few times, until it is
+    empty). Nothing on another filesystem is entered. Entries the caller may not remove
+    (owned by a sandbox's other ids, without permissions) are reported, not retried: the
+    caller may run this again where it has the rights (``nskernel.kernel.launch --remove``).
+    """
+    errors: list[OSError] = []
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return errors
+    except OSError as e:
+        return [e]
+    if not stat.S_ISDIR(st.st_mode):
+        _unlink(dir_fd, name, errors)
+        return errors
+    try:
+        top = open_dir(name, dir_fd)
+    except FileNotFoundError:
+        return errors  # someone else (another sweep) was quicker
+    except OSError as e:
+        return [_named(e, name)]
+    device = os.fstat(top).st_dev
+    stack = [_Frame(top, name)]
+    try:
+        while stack:
+            frame = stack[-1]
+            if frame.pending is None:
+                frame.passes += 1
+                frame.pending = _clear_files(frame.fd, errors)
+                if frame.pending is None:  # cannot even list it (reported)
+                    os.close(stack.pop().fd)
+                    continue
+            if not frame.pending:
+                parent = stack[-2].fd if len(stack) > 1 else dir_fd
+                try:
+                    os.rmdir(frame.name, dir_fd=parent)
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    if e.errno == errno.ENOTEMPTY and frame.passes < 3:
+                        frame.pending = None  # something was added meanwhile: again
+                        continue
+                    errors.append(_named(e, frame.name))
+                os.close(stack.pop().fd)
+                continue
+            sub = frame.pending.pop()
+            if len(stack) >= _REMOVE_DEPTH:
+                # Too deep to hold another descriptor: move the subtree up into the top
+                # directory (a rename: same filesystem) and visit it from there.
+                up = f".nsk-deep-{os.urandom(6).hex()}"
+                try:
+                    os.rename(sub, up, src_dir_fd=frame.fd, dst_dir_fd=top)
+                    stack[0].pending.append(up)  # type: ignore[union-attr]
+                except OSError as e:
+                    errors.append(_named(e, sub))
+                continue
+            try:
+                sfd = open_dir(sub, frame.fd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):  # no longer a directory
+                    _unlink(frame.fd, sub, errors)
+                else:
+                    errors.append(_named(e, sub))
+                continue
+            if os.fstat(sfd).st_dev != device:
+                os.close(sfd)
+                errors.append(OSError(errno.EXDEV, "another filesystem is mounted here", sub))
+                continue
+            stack.append(_Frame(sfd, sub))
+    finally:
+        for frame in stack:
+            os.close(frame.fd)
+    return errors
+
+
+class _Frame:
+    """A directory being removed: its descriptor, its name in the parent, and the
+    subdirectories still to visit (None: not listed yet)."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd, self.name = fd, name
+        self.pending: list[str] | None = None
+        self.passes = 0
+
+
+def _clear_files(fd: int, errors: list[OSError]) -> list[str] | None:
+    """Unlink every non-directory in ``fd``; the names of its subdirectories (None if it
+    cannot be listed)."""
+    subdirs: list[str] = []
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.scandir(fd) as it:
+            for entry in it:
+                try:
+                    is_dir = entry.is_dir(follow_symlinks=False)
+                except OSError:
+                    is_dir = False
+                # Files go at once; a directory (or what turned into one) is visited.
+                if is_dir or _unlink(fd, entry.name, errors) == errno.EISDIR:
+                    subdirs.append(entry.name)
+    except OSError as e:
+        errors.append(e)
+        return None
+    return subdirs
+
+
+def _unlink(dir_fd: int, name: str, errors: list[OSError]) -> int:
+    """unlinkat; 0, or the errno (ENOENT is fine, EISDIR left to the caller)."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return 0
+    except IsADirectoryError:
+        return errno.EISDIR
+    except OSError as e:
+        errors.append(_named(e, name))
+        return e.errno or -1
+    return 0
+
+
+def _named(e: OSError, name: str) -> OSError:
+    if e.filename is None:
+        e.filename = name
+    return e

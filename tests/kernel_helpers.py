@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from nskernel._linux import procfs
-from nskernel.paths import runtime_dir_path
+from nskernel.paths import KERNEL_DIR_PREFIX, runtime_dir_path
 
 KERNEL_NAME = "nsk-test"
 DISPLAY_NAME = "Python 3 (sandboxed)"
@@ -88,10 +88,11 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         time.sleep(0.05)
 
 
-def socket_dirs() -> set[str]:
+def kernel_dirs() -> set[str]:
+    """The sandboxed kernels' directories of this user (``kern-*``, see nskernel.paths)."""
     d = runtime_dir_path()
     try:
-        return {os.path.join(d, e) for e in os.listdir(d) if e.startswith("kern-")}
+        return {os.path.join(d, e) for e in os.listdir(d) if e.startswith(KERNEL_DIR_PREFIX)}
     except FileNotFoundError:
         return set()
 
@@ -196,14 +197,14 @@ def hold_namespaces(pids: set[int]) -> list[int]:
     return fds
 
 
-def owned_socket_dirs(pid: int) -> set[str]:
-    """Socket directories whose owner (the KernelManager's process) is ``pid``.
+def owned_kernel_dirs(pid: int) -> set[str]:
+    """Kernel directories whose owner (the KernelManager's process) is ``pid``.
 
     Other test sessions on the machine may have kernels of their own at the same time,
     so tests check the directories of their own manager, not the whole runtime dir.
     """
     found = set()
-    for d in socket_dirs():
+    for d in kernel_dirs():
         try:
             with open(os.path.join(d, "owner")) as f:
                 if f.read().split()[0] == str(pid):

@@ -35,7 +35,7 @@ from tests.kernel_helpers import (
     descendants,
     hold_namespaces,
     install_kernelspecs,
-    owned_socket_dirs,
+    owned_kernel_dirs,
     run_cell,
     wait_for,
 )
@@ -59,7 +59,7 @@ class Running:
     def __init__(self, km: KernelManager, kc: Any, cwd: Path) -> None:
         self.km, self.kc, self.cwd = km, kc, cwd
         self.launcher = km.provisioner.pid
-        self.socket_dir = km.provisioner.socket_dir
+        self.kernel_dir = km.provisioner.kernel_dir
 
     def run(self, code: str, timeout: float = 60) -> dict[str, Any]:
         return run_cell(self.kc, textwrap.dedent(code), timeout)
@@ -85,8 +85,8 @@ def kernel(
     kc = km.client()
     kc.start_channels()
     launcher = km.provisioner.pid
-    sockdir = km.provisioner.socket_dir
-    assert sockdir in owned_socket_dirs(os.getpid())
+    kernel_dir = km.provisioner.kernel_dir
+    assert kernel_dir in owned_kernel_dirs(os.getpid())
     procs: set[int] = set()
     try:
         kc.wait_for_ready(timeout=60)
@@ -98,7 +98,7 @@ def kernel(
         if km.has_kernel:
             km.shutdown_kernel(now=False)
     wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
-    assert not os.path.exists(sockdir), "the kernel's socket directory was not removed"
+    assert not os.path.exists(kernel_dir), "the kernel's directory was not removed"
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +292,8 @@ def test_restart_gives_a_fresh_sandbox_and_shutdown_is_graceful(
         for t in NS_TYPES:
             assert ids1[t] != ids2[t], f"{t} namespace was reused across restart"
         assert not any(alive(p) for p in old), "the first sandbox outlived the restart"
-        assert k.km.provisioner.socket_dir == k.socket_dir  # same socket paths
-        assert os.path.isdir(k.socket_dir)
+        assert k.km.provisioner.kernel_dir == k.kernel_dir  # same socket paths
+        assert os.path.isdir(k.kernel_dir)
         assert k.run("print(6 * 7)")["stdout"] == "42\n"
 
         launcher = k.km.provisioner.pid
@@ -406,7 +406,7 @@ def test_the_users_ipython_profile_is_loaded_inside(
         assert len(lines) == 3, out  # a NameError here: the profile was not loaded
         assert lines[0].split() == ["1", "2", "Minimal"], out
         if command == "exec":
-            assert lines[1] == os.path.join(k.socket_dir, "ipython")
+            assert lines[1] == os.path.join(k.kernel_dir, "sock", "ipython")
             assert lines[2].split() == ["2", "__main__.py"]  # python -m ipykernel, as PID 2
         else:
             assert lines[1] == "/tmp/.ipython"
@@ -458,6 +458,11 @@ def test_side_by_side_kernelspec_with_fewer_namespaces(
         assert ids["pid"] == mine["pid"]
         assert ids["mnt"] == mine["mnt"] or IS_ROOT  # root: the launcher's private mount ns
         assert k.run("!hostname")["stdout"].strip() == f"nsk-{k.km.kernel_id[:8]}"
+        # Without a mount namespace /tmp is the host's: IPython's dir is the kernel's own
+        # (removed with it), not a temporary directory left in the host's /tmp.
+        ipdir = k.run("import os; print(os.environ['IPYTHONDIR'])")["stdout"].strip()
+        assert ipdir == os.path.join(k.kernel_dir, "sock", "ipython")
+        assert k.run("print(get_ipython().profile_dir.location)")["stdout"].startswith(ipdir)
 
 
 # ---------------------------------------------------------------- where it is denied

@@ -11,7 +11,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from nskernel.kernel import install
-from tests.kernel_helpers import socket_dirs
+from tests.kernel_helpers import kernel_dirs
 from tests.test_kernel import kernel
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns]
@@ -22,7 +22,11 @@ IS_ROOT = os.geteuid() == 0
 @pytest.fixture(scope="module")
 def ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     prefix = tmp_path_factory.mktemp("prefix")
-    install.install(name="nsk-limited", prefix=str(prefix), limits={"pids": "24", "memory": "512M"})
+    # 1G: where the memory limit falls back to RLIMIT_AS (rootless without a delegated
+    # cgroup), 512M of address space is too little for ipykernel with its output-capture
+    # threads (glibc reserves 64 MiB per thread arena) and the kernel dies at start.
+    limits = {"pids": "24", "memory": "1G"}
+    install.install(name="nsk-limited", prefix=str(prefix), limits=limits)
     kernels = prefix / "share" / "jupyter" / "kernels"
     bad = kernels / "nsk-bad-limits"
     install.install(name="nsk-bad-limits", prefix=str(prefix))
@@ -34,7 +38,7 @@ def ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
 
 def test_install_writes_validated_limits(ksm: KernelSpecManager) -> None:
     config = ksm.get_kernel_spec("nsk-limited").metadata["kernel_provisioner"]["config"]
-    assert config["limits"] == {"pids": "24", "memory": "512M"}
+    assert config["limits"] == {"pids": "24", "memory": "1G"}
     with pytest.raises(install.InstallError, match="invalid size 'lots'"):
         install.kernel_json(limits={"memory": "lots"})
 
@@ -67,9 +71,9 @@ def test_a_limited_session_contains_a_fork_bomb(ksm: KernelSpecManager, tmp_path
 def test_an_unusable_limits_setting_fails_the_start_clearly(
     ksm: KernelSpecManager, tmp_path: Path
 ) -> None:
-    before = socket_dirs()
+    before = kernel_dirs()
     km = KernelManager(kernel_name="nsk-bad-limits", kernel_spec_manager=ksm)
     with pytest.raises(Exception, match=r"unusable limits setting.*invalid size 'lots'"):
         km.start_kernel(cwd=str(tmp_path))
     assert not km.has_kernel
-    assert socket_dirs() == before, "a failed start left a socket dir"
+    assert kernel_dirs() == before, "a failed start left a kernel dir"

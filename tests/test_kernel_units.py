@@ -1,15 +1,22 @@
-"""Provisioner pieces that need no kernel: socket path length, stale directory sweep."""
+"""Provisioner and launcher pieces that need no kernel: socket path length, the stale
+directory sweep, removal of what a sandbox left, and the terminal relay's text filter."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from nskernel import paths
 from nskernel.kernel import provisioner as P
+from nskernel.kernel.launch import Relay, TerminalText
+from tests.conftest import nskernel_cmd
 
 
 def test_socket_path_too_long_fails_before_anything_starts(
@@ -19,35 +26,240 @@ def test_socket_path_too_long_fails_before_anything_starts(
     long_base.mkdir()
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(long_base))
     with pytest.raises(P.KernelSandboxUnavailable, match="XDG_RUNTIME_DIR") as err:
-        P.make_socket_dir()
+        P.make_kernel_dir()
     assert "107 bytes" in str(err.value)
-    # Nothing is left: no socket dir, and not the runtime dir it would have lived in.
+    # Nothing is left: no kernel dir, and not the runtime dir it would have lived in.
     assert not (long_base / f"nsk-{os.geteuid()}").exists()
+
+
+def _dead_pid() -> str:
+    res = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return res.stdout.strip()
 
 
 def test_sweep_removes_only_directories_whose_owner_is_gone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    mine = Path(P.make_socket_dir())
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    stale = mine.parent / f"{P.SOCKET_DIR_PREFIX}deadbeef"
+    mine = Path(P.make_kernel_dir())
+    assert (mine / "owner").read_text().split()[0] == str(os.getpid())
+    stale = mine.parent / f"{paths.KERNEL_DIR_PREFIX}deadbeef"
     stale.mkdir()
-    (stale / "owner").write_text(f"{dead.stdout.strip()} 12345\n")
-    (stale / "k-1").write_text("")
-    recycled = mine.parent / f"{P.SOCKET_DIR_PREFIX}0badf00d"
+    (stale / "owner").write_text(f"{_dead_pid()} 12345\n")
+    (stale / "sock").mkdir()
+    (stale / "sock" / "k-1").write_text("")
+    recycled = mine.parent / f"{paths.KERNEL_DIR_PREFIX}0badf00d"
     recycled.mkdir()  # our PID but another start time: a recycled PID, also stale
     (recycled / "owner").write_text(f"{os.getpid()} 1\n")
-    half_made = mine.parent / f"{P.SOCKET_DIR_PREFIX}00000000"
-    half_made.mkdir()
+    ownerless = mine.parent / f"{paths.KERNEL_DIR_PREFIX}00000000"
+    ownerless.mkdir()  # kern-* get their owner before their name: nobody uses this
+    # Being made (owner in the name until the rename): by a dead process, and by us.
+    dead_new = mine.parent / f"{paths.KERNEL_DIR_NEW_PREFIX}{_dead_pid()}-12345-abcd"
+    dead_new.mkdir()
+    live_new = (
+        mine.parent / f"{paths.KERNEL_DIR_NEW_PREFIX}{P._owner_token().replace(' ', '-')}-ef01"
+    )
+    live_new.mkdir()
     other = mine.parent / "magic-server"  # someone else's entry: never touched
     other.mkdir()
 
-    removed = set(P.sweep_stale_socket_dirs())
-    assert removed == {str(stale), str(recycled), str(half_made)}
-    assert mine.is_dir() and other.is_dir()
+    removed = set(P.sweep_stale_kernel_dirs())
+    assert removed == {str(stale), str(recycled), str(ownerless), str(dead_new)}
+    assert mine.is_dir() and other.is_dir() and live_new.is_dir()
+    live_new.rmdir()
+    other.rmdir()
+    P.remove_kernel_dir(str(mine))
+    assert not mine.parent.exists()  # the last one out removes the runtime dir
+
+
+SWEEP = """
+import sys
+from nskernel.kernel import provisioner as P
+print(sorted(P.sweep_stale_kernel_dirs(sys.argv[1])))
+"""
+
+
+def test_sweep_never_blocks_or_reads_without_bound(tmp_path: Path) -> None:
+    # Whatever sits at `owner` (a FIFO, a link to /dev/zero, a link to a file holding a
+    # live owner), the sweep neither blocks, nor reads without bound, nor follows it:
+    # such a directory is not one a live kernel made, so it goes. Run in a subprocess
+    # with a timeout and a memory limit: a sweep that falls for it hangs or eats memory.
+    base = tmp_path / f"nsk-{os.geteuid()}"
+    base.mkdir(mode=0o700)
+    victim = tmp_path / "victim-owner"
+    victim.write_text(P._owner_token() + "\n")
+    kinds = {"fifo": None, "zero": "/dev/zero", "link": str(victim)}
+    for kind, target in kinds.items():
+        d = base / f"{paths.KERNEL_DIR_PREFIX}{kind}0000"
+        d.mkdir()
+        if target is None:
+            os.mkfifo(d / "owner")
+        else:
+            (d / "owner").symlink_to(target)
+    res = subprocess.run(
+        ["prlimit", f"--as={2 << 30}", sys.executable, "-c", SWEEP, str(base)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count(paths.KERNEL_DIR_PREFIX) == len(kinds), res.stdout
+    assert not base.exists()  # all three went, and with them the emptied runtime dir
+    assert victim.read_text() == P._owner_token() + "\n"
+
+
+# ---------------------------------------------------------------- removal
+
+
+def test_removal_follows_nothing_and_survives_any_depth(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    tree = tmp_path / "nsk" / "kern-x"
+    tree.mkdir(parents=True)
+    (tree / "link-to-dir").symlink_to(outside)
+    (tree / "link-to-file").symlink_to(outside / "keep")
+    (tree / "zero").symlink_to("/dev/zero")
+    os.mkfifo(tree / "fifo")
+    # Deeper than Python's recursion limit (shutil.rmtree recurses in 3.11).
+    fd = os.open(tree, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(sys.getrecursionlimit() + 100):
+        os.mkdir("d", dir_fd=fd)
+        nfd = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    os.close(fd)
+    fds_before = len(os.listdir("/proc/self/fd"))
+    errors = paths.remove_runtime_entry(str(tree))
+    assert not errors
+    assert not (tmp_path / "nsk").exists()  # the emptied parent went too
+    assert (outside / "keep").read_text() == "keep"
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+
+
+def test_files_are_created_fresh_and_read_bounded(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("victim")
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "planted-link").symlink_to(victim)
+    os.mkfifo(d / "planted-fifo")
+    (d / "zero").symlink_to("/dev/zero")
+    fd = paths.open_dir(str(d))
+    try:
+        for name in ("planted-link", "planted-fifo"):
+            with pytest.raises(FileExistsError):
+                paths.create_file(fd, name, b"connection file")
+        paths.replace_file(fd, "planted-link", b"replaced")  # the link itself is replaced
+        assert (d / "planted-link").read_bytes() == b"replaced"
+        assert victim.read_text() == "victim"
+        assert paths.read_small_file(fd, "planted-fifo", 64) is None  # never blocks
+        assert paths.read_small_file(fd, "zero", 64) is None  # a link: not followed
+        (d / "big").write_bytes(b"x" * 1000)
+        assert paths.read_small_file(fd, "big", 64) == b"x" * 64
+        with pytest.raises(OSError):
+            paths.open_dir("zero", fd)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.rootless
+@pytest.mark.userns
+def test_what_a_sandbox_gave_its_other_ids_is_removed_too(tmp_path: Path) -> None:
+    # Rootless with a subordinate id range, a sandbox can leave entries owned by ids the
+    # user cannot remove files of. The removal helper does it from a user namespace.
+    from nskernel._linux import userns
+
+    plan = userns.plan_id_maps()
+    if len(plan.uid_map) < 2:
+        pytest.skip("needs an /etc/subuid range for this user (and newuidmap)")
+    kdir = tmp_path / "nsk" / "kern-y"
+    (kdir / "sock").mkdir(parents=True)
+    script = textwrap.dedent(
+        f"""
+        set -e
+        cd {kdir}/sock
+        mkdir -p a/b && touch a/b/f && ln -s /etc/passwd a/link
+        chown -R 1234:1234 a && chmod 0 a/b && chmod 500 a
+        """
+    )
+    res = subprocess.run(
+        nskernel_cmd("run", "--bind", str(kdir / "sock"), "--", "sh", "-c", script),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (kdir / "sock" / "a").stat().st_uid != os.getuid()
+    assert paths.remove_tree(str(kdir)), "the user alone can remove it: no test"
+    assert not P.remove_kernel_dir(str(kdir))
+    assert not (tmp_path / "nsk").exists()
+
+
+def test_retired_starts_go_and_the_next_start_gets_fresh_dirs(tmp_path: Path) -> None:
+    kdir = tmp_path / "kern-z"
+    (kdir / "sock").mkdir(parents=True)
+    (kdir / "ro").mkdir()
+    (kdir / "owner").write_text("me\n")
+    (kdir / "sock" / "k-1").symlink_to("/etc/passwd")
+    assert not paths.retire_start_dirs(str(kdir))
+    assert sorted(os.listdir(kdir)) == ["owner"]
+
+
+# ---------------------------------------------------------------- the terminal relay
+
+
+@pytest.mark.parametrize(
+    ("chunks", "utf8", "shown"),
+    [
+        ([b"\x1b]0;title\x07 ok\n"], True, b"^[]0;title^G ok\n"),
+        ([b"a\x1b", b"[2J b"], True, b"a^[[2J b"),  # a sequence split across reads
+        ([b"line\r\n", b"over\rwrite\r", b"\n"], True, b"line\nover^Mwrite\n"),
+        ([b"\xc2\x9b31m \x9b \x7f \t"], True, b"\\x9b31m \xef\xbf\xbd ^? \t"),
+        (["caf\u00e9 \u20ac".encode(), b"\xe2"], True, "caf\u00e9 \u20ac\ufffd".encode()),
+        (["caf\u00e9".encode()], False, b"caf\\xe9"),  # not a UTF-8 terminal: ASCII only
+    ],
+    ids=["osc", "split", "cr", "c1", "utf8", "ascii"],
+)
+def test_terminal_text_is_made_harmless(chunks: list[bytes], utf8: bool, shown: bytes) -> None:
+    text = TerminalText(utf8)
+    out = b"".join(text.feed(c) for c in chunks) + text.feed(b"", final=True)
+    assert out == shown
+
+
+def test_a_slow_terminal_never_blocks_the_relay() -> None:
+    # The "terminal" is a pipe nobody reads, full already; the sandbox keeps writing.
+    # Nothing the relay does may block (a hang here is the failure), what waits for the
+    # terminal stays bounded, and past the bound the sandbox's pipe fills instead.
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    relay = Relay(src_r, dst_w, TerminalText(True))
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(dst_w, b"x" * 65536)
+        refused = 0
+        for _ in range(1000):
+            try:
+                os.write(src_w, b"\x1b[31m" * 1000)
+                refused = 0
+            except BlockingIOError:
+                refused += 1
+                if refused == 10:
+                    break  # the relay stopped reading: backpressure reached the sandbox
+            p = select.poll()
+            relay.register(p)
+            relay.service(dict(p.poll(0)))
+        assert refused == 10
+        assert Relay.LIMIT <= len(relay.buf) < Relay.LIMIT + 2 * 65536
+        relay.finish(timeout=0)  # the terminal never drains: dropped, not waited for
+        assert relay.eof and relay.dst == -1 and not relay.buf
+    finally:
+        os.close(src_w)
+        os.close(dst_r)

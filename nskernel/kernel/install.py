@@ -5,6 +5,11 @@ them as ``nskernel/kernelspec``. The written kernel.json runs ipykernel with thi
 interpreter (absolute ``sys.executable``: a PATH ``python3`` may be another Python or a
 slow shim) and names the provisioner with its configuration, so several kernelspecs with
 different namespace sets can live side by side under different names.
+
+The kernel's environment is an allow-list of the server's (see
+:mod:`nskernel.environ`): ``--env KEY=VALUE`` / ``--env KEY`` add to it for every
+session of the kernelspec, ``--keep-env`` passes everything, secrets included. They are
+stored in the provisioner's configuration, where the provisioner applies them.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..environ import parse_env_option
 from ..errors import NskernelError, SpecError
 from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 from . import DEFAULT_DISPLAY_NAME, DEFAULT_NAME, PROVISIONER_NAME
@@ -58,6 +64,8 @@ def kernel_json(
     hostname: str | None = None,
     python: str | None = None,
     limits: dict[str, str] | None = None,
+    env: list[str] | None = None,
+    keep_env: bool = False,
 ) -> dict[str, Any]:
     with open(template_dir() / "kernel.json") as f:
         spec = json.load(f)
@@ -81,6 +89,15 @@ def kernel_json(
         except SpecError as e:
             raise InstallError(str(e)) from None
         config["limits"] = {k: str(v) for k, v in limits.items()}
+    if env:
+        for text in env:
+            try:  # checked now, like the limits
+                parse_env_option(text)
+            except SpecError as e:
+                raise InstallError(str(e)) from None
+        config["env"] = list(env)
+    if keep_env:
+        config["keep_env"] = True
     return spec
 
 
@@ -93,12 +110,19 @@ def install(
     user: bool = False,
     prefix: str | None = None,
     limits: dict[str, str] | None = None,
+    env: list[str] | None = None,
+    keep_env: bool = False,
 ) -> str:
     """Install the kernelspec; returns the directory it was written to."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     spec = kernel_json(
-        display_name=display_name, namespaces=namespaces, hostname=hostname, limits=limits
+        display_name=display_name,
+        namespaces=namespaces,
+        hostname=hostname,
+        limits=limits,
+        env=env,
+        keep_env=keep_env,
     )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
@@ -135,6 +159,8 @@ def _cmd_install(args: argparse.Namespace) -> int:
             user=args.user,
             prefix=prefix,
             limits={"memory": args.memory, "pids": args.pids, "cpus": args.cpus},
+            env=args.env,
+            keep_env=args.keep_env,
         )
     except PermissionError as e:
         msg = f"cannot write the kernelspec ({e}); use --user, or --prefix with a writable path"
@@ -191,6 +217,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", metavar="SIZE", help="memory limit for each session, e.g. 1G")
     p.add_argument("--pids", metavar="N", help="at most N processes at once in a session")
     p.add_argument("--cpus", metavar="FRACTION", help="CPU share of a session, e.g. 0.5")
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY[=VALUE]",
+        help="add to the kernel's environment (an allow-list of the server's): KEY=VALUE "
+        "sets it, KEY passes the server's value on; repeatable",
+    )
+    p.add_argument(
+        "--keep-env",
+        action="store_true",
+        help="pass the server's whole environment to the kernel, secrets such as "
+        "JUPYTERHUB_API_TOKEN included",
+    )
     p.set_defaults(func=_cmd_install)
 
     u = sub.add_parser("uninstall", help="remove an installed nskernel kernelspec")

@@ -18,6 +18,21 @@ watches:
   server dies, even by SIGKILL, EOF arrives here and the whole sandbox is destroyed. The
   sandbox's own lifeline then covers this process dying.
 
+Files: the launcher makes this start's fresh ``ro/`` (connection file copy, host facts,
+sandbox status: bound read-only) and ``sock/`` (the kernel's unix sockets: bound
+read-write) in the kernel's host-only directory (``--kernel-dir``, see
+:mod:`nskernel.paths`), through directory descriptors, with ``O_EXCL|O_NOFOLLOW``, owned
+by sandbox root through fchown on the new descriptors when the launcher is root. It
+never opens, reads or removes anything the sandbox could have written: the provisioner
+takes the directories away after the sandbox is gone.
+
+The terminal: jupyter_client hands the kernel its own stdout/stderr, often the terminal
+``jupyter lab`` runs in. A sandbox never gets a terminal (it could write escape
+sequences that retitle, rewrite or query it, or push input with TIOCSTI). When fd 1 or
+2 is one, the sandbox gets a pipe instead and the launcher relays what comes out, with
+control characters made visible and harmless (``TerminalText``), without ever blocking
+on the terminal: it writes through its own non-blocking open file description of it.
+
 ipykernel's parent poller would see PID 1 (the init) as its parent and ``JPY_PARENT_PID``
 holds a host PID meaningless inside, so ``JPY_PARENT_PID`` is set to 1, which turns the
 poller off; the lifelines replace it.
@@ -30,23 +45,26 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import codecs
 import contextlib
 import gc
 import json
 import os
-import shutil
+import select
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError
+from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError, paths
 from .._linux import syscalls, userns
 from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import ALL_NAMESPACES, blocked_ancestor, make_limits, python_environment_binds
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundred
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pids", metavar="N", help="at most N processes at once")
     p.add_argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5")
     p.add_argument(
-        "--socket-dir",
-        help="private directory holding the kernel's unix sockets; bound at the same path",
+        "--kernel-dir",
+        help="the kernel's host-only directory: this start's sock/ and ro/ are made in it",
     )
     p.add_argument(
         "--connection-file",
-        help="the connection file named in the kernel command; a copy is made in --socket-dir",
+        help="the connection file named in the kernel command; a copy is made in ro/",
     )
     p.add_argument(
         "--lifeline-fd",
@@ -86,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--probe",
         action="store_true",
         help="only check that such a sandbox can be created; exit 0, or 125 with the reason",
+    )
+    p.add_argument(
+        "--remove",
+        metavar="KERNEL_DIR",
+        help="only remove a kernel directory, from a user namespace with the sandbox's ids "
+        "if need be (what a sandbox gave its other ids); exit 0 once it is gone",
+    )
+    p.add_argument(
+        "--only-retired",
+        action="store_true",
+        help="with --remove: only the previous starts' sock/ and ro/",
     )
     p.add_argument("argv", nargs=argparse.REMAINDER, help="-- the kernel command")
     return p
@@ -119,52 +148,171 @@ def probe(namespaces: frozenset[str]) -> int:
     return 0
 
 
-def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sandbox:
-    """Prepare the socket directory, capture host facts, create the sandbox."""
-    cwd = os.getcwd()
-    sockdir = args.socket_dir
-    if args.connection_file and sockdir:
-        # A private copy next to the sockets: the original lives in Jupyter's runtime dir,
-        # beside other kernels' files (and keys), and may be unreachable for sandbox root.
-        copy = os.path.join(sockdir, "kernel.json")
-        fd = os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with open(args.connection_file, "rb") as src, os.fdopen(fd, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        argv = [copy if a == args.connection_file else a for a in argv]
+class StartDirs:
+    """This start's fresh directories in the kernel's host-only directory, as descriptors.
 
+    ``ro/`` (bound read-only) and ``sock/`` (bound read-write) are made new for every
+    start, never reused: whatever an earlier sandbox left at those names (normally the
+    provisioner has taken it away already) is renamed to ``trash-*`` first, for the
+    provisioner to remove. ``owner``: sandbox root's host ids when the launcher is root,
+    given by fchown on descriptors of what was just made; None for a rootless launcher
+    (sandbox root is the launcher's own uid then).
+    """
+
+    def __init__(self, kernel_dir: str, owner: tuple[int, int] | None) -> None:
+        self.kernel_dir, self.owner = kernel_dir, owner
+        self.shared = os.path.join(kernel_dir, paths.SHARED_SUBDIR)
+        self.sockets = os.path.join(kernel_dir, paths.SOCKET_SUBDIR)
+        top = paths.open_dir(kernel_dir)
+        try:
+            st = os.fstat(top)
+            if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+                msg = f"{kernel_dir} is not a private directory of this user"
+                raise PermissionError(msg)
+            for sub in (paths.SHARED_SUBDIR, paths.SOCKET_SUBDIR):
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(sub, paths.trash_name(sub), src_dir_fd=top, dst_dir_fd=top)
+            self.shared_fd = paths.make_dir(top, paths.SHARED_SUBDIR, 0o700, owner)
+            self.sockets_fd = paths.make_dir(top, paths.SOCKET_SUBDIR, 0o700, owner)
+        finally:
+            os.close(top)
+
+    def share(self, name: str, data: bytes, *, replace: bool = False) -> str:
+        """Put a file the sandbox may read into ``ro/``; its path."""
+        if replace:
+            paths.replace_file(self.shared_fd, name, data, 0o600, self.owner)
+        else:
+            paths.create_file(self.shared_fd, name, data, 0o600, self.owner)
+        return os.path.join(self.shared, name)
+
+    def write_tree(self, under: str, files: dict[str, bytes]) -> None:
+        """Files for the sandbox to own, in ``sock/UNDER`` (made now: the sandbox does not
+        exist yet, so the directory holds nothing of its)."""
+        for rel, data in files.items():
+            parts = [p for p in os.path.join(under, rel).split("/") if p]
+            fd = os.dup(self.sockets_fd)
+            try:
+                for part in parts[:-1]:
+                    try:
+                        nfd = paths.make_dir(fd, part, 0o700, self.owner)
+                    except FileExistsError:
+                        nfd = paths.open_dir(part, fd)
+                    os.close(fd)
+                    fd = nfd
+                paths.create_file(fd, parts[-1], data, 0o600, self.owner)
+            finally:
+                os.close(fd)
+
+    def close(self) -> None:
+        for fd in (self.shared_fd, self.sockets_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _sandbox_root_on_host() -> tuple[int, int] | None:
+    """Sandbox root's host uid and gid when this launcher is real root, else None."""
+    if not userns.is_host_root():
+        return None
+    return userns.plan_id_maps().root_on_host
+
+
+def ipython_dir(in_process: bool, with_mnt: bool, dirs: StartDirs | None) -> str | None:
+    """Where the kernel's IPYTHONDIR is inside the sandbox: writable and its own.
+
+    Inside, the user's home is read-only (or, for root, not readable by sandbox root),
+    so the kernel gets its own IPython dir with a copy of the user's profile. The
+    in-process kernel writes that copy itself, inside, in the sandbox's private /tmp.
+    Otherwise (an exec'd kernel command, or no mount namespace, where /tmp is the
+    host's) it lives in this start's fresh socket directory, removed with it, and the
+    host writes the copy there before the sandbox exists. None: no kernel directory.
+    """
+    if in_process and with_mnt:
+        return os.path.expanduser(SANDBOX_IPYTHONDIR)  # the same HOME as the kernel's
+    if dirs is not None:
+        return os.path.join(dirs.sockets, "ipython")
+    return None
+
+
+def start(
+    args: argparse.Namespace,
+    argv: list[str],
+    pending: list[int],
+    stdio: tuple[int, int, int] | None = None,
+) -> Sandbox:
+    """Prepare this start's directories, capture host facts, create the sandbox."""
+    owner = _sandbox_root_on_host()
+    dirs = StartDirs(args.kernel_dir, owner) if args.kernel_dir else None
+    try:
+        return _start(args, argv, pending, stdio, owner, dirs)
+    finally:
+        if dirs is not None:
+            dirs.close()
+
+
+def _start(
+    args: argparse.Namespace,
+    argv: list[str],
+    pending: list[int],
+    stdio: tuple[int, int, int] | None,
+    owner: tuple[int, int] | None,
+    dirs: StartDirs | None,
+) -> Sandbox:
+    cwd = os.getcwd()
     namespaces = _namespaces(args.namespaces)
     # Without a mount namespace the sandbox sees the host's paths as they are: no binds.
     with_mnt = "mnt" in namespaces
+    # The provisioner gave this process the kernel's environment already (an allow-list
+    # of the server's): nothing else is in this process, so nothing else reaches the
+    # kernel forked from it.
     env = dict(os.environ)
     env["JPY_PARENT_PID"] = "1"
-    profile: dict[str, bytes] = {}
-    if with_mnt and "IPYTHONDIR" not in env:
-        # Inside, HOME is read-only (the host's root is), so IPython would warn and make
-        # a temporary profile anyway; the sandbox's private /tmp is the honest place.
-        # The user's own config and startup files are carried over into it.
-        profile = read_user_profile(argv)
-        env["IPYTHONDIR"] = SANDBOX_IPYTHONDIR
+    if dirs is not None:
+        # nskernel's runtime directory (masked inside every sandbox) is the one holding
+        # this kernel's directory, whatever this process's environment says.
+        os.environ["XDG_RUNTIME_DIR"] = os.path.dirname(os.path.dirname(dirs.kernel_dir))
+        if args.connection_file:
+            # A private copy, readable inside: the original lives in Jupyter's runtime
+            # dir, beside other kernels' files (and keys), and may be unreachable for
+            # sandbox root.
+            with open(args.connection_file, "rb") as f:
+                copy = dirs.share("kernel.json", f.read(CONNECTION_FILE_MAX))
+            argv = [copy if a == args.connection_file else a for a in argv]
+        env[HOST_FACTS_ENV] = os.path.join(dirs.shared, "host.json")
+        env[SANDBOX_FACTS_ENV] = os.path.join(dirs.shared, "sandbox.json")
     binds: list[Bind] = []
     facts_child = None
-    if sockdir:
-        facts_path = os.path.join(sockdir, "host.json")
-        env[HOST_FACTS_ENV] = facts_path
-        env[SANDBOX_FACTS_ENV] = os.path.join(sockdir, "sandbox.json")
+    if dirs is not None:
         # The host's facts are read by a child while this process imports ipykernel
         # (just below): both take the CPU for a while, and there is more than one core.
-        facts_child = _capture_host_facts_in_child(facts_path)
+        facts_child = _capture_host_facts_in_child(dirs)
         if with_mnt:
-            binds.append(Bind(sockdir, sockdir))
-    target = _ipykernel_in_process(argv, env, profile)
-    if target is None and profile and sockdir:
-        # An exec'd kernel command cannot be handed the profile in memory: it gets an
-        # IPython dir holding the copy in its private socket dir, bound inside (and
-        # removed with it when the kernel shuts down).
-        env["IPYTHONDIR"] = os.path.join(sockdir, "ipython")
-        _write_profile(env["IPYTHONDIR"], profile)
-    if facts_child is not None:
-        _wait_for_host_facts(facts_child, facts_path)
+            binds += [Bind(dirs.sockets, dirs.sockets), Bind(dirs.shared, dirs.shared, True)]
+    in_process = _runs_in_process(argv)
+    profile: dict[str, bytes] = {}
+    where = None if "IPYTHONDIR" in env else ipython_dir(in_process, with_mnt, dirs)
+    if where is not None:
+        # The user's own config and startup files are carried over into the kernel's
+        # own IPython dir: by the kernel itself inside, or by us before it exists.
+        env["IPYTHONDIR"] = where
+        profile = read_user_profile(argv)
+        if not (in_process and with_mnt) and dirs is not None:
+            dirs.write_tree("ipython", profile)
+            profile = {}
+    target = _ipykernel_in_process(argv, env, profile) if in_process else None
+    if facts_child is not None and dirs is not None:
+        _wait_for_host_facts(facts_child, dirs)
     bind_cwd = not args.no_bind_cwd and cwd != "/"
+    if bind_cwd and dirs is not None and _contains(cwd, os.path.dirname(dirs.kernel_dir)):
+        # A writable bind of it would hand the sandbox nskernel's runtime directory:
+        # other kernels' keys, this kernel's host-only files.
+        print(
+            f"nskernel: the notebook directory {cwd} contains nskernel's runtime directory "
+            f"{os.path.dirname(dirs.kernel_dir)}, so it is not made writable inside the "
+            "sandbox; start Jupyter from another directory (or set XDG_RUNTIME_DIR "
+            "elsewhere) to write there",
+            file=sys.stderr,
+        )
+        bind_cwd = False
     if bind_cwd and with_mnt:
         binds.append(Bind(cwd, cwd))
     if with_mnt:
@@ -174,29 +322,24 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         taken = {b.dest for b in binds}
         binds += [b for b in python_environment_binds() if b.dest not in taken]
 
-    if userns.is_host_root():
+    if owner is not None:
         from . import staging
 
-        plan = userns.plan_id_maps()
-        uid, gid = plan.root_on_host
         items = []
-        if sockdir:
-            for top, dirs, files in os.walk(sockdir):
-                for name in dirs + files:
-                    os.chown(os.path.join(top, name), uid, gid)
-            os.chown(sockdir, uid, gid)
-            items.append(staging.Expose(sockdir))
+        if dirs is not None:
+            # Owned by sandbox root already (fchown when made); made reachable here.
+            items += [staging.Expose(dirs.sockets), staging.Expose(dirs.shared)]
         if bind_cwd:
-            items.append(staging.Expose(cwd, owner_to=(uid, gid)))
+            items.append(staging.Expose(cwd, owner_to=owner))
         # This Python's environment, when it lives where sandbox root cannot go (a venv
         # under /root): kept reachable, read-only and owned as it is.
         exposed = {it.path for it in items}
         items += [
             staging.Expose(b.source)
             for b in binds
-            if b.source not in exposed and blocked_ancestor(b.source, uid, gid) is not None
+            if b.source not in exposed and blocked_ancestor(b.source, *owner) is not None
         ]
-        for warning in staging.expose_in_private_mount_namespace(items, uid):
+        for warning in staging.expose_in_private_mount_namespace(items, owner[0]):
             print(warning, file=sys.stderr)
         os.chdir(cwd)  # re-resolve through the idmapped mount
 
@@ -215,43 +358,49 @@ def start(args: argparse.Namespace, argv: list[str], pending: list[int]) -> Sand
         # The imported modules are shared copy-on-write with the kernel process; without
         # this, the kernel's first garbage collections write to (and copy) all of them.
         gc.freeze()
-    # jupyter_client started us as a session leader without a terminal, and interrupts
-    # with killpg(SIGINT): the kernel must stay in our process group.
+    # jupyter_client started us as a session leader, and interrupts with killpg(SIGINT):
+    # the kernel must stay in our process group. It never gets a terminal (see main).
     if target is not None:
-        sb = Sandbox.spawn(spec, target=target, new_session=False)
+        sb = Sandbox.spawn(spec, target=target, new_session=False, stdio=stdio)
     else:
-        sb = Sandbox.spawn(spec, argv, new_session=False)
-    if sockdir:
-        sb.write_status_json(env[SANDBOX_FACTS_ENV])
+        sb = Sandbox.spawn(spec, argv, new_session=False, stdio=stdio)
+    if dirs is not None:
+        dirs.share("sandbox.json", (json.dumps(sb.facts(), indent=2) + "\n").encode())
     for sig in pending:
         sb.send_signal(sig)
     return sb
 
 
-def _capture_host_facts_in_child(path: str) -> int:
-    """Fork a child that writes the host's facts to ``path``; its PID."""
+def _contains(ancestor: str, path: str) -> bool:
+    return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
+
+
+def _capture_host_facts_in_child(dirs: StartDirs) -> int:
+    """Fork a child that writes the host's facts to ``ro/host.json``; its PID."""
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
-            from ..facts import capture_host_facts  # imported here only: ~9 ms
+            from ..facts import host_facts  # imported here only: ~9 ms
 
-            capture_host_facts(path)
+            dirs.share("host.json", json.dumps(host_facts()).encode())
             code = 0
         finally:
             os._exit(code)
     return pid
 
 
-def _wait_for_host_facts(pid: int, path: str) -> None:
+def _wait_for_host_facts(pid: int, dirs: StartDirs) -> None:
     """Reap the facts child; should it have failed, capture here to raise the reason."""
     _, status = os.waitpid(pid, 0)
     if status != 0:
-        from ..facts import capture_host_facts
+        from ..facts import host_facts
 
-        capture_host_facts(path)
+        dirs.share("host.json", json.dumps(host_facts()).encode(), replace=True)
 
 
+# The in-process kernel's IPython dir inside its sandbox (private /tmp). Once every
+# sandbox with a mount namespace has a private, writable home, "~/.ipython" will do.
 SANDBOX_IPYTHONDIR = "/tmp/.ipython"
 PROFILE_FILE_MAX = 1 << 20  # bytes; a config or startup file larger than this is skipped
 
@@ -291,6 +440,7 @@ def read_user_profile(argv: list[str]) -> dict[str, bytes]:
 
 
 def _write_profile(ipython_dir: str, files: dict[str, bytes]) -> None:
+    """Inside the sandbox, in the kernel's own process: the profile copy."""
     for path, data in files.items():
         dest = os.path.join(ipython_dir, path)
         os.makedirs(os.path.dirname(dest), mode=0o700, exist_ok=True)
@@ -298,9 +448,31 @@ def _write_profile(ipython_dir: str, files: dict[str, bytes]) -> None:
             f.write(data)
 
 
+def _runs_in_process(argv: list[str]) -> bool:
+    """Whether the kernel command is this interpreter's ``-m ipykernel_launcher``."""
+    if len(argv) < 3 or argv[1:3] != ["-m", "ipykernel_launcher"]:
+        return False
+    try:
+        return os.path.samefile(argv[0], sys.executable)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def _ipykernel_in_process(
     argv: list[str], env: dict[str, str], profile: dict[str, bytes]
-) -> Callable[[], int] | None:
+) -> Callable[[], int]:
     """For this interpreter's ``-m ipykernel_launcher``: run it in the forked sandbox process.
 
     Why: the kernel's start time is dominated by interpreter start-up and imports. Exec'ing
@@ -309,20 +481,12 @@ def _ipykernel_in_process(
     command process simply calls it. Imports start no threads, so spawning stays allowed.
     Any other kernel command is exec'd as given.
     """
-    if len(argv) < 3 or argv[1:3] != ["-m", "ipykernel_launcher"]:
-        return None
-    try:
-        same = os.path.samefile(argv[0], sys.executable)
-    except OSError:
-        same = False
-    if not same:
-        return None
     # ipykernel reads some environment at import time (JPY_PARENT_PID becomes a trait
-    # default when its module is imported), so the kernel's environment comes first.
-    os.environ.clear()
-    os.environ.update(env)
-    import ipykernel_launcher
-    from ipykernel import kernelapp
+    # default when its module is imported), so the kernel's environment comes first;
+    # this process keeps its own (where nskernel's runtime directory is) for the rest.
+    with _environment(env):
+        import ipykernel_launcher
+        from ipykernel import kernelapp
 
     args = argv[3:]
 
@@ -366,25 +530,269 @@ def _let_the_control_thread_finish(app_class: Any) -> None:
         thread.join(CONTROL_THREAD_GRACE)
 
 
-def supervise(sb: Sandbox, lifeline_fd: int | None) -> int:
-    """Wait for the sandbox's init; destroy the sandbox if the server goes away."""
+# ---------------------------------------------------------------- the caller's terminal
+
+
+def _c0_c1_table() -> dict[int, str]:
+    table = {c: "^" + chr(c + 0x40) for c in range(0x20) if chr(c) not in "\n\t"}
+    table[0x7F] = "^?"
+    table.update({c: f"\\x{c:02x}" for c in range(0x80, 0xA0)})
+    return table
+
+
+class TerminalText:
+    """Bytes from a sandbox made safe to show on a terminal: only text and line breaks.
+
+    Every C0 control but newline and tab is shown in caret notation (ESC as ``^[``, so
+    ``ESC ] 0 ; title BEL`` arrives as the visible text ``^[]0;title^G``), DEL as ``^?``,
+    C1 controls (U+0080-U+009F, which some terminals obey as CSI and friends) as
+    ``\\x9b``; a carriage return stays only as part of CRLF. Invalid UTF-8 becomes U+FFFD,
+    so no raw 8-bit control byte gets through either. When the terminal's locale is not
+    UTF-8, everything beyond ASCII is escaped too: such a terminal may read the bytes of
+    a UTF-8 character as C1 controls.
+    """
+
+    _TABLE = _c0_c1_table()
+
+    def __init__(self, utf8: bool) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._encoding = "utf-8" if utf8 else "ascii"
+        self._cr = False  # a CR at the end of the last chunk, undecided yet
+
+    def feed(self, data: bytes, final: bool = False) -> bytes:
+        text = self._decoder.decode(data, final)
+        if self._cr:
+            text = "\r" + text
+        self._cr = not final and text.endswith("\r")
+        if self._cr:
+            text = text[:-1]
+        text = text.replace("\r\n", "\n").translate(self._TABLE)
+        return text.encode(self._encoding, errors="backslashreplace")
+
+
+def _locale_is_utf8(env: dict[str, str]) -> bool:
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if env.get(name):
+            return env[name].lower().replace("-", "").endswith("utf8")
+    return False
+
+
+class Relay:
+    """What the sandbox writes to one pipe, shown on one terminal: never blocking.
+
+    ``dst`` is a new open file description of the terminal, non-blocking (setting
+    O_NONBLOCK on the inherited descriptor would change it for the user's shell too),
+    or -1 when there is none: output is then read and dropped, so the sandbox never
+    stalls on a full pipe either. At most ``LIMIT`` bytes wait for a slow terminal; past
+    that the pipe is not read, so it is the sandbox's writes that wait.
+    """
+
+    LIMIT = 1 << 16
+
+    def __init__(self, src: int, dst: int, text: TerminalText) -> None:
+        self.src, self.dst, self.text = src, dst, text
+        self.buf = bytearray()
+        self.eof = False
+
+    def register(self, poller: select.poll) -> None:
+        if not self.eof and len(self.buf) < self.LIMIT:
+            poller.register(self.src, select.POLLIN)
+        if self.buf and self.dst >= 0:
+            poller.register(self.dst, select.POLLOUT)
+
+    def service(self, events: dict[int, int]) -> None:
+        if not self.eof and self.src in events:
+            self._read()
+        if self.dst >= 0 and self.dst in events:
+            self._write()
+
+    def _read(self) -> bool:
+        """Read once; False if there was nothing to read yet."""
+        try:
+            data = os.read(self.src, 1 << 16)
+        except BlockingIOError:
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self.eof = True
+            os.close(self.src)
+        shown = self.text.feed(data, final=self.eof)
+        if self.dst >= 0:
+            self.buf += shown
+        return True
+
+    def _write(self) -> None:
+        try:
+            del self.buf[: os.write(self.dst, self.buf)]
+        except BlockingIOError:
+            pass
+        except OSError:  # the terminal is gone (hung up): nobody to show it to
+            self._drop_terminal()
+
+    def _drop_terminal(self) -> None:
+        if self.dst >= 0:
+            os.close(self.dst)
+        self.dst = -1
+        self.buf.clear()
+
+    def finish(self, timeout: float) -> None:
+        """The sandbox is gone: show what is left, waiting at most ``timeout`` seconds
+        for the terminal, then close."""
+        # What the pipe still holds (bounded: a pipe holds 64 KiB unless a writer lives on).
+        while not self.eof and len(self.buf) < 4 * self.LIMIT and self._read():
+            pass
+        if not self.eof:
+            self.buf += self.text.feed(b"", final=True)
+            self.eof = True
+            os.close(self.src)
+        deadline = time.monotonic() + timeout
+        while self.buf and self.dst >= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            p = select.poll()
+            p.register(self.dst, select.POLLOUT)
+            if syscalls.poll_ready(p, left):
+                self._write()
+        self._drop_terminal()
+
+
+RELAY_FLUSH_TIMEOUT = 1.0  # seconds the terminal may take for the last output at exit
+
+
+def protect_terminal(env: dict[str, str]) -> tuple[tuple[int, int, int] | None, list[Relay]]:
+    """The sandbox's stdio: no terminal. Returns (stdio for Sandbox.spawn, relays).
+
+    fd 0 a terminal: /dev/null instead (jupyter_client gives a pipe anyway). fd 1 or 2 a
+    terminal: a pipe, relayed by this process (``Relay``). Anything else is passed on.
+    """
+    stdio = [0, 1, 2]
+    relays: list[Relay] = []
+    if os.isatty(0):
+        stdio[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    utf8 = _locale_is_utf8(env)
+    for fd in (1, 2):
+        if not os.isatty(fd):
+            continue
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.set_blocking(w, True)  # the sandbox's end behaves like any stdout
+        try:
+            dst = os.open(
+                f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+            )
+        except OSError as e:
+            dst = -1
+            print(f"nskernel: the kernel's output is not shown here: {e}", file=sys.stderr)
+        relays.append(Relay(r, dst, TerminalText(utf8)))
+        stdio[fd] = w
+    if stdio == [0, 1, 2]:
+        return None, relays
+    return (stdio[0], stdio[1], stdio[2]), relays
+
+
+def _close_ours(stdio: tuple[int, int, int] | None) -> None:
+    """After spawn: the sandbox holds its own copies of the pipes and /dev/null."""
+    for target, fd in enumerate(stdio or ()):
+        if fd != target:
+            os.close(fd)
+
+
+def supervise(sb: Sandbox, lifeline_fd: int | None, relays: Sequence[Relay] = ()) -> int:
+    """Wait for the sandbox's init; destroy the sandbox if the server goes away; relay
+    its terminal output meanwhile. Nothing here blocks on anything but poll."""
     pidfd = os.pidfd_open(sb.pid)
-    watch = [pidfd] if lifeline_fd is None else [pidfd, lifeline_fd]
-    while True:
-        ready = syscalls.readable(watch)  # PEP 475: retried after handlers
-        if lifeline_fd in ready:
-            try:
-                data = os.read(lifeline_fd, 64)
-            except OSError:
-                data = b""
-            if not data:
-                return sb.kill() or 0
-        if pidfd in ready:
-            code = sb.wait() or 0
-            reason = sb.exit_reason()
-            if reason:  # e.g. "killed: memory limit 1 GiB reached", in the server's log
-                print(f"nskernel kernel: {reason}", file=sys.stderr)
-            return code
+    try:
+        while True:
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            if lifeline_fd is not None:
+                poller.register(lifeline_fd, select.POLLIN)
+            for relay in relays:
+                relay.register(poller)
+            events = dict(poller.poll())  # PEP 475: retried after signal handlers
+            for relay in relays:
+                relay.service(events)
+            if lifeline_fd in events:
+                try:
+                    data = os.read(lifeline_fd, 64)
+                except OSError:
+                    data = b""
+                if not data:
+                    return sb.kill() or 0
+            if pidfd in events:
+                code = sb.wait() or 0
+                reason = sb.exit_reason()
+                if reason:  # e.g. "killed: memory limit 1 GiB reached", in the server's log
+                    print(f"nskernel kernel: {reason}", file=sys.stderr)
+                return code
+    finally:
+        os.close(pidfd)
+        for relay in relays:
+            relay.finish(RELAY_FLUSH_TIMEOUT)
+
+
+# ---------------------------------------------------------------- removal helper
+
+
+def remove_kernel_dir(path: str, only_retired: bool) -> int:
+    """``--remove``: remove a kernel directory (or its retired starts) without following
+    anything in it; exit status 0 once it is gone.
+
+    Rootless, what a sandbox made may belong to the user's subordinate ids (or have no
+    permissions left): this process then enters a user namespace with the same id maps
+    as the sandbox had, where it holds CAP_DAC_OVERRIDE and CAP_FOWNER over those ids,
+    and removes it from there. A fresh, single-threaded process: the provisioner runs
+    this as a subprocess, because a multi-threaded one may not create a user namespace.
+    """
+
+    def attempt() -> list[OSError]:
+        if only_retired:
+            return paths.retire_start_dirs(path)
+        return paths.remove_tree(path)
+
+    errors = attempt()
+    if errors and not userns.is_host_root():
+        try:
+            _enter_user_namespace_with_sandbox_ids()
+        except OSError as e:
+            print(f"nskernel: cannot remove {path} from a user namespace: {e}", file=sys.stderr)
+            return 1
+        errors = attempt()
+    for e in errors[:10]:
+        print(f"nskernel: cannot remove {e.filename or path}: {e.strerror or e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _enter_user_namespace_with_sandbox_ids() -> None:
+    """unshare(CLONE_NEWUSER), with the maps a sandbox of this user gets (written by a
+    forked child, which stays outside: only it may write them)."""
+    plan = userns.plan_id_maps()
+    go_r, go_w = os.pipe()
+    me = os.getpid()
+    writer = os.fork()
+    if writer == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(go_w)
+            if os.read(go_r, 1) == b"g":
+                userns.write_id_maps_from_parent(me, plan)
+                code = 0
+        finally:
+            os._exit(code)
+    os.close(go_r)
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWUSER)
+        os.write(go_w, b"g")
+    finally:
+        os.close(go_w)
+        _, status = os.waitpid(writer, 0)
+    if status != 0:
+        msg = f"could not write the id maps ({plan.describe()})"
+        raise PermissionError(1, msg)
+
+
+# ---------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -396,6 +804,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = cmd[1:]
     if args.probe:
         return probe(_namespaces(args.namespaces))
+    if args.remove:
+        return remove_kernel_dir(args.remove, args.only_retired)
     if not cmd:
         print("no kernel command given after --", file=sys.stderr)
         return 2
@@ -411,16 +821,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     for sig in FORWARDED:
         signal.signal(sig, forward)
+    stdio, relays = protect_terminal(dict(os.environ))
     try:
-        sb = start(args, cmd, pending)
+        sb = start(args, cmd, pending, stdio)
     except (SandboxError, SpecError, OSError) as e:
         msg = f"nskernel: the sandboxed kernel could not start: {e}"
         print(msg, file=sys.stderr)
         _report(args.status_fd, ok=False, error=msg)
         return EXIT_SANDBOX_FAILED
+    finally:
+        _close_ours(stdio)
     box.append(sb)
     _report(args.status_fd, ok=True, pid=sb.pid, hostname=sb.hostname)
-    return supervise(sb, args.lifeline_fd)
+    return supervise(sb, args.lifeline_fd, relays)
 
 
 if __name__ == "__main__":

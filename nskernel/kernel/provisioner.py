@@ -12,11 +12,25 @@ sees at the same path (path sockets are found through the mount namespace; abstr
 belong to one network namespace and would not work). ``sun_path`` holds 107 bytes, so
 the length is checked before anything starts.
 
-The socket directory belongs to the KernelManager's process, not to one launcher: a
+The kernel's directory (``$XDG_RUNTIME_DIR/nsk-UID/kern-XXXXXXXX``, laid out in
+:mod:`nskernel.paths`) belongs to the KernelManager's process, not to one launcher: a
 restart must keep the same socket paths, because the server's ZMQ sockets (and
-jupyter_server's websocket bridges) reconnect to the addresses they already have. Its
-``owner`` file names that process (PID and start time); directories whose owner is gone
-are swept on the next launch, and :meth:`cleanup` removes the directory at shutdown.
+jupyter_server's websocket bridges) reconnect to the addresses they already have. What a
+sandbox can write in it is hostile, so the directory is split: ``owner`` (which process
+the directory belongs to) stays host-only; every start gets a fresh read-only ``ro/``
+and a fresh, empty ``sock/`` at the same path, made by the launcher; after each start
+:meth:`cleanup` takes the old ones away (renamed, then removed without following
+anything in them, once the sandbox is gone), and at shutdown the whole directory.
+Directories whose owner process is gone are swept before each launch. All of this runs
+in a worker thread, never on the server's event loop; removal the user cannot do alone
+(entries a sandbox gave its other ids) is done by a short-lived helper process in a
+user namespace with the sandbox's ids (``python -m nskernel.kernel.launch --remove``).
+
+The environment: the kernel gets an allow-list of the server's
+(:func:`nskernel.environ.sandbox_environment`) plus what the kernelspec names (its
+``env`` stanza, ``nskernel install --env`` / ``--keep-env``). It is filtered here,
+before the launcher starts: the kernel is forked from the launcher, so a secret in the
+launcher's memory would be in the kernel's too.
 
 Interrupts stay in signal mode (``interrupt_mode: signal``): jupyter_client's ``killpg``
 reaches ipykernel and every subprocess of the running cell, because the launcher, the
@@ -36,6 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -45,16 +60,21 @@ from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
 from jupyter_client.provisioning import LocalProvisioner
-from traitlets import Dict, List, Unicode
+from traitlets import Bool, Dict, List, Unicode
 
+from .. import paths
+from ..environ import parse_env_option, sandbox_environment
 from ..errors import NskernelError, SpecError
-from ..paths import remove_runtime_entry, runtime_dir, runtime_dir_path
 from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 
-SOCKET_DIR_PREFIX = "kern-"
 # sun_path is 108 bytes including the NUL; ZMQ appends "-<port>" (up to 6 bytes).
 MAX_SOCKET_PATH = 107
 _PORT_SUFFIX = 6
+_OWNER_MAX = 64  # bytes: "PID STARTTIME\n"
+SANDBOX_GONE_TIMEOUT = 10.0  # seconds to wait for the old sandbox before removing its dirs
+REMOVE_HELPER_TIMEOUT = 300.0
+# Kept in the kernel's environment when the server has them (besides the allow-list).
+KERNEL_VARIABLES = ("JPY_SESSION_NAME", "PYDEVD_DISABLE_FILE_VALIDATION", "NSKERNEL_KEEP_ENV")
 _probed_ok: set[frozenset[str]] = set()
 
 
@@ -82,51 +102,138 @@ def _owner_alive(token: str) -> bool:
         return False
 
 
-def sweep_stale_socket_dirs(base: str | None = None) -> list[str]:
-    """Remove socket directories whose owning process is gone. Returns what was removed."""
-    base = base or runtime_dir_path()
+def _stale(base_fd: int, name: str) -> bool:
+    """Whether the kernel directory ``name`` belongs to a process that is gone."""
+    if name.startswith(paths.KERNEL_DIR_NEW_PREFIX):
+        # new-PID-STARTTIME-RANDOM: the owner is in the name until the rename to kern-*.
+        pid, _, rest = name.removeprefix(paths.KERNEL_DIR_NEW_PREFIX).partition("-")
+        return not _owner_alive(f"{pid} {rest.rpartition('-')[0]}")
+    try:
+        fd = paths.open_dir(name, base_fd)
+    except OSError:
+        return False  # not a directory of ours: leave it alone
+    try:
+        data = paths.read_small_file(fd, paths.OWNER_FILE, _OWNER_MAX)
+    finally:
+        os.close(fd)
+    # kern-* directories get their owner file before they get their name: without a
+    # readable one, this is not a directory any live process can be using.
+    return data is None or not _owner_alive(data.decode(errors="replace").strip())
+
+
+def sweep_stale_kernel_dirs(base: str | None = None) -> list[str]:
+    """Remove kernel directories whose owning process is gone. Returns what was removed.
+
+    Reads nothing a sandbox can write (``owner`` is host-only), and even so reads it as
+    hostile (:func:`nskernel.paths.read_small_file`): this runs before every kernel start.
+    Blocking work: call it from a worker thread.
+    """
+    base = base or paths.runtime_dir_path()
+    try:
+        base_fd = paths.open_dir(base)
+    except OSError:
+        return []
     removed = []
     try:
-        names = os.listdir(base)
-    except FileNotFoundError:
-        return removed
-    for name in names:
-        if not name.startswith(SOCKET_DIR_PREFIX):
-            continue
-        path = os.path.join(base, name)
-        try:
-            with open(os.path.join(path, "owner")) as f:
-                token = f.read().strip()
-        except FileNotFoundError:
-            token = ""  # half-made by a process that died before writing it
-        except OSError:
-            continue
-        if not _owner_alive(token):
-            remove_runtime_entry(path)
-            removed.append(path)
+        st = os.fstat(base_fd)
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            return []  # not our private directory (runtime_dir() refuses to use it too)
+        for name in os.listdir(base_fd):
+            if not name.startswith((paths.KERNEL_DIR_PREFIX, paths.KERNEL_DIR_NEW_PREFIX)):
+                continue
+            if _stale(base_fd, name):
+                remove_kernel_dir(os.path.join(base, name))
+                removed.append(os.path.join(base, name))
+    finally:
+        os.close(base_fd)
     return removed
 
 
-def make_socket_dir() -> str:
-    for attempt in range(3):
-        path = os.path.join(runtime_dir(), SOCKET_DIR_PREFIX + secrets.token_hex(4))
+def remove_kernel_dir(path: str, *, only_retired: bool = False) -> list[OSError]:
+    """Remove a kernel directory (or, with ``only_retired``, what earlier starts left in
+    it: ``sock``/``ro`` renamed to ``trash-*``); then the runtime dir if now empty.
+
+    What a sandbox wrote there may belong to ids the user cannot remove files of (a
+    rootless sandbox with a subordinate id range); then a helper process does it again
+    from a user namespace with those ids. Blocking work: call it from a worker thread.
+    """
+    errors = paths.retire_start_dirs(path) if only_retired else paths.remove_tree(path)
+    if errors and not _is_host_root():
+        cmd = [sys.executable, "-m", "nskernel.kernel.launch", "--remove", path]
+        if only_retired:
+            cmd.append("--only-retired")
         try:
-            os.mkdir(path, 0o700)
-            break
-        except FileNotFoundError:  # the last other kernel just removed the empty parent
-            if attempt == 2:
-                raise
-    with open(os.path.join(path, "owner"), "w") as f:
-        f.write(_owner_token() + "\n")
-    ip = os.path.join(path, "k")
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=REMOVE_HELPER_TIMEOUT, check=False
+            )
+            errors = [] if res.returncode == 0 else [OSError(errno.EPERM, res.stderr.strip())]
+        except (OSError, subprocess.TimeoutExpired) as e:
+            errors = [OSError(errno.ETIMEDOUT, str(e))]
+    if not only_retired:
+        paths.remove_runtime_dir_if_empty(os.path.dirname(path))
+    return errors
+
+
+def _is_host_root() -> bool:
+    from .._linux.userns import is_host_root
+
+    return is_host_root()
+
+
+def make_kernel_dir() -> str:
+    """A new kernel directory with its ``owner`` file; its path.
+
+    Made as ``new-PID-STARTTIME-RANDOM`` and renamed once the owner file exists, so a
+    concurrent sweep by another process never sees a kern-* directory without an owner
+    (and never removes one that is being made).
+    """
+    ip = kernel_ip(os.path.join(paths.runtime_dir_path(), paths.KERNEL_DIR_PREFIX + "x" * 8))
     if len(ip.encode()) + _PORT_SUFFIX > MAX_SOCKET_PATH:
-        remove_runtime_entry(path)
         msg = (
             f"the kernel's unix socket path {ip}-N would exceed {MAX_SOCKET_PATH} bytes; "
             "set XDG_RUNTIME_DIR to a shorter directory (or unset it to use /tmp)"
         )
         raise KernelSandboxUnavailable(msg)
-    return path
+    token = _owner_token()
+    attempts = 3
+    while True:
+        base = paths.runtime_dir()
+        try:
+            return os.path.join(base, _make_kernel_dir_in(base, token))
+        except FileNotFoundError:  # the last other kernel just removed the empty parent
+            attempts -= 1
+            if not attempts:
+                raise
+
+
+def _make_kernel_dir_in(base: str, token: str) -> str:
+    base_fd = paths.open_dir(base)
+    try:
+        tmp = f"{paths.KERNEL_DIR_NEW_PREFIX}{token.replace(' ', '-')}-{secrets.token_hex(4)}"
+        fd = paths.make_dir(base_fd, tmp)
+        try:
+            paths.create_file(fd, paths.OWNER_FILE, (token + "\n").encode())
+        finally:
+            os.close(fd)
+        for _ in range(10):
+            name = paths.KERNEL_DIR_PREFIX + secrets.token_hex(4)
+            try:
+                # Over an existing kern-* (never empty: it has an owner) this fails.
+                os.rename(tmp, name, src_dir_fd=base_fd, dst_dir_fd=base_fd)
+                return name
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        paths.remove_tree_at(base_fd, tmp)
+        msg = f"could not find a free kernel directory name in {base}; remove stale kern-*"
+        raise KernelSandboxUnavailable(msg)
+    finally:
+        os.close(base_fd)
+
+
+def kernel_ip(kernel_dir: str) -> str:
+    """The ZMQ ``ip`` of the kernel: a path prefix in its socket directory."""
+    return os.path.join(kernel_dir, paths.SOCKET_SUBDIR, "k")
 
 
 def probe_namespaces(namespaces: frozenset[str]) -> None:
@@ -155,6 +262,15 @@ def probe_namespaces(namespaces: frozenset[str]) -> None:
     _probed_ok.add(namespaces)
 
 
+def _wait_for_exit(pidfd: int, timeout: float) -> None:
+    from .._linux.syscalls import readable
+
+    try:
+        readable([pidfd], timeout)
+    finally:
+        os.close(pidfd)
+
+
 class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     """Launches ipykernel inside fresh Linux namespaces (see the module docstring)."""
 
@@ -176,9 +292,23 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         config=True,
         help="Resource limits for the session: memory (e.g. '1G'), pids, cpus.",
     )
+    env = List(
+        Unicode(),
+        default_value=[],
+        config=True,
+        help="More environment for the kernel: KEY=VALUE sets, KEY passes the server's value "
+        "(nskernel install --env).",
+    )
+    keep_env = Bool(
+        False,
+        config=True,
+        help="Pass the server's whole environment to the kernel, secrets included "
+        "(nskernel install --keep-env).",
+    )
 
-    socket_dir: str | None = None
+    kernel_dir: str | None = None
     _lifeline_w: int | None = None
+    _sandbox_pidfd: int | None = None
 
     def _limit_args(self) -> list[str]:
         try:
@@ -211,35 +341,58 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             raise KernelSandboxUnavailable(f"kernel.json: {err}")
         return name
 
-    def _reuse_or_make_socket_dir(self) -> str:
+    def _env_options(self) -> list[str]:
+        try:
+            for text in self.env:
+                parse_env_option(text)
+        except SpecError as e:
+            msg = f"kernel.json has an unusable env setting: {e} (reinstall with nskernel install)"
+            raise KernelSandboxUnavailable(msg) from None
+        # The kernelspec's own env stanza is the kernel's by definition.
+        return [*self.env, *(self.kernel_spec.env or {})]
+
+    def kernel_environment(self, source: dict[str, str], options: list[str]) -> dict[str, str]:
+        """The kernel's environment (and so the launcher's): an allow-list of ``source``."""
+        extra = {k: source[k] for k in KERNEL_VARIABLES if k in source}
+        return sandbox_environment(source, env_options=options, keep_all=self.keep_env, extra=extra)
+
+    def _reuse_or_make_kernel_dir(self) -> str:
+        """Blocking: sweep, then the kernel directory (on restart, the same one)."""
+        sweep_stale_kernel_dirs()
         km = self.parent
         # On restart the manager keeps its ip (a path in our directory): keep the paths.
         if km is not None and km.transport == "ipc" and km.ip:
-            d = os.path.dirname(km.ip)
-            if os.path.basename(d).startswith(SOCKET_DIR_PREFIX) and os.path.isdir(d):
+            d = os.path.dirname(os.path.dirname(km.ip))
+            if (
+                os.path.basename(d).startswith(paths.KERNEL_DIR_PREFIX)
+                and km.ip == kernel_ip(d)
+                and os.path.isdir(d)
+            ):
                 return d
-        return make_socket_dir()
+        return make_kernel_dir()
 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         """Called by the KernelManager before launch: check, prepare sockets, wrap the cmd."""
         namespaces = self._namespace_set()
         hostname = self._hostname() if "uts" in namespaces else None
         limit_args = self._limit_args()  # every setting checked before anything is made
-        await asyncio.get_running_loop().run_in_executor(None, probe_namespaces, namespaces)
-        sweep_stale_socket_dirs()
+        env_options = self._env_options()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, probe_namespaces, namespaces)
+        self.kernel_dir = await loop.run_in_executor(None, self._reuse_or_make_kernel_dir)
         km = self.parent
-        self.socket_dir = self._reuse_or_make_socket_dir()
         if km is not None:
             km.transport = "ipc"
-            km.ip = os.path.join(self.socket_dir, "k")
+            km.ip = kernel_ip(self.kernel_dir)
             km.cache_ports = False
         kwargs = await super().pre_launch(**kwargs)
+        kwargs["env"] = self.kernel_environment(kwargs.get("env") or {}, env_options)
         launcher = [sys.executable, "-m", "nskernel.kernel.launch"]
         launcher += ["--namespaces", ",".join(sorted(namespaces))]
         if hostname:
             launcher += ["--hostname", hostname]
         launcher += limit_args
-        launcher += ["--socket-dir", self.socket_dir]
+        launcher += ["--kernel-dir", self.kernel_dir]
         if km is not None:
             launcher += ["--connection-file", km.connection_file]
         kwargs["cmd"] = [*launcher, "--", *kwargs["cmd"]]
@@ -267,6 +420,10 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             await self._reap_failed_launcher()
             error = status.get("error") or "the launcher exited without saying why"
             raise KernelSandboxUnavailable(error)
+        # The sandbox's init (the launcher's child, so its PID cannot be reused before
+        # the launcher reaps it): its exit means the whole sandbox is gone.
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            self._sandbox_pidfd = os.pidfd_open(int(status["pid"]))
         return info
 
     async def _reap_failed_launcher(self) -> None:
@@ -281,26 +438,53 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             self._lifeline_w = None
 
     async def cleanup(self, restart: bool = False) -> None:
-        """Called after the kernel ended: drop the lifeline; at shutdown, the socket dir."""
+        """Called after the kernel ended: drop the lifeline; take away what the sandbox
+        could write (on restart, the start's directories; at shutdown, all of it)."""
         await super().cleanup(restart=restart)
         await self._close_lifeline()
-        if not restart and self.socket_dir:
-            remove_runtime_entry(self.socket_dir)
-            self.socket_dir = None
+        pidfd, self._sandbox_pidfd = self._sandbox_pidfd, None
+        kernel_dir = self.kernel_dir
+        if not restart:
+            self.kernel_dir = None
+        if kernel_dir:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self._remove, kernel_dir, pidfd, restart
+            )
+        elif pidfd is not None:
+            os.close(pidfd)
+
+    def _remove(self, kernel_dir: str, pidfd: int | None, restart: bool) -> None:
+        """Blocking: once the sandbox is gone, remove what it could write."""
+        if pidfd is not None:
+            # Normally gone already (the launcher waits for it); after a SIGKILL of the
+            # launcher's group it may take a moment, and must not add files meanwhile.
+            _wait_for_exit(pidfd, SANDBOX_GONE_TIMEOUT)
+        errors = remove_kernel_dir(kernel_dir, only_retired=restart)
+        if errors:
+            self.log.warning(
+                "nskernel: could not remove all of %s: %s; it is removed when the next "
+                "sandboxed kernel starts after this server exits",
+                kernel_dir,
+                "; ".join(str(e) for e in errors[:3]),
+            )
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()
-        info["socket_dir"] = self.socket_dir
+        info["kernel_dir"] = self.kernel_dir
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
-        self.socket_dir = provisioner_info.get("socket_dir")
+        self.kernel_dir = provisioner_info.get("kernel_dir")
 
 
 def _read_status(fd: int) -> dict[str, Any]:
     with os.fdopen(fd, "rb") as f:
-        line = f.readline()
+        line = f.readline(1 << 16)
     if not line:
         return {"ok": False}
-    return json.loads(line)
+    try:
+        status = json.loads(line)
+    except ValueError:
+        return {"ok": False, "error": "the launcher's status line was not JSON"}
+    return status if isinstance(status, dict) else {"ok": False}

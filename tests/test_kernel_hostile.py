@@ -1,0 +1,569 @@
+"""A hostile cell against the sandboxed kernel's host side: its files, terminal and environment.
+
+Everything a sandbox can write is hostile input. A cell in the sandboxed kernel plants
+symlinks (to files of the test's), FIFOs and links to /dev/zero at every name the host
+side writes or reads next to the kernel (the connection file copy, the host facts, the
+sandbox status, the IPython profile copy, ``owner``), in every directory of the kernel's
+it can find. Then the kernel is restarted, another kernel of the same user is started
+(which sweeps stale kernel directories) and everything is shut down: the host must not
+have followed, opened, chowned or blocked on anything the sandbox planted, the restarted
+kernel must work at the same socket paths, and nothing may be left behind.
+
+Each test runs with its own runtime directory (``XDG_RUNTIME_DIR``): a FIFO that hangs a
+kernel start must not hang other test sessions on the machine when this runs against a
+build that still falls for it. The victims live where the sandbox cannot write; their
+owner, mode and content are compared before and after.
+
+The terminal test gives the launcher a pty as stdout/stderr, as ``jupyter lab`` run in a
+terminal does: the sandbox must never get it, and what it writes arrives with terminal
+control characters made harmless.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+
+from nskernel.kernel import install
+from tests.conftest import IS_ROOT, nskernel_cmd
+from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
+
+pytestmark = [pytest.mark.kernel, pytest.mark.userns]
+
+# Every name the host side has written or read next to a kernel (in any layout), and the
+# profile files an exec'd kernel command gets a copy of.
+NAMES = ("kernel.json", "host.json", "sandbox.json", "owner", "sock", "ro")
+PROFILE_FILES = ("ipython_kernel_config.py", "startup/00-first.py")
+NEXT_START_TIMEOUT = 120  # seconds: a hang detector, not a speed requirement
+
+
+@pytest.fixture(scope="module")
+def kernels_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    kernels = install_kernelspecs(tmp_path_factory.mktemp("prefix"))
+    # The same kernel, but exec'ing `python -m ipykernel` inside the sandbox: the host
+    # then writes a copy of the user's IPython profile for it before each start.
+    spec = json.loads((kernels / KERNEL_NAME / "kernel.json").read_text())
+    spec["argv"][1:3] = ["-m", "ipykernel"]
+    (kernels / "nsk-test-exec").mkdir()
+    (kernels / "nsk-test-exec" / "kernel.json").write_text(json.dumps(spec))
+    return kernels
+
+
+@pytest.fixture(scope="module")
+def ksm(kernels_dir: Path) -> KernelSpecManager:
+    return KernelSpecManager(kernel_dirs=[str(kernels_dir)])
+
+
+@pytest.fixture
+def runtime_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A private XDG_RUNTIME_DIR (short: unix socket paths are limited to 107 bytes)."""
+    base = Path(tempfile.mkdtemp(prefix="nskh-", dir="/var/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(base))
+    try:
+        yield base
+    finally:
+        monkeypatch.undo()
+        left = sorted(str(p) for p in base.rglob("*"))
+        _force_remove(base)
+        assert not left, f"left in the runtime dir: {left}"
+
+
+def _force_remove(path: Path) -> None:
+    """Remove what a failed run may leave, including what the sandbox made its own."""
+    if not path.exists():
+        return
+    if IS_ROOT:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
+        return
+    # Rootless: entries owned by the sandbox's subordinate ids need a user namespace.
+    script = f"chmod -R u+rwX {path} 2>/dev/null; rm -rf {path}"
+    subprocess.run(
+        [*nskernel_cmd("run", "--bind", str(path.parent), "--", "sh", "-c"), script],
+        check=False,
+        capture_output=True,
+    )
+    subprocess.run(["rm", "-rf", str(path)], check=False)
+
+
+@pytest.fixture
+def victims(tmp_path: Path) -> dict[str, Any]:
+    """Files the test owns, outside anything bound into the sandbox: a world-readable one
+    and a private one (0600 in a 0700 directory; as root, sandbox root cannot read it)."""
+    public, private = tmp_path / "public", tmp_path / "private"
+    public.mkdir(mode=0o755)
+    private.mkdir(mode=0o700)
+    found: dict[str, Any] = {"public": {}, "private": {}}
+    for name in (*NAMES, *PROFILE_FILES):
+        safe = name.replace("/", "_")
+        for kind, d, mode in (("public", public, 0o644), ("private", private, 0o600)):
+            p = d / f"victim-{safe}"
+            p.write_text(f"{kind} victim for {name}\n")
+            p.chmod(mode)
+            found[kind][name] = str(p)
+    return found
+
+
+def _snapshot(victims: dict[str, Any]) -> dict[str, tuple[int, int, int, bytes]]:
+    out = {}
+    for paths in victims.values():
+        for p in paths.values():
+            st = os.lstat(p)
+            out[p] = (st.st_uid, st.st_gid, st.st_mode, Path(p).read_bytes())
+    return out
+
+
+def _changed(victims: dict[str, Any], before: dict[str, Any]) -> dict[str, str]:
+    """The victims whose owner, mode or content changed: {path: what changed}."""
+    now = _snapshot(victims)
+    found = {}
+    for path, (uid, gid, mode, data) in before.items():
+        n_uid, n_gid, n_mode, n_data = now[path]
+        what = []
+        if (n_uid, n_gid) != (uid, gid):
+            what.append(f"owner {uid}:{gid} -> {n_uid}:{n_gid}")
+        if n_mode != mode:
+            what.append(f"mode {mode:o} -> {n_mode:o}")
+        if n_data != data:
+            what.append(f"content -> {n_data[:60]!r}")
+        if what:
+            found[path] = ", ".join(what)
+    return found
+
+
+def _home_with_profile(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    profile = home / ".ipython" / "profile_default"
+    (profile / "startup").mkdir(parents=True)
+    (profile / "ipython_kernel_config.py").write_text(
+        "c.IPKernelApp.exec_lines = ['FROM_CONFIG = 1']\n"
+    )
+    (profile / "startup" / "00-first.py").write_text("FROM_STARTUP = 2\n")
+    home.chmod(0o700)
+    return home
+
+
+# Runs inside: find the kernel's directories (from the connection file, the facts files,
+# the socket address and IPYTHONDIR, and their parents), then plant at every name.
+PLANT = r"""
+import json, os, errno
+import ipykernel.connect
+kind, targets, names, profile_files = {args}
+cf = ipykernel.connect.get_connection_file()
+ip = json.load(open(cf))["ip"]
+seen = [cf, os.environ.get("NSKERNEL_HOST_FACTS"), os.environ.get("NSKERNEL_SANDBOX_FACTS"), ip]
+dirs = set()
+for p in filter(None, seen):
+    d = os.path.dirname(p)
+    dirs |= {{d, os.path.dirname(d)}}
+spots = [(os.path.join(d, n), n) for d in sorted(dirs) for n in names]
+ipdir = os.environ.get("IPYTHONDIR")
+if ipdir:
+    spots += [(os.path.join(ipdir, "profile_default", f), f) for f in profile_files]
+planted, refused = [], {{}}
+for path, name in spots:
+    tmp = path + ".plant"
+    try:
+        if kind == "fifo":
+            os.mkfifo(tmp)
+        else:
+            os.symlink(targets.get(name, "/dev/zero") if kind != "dev-zero" else "/dev/zero", tmp)
+        os.replace(tmp, path)
+        planted.append(path)
+    except OSError as e:
+        refused[path] = errno.errorcode.get(e.errno, str(e.errno))
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+# Entries the user cannot remove without help: other (sub)ids, no permissions.
+sockdir = os.path.dirname(ip)
+made = []
+for uid in (0, 1234):
+    d = os.path.join(sockdir, f"owned-by-{{uid}}")
+    try:
+        os.makedirs(os.path.join(d, "deeper"))
+        open(os.path.join(d, "deeper", "f"), "w").close()
+        for p in (os.path.join(d, "deeper", "f"), os.path.join(d, "deeper"), d):
+            os.chown(p, uid, uid)
+        os.chmod(os.path.join(d, "deeper"), 0)
+        os.chmod(d, 0o500)
+        made.append(d)
+    except OSError:
+        pass
+print(json.dumps({{"planted": planted, "refused": refused, "sockdir": sockdir, "made": made}}))
+"""
+
+NEXT_START = r"""
+import resource, sys
+# A /dev/zero read must end in a MemoryError here, not take the machine's memory.
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name=sys.argv[2],
+                   kernel_spec_manager=KernelSpecManager(kernel_dirs=[sys.argv[1]]))
+km.start_kernel(cwd=sys.argv[3])
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+kc.stop_channels()
+km.shutdown_kernel(now=False)
+print("started and stopped")
+"""
+
+
+@pytest.mark.parametrize(
+    ("kind", "kernel_name"),
+    [
+        ("link-to-public", "nsk-test-exec"),
+        ("link-to-private", "nsk-test-exec"),
+        ("link-to-private", KERNEL_NAME),
+        ("fifo", "nsk-test-exec"),
+        ("dev-zero", "nsk-test-exec"),
+    ],
+)
+def test_what_the_sandbox_plants_is_never_followed(
+    ksm: KernelSpecManager,
+    kernels_dir: Path,
+    runtime_base: Path,
+    victims: dict[str, Any],
+    tmp_path: Path,
+    kind: str,
+    kernel_name: str,
+) -> None:
+    before = _snapshot(victims)
+    nbdir = tmp_path / "notebook"
+    nbdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "IPYTHONDIR"}
+    env["HOME"] = str(_home_with_profile(tmp_path))
+    km = KernelManager(kernel_name=kernel_name, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(nbdir), env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        ip = km.ip
+        targets = victims["private" if kind == "link-to-private" else "public"]
+        args = repr((kind, targets, NAMES, PROFILE_FILES))
+        out = run_cell(kc, PLANT.format(args=args))
+        assert out["error"] is None, out
+        report = json.loads(out["stdout"].splitlines()[0])
+        assert report["planted"], report  # the sandbox can write its socket directory
+
+        try:
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=60)
+        finally:  # the host's files first: what the restart did to them is the point
+            assert not _changed(victims, before), "the host followed what the sandbox planted"
+        assert km.ip == ip  # the same socket paths: the server's sockets reconnect
+        out = run_cell(
+            kc,
+            "import json, os, stat\n"
+            f"planted = {report['planted']!r}\n"
+            "still = [p for p in planted if os.path.lexists(p) and\n"
+            "         (stat.S_ISLNK(os.lstat(p).st_mode) or stat.S_ISFIFO(os.lstat(p).st_mode))]\n"
+            f"print(json.dumps([still, sorted(os.listdir({report['sockdir']!r}))]))\n"
+            "print(6 * 7)",
+        )
+        assert out["error"] is None, out
+        still, listing = json.loads(out["stdout"].splitlines()[0])
+        assert out["stdout"].splitlines()[1] == "42"
+        assert not still, f"planted entries survived the restart: {still}"
+        assert not [n for n in listing if n.startswith("owned-by-")], listing  # a fresh dir
+
+        # Another kernel of the same user: its start sweeps the kernel directories.
+        res = subprocess.run(
+            [sys.executable, "-c", NEXT_START, str(kernels_dir), KERNEL_NAME, str(nbdir)],
+            capture_output=True,
+            text=True,
+            timeout=NEXT_START_TIMEOUT,
+            env=env,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.stdout.strip().endswith("started and stopped")
+    finally:
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+    assert not _changed(victims, before), "the host followed what the sandbox planted"
+    # runtime_base checks on teardown that nothing is left in the runtime dir.
+
+
+def test_a_notebook_directory_holding_the_runtime_dir_is_not_made_writable(
+    ksm: KernelSpecManager, runtime_base: Path
+) -> None:
+    # Jupyter started in the directory that holds nskernel's runtime dir (say, /tmp):
+    # binding it writable would hand the sandbox every kernel's directory, keys and
+    # host-only files included. The kernel still starts there, without that bind.
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(runtime_base))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        kernel_dir = Path(km.provisioner.kernel_dir)
+        owner = (kernel_dir / "owner").read_bytes()
+        out = run_cell(
+            kc,
+            "import errno, json, os\n"
+            f"owner = {str(kernel_dir / 'owner')!r}\n"
+            "tried = {}\n"
+            "for path in (owner, 'written-inside'):\n"
+            "    try:\n"
+            "        with open(path, 'w') as f: f.write('sandbox')\n"
+            "        tried[path] = 'ok'\n"
+            "    except OSError as e:\n"
+            "        tried[path] = errno.errorcode[e.errno]\n"
+            "print(json.dumps([os.getcwd(), tried]))",
+        )
+        assert out["error"] is None, out
+        cwd, tried = json.loads(out["stdout"])
+        assert cwd == str(runtime_base)
+        assert (kernel_dir / "owner").read_bytes() == owner, tried
+        assert not (runtime_base / "written-inside").exists(), tried
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
+# ---------------------------------------------------------------- the caller's terminal
+
+RELAY_SCRIPT = r"""
+import fcntl, json, os, sys, termios
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+sys.path.insert(0, sys.argv[4])
+from tests.kernel_helpers import run_cell
+# Like a shell in a terminal: the pty (our stdout) is this session's controlling terminal.
+fcntl.ioctl(1, termios.TIOCSCTTY, 0)
+km = KernelManager(kernel_name=sys.argv[2],
+                   kernel_spec_manager=KernelSpecManager(kernel_dirs=[sys.argv[1]]))
+km.start_kernel(cwd=sys.argv[3])
+kc = km.client()
+kc.start_channels()
+try:
+    kc.wait_for_ready(timeout=60)
+    out = run_cell(kc, sys.stdin.read())
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+out.pop("msgs")
+os.write(int(sys.argv[5]), json.dumps(out).encode())
+"""
+
+# Runs inside: look at every descriptor for a terminal, try to use it as one, then write
+# escape sequences to the original stdout/stderr and, through ipykernel's capture, fd 1/2.
+HOSTILE_OUTPUT = r"""
+import errno, fcntl, json, os, sys, termios
+found = {}
+for name in os.listdir("/proc/self/fd"):
+    fd = int(name)
+    r = {"isatty": os.isatty(fd)}
+    for req, arg in (("TIOCGWINSZ", b"\0" * 8), ("TIOCSTI", b"#"), ("TIOCSCTTY", 0)):
+        try:
+            fcntl.ioctl(fd, getattr(termios, req), arg)
+            r[req] = "ok"
+        except OSError as e:
+            r[req] = errno.errorcode.get(e.errno, str(e.errno))
+    found[fd] = r
+try:
+    os.open("/dev/tty", os.O_RDWR)
+    found["/dev/tty"] = "opened"
+except OSError as e:
+    found["/dev/tty"] = errno.errorcode.get(e.errno)
+def original(stream, fd):  # ipykernel's copy of the fd it captures, if it captures it
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+evil = b"\x1b]0;pwned\x07 \x1b[2J\x1b[H \xc2\x9b31m \x9b \x05 over\rwrite \x7f end"
+os.write(original(sys.stdout, 1), b"STDOUT-BEGIN " + evil + b" STDOUT-END\n")
+os.write(original(sys.stderr, 2), b"STDERR-BEGIN " + evil + b" STDERR-END\n")
+os.write(1, b"FD1-BEGIN \x1b[31mred\x1b[0m FD1-END\r\n")
+sys.stdout.flush()
+print(json.dumps(found))
+"""
+
+
+def _read_pty_until_closed(master: int, proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    """Everything written to the pty until every holder of its other side closed it."""
+    data = bytearray()
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            proc.kill()
+            raise AssertionError(f"the pty was still open after {timeout}s: {bytes(data)!r}")
+        ready, _, _ = select.select([master], [], [], left)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError as e:
+            if e.errno == errno.EIO:  # the last slave side closed
+                return bytes(data)
+            raise
+        if not chunk:
+            return bytes(data)
+        data += chunk
+
+
+def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path: Path) -> None:
+    master, slave = pty.openpty()
+    result_r, result_w = os.pipe()
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
+    script += [repo, str(result_w)]
+    try:
+        proc = subprocess.Popen(
+            script,
+            stdin=subprocess.PIPE,
+            stdout=slave,
+            stderr=slave,
+            pass_fds=(result_w,),
+            start_new_session=True,
+            cwd=tmp_path,
+        )
+        os.close(slave)
+        slave = -1
+        os.close(result_w)
+        result_w = -1
+        assert proc.stdin is not None
+        proc.stdin.write(HOSTILE_OUTPUT.encode())
+        proc.stdin.close()
+        seen = _read_pty_until_closed(master, proc, 180)
+        assert proc.wait(30) == 0, seen.decode(errors="replace")[-3000:]
+        with os.fdopen(result_r, "rb") as f:
+            result_r = -1
+            cell = json.loads(f.read())
+    finally:
+        for fd in (master, slave, result_w, result_r):
+            if fd >= 0:
+                os.close(fd)
+    assert cell["error"] is None, cell
+    # The cell's stdout also carries what it wrote to fd 1 (ipykernel captures that).
+    found = json.loads([line for line in cell["stdout"].splitlines() if line.startswith("{")][-1])
+    ttys = {fd: r for fd, r in found.items() if fd != "/dev/tty" and r["isatty"]}
+    assert not ttys, f"the sandbox got a terminal: {ttys}"
+    for fd, r in found.items():
+        if fd != "/dev/tty":
+            assert r["TIOCSTI"] != "ok" and r["TIOCSCTTY"] != "ok", (fd, r)
+    assert found["/dev/tty"] != "opened"
+
+    text = seen.decode("utf-8", errors="replace")
+    for marker in ("STDOUT", "STDERR"):
+        begin, end = text.index(f"{marker}-BEGIN "), text.index(f" {marker}-END")
+        shown = text[begin:end]
+        assert "^[]0;pwned^G ^[[2J^[[H" in shown, shown
+        assert "\\x9b31m \ufffd ^E over^Mwrite ^? end" in shown, shown
+    assert "FD1-BEGIN ^[[31mred^[[0m FD1-END" in text, text
+    assert not set(seen) & {0x1B, 0x07, 0x05, 0x7F, 0x9B}, seen
+    assert "\u009b" not in text, text
+
+
+# ---------------------------------------------------------------- the kernel's environment
+
+SECRETS = {
+    "JUPYTERHUB_API_TOKEN": "hub-token-do-not-leak",
+    "AWS_SECRET_ACCESS_KEY": "aws-key-do-not-leak",
+    "GITHUB_TOKEN": "gh-token-do-not-leak",
+}
+
+ENV_CELL = r"""
+import json, os
+def environ_of(pid):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return f.read().decode(errors="replace")
+    except OSError as e:
+        return ""
+print(json.dumps({"env": dict(os.environ),
+                  "raw": environ_of("self") + environ_of(1) + environ_of(os.getppid())}))
+"""
+
+
+@pytest.fixture(scope="module")
+def env_kernels(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
+    prefix = tmp_path_factory.mktemp("env-prefix")
+    install.install(name="nsk-env-default", prefix=str(prefix))
+    cmd = [sys.executable, "-m", "nskernel", "install", "--prefix", str(prefix)]
+    env = dict(os.environ, JUPYTER_PATH=str(prefix / "share" / "jupyter"))
+    for args in (
+        ["--name", "nsk-env-some", "--env", "EXTRA_SET=from-install", "--env", "EXTRA_PASSED"],
+        ["--name", "nsk-env-all", "--keep-env"],
+    ):
+        res = subprocess.run(cmd + args, capture_output=True, text=True, env=env, timeout=60)
+        assert res.returncode == 0, res.stderr
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    spec = json.loads((kernels / "nsk-env-default" / "kernel.json").read_text())
+    spec["env"] = {"FROM_KERNELSPEC": "spec-value"}
+    (kernels / "nsk-env-default" / "kernel.json").write_text(json.dumps(spec))
+    return KernelSpecManager(kernel_dirs=[str(kernels)])
+
+
+def _kernel_environment(ksm: KernelSpecManager, name: str, cwd: Path) -> dict[str, Any]:
+    env = dict(os.environ, **SECRETS, EXTRA_PASSED="passed", MPLBACKEND="agg")
+    env["JPY_SESSION_NAME"] = str(cwd / "notebook.ipynb")
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(cwd), env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        with open(f"/proc/{km.provisioner.pid}/environ", "rb") as f:
+            launcher_env = f.read().decode(errors="replace")
+        out = run_cell(kc, ENV_CELL)
+        assert out["error"] is None, out
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    return {**json.loads(out["stdout"]), "launcher": launcher_env}
+
+
+def test_the_kernels_environment_is_an_allow_list(
+    env_kernels: KernelSpecManager, tmp_path: Path
+) -> None:
+    got = _kernel_environment(env_kernels, "nsk-env-default", tmp_path)
+    env = got["env"]
+    for name, value in SECRETS.items():
+        assert name not in env
+        assert value not in got["raw"], f"{name} is readable in the sandbox's /proc"
+        # The launcher's memory is what the kernel process is forked from: not there either.
+        assert value not in got["launcher"], f"{name} reached the launcher"
+    assert "EXTRA_PASSED" not in env
+    assert env["JPY_PARENT_PID"] == "1"
+    assert env["JPY_SESSION_NAME"] == str(tmp_path / "notebook.ipynb")
+    assert env["MPLBACKEND"] == "agg"
+    assert env["FROM_KERNELSPEC"] == "spec-value"  # the kernelspec's own env stanza
+    assert env["PATH"] == os.environ["PATH"]
+    assert "XDG_RUNTIME_DIR" not in env
+
+
+def test_install_env_and_keep_env_pass_more(env_kernels: KernelSpecManager, tmp_path: Path) -> None:
+    some = _kernel_environment(env_kernels, "nsk-env-some", tmp_path)["env"]
+    assert some["EXTRA_SET"] == "from-install"
+    assert some["EXTRA_PASSED"] == "passed"
+    assert not set(SECRETS) & set(some)
+    everything = _kernel_environment(env_kernels, "nsk-env-all", tmp_path)["env"]
+    assert {k: everything.get(k) for k in SECRETS} == SECRETS
+    assert everything["JPY_PARENT_PID"] == "1"
+
+
+def test_install_rejects_a_bad_env_option(nsk, tmp_path: Path) -> None:
+    res = nsk("install", "--prefix", str(tmp_path), "--env", "1BAD=x")
+    assert res.returncode != 0
+    assert "--env '1BAD=x'" in res.stderr
+    assert not (tmp_path / "share").exists()

@@ -165,6 +165,7 @@ class Sandbox:
                     ),
                     masks=_masks(spec, home, binds, plan_maps),
                     home=home,
+                    hide=tuple(dict.fromkeys(spec.hide + _state_under_binds(binds))),
                 )
         except BaseException:
             applied.remove_from_parent()
@@ -587,6 +588,18 @@ def _masks(
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
             out.append(d)
+    return tuple(out)
+
+
+def _state_under_binds(binds: tuple[Bind, ...]) -> tuple[str, ...]:
+    """nskernel's runtime directories that a bind would show again (a --bind of /tmp or
+    of the directory holding them): hidden once more, on top of the bind."""
+    out = []
+    for d in map(os.path.realpath, existing_runtime_dirs()):
+        for b in binds:  # sources are resolved (realpath) already
+            src = b.source.rstrip("/") + "/"
+            if d.startswith(src):
+                out.append(os.path.join(b.dest, d[len(src) :]))
     return tuple(out)
 
 

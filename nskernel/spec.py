@@ -158,7 +158,17 @@ def python_environment_binds() -> tuple[Bind, ...]:
     unprivileged host uid) cannot enter, such as /root: bound in, it becomes reachable
     (see ``Sandbox.spawn``, which lays a skeleton over that directory).
     """
-    candidates = [sys.prefix, sys.exec_prefix, *sys.path]
+    paths = list(sys.path)
+    # `python -m` and `-c` put the working directory first: that is the caller's
+    # (the notebook's) directory, not this Python's environment, and whether a sandbox
+    # sees it is decided elsewhere (notebook_dir_binds, --bind).
+    try:
+        here = os.getcwd()
+    except OSError:
+        here = None
+    if paths and paths[0] in ("", here):
+        paths = paths[1:]
+    candidates = [sys.prefix, sys.exec_prefix, *paths]
     hidden = sorted({os.path.realpath(p) for p in candidates if p and os.path.isdir(p)}, key=len)
     from ._linux.userns import is_host_root
 
@@ -169,6 +179,44 @@ def python_environment_binds() -> tuple[Bind, ...]:
         if unreachable and not any(p == t or p.startswith(t + "/") for t in tops):
             tops.append(p)
     return tuple(Bind(p, p, readonly=True) for p in tops)
+
+
+def notebook_dir_binds(
+    cwd: str, *, readonly: bool, home: str | None = None
+) -> tuple[list[Bind], tuple[str, ...], str | None]:
+    """What makes the notebook's directory ``cwd`` reachable inside: (binds, paths to
+    hide again, a note for the user or None).
+
+    Sandboxes do not see the homes (keys, tokens, browser profiles). The notebook's
+    directory is bound all the same, except where that would undo it:
+
+    - ``cwd`` is the home itself (a notebook in ~, JupyterHub's default): bound, with
+      every dot-file and dot-directory of the home hidden again, where settings, keys and
+      tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...);
+    - ``cwd`` holds a home (``/home``, ``/``): not bound; the note says why.
+    """
+    home = home if home is not None else os.path.expanduser("~")
+    cwd = os.path.normpath(cwd)
+    if cwd == "/":
+        return [], (), None
+    if home and os.path.isabs(home) and home != "/":
+        home = os.path.normpath(home)
+        if home == cwd:
+            try:
+                dots = sorted(e for e in os.listdir(cwd) if e.startswith("."))
+            except OSError:
+                dots = []
+            return [Bind(cwd, cwd, readonly)], tuple(os.path.join(cwd, d) for d in dots), None
+        if home.startswith(cwd.rstrip("/") + "/") or any(
+            d.startswith(cwd.rstrip("/") + "/") for d in HOME_DIRS
+        ):
+            note = (
+                f"the notebook's directory {cwd} holds home directories, which sandboxes "
+                "do not see, so it is not made reachable inside; keep notebooks in a "
+                "directory of their own (or --bind/--ro-bind what the code needs)"
+            )
+            return [], (), note
+    return [Bind(cwd, cwd, readonly)], (), None
 
 
 def _hostname_error(name: str) -> str | None:
@@ -208,6 +256,10 @@ class SandboxSpec:
     share_home: bool = False
     # The command's syscall filter ("default", "unconfined" or a Docker/OCI JSON profile),
     # and changes to the default capability set (see nskernel._linux.confine).
+    # Paths inside binds to cover again with something empty and private (see
+    # ``notebook_dir_binds``: a home bound as the notebook's directory keeps its
+    # dot-files hidden).
+    hide: tuple[str, ...] = ()
     seccomp: str = "default"
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
@@ -218,6 +270,7 @@ class SandboxSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "binds", tuple(self.binds))
+        object.__setattr__(self, "hide", tuple(self.hide))
         object.__setattr__(self, "cap_add", tuple(self.cap_add))
         object.__setattr__(self, "cap_drop", tuple(self.cap_drop))
         unknown = self.namespaces - set(ALL_NAMESPACES)

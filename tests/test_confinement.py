@@ -209,3 +209,46 @@ def test_sandbox_cell_environment_choices():
         assert seen["MY_SETTING"] == "kept" and seen["X"] == "1" and "MY_TOKEN" not in seen
         seen = execute(kc, "%%sandbox --keep-env\n" + dump).json_line()
         assert seen["MY_TOKEN"] == "secret"
+
+
+@pytest.mark.kernel
+def test_kernelspec_confinement_choices_and_a_broken_profile(tmp_path: Path, nsk):
+    import os
+
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from nskernel.kernel import install
+    from tests.kernel_helpers import run_cell
+
+    prefix = tmp_path / "prefix"
+    install.install(name="nsk-caps", prefix=str(prefix), cap_drop=["NET_ADMIN"])
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
+    km = KernelManager(kernel_name="nsk-caps", kernel_spec_manager=ksm)
+    (tmp_path / "nb").mkdir()
+    km.start_kernel(cwd=str(tmp_path / "nb"))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        seen = json.loads(run_cell(kc, PROBE)["stdout"])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert seen["status"]["CapBnd"] == f"{caps.mask(caps.plan(drop=['NET_ADMIN'])):016x}"
+    # A profile that cannot be compiled is refused at install time...
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"defaultAction": "SCMP_ACT_BOGUS"}')
+    r = nsk("install", "--prefix", str(prefix), "--name", "nsk-broken", "--seccomp", str(broken))
+    assert r.returncode != 0 and "SCMP_ACT_BOGUS" in r.stderr
+    # ...and one broken after it, at the kernel's start, which then never runs.
+    good = tmp_path / "good.json"
+    good.write_text('{"defaultAction": "SCMP_ACT_ALLOW"}')
+    install.install(name="nsk-later", prefix=str(prefix), seccomp=str(good))
+    good.write_text('{"defaultAction": "SCMP_ACT_BOGUS"}')
+    km = KernelManager(kernel_name="nsk-later", kernel_spec_manager=ksm)
+    with pytest.raises(Exception, match="SCMP_ACT_BOGUS"):
+        km.start_kernel(cwd=str(tmp_path / "nb"))
+    assert not km.has_kernel
+    assert os.listdir(tmp_path / "nb") == []

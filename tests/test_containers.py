@@ -141,11 +141,6 @@ def test_sandbox_magic_in_a_container_with_the_documented_settings(lab: Lab, who
 @pytest.mark.parametrize("who", USERS)
 def test_jupyter_server_in_a_container_with_the_documented_settings(lab: Lab, who: str) -> None:
     step = _ok(lab.outcome(lab.documented(), USERS[who])["server"])
-    if who == "root" and "unshare(0x20000)" in step.get("log_tail", ""):
-        # The kernel launcher, run by root without CAP_SYS_ADMIN (container root), takes
-        # itself for the host's root and makes a mount namespace without a user namespace.
-        # Issue 18 item 1 (the lead's, in the core): decide "privileged" by capability.
-        pytest.xfail("container root: the kernel launcher decides privilege by uid (issue 18.1)")
     assert "start_error" not in step, step.get("log_tail")
     assert step["cell_error"] is None and not step["marker"]
     _own_namespaces(step["inside"], step["outside"])

@@ -474,14 +474,17 @@ def test_sandbox_root_is_never_host_root_even_for_single_namespaces(nsk):
 
 
 def test_kernel_shutdown_ends_a_sandboxed_kernel_that_stopped_its_init(tmp_path):
-    pytest.skip("TEMPORARY: needs a kernelspec with --cap-add SYS_PTRACE (wired next)")
     from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
-    from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
+    from nskernel.kernel import install
+    from tests.kernel_helpers import run_cell
 
-    ksm = KernelSpecManager(kernel_dirs=[str(install_kernelspecs(tmp_path / "prefix"))])
-    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    # By default the kernel cannot trace its init at all; with SYS_PTRACE it can.
+    install.install(name="nsk-ptrace", prefix=str(tmp_path / "prefix"), cap_add=["SYS_PTRACE"])
+    kernels = tmp_path / "prefix" / "share" / "jupyter" / "kernels"
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
+    km = KernelManager(kernel_name="nsk-ptrace", kernel_spec_manager=ksm)
     nbdir = tmp_path / "nb"
     nbdir.mkdir()
     km.start_kernel(cwd=str(nbdir))
@@ -524,3 +527,128 @@ def test_doctor_says_up_front_when_groups_cannot_be_dropped():
     assert "supplementary groups: 4999 CANNOT be dropped" in r.stdout
     assert "--add-subgids" in r.stdout and "--keep-groups" in r.stdout
     assert "Sandboxes do NOT start here" in r.stdout
+
+
+# ---------------------------------------------------------------- the notebook's directory
+
+
+def test_a_bind_never_shows_nskernels_runtime_directory_again(nsk, tmp_path):
+    from nskernel.paths import runtime_dir
+
+    state = runtime_dir()  # other kernels' sockets and keys live here
+    secret = os.path.join(state, f"secret-{uuid.uuid4().hex[:8]}")
+    with open(secret, "w") as f:
+        f.write("a kernel's key\n")
+    try:
+        parent = os.path.dirname(state)
+        look = f"import os\ntry:\n    print(os.listdir({state!r}))\nexcept OSError as e:\n"
+        look += "    print(e.strerror)"
+        r = nsk("run", "--bind", parent, "--", sys.executable, "-I", "-c", look)
+        assert r.returncode == 0, r.stderr
+        # Empty (covered again), or out of sandbox root's reach as on the host (as root,
+        # a 0700 directory of root's): never its entries.
+        assert r.stdout in ("[]\n", "Permission denied\n"), r.stdout
+    finally:
+        os.unlink(secret)
+        from nskernel.paths import remove_runtime_entry
+
+        remove_runtime_entry(secret)
+
+
+def test_a_bind_inside_the_notebooks_directory_stays_writable(tmp_path):
+    nb = tmp_path / "nb"
+    (nb / "data").mkdir(parents=True)
+    os.chmod(tmp_path, 0o755)
+    for d in (nb, nb / "data"):
+        os.chmod(d, 0o777)
+    with kernel() as (_km, kc):
+        back = execute(kc, "import os; print(os.getcwd())").stdout.strip()
+        try:
+            execute(kc, f"os.chdir({str(nb)!r})")
+            res = execute(kc, "%%sandbox --bind ./data\nopen('data/out.txt', 'w').write('x')")
+            assert res.status == "ok", res.error_text
+        finally:
+            execute(kc, f"os.chdir({back!r})")
+    assert (nb / "data" / "out.txt").read_text() == "x"
+
+
+def _home_with_secrets(tmp_path):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".netrc").write_text("machine x password y\n")
+    (home / "notes.txt").write_text("next to the notebook\n")
+    for p in (tmp_path, home, home / ".ssh"):
+        os.chmod(p, 0o777)
+    for p in (home / "notes.txt", home / ".netrc", home / ".ssh" / "id_ed25519"):
+        os.chmod(p, 0o666)
+    return home
+
+
+LOOK_AT_HOME = r"""
+import json, os
+home = os.environ["HOME"]
+found = {"cwd": os.getcwd(), "listing": sorted(os.listdir(home))}
+found["notes"] = open(os.path.join(home, "notes.txt")).read()
+try:
+    found["key"] = open(os.path.join(home, ".ssh", "id_ed25519")).read()
+except OSError as e:
+    found["key"] = e.strerror
+found["netrc"] = open(os.path.join(home, ".netrc")).read()
+try:
+    with open(os.path.join(home, ".ssh", "planted"), "w") as f:
+        f.write("x")
+    found["dot_write"] = "ok"
+except OSError as e:
+    found["dot_write"] = e.strerror
+print(json.dumps(found))
+"""
+
+
+@pytest.mark.kernel
+def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+
+    from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
+
+    home = _home_with_secrets(tmp_path)
+    ksm = KernelSpecManager(kernel_dirs=[str(install_kernelspecs(tmp_path / "prefix"))])
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(home), env={**os.environ, "HOME": str(home)})
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        out = run_cell(kc, LOOK_AT_HOME + "open('written.txt', 'w').write('from the kernel')")
+        assert out["error"] is None, out
+        seen = json.loads(out["stdout"].splitlines()[-1])
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert seen["cwd"] == str(home)
+    assert seen["notes"] == "next to the notebook\n"  # the notebook's files: there
+    assert seen["key"] == "No such file or directory" and seen["netrc"] == ""  # dot-files: not
+    assert seen["dot_write"] == "ok"  # into its own private .ssh...
+    assert not (home / ".ssh" / "planted").exists()  # ...not the host's
+    assert (home / "written.txt").read_text() == "from the kernel"  # the notebook's dir: writable
+
+
+def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):
+    home = _home_with_secrets(tmp_path)
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(
+        kernel_name="python3", startup_timeout=60, env={**os.environ, "HOME": str(home)}
+    )
+    try:
+        execute(kc, f"import os\nos.chdir({str(home)!r})\n%load_ext nskernel")
+        res = execute(kc, "%%sandbox\n" + LOOK_AT_HOME)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert seen["cwd"] == str(home) and seen["notes"] == "next to the notebook\n"
+    assert seen["key"] == "No such file or directory" and seen["netrc"] == ""
+    assert not (home / ".ssh" / "planted").exists()

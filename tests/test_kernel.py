@@ -352,12 +352,14 @@ def test_shutdown_lets_the_control_thread_finish_before_the_exit_handlers(
     env = {k: v for k, v in os.environ.items() if k != "IPYTHONDIR"}
     env["HOME"] = str(home)
     home.chmod(0o700)
-    with kernel(ksm, tmp_path, env=env) as k:
+    nbdir = tmp_path / "nb"  # beside the home: a directory holding a home is not bound
+    nbdir.mkdir()
+    with kernel(ksm, nbdir, env=env) as k:
         assert k.run("print(_late.__name__)")["stdout"] == "_late\n"  # the delay is in place
         proc = k.km.provisioner.process
         k.km.shutdown_kernel(now=False)
         assert proc.returncode == 0
-    assert (tmp_path / "events.log").read_text().splitlines() == [
+    assert (nbdir / "events.log").read_text().splitlines() == [
         "control thread published idle",
         "exit handlers close the channels",
     ]
@@ -379,9 +381,11 @@ def _exec_kernelspec(kernels_dir: Path, tmp_path: Path) -> KernelSpecManager:
 def test_the_users_ipython_profile_is_loaded_inside(
     ksm: KernelSpecManager, kernels_dir: Path, tmp_path: Path, command: str
 ) -> None:
-    # Inside, ~/.ipython is read-only (for root, unreadable): the kernel runs on a copy
-    # of the profile's config and startup files in its own IPython dir. The launcher's
+    # Inside, the home is a private, empty one: the kernel runs on a copy of the
+    # profile's config and startup files in its own IPython dir there. The launcher's
     # own ipykernel gets it in memory; an exec'd kernel command, in its socket dir.
+    # (The notebook's directory here holds the home, so it is not bound: the kernel
+    # runs in its private home.)
     if command == "exec":
         ksm = _exec_kernelspec(kernels_dir, tmp_path)
     home = tmp_path / "home"
@@ -409,7 +413,7 @@ def test_the_users_ipython_profile_is_loaded_inside(
             assert lines[1] == os.path.join(k.kernel_dir, "sock", "ipython")
             assert lines[2].split() == ["2", "__main__.py"]  # python -m ipykernel, as PID 2
         else:
-            assert lines[1] == "/tmp/.ipython"
+            assert lines[1] == str(home / ".ipython")
             assert lines[2].split() == ["2", "ipykernel_launcher.py"]
         # The host's profile is untouched by the kernel's history and the like.
         assert sorted(p.name for p in profile.iterdir()) == ["ipython_kernel_config.py", "startup"]

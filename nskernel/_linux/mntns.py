@@ -43,6 +43,10 @@ class MountPlan:
     masks: tuple[str, ...] = ()
     # The sandbox's private, writable home: a directory made in a mask (or in /tmp).
     home: str | None = None
+    # Paths inside binds covered again, each by something empty and private (a tmpfs
+    # over a directory, an empty file over a file): the dot-files of a home bound as
+    # the notebook's directory, nskernel's runtime directory under a --bind.
+    hide: tuple[str, ...] = ()
     # A minimal /dev of its own (bwrap's --dev): no host terminal, disk or device is
     # reachable, only null, zero, full, random, urandom, tty and a new devpts instance.
     fresh_dev: bool = True
@@ -179,6 +183,32 @@ def _tmpfs(target: str, mode: str) -> None:
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}")
 
 
+def _hide(r: str, path: str, serial: int) -> None:
+    """Cover ``path`` (inside the new root ``r``) with something empty, private and
+    writable: a fresh tmpfs over a directory, a fresh empty file over anything else."""
+    target = r + path
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return  # nothing there to hide
+    except PermissionError:
+        # We run with sandbox root's host ids: what we cannot reach, it cannot either.
+        return
+    import stat
+
+    if stat.S_ISDIR(st.st_mode):
+        _step(f"mount(tmpfs) over {path}", _tmpfs, target, "0700")
+        return
+    if stat.S_ISLNK(st.st_mode):
+        return  # a mount would follow it; what it points to is hidden or not on its own
+    # An empty file of our own in the scratch tmpfs, bound over it (mount needs a file
+    # of the same kind as its mount point).
+    empty = f"{_SCRATCH}/.nskernel-hidden-{serial}"
+    with open(empty, "w"):
+        pass
+    _step(f"hide {path}", sc.mount, empty, target, None, sc.MS_BIND)
+
+
 def _make_home(r: str, home: str, scratch: tuple[str, ...]) -> None:
     """The private home: a directory sandbox root owns, in a fresh tmpfs (a mask or /tmp).
 
@@ -235,9 +265,23 @@ def setup_mounts_from_child(
     if plan.home is not None:
         _make_home(r, plan.home, ("/tmp", *plan.masks))
 
-    scratch = ("/tmp", *plan.masks)  # fresh tmpfs: a missing destination may be made here
-    for fd, dst, ro, detached in sources:
+    # fresh tmpfs: a missing destination may be made here
+    scratch = ("/tmp", *plan.masks, *plan.hide)
+    # Shallower first, binds before hides at one depth: a bind inside another (a venv
+    # in the notebook's directory) or inside a hidden path must land on top of it.
+    ops: list[tuple[str, int, str, bool, bool]] = [
+        ("bind", fd, dst, ro, detached) for fd, dst, ro, detached in sources
+    ]
+    bound = {dst for _fd, dst, _ro, _detached in sources}
+    ops += [("hide", -1, p, False, False) for p in plan.hide if p not in bound]
+    ops.sort(key=lambda op: (op[2].rstrip("/").count("/"), op[0] == "hide"))
+    hidden: list[str] = []
+    for kind, fd, dst, ro, detached in ops:
         target = r + dst
+        if kind == "hide":
+            _hide(r, dst, len(hidden))
+            hidden.append(dst)
+            continue
         if not os.path.lexists(target):
             # Only inside the sandbox's own tmpfs may a missing destination be created;
             # elsewhere it would have to be created on the (read-only) host filesystem.

@@ -66,6 +66,9 @@ def kernel_json(
     limits: dict[str, str] | None = None,
     env: list[str] | None = None,
     keep_env: bool = False,
+    seccomp: str | None = None,
+    cap_add: list[str] | None = None,
+    cap_drop: list[str] | None = None,
 ) -> dict[str, Any]:
     with open(template_dir() / "kernel.json") as f:
         spec = json.load(f)
@@ -98,6 +101,21 @@ def kernel_json(
         config["env"] = list(env)
     if keep_env:
         config["keep_env"] = True
+    if seccomp or cap_add or cap_drop:
+        from .._linux import confine
+
+        if seccomp and seccomp not in ("default", "unconfined"):
+            seccomp = os.path.abspath(seccomp)  # the kernel starts elsewhere
+        try:  # checked (and the profile compiled) now, like the limits
+            confine.plan(seccomp or "default", cap_add=cap_add or (), cap_drop=cap_drop or ())
+        except SpecError as e:
+            raise InstallError(str(e)) from None
+        if seccomp:
+            config["seccomp"] = seccomp
+        if cap_add:
+            config["cap_add"] = list(cap_add)
+        if cap_drop:
+            config["cap_drop"] = list(cap_drop)
     return spec
 
 
@@ -112,6 +130,9 @@ def install(
     limits: dict[str, str] | None = None,
     env: list[str] | None = None,
     keep_env: bool = False,
+    seccomp: str | None = None,
+    cap_add: list[str] | None = None,
+    cap_drop: list[str] | None = None,
 ) -> str:
     """Install the kernelspec; returns the directory it was written to."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -123,6 +144,9 @@ def install(
         limits=limits,
         env=env,
         keep_env=keep_env,
+        seccomp=seccomp,
+        cap_add=cap_add,
+        cap_drop=cap_drop,
     )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
@@ -161,6 +185,9 @@ def _cmd_install(args: argparse.Namespace) -> int:
             limits={"memory": args.memory, "pids": args.pids, "cpus": args.cpus},
             env=args.env,
             keep_env=args.keep_env,
+            seccomp=args.seccomp,
+            cap_add=args.cap_add,
+            cap_drop=args.cap_drop,
         )
     except PermissionError as e:
         msg = f"cannot write the kernelspec ({e}); use --user, or --prefix with a writable path"
@@ -230,6 +257,26 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="pass the server's whole environment to the kernel, secrets such as "
         "JUPYTERHUB_API_TOKEN included",
+    )
+    p.add_argument(
+        "--seccomp",
+        metavar="default|unconfined|PATH",
+        help="the kernel's syscall filter: nskernel's default (which lets %%%%sandbox make "
+        "its nested sandboxes), none, or a Docker/OCI JSON profile",
+    )
+    p.add_argument(
+        "--cap-add",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="keep this capability for the kernel's sandbox root too (e.g. SYS_PTRACE)",
+    )
+    p.add_argument(
+        "--cap-drop",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="drop this capability from the kernel's default set",
     )
     p.set_defaults(func=_cmd_install)
 

@@ -60,7 +60,13 @@ from typing import Any
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError, paths
 from .._linux import syscalls, userns
 from ..errors import EXIT_SANDBOX_FAILED
-from ..spec import ALL_NAMESPACES, blocked_ancestor, make_limits, python_environment_binds
+from ..spec import (
+    ALL_NAMESPACES,
+    blocked_ancestor,
+    make_limits,
+    notebook_dir_binds,
+    python_environment_binds,
+)
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -80,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hostname", help="the sandbox's hostname")
     p.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 1G")
     p.add_argument("--pids", metavar="N", help="at most N processes at once")
+    p.add_argument(
+        "--seccomp",
+        default="default",
+        help="the syscall filter: default (with user namespaces allowed, for %%%%sandbox), "
+        "unconfined, or a Docker/OCI JSON profile",
+    )
+    p.add_argument("--cap-add", action="append", default=[], help="an extra capability")
+    p.add_argument("--cap-drop", action="append", default=[], help="a dropped capability")
     p.add_argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5")
     p.add_argument(
         "--kernel-dir",
@@ -219,9 +233,9 @@ def _sandbox_root_on_host() -> tuple[int, int] | None:
 def ipython_dir(in_process: bool, with_mnt: bool, dirs: StartDirs | None) -> str | None:
     """Where the kernel's IPYTHONDIR is inside the sandbox: writable and its own.
 
-    Inside, the user's home is read-only (or, for root, not readable by sandbox root),
-    so the kernel gets its own IPython dir with a copy of the user's profile. The
-    in-process kernel writes that copy itself, inside, in the sandbox's private /tmp.
+    Inside, the user's home is hidden (the sandbox gets a private, empty one), so the
+    kernel gets its own IPython dir with a copy of the user's profile. The in-process
+    kernel writes that copy itself, inside, in ~/.ipython of the private home.
     Otherwise (an exec'd kernel command, or no mount namespace, where /tmp is the
     host's) it lives in this start's fresh socket directory, removed with it, and the
     host writes the copy there before the sandbox exists. None: no kernel directory.
@@ -313,8 +327,17 @@ def _start(
             file=sys.stderr,
         )
         bind_cwd = False
+    hide: tuple[str, ...] = ()
+    cwd_inside = cwd
     if bind_cwd and with_mnt:
-        binds.append(Bind(cwd, cwd))
+        # Not a directory holding homes; a home itself without its dot-files.
+        nb_binds, hide, note = notebook_dir_binds(cwd, readonly=False, home=env.get("HOME"))
+        if note:
+            # The kernel starts in its private home instead.
+            print(f"nskernel: {note}", file=sys.stderr)
+            bind_cwd = False
+            cwd_inside = env.get("HOME") or "/"
+        binds += nb_binds
     if with_mnt:
         # Modules the kernel imports later (nskernel.widgets, the user's editable
         # packages) must stay importable when this environment lives under a directory
@@ -322,7 +345,12 @@ def _start(
         taken = {b.dest for b in binds}
         binds += [b for b in python_environment_binds() if b.dest not in taken]
 
-    if owner is not None:
+    # The staging mount namespace (idmapped notebook directory, skeletons over what
+    # sandbox root cannot traverse) needs CAP_SYS_ADMIN, which root in a container
+    # usually lacks: decided by capability, not by uid. Without it the binds still reach
+    # the sandbox (their sources are opened with our rights), but a notebook directory
+    # sandbox root may not write stays read-only for it.
+    if owner is not None and userns.holds_cap_sys_admin():
         from . import staging
 
         items = []
@@ -347,12 +375,16 @@ def _start(
         namespaces=namespaces,
         hostname=args.hostname,
         binds=tuple(binds),
-        cwd=cwd,
+        cwd=cwd_inside,
         env=env,
+        hide=hide,
         limits=make_limits(args.memory, args.pids, args.cpus),
         # %%sandbox in this kernel makes nested sandboxes: its filter lets it create user
         # namespaces (the cells' own filters, stacked on it, do not).
         allow_new_userns=True,
+        seccomp=args.seccomp,
+        cap_add=tuple(args.cap_add),
+        cap_drop=tuple(args.cap_drop),
     )
     if target is not None:
         # The imported modules are shared copy-on-write with the kernel process; without
@@ -399,9 +431,9 @@ def _wait_for_host_facts(pid: int, dirs: StartDirs) -> None:
         dirs.share("host.json", json.dumps(host_facts()).encode(), replace=True)
 
 
-# The in-process kernel's IPython dir inside its sandbox (private /tmp). Once every
-# sandbox with a mount namespace has a private, writable home, "~/.ipython" will do.
-SANDBOX_IPYTHONDIR = "/tmp/.ipython"
+# The in-process kernel's IPython dir inside its sandbox: in its private, writable home
+# (or, for a notebook in the home itself, in the private tmpfs over its dot-files).
+SANDBOX_IPYTHONDIR = "~/.ipython"
 PROFILE_FILE_MAX = 1 << 20  # bytes; a config or startup file larger than this is skipped
 
 

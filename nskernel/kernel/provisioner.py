@@ -306,6 +306,15 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         "(nskernel install --keep-env).",
     )
 
+    seccomp = Unicode(
+        "default",
+        config=True,
+        help="The kernel's syscall filter: default (with user namespaces allowed, for "
+        "%%sandbox), unconfined, or a Docker/OCI JSON profile (nskernel install --seccomp).",
+    )
+    cap_add = List(Unicode(), default_value=[], config=True, help="nskernel install --cap-add")
+    cap_drop = List(Unicode(), default_value=[], config=True, help="nskernel install --cap-drop")
+
     kernel_dir: str | None = None
     _lifeline_w: int | None = None
     _sandbox_pidfd: int | None = None
@@ -340,6 +349,21 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         if err:
             raise KernelSandboxUnavailable(f"kernel.json: {err}")
         return name
+
+    def _confinement_args(self) -> list[str]:
+        """The launcher's --seccomp/--cap-* arguments, checked (and compiled) here first:
+        a broken profile stops the start with its reason, before anything is made."""
+        from .._linux import confine
+
+        try:
+            confine.plan(self.seccomp, cap_add=self.cap_add, cap_drop=self.cap_drop)
+        except SpecError as e:
+            msg = f"kernel.json: {e} (reinstall with nskernel install --seccomp/--cap-*)"
+            raise KernelSandboxUnavailable(msg) from None
+        args = ["--seccomp", self.seccomp]
+        args += [f"--cap-add={c}" for c in self.cap_add]
+        args += [f"--cap-drop={c}" for c in self.cap_drop]
+        return args
 
     def _env_options(self) -> list[str]:
         try:
@@ -378,6 +402,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         limit_args = self._limit_args()  # every setting checked before anything is made
         env_options = self._env_options()
         loop = asyncio.get_running_loop()
+        confinement_args = await loop.run_in_executor(None, self._confinement_args)
         await loop.run_in_executor(None, probe_namespaces, namespaces)
         self.kernel_dir = await loop.run_in_executor(None, self._reuse_or_make_kernel_dir)
         km = self.parent
@@ -392,6 +417,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         if hostname:
             launcher += ["--hostname", hostname]
         launcher += limit_args
+        launcher += confinement_args
         launcher += ["--kernel-dir", self.kernel_dir]
         if km is not None:
             launcher += ["--connection-file", km.connection_file]

@@ -29,6 +29,7 @@ from nskernel.spec import (
     Bind,
     format_size,
     make_limits,
+    notebook_dir_binds,
     parse_size,
 )
 
@@ -604,6 +605,11 @@ class SandboxMagics(Magics):
             binds += [Bind.parse(b, readonly=True) for b in args.ro_bind]
         except SpecError as e:
             raise UsageError(str(e)) from None
+        # Relative to the kernel's working directory (the notebook's), as in a shell:
+        # --bind . or --bind ./data lands at the same absolute path inside.
+        binds = [
+            Bind(os.path.abspath(b.source), os.path.abspath(b.dest), b.readonly) for b in binds
+        ]
         if args.name is not None and not args.name.strip():
             raise UsageError("--name needs a non-empty name, e.g. --name web1")
         if args.timeout is not None and args.timeout <= 0:
@@ -636,7 +642,7 @@ class SandboxMagics(Magics):
         created = set(flags or ALL_NAMESPACES)
         if "pid" in created:
             created.add("mnt")  # a fresh /proc comes with a mount namespace
-        cwd, notebook_dir = _sandbox_cwd(created, binds)
+        cwd, notebook_dir, hide = _sandbox_cwd(created, binds)
         spec = {
             "namespaces": sorted(flags or ALL_NAMESPACES),
             "hostname": args.hostname,
@@ -646,6 +652,7 @@ class SandboxMagics(Magics):
             "cwd": cwd,
             "limits": {k: v for k, v in limits.items() if v is not None},
             "env": env,
+            "hide": list(hide),
             "share_home": args.share_home,
             "no_userns": args.no_userns,
             "keep_groups": args.keep_groups,
@@ -745,32 +752,29 @@ def _cwd() -> str | None:
 _warned_cwd: set[str] = set()
 
 
-def _sandbox_cwd(namespaces: Any, binds: list[Bind]) -> tuple[str | None, list[Bind]]:
-    """Where the cell runs, and the bind that makes it reachable.
+def _sandbox_cwd(
+    namespaces: Any, binds: list[Bind]
+) -> tuple[str | None, list[Bind], tuple[str, ...]]:
+    """Where the cell runs, the bind that makes it reachable, and what to hide in it.
 
     With a mount namespace the cell runs in the kernel's working directory (the
     notebook's), bound read-only at the same path: files next to the notebook can be
-    read, ``--bind DIR`` makes it writable. Not when that directory holds the user's
-    home (a notebook in ~ itself): binding it would show the home the sandbox must not
-    see, so the cell runs in its private home, and a note (once) says why.
+    read, ``--bind DIR`` makes it writable. A home bound that way keeps its dot-files
+    hidden; a directory holding homes is not bound (see ``notebook_dir_binds``): the cell
+    then runs in its private home, and a note (once) says why.
     """
     cwd = _cwd()
     if cwd is None or "mnt" not in namespaces or cwd == "/":
-        return cwd, []
+        return cwd, [], ()
     if any(cwd == b.dest or cwd.startswith(b.dest.rstrip("/") + "/") for b in binds):
-        return cwd, []
-    home = os.path.expanduser("~")
-    if home == cwd or home.startswith(cwd.rstrip("/") + "/"):
+        return cwd, [], ()
+    nb_binds, hide, note = notebook_dir_binds(cwd, readonly=True)
+    if note:
         if cwd not in _warned_cwd:
             _warned_cwd.add(cwd)
-            print(
-                f"note: the kernel's working directory {cwd} holds your home, which "
-                f"sandboxes do not see, so cells run in their own private {home}; keep "
-                "notebooks in a subdirectory, or --ro-bind what a cell needs",
-                file=sys.stderr,
-            )
-        return home, []
-    return cwd, [Bind(cwd, cwd, readonly=True)]
+            print(f"note: {note}", file=sys.stderr)
+        return os.path.expanduser("~"), [], ()
+    return cwd, nb_binds, hide
 
 
 def _compose_map(inner: list[list[int]], outer: list[list[int]]) -> list[list[int]]:

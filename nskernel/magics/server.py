@@ -192,6 +192,7 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
         # The kernel filtered its environment (the allow-list) before sending it.
         env=dict(env) if isinstance(env, dict) else None,
         share_home=bool(spec.get("share_home")),
+        hide=tuple(str(p) for p in spec.get("hide") or ()),
         no_userns=bool(spec.get("no_userns")),
         keep_groups=bool(spec.get("keep_groups")),
         seccomp=str(spec.get("seccomp") or "default"),

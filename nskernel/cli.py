@@ -11,7 +11,14 @@ from collections.abc import Sequence
 from . import ptyrelay
 from .environ import sandbox_environment
 from .errors import EXIT_SANDBOX_FAILED, EXIT_TIMEOUT, NskernelError, SandboxError, SpecError
-from .spec import ALL_NAMESPACES, Bind, SandboxSpec, make_limits
+from .spec import (
+    ALL_NAMESPACES,
+    DEGRADED_ENV,
+    Bind,
+    SandboxSpec,
+    make_limits,
+    parse_degraded,
+)
 
 RUN_EPILOG = f"""\
 namespaces:
@@ -177,6 +184,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         help="drop this capability from sandbox root's default set (or ALL)",
     )
     p.add_argument(
+        "--allow-degraded",
+        metavar="proc,sys,hostname",
+        default=os.environ.get(DEGRADED_ENV, ""),
+        help="in a container that refuses a fresh /proc or /sys, or sethostname, keep the "
+        "container's own (read-only) instead of failing, with a warning of what isolation "
+        f"is lost (default: ${DEGRADED_ENV}); see docs/deploy.md",
+    )
+    p.add_argument(
         "--share-home",
         action="store_true",
         help="show the host's homes read-only, as they are (default: hidden, and a "
@@ -253,6 +268,7 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         seccomp=args.seccomp,
         cap_add=tuple(args.cap_add),
         cap_drop=tuple(args.cap_drop),
+        allow_degraded=parse_degraded(args.allow_degraded),
     )
 
 

@@ -75,6 +75,8 @@ class Sandbox:
         self._facts: dict[str, Any] | None = None
         self.limits = applied_limits
         self.confinement: confine.Confinement | None = None  # set by spawn
+        # The degraded modes this sandbox runs in (--allow-degraded), warned about.
+        self.degraded: list[str] = []
         # Processes killed by destroy() that come back to us as zombies (no PID
         # namespace: init's children are re-parented to us, a subreaper, when it dies).
         self._killed: list[tuple[int, int]] = []
@@ -166,6 +168,7 @@ class Sandbox:
                     masks=_masks(spec, home, binds, plan_maps),
                     home=home,
                     hide=tuple(dict.fromkeys(spec.hide + _state_under_binds(binds))),
+                    degraded_ok=spec.allow_degraded,
                 )
         except BaseException:
             applied.remove_from_parent()
@@ -188,6 +191,7 @@ class Sandbox:
             rlimits=tuple(applied.rlimits),
             final_maps=plan_maps if contain.locks_mounts(namespaces) else None,
             confinement=confinement,
+            allow_degraded=spec.allow_degraded,
         )
 
         global _subreaper_set
@@ -205,6 +209,10 @@ class Sandbox:
         finally:
             for fd in owned.values():
                 os.close(fd)  # the sandbox has attached its own copy
+        if sb.degraded:
+            from .doctor import degraded_warning
+
+            warnings += [degraded_warning(w) for w in sb.degraded]
         global _init_warned
         if not _init_warned:
             # pip hides the build hook's output: say it where the user looks, once.
@@ -245,6 +253,7 @@ class Sandbox:
             os.close(fd)
         reader = _Reports(pipes.report_r)
         init_pid: int | None = None
+        degraded: list[str] = []
         try:
             if "user" in namespaces:
                 msg = reader.next()
@@ -266,6 +275,10 @@ class Sandbox:
             seen: dict[str, dict[str, Any]] = {}
             while not ("init" in seen and "ready" in seen):
                 msg = reader.next()
+                if msg.get("event") == "degraded":
+                    # init's own report (trusted: the command does not exist yet)
+                    degraded = [w for w in msg.get("what") or () if w in spec.allow_degraded]
+                    continue
                 if msg.get("event") not in ("init", "ready"):
                     raise _error_from(msg, namespaces)
                 seen[msg["event"]] = msg
@@ -302,7 +315,9 @@ class Sandbox:
             raise
         finally:
             os.close(pipes.report_r)
-        return cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname, applied)
+        sb = cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname, applied)
+        sb.degraded = degraded
+        return sb
 
     # ------------------------------------------------------------ facts
 
@@ -321,6 +336,7 @@ class Sandbox:
                 "started": self.started,
                 "limits": self.limits.describe(),
                 **({"confinement": self.confinement.describe()} if self.confinement else {}),
+                **({"degraded": list(self.degraded)} if self.degraded else {}),
             }
         return dict(self._facts)
 

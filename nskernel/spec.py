@@ -73,6 +73,17 @@ def access_bits(st: os.stat_result, uid: int = -1, gid: int = -1) -> int:
     return st.st_mode & 0o7
 
 
+DEGRADED_MODES = frozenset({"proc", "sys", "hostname"})
+# Read by `nskernel run`, %%sandbox and the kernel's installer as the default.
+DEGRADED_ENV = "NSKERNEL_ALLOW_DEGRADED"
+
+
+def parse_degraded(text: str | None) -> frozenset[str]:
+    """``proc,sys,hostname`` (or the empty string) -> the modes; unknown names are kept
+    for SandboxSpec to refuse with the list of valid ones."""
+    return frozenset(m.strip() for m in (text or "").split(",") if m.strip())
+
+
 # RFC 1123 label, as sethostname(2) users (and `hostname(1)`) expect.
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
@@ -263,6 +274,10 @@ class SandboxSpec:
     seccomp: str = "default"
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
+    # Opt-in degraded modes for containers that refuse parts of a sandbox: "proc" and
+    # "sys" keep the container's own (read-only) where a fresh one is refused, "hostname"
+    # keeps the inherited name where sethostname is refused. Each is warned about.
+    allow_degraded: frozenset[str] = frozenset()
     # The sandbox may create user namespaces of its own (the sandboxed kernel's, so that
     # %%sandbox works in it); every other sandbox's filter refuses them.
     allow_new_userns: bool = False
@@ -271,6 +286,14 @@ class SandboxSpec:
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "binds", tuple(self.binds))
         object.__setattr__(self, "hide", tuple(self.hide))
+        object.__setattr__(self, "allow_degraded", frozenset(self.allow_degraded))
+        unknown_modes = self.allow_degraded - DEGRADED_MODES
+        if unknown_modes:
+            msg = (
+                f"--allow-degraded {','.join(sorted(unknown_modes))}: choose from "
+                f"{', '.join(sorted(DEGRADED_MODES))}"
+            )
+            raise SpecError(msg)
         object.__setattr__(self, "cap_add", tuple(self.cap_add))
         object.__setattr__(self, "cap_drop", tuple(self.cap_drop))
         unknown = self.namespaces - set(ALL_NAMESPACES)

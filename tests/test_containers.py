@@ -230,3 +230,23 @@ def test_doctor_names_only_what_is_still_in_the_way(lab: Lab, given: str, left: 
     assert report["blockers"][0]["seen"] is True
     flag = {"masked": "systempaths=unconfined", "seccomp": "seccomp=nskernel-seccomp.json"}[left]
     assert report["fix"] == f"docker run --security-opt {flag} IMAGE ..."
+
+
+# ---------------------------------------------------------------- degraded, by opt-in
+
+
+def test_masked_proc_and_sys_fail_closed_unless_degraded_modes_are_allowed(lab: Lab) -> None:
+    # The container's seccomp allows what nskernel needs, but the runtime masks parts of
+    # /proc and /sys: a fresh one is refused. By default nothing runs...
+    profile = [f"--security-opt=seccomp={lab.seccomp}"]
+    step = _ok(lab.outcome(profile, dockerlab.USER_UID, ("run",))["run"])
+    assert step["returncode"] == 125 and not step["marker"]
+    # ...with --allow-degraded proc,sys the sandbox runs on the container's own /proc
+    # and /sys (read-only), in namespaces of its own, and says what it lost.
+    degraded = [*profile, "--env=NSKERNEL_ALLOW_DEGRADED=proc,sys"]
+    step = _ok(lab.outcome(degraded, dockerlab.USER_UID, ("run",))["run"])
+    assert step["returncode"] == 0, step["stderr"]
+    assert not step["marker"]
+    _own_namespaces(step["inside"], step["outside"])
+    assert "the container's runtime refuses a fresh /proc" in step["stderr"]
+    assert "the container's runtime refuses a fresh /sys" in step["stderr"]

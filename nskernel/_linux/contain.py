@@ -83,6 +83,8 @@ class ChildPlan:
     controlling_tty: int | None = None
     cgroup_dirs: tuple[str, ...] = ()
     rlimits: tuple[tuple[int, int], ...] = ()
+    # Degraded modes the caller allows (--allow-degraded: proc, sys, hostname).
+    allow_degraded: frozenset[str] = frozenset()
     # Capabilities, no_new_privs and the syscall filter of the command (see ``confine``),
     # decided and compiled by the launcher; None runs the command with neither.
     confinement: confine.Confinement | None = None
@@ -252,7 +254,11 @@ def _name_and_loopback(plan: ChildPlan) -> None:
         try:
             utsns.set_hostname_from_child(plan.hostname)
         except OSError as e:
-            raise _StepError(f"sethostname({plan.hostname!r})", e) from e
+            # A seccomp filter of the container's may refuse sethostname: keep the name
+            # the UTS namespace inherited, if the caller allowed it (--allow-degraded).
+            if not (e.errno == 1 and "hostname" in plan.allow_degraded):
+                raise _StepError(f"sethostname({plan.hostname!r})", e) from e
+            mntns.DEGRADED.append("hostname")
     if "net" in plan.namespaces:
         try:
             netns.bring_up_loopback_from_child()
@@ -331,6 +337,8 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
         # orphans a process at once would otherwise hand it to the launcher, outside the
         # sandbox's lifetime. The attribute survives init's exec of nskernel-init.
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 1)
+    if mntns.DEGRADED:
+        report(rep, event="degraded", what=list(mntns.DEGRADED))
     report(rep, event="ready")  # step 12
     # A command that is exec'd needs nothing of Python's at-fork handling; a target runs
     # on in Python (the caller's code: random must be reseeded, threading reset...).

@@ -50,6 +50,9 @@ class MountPlan:
     # A minimal /dev of its own (bwrap's --dev): no host terminal, disk or device is
     # reachable, only null, zero, full, random, urandom, tty and a new devpts instance.
     fresh_dev: bool = True
+    # Opt-in degraded modes (--allow-degraded) for containers whose runtime refuses a
+    # fresh /proc or /sys (masked paths): keep the container's own, read-only.
+    degraded_ok: frozenset[str] = frozenset()
 
     def with_sources_opened(self) -> MountPlan:
         """Open every bind source as O_PATH, in the new mount namespace.
@@ -115,6 +118,24 @@ def _mqueue(target: str) -> None:
     _step("mount(mqueue) on /dev/mqueue", sc.mount, "mqueue", target, "mqueue", flags)
 
 
+# What this sandbox runs without, by the caller's leave (--allow-degraded); init reports
+# it before "ready" and the host side warns. Per process: only init's copy is used.
+DEGRADED: list[str] = []
+
+
+def _fresh_or_degraded(what: str, plan: MountPlan, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    """Mount a fresh /proc or /sys; where that is refused (EPERM: the runtime masks parts
+    of the container's, and the kernel refuses a fresh one that would reveal them) and the
+    caller allowed it, keep the container's own, read-only like the rest of the root."""
+    try:
+        fn(*args)
+    except MountStepError as e:
+        if e.errno != 1 or what not in plan.degraded_ok:
+            raise
+        if what not in DEGRADED:
+            DEGRADED.append(what)
+
+
 def _sysfs(target: str) -> None:
     # Read-only: a sysfs mounted in a user namespace may not be less restricted than the
     # locked one beneath it, and the sandbox has nothing to configure through /sys.
@@ -125,8 +146,8 @@ def _sysfs(target: str) -> None:
 def mount_namespace_views_from_child(plan: MountPlan) -> None:
     """After the nested user namespace: /sys and /dev/mqueue for the namespaces made there,
     and /dev/pts, so that the sandbox's own user namespace owns its terminals."""
-    if plan.fresh_sys:
-        _sysfs("/sys")
+    if plan.fresh_sys and "sys" not in DEGRADED:
+        _fresh_or_degraded("sys", plan, _sysfs, "/sys")
     if plan.fresh_mqueue and os.path.isdir("/dev/mqueue"):
         _mqueue("/dev/mqueue")
     if plan.fresh_dev:
@@ -245,9 +266,19 @@ def setup_mounts_from_child(
     r = _NEWROOT
     if plan.fresh_proc:
         flags = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-        _step("mount(proc) on /proc", sc.mount, "proc", r + "/proc", "proc", flags)
+        _fresh_or_degraded(
+            "proc",
+            plan,
+            _step,
+            "mount(proc) on /proc",
+            sc.mount,
+            "proc",
+            r + "/proc",
+            "proc",
+            flags,
+        )
     if plan.fresh_sys:
-        _sysfs(r + "/sys")
+        _fresh_or_degraded("sys", plan, _sysfs, r + "/sys")
     if plan.fresh_dev:
         _minimal_dev(r + "/dev", devpts_now=not locked)
     _step("mount(tmpfs) on /tmp", _tmpfs, r + "/tmp", "1777")

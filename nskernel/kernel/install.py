@@ -25,7 +25,14 @@ from typing import Any
 
 from ..environ import parse_env_option
 from ..errors import NskernelError, SpecError
-from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
+from ..spec import (
+    ALL_NAMESPACES,
+    DEGRADED_ENV,
+    DEGRADED_MODES,
+    _hostname_error,
+    make_limits,
+    parse_degraded,
+)
 from . import DEFAULT_DISPLAY_NAME, DEFAULT_NAME, PROVISIONER_NAME
 
 
@@ -69,6 +76,7 @@ def kernel_json(
     seccomp: str | None = None,
     cap_add: list[str] | None = None,
     cap_drop: list[str] | None = None,
+    allow_degraded: str | None = None,
 ) -> dict[str, Any]:
     with open(template_dir() / "kernel.json") as f:
         spec = json.load(f)
@@ -116,6 +124,12 @@ def kernel_json(
             config["cap_add"] = list(cap_add)
         if cap_drop:
             config["cap_drop"] = list(cap_drop)
+    modes = parse_degraded(allow_degraded)
+    if modes - DEGRADED_MODES:
+        bad = ",".join(sorted(modes - DEGRADED_MODES))
+        raise InstallError(f"--allow-degraded {bad}: choose from proc, sys, hostname")
+    if modes:
+        config["allow_degraded"] = sorted(modes)
     return spec
 
 
@@ -133,6 +147,7 @@ def install(
     seccomp: str | None = None,
     cap_add: list[str] | None = None,
     cap_drop: list[str] | None = None,
+    allow_degraded: str | None = None,
 ) -> str:
     """Install the kernelspec; returns the directory it was written to."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -147,6 +162,7 @@ def install(
         seccomp=seccomp,
         cap_add=cap_add,
         cap_drop=cap_drop,
+        allow_degraded=allow_degraded,
     )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
@@ -188,6 +204,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
             seccomp=args.seccomp,
             cap_add=args.cap_add,
             cap_drop=args.cap_drop,
+            allow_degraded=args.allow_degraded,
         )
     except PermissionError as e:
         msg = f"cannot write the kernelspec ({e}); use --user, or --prefix with a writable path"
@@ -277,6 +294,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=[],
         metavar="CAP",
         help="drop this capability from the kernel's default set",
+    )
+    p.add_argument(
+        "--allow-degraded",
+        metavar="proc,sys,hostname",
+        default=os.environ.get(DEGRADED_ENV),
+        help="in a container that refuses a fresh /proc or /sys, or sethostname: keep the "
+        "container's own, with a warning (docs/deploy.md)",
     )
     p.set_defaults(func=_cmd_install)
 

@@ -65,6 +65,7 @@ from ..spec import (
     blocked_ancestor,
     make_limits,
     notebook_dir_binds,
+    parse_degraded,
     python_environment_binds,
 )
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the syscall filter: default (with user namespaces allowed, for %%%%sandbox), "
         "unconfined, or a Docker/OCI JSON profile",
     )
+    p.add_argument("--allow-degraded", default="", help="degraded modes allowed (proc,sys,...)")
     p.add_argument("--cap-add", action="append", default=[], help="an extra capability")
     p.add_argument("--cap-drop", action="append", default=[], help="a dropped capability")
     p.add_argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5")
@@ -385,6 +387,7 @@ def _start(
         seccomp=args.seccomp,
         cap_add=tuple(args.cap_add),
         cap_drop=tuple(args.cap_drop),
+        allow_degraded=parse_degraded(args.allow_degraded),
     )
     if target is not None:
         # The imported modules are shared copy-on-write with the kernel process; without
@@ -396,6 +399,8 @@ def _start(
         sb = Sandbox.spawn(spec, target=target, new_session=False, stdio=stdio)
     else:
         sb = Sandbox.spawn(spec, argv, new_session=False, stdio=stdio)
+    for warning in sb.warnings:  # e.g. a degraded mode in force: in the server's log
+        print(warning, file=sys.stderr)
     if dirs is not None:
         dirs.share("sandbox.json", (json.dumps(sb.facts(), indent=2) + "\n").encode())
     for sig in pending:

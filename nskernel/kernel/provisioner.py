@@ -314,6 +314,9 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     )
     cap_add = List(Unicode(), default_value=[], config=True, help="nskernel install --cap-add")
     cap_drop = List(Unicode(), default_value=[], config=True, help="nskernel install --cap-drop")
+    allow_degraded = List(
+        Unicode(), default_value=[], config=True, help="nskernel install --allow-degraded"
+    )
 
     kernel_dir: str | None = None
     _lifeline_w: int | None = None
@@ -361,6 +364,8 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             msg = f"kernel.json: {e} (reinstall with nskernel install --seccomp/--cap-*)"
             raise KernelSandboxUnavailable(msg) from None
         args = ["--seccomp", self.seccomp]
+        if self.allow_degraded:
+            args.append(f"--allow-degraded={','.join(self.allow_degraded)}")
         args += [f"--cap-add={c}" for c in self.cap_add]
         args += [f"--cap-drop={c}" for c in self.cap_drop]
         return args

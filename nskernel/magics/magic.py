@@ -26,10 +26,13 @@ from nskernel.environ import sandbox_environment
 from nskernel.errors import NskernelError, SpecError
 from nskernel.spec import (
     ALL_NAMESPACES,
+    DEGRADED_ENV,
+    DEGRADED_MODES,
     Bind,
     format_size,
     make_limits,
     notebook_dir_binds,
+    parse_degraded,
     parse_size,
 )
 
@@ -453,6 +456,12 @@ class SandboxMagics(Magics):
         help="drop this capability from sandbox root's default set (or ALL)",
     )
     @argument(
+        "--allow-degraded",
+        metavar="proc,sys,hostname",
+        help="in a container that refuses a fresh /proc or /sys, or sethostname: keep the "
+        "container's own, with a warning in every cell (default: $NSKERNEL_ALLOW_DEGRADED)",
+    )
+    @argument(
         "--no-userns",
         action="store_true",
         help="no user namespace: the cell keeps the kernel's host identity (as root: host "
@@ -637,6 +646,12 @@ class SandboxMagics(Magics):
             caps_plan(confinement["cap_add"], confinement["cap_drop"])  # names checked here
         except SpecError as e:
             raise UsageError(str(e)) from None
+        degraded = parse_degraded(
+            args.allow_degraded if args.allow_degraded is not None else os.environ.get(DEGRADED_ENV)
+        )
+        if degraded - DEGRADED_MODES:
+            bad = ",".join(sorted(degraded - DEGRADED_MODES))
+            raise UsageError(f"--allow-degraded {bad}: choose from proc, sys, hostname")
         if args.no_userns and "user" in flags:
             raise UsageError("--no-userns and --user contradict each other: drop one")
         created = set(flags or ALL_NAMESPACES)
@@ -656,6 +671,7 @@ class SandboxMagics(Magics):
             "share_home": args.share_home,
             "no_userns": args.no_userns,
             "keep_groups": args.keep_groups,
+            "allow_degraded": sorted(degraded),
             **confinement,
         }
         network = {"network": args.network, "ip": args.ip, "publish": args.publish}

@@ -195,6 +195,7 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
         hide=tuple(str(p) for p in spec.get("hide") or ()),
         no_userns=bool(spec.get("no_userns")),
         keep_groups=bool(spec.get("keep_groups")),
+        allow_degraded=frozenset(str(m) for m in spec.get("allow_degraded") or ()),
         seccomp=str(spec.get("seccomp") or "default"),
         cap_add=tuple(spec.get("cap_add") or ()),
         cap_drop=tuple(spec.get("cap_drop") or ()),
@@ -541,6 +542,7 @@ class Server:
             self.reply({"type": "done", "id": rid, "status": "failed", "message": msg})
             return
         box = self.named.get(name) if name else None
+        reused = box is not None
         if box is not None:
             conflict = self._conflict(box, spec, req.get("given") or [])
             if conflict is None and net and net != box.network.get("options"):
@@ -576,6 +578,12 @@ class Server:
                 self.named[name] = box
             for warning in box.sandbox.warnings:  # e.g. a --bind left read-only for it
                 self.reply({"type": "stream", "id": rid, "name": "stderr", "text": warning + "\n"})
+        if reused and box.sandbox.degraded:
+            from nskernel.doctor import degraded_warning
+
+            for what in box.sandbox.degraded:  # what isolation it lacks: every cell says so
+                text = degraded_warning(what) + "\n"
+                self.reply({"type": "stream", "id": rid, "name": "stderr", "text": text})
         box.current = rid
         box.show = bool(req.get("facts"))
         box.want_outputs = frozenset(req.get("outputs") or ())

@@ -252,3 +252,23 @@ def test_kernelspec_confinement_choices_and_a_broken_profile(tmp_path: Path, nsk
         km.start_kernel(cwd=str(tmp_path / "nb"))
     assert not km.has_kernel
     assert os.listdir(tmp_path / "nb") == []
+
+
+def test_inspect_and_status_json_show_the_confinement(nsk, tmp_path: Path):
+    with kernel() as (_km, kc):
+        execute(kc, "%%sandbox --name shown --cap-drop NET_RAW\npass")
+        res = execute(kc, "info = %sandbox inspect shown\nprint(__import__('json').dumps(info))")
+        info = res.json_line()
+        execute(kc, "%sandbox rm shown")
+    confinement = info["confinement"]
+    assert confinement["no_new_privs"] is True
+    assert confinement["seccomp"]["name"] == "default"
+    assert (
+        "NET_RAW" not in confinement["capabilities"] and "SYS_ADMIN" in confinement["capabilities"]
+    )
+    status = tmp_path / "status.json"
+    r = nsk("run", "--status-json", str(status), "--seccomp", "unconfined", "--", "true")
+    assert r.returncode == 0, r.stderr
+    facts = json.loads(status.read_text())
+    assert facts["confinement"]["seccomp"]["name"] == "unconfined"
+    assert facts["confinement"]["no_new_privs"] is True

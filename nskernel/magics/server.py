@@ -695,6 +695,9 @@ class Server:
             "facts": facts,
             # Only when set: each limit, and the mechanism enforcing it (cgroup or rlimit).
             **({"limits": sb.limits.describe()} if sb.limits.describe() else {}),
+            # The syscall filter, no_new_privs and the capabilities its cells run with.
+            **({"confinement": sb.confinement.describe()} if sb.confinement else {}),
+            **({"degraded": list(sb.degraded)} if sb.degraded else {}),
         }
 
     def facts_from_host(self, box: Box) -> dict[str, Any]:

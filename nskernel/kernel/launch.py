@@ -72,6 +72,7 @@ from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundred
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +191,10 @@ class StartDirs:
                     os.rename(sub, paths.trash_name(sub), src_dir_fd=top, dst_dir_fd=top)
             self.shared_fd = paths.make_dir(top, paths.SHARED_SUBDIR, 0o700, owner)
             self.sockets_fd = paths.make_dir(top, paths.SOCKET_SUBDIR, 0o700, owner)
+            try:
+                self.endpoints_fd = paths.open_dir(paths.ENDPOINT_SUBDIR, top)
+            except FileNotFoundError:  # a directory made by an older provisioner
+                self.endpoints_fd = paths.make_dir(top, paths.ENDPOINT_SUBDIR)
         finally:
             os.close(top)
 
@@ -219,8 +224,16 @@ class StartDirs:
             finally:
                 os.close(fd)
 
+    def socket_linker(self, connection: dict[str, Any]) -> SocketLinker | None:
+        """What publishes the kernel's sockets in ``ep/`` (None: not an ipc kernel here)."""
+        names = [f"k-{connection[p]}" for p in PORT_NAMES if isinstance(connection.get(p), int)]
+        if len(names) != len(PORT_NAMES):
+            return None
+        uid = self.owner[0] if self.owner is not None else os.geteuid()
+        return SocketLinker(os.dup(self.sockets_fd), os.dup(self.endpoints_fd), names, uid)
+
     def close(self) -> None:
-        for fd in (self.shared_fd, self.sockets_fd):
+        for fd in (self.shared_fd, self.sockets_fd, self.endpoints_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -254,12 +267,20 @@ def start(
     argv: list[str],
     pending: list[int],
     stdio: tuple[int, int, int] | None = None,
-) -> Sandbox:
-    """Prepare this start's directories, capture host facts, create the sandbox."""
+) -> tuple[Sandbox, SocketLinker | None]:
+    """Prepare this start's directories, capture host facts, create the sandbox; it and
+    what publishes its sockets to the server."""
     owner = _sandbox_root_on_host()
     dirs = StartDirs(args.kernel_dir, owner) if args.kernel_dir else None
+    linkers: list[SocketLinker] = []
     try:
-        return _start(args, argv, pending, stdio, owner, dirs)
+        return _start(args, argv, pending, stdio, owner, dirs, linkers), (
+            linkers[0] if linkers else None
+        )
+    except BaseException:
+        for linker in linkers:
+            linker.close()
+        raise
     finally:
         if dirs is not None:
             dirs.close()
@@ -272,6 +293,7 @@ def _start(
     stdio: tuple[int, int, int] | None,
     owner: tuple[int, int] | None,
     dirs: StartDirs | None,
+    linkers: list[SocketLinker],
 ) -> Sandbox:
     cwd = os.getcwd()
     namespaces = _namespaces(args.namespaces)
@@ -291,7 +313,15 @@ def _start(
             # dir, beside other kernels' files (and keys), and may be unreachable for
             # sandbox root.
             with open(args.connection_file, "rb") as f:
-                copy = dirs.share("kernel.json", f.read(CONNECTION_FILE_MAX))
+                connection = json.loads(f.read(CONNECTION_FILE_MAX))
+            # The server connects in ep/ (host only); the kernel binds in sock/.
+            ep_ip = os.path.join(dirs.kernel_dir, paths.ENDPOINT_SUBDIR, "k")
+            if connection.get("transport") == "ipc" and connection.get("ip") == ep_ip:
+                connection["ip"] = os.path.join(dirs.sockets, "k")
+                linker = dirs.socket_linker(connection)
+                if linker is not None:
+                    linkers.append(linker)
+            copy = dirs.share("kernel.json", json.dumps(connection, indent=1).encode())
             argv = [copy if a == args.connection_file else a for a in argv]
         env[HOST_FACTS_ENV] = os.path.join(dirs.shared, "host.json")
         env[SANDBOX_FACTS_ENV] = os.path.join(dirs.shared, "sandbox.json")
@@ -735,19 +765,31 @@ def _close_ours(stdio: tuple[int, int, int] | None) -> None:
             os.close(fd)
 
 
-def supervise(sb: Sandbox, lifeline_fd: int | None, relays: Sequence[Relay] = ()) -> int:
+def supervise(
+    sb: Sandbox,
+    lifeline_fd: int | None,
+    relays: Sequence[Relay] = (),
+    linker: SocketLinker | None = None,
+) -> int:
     """Wait for the sandbox's init; destroy the sandbox if the server goes away; relay
-    its terminal output meanwhile. Nothing here blocks on anything but poll."""
+    its terminal output and publish its kernel's sockets meanwhile. Nothing here blocks
+    on anything but poll."""
     pidfd = os.pidfd_open(sb.pid)
     try:
         while True:
+            timeout = None
+            if linker is not None:
+                timeout = linker.step()
+                if timeout is None:
+                    linker.close()
+                    linker = None
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
             if lifeline_fd is not None:
                 poller.register(lifeline_fd, select.POLLIN)
             for relay in relays:
                 relay.register(poller)
-            events = dict(poller.poll())  # PEP 475: retried after signal handlers
+            events = dict(poller.poll(timeout))  # PEP 475: retried after signal handlers
             for relay in relays:
                 relay.service(events)
             if lifeline_fd in events:
@@ -765,8 +807,56 @@ def supervise(sb: Sandbox, lifeline_fd: int | None, relays: Sequence[Relay] = ()
                 return code
     finally:
         os.close(pidfd)
+        if linker is not None:
+            linker.close()
         for relay in relays:
             relay.finish(RELAY_FLUSH_TIMEOUT)
+
+
+class SocketLinker:
+    """Publishes the kernel's unix sockets to the server: each name the kernel binds in
+    ``sock/`` (which the sandbox can write) gets a hard link in the host-only ``ep/``
+    (:func:`nskernel.paths.link_socket`: only a socket of sandbox root's is linked, never
+    what a symlink points to). The server connects in ``ep/`` and keeps retrying until
+    the link is there; on a restart the new start's links replace the old ones.
+
+    Polled from :func:`supervise` until every socket is published, first every few
+    milliseconds (a kernel binds its sockets within its first second), then less often.
+    """
+
+    FIRST_INTERVAL_MS = 5
+    MAX_INTERVAL_MS = 250
+
+    def __init__(self, sockets_fd: int, endpoints_fd: int, names: list[str], uid: int) -> None:
+        self.sockets_fd, self.endpoints_fd, self.uid = sockets_fd, endpoints_fd, uid
+        self.pending = list(names)
+        self.interval = self.FIRST_INTERVAL_MS
+        self.polls = 0
+
+    def step(self) -> int | None:
+        """Link what is there; the poll timeout until the next try (None: all done)."""
+        for name in list(self.pending):
+            try:
+                linked = paths.link_socket(self.sockets_fd, name, self.endpoints_fd, self.uid)
+            except OSError as e:
+                # Not linked, ever: the server's connection to it fails (it retries),
+                # which is all a kernel that did this can get.
+                print(f"nskernel kernel: not connecting to {name}: {e}", file=sys.stderr)
+                linked = True
+            if linked:
+                self.pending.remove(name)
+        if not self.pending:
+            return None
+        self.polls += 1
+        if self.polls % 100 == 0:  # 100 tries each 5, 20, 80 ms apart, then every 250 ms
+            self.interval = min(self.interval * 4, self.MAX_INTERVAL_MS)
+        return self.interval
+
+    def close(self) -> None:
+        for fd in (self.sockets_fd, self.endpoints_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.sockets_fd = self.endpoints_fd = -1
 
 
 # ---------------------------------------------------------------- removal helper
@@ -860,8 +950,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, forward)
     stdio, relays = protect_terminal(dict(os.environ))
     try:
-        sb = start(args, cmd, pending, stdio)
-    except (SandboxError, SpecError, OSError) as e:
+        sb, linker = start(args, cmd, pending, stdio)
+    except (SandboxError, SpecError, OSError, ValueError) as e:  # ValueError: connection file
         msg = f"nskernel: the sandboxed kernel could not start: {e}"
         print(msg, file=sys.stderr)
         _report(args.status_fd, ok=False, error=msg)
@@ -870,7 +960,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_ours(stdio)
     box.append(sb)
     _report(args.status_fd, ok=True, pid=sb.pid, hostname=sb.hostname)
-    return supervise(sb, args.lifeline_fd, relays)
+    return supervise(sb, args.lifeline_fd, relays, linker)
 
 
 if __name__ == "__main__":

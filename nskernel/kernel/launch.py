@@ -23,8 +23,10 @@ sandbox status: bound read-only) and ``sock/`` (the kernel's unix sockets: bound
 read-write) in the kernel's host-only directory (``--kernel-dir``, see
 :mod:`nskernel.paths`), through directory descriptors, with ``O_EXCL|O_NOFOLLOW``, owned
 by sandbox root through fchown on the new descriptors when the launcher is root. It
-never opens, reads or removes anything the sandbox could have written: the provisioner
-takes the directories away after the sandbox is gone.
+never reads or removes anything the sandbox could have written (the provisioner takes
+the directories away after the sandbox is gone); the one thing it does with what the
+kernel made is publish its sockets in the host-only ``ep/`` (``SocketLinker``: a hard
+link, made only after checking on an ``O_PATH`` descriptor that the entry is a socket).
 
 The terminal: jupyter_client hands the kernel its own stdout/stderr, often the terminal
 ``jupyter lab`` runs in. A sandbox never gets a terminal (it could write escape

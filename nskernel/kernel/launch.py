@@ -70,7 +70,7 @@ from ..spec import (
     parse_degraded,
     python_environment_binds,
 )
-from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
+from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundred
@@ -117,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-bind-cwd",
         action="store_true",
-        help="do not make the working directory writable inside",
+        help="do not make the working directory reachable inside",
+    )
+    p.add_argument(
+        "--writable-notebook-dir",
+        action="store_true",
+        help="bind the working directory read-write (default: read-only); never a home, "
+        "never a directory of host root's",
     )
     p.add_argument(
         "--probe",
@@ -363,9 +369,27 @@ def _start(
         bind_cwd = False
     hide: tuple[str, ...] = ()
     cwd_inside = cwd
+    writable, refusal = False, None
+    if bind_cwd and with_mnt and args.writable_notebook_dir:
+        refusal = notebook_dir_write_refusal(cwd, env.get("HOME"), owner)
+        if refusal:
+            print(f"nskernel: {refusal}", file=sys.stderr)
+        writable = not refusal
+    if bind_cwd and with_mnt and not writable:
+        env[hints.DIR_ENV] = cwd
+        env[hints.HINT_ENV] = (
+            f"nskernel: {refusal}"
+            if refusal
+            else (
+                f"nskernel: the notebook's directory {cwd} is read-only inside the sandboxed "
+                "kernel. Write to ~ instead (private to this kernel, gone when it stops), or "
+                "install the kernel with `nskernel install --writable-notebook-dir` (its "
+                "--help says what that risks)."
+            )
+        )
     if bind_cwd and with_mnt:
         # Not a directory holding homes; a home itself without its dot-files.
-        nb_binds, hide, note = notebook_dir_binds(cwd, readonly=False, home=env.get("HOME"))
+        nb_binds, hide, note = notebook_dir_binds(cwd, readonly=not writable, home=env.get("HOME"))
         if note:
             # The kernel starts in its private home instead.
             print(f"nskernel: {note}", file=sys.stderr)
@@ -392,6 +416,9 @@ def _start(
             # Owned by sandbox root already (fchown when made); made reachable here.
             items += [staging.Expose(dirs.sockets), staging.Expose(dirs.shared)]
         if bind_cwd:
+            # Its owner's ids become sandbox root's on this mount alone, so that sandbox
+            # root may enter and read it; write only where it is writable, which is never
+            # a directory of host root's (see notebook_dir_write_refusal).
             items.append(staging.Expose(cwd, owner_to=owner))
         # This Python's environment, when it lives where sandbox root cannot go (a venv
         # under /root): kept reachable, read-only and owned as it is.
@@ -438,6 +465,42 @@ def _start(
     for sig in pending:
         sb.send_signal(sig)
     return sb
+
+
+def notebook_dir_write_refusal(
+    cwd: str, home: str | None, owner: tuple[int, int] | None
+) -> str | None:
+    """Why the notebook's directory ``cwd`` must stay read-only even though a writable one
+    was asked for (None: it may be writable).
+
+    Jupyter itself writes there, and so does the user's shell: whatever the sandbox
+    plants in a writable notebook directory is met by host processes later. Two places
+    would turn that into code running outside the sandbox: a home (a new
+    ``.bash_profile``, ``.profile`` or ``~/bin/...`` runs at the next login), and, when
+    Jupyter runs as root, a directory of host root's (through the idmapped mount the
+    sandbox would write as host root: a setuid-root or setgid-root file, files root trusts).
+    """
+    cwd = os.path.normpath(cwd)
+    if home and os.path.isabs(home) and os.path.normpath(home) == cwd:
+        return (
+            f"the notebook's directory {cwd} is a home: it stays read-only inside (new "
+            "dot-files there would run outside the sandbox at the next login); keep "
+            "notebooks in a subdirectory to write next to them"
+        )
+    if owner is not None:
+        try:
+            st = os.stat(cwd)
+        except OSError as e:
+            return f"the notebook's directory {cwd} stays read-only inside: {e.strerror}"
+        if 0 in (st.st_uid, st.st_gid):  # the idmapped mount maps both to sandbox root's
+            return (
+                f"the notebook's directory {cwd} is host root's (owner or group): it stays "
+                "read-only "
+                "inside (sandbox root is never host root, not even there); to write next "
+                "to the notebooks, give the directory to an unprivileged user (chown) "
+                "or run Jupyter as that user"
+            )
+    return None
 
 
 def _contains(ancestor: str, path: str) -> bool:
@@ -557,7 +620,8 @@ def _ipykernel_in_process(
         import ipykernel_launcher
         from ipykernel import kernelapp
 
-    args = argv[3:]
+    # Explains "Read-only file system" in the notebook's directory (see hints.py).
+    args = [*argv[3:], "--IPKernelApp.extra_extensions=['nskernel.kernel.hints']"]
 
     def run_kernel() -> int:
         os.environ.clear()

@@ -327,6 +327,12 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     allow_degraded = List(
         Unicode(), default_value=[], config=True, help="nskernel install --allow-degraded"
     )
+    writable_notebook_dir = Bool(
+        False,
+        config=True,
+        help="Bind the notebook's directory read-write (nskernel install "
+        "--writable-notebook-dir); read-only by default.",
+    )
 
     kernel_dir: str | None = None
     _lifeline_w: int | None = None
@@ -378,6 +384,8 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             args.append(f"--allow-degraded={','.join(self.allow_degraded)}")
         args += [f"--cap-add={c}" for c in self.cap_add]
         args += [f"--cap-drop={c}" for c in self.cap_drop]
+        if self.writable_notebook_dir:
+            args.append("--writable-notebook-dir")
         return args
 
     def _env_options(self) -> list[str]:

@@ -484,6 +484,33 @@ def test_the_users_ipython_profile_is_loaded_inside(
         assert sorted(p.name for p in profile.iterdir()) == ["ipython_kernel_config.py", "startup"]
 
 
+def test_host_facts_name_processes_without_their_arguments(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    # The compare panel's host column comes from a snapshot taken at launch; command
+    # lines carry secrets (jupyter_server's --IdentityProvider.token=..., passwords).
+    secret = f"nsk-secret-{uuid.uuid4().hex}"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", secret])
+    try:
+        with kernel(ksm, tmp_path) as k:
+            out = k.run(
+                """
+                import json, os
+                raw = open(os.environ['NSKERNEL_HOST_FACTS']).read()
+                procs = json.loads(raw)['processes']
+                print(json.dumps({'raw': raw, 'pids': [p['pid'] for p in procs],
+                                  'names': {p['pid']: p['command'] for p in procs}}))
+                """
+            )
+    finally:
+        holder.kill()
+        holder.wait()
+    seen = json.loads(out["stdout"])
+    assert holder.pid in seen["pids"]  # the host's processes are listed...
+    assert seen["names"][str(holder.pid)] == Path(sys.executable).name[:15]  # ...by name
+    assert secret not in seen["raw"]
+
+
 @pytest.mark.root
 def test_as_root_notebook_and_modules_in_a_directory_sandbox_root_cannot_enter(
     ksm: KernelSpecManager, private_dir: str

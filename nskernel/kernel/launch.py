@@ -515,7 +515,7 @@ def _capture_host_facts_in_child(dirs: StartDirs) -> int:
         try:
             from ..facts import host_facts  # imported here only: ~9 ms
 
-            dirs.share("host.json", json.dumps(host_facts()).encode())
+            dirs.share("host.json", json.dumps(host_facts(arguments=False)).encode())
             code = 0
         finally:
             os._exit(code)
@@ -528,7 +528,7 @@ def _wait_for_host_facts(pid: int, dirs: StartDirs) -> None:
     if status != 0:
         from ..facts import host_facts
 
-        dirs.share("host.json", json.dumps(host_facts()).encode(), replace=True)
+        dirs.share("host.json", json.dumps(host_facts(arguments=False)).encode(), replace=True)
 
 
 # The in-process kernel's IPython dir inside its sandbox: in its private, writable home

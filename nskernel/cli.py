@@ -100,7 +100,8 @@ limits:
   --memory, --pids and --cpus use a cgroup beneath nskernel's own (v2 where delegated,
   else v1 controllers), else an rlimit; --status-json and `nskernel doctor` say which.
   The rlimit fallbacks are weaker: --memory becomes RLIMIT_AS, the address space of
-  each process (not their sum, and not memory use); --pids becomes RLIMIT_NPROC, a
+  each process (not their sum, and not memory use); with any mechanism each private
+  tmpfs (/tmp, /dev/shm, the home) holds at most --memory; --pids becomes RLIMIT_NPROC, a
   count per uid, so such a sandbox maps a single uid; --cpus has none (not enforced).
 
 examples:

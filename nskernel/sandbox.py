@@ -169,6 +169,7 @@ class Sandbox:
                     home=home,
                     hide=tuple(dict.fromkeys(spec.hide + _state_under_binds(binds))),
                     degraded_ok=spec.allow_degraded,
+                    tmpfs_size=spec.limits.memory,
                 )
         except BaseException:
             applied.remove_from_parent()

@@ -620,9 +620,12 @@ def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
-        out = run_cell(kc, LOOK_AT_HOME + "open('written.txt', 'w').write('from the kernel')")
+        out = run_cell(kc, LOOK_AT_HOME)
         assert out["error"] is None, out
         seen = json.loads(out["stdout"].splitlines()[-1])
+        # The home itself is never writable (new dot-files would run at the next login).
+        out = run_cell(kc, "open('written.txt', 'w').write('from the kernel')")
+        assert out["error"] == "OSError" and "is read-only inside" in out["stderr"], out
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
@@ -631,7 +634,7 @@ def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_
     assert seen["key"] == "No such file or directory" and seen["netrc"] == ""  # dot-files: not
     assert seen["dot_write"] == "ok"  # into its own private .ssh...
     assert not (home / ".ssh" / "planted").exists()  # ...not the host's
-    assert (home / "written.txt").read_text() == "from the kernel"  # the notebook's dir: writable
+    assert not (home / "written.txt").exists()
 
 
 def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):

@@ -502,8 +502,10 @@ def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path
             if fd >= 0:
                 os.close(fd)
     assert cell["error"] is None, cell
-    # The cell's stdout also carries what it wrote to fd 1 (ipykernel captures that).
-    found = json.loads([line for line in cell["stdout"].splitlines() if line.startswith("{")][-1])
+    # The cell's stdout also carries what it wrote to fd 1 (ipykernel captures that, in
+    # a thread of its own: its text may land next to the JSON line, so that is decoded
+    # from where it starts).
+    found = _last_json_object(cell["stdout"])
     ttys = {fd: r for fd, r in found.items() if fd != "/dev/tty" and r["isatty"]}
     assert not ttys, f"the sandbox got a terminal: {ttys}"
     for fd, r in found.items():
@@ -520,6 +522,18 @@ def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path
     assert "FD1-BEGIN ^[[31mred^[[0m FD1-END" in text, text
     assert not set(seen) & {0x1B, 0x07, 0x05, 0x7F, 0x9B}, seen
     assert "\u009b" not in text, text
+
+
+def _last_json_object(text: str) -> Any:
+    decoder = json.JSONDecoder()
+    found = None
+    for i in (i for i, c in enumerate(text) if c == "{" and (i == 0 or text[i - 1] == "\n")):
+        try:
+            found = decoder.raw_decode(text, i)[0]
+        except ValueError:
+            continue
+    assert found is not None, text
+    return found
 
 
 # ---------------------------------------------------------------- the kernel's environment

@@ -14,6 +14,7 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -36,7 +37,7 @@ from nskernel.spec import (
     parse_size,
 )
 
-from . import messages, protocol
+from . import comms, messages, protocol
 from .client import SandboxRequestError, get_client, read_host_map
 from .untrusted import Sanitizer
 
@@ -229,8 +230,13 @@ class _CellOutput:
         self.last: Any = None  # the stream written to last
         self.result: SandboxResult | None = None
         self.error: dict[str, Any] | None = None
+        # Comm messages (widgets) go to the sandbox's comms scope (:mod:`.comms`).
+        self.on_comm: Callable[[dict[str, Any]], None] | None = None
 
     def on_message(self, raw: dict[str, Any]) -> None:
+        if raw.get("type") in messages.COMM_KINDS:
+            self._comm(raw)
+            return
         msg = messages.relayed(raw)
         if msg is None:
             return  # not an output message: nothing to show
@@ -267,6 +273,19 @@ class _CellOutput:
                 publish_display_data(data, metadata, **kw)
         elif kind == "error":
             self.error = _capped_error(msg, self.max_output)
+
+    def _comm(self, raw: dict[str, Any]) -> None:
+        msg = messages.relayed_comm(raw)
+        if msg is None or self.on_comm is None:
+            return
+        size = messages.comm_size(msg)
+        if self.display_size + size > self.max_output:
+            self.dropped_displays += 1
+            self.dropped_display_size += size
+            return
+        self.display_size += size
+        self._end_stream()  # a widget displayed after a print stays after it
+        self.on_comm(msg)
 
     def _stream(self, name: str, text: str) -> None:
         room = max(self.max_output - self.chars, 0)
@@ -528,14 +547,20 @@ class SandboxMagics(Magics):
             raise UsageError(f"--max-output: {e}") from None
         req["max_output"] = max_output
         client = get_client()
+        scope = f"name:{args.name}" if args.name else f"cell:{secrets.token_hex(6)}"
+        widgets = comms.relay().scope(scope, args.name)
         sanitizer = None
         if not args.trust_output:
-            scope = f"name:{args.name}" if args.name else f"cell:{secrets.token_hex(6)}"
-            sanitizer = Sanitizer(scope)
+            sanitizer = Sanitizer(scope, own_models=widgets.ids)
         out = _CellOutput(max_output, sanitizer)
+        req["parent"] = parent = comms.parent_id(self.shell)
+        out.on_comm = lambda m: widgets.from_sandbox(
+            m, parent=parent, sanitizer=sanitizer, deliver=comms.deliver
+        )
         dropped: dict[str, int] = {}
+        done: dict[str, Any] | None = None
         try:
-            raw = client.run(req, out.on_message, timeout=args.timeout)
+            raw = client.run(req, out.on_message, timeout=args.timeout, on_input=comms.ask_frontend)
             try:
                 done = messages.done(raw)
             except messages.Malformed as e:
@@ -543,6 +568,7 @@ class SandboxMagics(Magics):
             dropped = done.get("dropped") or {}
         finally:
             out.finish(dropped)
+            comms.after_cell(widgets, done)
         status = done["status"]
         name = req.get("name")
         dead = done.get("dead", True)
@@ -726,8 +752,10 @@ class SandboxMagics(Magics):
                 return _with_host_maps(client.request("inspect", name=rest[0]))
             if cmd == "rm":
                 if rest == ["--all"] or rest == ["-a"]:
+                    comms.relay().end_named()
                     removed = client.request("rm", all=True)
                 elif rest and not any(r.startswith("-") for r in rest):
+                    comms.relay().end_named(rest)
                     removed = client.request("rm", names=rest)
                 else:
                     raise UsageError("usage: %sandbox rm NAME [NAME...]  or  %sandbox rm --all")

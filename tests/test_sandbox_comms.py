@@ -286,3 +286,68 @@ def test_a_sandbox_reaches_only_its_own_inert_widgets(kc):
     # The host kernel's widget still works as before.
     assert "HOST CALLBACK 5" in execute(kc, "host.value = 5").stdout
     execute(kc, "%sandbox rm cw3")
+
+
+# ------------------------------------------------------------------ completion
+
+
+def complete(kc: BlockingKernelClient, code: str) -> dict[str, Any]:
+    msg_id = kc.complete(code, len(code))
+    reply = _reply(kc, msg_id)
+    return reply["content"]
+
+
+def inspect(kc: BlockingKernelClient, code: str) -> dict[str, Any]:
+    msg_id = kc.inspect(code, len(code))
+    return _reply(kc, msg_id)["content"]
+
+
+def test_a_named_sandboxs_cell_completes_and_inspects_from_it(kc):
+    """Below ``%%sandbox --name cc1``, completion and inspection are the sandbox's (its
+    names, its docstrings); elsewhere the kernel's; %sandbox words complete too."""
+    res = execute(
+        kc,
+        "%%sandbox --name cc1\nzebra_inside = 41\n"
+        "def zfunc(q):\n    'the docstring of zfunc, inside'\n    return q",
+    )
+    assert res.status == "ok", res.error_text
+    head = "%%sandbox --name cc1\nx = 1\nprint(zebra_in"
+    got = complete(kc, head)
+    assert got["matches"] == ["zebra_inside"], got
+    assert (got["cursor_start"], got["cursor_end"]) == (len(head) - len("zebra_in"), len(head))
+    assert complete(kc, "print(zebra_in")["matches"] == []  # the kernel has no such name
+    info = inspect(kc, "%%sandbox --name cc1\nzfunc")
+    assert info["found"] and "the docstring of zfunc, inside" in info["data"]["text/plain"]
+    assert not inspect(kc, "zfunc")["found"]
+    assert complete(kc, "%sandbox ")["matches"] == ["ls", "inspect", "rm", "compare", "network"]
+    assert "cc1" in complete(kc, "%sandbox rm ")["matches"]
+    assert "cc1" in complete(kc, "%%sandbox --name c")["matches"]
+    assert "--trust-output" in complete(kc, "%%sandbox --tru")["matches"]
+
+
+def test_completion_and_inspection_answers_are_checked(kc):
+    """A sandbox that forges its answers: spans outside the code are dropped, and active
+    content in an inspection (shown in the browser's inspector) is made inert."""
+    res = execute(
+        kc,
+        textwrap.dedent(
+            """
+            %%sandbox --name cc2
+            import nskernel.magics.inside as I
+            I.complete = lambda *a: {"matches": ["pwn"], "cursor_start": -9, "cursor_end": 10**6}
+            I.inspect = lambda *a: {"found": True, "data": {
+                "text/plain": "plain",
+                "text/html": "<b>ok</b><img src=x onerror=alert(1)><script>alert(2)</script>",
+                "application/javascript": "alert(3)"}}
+            """
+        ),
+    )
+    assert res.status == "ok", res.error_text
+    assert complete(kc, "%%sandbox --name cc2\nanyth")["matches"] == []
+    info = inspect(kc, "%%sandbox --name cc2\nanything")
+    data = info["data"]
+    assert data["text/plain"] == "plain"
+    assert "<b>ok</b>" in data["text/html"]
+    assert "onerror" not in data["text/html"] and "<script" not in data["text/html"]
+    assert "application/javascript" not in data
+    execute(kc, "%sandbox rm cc1 cc2")

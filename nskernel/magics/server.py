@@ -494,7 +494,7 @@ class Server:
                 self.op_rm(req)
             elif op == "input_reply":
                 self.op_input_reply(req)
-            elif op in ("complete", "inspect"):
+            elif op in ("complete_code", "inspect_code"):
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": self.op_ask(req)})
             elif op in ("network_ls", "network_rm"):
                 from nskernel import network  # cheap: pyroute2 loads only with a network
@@ -554,7 +554,7 @@ class Server:
         box = self._named(req["name"])
         if box.current is not None or box.asked is not None:
             return None
-        op = req["op"]
+        op = req["op"].removesuffix("_code")  # what the runner calls it
         box.asked, box.answer = op, None
         fields = {k: req.get(k) for k in ("code", "cursor_pos", "detail_level")}
         self.send_box(box, {"op": op, **fields})

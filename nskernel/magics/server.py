@@ -54,6 +54,10 @@ NETWORK_OPTIONS = ("network", "ip", "publish")
 # A healthy sandbox answers in milliseconds; one that has not answered is not waited for
 # again until it does.
 FACTS_TIMEOUT = 2.0
+# How long a completion or inspection may take in a named sandbox: the first one in a
+# sandbox sets up jedi (~1 s here, more on a loaded machine). The kernel waits, as a
+# plain kernel's completer makes it wait; a sandbox busy with a cell is not asked.
+ASK_TIMEOUT = 10.0
 WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
 # After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
 # the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in
@@ -550,7 +554,7 @@ class Server:
 
     def op_ask(self, req: dict[str, Any]) -> dict[str, Any] | None:
         """Ask an idle named sandbox to complete or inspect code (its own names); None
-        when it is busy or does not answer within FACTS_TIMEOUT."""
+        when it is busy or does not answer within ASK_TIMEOUT."""
         box = self._named(req["name"])
         if box.current is not None or box.asked is not None:
             return None
@@ -558,7 +562,7 @@ class Server:
         box.asked, box.answer = op, None
         fields = {k: req.get(k) for k in ("code", "cursor_pos", "detail_level")}
         self.send_box(box, {"op": op, **fields})
-        deadline = time.monotonic() + FACTS_TIMEOUT
+        deadline = time.monotonic() + ASK_TIMEOUT
         while box.asked is not None and not box.retired:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -185,18 +185,68 @@ def test_a_slider_in_a_named_sandbox_calls_back_into_it(kc):
 
 
 def test_widgets_of_a_removed_sandbox_are_closed_on_the_frontend(kc):
-    """%sandbox rm closes a named sandbox's comms on the frontend; an unnamed cell's
-    sandbox ends with the cell, its comms too, with a note that says what to do."""
+    """%sandbox rm closes a named sandbox's comms on the frontend."""
     msgs = run(kc, "%%sandbox --name cw2\nimport ipywidgets\nb = ipywidgets.Button()\nb")
     ids = set(opened(msgs))
     assert ids
     rm_id = kc.execute("%sandbox rm cw2", allow_stdin=False)
     closed = {c["comm_id"] for c in of_type(collect(kc, rm_id), "comm_close")}
     assert ids <= closed
-    msgs = run(kc, "%%sandbox\nimport ipywidgets\ndisplay(ipywidgets.IntSlider())")
-    ids = set(opened(msgs))
-    assert ids and ids <= {c["comm_id"] for c in of_type(msgs, "comm_close")}
-    assert "run the cell in a named sandbox: %%sandbox --name NAME" in _text(msgs)
+
+
+def run_in_cell(kc: BlockingKernelClient, code: str, cell: str) -> list[dict[str, Any]]:
+    """Run ``code`` as JupyterLab runs notebook cell ``cell`` (its id in the metadata)."""
+    content = {"code": code, "silent": False, "store_history": True, "user_expressions": {}}
+    msg = kc.session.msg("execute_request", {**content, "allow_stdin": False})
+    msg["metadata"]["cellId"] = cell
+    kc.shell_channel.send(msg)
+    msgs = collect(kc, msg["header"]["msg_id"])
+    assert _reply(kc, msg["header"]["msg_id"])["content"]["status"] == "ok", _text(msgs)
+    return msgs
+
+
+def sandboxes(kc: BlockingKernelClient) -> str:
+    """The names `%sandbox ls` lists, as printed text."""
+    res = execute(kc, "_ls = %sandbox ls\nprint([s['name'] for s in _ls])")
+    assert res.status == "ok", res.error_text
+    return res.stdout
+
+
+SLIDER_CELL = """%%sandbox
+import os, ipywidgets
+s = ipywidgets.IntSlider()
+s.observe(lambda change: print("pid", os.getpid(), "got", change["new"]), "value")
+display(s)
+"""
+
+
+def test_an_unnamed_cells_widgets_keep_their_sandbox(kc):
+    """An unnamed cell whose sandbox opened widgets keeps that sandbox (listed as
+    cell-...), so its widgets call back into it; running the same cell again replaces
+    it, and beyond MAX_KEPT cells the oldest ends; an ended one's comms are closed."""
+    from nskernel.magics.comms import MAX_KEPT
+
+    first = run_in_cell(kc, SLIDER_CELL, "cell-a")
+    slider = model_named(first, "IntSliderModel")
+    answer = collect(kc, send_comm(kc, slider, {"method": "update", "state": {"value": 4}}))
+    assert "got 4" in _text(answer), answer
+    listed = sandboxes(kc)
+    assert listed.count("cell-") == 1, listed
+    # The same notebook cell again: the old sandbox ends, its widgets are closed.
+    again = run_in_cell(kc, SLIDER_CELL, "cell-a")
+    assert set(opened(first)) <= {c["comm_id"] for c in of_type(again, "comm_close")}
+    assert sandboxes(kc).count("cell-") == 1
+    # Other cells: at most MAX_KEPT stay; the oldest ends, with a note.
+    runs = [run_in_cell(kc, SLIDER_CELL, f"cell-{i}") for i in range(MAX_KEPT)]
+    closed = {c["comm_id"] for c in of_type(runs[-1], "comm_close")}
+    assert set(opened(again)) <= closed
+    assert "at most 8 unnamed cells keep their sandbox" in _text(runs[-1])
+    names = sandboxes(kc)
+    assert names.count("cell-") == MAX_KEPT, names
+    # A cell without widgets keeps no sandbox.
+    run(kc, "%%sandbox\nprint('no widgets')")
+    assert sandboxes(kc).count("cell-") == MAX_KEPT
+    execute(kc, "%sandbox rm --all")
 
 
 HOSTILE = """

@@ -20,8 +20,11 @@ this module is the one place that decides what of its comm traffic reaches the b
   ``Output`` widget captures only the request the sandbox is handling.
 - **Bounded**: messages count against the cell's display budget (the server and
   :class:`_CellOutput` charge them); at most MAX_COMMS comms per sandbox.
-- **A dead sandbox's comms are closed** on the frontend: when the cell of an unnamed
-  sandbox ends, and when a named sandbox is removed, dies or is stopped.
+- **A dead sandbox's comms are closed** on the frontend: when a named sandbox is
+  removed, dies or is stopped. An unnamed cell's sandbox that opened widgets is kept
+  after its cell (as ``cell-<hex>``, listed by ``%sandbox ls``) so they keep working;
+  running that notebook cell again replaces it, and at most MAX_KEPT such cells keep
+  theirs (the oldest ends, its widgets closed, with a note).
 
 Messages from the frontend to a sandbox's comm run in it like a cell (see ``deliver``
 in :mod:`.magic`): the kernel waits for it to finish, so its output goes where it would
@@ -436,22 +439,62 @@ def deliver(scope: Scope, cid: str, msg: dict[str, Any]) -> None:
     sys.stderr.flush()
 
 
-def after_cell(scope: Scope, done: dict[str, Any] | None) -> None:
-    """After a ``%%sandbox`` cell: close the comms of a sandbox that is gone, and say what
-    was refused. An unnamed cell's sandbox ends with the cell, its widgets with it."""
+#: Most unnamed cells whose sandboxes stay for their widgets (the oldest ends first).
+MAX_KEPT = 8
+_kept: list[tuple[str, str | None]] = []  # (sandbox name, the notebook cell's id), oldest first
+
+
+def cell_id(shell: Any) -> str | None:
+    """The notebook cell being run (JupyterLab and Notebook 7 send its id)."""
+    kernel = getattr(shell, "kernel", None)
+    try:
+        value = kernel.get_parent()["metadata"].get("cellId")  # type: ignore[union-attr]
+    except (AttributeError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def after_cell(scope: Scope, done: dict[str, Any] | None, cell: str | None = None) -> None:
+    """After a ``%%sandbox`` cell: keep an unnamed cell's sandbox while it has widgets
+    (the server kept it under ``done["kept"]``), close the comms of a sandbox that is
+    gone, and say what was refused."""
     import sys
 
+    from .client import SandboxRequestError, SandboxServerError, get_client
+
     notes = [scope.note()]
-    gone = scope.name is None or done is None or bool(done.get("removed"))
-    if gone:
+    kept = done.get("kept") if done else None
+    remove: list[str] = []
+    if scope.name is None and kept:
+        client = get_client()
+        if scope.comms:
+            scope.name = kept
+            client.named.add(kept)
+            # A cell run again replaces its sandbox; beyond MAX_KEPT the oldest ends.
+            live = [(n, c) for n, c in _kept if n in client.named]
+            again = [n for n, c in live if cell is not None and c == cell]
+            live = [(n, c) for n, c in live if n not in again]
+            old = [n for n, _ in live[: max(0, len(live) + 1 - MAX_KEPT)]]
+            live = [(n, c) for n, c in live if n not in old]
+            _kept[:] = [*live, (kept, cell)]
+            remove = again + old
+            if old:
+                notes.append(
+                    f"[nskernel: the sandbox(es) of {len(old)} earlier cell(s) ended, and their "
+                    f"widgets with them: at most {MAX_KEPT} unnamed cells keep their sandbox for "
+                    "their widgets. Use %%sandbox --name NAME for widgets that must stay.]"
+                )
+        else:
+            remove = [kept]  # its widgets were all refused: nothing to keep it for
+        _relay.end_named(remove)
+        if remove:
+            try:
+                client.request("rm", names=[n for n in remove if n in client.named])
+            except (SandboxRequestError, SandboxServerError) as e:
+                notes.append(f"[nskernel: an earlier cell's sandbox could not be removed: {e}]")
+    elif scope.name is None or done is None or bool(done.get("removed")):
         n = _relay.end(scope.key)
-        if n and scope.name is None:
-            notes.append(
-                f"[nskernel: this cell's sandbox ended with the cell, and its {n} widget "
-                "comm(s) were closed with it: to keep widgets working (a slider that calls "
-                "back into the sandbox), run the cell in a named sandbox: %%sandbox --name NAME]"
-            )
-        elif n:
+        if n:
             notes.append(f"[nskernel: the sandbox is gone; its {n} widget comm(s) were closed.]")
     text = "\n".join(n for n in notes if n)
     if text:

@@ -554,6 +554,8 @@ class SandboxMagics(Magics):
             sanitizer = Sanitizer(scope, own_models=widgets.ids)
         out = _CellOutput(max_output, sanitizer)
         req["parent"] = parent = comms.parent_id(self.shell)
+        if not args.name:  # kept under this name if it opens widgets (see comms.after_cell)
+            req["keep_as"] = "cell-" + scope.removeprefix("cell:")
         out.on_comm = lambda m: widgets.from_sandbox(
             m, parent=parent, sanitizer=sanitizer, deliver=comms.deliver
         )
@@ -568,7 +570,7 @@ class SandboxMagics(Magics):
             dropped = done.get("dropped") or {}
         finally:
             out.finish(dropped)
-            comms.after_cell(widgets, done)
+            comms.after_cell(widgets, done, comms.cell_id(self.shell))
         status = done["status"]
         name = req.get("name")
         dead = done.get("dead", True)

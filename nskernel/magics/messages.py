@@ -379,9 +379,10 @@ def done(msg: dict[str, Any]) -> dict[str, Any]:
         value = msg.get(field)
         if value is not None:
             out[field] = _text(value, field, clean=True)[:MAX_MESSAGE]
-    removed = msg.get("removed")
-    if removed is not None:
-        out["removed"] = _text(removed, "removed", clean=True, limit=MAX_NAME)
+    for field in ("removed", "kept"):
+        value = msg.get(field)
+        if value is not None:
+            out[field] = _text(value, field, clean=True, limit=MAX_NAME)
     out["dead"] = _bool(msg.get("dead", True), "dead")
     out["outputs"] = _dict(msg.get("outputs"), "outputs")
     facts = msg.get("facts")

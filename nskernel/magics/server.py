@@ -276,6 +276,8 @@ class Box:
         self.facts_pending = False  # a facts query is out, unanswered
         self.facts: dict[str, Any] | None = None  # its last answer
         self.input_pending = False  # its cell waits for the answer to input()
+        self.keep_as: str | None = None  # unnamed: the name to keep it under if it has widgets
+        self.comms_opened = False
         self.asked: str | None = None  # a completion/inspection question is out
         self.answer: dict[str, Any] | None = None
         self.retired = False
@@ -630,6 +632,9 @@ class Server:
                 text = degraded_warning(what) + "\n"
                 self.reply({"type": "stream", "id": rid, "name": "stderr", "text": text})
         box.current = rid
+        if box.name is None:
+            keep_as = req.get("keep_as")
+            box.keep_as = keep_as if isinstance(keep_as, str) and keep_as else None
         box.show = bool(req.get("facts"))
         box.want_outputs = frozenset(req.get("outputs") or ())
         box.budget = _Budget(int(req.get("max_output") or DEFAULT_MAX_OUTPUT))
@@ -861,6 +866,14 @@ class Server:
             box.current = None
             box.input_pending = False
             self.running.pop(rid, None)
+            keep = box.keep_as if box.name is None and box.comms_opened else None
+            if keep and keep not in self.named and keep not in self.lost:
+                # An unnamed cell that opened widgets: its sandbox stays, under the name
+                # the kernel chose, so the widgets keep calling back into it (the kernel
+                # bounds how many stay, and removes it once it has no widgets).
+                box.name = keep
+                self.named[keep] = box
+                done["kept"] = keep
             self.reply(done)
             if box.name is None:
                 self._retire(box)
@@ -871,6 +884,8 @@ class Server:
             box.input_pending = True
         elif not self._within_budget(box.budget, msg):
             return
+        if kind == "comm_open":
+            box.comms_opened = True
         self.reply({**msg, "id": rid})
 
     def _within_budget(self, budget: _Budget, msg: dict[str, Any]) -> bool:

@@ -401,3 +401,27 @@ def test_completion_and_inspection_answers_are_checked(kc):
     assert "onerror" not in data["text/html"] and "<script" not in data["text/html"]
     assert "application/javascript" not in data
     execute(kc, "%sandbox rm cc1 cc2")
+
+
+def test_a_second_input_request_before_the_answer_stops_that_sandbox(kc):
+    """One question at a time: a forged second input_request while the first waits for
+    the user is a protocol violation; that sandbox is stopped, the kernel lives on."""
+    code = textwrap.dedent(
+        """
+        %%sandbox --name in2
+        from nskernel.magics import cellrunner, protocol
+        ch = cellrunner._channel
+        frame = protocol.encode({"type": "input_request", "prompt": "q? ", "password": False})
+        with ch.lock:  # both in one write: the server reads the second before any answer
+            ch._write_locked(frame * 2)
+        import time; time.sleep(60)
+        """
+    )
+    msg_id = kc.execute(code, allow_stdin=True)
+    req = kc.get_stdin_msg(timeout=120)
+    assert req["content"]["prompt"] == "q? "
+    kc.input("late answer")
+    msgs = collect(kc, msg_id)
+    assert _reply(kc, msg_id)["content"]["status"] == "error"
+    assert "malformed message" in _text(msgs) and "input request" in _text(msgs), _text(msgs)
+    assert execute(kc, "print('kernel fine')").stdout == "kernel fine\n"

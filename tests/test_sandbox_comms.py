@@ -425,3 +425,18 @@ def test_a_second_input_request_before_the_answer_stops_that_sandbox(kc):
     assert _reply(kc, msg_id)["content"]["status"] == "error"
     assert "malformed message" in _text(msgs) and "input request" in _text(msgs), _text(msgs)
     assert execute(kc, "print('kernel fine')").stdout == "kernel fine\n"
+
+
+def test_widget_traffic_counts_against_the_cells_display_budget(kc):
+    """Widget state is display data: a cell's --max-output bounds it, in the server and
+    the kernel, and the cell says what was not shown."""
+    msgs = run(
+        kc,
+        "%%sandbox --max-output 1M\nimport ipywidgets\n"
+        "big = ipywidgets.Textarea(value='x' * 3_000_000)\nsmall = ipywidgets.IntSlider()",
+    )
+    states = [c["data"]["state"] for c in opened(msgs).values()]
+    assert any(s["_model_name"] == "IntSliderModel" for s in states)
+    assert not any(len(json.dumps(s)) > 1_100_000 for s in states)
+    assert "display(s)" in _text(msgs) and "were not shown" in _text(msgs), _text(msgs)
+    execute(kc, "%sandbox rm --all")

@@ -440,3 +440,16 @@ def test_widget_traffic_counts_against_the_cells_display_budget(kc):
     assert not any(len(json.dumps(s)) > 1_100_000 for s in states)
     assert "display(s)" in _text(msgs) and "were not shown" in _text(msgs), _text(msgs)
     execute(kc, "%sandbox rm --all")
+
+
+def test_an_interrupt_while_input_waits_interrupts_the_cell_and_keeps_the_sandbox():
+    """Interrupting a cell that waits in input() stops the question, as in a plain
+    kernel; a named sandbox keeps its state."""
+    with kernel() as (km, kc2):
+        assert execute(kc2, "%%sandbox --name q1\nkeep = 5").status == "ok"
+        msg_id = kc2.execute("%%sandbox --name q1\nx = input('wait? ')", allow_stdin=True)
+        assert kc2.get_stdin_msg(timeout=120)["content"]["prompt"] == "wait? "
+        km.interrupt_kernel()
+        msgs = collect(kc2, msg_id)
+        assert [e["ename"] for e in of_type(msgs, "error")] == ["KeyboardInterrupt"]
+        assert execute(kc2, "%%sandbox --name q1\nprint(keep)").stdout == "5\n"

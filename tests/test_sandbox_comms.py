@@ -453,3 +453,46 @@ def test_an_interrupt_while_input_waits_interrupts_the_cell_and_keeps_the_sandbo
         msgs = collect(kc2, msg_id)
         assert [e["ename"] for e in of_type(msgs, "error")] == ["KeyboardInterrupt"]
         assert execute(kc2, "%%sandbox --name q1\nprint(keep)").stdout == "5\n"
+
+
+def test_an_exception_in_a_widget_callback_is_shown_as_in_a_plain_kernel(kc):
+    """interact shows its function's exception in its Output widget: the traceback is
+    published while that widget captures (before its msg_id is reset), and a cell that
+    only showed a traceback still succeeds."""
+    msgs = run(
+        kc,
+        """
+        %%sandbox --name cw4
+        from ipywidgets import interact
+
+        @interact(x=(0, 10))
+        def f(x=5):
+            print("x is", x)
+            1 / (x - 7)
+        """,
+    )
+    slider, output = model_named(msgs, "IntSliderModel"), model_named(msgs, "OutputModel")
+    answer = collect(
+        kc, send_comm(kc, slider, {"method": "update", "state": {"value": 7}, "buffer_paths": []})
+    )
+    kinds = [m["msg_type"] for m in answer]
+    errors = of_type(answer, "error")
+    assert [e["ename"] for e in errors] == ["ZeroDivisionError"], _text(answer)
+    assert "1 / (x - 7)" in _text(answer)
+    released = [
+        i
+        for i, m in enumerate(answer)
+        if m["msg_type"] == "comm_msg"
+        and m["content"]["comm_id"] == output
+        and m["content"]["data"].get("state", {}).get("msg_id") == ""
+    ]
+    assert released and kinds.index("error") < released[0], kinds
+    shown = execute(
+        kc,
+        "%%sandbox --name cw4\ntry:\n    f(7)\nexcept ZeroDivisionError:\n    pass\n"
+        "try:\n    1 / 0\nexcept ZeroDivisionError:\n    get_ipython().showtraceback()\n"
+        "print('after')",
+    )
+    assert shown.status == "ok" and shown.error["ename"] == "ZeroDivisionError"
+    assert shown.stdout.endswith("after\n")
+    execute(kc, "%sandbox rm cw4")

@@ -427,9 +427,8 @@ def deliver(scope: Scope, cid: str, msg: dict[str, Any]) -> None:
     finally:
         out.finish(dropped)
     status = done["status"]
-    if status == "error" and out.error:
-        sys.stderr.write("\n".join(out.error["traceback"]) + "\n")
-    elif status not in ("ok", "error"):
+    out.show_error()  # shown where a plain kernel shows a callback's exception
+    if status not in ("ok", "error"):
         n = _relay.end(scope.key)
         why = done.get("message") or f"the sandbox's widget callback ended: {status}"
         sys.stderr.write(f"[nskernel: {why}; its {n} widget(s) were closed.]\n")

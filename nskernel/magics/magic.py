@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -234,6 +235,8 @@ class _CellOutput:
         self.on_comm: Callable[[dict[str, Any]], None] | None = None
 
     def on_message(self, raw: dict[str, Any]) -> None:
+        if self.error is not None:
+            self.show_error()  # output after it: it did not end the cell
         if raw.get("type") in messages.COMM_KINDS:
             self._comm(raw)
             return
@@ -273,6 +276,22 @@ class _CellOutput:
                 publish_display_data(data, metadata, **kw)
         elif kind == "error":
             self.error = _capped_error(msg, self.max_output)
+
+    def show_error(self) -> None:
+        """Show the held error as a plain kernel shows a traceback that did not end the
+        cell (ipywidgets shows a callback's exception so, in its Output widget).
+
+        An error is held until the next message: the cell's own final error is raised
+        as this cell's exception instead, and must not be shown twice.
+        """
+        err, self.error = self.error, None
+        if err is None:
+            return
+        self._end_stream()
+        shell = get_ipython()
+        stb = err["traceback"] or [f"{err['ename']}: {err['evalue']}"]
+        if shell is not None:
+            shell._showtraceback(type(cell_error(err["ename"], "", [])), err["evalue"], stb)
 
     def _comm(self, raw: dict[str, Any]) -> None:
         msg = messages.relayed_comm(raw)
@@ -600,6 +619,7 @@ class SandboxMagics(Magics):
         if status == "error":
             err = out.error or {"ename": "Error", "evalue": "the cell failed", "traceback": []}
             raise cell_error(err["ename"], err["evalue"], err["traceback"])
+        out.show_error()  # the cell succeeded: an error it showed is output like any other
         if done.get("out_error"):
             raise SandboxOutputError(done["out_error"])
         self._apply_outputs(req["outputs"], done.get("outputs") or {})

@@ -86,9 +86,14 @@ def execute(
     *,
     timeout: float = 60,
     on_output: Callable[[Output], None] | None = None,
+    allow_stdin: bool = False,
 ) -> Result:
-    """Run ``code``; collect its outputs in arrival order, until the kernel is idle."""
-    msg_id = kc.execute(code)
+    """Run ``code``; collect its outputs in arrival order, until the kernel is idle.
+
+    ``allow_stdin`` is off as in nbclient and papermill (jupyter_client's default is on,
+    and an ``input()`` would then wait for an answer nobody gives).
+    """
+    msg_id = kc.execute(code, allow_stdin=allow_stdin)
     outputs: list[Output] = []
     deadline = time.monotonic() + timeout
     while True:

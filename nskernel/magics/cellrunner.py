@@ -311,6 +311,9 @@ def prepare() -> SandboxShell:
         # module is shared by all of them instead of ~2 MiB more in each that was asked.
         from nskernel import facts  # noqa: F401
 
+        # Comms and stdin for the code in each sandbox (`comm` is imported here, once).
+        from . import inside  # noqa: F401
+
         _shell = shell
     return _shell
 
@@ -424,6 +427,26 @@ def _pump(ch: _Channel) -> None:
 
 
 def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
+    from . import inside
+
+    inside.set_parent(req.get("parent"))
+    if req.get("op") == "comm":
+        # A message from the frontend for one of this sandbox's comms (a slider moved):
+        # handled like a cell, so its output, its errors and its end travel as a cell's.
+        ch.running = True
+        try:
+            inside.handle_comm(req.get("comm") or {})
+            ok = True
+        except BaseException:
+            shell.showtraceback()
+            ok = False
+        finally:
+            sys.stdout.flush()
+        with ch.lock:
+            ch.running = False
+        done = {"type": "cell_done", "status": "ok" if ok else "error", "outputs": {}}
+        ch.send(done)
+        return
     shell.execution_count = int(req.get("execution_count") or 1)
     for name, value in (req.get("inputs") or {}).items():
         shell.user_ns[name] = protocol.decode_value(value)
@@ -482,6 +505,21 @@ def _facts_answer() -> dict[str, Any]:
     return facts
 
 
+def _answer(shell: SandboxShell, req: dict[str, Any]) -> dict[str, Any]:
+    """Completion or inspection of the code of a cell of this sandbox; never raises."""
+    from . import inside
+
+    code = str(req.get("code") or "")
+    pos = req.get("cursor_pos")
+    pos = pos if isinstance(pos, int) and 0 <= pos <= len(code) else len(code)
+    try:
+        if req.get("op") == "complete":
+            return inside.complete(shell, code, pos)
+        return inside.inspect(shell, code, pos, int(req.get("detail_level") or 0))
+    except Exception:
+        return {}
+
+
 def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int:
     """The sandbox's main program: run the cells sent on ``fd`` until EOF.
 
@@ -506,6 +544,9 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
         shell.run_cell("pass", store_history=False, silent=True)
     _channel = ch
     reader = protocol.FrameReader(fd)  # the server's frames: trusted, large (--in values)
+    from . import inside
+
+    inside.install(shell, ch, reader)  # comms, input() and getpass() through the channel
     while True:
         try:
             req = reader.next()
@@ -514,10 +555,12 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
         if req is None:
             return 0
         op = req.get("op")
-        if op == "run":
+        if op in ("run", "comm"):
             _run_one(shell, ch, req)
             # An unnamed sandbox too waits here until the server closes the socket (and
             # its lifeline): the server may still read its facts for --show.
         elif op == "facts":
             ch.send({"type": "facts", "facts": _facts_answer()}, drain=False)
+        elif op in ("complete", "inspect"):
+            ch.send({"type": "answer", "what": op, "result": _answer(shell, req)}, drain=False)
         # The server sends nothing else; anything else is ignored.

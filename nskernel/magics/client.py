@@ -205,6 +205,7 @@ class SandboxClient:
         on_message: Callable[[dict[str, Any]], None],
         *,
         timeout: float | None = None,
+        on_input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Run a cell; calls ``on_message`` for each output frame; returns the final frame.
 
@@ -221,7 +222,7 @@ class SandboxClient:
                 "message": f"named sandbox {name!r} was lost with its state: the sandbox "
                 f"server died ({how}). Nothing ran; run the cell again to create it afresh.",
             }
-        done = self._run(req, on_message, timeout=timeout)
+        done = self._run(req, on_message, timeout=timeout, on_input=on_input)
         if name and done.get("status") in ("ok", "error"):
             self.named.add(name)
         elif name and done.get("removed"):
@@ -234,6 +235,7 @@ class SandboxClient:
         on_message: Callable[[dict[str, Any]], None],
         *,
         timeout: float | None = None,
+        on_input: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
         assert self.sock is not None and self.reader is not None
         self._next_id += 1
@@ -254,6 +256,11 @@ class SandboxClient:
                             if reason and msg.get("status") == "error":
                                 msg["status"], msg["reason"] = "killed", reason
                             return msg
+                        if msg.get("type") == "input_request":
+                            answer = _answer_input(intr, on_input, msg)
+                            if answer is not None:
+                                self._send({"op": "input_reply", "id": rid, **answer})
+                            continue
                         on_message(msg)
                 except protocol.ProtocolError as e:
                     self.close()
@@ -287,6 +294,33 @@ class SandboxClient:
                 if force_at is not None and now >= force_at and "kill" not in asked:
                     asked.add("kill")
                     self._send({"op": "kill", "id": rid, "reason": "interrupt"})
+
+
+NO_STDIN = "raw_input was called, but this frontend does not support input requests."
+
+
+def _answer_input(
+    intr: _Interrupts,
+    on_input: Callable[[dict[str, Any]], dict[str, Any]] | None,
+    msg: dict[str, Any],
+) -> dict[str, Any] | None:
+    """The reply to a sandbox's input request, asked of the frontend by ``on_input``;
+    None when an interrupt came first (the sandbox is interrupted or killed next)."""
+    if intr.pending:
+        return None
+    if on_input is None:
+        return {"error": "StdinNotImplementedError", "message": NO_STDIN}
+    # While the frontend is asked, an interrupt must end the question, as in a plain
+    # kernel: the handler raises here (and counts it, so the cell is interrupted too).
+    intr.waiting = True
+    try:
+        return on_input(msg)
+    except KeyboardInterrupt:
+        if not intr.pending:  # raised by the kernel's own handler, not ours
+            intr.count += 1
+        return None
+    finally:
+        intr.waiting = False
 
 
 class SandboxRequestError(NskernelError, LookupError):

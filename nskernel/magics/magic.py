@@ -14,8 +14,10 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from IPython import get_ipython
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
@@ -36,7 +38,7 @@ from nskernel.spec import (
     parse_size,
 )
 
-from . import messages, protocol
+from . import comms, messages, protocol
 from .client import SandboxRequestError, get_client, read_host_map
 from .untrusted import Sanitizer
 
@@ -229,8 +231,15 @@ class _CellOutput:
         self.last: Any = None  # the stream written to last
         self.result: SandboxResult | None = None
         self.error: dict[str, Any] | None = None
+        # Comm messages (widgets) go to the sandbox's comms scope (:mod:`.comms`).
+        self.on_comm: Callable[[dict[str, Any]], None] | None = None
 
     def on_message(self, raw: dict[str, Any]) -> None:
+        if self.error is not None:
+            self.show_error()  # output after it: it did not end the cell
+        if raw.get("type") in messages.COMM_KINDS:
+            self._comm(raw)
+            return
         msg = messages.relayed(raw)
         if msg is None:
             return  # not an output message: nothing to show
@@ -267,6 +276,35 @@ class _CellOutput:
                 publish_display_data(data, metadata, **kw)
         elif kind == "error":
             self.error = _capped_error(msg, self.max_output)
+
+    def show_error(self) -> None:
+        """Show the held error as a plain kernel shows a traceback that did not end the
+        cell (ipywidgets shows a callback's exception so, in its Output widget).
+
+        An error is held until the next message: the cell's own final error is raised
+        as this cell's exception instead, and must not be shown twice.
+        """
+        err, self.error = self.error, None
+        if err is None:
+            return
+        self._end_stream()
+        shell = get_ipython()
+        stb = err["traceback"] or [f"{err['ename']}: {err['evalue']}"]
+        if shell is not None:
+            shell._showtraceback(type(cell_error(err["ename"], "", [])), err["evalue"], stb)
+
+    def _comm(self, raw: dict[str, Any]) -> None:
+        msg = messages.relayed_comm(raw)
+        if msg is None or self.on_comm is None:
+            return
+        size = messages.comm_size(msg)
+        if self.display_size + size > self.max_output:
+            self.dropped_displays += 1
+            self.dropped_display_size += size
+            return
+        self.display_size += size
+        self._end_stream()  # a widget displayed after a print stays after it
+        self.on_comm(msg)
 
     def _stream(self, name: str, text: str) -> None:
         room = max(self.max_output - self.chars, 0)
@@ -528,14 +566,22 @@ class SandboxMagics(Magics):
             raise UsageError(f"--max-output: {e}") from None
         req["max_output"] = max_output
         client = get_client()
+        scope = f"name:{args.name}" if args.name else f"cell:{secrets.token_hex(6)}"
+        widgets = comms.relay().scope(scope, args.name)
         sanitizer = None
         if not args.trust_output:
-            scope = f"name:{args.name}" if args.name else f"cell:{secrets.token_hex(6)}"
-            sanitizer = Sanitizer(scope)
+            sanitizer = Sanitizer(scope, own_models=widgets.ids)
         out = _CellOutput(max_output, sanitizer)
+        req["parent"] = parent = comms.parent_id(self.shell)
+        if not args.name:  # kept under this name if it opens widgets (see comms.after_cell)
+            req["keep_as"] = "cell-" + scope.removeprefix("cell:")
+        out.on_comm = lambda m: widgets.from_sandbox(
+            m, parent=parent, sanitizer=sanitizer, deliver=comms.deliver
+        )
         dropped: dict[str, int] = {}
+        done: dict[str, Any] | None = None
         try:
-            raw = client.run(req, out.on_message, timeout=args.timeout)
+            raw = client.run(req, out.on_message, timeout=args.timeout, on_input=comms.ask_frontend)
             try:
                 done = messages.done(raw)
             except messages.Malformed as e:
@@ -543,6 +589,7 @@ class SandboxMagics(Magics):
             dropped = done.get("dropped") or {}
         finally:
             out.finish(dropped)
+            comms.after_cell(widgets, done, comms.cell_id(self.shell))
         status = done["status"]
         name = req.get("name")
         dead = done.get("dead", True)
@@ -572,6 +619,7 @@ class SandboxMagics(Magics):
         if status == "error":
             err = out.error or {"ename": "Error", "evalue": "the cell failed", "traceback": []}
             raise cell_error(err["ename"], err["evalue"], err["traceback"])
+        out.show_error()  # the cell succeeded: an error it showed is output like any other
         if done.get("out_error"):
             raise SandboxOutputError(done["out_error"])
         self._apply_outputs(req["outputs"], done.get("outputs") or {})
@@ -726,8 +774,10 @@ class SandboxMagics(Magics):
                 return _with_host_maps(client.request("inspect", name=rest[0]))
             if cmd == "rm":
                 if rest == ["--all"] or rest == ["-a"]:
+                    comms.relay().end_named()
                     removed = client.request("rm", all=True)
                 elif rest and not any(r.startswith("-") for r in rest):
+                    comms.relay().end_named(rest)
                     removed = client.request("rm", names=rest)
                 else:
                     raise UsageError("usage: %sandbox rm NAME [NAME...]  or  %sandbox rm --all")

@@ -23,7 +23,19 @@ Messages from a cell runner (``type``) and their fields:
 ``cell_done``      status ("ok" or "error"), outputs (name -> JSON value),
                    out_error (str or None); only while a cell runs
 ``facts``          facts (a dict): the answer to a facts query
+``comm_open``      comm_id (32 hex digits), target_name, data, metadata (dicts),
+                   buffers (list of base64 text); only while a cell runs
+``comm_msg``       comm_id, data, metadata, buffers; only while a cell runs
+``comm_close``     comm_id, data, metadata; only while a cell runs
+``input_request``  prompt (str), password (bool): ``input()``/``getpass()``; only
+                   while a cell runs, and one at a time (the server enforces that)
+``answer``         what ("complete" or "inspect"), result (a dict): the answer to a
+                   completion or inspection query (checked by :func:`complete_answer`
+                   and :func:`inspect_answer` in the kernel)
 =================  ==============================================================
+
+Comm messages are checked here for shape only; which comms a sandbox may address and
+which widget state may reach the browser is decided in the kernel (:mod:`.comms`).
 
 A mime bundle maps mime types to text or to JSON values. Sizes are bounded by the frame
 limits of :mod:`.protocol`; per-cell output budgets are the server's and the kernel's.
@@ -38,6 +50,13 @@ import re
 from typing import Any
 
 OUTPUT_KINDS = ("stream", "display_data", "execute_result", "error", "clear_output")
+COMM_KINDS = ("comm_open", "comm_msg", "comm_close")
+#: Longest prompt of ``input()`` relayed (a plain kernel has no limit; this is generous).
+MAX_PROMPT = 16384
+#: Most binary buffers one comm message may carry (ipywidgets uses one per bytes value).
+MAX_BUFFERS = 64
+#: Most matches one completion answer may list.
+MAX_MATCHES = 5000
 #: Longest mime type, exception name or ``--out`` name accepted.
 MAX_NAME = 256
 #: Longest ``out_error``/``message`` text kept (it is shown as one error line).
@@ -177,6 +196,54 @@ def _output(msg: dict[str, Any], *, clean: bool) -> dict[str, Any]:
     raise Malformed("a message of a type the protocol does not have")
 
 
+def _comm_id(value: object) -> str:
+    # What the `comm` package makes (uuid4().hex): anything else is refused, so an id
+    # cannot be crafted to look like, or be confused with, some other comm's.
+    if not isinstance(value, str) or len(value) != 32 or value.strip("0123456789abcdef"):
+        raise Malformed("comm_id is not 32 lowercase hex digits")
+    return value
+
+
+def _buffers(value: object) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_BUFFERS:
+        raise Malformed(f"buffers is not a list of at most {MAX_BUFFERS} items")
+    for b in value:
+        if not isinstance(b, str) or not b.isascii():
+            raise Malformed("a buffer is not base64 text")
+    return value
+
+
+def _comm(msg: dict[str, Any], *, clean: bool) -> dict[str, Any]:
+    kind = msg.get("type")
+    out = {
+        "type": kind,
+        "comm_id": _comm_id(msg.get("comm_id")),
+        "data": _dict(msg.get("data"), "data", clean=clean),
+        "metadata": _dict(msg.get("metadata"), "metadata", clean=clean),
+        "buffers": _buffers(msg.get("buffers")) if kind != "comm_close" else [],
+    }
+    if kind == "comm_open":
+        out["target_name"] = _text(msg.get("target_name"), "target_name", limit=MAX_NAME)
+    return out
+
+
+def comm_size(msg: dict[str, Any]) -> int:
+    """What a clean comm message costs against the per-cell display budget."""
+    size = bundle_size(msg["data"]) + bundle_size(msg["metadata"])
+    return max(size + sum(len(b) for b in msg["buffers"]), MIN_DISPLAY_COST)
+
+
+def _input_request(msg: dict[str, Any], *, clean: bool) -> dict[str, Any]:
+    prompt = _text(msg.get("prompt"), "prompt", clean=clean)[:MAX_PROMPT]
+    return {
+        "type": "input_request",
+        "prompt": prompt,
+        "password": _bool(msg.get("password"), "password"),
+    }
+
+
 def from_runner(msg: dict[str, Any], *, running: bool) -> dict[str, Any]:
     """The server's check of one frame from a cell runner: a clean copy, or Malformed.
 
@@ -201,6 +268,15 @@ def from_runner(msg: dict[str, Any], *, running: bool) -> dict[str, Any]:
         }
     if kind == "facts":
         return {"type": kind, "facts": _dict(msg.get("facts"), "facts")}
+    if kind in COMM_KINDS or kind == "input_request":
+        if not running:
+            raise Malformed(f"a {kind} arrived while no cell was running")
+        return _comm(msg, clean=False) if kind in COMM_KINDS else _input_request(msg, clean=False)
+    if kind == "answer":
+        what = msg.get("what")
+        if what not in ("complete", "inspect"):
+            raise Malformed("an answer to a question that was not asked")
+        return {"type": kind, "what": what, "result": _dict(msg.get("result"), "result")}
     raise Malformed("a message of a type the protocol does not have")
 
 
@@ -238,6 +314,64 @@ def relayed(msg: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
+def relayed_comm(msg: dict[str, Any]) -> dict[str, Any] | None:
+    """The kernel's check of a comm message or input request the server relayed."""
+    kind = msg.get("type")
+    try:
+        if kind in COMM_KINDS:
+            return _comm(msg, clean=True)
+        if kind == "input_request":
+            return _input_request(msg, clean=True)
+    except Malformed:
+        return None
+    return None
+
+
+def complete_answer(result: dict[str, Any], code_length: int) -> dict[str, Any] | None:
+    """A sandbox's completion answer, checked: matches (text), and the span they replace
+    (within the code sent); None when it is not one."""
+    matches = result.get("matches")
+    start, end = result.get("cursor_start"), result.get("cursor_end")
+    if not isinstance(matches, list) or type(start) is not int or type(end) is not int:
+        return None
+    if not 0 <= start <= end <= code_length:
+        return None
+    clean = [_clean_text(m) for m in matches[:MAX_MATCHES] if isinstance(m, str) and len(m) <= 1000]
+    types = []
+    for t in result.get("types") or ():
+        if not isinstance(t, dict):
+            continue
+        text, tstart, tend = t.get("text"), t.get("start"), t.get("end")
+        if not isinstance(text, str) or type(tstart) is not int or type(tend) is not int:
+            continue
+        if len(text) > 1000 or not 0 <= tstart <= tend <= code_length:
+            continue
+        kind, sig = t.get("type"), t.get("signature")
+        types.append(
+            {
+                "text": _clean_text(text),
+                "start": tstart,
+                "end": tend,
+                "type": _clean_text(kind)[:64] if isinstance(kind, str) else "",
+                "signature": _clean_text(sig)[:1000] if isinstance(sig, str) else "",
+            }
+        )
+        if len(types) >= MAX_MATCHES:
+            break
+    return {"matches": clean, "cursor_start": start, "cursor_end": end, "types": types}
+
+
+def inspect_answer(result: dict[str, Any]) -> dict[str, Any] | None:
+    """A sandbox's inspection answer, checked: found, and a mime bundle (to be sanitized)."""
+    try:
+        return {
+            "found": _bool(result.get("found"), "found"),
+            "data": _bundle(result.get("data"), "data", clean=True),
+        }
+    except Malformed:
+        return None
+
+
 DONE_STATUSES = ("ok", "error", "failed", "died", "killed", "stopped")
 
 
@@ -251,9 +385,10 @@ def done(msg: dict[str, Any]) -> dict[str, Any]:
         value = msg.get(field)
         if value is not None:
             out[field] = _text(value, field, clean=True)[:MAX_MESSAGE]
-    removed = msg.get("removed")
-    if removed is not None:
-        out["removed"] = _text(removed, "removed", clean=True, limit=MAX_NAME)
+    for field in ("removed", "kept"):
+        value = msg.get(field)
+        if value is not None:
+            out[field] = _text(value, field, clean=True, limit=MAX_NAME)
     out["dead"] = _bool(msg.get("dead", True), "dead")
     out["outputs"] = _dict(msg.get("outputs"), "outputs")
     facts = msg.get("facts")

@@ -54,6 +54,10 @@ NETWORK_OPTIONS = ("network", "ip", "publish")
 # A healthy sandbox answers in milliseconds; one that has not answered is not waited for
 # again until it does.
 FACTS_TIMEOUT = 2.0
+# How long a completion or inspection may take in a named sandbox: the first one in a
+# sandbox sets up jedi (~1 s here, more on a loaded machine). The kernel waits, as a
+# plain kernel's completer makes it wait; a sandbox busy with a cell is not asked.
+ASK_TIMEOUT = 10.0
 WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
 # After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
 # the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in
@@ -271,6 +275,11 @@ class Box:
         self.budget = _Budget(DEFAULT_MAX_OUTPUT)
         self.facts_pending = False  # a facts query is out, unanswered
         self.facts: dict[str, Any] | None = None  # its last answer
+        self.input_pending = False  # its cell waits for the answer to input()
+        self.keep_as: str | None = None  # unnamed: the name to keep it under if it has widgets
+        self.comms_opened = False
+        self.asked: str | None = None  # a completion/inspection question is out
+        self.answer: dict[str, Any] | None = None
         self.retired = False
 
     @property
@@ -489,6 +498,10 @@ class Server:
                 self.reply({"type": "reply", "id": rid, "ok": True, "result": self.info(box)})
             elif op == "rm":
                 self.op_rm(req)
+            elif op == "input_reply":
+                self.op_input_reply(req)
+            elif op in ("complete_code", "inspect_code"):
+                self.reply({"type": "reply", "id": rid, "ok": True, "result": self.op_ask(req)})
             elif op in ("network_ls", "network_rm"):
                 from nskernel import network  # cheap: pyroute2 loads only with a network
 
@@ -532,9 +545,43 @@ class Server:
             f"first with `%sandbox rm {box.name}`"
         )
 
+    def op_input_reply(self, req: dict[str, Any]) -> None:
+        """The kernel's answer to the input request of a running cell."""
+        box = self.running.get(req["id"])
+        if box is None or not box.input_pending:
+            return  # that cell ended (or was killed) meanwhile
+        box.input_pending = False
+        answer = {k: req[k] for k in ("value", "error", "message") if k in req}
+        self.send_box(box, {"op": "input_reply", **answer})
+
+    def op_ask(self, req: dict[str, Any]) -> dict[str, Any] | None:
+        """Ask an idle named sandbox to complete or inspect code (its own names); None
+        when it is busy or does not answer within ASK_TIMEOUT."""
+        box = self._named(req["name"])
+        if box.current is not None or box.asked is not None:
+            return None
+        op = req["op"].removesuffix("_code")  # what the runner calls it
+        box.asked, box.answer = op, None
+        fields = {k: req.get(k) for k in ("code", "cursor_pos", "detail_level")}
+        self.send_box(box, {"op": op, **fields})
+        deadline = time.monotonic() + ASK_TIMEOUT
+        while box.asked is not None and not box.retired:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            poller = select.poll()
+            poller.register(box.fd, select.POLLIN | (select.POLLOUT if box.out else 0))
+            if syscalls.poll_ready(poller, left):
+                self.service(box)
+        # One that did not answer in time is not asked again until it does.
+        return box.answer if box.asked is None else None
+
     def op_run(self, req: dict[str, Any]) -> None:
         rid = req["id"]
         name = req.get("name")
+        if req.get("comm") is not None:
+            self.op_comm(req)
+            return
         spec = req["spec"]
         net = _network_options(req)
         if name in self.lost:
@@ -585,6 +632,9 @@ class Server:
                 text = degraded_warning(what) + "\n"
                 self.reply({"type": "stream", "id": rid, "name": "stderr", "text": text})
         box.current = rid
+        if box.name is None:
+            keep_as = req.get("keep_as")
+            box.keep_as = keep_as if isinstance(keep_as, str) and keep_as else None
         box.show = bool(req.get("facts"))
         box.want_outputs = frozenset(req.get("outputs") or ())
         box.budget = _Budget(int(req.get("max_output") or DEFAULT_MAX_OUTPUT))
@@ -598,8 +648,29 @@ class Server:
                 "outputs": req.get("outputs") or [],
                 "execution_count": req.get("execution_count"),
                 "facts": False,
+                "parent": req.get("parent"),
             },
         )
+
+    def op_comm(self, req: dict[str, Any]) -> None:
+        """A message from the frontend for a comm of a named sandbox: run like a cell
+        (its output, errors, interrupt and kill work the same), never creating one."""
+        rid, name = req["id"], req.get("name")
+        box = self.named.get(name) if isinstance(name, str) else None
+        if box is None:
+            msg = self.lost.get(name, f"sandbox {name!r} is gone") if name else "no sandbox"
+            self.reply({"type": "done", "id": rid, "status": "failed", "message": msg})
+            return
+        if box.current is not None:
+            msg = f"sandbox {name!r} is still running another cell"
+            self.reply({"type": "done", "id": rid, "status": "failed", "message": msg})
+            return
+        box.current = rid
+        box.show = False
+        box.want_outputs = frozenset()
+        box.budget = _Budget(int(req.get("max_output") or DEFAULT_MAX_OUTPUT))
+        self.running[rid] = box
+        self.send_box(box, {"op": "comm", "comm": req["comm"], "parent": req.get("parent")})
 
     def op_kill(self, req: dict[str, Any]) -> None:
         rid = req["id"]
@@ -772,6 +843,10 @@ class Server:
                 box.facts_pending = False
                 box.facts = msg["facts"]
             return  # an answer nobody waits for any more
+        if kind == "answer":
+            if box.asked == msg["what"]:
+                box.asked, box.answer = None, msg["result"]
+            return
         rid = box.current
         if rid is None:
             return  # output between cells (a background thread): no cell to show it in
@@ -789,13 +864,28 @@ class Server:
             if box.show:
                 done["facts"] = self.facts_from_host(box)
             box.current = None
+            box.input_pending = False
             self.running.pop(rid, None)
+            keep = box.keep_as if box.name is None and box.comms_opened else None
+            if keep and keep not in self.named and keep not in self.lost:
+                # An unnamed cell that opened widgets: its sandbox stays, under the name
+                # the kernel chose, so the widgets keep calling back into it (the kernel
+                # bounds how many stay, and removes it once it has no widgets).
+                box.name = keep
+                self.named[keep] = box
+                done["kept"] = keep
             self.reply(done)
             if box.name is None:
                 self._retire(box)
             return
-        if not self._within_budget(box.budget, msg):
+        if kind == "input_request":
+            if box.input_pending:
+                raise messages.Malformed("an input request before the last was answered")
+            box.input_pending = True
+        elif not self._within_budget(box.budget, msg):
             return
+        if kind == "comm_open":
+            box.comms_opened = True
         self.reply({**msg, "id": rid})
 
     def _within_budget(self, budget: _Budget, msg: dict[str, Any]) -> bool:
@@ -812,8 +902,9 @@ class Server:
                 msg["text"] = text = text[: budget.chars]
             budget.chars -= len(text)
             return bool(text)
-        if kind in ("display_data", "execute_result", "clear_output"):
-            size = messages.display_cost(msg)
+        if kind in ("display_data", "execute_result", "clear_output", *messages.COMM_KINDS):
+            is_comm = kind in messages.COMM_KINDS
+            size = messages.comm_size(msg) if is_comm else messages.display_cost(msg)
             if size > budget.display:
                 budget.dropped_displays += 1
                 budget.dropped_display_size += size

@@ -47,6 +47,7 @@ import argparse
 import atexit
 import codecs
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -490,7 +491,13 @@ def _runs_in_process(argv: list[str]) -> bool:
     if len(argv) < 3 or argv[1:3] != ["-m", "ipykernel_launcher"]:
         return False
     try:
-        return os.path.samefile(argv[0], sys.executable)
+        # The same binary in another directory is another environment: a venv's python
+        # is a link to its base interpreter, and Python finds the venv (pyvenv.cfg, so
+        # sys.prefix and site-packages) from where it was started, not from the binary.
+        return os.path.samefile(argv[0], sys.executable) and os.path.samefile(
+            os.path.dirname(os.path.abspath(argv[0])),
+            os.path.dirname(os.path.abspath(sys.executable)),
+        )
     except OSError:
         return False
 
@@ -525,16 +532,23 @@ def _ipykernel_in_process(
         import ipykernel_launcher
         from ipykernel import kernelapp
 
+        from . import inside  # noqa: F401 - the kernel's extension, shared copy-on-write
+
     args = argv[3:]
 
     def run_kernel() -> int:
+        # `ps`/`top` show the kernel as the command it stands for, not as this launcher.
+        show_as(argv)
         os.environ.clear()
         os.environ.update(env)
         if profile:
             _write_profile(env["IPYTHONDIR"], profile)
         sys.argv = [ipykernel_launcher.__file__, *args]
         try:
-            kernelapp.launch_new_instance(argv=args)
+            # nskernel.kernel.inside: what a notebook user does works in the sandbox
+            # (%pip installs into the private home, this Python first on PATH), loaded
+            # like any extension (extra_extensions leaves the user's `extensions` alone).
+            kernelapp.launch_new_instance(argv=[*args, f"--{INSIDE_EXTENSION_OPTION}"])
         finally:
             _let_the_control_thread_finish(kernelapp.IPKernelApp)
             # The command process ends with os._exit: run what a normal exit would
@@ -543,6 +557,32 @@ def _ipykernel_in_process(
         return 0
 
     return run_kernel
+
+
+INSIDE_EXTENSION_OPTION = "InteractiveShellApp.extra_extensions=nskernel.kernel.inside"
+
+
+def show_as(argv: Sequence[str]) -> None:
+    """Rewrite this process's command line (what ``ps`` and ``top`` show) to ``argv``.
+
+    The in-process kernel is a fork of this launcher, so it would show the launcher's
+    command line (``python -m nskernel.kernel.launch --namespaces ... -- ...``); a person
+    looking for their kernel expects the kernel command. Linux reads the command line
+    from the memory between ``arg_start`` and ``arg_end`` (``/proc/self/stat`` fields 48
+    and 49), which CPython no longer reads after start-up: the new text is written there,
+    cut to fit and padded with NULs. Best effort: any failure leaves the old one.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+        size = end - start
+        if size <= 1:
+            return
+        data = b"\0".join(os.fsencode(a) for a in argv)[: size - 1]
+        ctypes.memmove(start, data.ljust(size, b"\0"), size)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 CONTROL_THREAD_GRACE = 2.0  # seconds; jupyter_client sends SIGTERM after 2.5

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -439,6 +440,45 @@ def test_path_leads_to_this_kernels_python_and_missing_commands_are_not_found(
         assert found["pip"] == os.path.join(here, "pip"), found
         assert found["missing"] == "FileNotFoundError", found
         assert "not found" in res.stdout + res.stderr
+
+
+def test_a_kernel_whose_python_the_sandbox_cannot_reach_starts(
+    prefix: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A kernelspec naming another Python that lives where sandboxes cannot go (under
+    /root for root, a home or /tmp for anyone: pyenv, conda) starts, with that Python."""
+    import site
+
+    top = tmp_path_factory.mktemp("elsewhere")
+    os.chmod(top, 0o700)  # like /root: sandbox root (as root: an unprivileged uid) cannot enter
+    venv = top / "venv"
+    subprocess.run(
+        ["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
+    # It finds ipykernel where this Python has it (a .pth file), as a conda env would.
+    (site_dir,) = venv.glob("lib/python3*/site-packages")
+    (site_dir / "parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    spec_dir = kernels / "nsk-test-elsewhere"
+    shutil.copytree(kernels / KERNEL_NAME, spec_dir)
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    spec["argv"][0] = str(venv / "bin" / "python")
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    nb = _notebook_dir(tmp_path_factory, "elsewhere-nb")
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
+    km = KernelManager(kernel_name="nsk-test-elsewhere", kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(nb))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        res = execute(kc, "import sys, os; print(sys.prefix, os.getpid())")
+        assert res.status == "ok", res.error_text
+        assert res.stdout.split() == [str(venv), "2"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        shutil.rmtree(spec_dir)
 
 
 # ------------------------------------------------------------------ item 6: caches

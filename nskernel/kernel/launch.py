@@ -52,7 +52,9 @@ import gc
 import json
 import os
 import select
+import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +66,7 @@ from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
     ALL_NAMESPACES,
     blocked_ancestor,
+    hidden_inside,
     make_limits,
     notebook_dir_binds,
     parse_degraded,
@@ -347,6 +350,11 @@ def _start(
         # that is private inside (a venv or checkout under /tmp).
         taken = {b.dest for b in binds}
         binds += [b for b in python_environment_binds() if b.dest not in taken]
+        if not in_process:
+            # A kernel exec'd from another Python (pyenv's, conda's) that lives where
+            # the sandbox cannot go (a home, /root): its environment, bound read-only.
+            taken = {b.dest for b in binds}
+            binds += [b for b in interpreter_binds(argv) if b.dest not in taken]
 
     # The staging mount namespace (idmapped notebook directory, skeletons over what
     # sandbox root cannot traverse) needs CAP_SYS_ADMIN, which root in a container
@@ -407,6 +415,59 @@ def _start(
     for sig in pending:
         sb.send_signal(sig)
     return sb
+
+
+# Run on the host with the kernel's own interpreter (the user's kernelspec: what Jupyter
+# would run anyway, here as the same user): where its modules come from.
+_WHERE_ARE_YOUR_MODULES = (
+    "import json, sys; print(json.dumps([sys.prefix, sys.exec_prefix, sys.base_prefix, "
+    "sys.base_exec_prefix, *sys.path]))"
+)
+
+
+def interpreter_binds(argv: Sequence[str]) -> list[Bind]:
+    """Read-only binds that make an exec'd kernel's interpreter reachable inside.
+
+    A kernelspec whose Python lives under a home (hidden inside: every sandbox gets a
+    private empty one) or, run by root, under /root (sandbox root is an unprivileged
+    host uid and cannot enter it) would fail with "Permission denied inside the
+    sandbox". Its prefix and everything on its ``sys.path`` that is out of reach is
+    bound in at the same path, read-only, as for this Python's own environment.
+    """
+    if not argv:
+        return []
+    exe = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
+    if not exe:
+        return []
+    as_root = userns.is_host_root()
+
+    def unreachable(path: str) -> bool:
+        return hidden_inside(path) or (as_root and blocked_ancestor(path) is not None)
+
+    real = os.path.realpath(exe)
+    if not (unreachable(exe) or unreachable(real)):
+        return []
+    found = [os.path.dirname(os.path.dirname(p)) for p in (exe, real)]
+    try:
+        out = subprocess.run(
+            [exe, "-I", "-c", _WHERE_ARE_YOUR_MODULES],
+            capture_output=True,
+            timeout=30,
+            check=True,
+            cwd="/",
+            stdin=subprocess.DEVNULL,
+        )
+        found += [p for p in json.loads(out.stdout) if isinstance(p, str) and p]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass  # not a Python, or a broken one: its prefix at least
+    # The kernelspec's own path too: a venv's bin/python is a link out of the venv.
+    found.append(os.path.dirname(os.path.abspath(exe)))
+    dirs = sorted({os.path.realpath(p) for p in found if os.path.isdir(p)}, key=len)
+    tops: list[str] = []
+    for d in dirs:
+        if unreachable(d) and not any(_contains(t, d) for t in tops):
+            tops.append(d)
+    return [Bind(t, t, readonly=True) for t in tops]
 
 
 def _contains(ancestor: str, path: str) -> bool:

@@ -452,6 +452,8 @@ def test_a_kernel_whose_python_the_sandbox_cannot_reach_starts(
     top = tmp_path_factory.mktemp("elsewhere")
     os.chmod(top, 0o700)  # like /root: sandbox root (as root: an unprivileged uid) cannot enter
     venv = top / "venv"
+    secret = top / "secret.txt"
+    secret.write_text("beside the kernel's Python\n")
     subprocess.run(
         ["/usr/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
     )
@@ -475,6 +477,14 @@ def test_a_kernel_whose_python_the_sandbox_cannot_reach_starts(
         res = execute(kc, "import sys, os; print(sys.prefix, os.getpid())")
         assert res.status == "ok", res.error_text
         assert res.stdout.split() == [str(venv), "2"]
+        # Only that Python's environment came in, read-only: not what lies beside it.
+        look = (
+            f"print(os.path.exists({str(secret)!r}))\n"
+            f"try:\n    open({str(venv / 'planted')!r}, 'w')\nexcept OSError as e:\n"
+            "    print(e.strerror)"
+        )
+        res = execute(kc, look)
+        assert res.stdout.splitlines() == ["False", "Read-only file system"], res.stdout
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)

@@ -491,6 +491,24 @@ def test_a_kernel_whose_python_the_sandbox_cannot_reach_starts(
         shutil.rmtree(spec_dir)
 
 
+def test_a_kernels_python_is_never_looked_for_where_a_sandbox_writes(tmp_path: Path) -> None:
+    """The notebook directory is writable inside: a link planted there (or a host link
+    leading into it) must not make the launcher bind what the link points to."""
+    from nskernel.kernel.launch import interpreter_binds
+
+    elsewhere = tmp_path / "elsewhere"  # unreachable inside (/tmp is private there)
+    (elsewhere / "bin").mkdir(parents=True)
+    (elsewhere / "bin" / "python").touch()
+    nb = tmp_path / "nb"
+    nb.mkdir()
+    (nb / "venv").symlink_to(elsewhere)  # "planted" by a sandbox
+    (tmp_path / "via").symlink_to(nb / "venv")  # a host link into the notebook dir
+    found = interpreter_binds([str(elsewhere / "bin" / "python")], [str(nb)])
+    assert [b.source for b in found] == [str(elsewhere)]
+    assert interpreter_binds([str(nb / "venv" / "bin" / "python")], [str(nb)]) == []
+    assert interpreter_binds([str(tmp_path / "via" / "bin" / "python")], [str(nb)]) == []
+
+
 # ------------------------------------------------------------------ item 6: caches
 
 

@@ -54,7 +54,6 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -354,7 +353,9 @@ def _start(
             # A kernel exec'd from another Python (pyenv's, conda's) that lives where
             # the sandbox cannot go (a home, /root): its environment, bound read-only.
             taken = {b.dest for b in binds}
-            binds += [b for b in interpreter_binds(argv) if b.dest not in taken]
+            writes = [cwd] if bind_cwd and with_mnt else []
+            found = interpreter_binds(argv, writes, hide)
+            binds += [b for b in found if b.dest not in taken]
 
     # The staging mount namespace (idmapped notebook directory, skeletons over what
     # sandbox root cannot traverse) needs CAP_SYS_ADMIN, which root in a container
@@ -417,57 +418,83 @@ def _start(
     return sb
 
 
-# Run on the host with the kernel's own interpreter (the user's kernelspec: what Jupyter
-# would run anyway, here as the same user): where its modules come from.
-_WHERE_ARE_YOUR_MODULES = (
-    "import json, sys; print(json.dumps([sys.prefix, sys.exec_prefix, sys.base_prefix, "
-    "sys.base_exec_prefix, *sys.path]))"
-)
-
-
-def interpreter_binds(argv: Sequence[str]) -> list[Bind]:
+def interpreter_binds(
+    argv: Sequence[str], writable: Sequence[str] = (), hidden: Sequence[str] = ()
+) -> list[Bind]:
     """Read-only binds that make an exec'd kernel's interpreter reachable inside.
 
     A kernelspec whose Python lives under a home (hidden inside: every sandbox gets a
-    private empty one) or, run by root, under /root (sandbox root is an unprivileged
-    host uid and cannot enter it) would fail with "Permission denied inside the
-    sandbox". Its prefix and everything on its ``sys.path`` that is out of reach is
-    bound in at the same path, read-only, as for this Python's own environment.
+    private empty one), in /tmp, or, run by root, under /root (sandbox root is an
+    unprivileged host uid and cannot enter it) would fail with "Permission denied inside
+    the sandbox". Its prefix (``bin/..``) and, for a venv's link to its base Python, the
+    base's prefix are bound in at the same path, read-only, as for this Python's own
+    environment. Found from paths alone: the interpreter is never run or read on the
+    host, and nothing is resolved under a directory a sandbox can write (``writable``,
+    the notebook's directory, less what is ``hidden`` under it): a sandbox could have
+    planted a link or a program there. A Python there is reachable inside anyway.
     """
     if not argv:
         return []
     exe = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
     if not exe:
         return []
+    exe = os.path.abspath(exe)
+
+    def sandbox_writes(path: str) -> bool:
+        return any(_contains(w, path) for w in writable) and not any(
+            _contains(h, path) for h in hidden
+        )
+
     as_root = userns.is_host_root()
 
     def unreachable(path: str) -> bool:
         return hidden_inside(path) or (as_root and blocked_ancestor(path) is not None)
 
-    real = os.path.realpath(exe)
-    if not (unreachable(exe) or unreachable(real)):
+    real = _resolve_outside(exe, sandbox_writes)
+    if real is None or not (unreachable(exe) or unreachable(real)):
         return []
-    found = [os.path.dirname(os.path.dirname(p)) for p in (exe, real)]
-    try:
-        out = subprocess.run(
-            [exe, "-I", "-c", _WHERE_ARE_YOUR_MODULES],
-            capture_output=True,
-            timeout=30,
-            check=True,
-            cwd="/",
-            stdin=subprocess.DEVNULL,
-        )
-        found += [p for p in json.loads(out.stdout) if isinstance(p, str) and p]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        pass  # not a Python, or a broken one: its prefix at least
-    # The kernelspec's own path too: a venv's bin/python is a link out of the venv.
-    found.append(os.path.dirname(os.path.abspath(exe)))
-    dirs = sorted({os.path.realpath(p) for p in found if os.path.isdir(p)}, key=len)
+    prefixes = (os.path.dirname(os.path.dirname(p)) for p in (exe, real))
+    found = {_resolve_outside(p, sandbox_writes) for p in prefixes}
+    dirs = sorted((d for d in found if d is not None and os.path.isdir(d)), key=len)
     tops: list[str] = []
     for d in dirs:
         if unreachable(d) and not any(_contains(t, d) for t in tops):
             tops.append(d)
     return [Bind(t, t, readonly=True) for t in tops]
+
+
+SYMLINK_HOPS = 40  # as the kernel's own limit (ELOOP)
+
+
+def _resolve_outside(path: str, off_limits: Callable[[str], bool]) -> str | None:
+    """``os.path.realpath(path)``, or None if resolving it would look at anything under a
+    directory ``off_limits`` says a sandbox can write (where it may have planted links).
+
+    Walked one component at a time, so that no ``lstat``/``readlink`` ever reaches into
+    such a directory, wherever the links lead.
+    """
+    hops = 0
+    todo = [p for p in path.split("/") if p]
+    cur = "/"
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        nxt = os.path.dirname(cur) if part == ".." else os.path.join(cur, part)
+        if off_limits(nxt):
+            return None
+        try:
+            target = os.readlink(nxt)
+        except OSError:  # not a link (or missing: realpath keeps such a name as it is)
+            cur = nxt
+            continue
+        hops += 1
+        if hops > SYMLINK_HOPS:
+            return None
+        if target.startswith("/"):
+            cur = "/"
+        todo[:0] = [p for p in target.split("/") if p]
+    return cur
 
 
 def _contains(ancestor: str, path: str) -> bool:

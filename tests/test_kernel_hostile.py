@@ -548,7 +548,9 @@ def test_the_kernels_environment_is_an_allow_list(
     assert env["JPY_SESSION_NAME"] == str(tmp_path / "notebook.ipynb")
     assert env["MPLBACKEND"] == "agg"
     assert env["FROM_KERNELSPEC"] == "spec-value"  # the kernelspec's own env stanza
-    assert env["PATH"] == os.environ["PATH"]
+    # The caller's PATH, after the kernel's own Python and %pip's scripts directory
+    # (nskernel.kernel.inside: python3/pip inside are the kernel's).
+    assert env["PATH"].endswith(":" + os.environ["PATH"]), env["PATH"]
     assert "XDG_RUNTIME_DIR" not in env
 
 

@@ -407,6 +407,7 @@ def test_pip_install_in_a_named_sandbox_lasts_across_its_cells(hk: Kernel) -> No
     wheel = make_wheel(hk.nb, name, "1.0", {f"{name}.py": "VALUE = 43\n"})
     res = hk.ok(f"%%sandbox --name {sb}\n%pip install --no-index {wheel.name}")
     assert "Successfully installed" in res.stdout
+    assert "WARNING" not in res.stdout + res.stderr, res.stdout + res.stderr  # e.g. its cache
     assert hk.ok(f"%%sandbox --name {sb}\nimport {name}\nprint({name}.VALUE)").stdout == "43\n"
     # Another sandbox does not have it: each has its own home.
     res = hk.run(f"%%sandbox\nimport {name}")

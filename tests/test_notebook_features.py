@@ -206,6 +206,15 @@ def test_tracebacks_point_into_the_cell(sk: Kernel, hk: Kernel) -> None:
         assert "return 1 / 0" in text
 
 
+def _iopub_until(kc: BlockingKernelClient, msg_id: str, kind: str, has: str = "") -> None:
+    """Read iopub until a ``kind`` message of request ``msg_id`` (containing ``has``)."""
+    while True:
+        m = kc.get_iopub_msg(timeout=60)
+        mine = m["parent_header"].get("msg_id") == msg_id and m["msg_type"] == kind
+        if mine and has in json.dumps(m["content"]):
+            return
+
+
 def test_interrupt_in_a_named_sandbox_of_the_sandboxed_kernel(sk: Kernel) -> None:
     # %%sandbox inside the sandboxed kernel: nested sandboxes, interrupted like any cell.
     name = named()
@@ -214,22 +223,16 @@ def test_interrupt_in_a_named_sandbox_of_the_sandboxed_kernel(sk: Kernel) -> Non
     msg_id = sk.kc.execute(
         f"%%sandbox --name {name}\nimport time\nprint('sleeping', flush=True)\ntime.sleep(120)"
     )
-    wait_for(
-        lambda: any(
-            m["parent_header"].get("msg_id") == msg_id
-            and m["msg_type"] == "stream"
-            and "sleeping" in m["content"]["text"]
-            for m in [sk.kc.get_iopub_msg(timeout=60)]
-        ),
-        60,
-        "the cell to start",
-    )
+    _iopub_until(sk.kc, msg_id, "stream", "sleeping")
     sk.km.interrupt_kernel()
     reply = sk.kc.get_shell_msg(timeout=60)
     while reply["parent_header"].get("msg_id") != msg_id:
         reply = sk.kc.get_shell_msg(timeout=60)
     assert reply["content"]["status"] == "error"
     assert "KeyboardInterrupt" in reply["content"]["ename"] + str(reply["content"])
+    # After an error ipykernel aborts the requests that reach it until it has queued its
+    # own "stop aborting" message, which it does before it says idle: so wait for idle.
+    _iopub_until(sk.kc, msg_id, "status", '"idle"')
     assert sk.ok(f"%%sandbox --name {name}\nprint(kept)").stdout == "7\n"
     sk.ok(f"%sandbox rm {name}")
 

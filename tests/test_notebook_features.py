@@ -446,6 +446,15 @@ def test_path_leads_to_this_kernels_python_and_missing_commands_are_not_found(
         assert "not found" in res.stdout + res.stderr
 
 
+def test_script_magic_finds_what_path_finds(sk: Kernel, hk: Kernel) -> None:
+    for k, head in ((sk, ""), (hk, "%%sandbox\n")):
+        res = k.ok(head + "%%script nskernel-no-such-command\necho hi")
+        assert "Couldn't find program: 'nskernel-no-such-command'" in res.stdout  # as plainly
+        res = k.ok(head + "%%script bash\ncommand -v python3")
+        # The kernelspec's Python is this one (install_kernelspecs): python3 beside it.
+        assert res.stdout.strip() == os.path.join(os.path.dirname(sys.executable), "python3")
+
+
 def test_a_kernel_whose_python_the_sandbox_cannot_reach_starts(
     prefix: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -100,7 +100,8 @@ limits:
   --memory, --pids and --cpus use a cgroup beneath nskernel's own (v2 where delegated,
   else v1 controllers), else an rlimit; --status-json and `nskernel doctor` say which.
   The rlimit fallbacks are weaker: --memory becomes RLIMIT_AS, the address space of
-  each process (not their sum, and not memory use); --pids becomes RLIMIT_NPROC, a
+  each process (not their sum, and not memory use); with any mechanism each private
+  tmpfs (/tmp, /dev/shm, the home) holds at most --memory; --pids becomes RLIMIT_NPROC, a
   count per uid, so such a sandbox maps a single uid; --cpus has none (not enforced).
 
 examples:
@@ -297,6 +298,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     for sig in ptyrelay.FORWARDED:
         signal.signal(sig, forward)
+    status_dir = None
+    if args.status_json:
+        # Opened now, before the sandbox exists: it may be in a --bind the sandbox can
+        # write, and it must not get to swap the directory for a symlink.
+        try:
+            status_dir = os.open(
+                os.path.dirname(args.status_json) or ".",
+                os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC,
+            )
+        except OSError as e:
+            print(
+                f"nskernel run: --status-json {args.status_json}: its directory cannot be "
+                f"opened ({e.strerror}); nothing was run",
+                file=sys.stderr,
+            )
+            return 2
     # Our terminal never reaches the sandbox: a pty (or pipes) of its own, relayed.
     relay = ptyrelay.Relay.prepare(args.tty)
     try:
@@ -310,8 +327,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         box.append(sb)
         for warning in sb.warnings:
             print(warning, file=sys.stderr)
-        if args.status_json:
-            sb.write_status_json(args.status_json)
+        if status_dir is not None:
+            sb.write_status_json(os.path.basename(args.status_json), dir_fd=status_dir)
         code = sb.wait_with_timeout() if relay is None else relay.run(sb)
     except BaseException:
         if box:
@@ -320,6 +337,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     finally:
         if relay is not None:
             relay.close()
+        if status_dir is not None:
+            os.close(status_dir)
     reason = sb.exit_reason()
     if reason:
         print(f"nskernel run: {reason}", file=sys.stderr)

@@ -106,3 +106,23 @@ def sandbox_environment(
     if extra:
         env.update(extra)
     return env
+
+
+# What nskernel's own helper processes need beyond the allow-list: its settings, where
+# its runtime state lives, what the interpreter itself may need to start.
+HELPER_PREFIXES: tuple[str, ...] = ("NSKERNEL_",)
+HELPER_NAMES: frozenset[str] = frozenset({"XDG_RUNTIME_DIR", "LD_LIBRARY_PATH", "PYTHONHOME"})
+
+
+def helper_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The environment for a helper that forks sandboxes (the ``%%sandbox`` server).
+
+    Every sandbox it forks starts as a copy of its memory, environment included, so it
+    gets the allow-list too (plus nskernel's own settings), never the caller's secrets:
+    each sandbox's environment is computed by the caller and sent with the request.
+    """
+    return {
+        k: v
+        for k, v in source.items()
+        if allowed(k) or k in HELPER_NAMES or k.startswith(HELPER_PREFIXES)
+    }

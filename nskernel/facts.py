@@ -178,7 +178,7 @@ _FORKED_WITHOUT_EXEC = frozenset({"nskernel-init"})
 
 
 class _Proc:
-    __slots__ = ("command", "nspid", "pid", "ppid", "uid")
+    __slots__ = ("command", "name", "nspid", "pid", "ppid", "uid")
 
     def __init__(self, pid: int) -> None:
         st = _status(pid)
@@ -190,6 +190,7 @@ class _Proc:
             raw = f.read()
         args = raw.rstrip(b"\0").split(b"\0") if raw else []
         name = st.get("Name", "?")
+        self.name = name
         if name in _FORKED_WITHOUT_EXEC:
             # nskernel's init and setup processes are forks of the launcher: their argv
             # is still the launcher's, but their name says what they are.
@@ -221,8 +222,11 @@ def _pid_ns(pid: int | str) -> int | None:
         return None
 
 
-def _processes_here(facts: Facts, host_namespaces: Mapping[str, int] | None) -> None:
-    """The PID table of the caller's PID namespace, with PIDs as the caller sees them."""
+def _processes_here(
+    facts: Facts, host_namespaces: Mapping[str, int] | None, arguments: bool = True
+) -> None:
+    """The PID table of the caller's PID namespace, with PIDs as the caller sees them;
+    without ``arguments``, each command is only the process's name (``ps -e``'s CMD)."""
     # NSpid's leftmost entry is relative to the PID namespace that mounted this /proc.
     # With a fresh /proc (the normal sandbox) that is ours: depth 0, host PIDs unknown.
     # A sandbox with a PID namespace but the host's /proc has depth > 0.
@@ -244,7 +248,7 @@ def _processes_here(facts: Facts, host_namespaces: Mapping[str, int] | None) -> 
                 "host_pid": p.nspid[0] if (depth or hosts_pid_ns) else None,
                 "uid": p.uid,
                 "user": _user_name(p.uid),
-                "command": p.command,
+                "command": p.command if arguments else p.name,
             }
         )
     rows.sort(key=lambda r: r["pid"])
@@ -538,6 +542,7 @@ def gather_here(
     kind: str | None = None,
     *,
     host_namespaces: Mapping[str, int] | None = None,
+    arguments: bool = True,
 ) -> Facts:
     """Facts of the namespaces the calling process is in, read from inside.
 
@@ -567,7 +572,7 @@ def gather_here(
             facts["errors"][which] = f"cannot read /proc/self/{which}: {_why(e)}"
     _interfaces_here(facts)
     try:
-        _processes_here(facts, host_namespaces)
+        _processes_here(facts, host_namespaces, arguments)
     except OSError as e:
         facts["errors"]["processes"] = f"cannot read the process table: {_why(e)}"
     facts["limits"] = _cgroup_limits("self")
@@ -580,9 +585,15 @@ def _own_namespace_ids() -> dict[str, int]:
     return namespace_ids("self")
 
 
-def host_facts() -> Facts:
-    """Facts of the host: the namespaces this (host-side) process is in."""
-    return gather_here(name="host", kind="host")
+def host_facts(*, arguments: bool = True) -> Facts:
+    """Facts of the host: the namespaces this (host-side) process is in.
+
+    ``arguments=False`` for facts handed to a sandbox (the sandboxed kernel's host column):
+    processes by name only, because command lines carry secrets (a server's
+    ``--IdentityProvider.token=...``, passwords given as arguments) that a sandbox must not
+    read.
+    """
+    return gather_here(name="host", kind="host", arguments=arguments)
 
 
 def sandbox_facts_from_host(
@@ -679,9 +690,10 @@ def capture_host_facts(path: str) -> Facts:
     the file through ``NSKERNEL_HOST_FACTS``. The path must be visible inside the
     sandbox at the same place (e.g. next to the connection file).
     """
-    facts = host_facts()
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    facts = host_facts(arguments=False)
+    tmp = f"{path}.tmp{os.getpid()}.{os.urandom(4).hex()}"
+    # A fresh name, never an existing entry: nothing planted there is followed.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(facts, f)
     os.replace(tmp, path)

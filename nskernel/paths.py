@@ -16,7 +16,12 @@ remove):
 - ``ro/``: what the sandbox may read (connection file, host facts, its own status),
   bound read-only; fresh for every start;
 - ``sock/``: where the kernel binds its ZMQ unix sockets, bound read-write; fresh
-  for every start, at the same path (so the server's sockets reconnect).
+  for every start;
+- ``ep/``: host only, what the server connects to: a hard link to each socket the
+  kernel bound, made by the launcher once it has checked that the entry in ``sock/`` is
+  a socket (``link_socket``). The server's ZMQ sockets (and any other client that reads
+  the connection file) connect here, so a symlink planted in ``sock/`` is never
+  followed; the paths stay the same across restarts, so they reconnect.
 
 The hazard is the host following what a sandbox planted. So the host side writes and
 reads these files only through the functions below: relative to a directory
@@ -37,6 +42,7 @@ KERNEL_DIR_PREFIX = "kern-"
 KERNEL_DIR_NEW_PREFIX = "new-"  # being made: renamed to kern-* once its owner file exists
 OWNER_FILE = "owner"
 SOCKET_SUBDIR = "sock"
+ENDPOINT_SUBDIR = "ep"
 SHARED_SUBDIR = "ro"
 TRASH_PREFIX = "trash-"
 
@@ -198,6 +204,41 @@ def read_small_file(dir_fd: int, name: str, limit: int) -> bytes | None:
         return None
     finally:
         os.close(fd)
+
+
+def link_socket(src_dir_fd: int, name: str, dst_dir_fd: int, uid: int) -> bool:
+    """Publish the unix socket ``name`` of ``src_dir_fd`` (a directory a sandbox writes) as
+    ``name`` in ``dst_dir_fd`` (one it cannot), as a hard link to the same inode.
+
+    True once linked; False while there is nothing at ``name`` yet. Raises OSError when
+    what is there is not a socket owned by ``uid`` (a symlink, a FIFO, a file, another
+    user's socket): connecting to a path in ``src_dir_fd`` would follow whatever the
+    sandbox put there, the link cannot. The entry is opened ``O_PATH|O_NOFOLLOW`` and
+    checked on that descriptor, and the link is made from the descriptor
+    (``/proc/self/fd``), so what was checked is what gets linked. The new link replaces
+    the old one in a single rename: a client never sees the name missing.
+    """
+    try:
+        fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_dir_fd)
+    except FileNotFoundError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != uid:
+            what = f"a socket of uid {st.st_uid}" if stat.S_ISSOCK(st.st_mode) else "no socket"
+            raise OSError(errno.EPERM, f"{name} in the sandbox's socket directory is {what}")
+        tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+        # linkat(AT_SYMLINK_FOLLOW) on the descriptor's magic link: the checked inode.
+        os.link(f"/proc/self/fd/{fd}", tmp, dst_dir_fd=dst_dir_fd, follow_symlinks=True)
+    finally:
+        os.close(fd)
+    try:
+        os.rename(tmp, name, src_dir_fd=dst_dir_fd, dst_dir_fd=dst_dir_fd)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dst_dir_fd)
+        raise
+    return True
 
 
 # ---------------------------------------------------------------- removal

@@ -169,6 +169,7 @@ class Sandbox:
                     home=home,
                     hide=tuple(dict.fromkeys(spec.hide + _state_under_binds(binds))),
                     degraded_ok=spec.allow_degraded,
+                    tmpfs_size=spec.limits.memory,
                 )
         except BaseException:
             applied.remove_from_parent()
@@ -340,12 +341,37 @@ class Sandbox:
             }
         return dict(self._facts)
 
-    def write_status_json(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(self.facts(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+    def write_status_json(self, path: str, *, dir_fd: int | None = None) -> None:
+        """Write :meth:`facts` as JSON to ``path`` (a name in ``dir_fd`` when given).
+
+        The path may lie in a directory the sandbox can write (a ``--bind``): the file is
+        written under a fresh name (``O_EXCL|O_NOFOLLOW``: nothing planted there is
+        opened) and renamed over ``path``, which replaces whatever entry is there without
+        following it. Open the directory before the sandbox starts (``dir_fd``) so that
+        this sandbox cannot swap it for a symlink meanwhile.
+        """
+        data = (json.dumps(self.facts(), indent=2) + "\n").encode()
+        parent, name = os.path.split(path)
+        if dir_fd is None:
+            dfd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        else:
+            dfd = os.dup(dir_fd)
+            if parent:
+                os.close(dfd)
+                raise ValueError("with dir_fd, path must be a name in that directory")
+        try:
+            tmp = f".{name}.tmp{os.getpid()}.{os.urandom(4).hex()}"
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        finally:
+            os.close(dfd)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -20,14 +20,22 @@ from nskernel._linux import procfs
 from nskernel.paths import KERNEL_DIR_PREFIX, runtime_dir_path
 
 KERNEL_NAME = "nsk-test"
+RW_KERNEL_NAME = "nsk-test-rw"  # installed with --writable-notebook-dir
 DISPLAY_NAME = "Python 3 (sandboxed)"
 
 
 def install_kernelspecs(prefix: Path) -> Path:
-    """The default kernelspec plus a net+uts-only one, side by side; returns kernels dir."""
+    """The default kernelspec, one with a writable notebook directory and a net+uts-only
+    one, side by side; returns the kernels dir."""
     from nskernel.kernel import install
 
     install.install(name=KERNEL_NAME, prefix=str(prefix))
+    install.install(
+        name=RW_KERNEL_NAME,
+        display_name="Python 3 (sandboxed, writable notebook directory)",
+        prefix=str(prefix),
+        writable_notebook_dir=True,
+    )
     install.install(
         name="nsk-test-net",
         display_name="Python 3 (sandboxed, net only)",

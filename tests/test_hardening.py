@@ -19,7 +19,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import IS_ROOT, require
+from tests.conftest import IS_ROOT, nskernel_cmd, require
 from tests.hostile import inside, pids_with_cmdline, start_background, wait_for
 from tests.magic_helpers import execute, kernel
 
@@ -620,9 +620,12 @@ def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_
     kc.start_channels()
     try:
         kc.wait_for_ready(timeout=60)
-        out = run_cell(kc, LOOK_AT_HOME + "open('written.txt', 'w').write('from the kernel')")
+        out = run_cell(kc, LOOK_AT_HOME)
         assert out["error"] is None, out
         seen = json.loads(out["stdout"].splitlines()[-1])
+        # The home itself is never writable (new dot-files would run at the next login).
+        out = run_cell(kc, "open('written.txt', 'w').write('from the kernel')")
+        assert out["error"] == "OSError" and "is read-only inside" in out["stderr"], out
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
@@ -631,7 +634,7 @@ def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_
     assert seen["key"] == "No such file or directory" and seen["netrc"] == ""  # dot-files: not
     assert seen["dot_write"] == "ok"  # into its own private .ssh...
     assert not (home / ".ssh" / "planted").exists()  # ...not the host's
-    assert (home / "written.txt").read_text() == "from the kernel"  # the notebook's dir: writable
+    assert not (home / "written.txt").exists()
 
 
 def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):
@@ -652,3 +655,57 @@ def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path
     assert seen["cwd"] == str(home) and seen["notes"] == "next to the notebook\n"
     assert seen["key"] == "No such file or directory" and seen["netrc"] == ""
     assert not (home / ".ssh" / "planted").exists()
+
+
+# ---------------------------------------------------------------- --status-json
+
+
+def test_status_json_never_writes_through_what_the_sandbox_planted(tmp_path) -> None:
+    """``--status-json`` in a directory the sandbox can write: what an earlier run planted
+    at every name the file could take (its temporary included) is replaced, not followed,
+    and the directory is opened before this run's sandbox could swap it for a link."""
+    work, secret = tmp_path / "work", tmp_path / "secret"
+    work.mkdir()
+    secret.mkdir(mode=0o700)
+    victim = secret / "victim"
+    victim.write_text("precious\n")
+    victim.chmod(0o600)
+    status = work / "status.json"
+    # The run execs from a shell that first prints its PID: the CLI's own, so the old
+    # temporary name (status.json.tmp<PID>) can be planted before it starts.
+    swap = f"mv {work}/sub {work}/old && ln -s {secret} {work}/sub; sleep 0.3"
+    (work / "sub").mkdir()
+    if IS_ROOT:  # a bind owned by root stays read-only for sandbox root: give it away
+        for d in (work, work / "sub"):
+            os.chown(d, 4242, 4242)
+    cmd = [*nskernel_cmd("run", "--bind", str(work), "--status-json")]
+    proc = subprocess.Popen(
+        ["sh", "-c", 'echo $$; read go; exec "$@"', "sh", *cmd, str(status), "--", "true"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = int(proc.stdout.readline())
+        for name in ("status.json", f"status.json.tmp{pid}"):
+            os.symlink(victim, work / name)
+        _, err = proc.communicate("go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert victim.read_text() == "precious\n"
+    assert not status.is_symlink() and "namespaces" in json.loads(status.read_text())
+    # And a directory this run's sandbox swaps for a link meanwhile:
+    res = subprocess.run(
+        [*cmd, str(work / "sub" / "status.json"), "--", "sh", "-c", swap],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (work / "sub").is_symlink(), res.stderr  # the sandbox did swap it
+    assert sorted(os.listdir(secret)) == ["victim"], "the host wrote where the sandbox pointed"
+    assert "namespaces" in json.loads((work / "old" / "status.json").read_text())

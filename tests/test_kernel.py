@@ -3,7 +3,8 @@
 Runs for any caller (root and rootless: CI runs both), through a throwaway kernelspec.
 What is checked is what the issue promises a notebook user: the sandbox's hostname, its
 own PID 1, only ``lo``, root inside while the host sees an unprivileged uid, a private
-/tmp, a writable notebook directory, streams, errors, interrupt (also of a subprocess),
+/tmp, a notebook directory read-only unless installed writable (never a home, never
+host root's), streams, errors, interrupt (also of a subprocess),
 restart into a fresh sandbox, graceful shutdown, ipywidgets comms, and that nothing —
 process or socket directory — is left after each kernel.
 """
@@ -31,6 +32,7 @@ from jupyter_client.manager import KernelManager
 from tests.conftest import IS_ROOT
 from tests.kernel_helpers import (
     KERNEL_NAME,
+    RW_KERNEL_NAME,
     alive,
     descendants,
     hold_namespaces,
@@ -43,6 +45,7 @@ from tests.kernel_helpers import (
 pytestmark = [pytest.mark.kernel, pytest.mark.userns]
 
 NS_TYPES = ("pid", "net", "mnt", "uts", "ipc", "user")
+NOT_ROOT = 4242  # an unprivileged uid/gid that owns notebook directories in root's tests
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +102,13 @@ def kernel(
             km.shutdown_kernel(now=False)
     wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
     assert not os.path.exists(kernel_dir), "the kernel's directory was not removed"
+
+
+def not_roots(directory: Path) -> None:
+    """As root, give a notebook directory to an unprivileged uid: one of host root's stays
+    read-only inside even when installed writable."""
+    if IS_ROOT:
+        os.chown(directory, NOT_ROOT, NOT_ROOT)
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +186,9 @@ def test_tmp_is_private(shared: Running, tmp_path: Path) -> None:
         host_marker.unlink()
 
 
-def test_notebook_directory_is_readable_and_writable(shared: Running) -> None:
+def test_notebook_directory_is_readable_but_not_writable_by_default(shared: Running) -> None:
+    # Jupyter and the user's shell meet later what a kernel writes there (a symlink in
+    # place of a notebook is followed by Jupyter's next save): read-only unless asked.
     (shared.cwd / "data.csv").write_text("a,b\n1,2\n")
     out = shared.run(
         """
@@ -184,20 +196,72 @@ def test_notebook_directory_is_readable_and_writable(shared: Running) -> None:
         print(os.getcwd())
         print(open('data.csv').read().splitlines()[1])
         open('result.txt', 'w').write('written inside')
-        os.makedirs('out/sub', exist_ok=True)
-        open('out/sub/x', 'w').write('deep')
         """
     )
-    assert out["error"] is None, out
+    assert out["error"] == "OSError", out
     cwd, row = out["stdout"].strip().splitlines()
     assert cwd == str(shared.cwd)
     assert row == "1,2"
-    assert (shared.cwd / "result.txt").read_text() == "written inside"
-    assert (shared.cwd / "out/sub/x").read_text() == "deep"
+    assert "Read-only file system" in str(out["msgs"])
+    # The hint says why and what to do, after the traceback.
+    assert "is read-only inside the sandboxed kernel" in out["stderr"], out
+    assert "--writable-notebook-dir" in out["stderr"]
+    assert not (shared.cwd / "result.txt").exists()
+    out = shared.run("open('/etc/nsk-not-here', 'w')")  # not the notebook's directory
+    assert out["error"] in ("OSError", "PermissionError") and not out["stderr"], out
+
+
+def test_notebook_directory_is_writable_when_installed_so(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    nbdir = tmp_path / "notebook"
+    nbdir.mkdir()
+    (nbdir / "data.csv").write_text("a,b\n1,2\n")
+    not_roots(nbdir)
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME) as k:
+        out = k.run(
+            """
+            import os
+            print(open('data.csv').read().splitlines()[1])
+            open('result.txt', 'w').write('written inside')
+            os.makedirs('out/sub', exist_ok=True)
+            open('out/sub/x', 'w').write('deep')
+            """
+        )
+    assert out["error"] is None, out
+    assert (nbdir / "result.txt").read_text() == "written inside"
+    assert (nbdir / "out/sub/x").read_text() == "deep"
     # What the sandbox writes belongs to the directory's owner on the host (as root:
     # through the idmapped mount, not by running as that owner).
-    owner = shared.cwd.stat().st_uid
-    assert (shared.cwd / "result.txt").stat().st_uid == owner
+    owner = nbdir.stat().st_uid
+    assert (nbdir / "result.txt").stat().st_uid == owner
+
+
+def test_a_home_as_notebook_directory_is_never_writable(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    # JupyterHub's default: the notebook directory is the home. A new .bash_profile or
+    # ~/bin/ls from the sandbox would run outside it at the next login.
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine\n")
+    env = {**os.environ, "HOME": str(home)}
+    with kernel(ksm, home, name=RW_KERNEL_NAME, env=env) as k:
+        out = k.run(
+            """
+            import os
+            print(open('notes.txt').read().strip())
+            for name in ('.bash_profile', 'bin'):
+                try:
+                    os.mkdir(name) if name == 'bin' else open(name, 'w').close()
+                    print(name, 'made')
+                except OSError as e:
+                    print(name, e.strerror)
+            """
+        )
+    assert out["stdout"].split("\n")[0] == "mine", out
+    assert "made" not in out["stdout"], out
+    assert not (home / ".bash_profile").exists() and not (home / "bin").exists()
 
 
 def test_host_facts_are_readable_inside(shared: Running) -> None:
@@ -354,7 +418,8 @@ def test_shutdown_lets_the_control_thread_finish_before_the_exit_handlers(
     home.chmod(0o700)
     nbdir = tmp_path / "nb"  # beside the home: a directory holding a home is not bound
     nbdir.mkdir()
-    with kernel(ksm, nbdir, env=env) as k:
+    not_roots(nbdir)
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME, env=env) as k:
         assert k.run("print(_late.__name__)")["stdout"] == "_late\n"  # the delay is in place
         proc = k.km.provisioner.process
         k.km.shutdown_kernel(now=False)
@@ -419,25 +484,57 @@ def test_the_users_ipython_profile_is_loaded_inside(
         assert sorted(p.name for p in profile.iterdir()) == ["ipython_kernel_config.py", "startup"]
 
 
+def test_host_facts_name_processes_without_their_arguments(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    # The compare panel's host column comes from a snapshot taken at launch; command
+    # lines carry secrets (jupyter_server's --IdentityProvider.token=..., passwords).
+    secret = f"nsk-secret-{uuid.uuid4().hex}"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", secret])
+    try:
+        with kernel(ksm, tmp_path) as k:
+            out = k.run(
+                """
+                import json, os
+                raw = open(os.environ['NSKERNEL_HOST_FACTS']).read()
+                procs = json.loads(raw)['processes']
+                print(json.dumps({'raw': raw, 'pids': [p['pid'] for p in procs],
+                                  'names': {p['pid']: p['command'] for p in procs}}))
+                """
+            )
+    finally:
+        holder.kill()
+        holder.wait()
+    seen = json.loads(out["stdout"])
+    assert holder.pid in seen["pids"]  # the host's processes are listed...
+    assert seen["names"][str(holder.pid)] == Path(sys.executable).name[:15]  # ...by name
+    assert secret not in seen["raw"]
+
+
 @pytest.mark.root
 def test_as_root_notebook_and_modules_in_a_directory_sandbox_root_cannot_enter(
     ksm: KernelSpecManager, private_dir: str
 ) -> None:
     # Jupyter run by root from /root/notebooks, with the user's code in /root/src: sandbox
     # root (an unprivileged host uid) may not enter /root, yet both must work inside.
+    # Writable even when installed so? No: the directory is host root's, and sandbox root
+    # is never host root, not even there (it could leave a setuid-root file).
     nbdir, src = Path(private_dir, "notebooks"), Path(private_dir, "src")
     nbdir.mkdir()
     src.mkdir()
     (src / "nsk_private_mod.py").write_text("VALUE = 7\n")
+    (nbdir / "data.txt").write_text("readable\n")
     env = {**os.environ, "PYTHONPATH": str(src)}
-    with kernel(ksm, nbdir, env=env) as k:
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME, env=env) as k:
         out = k.run(
             "import os, nsk_private_mod\n"  # imported inside, after the kernel started
-            "print(os.getcwd(), nsk_private_mod.VALUE)\n"
+            "print(os.getcwd(), nsk_private_mod.VALUE, open('data.txt').read())\n"
             "with open('written.txt', 'w') as f: f.write('inside')"
         )
-        assert out["stdout"].split() == [str(nbdir), "7"], out
-    assert (nbdir / "written.txt").read_text() == "inside"
+        assert out["stdout"].split() == [str(nbdir), "7", "readable"], out
+        assert out["error"] == "OSError", out
+        assert "is host root's" in out["stderr"], out
+    assert not (nbdir / "written.txt").exists()
 
 
 def test_sigterm_to_the_launcher_reaches_the_kernel(ksm: KernelSpecManager, tmp_path: Path) -> None:

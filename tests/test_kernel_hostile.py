@@ -26,6 +26,7 @@ import json
 import os
 import pty
 import select
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.userns]
 NAMES = ("kernel.json", "host.json", "sandbox.json", "owner", "sock", "ro")
 PROFILE_FILES = ("ipython_kernel_config.py", "startup/00-first.py")
 NEXT_START_TIMEOUT = 120  # seconds: a hang detector, not a speed requirement
+RECONNECT_WINDOW = 3.0  # seconds: thirty of libzmq's reconnect attempts
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +302,52 @@ def test_what_the_sandbox_plants_is_never_followed(
             km.shutdown_kernel(now=False)
     assert not _changed(victims, before), "the host followed what the sandbox planted"
     # runtime_base checks on teardown that nothing is left in the runtime dir.
+
+
+# Runs inside: close the kernel's stdin socket (libzmq removes its file, and the server's
+# stdin channel starts reconnecting) and put a symlink to the host's socket in its place.
+SWAP_SOCKET = r"""
+import json, os
+import ipykernel.connect
+info = json.load(open(ipykernel.connect.get_connection_file()))
+path = f"{{info['ip']}}-{{info['stdin_port']}}"
+get_ipython().kernel.stdin_socket.close(linger=0)
+if os.path.lexists(path):
+    os.unlink(path)
+os.symlink({target!r}, path)
+print(os.readlink(path))
+"""
+
+
+def test_the_server_never_connects_where_the_kernel_points(
+    ksm: KernelSpecManager, runtime_base: Path, tmp_path: Path
+) -> None:
+    """The kernel binds its sockets in a directory it can write; the server must connect to
+    what it bound, never to where a symlink planted there points (here: a unix socket of
+    the test's, as a host daemon's would be)."""
+    victim = tmp_path / "daemon.sock"
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    daemon.bind(str(victim))
+    daemon.listen(8)
+    daemon.setblocking(False)
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(tmp_path))
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        out = run_cell(kc, SWAP_SOCKET.format(target=str(victim)))
+        assert out["error"] is None, out
+        assert out["stdout"].strip() == str(victim)  # planted
+        # The server's stdin channel retries every 100 ms (libzmq's reconnect interval):
+        # following the symlink, it reaches the daemon within a few tries.
+        readable, _, _ = select.select([daemon], [], [], RECONNECT_WINDOW)
+        assert not readable, "the server connected to the socket the kernel's symlink names"
+        assert run_cell(kc, "print(6 * 7)")["stdout"].strip() == "42"  # shell still works
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+        daemon.close()
 
 
 def test_a_notebook_directory_holding_the_runtime_dir_is_not_made_writable(

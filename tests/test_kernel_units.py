@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import socket
 import subprocess
 import sys
 import textwrap
@@ -263,3 +264,44 @@ def test_a_slow_terminal_never_blocks_the_relay() -> None:
     finally:
         os.close(src_w)
         os.close(dst_r)
+
+
+def test_only_a_socket_of_sandbox_roots_is_published_to_the_server(tmp_path: Path) -> None:
+    """``paths.link_socket``: what the server connects to is a hard link to a socket the
+    sandbox bound, never what a planted symlink, FIFO or file stands for."""
+    sock, ep = tmp_path / "sock", tmp_path / "ep"
+    sock.mkdir()
+    ep.mkdir()
+    kernel = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    kernel.bind(str(sock / "k-1"))
+    kernel.listen(1)
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    daemon.bind(str(tmp_path / "daemon.sock"))
+    daemon.listen(1)
+    (sock / "k-2").symlink_to(tmp_path / "daemon.sock")
+    os.mkfifo(sock / "k-3")
+    (sock / "k-4").write_text("")
+    sfd, efd = os.open(sock, os.O_RDONLY | os.O_DIRECTORY), os.open(ep, os.O_RDONLY)
+    try:
+        assert paths.link_socket(sfd, "k-1", efd, os.geteuid())
+        assert os.path.samestat(os.stat(ep / "k-1"), os.stat(sock / "k-1"))
+        assert not paths.link_socket(sfd, "k-5", efd, os.geteuid())  # not bound yet
+        for name in ("k-2", "k-3", "k-4"):
+            with pytest.raises(OSError, match="no socket"):
+                paths.link_socket(sfd, name, efd, os.geteuid())
+        with pytest.raises(OSError, match="a socket of uid"):
+            paths.link_socket(sfd, "k-1", efd, os.geteuid() + 1)
+        # A restart's socket at the same name replaces the link in one rename.
+        kernel.close()
+        os.unlink(sock / "k-1")
+        again = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        again.bind(str(sock / "k-1"))
+        assert paths.link_socket(sfd, "k-1", efd, os.geteuid())
+        assert os.path.samestat(os.stat(ep / "k-1"), os.stat(sock / "k-1"))
+        again.close()
+    finally:
+        os.close(sfd)
+        os.close(efd)
+        kernel.close()
+        daemon.close()
+    assert sorted(os.listdir(ep)) == ["k-1"]  # nothing else, no temporary names

@@ -76,6 +76,22 @@ def test_memory_hog_is_contained_and_reported(nsk, tmp_path):
 
 
 @pytest.mark.userns
+def test_private_tmpfs_hold_no_more_than_the_memory_limit(nsk):
+    # Files in a tmpfs are memory RLIMIT_AS (the rootless fallback) never sees: each
+    # private tmpfs is as large as the limit, whatever enforces it.
+    code = (
+        "import os, json\n"
+        "print(json.dumps({p: os.statvfs(p).f_blocks * os.statvfs(p).f_frsize"
+        " for p in ('/tmp', '/dev/shm', os.environ['HOME'])}))"
+    )
+    res = nsk("run", "--memory", "64M", "--", sys.executable, "-c", code)
+    assert res.returncode == 0, res.stderr
+    sizes = json.loads(res.stdout)
+    assert all(0 < size <= 64 << 20 for size in sizes.values()), sizes
+    res = nsk("run", "--", sys.executable, "-c", code)
+    assert all(size > 64 << 20 for size in json.loads(res.stdout).values())  # unlimited
+
+
 def test_fork_bomb_is_contained(nsk, tmp_path):
     status = tmp_path / "s.json"
     start = time.monotonic()

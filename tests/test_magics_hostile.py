@@ -865,3 +865,51 @@ def test_jupyterlab_runs_no_active_output_of_a_sandbox_unless_trusted(lab, tmp_p
             assert "--trust-output" in note.inner_text()
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------- what a cell's memory holds
+
+# Runs inside: read every writable mapping of this process (a fork of the sandbox server)
+# and look for the kernel's secret. The pattern cannot match its own source text.
+MEMORY_SCAN = r"""
+import ctypes, os, re
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+pattern = re.compile(rb"nsktok-[0-9a-f]{32}")
+found = set()
+for line in open("/proc/self/maps"):
+    span, perms = line.split()[:2]
+    lo, hi = (int(x, 16) for x in span.split("-"))
+    if not perms.startswith("rw") or hi - lo > (512 << 20):
+        continue
+    buf = ctypes.create_string_buffer(hi - lo)
+    local, remote = iovec(ctypes.addressof(buf), hi - lo), iovec(lo, hi - lo)
+    n = libc.process_vm_readv(os.getpid(), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if n > 0:
+        found.update(pattern.findall(buf.raw[:n]))
+    del buf
+print("found:", sorted(found))
+"""
+
+
+def test_a_cell_finds_no_secret_of_the_kernels_in_its_own_memory():
+    # The kernel's environment (JUPYTERHUB_API_TOKEN, cloud keys) never reaches a cell's
+    # environment; nor may it be in the memory the cell's process starts as a copy of.
+    secret = f"nsktok-{os.urandom(16).hex()}"
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(
+        kernel_name="python3", startup_timeout=60, env={**os.environ, "NSK_TEST_TOKEN": secret}
+    )
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        res = execute(kc, "%%sandbox\nimport os\nprint(sorted(os.environ))")
+        assert res.status == "ok", res.error_text
+        assert "NSK_TEST_TOKEN" not in res.stdout
+        res = execute(kc, "%%sandbox\n" + MEMORY_SCAN)
+        assert res.status == "ok", res.error_text
+        assert res.stdout.strip() == "found: []", res.stdout
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

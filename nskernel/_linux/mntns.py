@@ -53,6 +53,10 @@ class MountPlan:
     # Opt-in degraded modes (--allow-degraded) for containers whose runtime refuses a
     # fresh /proc or /sys (masked paths): keep the container's own, read-only.
     degraded_ok: frozenset[str] = frozenset()
+    # The size of each writable tmpfs (/tmp, /dev/shm, the home's, hides), in bytes: the
+    # memory limit when there is one. Files in a tmpfs are memory that RLIMIT_AS (the
+    # rootless fallback for --memory) does not count; a cgroup counts them anyway.
+    tmpfs_size: int | None = None
 
     def with_sources_opened(self) -> MountPlan:
         """Open every bind source as O_PATH, in the new mount namespace.
@@ -200,11 +204,12 @@ def _minimal_dev(dev: str, *, devpts_now: bool) -> None:
         _devpts(f"{dev}/pts")
 
 
-def _tmpfs(target: str, mode: str) -> None:
-    sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"mode={mode}")
+def _tmpfs(target: str, mode: str, size: int | None = None) -> None:
+    options = f"mode={mode}" if size is None else f"mode={mode},size={size}"
+    sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
 
 
-def _hide(r: str, path: str, serial: int) -> None:
+def _hide(r: str, path: str, serial: int, size: int | None = None) -> None:
     """Cover ``path`` (inside the new root ``r``) with something empty, private and
     writable: a fresh tmpfs over a directory, a fresh empty file over anything else."""
     target = r + path
@@ -218,7 +223,7 @@ def _hide(r: str, path: str, serial: int) -> None:
     import stat
 
     if stat.S_ISDIR(st.st_mode):
-        _step(f"mount(tmpfs) over {path}", _tmpfs, target, "0700")
+        _step(f"mount(tmpfs) over {path}", _tmpfs, target, "0700", size)
         return
     if stat.S_ISLNK(st.st_mode):
         return  # a mount would follow it; what it points to is hidden or not on its own
@@ -281,9 +286,10 @@ def setup_mounts_from_child(
         _fresh_or_degraded("sys", plan, _sysfs, r + "/sys")
     if plan.fresh_dev:
         _minimal_dev(r + "/dev", devpts_now=not locked)
-    _step("mount(tmpfs) on /tmp", _tmpfs, r + "/tmp", "1777")
+    size = plan.tmpfs_size
+    _step("mount(tmpfs) on /tmp", _tmpfs, r + "/tmp", "1777", size)
     if os.path.isdir(r + "/dev/shm"):
-        _step("mount(tmpfs) on /dev/shm", _tmpfs, r + "/dev/shm", "1777")
+        _step("mount(tmpfs) on /dev/shm", _tmpfs, r + "/dev/shm", "1777", size)
     if plan.fresh_mqueue and os.path.isdir(r + "/dev/mqueue"):
         if locked:
             _step("mount(tmpfs) on /dev/mqueue", _tmpfs, r + "/dev/mqueue", "0755")
@@ -292,7 +298,8 @@ def setup_mounts_from_child(
 
     for mask in plan.masks:
         if os.path.isdir(r + mask):
-            _step(f"mount(tmpfs) over {mask}", _tmpfs, r + mask, "0755")  # a skeleton for binds
+            # A skeleton for binds; the private home may live in one.
+            _step(f"mount(tmpfs) over {mask}", _tmpfs, r + mask, "0755", size)
     if plan.home is not None:
         _make_home(r, plan.home, ("/tmp", *plan.masks))
 
@@ -310,7 +317,7 @@ def setup_mounts_from_child(
     for kind, fd, dst, ro, detached in ops:
         target = r + dst
         if kind == "hide":
-            _hide(r, dst, len(hidden))
+            _hide(r, dst, len(hidden), plan.tmpfs_size)
             hidden.append(dst)
             continue
         if not os.path.lexists(target):

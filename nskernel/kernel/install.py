@@ -77,6 +77,7 @@ def kernel_json(
     cap_add: list[str] | None = None,
     cap_drop: list[str] | None = None,
     allow_degraded: str | None = None,
+    writable_notebook_dir: bool = False,
 ) -> dict[str, Any]:
     with open(template_dir() / "kernel.json") as f:
         spec = json.load(f)
@@ -130,6 +131,8 @@ def kernel_json(
         raise InstallError(f"--allow-degraded {bad}: choose from proc, sys, hostname")
     if modes:
         config["allow_degraded"] = sorted(modes)
+    if writable_notebook_dir:
+        config["writable_notebook_dir"] = True
     return spec
 
 
@@ -148,6 +151,7 @@ def install(
     cap_add: list[str] | None = None,
     cap_drop: list[str] | None = None,
     allow_degraded: str | None = None,
+    writable_notebook_dir: bool = False,
 ) -> str:
     """Install the kernelspec; returns the directory it was written to."""
     from jupyter_client.kernelspec import KernelSpecManager
@@ -163,6 +167,7 @@ def install(
         cap_add=cap_add,
         cap_drop=cap_drop,
         allow_degraded=allow_degraded,
+        writable_notebook_dir=writable_notebook_dir,
     )
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
@@ -205,6 +210,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
             cap_add=args.cap_add,
             cap_drop=args.cap_drop,
             allow_degraded=args.allow_degraded,
+            writable_notebook_dir=args.writable_notebook_dir,
         )
     except PermissionError as e:
         msg = f"cannot write the kernelspec ({e}); use --user, or --prefix with a writable path"
@@ -301,6 +307,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get(DEGRADED_ENV),
         help="in a container that refuses a fresh /proc or /sys, or sethostname: keep the "
         "container's own, with a warning (docs/deploy.md)",
+    )
+    p.add_argument(
+        "--writable-notebook-dir",
+        action="store_true",
+        help="let the kernel write in the notebook's directory (default: read-only inside). "
+        "What it writes there, Jupyter and your shell meet later: a symlink in place of a "
+        "notebook makes Jupyter's next save write where it points. Never a home, never a "
+        "directory of host root's (SECURITY.md)",
     )
     p.set_defaults(func=_cmd_install)
 

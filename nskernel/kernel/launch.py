@@ -23,8 +23,10 @@ sandbox status: bound read-only) and ``sock/`` (the kernel's unix sockets: bound
 read-write) in the kernel's host-only directory (``--kernel-dir``, see
 :mod:`nskernel.paths`), through directory descriptors, with ``O_EXCL|O_NOFOLLOW``, owned
 by sandbox root through fchown on the new descriptors when the launcher is root. It
-never opens, reads or removes anything the sandbox could have written: the provisioner
-takes the directories away after the sandbox is gone.
+never reads or removes anything the sandbox could have written (the provisioner takes
+the directories away after the sandbox is gone); the one thing it does with what the
+kernel made is publish its sockets in the host-only ``ep/`` (``SocketLinker``: a hard
+link, made only after checking on an ``O_PATH`` descriptor that the entry is a socket).
 
 The terminal: jupyter_client hands the kernel its own stdout/stderr, often the terminal
 ``jupyter lab`` runs in. A sandbox never gets a terminal (it could write escape
@@ -71,10 +73,11 @@ from ..spec import (
     parse_degraded,
     python_environment_binds,
 )
-from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV
+from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundred
+PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-bind-cwd",
         action="store_true",
-        help="do not make the working directory writable inside",
+        help="do not make the working directory reachable inside",
+    )
+    p.add_argument(
+        "--writable-notebook-dir",
+        action="store_true",
+        help="bind the working directory read-write (default: read-only); never a home, "
+        "never a directory of host root's",
     )
     p.add_argument(
         "--probe",
@@ -193,6 +202,10 @@ class StartDirs:
                     os.rename(sub, paths.trash_name(sub), src_dir_fd=top, dst_dir_fd=top)
             self.shared_fd = paths.make_dir(top, paths.SHARED_SUBDIR, 0o700, owner)
             self.sockets_fd = paths.make_dir(top, paths.SOCKET_SUBDIR, 0o700, owner)
+            try:
+                self.endpoints_fd = paths.open_dir(paths.ENDPOINT_SUBDIR, top)
+            except FileNotFoundError:  # a directory made by an older provisioner
+                self.endpoints_fd = paths.make_dir(top, paths.ENDPOINT_SUBDIR)
         finally:
             os.close(top)
 
@@ -222,8 +235,16 @@ class StartDirs:
             finally:
                 os.close(fd)
 
+    def socket_linker(self, connection: dict[str, Any]) -> SocketLinker | None:
+        """What publishes the kernel's sockets in ``ep/`` (None: not an ipc kernel here)."""
+        names = [f"k-{connection[p]}" for p in PORT_NAMES if isinstance(connection.get(p), int)]
+        if len(names) != len(PORT_NAMES):
+            return None
+        uid = self.owner[0] if self.owner is not None else os.geteuid()
+        return SocketLinker(os.dup(self.sockets_fd), os.dup(self.endpoints_fd), names, uid)
+
     def close(self) -> None:
-        for fd in (self.shared_fd, self.sockets_fd):
+        for fd in (self.shared_fd, self.sockets_fd, self.endpoints_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -257,12 +278,20 @@ def start(
     argv: list[str],
     pending: list[int],
     stdio: tuple[int, int, int] | None = None,
-) -> Sandbox:
-    """Prepare this start's directories, capture host facts, create the sandbox."""
+) -> tuple[Sandbox, SocketLinker | None]:
+    """Prepare this start's directories, capture host facts, create the sandbox; it and
+    what publishes its sockets to the server."""
     owner = _sandbox_root_on_host()
     dirs = StartDirs(args.kernel_dir, owner) if args.kernel_dir else None
+    linkers: list[SocketLinker] = []
     try:
-        return _start(args, argv, pending, stdio, owner, dirs)
+        return _start(args, argv, pending, stdio, owner, dirs, linkers), (
+            linkers[0] if linkers else None
+        )
+    except BaseException:
+        for linker in linkers:
+            linker.close()
+        raise
     finally:
         if dirs is not None:
             dirs.close()
@@ -275,6 +304,7 @@ def _start(
     stdio: tuple[int, int, int] | None,
     owner: tuple[int, int] | None,
     dirs: StartDirs | None,
+    linkers: list[SocketLinker],
 ) -> Sandbox:
     cwd = os.getcwd()
     namespaces = _namespaces(args.namespaces)
@@ -294,7 +324,15 @@ def _start(
             # dir, beside other kernels' files (and keys), and may be unreachable for
             # sandbox root.
             with open(args.connection_file, "rb") as f:
-                copy = dirs.share("kernel.json", f.read(CONNECTION_FILE_MAX))
+                connection = json.loads(f.read(CONNECTION_FILE_MAX))
+            # The server connects in ep/ (host only); the kernel binds in sock/.
+            ep_ip = os.path.join(dirs.kernel_dir, paths.ENDPOINT_SUBDIR, "k")
+            if connection.get("transport") == "ipc" and connection.get("ip") == ep_ip:
+                connection["ip"] = os.path.join(dirs.sockets, "k")
+                linker = dirs.socket_linker(connection)
+                if linker is not None:
+                    linkers.append(linker)
+            copy = dirs.share("kernel.json", json.dumps(connection, indent=1).encode())
             argv = [copy if a == args.connection_file else a for a in argv]
         env[HOST_FACTS_ENV] = os.path.join(dirs.shared, "host.json")
         env[SANDBOX_FACTS_ENV] = os.path.join(dirs.shared, "sandbox.json")
@@ -334,9 +372,27 @@ def _start(
         bind_cwd = False
     hide: tuple[str, ...] = ()
     cwd_inside = cwd
+    writable, refusal = False, None
+    if bind_cwd and with_mnt and args.writable_notebook_dir:
+        refusal = notebook_dir_write_refusal(cwd, env.get("HOME"), owner)
+        if refusal:
+            print(f"nskernel: {refusal}", file=sys.stderr)
+        writable = not refusal
+    if bind_cwd and with_mnt and not writable:
+        env[hints.DIR_ENV] = cwd
+        env[hints.HINT_ENV] = (
+            f"nskernel: {refusal}"
+            if refusal
+            else (
+                f"nskernel: the notebook's directory {cwd} is read-only inside the sandboxed "
+                "kernel. Write to ~ instead (private to this kernel, gone when it stops), or "
+                "install the kernel with `nskernel install --writable-notebook-dir` (its "
+                "--help says what that risks)."
+            )
+        )
     if bind_cwd and with_mnt:
         # Not a directory holding homes; a home itself without its dot-files.
-        nb_binds, hide, note = notebook_dir_binds(cwd, readonly=False, home=env.get("HOME"))
+        nb_binds, hide, note = notebook_dir_binds(cwd, readonly=not writable, home=env.get("HOME"))
         if note:
             # The kernel starts in its private home instead.
             print(f"nskernel: {note}", file=sys.stderr)
@@ -370,6 +426,9 @@ def _start(
             # Owned by sandbox root already (fchown when made); made reachable here.
             items += [staging.Expose(dirs.sockets), staging.Expose(dirs.shared)]
         if bind_cwd:
+            # Its owner's ids become sandbox root's on this mount alone, so that sandbox
+            # root may enter and read it; write only where it is writable, which is never
+            # a directory of host root's (see notebook_dir_write_refusal).
             items.append(staging.Expose(cwd, owner_to=owner))
         # This Python's environment, when it lives where sandbox root cannot go (a venv
         # under /root): kept reachable, read-only and owned as it is.
@@ -497,6 +556,42 @@ def _resolve_outside(path: str, off_limits: Callable[[str], bool]) -> str | None
     return cur
 
 
+def notebook_dir_write_refusal(
+    cwd: str, home: str | None, owner: tuple[int, int] | None
+) -> str | None:
+    """Why the notebook's directory ``cwd`` must stay read-only even though a writable one
+    was asked for (None: it may be writable).
+
+    Jupyter itself writes there, and so does the user's shell: whatever the sandbox
+    plants in a writable notebook directory is met by host processes later. Two places
+    would turn that into code running outside the sandbox: a home (a new
+    ``.bash_profile``, ``.profile`` or ``~/bin/...`` runs at the next login), and, when
+    Jupyter runs as root, a directory of host root's (through the idmapped mount the
+    sandbox would write as host root: a setuid-root or setgid-root file, files root trusts).
+    """
+    cwd = os.path.normpath(cwd)
+    if home and os.path.isabs(home) and os.path.normpath(home) == cwd:
+        return (
+            f"the notebook's directory {cwd} is a home: it stays read-only inside (new "
+            "dot-files there would run outside the sandbox at the next login); keep "
+            "notebooks in a subdirectory to write next to them"
+        )
+    if owner is not None:
+        try:
+            st = os.stat(cwd)
+        except OSError as e:
+            return f"the notebook's directory {cwd} stays read-only inside: {e.strerror}"
+        if 0 in (st.st_uid, st.st_gid):  # the idmapped mount maps both to sandbox root's
+            return (
+                f"the notebook's directory {cwd} is host root's (owner or group): it stays "
+                "read-only "
+                "inside (sandbox root is never host root, not even there); to write next "
+                "to the notebooks, give the directory to an unprivileged user (chown) "
+                "or run Jupyter as that user"
+            )
+    return None
+
+
 def _contains(ancestor: str, path: str) -> bool:
     return path == ancestor or path.startswith(ancestor.rstrip("/") + "/")
 
@@ -509,7 +604,7 @@ def _capture_host_facts_in_child(dirs: StartDirs) -> int:
         try:
             from ..facts import host_facts  # imported here only: ~9 ms
 
-            dirs.share("host.json", json.dumps(host_facts()).encode())
+            dirs.share("host.json", json.dumps(host_facts(arguments=False)).encode())
             code = 0
         finally:
             os._exit(code)
@@ -522,7 +617,7 @@ def _wait_for_host_facts(pid: int, dirs: StartDirs) -> None:
     if status != 0:
         from ..facts import host_facts
 
-        dirs.share("host.json", json.dumps(host_facts()).encode(), replace=True)
+        dirs.share("host.json", json.dumps(host_facts(arguments=False)).encode(), replace=True)
 
 
 # The in-process kernel's IPython dir inside its sandbox: in its private, writable home
@@ -622,7 +717,11 @@ def _ipykernel_in_process(
 
         from . import inside  # noqa: F401 - the kernel's extension, shared copy-on-write
 
-    args = argv[3:]
+    # Our extensions, loaded like any (extra_extensions leaves the user's `extensions`
+    # alone): hints explains "Read-only file system" in the notebook's directory (see
+    # hints.py); inside makes what a notebook user does work in the sandbox (%pip
+    # installs into the private home, this Python first on PATH).
+    args = [*argv[3:], f"--IPKernelApp.extra_extensions={list(KERNEL_EXTENSIONS)!r}"]
 
     def run_kernel() -> int:
         # `ps`/`top` show the kernel as the command it stands for, not as this launcher.
@@ -633,10 +732,7 @@ def _ipykernel_in_process(
             _write_profile(env["IPYTHONDIR"], profile)
         sys.argv = [ipykernel_launcher.__file__, *args]
         try:
-            # nskernel.kernel.inside: what a notebook user does works in the sandbox
-            # (%pip installs into the private home, this Python first on PATH), loaded
-            # like any extension (extra_extensions leaves the user's `extensions` alone).
-            kernelapp.launch_new_instance(argv=[*args, f"--{INSIDE_EXTENSION_OPTION}"])
+            kernelapp.launch_new_instance(argv=args)
         finally:
             _let_the_control_thread_finish(kernelapp.IPKernelApp)
             # The command process ends with os._exit: run what a normal exit would
@@ -647,7 +743,7 @@ def _ipykernel_in_process(
     return run_kernel
 
 
-INSIDE_EXTENSION_OPTION = "InteractiveShellApp.extra_extensions=nskernel.kernel.inside"
+KERNEL_EXTENSIONS = ("nskernel.kernel.hints", "nskernel.kernel.inside")
 
 
 def show_as(argv: Sequence[str]) -> None:
@@ -863,19 +959,31 @@ def _close_ours(stdio: tuple[int, int, int] | None) -> None:
             os.close(fd)
 
 
-def supervise(sb: Sandbox, lifeline_fd: int | None, relays: Sequence[Relay] = ()) -> int:
+def supervise(
+    sb: Sandbox,
+    lifeline_fd: int | None,
+    relays: Sequence[Relay] = (),
+    linker: SocketLinker | None = None,
+) -> int:
     """Wait for the sandbox's init; destroy the sandbox if the server goes away; relay
-    its terminal output meanwhile. Nothing here blocks on anything but poll."""
+    its terminal output and publish its kernel's sockets meanwhile. Nothing here blocks
+    on anything but poll."""
     pidfd = os.pidfd_open(sb.pid)
     try:
         while True:
+            timeout = None
+            if linker is not None:
+                timeout = linker.step()
+                if timeout is None:
+                    linker.close()
+                    linker = None
             poller = select.poll()
             poller.register(pidfd, select.POLLIN)
             if lifeline_fd is not None:
                 poller.register(lifeline_fd, select.POLLIN)
             for relay in relays:
                 relay.register(poller)
-            events = dict(poller.poll())  # PEP 475: retried after signal handlers
+            events = dict(poller.poll(timeout))  # PEP 475: retried after signal handlers
             for relay in relays:
                 relay.service(events)
             if lifeline_fd in events:
@@ -893,8 +1001,56 @@ def supervise(sb: Sandbox, lifeline_fd: int | None, relays: Sequence[Relay] = ()
                 return code
     finally:
         os.close(pidfd)
+        if linker is not None:
+            linker.close()
         for relay in relays:
             relay.finish(RELAY_FLUSH_TIMEOUT)
+
+
+class SocketLinker:
+    """Publishes the kernel's unix sockets to the server: each name the kernel binds in
+    ``sock/`` (which the sandbox can write) gets a hard link in the host-only ``ep/``
+    (:func:`nskernel.paths.link_socket`: only a socket of sandbox root's is linked, never
+    what a symlink points to). The server connects in ``ep/`` and keeps retrying until
+    the link is there; on a restart the new start's links replace the old ones.
+
+    Polled from :func:`supervise` until every socket is published, first every few
+    milliseconds (a kernel binds its sockets within its first second), then less often.
+    """
+
+    FIRST_INTERVAL_MS = 5
+    MAX_INTERVAL_MS = 250
+
+    def __init__(self, sockets_fd: int, endpoints_fd: int, names: list[str], uid: int) -> None:
+        self.sockets_fd, self.endpoints_fd, self.uid = sockets_fd, endpoints_fd, uid
+        self.pending = list(names)
+        self.interval = self.FIRST_INTERVAL_MS
+        self.polls = 0
+
+    def step(self) -> int | None:
+        """Link what is there; the poll timeout until the next try (None: all done)."""
+        for name in list(self.pending):
+            try:
+                linked = paths.link_socket(self.sockets_fd, name, self.endpoints_fd, self.uid)
+            except OSError as e:
+                # Not linked, ever: the server's connection to it fails (it retries),
+                # which is all a kernel that did this can get.
+                print(f"nskernel kernel: not connecting to {name}: {e}", file=sys.stderr)
+                linked = True
+            if linked:
+                self.pending.remove(name)
+        if not self.pending:
+            return None
+        self.polls += 1
+        if self.polls % 100 == 0:  # 100 tries each 5, 20, 80 ms apart, then every 250 ms
+            self.interval = min(self.interval * 4, self.MAX_INTERVAL_MS)
+        return self.interval
+
+    def close(self) -> None:
+        for fd in (self.sockets_fd, self.endpoints_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.sockets_fd = self.endpoints_fd = -1
 
 
 # ---------------------------------------------------------------- removal helper
@@ -988,8 +1144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, forward)
     stdio, relays = protect_terminal(dict(os.environ))
     try:
-        sb = start(args, cmd, pending, stdio)
-    except (SandboxError, SpecError, OSError) as e:
+        sb, linker = start(args, cmd, pending, stdio)
+    except (SandboxError, SpecError, OSError, ValueError) as e:  # ValueError: connection file
         msg = f"nskernel: the sandboxed kernel could not start: {e}"
         print(msg, file=sys.stderr)
         _report(args.status_fd, ok=False, error=msg)
@@ -998,7 +1154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _close_ours(stdio)
     box.append(sb)
     _report(args.status_fd, ok=True, pid=sb.pid, hostname=sb.hostname)
-    return supervise(sb, args.lifeline_fd, relays)
+    return supervise(sb, args.lifeline_fd, relays, linker)
 
 
 if __name__ == "__main__":

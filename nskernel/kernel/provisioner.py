@@ -18,7 +18,9 @@ restart must keep the same socket paths, because the server's ZMQ sockets (and
 jupyter_server's websocket bridges) reconnect to the addresses they already have. What a
 sandbox can write in it is hostile, so the directory is split: ``owner`` (which process
 the directory belongs to) stays host-only; every start gets a fresh read-only ``ro/``
-and a fresh, empty ``sock/`` at the same path, made by the launcher; after each start
+and a fresh, empty ``sock/`` at the same path, made by the launcher, which links each
+socket the kernel binds there into the host-only ``ep/`` that the server connects to
+(connecting to a path the sandbox can write would follow its symlinks); after each start
 :meth:`cleanup` takes the old ones away (renamed, then removed without following
 anything in them, once the sandbox is gone), and at shutdown the whole directory.
 Directories whose owner process is gone are swept before each launch. All of this runs
@@ -213,6 +215,7 @@ def _make_kernel_dir_in(base: str, token: str) -> str:
         fd = paths.make_dir(base_fd, tmp)
         try:
             paths.create_file(fd, paths.OWNER_FILE, (token + "\n").encode())
+            os.close(paths.make_dir(fd, paths.ENDPOINT_SUBDIR))
         finally:
             os.close(fd)
         for _ in range(10):
@@ -232,7 +235,14 @@ def _make_kernel_dir_in(base: str, token: str) -> str:
 
 
 def kernel_ip(kernel_dir: str) -> str:
-    """The ZMQ ``ip`` of the kernel: a path prefix in its socket directory."""
+    """The ZMQ ``ip`` the server connects to: a path prefix in the host-only ``ep/``, where
+    the launcher links each socket the kernel binds in ``sock/`` (see :mod:`nskernel.paths`).
+    The kernel itself is told the same prefix in ``sock/`` (``sandbox_ip``)."""
+    return os.path.join(kernel_dir, paths.ENDPOINT_SUBDIR, "k")
+
+
+def sandbox_ip(kernel_dir: str) -> str:
+    """The ZMQ ``ip`` the kernel binds at, inside: a path prefix in its ``sock/``."""
     return os.path.join(kernel_dir, paths.SOCKET_SUBDIR, "k")
 
 
@@ -317,6 +327,12 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     allow_degraded = List(
         Unicode(), default_value=[], config=True, help="nskernel install --allow-degraded"
     )
+    writable_notebook_dir = Bool(
+        False,
+        config=True,
+        help="Bind the notebook's directory read-write (nskernel install "
+        "--writable-notebook-dir); read-only by default.",
+    )
 
     kernel_dir: str | None = None
     _lifeline_w: int | None = None
@@ -368,6 +384,8 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             args.append(f"--allow-degraded={','.join(self.allow_degraded)}")
         args += [f"--cap-add={c}" for c in self.cap_add]
         args += [f"--cap-drop={c}" for c in self.cap_drop]
+        if self.writable_notebook_dir:
+            args.append("--writable-notebook-dir")
         return args
 
     def _env_options(self) -> list[str]:

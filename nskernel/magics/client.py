@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nskernel._linux import syscalls
+from nskernel.environ import helper_environment
 from nskernel.errors import NskernelError
 
 from . import protocol
@@ -113,6 +114,9 @@ class SandboxClient:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "nskernel.magics.server", "--fd", str(child.fileno())],
                 pass_fds=(child.fileno(),),
+                # Every sandbox is forked from the server: its memory must hold no secret
+                # of the kernel's (each cell's environment is sent with the cell).
+                env=helper_environment(os.environ),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 # Its own session: jupyter_client interrupts with killpg(SIGINT), and

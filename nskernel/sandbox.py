@@ -32,6 +32,7 @@ from .spec import (
     blocked_ancestor,
     format_size,
     hidden_inside,
+    user_homes,
 )
 
 _subreaper_set = False
@@ -621,10 +622,13 @@ def _masks(
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
     wanted = list(_masked_state_dirs())
     if not spec.share_home:
-        wanted += [d for d in HOME_DIRS if os.path.isdir(d)]
-        # A home outside /home and /root (e.g. /var/lib/jenkins) is masked by itself.
-        if home and not hidden_inside(home) and os.path.isdir(home):
-            wanted.append(home)
+        # Every home, also by its real path: a home outside /home and /root (e.g.
+        # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
+        # reached through a symlink is masked where it really is (a mount onto the link
+        # would follow it outside the new root). Never a symlink itself.
+        wanted += [
+            d for d in (*HOME_DIRS, *user_homes(home)) if os.path.isdir(d) and not os.path.islink(d)
+        ]
     wanted += _skeletons_for_binds(binds, plan_maps)
     out: list[str] = []
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
@@ -686,8 +690,9 @@ def _owned_clones(
     that owner appears as R (see :mod:`nskernel._linux.idmap`): inside that tree the
     sandbox acts as the owner, and what it writes is owned by them on the host. A tree
     owned by root (uid or gid 0) is never idmapped: the sandbox must not act as host root,
-    not even in a bind. It stays as the host has it, and a warning says what to do; so
-    does a filesystem that refuses idmapping (proc, sysfs, NFS).
+    not even in a bind (checked on the clone itself, see ``idmap.owned_clone``). It
+    stays as the host has it, and a warning says what to do; so does a filesystem that
+    refuses idmapping (proc, sysfs, NFS).
     """
     if not binds or plan_maps is None or not userns.is_host_root():
         return {}
@@ -699,18 +704,19 @@ def _owned_clones(
                 continue
             st = os.stat(b.source)
             if _may_write(st, *root_to):
-                continue
-            if st.st_uid == 0 or st.st_gid == 0:
-                warnings.append(
-                    f"nskernel: {b.source} belongs to root, so it stays read-only for the "
-                    f"sandbox: sandbox root is host uid {root_to[0]}, and it never acts as "
-                    "host root, not even in a bind. To write there from a sandbox, run "
-                    "nskernel as the user who should own the files, or bind a directory "
-                    "that user owns."
-                )
-                continue
+                continue  # a plain bind: sandbox root writes it with its own rights
             try:
+                # The checks (never root's, only the owner's own group) are made on the
+                # clone itself, not on this stat: the path may be swapped meanwhile.
                 clones[i] = idmap.owned_clone(b.source, root_to)
+            except idmap.IdmapRefused as e:
+                warnings.append(
+                    f"nskernel: {e}, so it stays read-only for the sandbox: sandbox root is "
+                    f"host uid {root_to[0]}, and it never acts as host root (nor as a group "
+                    "the owner is not in), not even in a bind. To write there from a "
+                    "sandbox, run nskernel as the user who should own the files, or bind a "
+                    "directory that user owns."
+                )
             except OSError as e:
                 warnings.append(idmap.refused(b.source, e, "bind a directory sandbox root owns"))
     except BaseException:

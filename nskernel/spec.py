@@ -8,6 +8,7 @@ which namespaces, the hostname, the binds and their paths. The privileged layer
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import sys
@@ -25,6 +26,79 @@ PRIVATE_DIRS: tuple[str, ...] = ("/tmp", "/dev/shm")
 # tmpfs inside, unless the caller asks to share them (--share-home). The caller's own
 # $HOME gets a fresh, private, writable directory there.
 HOME_DIRS: tuple[str, ...] = ("/home", "/root", "/run/user")
+# Local accounts from this uid up are people (login.defs' UID_MIN); root is one too.
+UID_MIN = 1000
+# Never masked, whatever an account names as its home: the system itself lives there.
+_SYSTEM_DIRS = frozenset(
+    {"/", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/usr", "/etc", "/var", "/opt",
+     "/srv", "/proc", "/sys", "/dev", "/boot", "/run", "/tmp", "/mnt", "/media"}
+)  # fmt: skip
+
+
+@functools.lru_cache(maxsize=1)
+def _local_account_homes() -> tuple[str, ...]:
+    """The homes of root and of the local accounts of people (``/etc/passwd``)."""
+    try:
+        with open("/etc/passwd", encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ()
+    homes = []
+    for line in lines:
+        fields = line.split(":")
+        if len(fields) < 7 or not fields[2].isdigit():
+            continue
+        uid = int(fields[2])
+        if uid == 0 or UID_MIN <= uid < 65534:
+            homes.append(fields[5])
+    return tuple(homes)
+
+
+def user_homes(home: str | None = None) -> tuple[str, ...]:
+    """Every home a sandbox must not see, beyond :data:`HOME_DIRS`: the caller's (``home``,
+    else its passwd entry's) and every local person's (a home outside /home, such as
+    /srv/alice, or another user's when root runs the sandbox), each both as named and as
+    its real path (a home reached through a symlink is the directory it points to)."""
+    if not home:
+        home = _passwd_home()
+    found: list[str] = []
+    for h in (*HOME_DIRS, *_local_account_homes(), *((home,) if home else ())):
+        if not os.path.isabs(h):
+            continue
+        for p in (os.path.normpath(h), os.path.realpath(h)):
+            if p not in _SYSTEM_DIRS and p not in found and not _holds_system(p):
+                found.append(p)
+    return tuple(d for d in found if d not in HOME_DIRS)
+
+
+def _holds_system(path: str) -> bool:
+    """Whether hiding ``path`` would hide this Python (a home that is an ancestor of it)."""
+    prefix = path.rstrip("/") + "/"
+    return any(p.startswith(prefix) for p in {sys.prefix, sys.base_prefix})
+
+
+def _passwd_home() -> str | None:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        return None
+
+
+def is_a_home(path: str, home: str | None = None) -> bool:
+    """Whether ``path`` is a home (the caller's or a local person's), by its real path."""
+    real = os.path.realpath(path)
+    return any(real == os.path.realpath(h) for h in user_homes(home))
+
+
+def holds_a_home(path: str, home: str | None = None) -> bool:
+    """Whether a home lies below ``path`` (``/``, ``/home``, ``/srv`` holding /srv/alice)."""
+    real = os.path.realpath(path).rstrip("/") + "/"
+    return any(
+        os.path.realpath(h).startswith(real) or h.startswith(real)
+        for h in (*HOME_DIRS, *user_homes(home))
+    )
 
 
 def hidden_dirs(home: str | None = None, *, share_home: bool = False) -> tuple[str, ...]:
@@ -32,8 +106,7 @@ def hidden_dirs(home: str | None = None, *, share_home: bool = False) -> tuple[s
     inside): the private ones, and unless ``share_home``, every home (and ``home``)."""
     if share_home:
         return PRIVATE_DIRS
-    extra = (home,) if home and os.path.isabs(home) and home != "/" else ()
-    return PRIVATE_DIRS + HOME_DIRS + extra
+    return PRIVATE_DIRS + HOME_DIRS + user_homes(home)
 
 
 def hidden_inside(path: str, *, share_home: bool = False) -> bool:
@@ -211,16 +284,13 @@ def notebook_dir_binds(
     if cwd == "/":
         return [], (), None
     if home and os.path.isabs(home) and home != "/":
-        home = os.path.normpath(home)
-        if home == cwd:
+        if is_a_home(cwd, home):  # the caller's or another person's, by its real path
             try:
                 dots = sorted(e for e in os.listdir(cwd) if e.startswith("."))
             except OSError:
                 dots = []
             return [Bind(cwd, cwd, readonly)], tuple(os.path.join(cwd, d) for d in dots), None
-        if home.startswith(cwd.rstrip("/") + "/") or any(
-            d.startswith(cwd.rstrip("/") + "/") for d in HOME_DIRS
-        ):
+        if holds_a_home(cwd, home):
             note = (
                 f"the notebook's directory {cwd} holds home directories, which sandboxes "
                 "do not see, so it is not made reachable inside; keep notebooks in a "

@@ -913,3 +913,18 @@ def test_a_cell_finds_no_secret_of_the_kernels_in_its_own_memory():
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize(
+    ("hostname", "shown"),
+    [
+        ("web1", "web1"),
+        ("db.lab", "db.lab"),
+        ("evil\x1b]0;pwned\x07", None),  # a terminal title
+        ("a\nname  10.0.0.9  running", None),  # a fake row of %sandbox ls
+        ("x" * 70, None),
+        (42, None),
+    ],
+)
+def test_a_sandbox_claims_only_a_plain_hostname_for_ls(hostname, shown):
+    assert messages.facts_summary({"hostname": hostname, "ips": []})[0] == shown

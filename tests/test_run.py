@@ -576,7 +576,7 @@ def test_as_root_a_root_owned_bind_stays_read_only_and_says_why(nsk, private_dir
         "run", "--bind", private_dir, "--", "sh", "-c", f"touch {private_dir}/x || echo refused"
     )
     assert (r.returncode, r.stdout) == (0, "refused\n")
-    assert f"{private_dir} belongs to root, so it stays read-only for the sandbox" in r.stderr
+    assert f"{private_dir} belongs to root (owner or group), so it stays read-only" in r.stderr
     assert "run nskernel as the user who should own the files" in r.stderr
     assert os.listdir(private_dir) == []
     # Writable for sandbox root as it is (mode 1777): a plain bind, no warning.

@@ -116,14 +116,33 @@ def idmap_userns(uid_pair: tuple[int, int], gid_pair: tuple[int, int]) -> int:
         os.waitpid(pid, 0)
 
 
-def owned_clone(path: str, owner_to: tuple[int, int]) -> int:
-    """A detached clone of ``path`` whose owner's uid/gid appear as ``owner_to``.
+class IdmapRefused(Exception):
+    """The tree at a path must not be idmapped; the message says why and what to do."""
 
-    Raises OSError (EINVAL where the filesystem cannot be idmapped); closes what it made.
+
+def owned_clone(path: str, owner_to: tuple[int, int], *, read_only: bool = False) -> int:
+    """A detached clone of ``path`` whose owner appears as ``owner_to``.
+
+    One path lookup: the checks and the mapping use ``fstat`` of the clone itself, so a
+    path swapped for a link meanwhile (by a user who controls a directory on the way)
+    gets the checks of what is really mounted. For writing (not ``read_only``: the
+    caller binds it read-only), :class:`IdmapRefused` for a tree whose owner or group is
+    root (sandbox root must never act as host root), and for one whose group is not its
+    owner's own primary group (sandbox root could then make setgid files of a group the
+    owner is not in). Raises OSError (EINVAL where the filesystem cannot be idmapped);
+    closes what it made.
     """
-    st = os.stat(path)
     fd = open_tree_clone(path)
     try:
+        st = os.fstat(fd)
+        if not read_only:
+            if 0 in (st.st_uid, st.st_gid):
+                raise IdmapRefused(f"{path} belongs to root (owner or group)")
+            if _owners_group(st.st_uid, st.st_gid) != st.st_gid:
+                raise IdmapRefused(
+                    f"{path} has a group ({st.st_gid}) that is not its owner's own "
+                    f"(uid {st.st_uid}): sandbox root would act as that group"
+                )
         userns_fd = idmap_userns((st.st_uid, owner_to[0]), (st.st_gid, owner_to[1]))
         try:
             set_idmap(fd, userns_fd)
@@ -133,6 +152,23 @@ def owned_clone(path: str, owner_to: tuple[int, int]) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _owners_group(uid: int, dir_gid: int) -> int | None:
+    """The gid to map for an owner: its primary group; for a uid without a passwd entry,
+    the directory's group if no group of that id exists (nobody else is in it); else None."""
+    import grp
+    import pwd
+
+    try:
+        return pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(dir_gid)
+    except KeyError:
+        return dir_gid
+    return None
 
 
 def refused(path: str, err: OSError, alternative: str) -> str:

@@ -50,6 +50,7 @@ import atexit
 import codecs
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -68,6 +69,7 @@ from ..spec import (
     ALL_NAMESPACES,
     blocked_ancestor,
     hidden_inside,
+    is_a_home,
     make_limits,
     notebook_dir_binds,
     parse_degraded,
@@ -429,7 +431,7 @@ def _start(
             # Its owner's ids become sandbox root's on this mount alone, so that sandbox
             # root may enter and read it; write only where it is writable, which is never
             # a directory of host root's (see notebook_dir_write_refusal).
-            items.append(staging.Expose(cwd, owner_to=owner))
+            items.append(staging.Expose(cwd, owner_to=owner, writable=writable))
         # This Python's environment, when it lives where sandbox root cannot go (a venv
         # under /root): kept reachable, read-only and owned as it is.
         exposed = {it.path for it in items}
@@ -438,8 +440,14 @@ def _start(
             for b in binds
             if b.source not in exposed and blocked_ancestor(b.source, *owner) is not None
         ]
-        for warning in staging.expose_in_private_mount_namespace(items, owner[0]):
+        staged = staging.expose_in_private_mount_namespace(items, owner[0])
+        for warning in staged.warnings:
             print(warning, file=sys.stderr)
+        if writable and cwd in staged.read_only:
+            # What the clone showed decides, not the earlier look by path.
+            binds = [dataclasses.replace(b, readonly=True) if b.dest == cwd else b for b in binds]
+            env[hints.DIR_ENV] = cwd
+            env[hints.HINT_ENV] = f"nskernel: the notebook's directory {cwd} stays read-only inside"
         os.chdir(cwd)  # re-resolve through the idmapped mount
 
     spec = SandboxSpec(
@@ -570,7 +578,7 @@ def notebook_dir_write_refusal(
     sandbox would write as host root: a setuid-root or setgid-root file, files root trusts).
     """
     cwd = os.path.normpath(cwd)
-    if home and os.path.isabs(home) and os.path.normpath(home) == cwd:
+    if is_a_home(cwd, home):  # the caller's, or another person's (by its real path)
         return (
             f"the notebook's directory {cwd} is a home: it stays read-only inside (new "
             "dot-files there would run outside the sandbox at the next login); keep "

@@ -36,15 +36,29 @@ from ..spec import blocked_ancestor
 
 @dataclasses.dataclass(frozen=True)
 class Expose:
-    """Make ``path`` reachable at the same path; idmap its owner to ``owner_to`` ids."""
+    """Make ``path`` reachable at the same path; idmap its owner to ``owner_to`` ids.
+
+    ``writable``: the caller wants to bind it read-write; then a tree of root's is never
+    idmapped (sandbox root must not write as host root), which the result reports.
+    """
 
     path: str
     owner_to: tuple[int, int] | None = None  # (host uid, host gid) the owner should become
+    writable: bool = False
 
 
-def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> list[str]:
-    """Enter a private mount namespace and prepare ``items`` there. Returns warnings."""
-    warnings: list[str] = []
+@dataclasses.dataclass
+class Exposed:
+    warnings: list[str] = dataclasses.field(default_factory=list)
+    # Paths asked for writable that must be bound read-only: what the clone showed (one
+    # lookup, checked on the clone itself) is root's or not idmappable.
+    read_only: set[str] = dataclasses.field(default_factory=set)
+
+
+def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> Exposed:
+    """Enter a private mount namespace and prepare ``items`` there."""
+    result = Exposed()
+    warnings = result.warnings
     sc.unshare(sc.CLONE_NEWNS)
     # Before anything else: nothing mounted here may propagate back to the host.
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
@@ -54,9 +68,19 @@ def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> 
         fd = -1
         if item.owner_to is not None:
             try:
-                fd = idmap.owned_clone(item.path, item.owner_to)
+                # Read-only use may show root's tree as sandbox root's (so it can enter
+                # and read it); the sandbox binds it read-only.
+                fd = idmap.owned_clone(item.path, item.owner_to, read_only=not item.writable)
+            except idmap.IdmapRefused as e:
+                warnings.append(
+                    f"nskernel: {e}: it stays read-only inside (sandbox root is never host "
+                    "root); to write next to the notebooks, give the directory to an "
+                    "unprivileged user (chown) or run Jupyter as that user"
+                )
+                result.read_only.add(item.path)
             except OSError as e:
                 warnings.append(idmap.refused(item.path, e, "run Jupyter as the notebook's owner"))
+                result.read_only.add(item.path)
         if fd < 0:
             fd = idmap.open_tree_clone(item.path)
         clones.append((item.path, fd))
@@ -74,4 +98,4 @@ def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> 
             idmap.move_mount(fd, path)
         finally:
             os.close(fd)
-    return warnings
+    return result

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from typing import Any
 
 OUTPUT_KINDS = ("stream", "display_data", "execute_result", "error", "clear_output")
@@ -203,11 +204,16 @@ def from_runner(msg: dict[str, Any], *, running: bool) -> dict[str, Any]:
     raise Malformed("a message of a type the protocol does not have")
 
 
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?$")
+
+
 def facts_summary(facts: dict[str, Any]) -> tuple[str | None, list[str]]:
     """The hostname and IPv4/IPv6 addresses a facts answer claims, if they look like
     such (``%sandbox ls`` shows them); anything else there is left out."""
     hostname = facts.get("hostname")
-    if not isinstance(hostname, str) or not 0 < len(hostname) <= 255:
+    # A sandbox sets its own hostname to anything (escape sequences, newlines, a fake
+    # row): shown as text in a terminal (`jupyter console`), only a plain DNS name passes.
+    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
         hostname = None
     ips: list[str] = []
     raw = facts.get("ips")

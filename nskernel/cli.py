@@ -351,12 +351,29 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return doctor.main(args)
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser that reports its own unknown options itself.
+
+    argparse hands a subcommand's unknown options up to the top-level parser, which then
+    prints the top-level usage (``nskernel [-h] COMMAND ...``): nothing about the options
+    that exist. Reported here, the error comes with ``nskernel run``'s usage instead.
+    """
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nskernel",
         description="Sandboxes made of fresh Linux namespaces, for the shell and for Jupyter.",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True
     _add_run_parser(sub)
     d = sub.add_parser(

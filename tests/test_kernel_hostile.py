@@ -610,7 +610,11 @@ def test_the_kernels_environment_is_an_allow_list(
     assert env["JPY_SESSION_NAME"] == str(tmp_path / "notebook.ipynb")
     assert env["MPLBACKEND"] == "agg"
     assert env["FROM_KERNELSPEC"] == "spec-value"  # the kernelspec's own env stanza
-    assert env["PATH"] == os.environ["PATH"]
+    # The caller's PATH, after the kernel's own Python and %pip's scripts directory
+    # (nskernel.kernel.inside: python3/pip inside are the kernel's).
+    first, rest = env["PATH"].split(":")[:2], env["PATH"].split(":")[2:]
+    assert first[1].endswith("/.local/bin"), env["PATH"]
+    assert rest == [p for p in os.environ["PATH"].split(":") if p not in first], env["PATH"]
     assert "XDG_RUNTIME_DIR" not in env
 
 

@@ -10,6 +10,10 @@ Layout:
 - ``staging``      host-root only: make the socket and notebook directories reachable and
   writable for sandbox root without ever mapping it to host uid 0 (idmapped mounts)
 - ``install``      ``nskernel install`` / ``nskernel uninstall``
+- ``hints``        IPython extension, inside: "Read-only file system" in the notebook's
+  directory says why and what to do
+- ``inside``       IPython extension, inside (the kernel's and every ``%%sandbox`` cell
+  runner's): ``%pip`` installs into the private home, the kernel's Python first on PATH
 """
 
 from __future__ import annotations

@@ -49,11 +49,13 @@ import argparse
 import atexit
 import codecs
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import json
 import os
 import select
+import shutil
 import signal
 import sys
 import time
@@ -66,6 +68,7 @@ from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
     ALL_NAMESPACES,
     blocked_ancestor,
+    hidden_inside,
     is_a_home,
     make_limits,
     notebook_dir_binds,
@@ -404,6 +407,13 @@ def _start(
         # that is private inside (a venv or checkout under /tmp).
         taken = {b.dest for b in binds}
         binds += [b for b in python_environment_binds() if b.dest not in taken]
+        if not in_process:
+            # A kernel exec'd from another Python (pyenv's, conda's) that lives where
+            # the sandbox cannot go (a home, /root): its environment, bound read-only.
+            taken = {b.dest for b in binds}
+            writes = [cwd] if bind_cwd and with_mnt else []
+            found = interpreter_binds(argv, writes, hide)
+            binds += [b for b in found if b.dest not in taken]
 
     # The staging mount namespace (idmapped notebook directory, skeletons over what
     # sandbox root cannot traverse) needs CAP_SYS_ADMIN, which root in a container
@@ -473,6 +483,85 @@ def _start(
     for sig in pending:
         sb.send_signal(sig)
     return sb
+
+
+def interpreter_binds(
+    argv: Sequence[str], writable: Sequence[str] = (), hidden: Sequence[str] = ()
+) -> list[Bind]:
+    """Read-only binds that make an exec'd kernel's interpreter reachable inside.
+
+    A kernelspec whose Python lives under a home (hidden inside: every sandbox gets a
+    private empty one), in /tmp, or, run by root, under /root (sandbox root is an
+    unprivileged host uid and cannot enter it) would fail with "Permission denied inside
+    the sandbox". Its prefix (``bin/..``) and, for a venv's link to its base Python, the
+    base's prefix are bound in at the same path, read-only, as for this Python's own
+    environment. Found from paths alone: the interpreter is never run or read on the
+    host, and nothing is resolved under a directory a sandbox can write (``writable``,
+    the notebook's directory, less what is ``hidden`` under it): a sandbox could have
+    planted a link or a program there. A Python there is reachable inside anyway.
+    """
+    if not argv:
+        return []
+    exe = argv[0] if os.path.isabs(argv[0]) else shutil.which(argv[0])
+    if not exe:
+        return []
+    exe = os.path.abspath(exe)
+
+    def sandbox_writes(path: str) -> bool:
+        return any(_contains(w, path) for w in writable) and not any(
+            _contains(h, path) for h in hidden
+        )
+
+    as_root = userns.is_host_root()
+
+    def unreachable(path: str) -> bool:
+        return hidden_inside(path) or (as_root and blocked_ancestor(path) is not None)
+
+    real = _resolve_outside(exe, sandbox_writes)
+    if real is None or not (unreachable(exe) or unreachable(real)):
+        return []
+    prefixes = (os.path.dirname(os.path.dirname(p)) for p in (exe, real))
+    found = {_resolve_outside(p, sandbox_writes) for p in prefixes}
+    dirs = sorted((d for d in found if d is not None and os.path.isdir(d)), key=len)
+    tops: list[str] = []
+    for d in dirs:
+        if unreachable(d) and not any(_contains(t, d) for t in tops):
+            tops.append(d)
+    return [Bind(t, t, readonly=True) for t in tops]
+
+
+SYMLINK_HOPS = 40  # as the kernel's own limit (ELOOP)
+
+
+def _resolve_outside(path: str, off_limits: Callable[[str], bool]) -> str | None:
+    """``os.path.realpath(path)``, or None if resolving it would look at anything under a
+    directory ``off_limits`` says a sandbox can write (where it may have planted links).
+
+    Walked one component at a time, so that no ``lstat``/``readlink`` ever reaches into
+    such a directory, wherever the links lead.
+    """
+    hops = 0
+    todo = [p for p in path.split("/") if p]
+    cur = "/"
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        nxt = os.path.dirname(cur) if part == ".." else os.path.join(cur, part)
+        if off_limits(nxt):
+            return None
+        try:
+            target = os.readlink(nxt)
+        except OSError:  # not a link (or missing: realpath keeps such a name as it is)
+            cur = nxt
+            continue
+        hops += 1
+        if hops > SYMLINK_HOPS:
+            return None
+        if target.startswith("/"):
+            cur = "/"
+        todo[:0] = [p for p in target.split("/") if p]
+    return cur
 
 
 def notebook_dir_write_refusal(
@@ -593,7 +682,13 @@ def _runs_in_process(argv: list[str]) -> bool:
     if len(argv) < 3 or argv[1:3] != ["-m", "ipykernel_launcher"]:
         return False
     try:
-        return os.path.samefile(argv[0], sys.executable)
+        # The same binary in another directory is another environment: a venv's python
+        # is a link to its base interpreter, and Python finds the venv (pyvenv.cfg, so
+        # sys.prefix and site-packages) from where it was started, not from the binary.
+        return os.path.samefile(argv[0], sys.executable) and os.path.samefile(
+            os.path.dirname(os.path.abspath(argv[0])),
+            os.path.dirname(os.path.abspath(sys.executable)),
+        )
     except OSError:
         return False
 
@@ -628,10 +723,17 @@ def _ipykernel_in_process(
         import ipykernel_launcher
         from ipykernel import kernelapp
 
-    # Explains "Read-only file system" in the notebook's directory (see hints.py).
-    args = [*argv[3:], "--IPKernelApp.extra_extensions=['nskernel.kernel.hints']"]
+        from . import inside  # noqa: F401 - the kernel's extension, shared copy-on-write
+
+    # Our extensions, loaded like any (extra_extensions leaves the user's `extensions`
+    # alone): hints explains "Read-only file system" in the notebook's directory (see
+    # hints.py); inside makes what a notebook user does work in the sandbox (%pip
+    # installs into the private home, this Python first on PATH).
+    args = [*argv[3:], f"--IPKernelApp.extra_extensions={list(KERNEL_EXTENSIONS)!r}"]
 
     def run_kernel() -> int:
+        # `ps`/`top` show the kernel as the command it stands for, not as this launcher.
+        show_as(argv)
         os.environ.clear()
         os.environ.update(env)
         if profile:
@@ -647,6 +749,32 @@ def _ipykernel_in_process(
         return 0
 
     return run_kernel
+
+
+KERNEL_EXTENSIONS = ("nskernel.kernel.hints", "nskernel.kernel.inside")
+
+
+def show_as(argv: Sequence[str]) -> None:
+    """Rewrite this process's command line (what ``ps`` and ``top`` show) to ``argv``.
+
+    The in-process kernel is a fork of this launcher, so it would show the launcher's
+    command line (``python -m nskernel.kernel.launch --namespaces ... -- ...``); a person
+    looking for their kernel expects the kernel command. Linux reads the command line
+    from the memory between ``arg_start`` and ``arg_end`` (``/proc/self/stat`` fields 48
+    and 49), which CPython no longer reads after start-up: the new text is written there,
+    cut to fit and padded with NULs. Best effort: any failure leaves the old one.
+    """
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        start, end = int(fields[45]), int(fields[46])
+        size = end - start
+        if size <= 1:
+            return
+        data = b"\0".join(os.fsencode(a) for a in argv)[: size - 1]
+        ctypes.memmove(start, data.ljust(size, b"\0"), size)
+    except (OSError, ValueError, IndexError):
+        pass
 
 
 CONTROL_THREAD_GRACE = 2.0  # seconds; jupyter_client sends SIGTERM after 2.5

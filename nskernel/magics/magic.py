@@ -396,7 +396,7 @@ def _with_host_maps(info: dict[str, Any]) -> SandboxInfo:
 
 @magics_class
 class SandboxMagics(Magics):
-    @magic_arguments()
+    @magic_arguments("%sandbox")  # the usage line names %%sandbox, not the method
     @argument("--pid", action="store_true", help="own PID namespace: the cell runs as PID 2")
     @argument("--net", action="store_true", help="own network stack: only lo, brought up")
     @argument("--mnt", action="store_true", help="own mounts: host / read-only, private /tmp")

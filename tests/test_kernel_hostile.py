@@ -611,7 +611,7 @@ def test_the_kernels_environment_is_an_allow_list(
     assert env["MPLBACKEND"] == "agg"
     assert env["FROM_KERNELSPEC"] == "spec-value"  # the kernelspec's own env stanza
     # The caller's PATH, after the kernel's own Python and %pip's scripts directory
-    # (nskernel.kernel.inside: python3/pip inside are the kernel's).
+    # (nskernel.kernel.shell_inside: python3/pip inside are the kernel's).
     first, rest = env["PATH"].split(":")[:2], env["PATH"].split(":")[2:]
     assert first[1].endswith("/.local/bin"), env["PATH"]
     assert rest == [p for p in os.environ["PATH"].split(":") if p not in first], env["PATH"]

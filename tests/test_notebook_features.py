@@ -622,7 +622,9 @@ def test_ps_shows_the_sandboxed_kernel_as_its_kernel_command(sk: Kernel) -> None
     for pid in descendants(sk.km.provisioner.pid):
         with contextlib.suppress(OSError), open(f"/proc/{pid}/cmdline", "rb") as f:
             cmdlines.append(f.read().replace(b"\0", b" ").decode())
-    assert any("-m ipykernel_launcher" in c and "nskernel" not in c for c in cmdlines), cmdlines
+    assert any(
+        "-m ipykernel_launcher" in c and "nskernel.kernel.launch" not in c for c in cmdlines
+    ), cmdlines
 
 
 # ------------------------------------------------------------------ the README's example

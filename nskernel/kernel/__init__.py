@@ -12,7 +12,7 @@ Layout:
 - ``install``      ``nskernel install`` / ``nskernel uninstall``
 - ``hints``        IPython extension, inside: "Read-only file system" in the notebook's
   directory says why and what to do
-- ``inside``       IPython extension, inside (the kernel's and every ``%%sandbox`` cell
+- ``shell_inside`` IPython extension, inside (the kernel's and every ``%%sandbox`` cell
   runner's): ``%pip`` installs into the private home, the kernel's Python first on PATH
 """
 

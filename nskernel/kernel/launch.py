@@ -723,11 +723,11 @@ def _ipykernel_in_process(
         import ipykernel_launcher
         from ipykernel import kernelapp
 
-        from . import inside  # noqa: F401 - the kernel's extension, shared copy-on-write
+        from . import shell_inside  # noqa: F401 - the kernel's extension, shared copy-on-write
 
     # Our extensions, loaded like any (extra_extensions leaves the user's `extensions`
     # alone): hints explains "Read-only file system" in the notebook's directory (see
-    # hints.py); inside makes what a notebook user does work in the sandbox (%pip
+    # hints.py); shell_inside makes what a notebook user does work in the sandbox (%pip
     # installs into the private home, this Python first on PATH).
     args = [*argv[3:], f"--IPKernelApp.extra_extensions={list(KERNEL_EXTENSIONS)!r}"]
 
@@ -751,7 +751,7 @@ def _ipykernel_in_process(
     return run_kernel
 
 
-KERNEL_EXTENSIONS = ("nskernel.kernel.hints", "nskernel.kernel.inside")
+KERNEL_EXTENSIONS = ("nskernel.kernel.hints", "nskernel.kernel.shell_inside")
 
 
 def show_as(argv: Sequence[str]) -> None:

@@ -35,7 +35,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from nskernel._linux import syscalls
-from nskernel.kernel import inside
+from nskernel.kernel import shell_inside
 
 from . import protocol
 
@@ -268,7 +268,7 @@ class SandboxShell(InteractiveShell):
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
         if _channel is None:
             return
-        hint = inside.read_only_hint(evalue)  # e.g. a write into the read-only notebook dir
+        hint = shell_inside.read_only_hint(evalue)  # e.g. a write into the read-only notebook dir
         if hint:
             stb = [*stb, hint]
         _channel.send(
@@ -313,7 +313,7 @@ def prepare() -> SandboxShell:
         shell.execution_count = 1
         # What a plain kernel has (%store), and %pip that installs where a sandbox can.
         shell.extension_manager.load_extension("storemagic")
-        inside.install_magics(shell)
+        shell_inside.install_magics(shell)
         # `%sandbox ls/inspect` ask each named sandbox for its facts: imported here, the
         # module is shared by all of them instead of ~2 MiB more in each that was asked.
         from nskernel import facts  # noqa: F401
@@ -546,7 +546,7 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
     signal.signal(signal.SIGINT, signal.default_int_handler)
     ch = _Channel(fd)
     shell = prepare()
-    inside.activate()  # %pip's prefix in this sandbox's home, this Python first on PATH
+    shell_inside.activate()  # %pip's prefix in this sandbox's home, this Python first on PATH
     _setup_stdio(ch)
     if warm:
         shell.run_cell("pass", store_history=False, silent=True)

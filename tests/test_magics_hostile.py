@@ -930,3 +930,31 @@ def test_a_cell_finds_no_secret_of_the_kernels_in_its_own_memory():
 )
 def test_a_sandbox_claims_only_a_plain_hostname_for_ls(hostname, shown):
     assert messages.facts_summary({"hostname": hostname, "ips": []})[0] == shown
+
+
+def test_a_frame_the_kernel_cannot_handle_ends_that_sandbox_not_the_cell_only(kc):
+    # Whatever a frame does to the kernel's handling of it (a hostile one found a
+    # TypeError once), the cell must not be abandoned with its sandbox still running
+    # (past --timeout and %sandbox rm): the sandbox is ended and the cell says so.
+    from tests.hostile import pids_with_cmdline
+
+    execute(
+        kc,
+        "import json, nskernel.magics.magic as _M\n"
+        "_orig = _M._CellOutput.on_message\n"
+        "def _boom(self, raw):\n"
+        "    if 'BOOM' in json.dumps(raw): raise TypeError('unhashable type')\n"
+        "    return _orig(self, raw)\n"
+        "_M._CellOutput.on_message = _boom",
+    )
+    try:
+        res = execute(
+            kc,
+            "%%sandbox --timeout 60\nimport subprocess, time\n"
+            "subprocess.Popen(['sleep', '301.25'])\nprint('BOOM', flush=True)\ntime.sleep(60)",
+        )
+    finally:
+        execute(kc, "_M._CellOutput.on_message = _orig")
+    assert res.status == "error"
+    assert "could not handle" in res.error_text and "it was ended" in res.error_text
+    assert not pids_with_cmdline("sleep 301.25"), "the sandbox ran on"

@@ -496,3 +496,62 @@ def test_an_exception_in_a_widget_callback_is_shown_as_in_a_plain_kernel(kc):
     assert shown.status == "ok" and shown.error["ename"] == "ZeroDivisionError"
     assert shown.stdout.endswith("after\n")
     execute(kc, "%sandbox rm cw4")
+
+
+# The second wave (a red-team pass on the relay): values of the wrong JSON type, which
+# the browser turns into strings where checks looked only at strings; focus-stealing
+# custom messages; buffers where ipywidgets sends none; names that are not strings.
+WRONG_TYPES = """
+%%sandbox --name cw4
+import comm as C
+from ipywidgets import HTML, Text
+from ipywidgets.widgets.widget_string import HTMLStyle
+def model(name, view, **state):
+    return C.create_comm(target_name="jupyter.widget", data={"state": {
+        "_model_module": "@jupyter-widgets/controls", "_model_name": name,
+        "_view_module": "@jupyter-widgets/controls", "_view_name": view, **state},
+        "buffer_paths": []})
+# 1. an HTML widget whose value is a list (innerHTML joins it)
+model("HTMLModel", "HTMLView", value=["<img src=x onerror=alert(1)>"])
+h = HTML("fine")
+h.comm.send({"method": "update", "state": {"value": ["<img src=x onerror=alert(2)>"]},
+             "buffer_paths": []})
+# 2. CSS in a list (setProperty joins it)
+st = HTMLStyle()
+st.comm.send({"method": "update", "state": {"background": ["url(http://10.0.0.1/leak)"]},
+              "buffer_paths": []})
+# 3. a key the model does not have
+model("HTMLModel", "HTMLView", value="x", onload="alert(3)")
+# 4. focus stolen with a custom message (keystrokes typed in the notebook go to it)
+t = Text()
+t.comm.send({"method": "custom", "content": {"do": "focus"}}, buffers=[])
+# 5. description_allow_html switched on by a binary buffer
+t.comm.send({"method": "update", "state": {}, "buffer_paths": [["description_allow_html"]]},
+            buffers=[b"x"])
+# 6. names that are lists (unhashable), a method that is a list
+C.create_comm(target_name="jupyter.widget", data={"state": {
+    "_model_module": ["@jupyter-widgets/controls"], "_model_name": "HTMLModel"},
+    "buffer_paths": []})
+t.comm.send({"method": ["update"], "state": {}, "buffer_paths": []})
+print("sent")
+"""
+
+
+def test_widget_state_of_the_wrong_type_never_reaches_the_browser(kc):
+    msgs = run(kc, WRONG_TYPES)
+    text = _text(msgs)
+    assert "sent" in text, text
+    for m in [*of_type(msgs, "comm_open"), *of_type(msgs, "comm_msg")]:
+        blob = json.dumps(m["data"])
+        assert "onerror" not in blob and "url(" not in blob and "onload" not in blob, blob
+        assert m["data"].get("method") != "custom", m
+        assert "description_allow_html" not in json.dumps(m["data"].get("buffer_paths")), m
+    assert "a list as 'value' of a HTMLModel" in text, text
+    assert "a list as 'background' of a HTMLStyleModel" in text, text
+    assert "'onload' that a HTMLModel does not have" in text, text
+    assert "of method 'custom'" in text, text
+    assert "binary data in place of 'description_allow_html'" in text, text
+    assert "names are not strings" in text, text
+    # The sandbox is fine and reachable: nothing of it broke the kernel's relay.
+    assert "still here" in _text(run(kc, "%%sandbox --name cw4\nprint('still here')"))
+    execute(kc, "%sandbox rm cw4")

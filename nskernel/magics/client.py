@@ -246,6 +246,7 @@ class SandboxClient:
         force_at: float | None = None
         asked: set[str] = set()
         reason = ""
+        broken = ""  # a frame the kernel could not handle: the sandbox is ended
         with _Interrupts() as intr:
             while True:
                 try:
@@ -253,6 +254,8 @@ class SandboxClient:
                         if msg.get("id") != rid:
                             continue
                         if msg.get("type") == "done":
+                            if broken:
+                                return {**msg, "status": "stopped", "message": broken}
                             if reason and msg.get("status") == "error":
                                 msg["status"], msg["reason"] = "killed", reason
                             return msg
@@ -261,7 +264,19 @@ class SandboxClient:
                             if answer is not None:
                                 self._send({"op": "input_reply", "id": rid, **answer})
                             continue
-                        on_message(msg)
+                        if broken:
+                            continue  # nothing more of it is shown
+                        try:
+                            on_message(msg)
+                        except Exception as e:  # hostile input, or a bug: never abandon
+                            # the cell (its sandbox would run on past --timeout and rm)
+                            broken = (
+                                f"the sandbox sent a message the kernel could not handle "
+                                f"({type(e).__name__}); it was ended"
+                            )
+                            if "kill" not in asked:
+                                asked.add("kill")
+                                self._send({"op": "kill", "id": rid, "reason": "broken"})
                 except protocol.ProtocolError as e:
                     self.close()
                     return {"status": "died", "message": f"the sandbox server broke ({e})"}

@@ -49,8 +49,10 @@ HTML_VIEWS = frozenset({"HTMLView", "HTMLMathView"})
 MEDIA_MODELS = frozenset({"ImageModel", "VideoModel", "AudioModel"})
 #: Most comms one sandbox may have open (a widget is one, plus its layout and style).
 MAX_COMMS = 20000
-#: Methods a sandbox may send on a widget comm (the rest are the frontend's).
-METHODS = frozenset({"update", "echo_update", "custom"})
+#: Methods a sandbox may send on a widget comm (the rest are the frontend's). Not
+#: ``custom``: ipywidgets' views act on some (``{"do": "focus"}`` takes the keyboard from
+#: the user's notebook), and none of ipywidgets' own models need one from the kernel.
+METHODS = frozenset({"update", "echo_update"})
 REF = "IPY_MODEL_"
 #: What a widget callback may show (the magic's --max-output default).
 DEFAULT_MAX_OUTPUT = 16 << 20
@@ -64,6 +66,113 @@ def _css_ok(value: str) -> bool:
     return not any(c in value for c in "{}<>\\@;") and _functions(value) <= CSS_FUNCTIONS
 
 
+# ---------------------------------------------------------------- types of widget state
+#
+# The browser turns whatever it gets into a string where it wants one (a list given as
+# an HTML widget's value becomes its HTML; a list as a style property, CSS), so checks
+# that look only at strings are bypassed by anything else. Every key of a sandbox's
+# widget state must therefore be a synced trait of that ipywidgets model, with a value
+# of the JSON type that trait sends (ipywidgets' own classes, in this kernel, say which):
+# nothing else reaches the browser.
+
+_SCALAR = (str, int, float, bool, type(None))
+
+
+def _model_classes() -> dict[tuple[str, str], Any]:
+    from ipywidgets.widgets.widget import Widget
+
+    found: dict[tuple[str, str], Any] = {}
+    todo = list(Widget.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        traits = cls.class_traits()
+        key = (traits["_model_module"].default_value, traits["_model_name"].default_value)
+        if key[0] in MODULES:
+            found.setdefault(key, cls)
+    return found
+
+
+_CLASSES: dict[tuple[str, str], Any] = {}
+
+
+def _model_class(module: str, name: str) -> Any:
+    if not _CLASSES:
+        _CLASSES.update(_model_classes())
+    cls = _CLASSES.get((module, name))
+    if cls is None:
+        raise Refused(f"a widget model {name!r} this kernel's ipywidgets does not have")
+    return cls
+
+
+def _is_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REF)
+
+
+def _fits(trait: Any, value: Any) -> bool:
+    """Whether ``value`` is what ``trait`` sends over the wire (JSON types, recursively)."""
+    import traitlets
+
+    kind = type(trait).__name__
+    if value is None:
+        return bool(getattr(trait, "allow_none", False)) or kind in ("CByteMemoryView",)
+    if kind in ("InstanceDict", "Instance"):
+        return _is_ref(value)
+    if kind == "WidgetTraitTuple":  # jslink/jsdlink: [IPY_MODEL_..., "attribute"]
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and _is_ref(value[0])
+            and isinstance(value[1], str)
+        )
+    if kind in ("Date", "Datetime", "Time"):
+        return isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in value.items()
+        )
+    if isinstance(trait, traitlets.Bool):
+        return isinstance(value, bool)
+    if isinstance(trait, traitlets.Int | traitlets.CInt):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(trait, traitlets.Float | traitlets.CFloat):
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(trait, traitlets.Unicode | traitlets.CUnicode | traitlets.Enum):
+        return isinstance(value, str)
+    if isinstance(trait, traitlets.Union):
+        return any(_fits(t, value) for t in trait.trait_types)
+    if isinstance(trait, traitlets.Container | traitlets.Tuple):
+        if not isinstance(value, list):
+            return False
+        inner = getattr(trait, "_trait", None)
+        if kind == "TypedTuple" and trait.metadata.get("to_json"):  # children: widgets
+            return all(_is_ref(v) for v in value)
+        if isinstance(inner, traitlets.TraitType):
+            return all(_fits(inner, v) for v in value)
+        traits = getattr(trait, "_traits", None)
+        if traits:
+            return len(value) == len(traits) and all(
+                _fits(t, v) for t, v in zip(traits, value, strict=True)
+            )
+        return all(isinstance(v, _SCALAR) for v in value)
+    return isinstance(value, _SCALAR)
+
+
+def _check_types(model: _Model, state: dict[str, Any]) -> None:
+    traits = _model_class(model.module, model.name).class_traits(sync=True)
+    for key, value in state.items():
+        trait = traits.get(key)
+        if trait is None:
+            raise Refused(f"widget state {str(key)[:40]!r} that a {model.name} does not have")
+        if model.name == "OutputModel" and key == "outputs":
+            continue  # rebuilt item by item (``_outputs``)
+        if type(trait).__name__ == "CByteMemoryView":
+            if value is not None:  # bytes come as a binary buffer, never in the JSON
+                raise Refused(f"{key!r} of a {model.name} given in the JSON")
+            continue
+        if not _fits(trait, value):
+            raise Refused(f"a {type(value).__name__} as {str(key)[:40]!r} of a {model.name}")
+
+
 class _Model:
     """What the kernel knows of one of a sandbox's widget models."""
 
@@ -72,6 +181,9 @@ class _Model:
         self.name = state.get("_model_name")
         self.view_module = state.get("_view_module")
         self.view = state.get("_view_name")
+        for v in (self.module, self.name, self.view_module, self.view):
+            if not isinstance(v, str | None):
+                raise Refused("a widget model whose names are not strings")
         if self.module not in MODULES or not isinstance(self.name, str):
             raise Refused(f"a widget model of {self.module!r}, not one of ipywidgets' own")
         if not self.name.endswith("Model"):
@@ -134,6 +246,7 @@ class Scope:
         self._refs(state)
         if sanitizer is None:
             return state
+        _check_types(model, state)  # before anything else: the checks below assume them
         out = dict(state)
         if "description_allow_html" in out:
             out["description_allow_html"] = False
@@ -164,12 +277,14 @@ class Scope:
         paths = data.get("buffer_paths") or []
         if not isinstance(paths, list) or len(paths) != len(buffers):
             raise Refused("binary buffers that do not match their buffer_paths")
-        checked = {"value", "placeholder", "outputs", "msg_id", "_dom_classes"}
         for path in paths:
             if not isinstance(path, list) or not path or not isinstance(path[0], str):
                 raise Refused("a malformed buffer path")
-            if path[0] in checked and not (model.name in MEDIA_MODELS and path[0] == "value"):
-                raise Refused(f"binary data in place of {path[0]!r}")
+            # Bytes only where ipywidgets sends bytes: a media widget's value. Anywhere
+            # else the browser reads a buffer as a truthy object (description_allow_html)
+            # or a string.
+            if path != ["value"] or model.name not in MEDIA_MODELS:
+                raise Refused(f"binary data in place of {str(path[0])[:40]!r}")
         try:
             return [base64.b64decode(b, validate=True) for b in buffers]
         except (binascii.Error, ValueError):
@@ -189,6 +304,8 @@ class Scope:
             self._relay(msg, parent=parent, sanitizer=sanitizer, deliver=deliver)
         except Refused as e:
             self.refused[str(e)] += 1
+        except Exception as e:  # hostile input must never break the cell
+            self.refused[f"a widget message the kernel could not read ({type(e).__name__})"] += 1
 
     def _relay(
         self,
@@ -201,6 +318,8 @@ class Scope:
         import comm
 
         kind, cid, data = msg["type"], msg["comm_id"], msg["data"]
+        if not isinstance(cid, str) or not isinstance(data, dict):
+            raise Refused("a malformed comm message")
         if kind == "comm_open":
             if msg["target_name"] != TARGET:
                 raise Refused(f"a comm to {msg['target_name'][:60]!r}, not to ipywidgets")
@@ -238,19 +357,18 @@ class Scope:
             return
         model = self.models[cid]
         method = data.get("method")
-        if method not in METHODS:
+        if not isinstance(method, str) or method not in METHODS:
             raise Refused(f"a widget message of method {str(method)[:40]!r}")
         buffers = self._buffers(data, msg["buffers"], model)
-        if method != "custom":
-            state = data.get("state")
-            if not isinstance(state, dict):
-                raise Refused("a widget update without state")
-            data = {
-                **data,
-                "state": self.check_state(
-                    model, state, parent=parent, sanitizer=sanitizer, opening=False
-                ),
-            }
+        state = data.get("state")
+        if not isinstance(state, dict):
+            raise Refused("a widget update without state")
+        data = {
+            **data,
+            "state": self.check_state(
+                model, state, parent=parent, sanitizer=sanitizer, opening=False
+            ),
+        }
         relayed.send(data=data, metadata=msg["metadata"], buffers=buffers)
 
     def _forget(self, cid: str) -> None:

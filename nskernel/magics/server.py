@@ -57,7 +57,7 @@ FACTS_TIMEOUT = 2.0
 # How long a completion or inspection may take in a named sandbox: the first one in a
 # sandbox sets up jedi (~1 s here, more on a loaded machine). The kernel waits, as a
 # plain kernel's completer makes it wait; a sandbox busy with a cell is not asked.
-ASK_TIMEOUT = 10.0
+ASK_TIMEOUT = 5.0  # longer would stall the kernel on a sandbox that never answers
 WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
 # After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
 # the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in

@@ -126,10 +126,16 @@ def _fail(fd: int, step: str, err: BaseException, namespace: str | None = None) 
 # ---------------------------------------------------------------- child side
 
 
-def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
-    """Steps 3-8. Runs in the forked setup child; returns its exit status."""
+def setup_child(plan: ChildPlan, pipes: Pipes, native_init: int | None) -> int:
+    """Steps 3-8. Runs in the forked setup child; returns its exit status.
+
+    ``native_init``: ``init.open_native()``, opened by the launcher before the fork (the
+    child's own Python work costs copy-on-write faults; the launcher's does not).
+    """
     rep = pipes.report_w
     keep = {rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds}
+    if native_init is not None:
+        keep.add(native_init)
     if plan.controlling_tty is not None:
         keep.add(plan.controlling_tty)
     if plan.mounts is not None:
@@ -141,7 +147,6 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
         os.setsid()  # the setup child is no group leader (forked): this cannot fail
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
-    native_init = init.open_native()  # before any namespace can hide it
 
     if plan.cgroup_dirs:
         try:  # before any namespace exists: every process of the sandbox is accounted

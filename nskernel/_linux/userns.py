@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
-import shutil
 
 NOBODY = 65534
 
@@ -160,6 +159,8 @@ def plan_id_maps(
             uid_row = (0, subuid[0], 1 if single_uid else subuid[1])
             return IdMapPlan((uid_row,), ((0, *subgid),), "direct", False)
         return IdMapPlan(((0, NOBODY, 1),), ((0, NOBODY, 1),), "direct", False)
+
+    import shutil  # here: its imports cost `nskernel run` milliseconds
 
     if use_subids and shutil.which("newuidmap") and shutil.which("newgidmap"):
         subuid = _subid_range("/etc/subuid", uid)

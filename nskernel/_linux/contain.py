@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -335,7 +334,14 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     rep = pipes.report_w
     if not _adopted_by_launcher(pipes.lifeline_r, arm=pid_ns):
         return 128 + signal.SIGKILL  # the launcher is gone: nobody may outlive it
-    wake_r, wake_w = init.prepare_signals()
+    if native_init is not None:
+        # nskernel-init takes the signals over from a signalfd: blocked from now on, they
+        # stay pending across its exec. No Python handlers, no wake-up pipe (a third of a
+        # millisecond of init's work before "ready", measured: copy-on-write faults).
+        signal.pthread_sigmask(signal.SIG_BLOCK, init.HANDLED)
+        wake_r = wake_w = -1
+    else:
+        wake_r, wake_w = init.prepare_signals()
     if not pid_ns:
         # Without a PID namespace, init is the subreaper its command's orphans come back
         # to, so it can kill them with the sandbox. Set before the fork: a command that
@@ -363,6 +369,9 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
             pid_namespace=pid_ns,
             sigint_to_group=to_group,
         )
+        if wake_r < 0:  # it could not: the Python loop needs its handlers, then the signals
+            wake_r, _ = init.prepare_signals()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, init.HANDLED)
     return init.run_init_loop(
         child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns, sigint_to_group=to_group
     )
@@ -405,7 +414,8 @@ def _command_main(
     try:
         init.reset_signals_for_command()
         for fd in (wake_r, wake_w, pipes.lifeline_r):
-            os.close(fd)
+            if fd >= 0:  # no wake-up pipe when nskernel-init takes over
+                os.close(fd)
         if native_init is not None:
             os.close(native_init)
         for fd in plan.pass_fds:
@@ -478,6 +488,8 @@ def _exec_failure(command: str, err: OSError, path: str | None) -> tuple[int, st
     execvp reports EACCES when any PATH entry was unsearchable, even if the command
     exists nowhere, so "not found" is decided by looking it up ourselves.
     """
+    import shutil  # only when exec failed: its imports cost every `nskernel run` otherwise
+
     if isinstance(err, FileNotFoundError) or (
         "/" not in command and not shutil.which(command, path=path)
     ):

@@ -98,10 +98,13 @@ def exec_native(
 
     The handled signals are blocked first: blocked signals stay pending across exec,
     where the native init reads them from a signalfd; those caught before that went to
-    the wake-up pipe, which it drains. On failure everything is as it was.
+    the wake-up pipe (``wake_r``; -1 when none was made: the signals were blocked from
+    the start), which it drains. On failure everything is as it was: the signal mask too,
+    so signals blocked before the call stay blocked until the caller has handlers.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    for f in (lifeline_fd, wake_r):
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    fds = [f for f in (lifeline_fd, wake_r) if f >= 0]
+    for f in fds:
         os.set_inheritable(f, True)
     argv = [
         "nskernel-init",
@@ -114,9 +117,9 @@ def exec_native(
     try:
         os.execve(fd, argv, os.environ)  # the environment only keeps init recognisable
     except OSError:  # e.g. a noexec mount: the caller runs the Python loop instead
-        for f in (lifeline_fd, wake_r):
+        for f in fds:
             os.set_inheritable(f, False)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
 def reset_signals_for_command() -> None:

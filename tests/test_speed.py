@@ -125,3 +125,92 @@ def test_facts_read_at_ready_are_the_sandboxs_final_ones():
         assert facts["confinement"]["no_new_privs"] is True
     finally:
         sb.kill()
+
+
+# ---------------------------------------------------------------- the command, started in C
+#
+# With nskernel-init, a command that is exec'd is forked by it and makes its last setup
+# steps in C (init.c, spawn_command) instead of in a fork of the Python init. What the
+# command starts with must be exactly what the Python path gives it.
+
+_STATE_SCRIPT = (
+    'grep -E "^(SigBlk|SigIgn|Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp)" /proc/self/status; '
+    "ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; "
+    "cut -d' ' -f5,6,8 /proc/$$/stat; ulimit -n; ulimit -u; umask; pwd; env | sort"
+)
+
+
+def _command_state(kind: str, monkeypatch, extra_fd: int) -> str:
+    from nskernel import Sandbox, SandboxSpec
+    from nskernel._linux import init
+
+    if kind == "python":
+        monkeypatch.setenv(init.INIT_ENV, "python")
+    else:
+        monkeypatch.delenv(init.INIT_ENV, raising=False)
+    r, w = os.pipe()
+    try:
+        env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "ODD": "a b\tc"}
+        sb = Sandbox.spawn(
+            SandboxSpec(env=env), ["sh", "-c", _STATE_SCRIPT], stdio=(0, w, 2), pass_fds=[extra_fd]
+        )
+        os.close(w)
+        w = -1
+        with os.fdopen(r, "rb") as f:
+            r = -1
+            out = f.read().decode()
+        assert sb.wait(timeout=30) == 0
+        return out
+    finally:
+        for fd in (r, w):
+            if fd >= 0:
+                os.close(fd)
+
+
+@pytest.mark.spawns_here
+def test_a_command_started_by_nskernel_init_starts_as_one_started_by_the_python_init(
+    monkeypatch,
+):
+    from nskernel._linux import init
+
+    if not os.access(init.NATIVE_INIT, os.X_OK):
+        pytest.skip("nskernel-init is not built here")
+    extra_r, extra_w = os.pipe()
+    try:
+        native = _command_state("native", monkeypatch, extra_w)
+        python = _command_state("python", monkeypatch, extra_w)
+    finally:
+        os.close(extra_r)
+        os.close(extra_w)
+    assert native == python
+    # And what both give: nothing blocked or ignored, no_new_privs, the filter, the fds.
+    assert "SigBlk:\t0000000000000000" in native
+    assert "SigIgn:\t0000000000000000" in native
+    assert "NoNewPrivs:\t1" in native and "Seccomp:\t2" in native
+    assert f"0 1 2 3 {extra_w} " in native or f"0 1 2 {extra_w} " in native
+
+
+@pytest.mark.spawns_here
+@pytest.mark.parametrize("kind", ["native", "python"])
+def test_exec_failures_say_the_same_with_either_init(kind, monkeypatch):
+    from nskernel import CommandNotFound, Sandbox, SandboxSpec
+    from nskernel._linux import init
+
+    if kind == "python":
+        monkeypatch.setenv(init.INIT_ENV, "python")
+    else:
+        monkeypatch.delenv(init.INIT_ENV, raising=False)
+        if not os.access(init.NATIVE_INIT, os.X_OK):
+            pytest.skip("nskernel-init is not built here")
+    cases = [
+        (["no-such-command-here"], 127, "command not found"),
+        (["/no/such/dir/cmd"], 127, "command not found"),
+        (["/etc"], 126, "Permission denied"),  # found, not runnable
+        (["/etc/passwd"], 126, "Permission denied"),
+    ]
+    spec = SandboxSpec(env={"PATH": "/usr/bin:/bin"})
+    for argv, code, text in cases:
+        with pytest.raises(CommandNotFound) as caught:
+            Sandbox.spawn(spec, argv)
+        assert caught.value.exit_code == code, argv
+        assert f"{argv[0]}: {text} inside the sandbox" in str(caught.value)

@@ -351,15 +351,32 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     if mntns.DEGRADED:
         report(rep, event="degraded", what=list(mntns.DEGRADED))
     report(rep, event="ready")  # step 12
+    # In a session of its own the command leads its own process group: init passes a
+    # SIGINT (the caller's Ctrl-C, forwarded) on to that group, as a terminal would.
+    to_group = plan.new_session
+    if native_init is not None and plan.target is None:
+        # 13+14 at once: nskernel-init forks the command and makes its last setup steps
+        # in C (init.c, spawn_command), so the command is not one more copy of this
+        # Python process (returns only if nskernel-init cannot be executed).
+        spawn_plan = _native_spawn_plan(plan, rep)
+        if spawn_plan is not None:
+            keep = (rep, *plan.pass_fds)
+            if plan.controlling_tty is not None:
+                keep += (plan.controlling_tty,)
+            init.spawn_native(
+                native_init,
+                spawn_plan,
+                keep,
+                pipes.lifeline_r,
+                pid_namespace=pid_ns,
+                sigint_to_group=to_group,
+            )
     # A command that is exec'd needs nothing of Python's at-fork handling; a target runs
     # on in Python (the caller's code: random must be reseeded, threading reset...).
     child = os.fork() if plan.target is not None else syscalls.fork_lean()
     if child == 0:
         _command_main(plan, pipes, wake_r, wake_w, native_init)  # never returns
     os.close(rep)
-    # In a session of its own the command leads its own process group: init passes a
-    # SIGINT (the caller's Ctrl-C, forwarded) on to that group, as a terminal would.
-    to_group = plan.new_session
     if native_init is not None:  # 14. become the native init (returns only if it cannot)
         init.exec_native(
             native_init,
@@ -375,6 +392,45 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     return init.run_init_loop(
         child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns, sigint_to_group=to_group
     )
+
+
+def _native_spawn_plan(plan: ChildPlan, report_fd: int) -> bytes | None:
+    """What nskernel-init needs to start the command (init.c, ``read_spawn_plan``, says
+    the format); None for what only the Python path reports properly (execve's
+    ValueError: a NUL byte in an argument, a variable name that is empty or holds "=")."""
+    assert plan.argv is not None
+    env = plan.env if plan.env is not None else os.environ
+    try:
+        argv = [os.fsencode(a) for a in plan.argv]
+        envp = []
+        for k, v in env.items():
+            key = os.fsencode(k)
+            if not key or b"=" in key:
+                return None
+            envp.append(key + b"=" + os.fsencode(v))
+    except (TypeError, UnicodeError):
+        return None
+    if any(b"\0" in x for x in (*argv, *envp)):
+        return None
+    c = plan.confinement
+    program = c.filter.program if c is not None and c.filter.program is not None else b""
+    numbers = [
+        report_fd,
+        int(plan.new_session),
+        -1 if plan.controlling_tty is None else plan.controlling_tty,
+        int(c is not None),
+        c.last_cap if c is not None else 0,
+        c.cap_mask if c is not None else 0,
+        c.filter.flags if c is not None and program else 0,
+        len(plan.pass_fds),
+        *plan.pass_fds,
+        len(plan.rlimits),
+        *(x for pair in plan.rlimits for x in pair),
+    ]
+    fields = [b"nsk1", *(str(n).encode() for n in numbers)]
+    fields += [str(len(argv)).encode(), *argv, str(len(envp)).encode(), *envp]
+    fields.append(str(len(program)).encode())
+    return b"\0".join(fields) + b"\0" + program
 
 
 def _adopted_by_launcher(lifeline_r: int, *, arm: bool) -> bool:

@@ -122,6 +122,51 @@ def exec_native(
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+def spawn_native(
+    fd: int,
+    plan: bytes,
+    keep_fds: tuple[int, ...],
+    lifeline_fd: int,
+    *,
+    pid_namespace: bool,
+    sigint_to_group: bool,
+) -> None:
+    """Become ``nskernel-init`` in spawn mode: it forks the command and makes the command's
+    last setup steps itself (``init.c``, ``spawn_command``). Returns only on failure, with
+    everything as it was (the caller then forks the command in Python).
+
+    ``plan``: ``contain._native_spawn_plan``, handed over in a memfd. ``keep_fds``: the
+    report pipe, the passed descriptors and the terminal, which must survive the exec
+    (nskernel-init closes its own copies once the command is forked). The handled signals
+    must be blocked already (see ``contain._start_command``).
+    """
+    mem = os.memfd_create("nskernel-spawn-plan", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(plan)
+        while view:
+            view = view[os.write(mem, view) :]
+        fds = [f for f in dict.fromkeys((lifeline_fd, mem, *keep_fds)) if f > 2]
+        was = {f: os.get_inheritable(f) for f in fds}
+        for f in fds:
+            os.set_inheritable(f, True)
+        argv = [
+            "nskernel-init",
+            "spawn",
+            str(lifeline_fd),
+            "-1",
+            str(int(pid_namespace)),
+            str(int(sigint_to_group)),
+            str(mem),
+        ]
+        try:
+            os.execve(fd, argv, os.environ)
+        except OSError:  # e.g. a noexec mount: the caller forks the command in Python
+            for f, inheritable in was.items():
+                os.set_inheritable(f, inheritable)
+    finally:
+        os.close(mem)
+
+
 def reset_signals_for_command() -> None:
     """The command must start with default dispositions and an empty mask."""
     signal.set_wakeup_fd(-1)

@@ -406,13 +406,27 @@ static void close_all_but(int *keep, int n) {
         unsigned int hi = i < n ? (unsigned int)keep[i] : ~0U;
         if (i < n && keep[i] < 3)
             continue;
-        if (hi > lo && syscall(SYS_close_range, lo, hi - 1, 0) != 0) {
-            struct rlimit rl;
-            unsigned int top = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (1U << 20)
-                                   ? (unsigned int)rl.rlim_cur
-                                   : (1U << 20);
-            for (unsigned int fd = lo; fd < hi && fd < top; fd++)
-                close((int)fd);
+#ifdef SYS_close_range
+        long closed = hi > lo ? syscall(SYS_close_range, lo, hi - 1, 0) : 0;
+#else
+        long closed = -1; /* headers older than Linux 5.9: one by one */
+#endif
+        if (hi > lo && closed != 0) {
+            /* The open ones, as listed (the sandbox's own /proc is mounted by now); a
+             * descriptor may lie above RLIMIT_NOFILE if the limit was lowered later. */
+            DIR *d = opendir("/proc/self/fd");
+            if (d) {
+                struct dirent *e;
+                while ((e = readdir(d)) != NULL) {
+                    long fd = strtol(e->d_name, NULL, 10);
+                    if (e->d_name[0] != '.' && fd >= (long)lo && fd < (long)hi && fd != dirfd(d))
+                        close((int)fd);
+                }
+                closedir(d);
+            } else {
+                for (unsigned int fd = lo; fd < hi && fd < (1U << 20); fd++)
+                    close((int)fd);
+            }
         }
         if (i < n)
             lo = (unsigned int)keep[i] + 1;

@@ -28,6 +28,7 @@ from benchmarks.harness import (
     case,
     group,
     in_fresh_interpreter,
+    ratio,
     time_calls,
     time_command,
 )
@@ -180,3 +181,8 @@ def api_callable(plan: Plan) -> list[float]:
 
 for _payload in engines.PAYLOADS:
     _register(_payload)
+
+
+# Issue 19's targets, as ratios computed in the same run.
+ratio("Sandbox.spawn true / unshare true", "true.nskernel-api", "true.unshare", target=1.2)
+ratio("nskernel run true / python3 -I -c pass", "true.nskernel-cli", "python.host", target=2.0)

@@ -8,6 +8,7 @@ never call this directly, they start a fresh process that does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -204,7 +205,6 @@ class Sandbox:
 
         try:
             sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname, applied)
-            sb.confinement = confinement
         except BaseException:
             applied.remove_from_parent()
             raise
@@ -226,8 +226,7 @@ class Sandbox:
                     f"missing: {why}. They work the same but each holds more memory; install "
                     "a C compiler (Debian: gcc libc6-dev) and reinstall nskernel."
                 )
-        sb.warnings = warnings
-        sb.facts()  # read now: once the sandbox is gone, /proc has nothing left to tell
+        sb.warnings = warnings  # its facts were read in _spawn, while /proc still had them
         return sb
 
     @classmethod
@@ -241,18 +240,26 @@ class Sandbox:
         applied: limits.AppliedLimits,
     ) -> Sandbox:
         pipes = contain.Pipes.create()
-        setup_pid = syscalls.fork_lean()  # the setup child runs only nskernel's code
+        native_init = init.open_native()  # before any namespace can hide it
+        try:
+            setup_pid = syscalls.fork_lean()  # the setup child runs only nskernel's code
+        except BaseException:
+            for fd in (*dataclasses.astuple(pipes), native_init):
+                if fd is not None:
+                    os.close(fd)
+            raise
         if setup_pid == 0:
             code = 1
             try:
-                code = contain.setup_child(child_plan, pipes)
+                code = contain.setup_child(child_plan, pipes, native_init)
             except BaseException as e:
                 contain._fail(pipes.report_w, "setup", e)
             finally:
                 os._exit(code)
 
-        for fd in (pipes.report_w, pipes.go_r, pipes.lifeline_r):
-            os.close(fd)
+        for fd in (pipes.report_w, pipes.go_r, pipes.lifeline_r, native_init):
+            if fd is not None:
+                os.close(fd)
         reader = _Reports(pipes.report_r)
         init_pid: int | None = None
         degraded: list[str] = []
@@ -294,6 +301,14 @@ class Sandbox:
                         os.write(pipes.lifeline_w, b"a")
                     except BrokenPipeError:
                         pass  # init failed already: its report of why comes next
+            assert init_pid is not None
+            sb = cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname, applied)
+            sb.degraded = degraded
+            sb.confinement = child_plan.confinement
+            # The facts now, while init forks the command on the other core: they are
+            # init's alone (its namespaces and maps are final at "ready"), and reading
+            # them before any code of the sandbox runs reads nothing it could have staged.
+            sb.facts()
             # With a command, EOF now means it was exec'd (the pipe is close-on-exec), or
             # an error says why not. A target needs no such wait: init forks it next and
             # it starts on its own, while the caller gets on (e.g. attaching a network).
@@ -317,8 +332,6 @@ class Sandbox:
             raise
         finally:
             os.close(pipes.report_r)
-        sb = cls(spec, init_pid, pipes.lifeline_w, namespaces, hostname, applied)
-        sb.degraded = degraded
         return sb
 
     # ------------------------------------------------------------ facts

@@ -47,7 +47,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -126,10 +125,16 @@ def _fail(fd: int, step: str, err: BaseException, namespace: str | None = None) 
 # ---------------------------------------------------------------- child side
 
 
-def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
-    """Steps 3-8. Runs in the forked setup child; returns its exit status."""
+def setup_child(plan: ChildPlan, pipes: Pipes, native_init: int | None) -> int:
+    """Steps 3-8. Runs in the forked setup child; returns its exit status.
+
+    ``native_init``: ``init.open_native()``, opened by the launcher before the fork (the
+    child's own Python work costs copy-on-write faults; the launcher's does not).
+    """
     rep = pipes.report_w
     keep = {rep, pipes.go_r, pipes.lifeline_r, *plan.pass_fds}
+    if native_init is not None:
+        keep.add(native_init)
     if plan.controlling_tty is not None:
         keep.add(plan.controlling_tty)
     if plan.mounts is not None:
@@ -141,7 +146,6 @@ def setup_child(plan: ChildPlan, pipes: Pipes) -> int:
         os.setsid()  # the setup child is no group leader (forked): this cannot fail
     # The setup child must not outlive the launcher while it waits for the maps.
     syscalls.prctl(syscalls.PR_SET_PDEATHSIG, 9)
-    native_init = init.open_native()  # before any namespace can hide it
 
     if plan.cgroup_dirs:
         try:  # before any namespace exists: every process of the sandbox is accounted
@@ -330,7 +334,14 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     rep = pipes.report_w
     if not _adopted_by_launcher(pipes.lifeline_r, arm=pid_ns):
         return 128 + signal.SIGKILL  # the launcher is gone: nobody may outlive it
-    wake_r, wake_w = init.prepare_signals()
+    if native_init is not None:
+        # nskernel-init takes the signals over from a signalfd: blocked from now on, they
+        # stay pending across its exec. No Python handlers, no wake-up pipe (a third of a
+        # millisecond of init's work before "ready", measured: copy-on-write faults).
+        signal.pthread_sigmask(signal.SIG_BLOCK, init.HANDLED)
+        wake_r = wake_w = -1
+    else:
+        wake_r, wake_w = init.prepare_signals()
     if not pid_ns:
         # Without a PID namespace, init is the subreaper its command's orphans come back
         # to, so it can kill them with the sandbox. Set before the fork: a command that
@@ -340,15 +351,32 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
     if mntns.DEGRADED:
         report(rep, event="degraded", what=list(mntns.DEGRADED))
     report(rep, event="ready")  # step 12
+    # In a session of its own the command leads its own process group: init passes a
+    # SIGINT (the caller's Ctrl-C, forwarded) on to that group, as a terminal would.
+    to_group = plan.new_session
+    if native_init is not None and plan.target is None:
+        # 13+14 at once: nskernel-init forks the command and makes its last setup steps
+        # in C (init.c, spawn_command), so the command is not one more copy of this
+        # Python process (returns only if nskernel-init cannot be executed).
+        spawn_plan = _native_spawn_plan(plan, rep)
+        if spawn_plan is not None:
+            keep = (rep, *plan.pass_fds)
+            if plan.controlling_tty is not None:
+                keep += (plan.controlling_tty,)
+            init.spawn_native(
+                native_init,
+                spawn_plan,
+                keep,
+                pipes.lifeline_r,
+                pid_namespace=pid_ns,
+                sigint_to_group=to_group,
+            )
     # A command that is exec'd needs nothing of Python's at-fork handling; a target runs
     # on in Python (the caller's code: random must be reseeded, threading reset...).
     child = os.fork() if plan.target is not None else syscalls.fork_lean()
     if child == 0:
         _command_main(plan, pipes, wake_r, wake_w, native_init)  # never returns
     os.close(rep)
-    # In a session of its own the command leads its own process group: init passes a
-    # SIGINT (the caller's Ctrl-C, forwarded) on to that group, as a terminal would.
-    to_group = plan.new_session
     if native_init is not None:  # 14. become the native init (returns only if it cannot)
         init.exec_native(
             native_init,
@@ -358,9 +386,51 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
             pid_namespace=pid_ns,
             sigint_to_group=to_group,
         )
+        if wake_r < 0:  # it could not: the Python loop needs its handlers, then the signals
+            wake_r, _ = init.prepare_signals()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, init.HANDLED)
     return init.run_init_loop(
         child, pipes.lifeline_r, wake_r, pid_namespace=pid_ns, sigint_to_group=to_group
     )
+
+
+def _native_spawn_plan(plan: ChildPlan, report_fd: int) -> bytes | None:
+    """What nskernel-init needs to start the command (init.c, ``read_spawn_plan``, says
+    the format); None for what only the Python path reports properly (execve's
+    ValueError: a NUL byte in an argument, a variable name that is empty or holds "=")."""
+    assert plan.argv is not None
+    env = plan.env if plan.env is not None else os.environ
+    try:
+        argv = [os.fsencode(a) for a in plan.argv]
+        envp = []
+        for k, v in env.items():
+            key = os.fsencode(k)
+            if not key or b"=" in key:
+                return None
+            envp.append(key + b"=" + os.fsencode(v))
+    except (TypeError, UnicodeError):
+        return None
+    if any(b"\0" in x for x in (*argv, *envp)):
+        return None
+    c = plan.confinement
+    program = c.filter.program if c is not None and c.filter.program is not None else b""
+    numbers = [
+        report_fd,
+        int(plan.new_session),
+        -1 if plan.controlling_tty is None else plan.controlling_tty,
+        int(c is not None),
+        c.last_cap if c is not None else 0,
+        c.cap_mask if c is not None else 0,
+        c.filter.flags if c is not None and program else 0,
+        len(plan.pass_fds),
+        *plan.pass_fds,
+        len(plan.rlimits),
+        *(x for pair in plan.rlimits for x in pair),
+    ]
+    fields = [b"nsk1", *(str(n).encode() for n in numbers)]
+    fields += [str(len(argv)).encode(), *argv, str(len(envp)).encode(), *envp]
+    fields.append(str(len(program)).encode())
+    return b"\0".join(fields) + b"\0" + program
 
 
 def _adopted_by_launcher(lifeline_r: int, *, arm: bool) -> bool:
@@ -400,7 +470,8 @@ def _command_main(
     try:
         init.reset_signals_for_command()
         for fd in (wake_r, wake_w, pipes.lifeline_r):
-            os.close(fd)
+            if fd >= 0:  # no wake-up pipe when nskernel-init takes over
+                os.close(fd)
         if native_init is not None:
             os.close(native_init)
         for fd in plan.pass_fds:
@@ -473,6 +544,8 @@ def _exec_failure(command: str, err: OSError, path: str | None) -> tuple[int, st
     execvp reports EACCES when any PATH entry was unsearchable, even if the command
     exists nowhere, so "not found" is decided by looking it up ourselves.
     """
+    import shutil  # only when exec failed: its imports cost every `nskernel run` otherwise
+
     if isinstance(err, FileNotFoundError) or (
         "/" not in command and not shutil.which(command, path=path)
     ):

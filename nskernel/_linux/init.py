@@ -98,10 +98,13 @@ def exec_native(
 
     The handled signals are blocked first: blocked signals stay pending across exec,
     where the native init reads them from a signalfd; those caught before that went to
-    the wake-up pipe, which it drains. On failure everything is as it was.
+    the wake-up pipe (``wake_r``; -1 when none was made: the signals were blocked from
+    the start), which it drains. On failure everything is as it was: the signal mask too,
+    so signals blocked before the call stay blocked until the caller has handlers.
     """
-    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    for f in (lifeline_fd, wake_r):
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    fds = [f for f in (lifeline_fd, wake_r) if f >= 0]
+    for f in fds:
         os.set_inheritable(f, True)
     argv = [
         "nskernel-init",
@@ -114,9 +117,54 @@ def exec_native(
     try:
         os.execve(fd, argv, os.environ)  # the environment only keeps init recognisable
     except OSError:  # e.g. a noexec mount: the caller runs the Python loop instead
-        for f in (lifeline_fd, wake_r):
+        for f in fds:
             os.set_inheritable(f, False)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def spawn_native(
+    fd: int,
+    plan: bytes,
+    keep_fds: tuple[int, ...],
+    lifeline_fd: int,
+    *,
+    pid_namespace: bool,
+    sigint_to_group: bool,
+) -> None:
+    """Become ``nskernel-init`` in spawn mode: it forks the command and makes the command's
+    last setup steps itself (``init.c``, ``spawn_command``). Returns only on failure, with
+    everything as it was (the caller then forks the command in Python).
+
+    ``plan``: ``contain._native_spawn_plan``, handed over in a memfd. ``keep_fds``: the
+    report pipe, the passed descriptors and the terminal, which must survive the exec
+    (nskernel-init closes its own copies once the command is forked). The handled signals
+    must be blocked already (see ``contain._start_command``).
+    """
+    mem = os.memfd_create("nskernel-spawn-plan", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(plan)
+        while view:
+            view = view[os.write(mem, view) :]
+        fds = [f for f in dict.fromkeys((lifeline_fd, mem, *keep_fds)) if f > 2]
+        was = {f: os.get_inheritable(f) for f in fds}
+        for f in fds:
+            os.set_inheritable(f, True)
+        argv = [
+            "nskernel-init",
+            "spawn",
+            str(lifeline_fd),
+            "-1",
+            str(int(pid_namespace)),
+            str(int(sigint_to_group)),
+            str(mem),
+        ]
+        try:
+            os.execve(fd, argv, os.environ)
+        except OSError:  # e.g. a noexec mount: the caller forks the command in Python
+            for f, inheritable in was.items():
+                os.set_inheritable(f, inheritable)
+    finally:
+        os.close(mem)
 
 
 def reset_signals_for_command() -> None:

@@ -194,7 +194,10 @@ def _minimal_dev(dev: str, *, devpts_now: bool) -> None:
         host = "/dev/" + name
         if not os.path.exists(host):
             continue
-        open(f"{dev}/{name}", "w").close()  # a mount point for the node
+        # A mount point for the node. os.open, not open(): Python's file objects cost
+        # this forked process allocations and four more syscalls per node.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW
+        os.close(os.open(f"{dev}/{name}", flags, 0o666))
         _step(f"bind {host}", sc.mount, host, f"{dev}/{name}", None, sc.MS_BIND)
     for name, target in DEV_LINKS:
         os.symlink(target, f"{dev}/{name}")

@@ -36,19 +36,18 @@ import ctypes
 import dataclasses
 import errno as errno_mod
 import functools
-import hashlib
 import json
 import os
 import stat
 import struct
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
 
 from ..errors import SpecError
 from . import syscalls
 
 DEFAULT = "default"
+DEFAULT_PROFILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles/default.json")
 UNCONFINED = "unconfined"
 
 # prctl(2) / seccomp(2).
@@ -156,6 +155,8 @@ class Filter:
         }
         if self.program is not None:
             out["instructions"] = self.instructions
+            import hashlib  # here, not at import: OpenSSL's load showed in `nskernel run`
+
             out["sha256"] = hashlib.sha256(self.program).hexdigest()
             out["architectures"] = list(self.architectures)
             if self.flags:
@@ -204,7 +205,10 @@ def load(choice: str, *, capabilities: frozenset[str], allow_new_userns: bool = 
 
 @functools.lru_cache(maxsize=16)
 def _load_default(caps_key: frozenset[str], allow_new_userns: bool) -> Filter:
-    text = resources.files(__package__).joinpath("profiles/default.json").read_text()
+    # A plain file beside this module (nskernel is never imported from a zip: it ships a
+    # binary): importlib.resources would cost `nskernel run` ~4 ms of imports.
+    with open(DEFAULT_PROFILE, encoding="utf-8") as f:
+        text = f.read()
     profile = _parse(DEFAULT, text)
     if allow_new_userns:
         profile = nesting_variant(profile)

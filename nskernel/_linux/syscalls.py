@@ -10,6 +10,7 @@ Every wrapper raises ``OSError`` with errno set, so callers can explain failures
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 import os
 import select
@@ -131,6 +132,7 @@ def _enc(path: str | None) -> bytes | None:
     return None if path is None else os.fsencode(path)
 
 
+@functools.cache  # the machine does not change; uname(2) per call showed in every spawn
 def _syscall_number(name: str) -> int:
     try:
         return _SYSCALL_NUMBERS[os.uname().machine][name]

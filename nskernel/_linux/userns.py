@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
-import shutil
 
 NOBODY = 65534
 
@@ -161,6 +160,8 @@ def plan_id_maps(
             return IdMapPlan((uid_row,), ((0, *subgid),), "direct", False)
         return IdMapPlan(((0, NOBODY, 1),), ((0, NOBODY, 1),), "direct", False)
 
+    import shutil  # here: its imports cost `nskernel run` milliseconds
+
     if use_subids and shutil.which("newuidmap") and shutil.which("newgidmap"):
         subuid = _subid_range("/etc/subuid", uid)
         subgid = _subid_range("/etc/subgid", uid)
@@ -296,11 +297,18 @@ def write_nested_maps_from_setup_child(
 
 
 def _setgroups_allowed_here() -> bool:
+    # os.open, not open(): this runs in a forked setup process, where each of Python's
+    # file objects costs allocations (copy-on-write faults) and four more syscalls.
     try:
-        with open("/proc/self/setgroups") as f:
-            return f.read().strip() == "allow"
+        fd = os.open("/proc/self/setgroups", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return True
+    try:
+        return os.read(fd, 64).strip() == b"allow"
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def become_root_from_child(*, setgroups_allowed: bool) -> None:

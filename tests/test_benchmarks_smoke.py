@@ -56,7 +56,10 @@ def test_quick_benchmark_run_reports_every_case(tmp_path: Path) -> None:
     for cid, entry in results["cases"].items():
         if entry["status"] == "ok":
             assert entry["n"] == 3 == len(entry["samples"]), cid
-            assert 0 < entry["median"] <= entry["p95"] <= entry["max"], cid
+            assert entry["median"] <= entry["p95"] <= entry["max"], cid
+            # An overhead is a difference of two timings: with 3 samples on a loaded
+            # machine its median may fall below zero. Every other figure is a time.
+            assert "overhead" in cid or entry["median"] > 0, cid
         else:
             # "failed" is a tool failing on this machine, acceptable unless the machine must
             # work (CI's NSKERNEL_MUST_WORK=1); "error" is a bug in the benchmark, never.

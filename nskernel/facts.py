@@ -585,13 +585,13 @@ def _own_namespace_ids() -> dict[str, int]:
     return namespace_ids("self")
 
 
-def host_facts(*, arguments: bool = True) -> Facts:
+def host_facts(*, arguments: bool = False) -> Facts:
     """Facts of the host: the namespaces this (host-side) process is in.
 
-    ``arguments=False`` for facts handed to a sandbox (the sandboxed kernel's host column):
-    processes by name only, because command lines carry secrets (a server's
-    ``--IdentityProvider.token=...``, passwords given as arguments) that a sandbox must not
-    read.
+    Processes by name only (what ``ps -e`` shows any local user) unless ``arguments``:
+    command lines carry secrets (a server's ``--IdentityProvider.token=...``, passwords
+    given as arguments), and the host column goes where they must not: into a sandbox
+    (the sandboxed kernel's snapshot) and into notebooks people save and share.
     """
     return gather_here(name="host", kind="host", arguments=arguments)
 

@@ -308,6 +308,16 @@ def test_interrupt(shared: Running, code: str) -> None:
     assert reply["content"]["status"] == "error"
     assert reply["content"]["ename"] == "KeyboardInterrupt"
     assert time.monotonic() - t0 < 5
+    # ipykernel aborts what arrives after an error until it has queued its own "stop
+    # aborting", which it does before it says idle: the next cell waits for that.
+    while True:
+        msg = shared.kc.get_iopub_msg(timeout=15)
+        if (
+            msg["parent_header"].get("msg_id") == msg_id
+            and msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == "idle"
+        ):
+            break
     wait_for(lambda: descendants(shared.launcher) <= before, 5, "the sleep to be gone")
     assert shared.run("print('still alive')")["stdout"] == "still alive\n"
 

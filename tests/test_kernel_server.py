@@ -181,6 +181,16 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
                 assert msg["content"]["ename"] == "KeyboardInterrupt"
                 break
         assert time.monotonic() - t0 < 5
+        # ipykernel aborts what arrives after an error until it has queued its own "stop
+        # aborting", which it does before it says idle: the next request waits for that.
+        while True:
+            msg = json.loads(ch.ws.recv())
+            if (
+                msg["msg_type"] == "status"
+                and msg["parent_header"].get("msg_id") == msg_id
+                and msg["content"]["execution_state"] == "idle"
+            ):
+                break
 
         ids1 = _ns(ch)
         held = hold_namespaces(descendants(server.proc.pid))

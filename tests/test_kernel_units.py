@@ -4,6 +4,7 @@ directory sweep, removal of what a sandbox left, and the terminal relay's text f
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import socket
@@ -305,3 +306,29 @@ def test_only_a_socket_of_sandbox_roots_is_published_to_the_server(tmp_path: Pat
         kernel.close()
         daemon.close()
     assert sorted(os.listdir(ep)) == ["k-1"]  # nothing else, no temporary names
+
+
+def test_the_launcher_takes_the_filter_the_provisioner_compiled(tmp_path: Path) -> None:
+    """The provisioner hands its compiled filter to each launcher (a fresh process that
+    spent ~9 ms compiling it again); what it takes is exactly that filter, and anything
+    unreadable is compiled again instead (never a weaker filter)."""
+    code = textwrap.dedent(
+        """
+        import argparse, json, os, sys
+        from nskernel._linux import confine, seccomp
+        from nskernel.kernel import launch
+        given = confine.plan("default", allow_new_userns=True).filter
+        fd = os.memfd_create("f")
+        os.write(fd, sys.argv[1].encode() if sys.argv[1] != "-" else seccomp.serialize(given))
+        args = argparse.Namespace(seccomp_filter_fd=fd, seccomp="default", cap_add=[], cap_drop=[])
+        launch._preload_filter(args)
+        got = confine.plan("default", allow_new_userns=True).filter
+        print(json.dumps([got.program == given.program, got is given,
+                          bool(seccomp._PRELOADED)]))
+        """
+    )
+    for data, expect in (("-", [True, False, True]), ("not json", [True, True, False])):
+        res = subprocess.run(
+            [sys.executable, "-c", code, data], capture_output=True, text=True, check=True
+        )
+        assert json.loads(res.stdout) == expect, (data, res.stdout, res.stderr)

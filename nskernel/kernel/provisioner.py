@@ -336,6 +336,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
 
     kernel_dir: str | None = None
     _lifeline_w: int | None = None
+    _filter_bytes: bytes | None = None
     _sandbox_pidfd: int | None = None
 
     def _limit_args(self) -> list[str]:
@@ -372,10 +373,15 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     def _confinement_args(self) -> list[str]:
         """The launcher's --seccomp/--cap-* arguments, checked (and compiled) here first:
         a broken profile stops the start with its reason, before anything is made."""
-        from .._linux import confine
+        from .._linux import confine, seccomp
 
         try:
-            confine.plan(self.seccomp, cap_add=self.cap_add, cap_drop=self.cap_drop)
+            # As the launcher will use it (the kernel's sandbox may make user namespaces,
+            # for %%sandbox inside); compiled once per server, handed to every launcher.
+            planned = confine.plan(
+                self.seccomp, cap_add=self.cap_add, cap_drop=self.cap_drop, allow_new_userns=True
+            )
+            self._filter_bytes = seccomp.serialize(planned.filter)
         except SpecError as e:
             msg = f"kernel.json: {e} (reinstall with nskernel install --seccomp/--cap-*)"
             raise KernelSandboxUnavailable(msg) from None
@@ -454,15 +460,22 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         cmd = list(cmd)
         at = cmd.index("--")
         cmd[at:at] = ["--lifeline-fd", str(life_r), "--status-fd", str(status_w)]
-        kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), life_r, status_w)
+        passed = [life_r, status_w]
+        if self._filter_bytes is not None:
+            # The syscall filter, compiled here already: the launcher need not again.
+            filter_fd = os.memfd_create("nskernel-filter", os.MFD_CLOEXEC)
+            os.write(filter_fd, self._filter_bytes)
+            cmd[at:at] = ["--seccomp-filter-fd", str(filter_fd)]
+            passed.append(filter_fd)
+        kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), *passed)
         try:
             info = await super().launch_kernel(cmd, **kwargs)
         except BaseException:
-            for fd in (life_r, life_w, status_r, status_w):
+            for fd in (*passed, life_w, status_r):
                 os.close(fd)
             raise
-        os.close(life_r)
-        os.close(status_w)
+        for fd in passed:
+            os.close(fd)
         self._lifeline_w = life_w
         status = await asyncio.get_running_loop().run_in_executor(None, _read_status, status_r)
         if not status.get("ok"):

@@ -64,6 +64,8 @@ class SandboxedKernelConformance(jkt.KernelTests):
         if problem:
             raise unittest.SkipTest(problem)
         cls._tmp = tempfile.mkdtemp(prefix="nsk-conformance-")
+        # Also when the kernel fails to start below (then tearDownClass never runs).
+        cls.addClassCleanup(shutil.rmtree, cls._tmp, ignore_errors=True)
         kernels = install_kernelspecs(Path(cls._tmp) / "prefix")
         cls.km = KernelManager(
             kernel_name=cls.kernel_name,
@@ -74,8 +76,3 @@ class SandboxedKernelConformance(jkt.KernelTests):
         cls.kc = cls.km.client()
         cls.kc.start_channels()
         cls.kc.wait_for_ready(timeout=60)
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        super().tearDownClass()
-        shutil.rmtree(cls._tmp, ignore_errors=True)

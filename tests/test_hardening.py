@@ -255,13 +255,15 @@ print(json.dumps({"groups": line.split()[1:], "getgroups": os.getgroups()}))
 """
 
 
-def _as_user_with_an_extra_group(*args: str) -> subprocess.CompletedProcess[str]:
-    """`nskernel run ARGS` as uid 4321 (no /etc/subuid range) in extra group 4999."""
+def _as_user_with_an_extra_group(
+    *args: str, command: str = "run", timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """`nskernel COMMAND ARGS` as uid 4321 (no /etc/subuid range) in extra group 4999."""
     return subprocess.run(
-        [sys.executable, "-m", "nskernel", "run", *args],
+        [sys.executable, "-m", "nskernel", command, *args],
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         cwd="/",
         user=4321,
         group=4321,
@@ -509,20 +511,7 @@ def test_kernel_shutdown_ends_a_sandboxed_kernel_that_stopped_its_init(tmp_path)
 
 @pytest.mark.root
 def test_doctor_says_up_front_when_groups_cannot_be_dropped():
-    r = subprocess.run(
-        [sys.executable, "-m", "nskernel", "doctor"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        user=4321,
-        group=4321,
-        extra_groups=[4999],
-        env={
-            **{k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")},
-            "HOME": "/nonexistent",
-        },
-    )
+    r = _as_user_with_an_extra_group(command="doctor", timeout=120)
     assert r.returncode == 1, r.stdout
     assert "supplementary groups: 4999 CANNOT be dropped" in r.stdout
     assert "--add-subgids" in r.stdout and "--keep-groups" in r.stdout

@@ -7,12 +7,13 @@ touched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,32 @@ def owned_kernel_dirs(pid: int) -> set[str]:
         except (OSError, IndexError):
             continue
     return found
+
+
+@contextlib.contextmanager
+def started_kernel(
+    ksm: Any, cwd: Path, name: str = KERNEL_NAME, env: dict[str, str] | None = None
+) -> Iterator[tuple[Any, Any]]:
+    """A started sandboxed kernel's (KernelManager, client); afterwards, asserts that none
+    of its processes and not its kernel directory is left."""
+    from jupyter_client.manager import KernelManager
+
+    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(cwd), **({"env": env} if env is not None else {}))
+    kc = km.client()
+    kc.start_channels()
+    launcher = km.provisioner.pid
+    kernel_dir = km.provisioner.kernel_dir
+    assert kernel_dir in owned_kernel_dirs(os.getpid())
+    procs: set[int] = set()
+    try:
+        kc.wait_for_ready(timeout=60)
+        procs = descendants(launcher)
+        yield km, kc
+    finally:
+        procs |= descendants(launcher)
+        kc.stop_channels()
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+    wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
+    assert not os.path.exists(kernel_dir), "the kernel's directory was not removed"

@@ -37,8 +37,8 @@ from tests.kernel_helpers import (
     descendants,
     hold_namespaces,
     install_kernelspecs,
-    owned_kernel_dirs,
     run_cell,
+    started_kernel,
     wait_for,
 )
 
@@ -83,25 +83,8 @@ def kernel(
     env: dict[str, str] | None = None,
 ) -> Iterator[Running]:
     """A started sandboxed kernel; afterwards, asserts nothing of it is left."""
-    km = KernelManager(kernel_name=name, kernel_spec_manager=ksm)
-    km.start_kernel(cwd=str(cwd), **({"env": env} if env is not None else {}))
-    kc = km.client()
-    kc.start_channels()
-    launcher = km.provisioner.pid
-    kernel_dir = km.provisioner.kernel_dir
-    assert kernel_dir in owned_kernel_dirs(os.getpid())
-    procs: set[int] = set()
-    try:
-        kc.wait_for_ready(timeout=60)
-        procs = descendants(launcher)
+    with started_kernel(ksm, cwd, name, env) as (km, kc):
         yield Running(km, kc, cwd)
-    finally:
-        procs |= descendants(launcher)
-        kc.stop_channels()
-        if km.has_kernel:
-            km.shutdown_kernel(now=False)
-    wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
-    assert not os.path.exists(kernel_dir), "the kernel's directory was not removed"
 
 
 def not_roots(directory: Path) -> None:

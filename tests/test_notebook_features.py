@@ -31,11 +31,10 @@ from jupyter_client.manager import KernelManager
 from tests.conftest import nskernel_cmd
 from tests.kernel_helpers import (
     KERNEL_NAME,
-    alive,
     descendants,
     install_kernelspecs,
     jupyter_env,
-    wait_for,
+    started_kernel,
 )
 from tests.magic_helpers import Output, Result, execute
 from tests.magic_helpers import kernel as plain_kernel
@@ -79,21 +78,8 @@ def sk(prefix: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kerne
     """The sandboxed kernel; afterwards, nothing of it may be left."""
     nb = _notebook_dir(tmp_path_factory, "sk")
     ksm = KernelSpecManager(kernel_dirs=[str(prefix / "share" / "jupyter" / "kernels")])
-    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
-    km.start_kernel(cwd=str(nb))
-    launcher = km.provisioner.pid
-    kc = km.client()
-    kc.start_channels()
-    procs: set[int] = set()
-    try:
-        kc.wait_for_ready(timeout=60)
-        procs = descendants(launcher)
+    with started_kernel(ksm, nb) as (km, kc):
         yield Kernel(kc, km, nb)
-    finally:
-        procs |= descendants(launcher)
-        kc.stop_channels()
-        km.shutdown_kernel(now=False)
-    wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
 
 
 @pytest.fixture(scope="module")

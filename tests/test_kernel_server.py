@@ -96,14 +96,30 @@ class Channels:
 
     def execute(self, code: str, timeout: float = 60) -> dict[str, Any]:
         msg_id = self.send("execute_request", {"code": code, "silent": False})
+        return self.wait(msg_id, timeout, what=repr(code[:60]))
+
+    def wait(self, msg_id: str, timeout: float = 60, what: str = "") -> dict[str, Any]:
+        """Collect what answers request `msg_id` until both its reply and its idle status came.
+
+        Both are needed, in whichever order they arrive: shell and IOPub reach the websocket
+        independently, so the idle status may come before the reply (waiting for one, then the
+        other, once hung CI for the full test timeout).
+        """
+        import websocket
+
         out: dict[str, Any] = {"stdout": "", "error": None, "reply": None, "idle": False}
         deadline = time.monotonic() + timeout
         while not (out["reply"] and out["idle"]):
             left = deadline - time.monotonic()
             if left <= 0:  # other messages (e.g. a kernel restarting) may keep coming
-                raise TimeoutError(f"no reply to {code[:60]!r} within {timeout} s: {out}")
-            self.ws.settimeout(left)
-            msg = json.loads(self.ws.recv())
+                raise TimeoutError(f"no reply to {what or msg_id} within {timeout} s: {out}")
+            # Short reads: jupyter_server pings every 30 s, and a ping read inside recv()
+            # restarts the socket's timeout, so one long recv() could outlive the deadline.
+            self.ws.settimeout(min(left, 5))
+            try:
+                msg = json.loads(self.ws.recv())
+            except websocket.WebSocketTimeoutException:
+                continue
             if msg.get("parent_header", {}).get("msg_id") != msg_id:
                 continue
             kind, content = msg["msg_type"], msg["content"]
@@ -175,22 +191,11 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         time.sleep(1.0)
         t0 = time.monotonic()
         assert server.api("POST", f"/api/kernels/{kid}/interrupt") == 204
-        while True:
-            msg = json.loads(ch.ws.recv())
-            if msg["msg_type"] == "execute_reply" and msg["parent_header"]["msg_id"] == msg_id:
-                assert msg["content"]["ename"] == "KeyboardInterrupt"
-                break
-        assert time.monotonic() - t0 < 5
         # ipykernel aborts what arrives after an error until it has queued its own "stop
         # aborting", which it does before it says idle: the next request waits for that.
-        while True:
-            msg = json.loads(ch.ws.recv())
-            if (
-                msg["msg_type"] == "status"
-                and msg["parent_header"].get("msg_id") == msg_id
-                and msg["content"]["execution_state"] == "idle"
-            ):
-                break
+        interrupted = ch.wait(msg_id, 30, what="the interrupted sleep")
+        assert interrupted["reply"]["ename"] == "KeyboardInterrupt"
+        assert time.monotonic() - t0 < 5
 
         ids1 = _ns(ch)
         held = hold_namespaces(descendants(server.proc.pid))

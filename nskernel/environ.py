@@ -14,7 +14,9 @@ Standard library only: the sandbox server and the launchers import it before for
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 
 from .errors import SpecError
@@ -126,3 +128,39 @@ def helper_environment(source: Mapping[str, str]) -> dict[str, str]:
         for k, v in source.items()
         if allowed(k) or k in HELPER_NAMES or k.startswith(HELPER_PREFIXES)
     }
+
+
+def python_module_command(module: str) -> list[str]:
+    """The command that runs nskernel's helper ``module`` (``python -m module``) host-side.
+
+    Never plain ``python -m``: it puts the working directory first on ``sys.path``, and a
+    helper's working directory is the notebook's, which a sandbox may be able to write
+    (``--writable-notebook-dir``, a ``%%sandbox --bind``); a ``json.py`` planted there
+    would run outside every sandbox at the next start, as the server's user. ``-P``
+    (Python 3.11+) leaves it out; before 3.11, the entry is removed before any import.
+    """
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module]
+    bootstrap = (
+        "import sys; del sys.path[0]; import runpy; "
+        f"runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", bootstrap]
+
+
+def cwd_on_sys_path() -> None:
+    """Inside a sandbox, in Python forked from a helper started by python_module_command:
+    the working directory on ``sys.path`` again, where ``python -m ipykernel_launcher``
+    has it, so modules beside a notebook import in the sandboxed kernel and in cells.
+
+    Such a process inherits neither the entry nor ``-P``'s effect on IPython, which then
+    leaves out its ``''`` (before site-packages); both are put back, inside the sandbox,
+    where the directory can do no harm.
+    """
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
+    if getattr(sys.flags, "safe_path", False) and "" not in sys.path:
+        sites = ("site-packages", "dist-packages")
+        at = next((i for i, p in enumerate(sys.path) if os.path.basename(p) in sites), 0)
+        sys.path.insert(at, "")

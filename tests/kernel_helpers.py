@@ -250,3 +250,41 @@ def started_kernel(
             km.shutdown_kernel(now=False)
     wait_for(lambda: not any(alive(p) for p in {launcher, *procs}), 10, "the kernel to be gone")
     assert not os.path.exists(kernel_dir), "the kernel's directory was not removed"
+
+
+# Module names a helper started host-side (the launcher, the %%sandbox server, their probe
+# and removal helpers) imports after start-up: planted in the directory it starts in, a
+# `python -m` helper would import them from there (sys.path[0]), outside every sandbox.
+PLANTED_MODULES = ("argparse", "json", "runpy", "selectors", "ipykernel_launcher", "nskernel")
+BESIDE_THE_NOTEBOOK = "beside_the_notebook"
+
+
+def plant_modules(directory: Path, markers: Path) -> None:
+    """Plant, in ``directory``, modules that record in ``markers`` who imported them
+    (command line and user namespace) and then fail; plus an honest module the kernel
+    and cells should import from there, as from beside any notebook."""
+    for name in PLANTED_MODULES:
+        code = (
+            "import os\n"
+            "try:\n"
+            f"    with open({str(markers)!r} + '/' + str(os.getpid()), 'w') as f:\n"
+            "        cmd = open('/proc/self/cmdline', 'rb').read().replace(b'\\0', b' ')\n"
+            "        f.write(os.readlink('/proc/self/ns/user') + ' ' + cmd.decode())\n"
+            "except OSError:\n"
+            "    pass\n"
+            f"raise ImportError('planted {name}')\n"
+        )
+        if name == "nskernel":
+            (directory / name).mkdir()
+            (directory / name / "__init__.py").write_text(code)
+        else:
+            (directory / f"{name}.py").write_text(code)
+    (directory / f"{BESIDE_THE_NOTEBOOK}.py").write_text("ANSWER = 'imported from beside'\n")
+
+
+def host_side_imports(markers: Path) -> list[str]:
+    """What imported a planted module in the host's user namespace (a sandbox cannot
+    write to ``markers``; a process inside that imported one does no harm)."""
+    host_userns = os.readlink("/proc/self/ns/user")
+    found = [p.read_text() for p in markers.iterdir()]
+    return [m for m in found if m.startswith(host_userns + " ")]

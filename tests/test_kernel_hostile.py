@@ -41,7 +41,15 @@ from jupyter_client.manager import KernelManager
 
 from nskernel.kernel import install
 from tests.conftest import IS_ROOT, nskernel_cmd
-from tests.kernel_helpers import KERNEL_NAME, install_kernelspecs, run_cell
+from tests.kernel_helpers import (
+    BESIDE_THE_NOTEBOOK,
+    KERNEL_NAME,
+    host_side_imports,
+    install_kernelspecs,
+    plant_modules,
+    run_cell,
+    started_kernel,
+)
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns]
 
@@ -633,3 +641,24 @@ def test_install_rejects_a_bad_env_option(nsk, tmp_path: Path) -> None:
     assert res.returncode != 0
     assert "--env '1BAD=x'" in res.stderr
     assert not (tmp_path / "share").exists()
+
+
+def test_modules_planted_in_the_notebook_directory_never_run_host_side(
+    ksm: KernelSpecManager, tmp_path: Path, runtime_base: Path
+) -> None:
+    """A sandbox that can write its notebook directory (``--writable-notebook-dir``)
+    plants ``json.py`` and friends there: the launcher of the next start (a restart runs
+    in the same directory) must not import them. Inside, the notebook's directory is on
+    ``sys.path`` as in any kernel: a module beside the notebook imports."""
+    nbdir, markers = tmp_path / "nb", tmp_path / "markers"
+    nbdir.mkdir()
+    markers.mkdir()
+    plant_modules(nbdir, markers)
+    with started_kernel(ksm, nbdir) as (km, kc):
+        out = run_cell(kc, f"import {BESIDE_THE_NOTEBOOK} as m; print(m.ANSWER)")
+        assert out["stdout"] == "imported from beside\n", out
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        out = run_cell(kc, f"import {BESIDE_THE_NOTEBOOK} as m; print(m.ANSWER)")
+        assert out["stdout"] == "imported from beside\n", out
+    assert host_side_imports(markers) == []

@@ -958,3 +958,29 @@ def test_a_frame_the_kernel_cannot_handle_ends_that_sandbox_not_the_cell_only(kc
     assert res.status == "error"
     assert "could not handle" in res.error_text and "it was ended" in res.error_text
     assert not pids_with_cmdline("sleep 301.25"), "the sandbox ran on"
+
+
+def test_modules_planted_where_the_kernel_runs_never_run_in_the_sandbox_server(tmp_path):
+    """The ``%%sandbox`` server starts in the kernel's working directory, which a cell with
+    a writable bind of it (or a sandboxed kernel's writable notebook directory) could fill
+    with ``json.py`` and friends: the server must not import them, outside every sandbox.
+    A module beside the notebook still imports in the cell, as in the kernel."""
+    from jupyter_client.manager import start_new_kernel
+
+    from tests.kernel_helpers import BESIDE_THE_NOTEBOOK, host_side_imports, plant_modules
+
+    nbdir, markers = tmp_path / "nb", tmp_path / "markers"
+    nbdir.mkdir()
+    markers.mkdir()
+    os.chmod(tmp_path, 0o755)
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir))
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        plant_modules(nbdir, markers)  # after the kernel's own imports: only the server's
+        res = execute(kc, f"%%sandbox\nimport {BESIDE_THE_NOTEBOOK} as m\nprint(m.ANSWER)")
+        assert res.status == "ok", res.error_text
+        assert res.stdout == "imported from beside\n"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert host_side_imports(markers) == []

@@ -64,6 +64,7 @@ from typing import Any
 
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError, paths
 from .._linux import syscalls, userns
+from ..environ import cwd_on_sys_path
 from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
     ALL_NAMESPACES,
@@ -769,6 +770,8 @@ def _ipykernel_in_process(
         if profile:
             _write_profile(env["IPYTHONDIR"], profile)
         sys.argv = [ipykernel_launcher.__file__, *args]
+        # The notebook's directory on sys.path again, inside (this launcher ran without).
+        cwd_on_sys_path()
         try:
             kernelapp.launch_new_instance(argv=args)
         finally:

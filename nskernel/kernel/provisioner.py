@@ -57,7 +57,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -65,11 +64,13 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Dict, List, Unicode
 
 from .. import paths
-from ..environ import parse_env_option, sandbox_environment
+from ..environ import parse_env_option, python_module_command, sandbox_environment
 from ..errors import NskernelError, SpecError
 from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 
 # sun_path is 108 bytes including the NUL; ZMQ appends "-<port>" (up to 6 bytes).
+# Started with environ.python_module_command: never with the notebook directory on sys.path.
+LAUNCHER_MODULE = "nskernel.kernel.launch"
 MAX_SOCKET_PATH = 107
 _PORT_SUFFIX = 6
 _OWNER_MAX = 64  # bytes: "PID STARTTIME\n"
@@ -161,7 +162,7 @@ def remove_kernel_dir(path: str, *, only_retired: bool = False) -> list[OSError]
     """
     errors = paths.retire_start_dirs(path) if only_retired else paths.remove_tree(path)
     if errors and not _is_host_root():
-        cmd = [sys.executable, "-m", "nskernel.kernel.launch", "--remove", path]
+        cmd = [*python_module_command(LAUNCHER_MODULE), "--remove", path]
         if only_retired:
             cmd.append("--only-retired")
         try:
@@ -251,9 +252,7 @@ def probe_namespaces(namespaces: frozenset[str]) -> None:
     if namespaces in _probed_ok:
         return
     cmd = [
-        sys.executable,
-        "-m",
-        "nskernel.kernel.launch",
+        *python_module_command(LAUNCHER_MODULE),
         "--probe",
         "--namespaces",
         ",".join(sorted(namespaces)),
@@ -441,7 +440,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             km.cache_ports = False
         kwargs = await super().pre_launch(**kwargs)
         kwargs["env"] = self.kernel_environment(kwargs.get("env") or {}, env_options)
-        launcher = [sys.executable, "-m", "nskernel.kernel.launch"]
+        launcher = python_module_command(LAUNCHER_MODULE)
         launcher += ["--namespaces", ",".join(sorted(namespaces))]
         if hostname:
             launcher += ["--hostname", hostname]

@@ -35,6 +35,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
 from nskernel._linux import syscalls
+from nskernel.environ import cwd_on_sys_path
 from nskernel.kernel import shell_inside
 
 from . import protocol
@@ -545,6 +546,7 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
     # are interrupted that way and keep their state).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     ch = _Channel(fd)
+    cwd_on_sys_path()  # the server ran without it (environ.python_module_command)
     shell = prepare()
     shell_inside.activate()  # %pip's prefix in this sandbox's home, this Python first on PATH
     _setup_stdio(ch)

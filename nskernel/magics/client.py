@@ -18,14 +18,13 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from nskernel._linux import syscalls
-from nskernel.environ import helper_environment
+from nskernel.environ import helper_environment, python_module_command
 from nskernel.errors import NskernelError
 
 from . import protocol
@@ -112,7 +111,7 @@ class SandboxClient:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nskernel.magics.server", "--fd", str(child.fileno())],
+                [*python_module_command("nskernel.magics.server"), "--fd", str(child.fileno())],
                 pass_fds=(child.fileno(),),
                 # Every sandbox is forked from the server: its memory must hold no secret
                 # of the kernel's (each cell's environment is sent with the cell).

@@ -130,6 +130,21 @@ def descendants(pid: int) -> set[int]:
 alive = procfs.alive
 
 
+def kernel_processes(server_pid: int) -> set[int]:
+    """A server's processes that belong to its kernels: its descendants but a spare
+    launcher still waiting for a start (nskernel/kernel/spare.py), which is no kernel's
+    until a start takes it (it then shows the launcher's command line)."""
+    return {p for p in descendants(server_pid) if "--spare-fd" not in _cmdline(p)}
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -299,6 +300,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _run is None:
         return
     run, _run = _run, None
+    # A spare launcher this process started (nskernel/kernel/spare.py) ends at exit, after
+    # this check: end it now. One of a server or kernel that outlived them still counts.
+    spare = sys.modules.get("nskernel.kernel.spare")
+    if spare is not None:
+        spare.discard()
     problems = finish(run)
     if problems:
         text = "leaked after the test session:\n  " + "\n  ".join(problems)

@@ -30,6 +30,7 @@ from tests.kernel_helpers import (
     hold_namespaces,
     install_kernelspecs,
     kernel_dirs,
+    kernel_processes,
     owned_kernel_dirs,
     start_jupyter,
     stop,
@@ -181,7 +182,7 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
 
     kernel = server.api("POST", "/api/kernels", {"name": KERNEL_NAME})
     kid = kernel["id"]
-    kernel_procs = descendants(server.proc.pid)
+    kernel_procs = kernel_processes(server.proc.pid)
     ch = server.channels(kid)
     try:
         out = ch.execute("import socket; print(socket.gethostname())")
@@ -198,7 +199,7 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
         assert time.monotonic() - t0 < 5
 
         ids1 = _ns(ch)
-        held = hold_namespaces(descendants(server.proc.pid))
+        held = hold_namespaces(kernel_processes(server.proc.pid))
         try:
             server.api("POST", f"/api/kernels/{kid}/restart")
             # As JupyterLab does after a restart (KernelConnection.restart: REST restart,
@@ -217,7 +218,7 @@ def test_rest_websocket_interrupt_restart_delete(server: Server) -> None:
                 os.close(fd)
         assert all(ids1[t] != ids2[t] for t in ids1)
         assert not any(alive(p) for p in kernel_procs), "the first sandbox outlived restart"
-        kernel_procs = descendants(server.proc.pid)
+        kernel_procs = kernel_processes(server.proc.pid)
     finally:
         ch.close()
     assert server.api("DELETE", f"/api/kernels/{kid}") == 204

@@ -64,7 +64,7 @@ from typing import Any
 
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError, paths
 from .._linux import syscalls, userns
-from ..environ import cwd_on_sys_path
+from ..environ import cwd_on_sys_path, python_module_command
 from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
     ALL_NAMESPACES,
@@ -76,7 +76,7 @@ from ..spec import (
     parse_degraded,
     python_environment_binds,
 )
-from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints
+from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints, spare
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundred
@@ -125,6 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="a memfd with the syscall filter the provisioner compiled for these options",
     )
+    p.add_argument(
+        "--spare-fd",
+        type=int,
+        help="start as the spare launcher: wait on this socket for a start's orders "
+        "(see nskernel/kernel/spare.py)",
+    )
+    p.add_argument("--room", help=argparse.SUPPRESS)  # spare.ARGV_ROOM: ignored
     p.add_argument(
         "--no-bind-cwd",
         action="store_true",
@@ -1154,6 +1161,34 @@ def _enter_user_namespace_with_sandbox_ids() -> None:
         raise PermissionError(1, msg)
 
 
+# ---------------------------------------------------------------- spare
+
+
+def _serve_as_spare(fd: int) -> int:
+    """Started ahead of a kernel start (nskernel/kernel/spare.py): finish the imports a
+    start needs, wait for its orders, then be that start's launcher."""
+    from .._linux import caps, seccomp  # noqa: F401 - what _preload_filter imports
+    from ..facts import host_facts  # noqa: F401 - what the facts child imports
+
+    orders = spare.await_orders(fd)
+    if orders is None:
+        return 0
+    argv, env, cwd = orders
+    # `ps` shows what a fresh launcher's command line would have been, not a waiting spare.
+    show_as([*python_module_command(spare.LAUNCHER_MODULE), *argv])
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        os.chdir(cwd)
+    except OSError as e:
+        status_fd = build_parser().parse_args(argv).status_fd
+        msg = f"nskernel: the sandboxed kernel could not start: cannot enter {cwd}: {e.strerror}"
+        print(msg, file=sys.stderr)
+        _report(status_fd, ok=False, error=msg)
+        return EXIT_SANDBOX_FAILED
+    return main(argv)
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -1161,6 +1196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Before anything else: an interrupt of the kernel (killpg) must not end the launcher.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     args = build_parser().parse_args(argv)
+    if args.spare_fd is not None:
+        return _serve_as_spare(args.spare_fd)
     cmd = list(args.argv)
     if cmd and cmd[0] == "--":
         cmd = cmd[1:]

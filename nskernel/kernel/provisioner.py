@@ -67,10 +67,10 @@ from .. import paths
 from ..environ import parse_env_option, python_module_command, sandbox_environment
 from ..errors import NskernelError, SpecError
 from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
+from . import spare
+from .spare import LAUNCHER_MODULE
 
 # sun_path is 108 bytes including the NUL; ZMQ appends "-<port>" (up to 6 bytes).
-# Started with environ.python_module_command: never with the notebook directory on sys.path.
-LAUNCHER_MODULE = "nskernel.kernel.launch"
 MAX_SOCKET_PATH = 107
 _PORT_SUFFIX = 6
 _OWNER_MAX = 64  # bytes: "PID STARTTIME\n"
@@ -326,6 +326,13 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     allow_degraded = List(
         Unicode(), default_value=[], config=True, help="nskernel install --allow-degraded"
     )
+    spare_launcher = Bool(
+        True,
+        config=True,
+        help="After each start, start the next kernel's launcher ahead of time, so that a "
+        "restart or the next kernel skips the launcher's interpreter start-up (about 50 ms; "
+        "see nskernel/kernel/spare.py).",
+    )
     writable_notebook_dir = Bool(
         False,
         config=True,
@@ -468,7 +475,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
             passed.append(filter_fd)
         kwargs["pass_fds"] = (*kwargs.get("pass_fds", ()), *passed)
         try:
-            info = await super().launch_kernel(cmd, **kwargs)
+            info = await self._start_launcher(cmd, kwargs, passed)
         except BaseException:
             for fd in (*passed, life_w, status_r):
                 os.close(fd)
@@ -476,16 +483,60 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         for fd in passed:
             os.close(fd)
         self._lifeline_w = life_w
-        status = await asyncio.get_running_loop().run_in_executor(None, _read_status, status_r)
+        loop = asyncio.get_running_loop()
+        status = await loop.run_in_executor(None, _read_status, status_r)
         if not status.get("ok"):
             await self._reap_failed_launcher()
             error = status.get("error") or "the launcher exited without saying why"
             raise KernelSandboxUnavailable(error)
+        if self.spare_launcher and kwargs.get("env") is not None:
+            # The next start's launcher, now: see nskernel/kernel/spare.py.
+            loop.run_in_executor(None, _prepare_spare, dict(kwargs["env"]), self.log)
         # The sandbox's init (the launcher's child, so its PID cannot be reused before
         # the launcher reaps it): its exit means the whole sandbox is gone.
         with contextlib.suppress(OSError, TypeError, ValueError):
             self._sandbox_pidfd = os.pidfd_open(int(status["pid"]))
         return info
+
+    async def _start_launcher(
+        self, cmd: list[str], kwargs: dict[str, Any], passed: list[int]
+    ) -> KernelConnectionInfo:
+        """Start the launcher: hand this start to the spare launcher if one waits for this
+        interpreter configuration (spare.py), else a fresh one as jupyter_client would."""
+        waiting = self._spare_for(cmd, kwargs, passed)
+        if waiting is None:
+            return await super().launch_kernel(cmd, **kwargs)
+        env = dict(kwargs["env"])
+        env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launch_kernel sets
+        cwd = str(kwargs.get("cwd") or os.getcwd())
+        argv = [os.path.expanduser(a) for a in cmd[len(python_module_command(LAUNCHER_MODULE)) :]]
+        try:
+            waiting.send(argv, env, cwd, passed)
+        except OSError as e:  # it died meanwhile: a fresh launcher instead
+            self.log.debug("nskernel: the spare launcher is gone (%s); starting one", e)
+            waiting.end()
+            return await super().launch_kernel(cmd, **kwargs)
+        self.process = waiting.proc
+        self.pid = waiting.proc.pid
+        self.pgid = None
+        with contextlib.suppress(OSError):
+            self.pgid = os.getpgid(self.pid)
+        self.cwd = kwargs.get("cwd", os.getcwd())
+        return self.connection_info
+
+    def _spare_for(
+        self, cmd: list[str], kwargs: dict[str, Any], passed: list[int]
+    ) -> spare.Spare | None:
+        """The waiting spare launcher, if this start is one it can take: our launcher's
+        command, the server's standard streams, only our own descriptors."""
+        if not self.spare_launcher or kwargs.get("env") is None:
+            return None
+        prefix = python_module_command(LAUNCHER_MODULE)
+        if cmd[: len(prefix)] != prefix or set(kwargs) - {"env", "cwd", "pass_fds"}:
+            return None
+        if set(kwargs.get("pass_fds", ())) != set(passed):
+            return None
+        return spare.take(kwargs["env"])
 
     async def _reap_failed_launcher(self) -> None:
         if self.process is not None:
@@ -537,6 +588,13 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         await super().load_provisioner_info(provisioner_info)
         self.kernel_dir = provisioner_info.get("kernel_dir")
+
+
+def _prepare_spare(env: dict[str, str], log: Any) -> None:
+    try:
+        spare.prepare(env)
+    except Exception as e:  # only a missed speed-up: the next start starts its own launcher
+        log.warning("nskernel: could not start a spare launcher: %s", e)
 
 
 def _read_status(fd: int) -> dict[str, Any]:

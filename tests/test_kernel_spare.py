@@ -1,0 +1,164 @@
+"""The spare launcher (nskernel/kernel/spare.py): the next kernel's launcher, started ahead.
+
+After a start, a launcher waits with its interpreter up and nskernel imported; the next
+start of the same interpreter configuration hands it its command line, environment,
+working directory and descriptors. Through real kernels (jupyter_client): a restart takes
+it and gets a fresh sandbox that works like any (interrupts included); the spare holds
+nothing while it waits; another interpreter configuration never gets it; and it ends
+with the process that started it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+
+from tests.kernel_helpers import (
+    install_kernelspecs,
+    run_cell,
+    started_kernel,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.kernel, pytest.mark.userns]
+
+NS = (
+    "import os, json; print(json.dumps({t: os.stat('/proc/self/ns/' + t).st_ino "
+    "for t in ('pid', 'net', 'mnt', 'uts', 'ipc', 'user')}))"
+)
+
+
+@pytest.fixture(scope="module")
+def ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
+    kernels = install_kernelspecs(tmp_path_factory.mktemp("prefix"))
+    return KernelSpecManager(kernel_dirs=[str(kernels)])
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
+
+
+def _waiting_spares(parent: int) -> list[int]:
+    kids: list[int] = []
+    found = []
+    for tid in os.listdir(f"/proc/{parent}/task"):
+        with open(f"/proc/{parent}/task/{tid}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    for pid in set(kids):
+        try:
+            if "--spare-fd" in _cmdline(pid):
+                found.append(pid)
+        except OSError:
+            continue
+    return found
+
+
+def _one_spare() -> int:
+    return wait_for(
+        lambda: (lambda s: s[0] if len(s) == 1 else None)(_waiting_spares(os.getpid())),
+        30,
+        "one spare launcher",
+    )
+
+
+def test_a_restart_takes_the_spare_and_gets_a_fresh_working_sandbox(
+    ksm: KernelSpecManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NSK_TEST_SECRET_TOKEN", "s3cret")
+    from nskernel.kernel import spare
+
+    spare.discard()
+    with started_kernel(ksm, tmp_path) as (km, kc):
+        first = run_cell(kc, NS)
+        waiting = _one_spare()
+        # While it waits it holds nothing: fds 0-2 and its socket, in /, no secret.
+        fds = sorted(os.listdir(f"/proc/{waiting}/fd"), key=int)
+        assert fds[:3] == ["0", "1", "2"] and len(fds) == 4, fds
+        assert os.readlink(f"/proc/{waiting}/fd/{fds[3]}").startswith("socket:")
+        assert os.readlink(f"/proc/{waiting}/cwd") == "/"
+        with open(f"/proc/{waiting}/environ", "rb") as f:
+            assert b"NSK_TEST_SECRET_TOKEN" not in f.read()
+        km.restart_kernel(now=True)
+        kc.wait_for_ready(timeout=60)
+        assert km.provisioner.pid == waiting, "the restart did not take the spare"
+        shown = _cmdline(waiting)
+        assert "--spare-fd" not in shown and "--namespaces" in shown, shown
+        second = run_cell(kc, NS)
+        assert first["stdout"] and second["stdout"] and first["stdout"] != second["stdout"]
+        # Its working directory and sys.path are the notebook's, as for a fresh launcher.
+        check = f"import os, sys; print(os.getcwd() == sys.path[0] == {str(tmp_path)!r})"
+        out = run_cell(kc, check)
+        assert out["stdout"] == "True\n", out
+        # Interrupts reach it (its own process group, as jupyter_client makes one).
+        msg_id = kc.execute("import time; time.sleep(60)")
+        time.sleep(1.0)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=10)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        # And a new spare waits for the next start.
+        assert _one_spare() != waiting
+    spare.discard()
+    assert _waiting_spares(os.getpid()) == []
+
+
+def test_another_interpreter_configuration_never_gets_the_spare(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    from nskernel.kernel import spare
+
+    spare.discard()
+    with started_kernel(ksm, tmp_path):
+        waiting = _one_spare()
+    env = dict(os.environ, PYTHONWARNINGS="ignore::UserWarning")
+    with started_kernel(ksm, tmp_path, env=env) as (km, kc):
+        assert km.provisioner.pid != waiting
+        assert wait_for(lambda: not os.path.exists(f"/proc/{waiting}"), 10, "the old spare")
+        out = run_cell(kc, "import sys; print(sys.warnoptions)")
+        assert out["stdout"] == "['ignore::UserWarning']\n", out
+    spare.discard()
+
+
+def test_a_spare_ends_with_the_process_that_started_it(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    """Its socket's other end closes when that process dies, however it dies."""
+    code = (
+        "import os, sys, time\n"
+        "from jupyter_client.kernelspec import KernelSpecManager\n"
+        "from jupyter_client.manager import KernelManager\n"
+        f"ksm = KernelSpecManager(kernel_dirs=[{ksm.kernel_dirs[0]!r}])\n"
+        "km = KernelManager(kernel_name='nsk-test', kernel_spec_manager=ksm)\n"
+        f"km.start_kernel(cwd={str(tmp_path)!r})\n"
+        "km.shutdown_kernel(now=True)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        waiting = wait_for(lambda: _waiting_spares(proc.pid) or None, 30, "a spare")[0]
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert wait_for(
+        lambda: not os.path.exists(f"/proc/{waiting}/cmdline") or _zombie(waiting),
+        10,
+        "the spare to end",
+    )
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

@@ -471,11 +471,15 @@ def test_a_working_directory_under_tmp(kc, tmp_path):
         )
         assert res.stdout == f"{tmp_path} next to the notebook\n", res.error_text
         assert "Read-only file system" in res.error_text
+        # The directory itself cannot be bound writable (the kernel imports from it); a
+        # subdirectory can, and the cell still runs in the directory.
+        (tmp_path / "out").mkdir()
+        os.chmod(tmp_path / "out", 0o777)
         res = execute(
-            kc, f"%%sandbox --bind {tmp_path}\nimport os\nprint(os.getcwd())\nopen('new.txt', 'w')"
+            kc, "%%sandbox --bind ./out\nimport os\nprint(os.getcwd())\nopen('out/new.txt', 'w')"
         )
         assert res.stdout == f"{tmp_path}\n", res.error_text
-        assert (tmp_path / "new.txt").exists()  # --bind makes it writable
+        assert (tmp_path / "out" / "new.txt").exists()  # --bind makes it writable
         res = execute(kc, "%%sandbox --pid\nimport os\nprint(os.getcwd())")  # --pid: mnt too
         assert res.stdout == f"{tmp_path}\n", res.error_text
     finally:

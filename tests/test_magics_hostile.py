@@ -984,3 +984,37 @@ def test_modules_planted_where_the_kernel_runs_never_run_in_the_sandbox_server(t
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert host_side_imports(markers) == []
+
+
+def test_a_writable_bind_over_where_the_kernel_imports_from_is_refused(tmp_path):
+    """The kernel imports from its working directory ('' on sys.path, and ``python -m
+    ipykernel_launcher`` at a restart), its environment and its IPython directory: a
+    sandbox that could write there would plant ``ipywidgets/`` or ``json.py`` and run in
+    the kernel, outside any sandbox, in the same cell. Such a bind is refused before
+    anything runs; a subdirectory or a read-only bind is fine."""
+    import site
+    import sys
+
+    from jupyter_client.manager import start_new_kernel
+
+    nbdir = tmp_path / "nb"
+    (nbdir / "out").mkdir(parents=True)
+    for d in (tmp_path, nbdir, nbdir / "out"):
+        os.chmod(d, 0o777)  # sandbox root (a host uid of its own when root runs this) writes
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir))
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        refused = [".", str(tmp_path), os.path.dirname(sys.prefix), site.getsitepackages()[0]]
+        for src in refused:
+            res = execute(kc, f"%%sandbox --bind {src}\nprint('ran')")
+            assert res.status == "error" and "ran" not in res.stdout, (src, res.stdout)
+            assert "this kernel imports code from" in res.error_text, res.error_text
+            assert "--bind ./" in res.error_text and "--ro-bind" in res.error_text
+        res = execute(kc, "%%sandbox --bind ./out\nopen('out/x.txt', 'w').write('x')")
+        assert res.status == "ok", res.error_text
+        assert (nbdir / "out" / "x.txt").read_text() == "x"
+        res = execute(kc, "%%sandbox --ro-bind .\nimport os\nprint(sorted(os.listdir('.')))")
+        assert res.status == "ok", res.error_text
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -57,7 +57,7 @@ class Kernel:
 
 def _notebook_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     # Sandbox root (an unprivileged host uid when root runs the suite) reads and, with
-    # --bind ., writes here.
+    # --bind ./SUBDIR, writes below.
     top = tmp_path_factory.mktemp(name)
     nb = top / "nb"
     nb.mkdir()
@@ -563,17 +563,26 @@ def test_cd_store_history_in_a_sandbox_cell(hk: Kernel) -> None:
 # ------------------------------------------------------------------ item 9: next to the notebook
 
 
-def test_the_notebook_directory_is_writable_with_bind_dot(hk: Kernel) -> None:
+def test_a_subdirectory_of_the_notebooks_is_writable_with_bind(hk: Kernel) -> None:
+    """The notebook's directory itself stays read-only for cells (the kernel imports code
+    from it: test_magics_hostile.py::test_a_writable_bind_over_where_the_kernel_imports_
+    from_is_refused); the error says how to write beside the notebook instead."""
     name = f"db-{uuid.uuid4().hex[:8]}.sqlite"
-    code = f"import sqlite3\nsqlite3.connect({name!r}).execute('create table t(x)')"
-    res = hk.run("%%sandbox\n" + code)
+    code = "import sqlite3\nsqlite3.connect({!r}).execute('create table t(x)')"
+    res = hk.run("%%sandbox\n" + code.format(name))
     assert res.status == "error"
-    assert "read-only in this sandbox" in res.error_text and "--bind ." in res.error_text
+    assert "read-only in this sandbox" in res.error_text
+    assert "--bind ./SUBDIR makes a subdirectory of it writable" in res.error_text
     res = hk.run("%%sandbox\nopen('x.txt', 'w')")
-    assert "--bind . makes it writable" in res.error_text, res.error_text
-    hk.ok("%%sandbox --bind .\n" + code)
-    assert (hk.nb / name).exists()
-    (hk.nb / name).unlink()
+    assert "--bind ./SUBDIR makes a subdirectory of it writable" in res.error_text
+    data = hk.nb / f"data-{uuid.uuid4().hex[:8]}"
+    data.mkdir()
+    os.chmod(data, 0o777)
+    try:
+        hk.ok(f"%%sandbox --bind ./{data.name}\n" + code.format(f"{data.name}/{name}"))
+        assert (data / name).exists()
+    finally:
+        shutil.rmtree(data)
 
 
 # ------------------------------------------------------------------ item 10: small things

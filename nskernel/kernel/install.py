@@ -312,9 +312,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--writable-notebook-dir",
         action="store_true",
         help="let the kernel write in the notebook's directory (default: read-only inside). "
-        "What it writes there, Jupyter and your shell meet later: a symlink in place of a "
-        "notebook makes Jupyter's next save write where it points. Never a home, never a "
-        "directory of host root's (SECURITY.md)",
+        "What it writes there, Jupyter, your shell and Python meet later: a symlink in place "
+        "of a notebook makes Jupyter's next save write where it points; a json.py left there "
+        "runs in any Python started in that directory outside the sandbox (a plain kernel, "
+        "python -m, pytest). Never a home, never a directory of host root's (SECURITY.md)",
     )
     p.set_defaults(func=_cmd_install)
 

@@ -135,12 +135,19 @@ def install_magics(shell: Any) -> None:
     shell.register_magic_function(pip, "line", "pip")
 
 
-def read_only_hint(exc: BaseException, flag: str = "--bind .") -> str | None:
-    """For an error that is a write into a read-only place: which option makes it writable.
+# A %%sandbox cell's working directory (the notebook's) cannot be bound writable: the
+# kernel imports code from it (magics/magic.py, _writable_bind_over_code). A subdirectory can.
+CWD_WRITABLE = (
+    "--bind ./SUBDIR makes a subdirectory of it writable (the directory itself stays "
+    "read-only: the kernel imports code from it)"
+)
 
-    ``flag`` is the option that makes the cell's working directory writable (``%%sandbox``
-    cells: ``--bind .``). sqlite says only "unable to open database file" (it cannot
-    create its journal there), so the working directory is checked for that.
+
+def read_only_hint(exc: BaseException) -> str | None:
+    """For an error that is a write into a read-only place: how to write there instead.
+
+    sqlite says only "unable to open database file" (it cannot create its journal
+    there), so the working directory is checked for that.
     """
     cwd = _cwd()
     if isinstance(exc, OSError) and exc.errno == errno.EROFS:
@@ -148,7 +155,7 @@ def read_only_hint(exc: BaseException, flag: str = "--bind .") -> str | None:
         if where is None or _under(os.path.abspath(where), cwd):
             return (
                 f"nskernel: the cell's directory {cwd} is read-only in this sandbox; "
-                f"{flag} makes it writable"
+                + CWD_WRITABLE
             )
         return (
             f"nskernel: {where} is read-only in this sandbox (the host's files are); "
@@ -159,7 +166,7 @@ def read_only_hint(exc: BaseException, flag: str = "--bind .") -> str | None:
         if ("unable to open" in text or "readonly" in text) and cwd and _read_only(cwd):
             return (
                 f"nskernel: the cell's directory {cwd} is read-only in this sandbox, so "
-                f"sqlite cannot write there; {flag} makes it writable"
+                "sqlite cannot write there; " + CWD_WRITABLE
             )
     return None
 

@@ -9,6 +9,7 @@ the sandbox's, so the cell fails and "Run All" stops, as it would without the ma
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import secrets
@@ -667,6 +668,9 @@ class SandboxMagics(Magics):
         binds = [
             Bind(os.path.abspath(b.source), os.path.abspath(b.dest), b.readonly) for b in binds
         ]
+        refusal = _writable_bind_over_code(binds)
+        if refusal:
+            raise UsageError(refusal)
         if args.name is not None and not args.name.strip():
             raise UsageError("--name needs a non-empty name, e.g. --name web1")
         if args.timeout is not None and args.timeout <= 0:
@@ -816,6 +820,48 @@ def _cwd() -> str | None:
 
 
 _warned_cwd: set[str] = set()
+
+
+def _code_places() -> list[tuple[str, str]]:
+    """Where this kernel loads code from, with why: (real path, reason)."""
+    cwd = _cwd() or "/"
+    places = [(cwd, "its working directory: '' on sys.path, and where a restart runs it")]
+    places += [(entry or cwd, "on sys.path") for entry in sys.path]
+    with contextlib.suppress(Exception):
+        from IPython.paths import get_ipython_dir
+
+        places.append((get_ipython_dir(), "its IPython directory: startup files, config"))
+    with contextlib.suppress(Exception):
+        from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir
+
+        places.append((jupyter_config_dir(), "Jupyter's config directory"))
+        places.append((jupyter_data_dir(), "Jupyter's data directory: kernelspecs"))
+    return [(os.path.realpath(p), why) for p, why in places]
+
+
+def _writable_bind_over_code(binds: list[Bind]) -> str | None:
+    """Why a writable bind must be refused: it holds a place this kernel loads code from.
+
+    What a sandbox writes there runs in this kernel, outside every sandbox: an
+    ``ipywidgets/`` planted in the working directory is imported by the kernel (nskernel's
+    comm relay, a later ``import``) in the same cell, an ``ipykernel_launcher.py`` at its
+    next restart. Checked by real path, the bind's source against every such place.
+    """
+    places = _code_places()
+    for b in binds:
+        if b.readonly:
+            continue
+        src = os.path.realpath(b.source)
+        inside = src.rstrip("/") + "/"
+        for place, why in places:
+            if place == src or place.startswith(inside):
+                return (
+                    f"--bind {b.source}: this kernel imports code from {place} ({why}), so "
+                    "code a sandbox wrote there would run in this kernel, outside any sandbox. "
+                    "Bind a subdirectory for what the cell writes (e.g. --bind ./output), or "
+                    f"use --ro-bind {b.source}"
+                )
+    return None
 
 
 def _sandbox_cwd(

@@ -43,16 +43,19 @@ left out of the host's table, as they never belong to a sandbox.
 from __future__ import annotations
 
 import array
+import errno
 import fcntl
 import json
 import os
 import pwd
 import socket
+import stat
 import struct
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ._linux import syscalls
 from ._linux.procfs import NS_TYPES, namespace_ids
 from ._linux.procfs import id_map as _id_map
 
@@ -448,6 +451,34 @@ def _sorted_interfaces(rows: list[Facts]) -> list[Facts]:
     return sorted(rows, key=lambda r: (r["name"] != "lo", r["name"]))
 
 
+SYSFS_READ_MAX = 64  # bytes: a sysfs attribute such as a link's flags
+
+
+def _read_sysfs_inside(pid: int, path: str) -> str:
+    """A sysfs attribute as the sandbox of ``pid`` sees it, read from the host, where the
+    sandbox may have put anything (it can mount a tmpfs over its own /sys).
+
+    Resolved inside the sandbox's root only (its symlinks cannot lead to a host path),
+    no magic links; opened non-blocking (no FIFO holds the reader), accepted only if it is
+    a regular file on a sysfs, and read up to a bound.
+    """
+    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        resolve = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+        flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+        fd = syscalls.openat2(root, path, flags, resolve)
+    finally:
+        os.close(root)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if syscalls.filesystem_type(fd) != syscalls.SYSFS_MAGIC:
+            raise OSError(errno.EINVAL, f"{path} is not on a sysfs")
+        return os.read(fd, SYSFS_READ_MAX).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+
+
 def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) -> None:
     net_dir = f"/proc/{pid}/net"
     try:
@@ -471,7 +502,7 @@ def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) ->
         elif own_mnt:
             # The sandbox's own /sys (mounted inside its network namespace) shows its links.
             try:
-                flags = int(_read(f"/proc/{pid}/root/sys/class/net/{name}/flags"), 16)
+                flags = int(_read_sysfs_inside(pid, f"sys/class/net/{name}/flags"), 16)
                 state = "UP" if flags & _IFF_UP else "DOWN"
             except (OSError, ValueError):
                 pass

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -241,3 +243,56 @@ def test_unknown_hostname_is_explained_not_guessed() -> None:
         f = facts.sandbox_facts_from_host(sb.pid)
     assert f["hostname"] is None
     assert "another UTS namespace" in f["errors"]["hostname"]
+
+
+@pytest.mark.userns
+@pytest.mark.parametrize("plant", ["fifo", "link to a host file", "link to a host fifo"])
+def test_the_host_never_follows_or_blocks_on_what_a_sandbox_planted_in_its_sys(
+    plant: str, tmp_path
+) -> None:
+    """The host reads a sandbox's link states (UP/DOWN) from the sandbox's own /sys, which
+    the sandbox may cover with a tmpfs of its own: a FIFO there must not block the reader
+    (the ``%%sandbox`` server, for ``--show``), a link must not lead it to a host path."""
+    host_file, host_fifo = tmp_path / "flags", tmp_path / "fifo"
+    host_file.write_text("0x1\n")  # a host file the sandbox names: never read for it
+    os.mkfifo(host_fifo, 0o666)
+    os.chmod(tmp_path, 0o755)
+    made = {
+        "fifo": "mkfifo /sys/class/net/lo/flags",
+        "link to a host file": f"ln -s {host_file} /sys/class/net/lo/flags",
+        "link to a host fifo": f"ln -s {host_fifo} /sys/class/net/lo/flags",
+    }[plant]
+    script = f"mount -t tmpfs none /sys/class/net && mkdir /sys/class/net/lo && {made}; sleep 60"
+    sb = Sandbox.spawn(SandboxSpec(), ["sh", "-c", script])
+    try:
+        planted = f"/proc/{sb.pid}/root/sys/class/net/lo/flags"
+
+        def trap_set() -> bool:  # the real lo/flags, a regular file, is there before
+            try:
+                return not stat.S_ISREG(os.lstat(planted).st_mode)
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 20
+        while not trap_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert trap_set(), "the sandbox did not plant its trap"
+        # In a process of its own: a reader that blocks is killed, not left in this one.
+        read = (
+            "import json, sys; from nskernel import facts; "
+            "f = facts.sandbox_facts_from_host(int(sys.argv[1]), name='trap'); "
+            "print(json.dumps([(i['name'], i['state']) for i in f['interfaces']]))"
+        )
+        try:
+            out = subprocess.run(
+                [sys.executable, "-c", read, str(sb.pid)],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=True,
+            ).stdout
+        except subprocess.TimeoutExpired:
+            pytest.fail("reading the sandbox's facts blocked on what it planted")
+    finally:
+        sb.kill()
+    assert json.loads(out) == [["lo", None]]

@@ -69,6 +69,7 @@ _SYSCALL_NUMBERS = {
         "move_mount": 429,
         "mount_setattr": 442,
         "close_range": 436,
+        "openat2": 437,
     },
     "aarch64": {
         "pivot_root": 41,
@@ -76,6 +77,7 @@ _SYSCALL_NUMBERS = {
         "move_mount": 429,
         "mount_setattr": 442,
         "close_range": 436,
+        "openat2": 437,
     },
 }
 
@@ -110,6 +112,35 @@ _libc.prctl.argtypes = [
     ctypes.c_ulong,
 ]
 _libc.syscall.restype = ctypes.c_long
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+# openat2(2) (Linux 5.6+): how a path may be resolved.
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_IN_ROOT = 0x10
+SYSFS_MAGIC = 0x62656572
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    nr = _syscall_number("openat2")
+    ret = _libc.syscall(nr, dirfd, _enc(path), ctypes.byref(how), ctypes.sizeof(how))
+    return _check(ret, f"openat2({path!r})")
+
+
+def filesystem_type(fd: int) -> int:
+    """``fstatfs(fd).f_type``: which kind of filesystem ``fd`` is on (e.g. SYSFS_MAGIC)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs; f_type comes first
+    _check(_libc.fstatfs(fd, buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value
 
 
 class _MountAttr(ctypes.Structure):

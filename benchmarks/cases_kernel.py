@@ -4,8 +4,10 @@
   ``kernel_info_reply`` (what a notebook waits for before it can run a cell). Plain and
   sandboxed starts alternate (plain, sandboxed, plain, ...) so machine load hits both
   alike; each kernel is shut down (untimed) before the next start. The sandboxed figure
-  includes the launcher interpreter, host-facts capture and sandbox creation; the
-  provisioner's one-time capability probe is paid in the untimed warm-up.
+  includes host-facts capture and sandbox creation, and the launcher: the spare one the
+  previous start left waiting (nskernel/kernel/spare.py), as every start but a server's
+  first gets; the provisioner's one-time capability probe and that first start are paid
+  in the untimed warm-up.
 - ``kernel-exec``: ``execute("pass")`` to its ``execute_reply``, one long-lived kernel of
   each kind, alternating; ZMQ over TCP loopback (plain) against unix sockets (sandboxed).
 

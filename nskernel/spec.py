@@ -168,6 +168,10 @@ class Bind:
     source: str
     dest: str
     readonly: bool = False
+    # The source is a real path already, resolved when the request was checked (the
+    # %%sandbox kernel does): taken as it is, never resolved again, opened without
+    # following a link (one that appears meanwhile makes the sandbox fail).
+    resolved: bool = False
 
     @classmethod
     def parse(cls, text: str, *, readonly: bool = False) -> Bind:
@@ -448,6 +452,10 @@ class SandboxSpec:
     def resolved_binds(self) -> tuple[Bind, ...]:
         """Binds with absolute, symlink-free sources (the sandbox sees the host root at /)."""
         return tuple(
-            dataclasses.replace(b, source=os.path.realpath(b.source), dest=os.path.normpath(b.dest))
+            dataclasses.replace(
+                b,
+                source=os.path.normpath(b.source) if b.resolved else os.path.realpath(b.source),
+                dest=os.path.normpath(b.dest),
+            )
             for b in self.binds
         )

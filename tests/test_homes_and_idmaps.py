@@ -12,6 +12,7 @@ no one's identity but the owner's (second red-team pass).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pwd
@@ -148,7 +149,32 @@ def test_a_bind_swapped_for_a_link_to_roots_directory_is_checked_on_what_is_moun
     for fd in clones.values():
         os.close(fd)
     assert clones == {}, "a directory of root's was idmapped to sandbox root"
-    assert any("belongs to root" in w for w in warnings), warnings
+    # Refused on the way (the path is a link now: sources are opened without following
+    # one) or on the clone (root's): either way, nothing of root's is mapped.
+    assert any("symbolic link" in w or "belongs to root" in w for w in warnings), warnings
+
+
+def test_bind_sources_are_opened_without_following_a_link(var_tmp: Path) -> None:
+    """Bind sources are resolved when checked and opened without following a link later
+    (a link that appears meanwhile was put there by someone racing the check; the
+    %%sandbox race: tests/test_magics_hostile.py::test_a_bind_source_swapped_for_a_link_
+    after_the_check_is_never_mounted)."""
+    from nskernel._linux import syscalls
+
+    real = var_tmp / "real"
+    (real / "sub").mkdir(parents=True)
+    (var_tmp / "link").symlink_to(real)
+    os.close(syscalls.open_no_symlinks(str(real / "sub")))
+    for path in (var_tmp / "link", var_tmp / "link" / "sub"):
+        with pytest.raises(OSError) as e:
+            syscalls.open_no_symlinks(str(path))
+        assert e.value.errno == errno.ELOOP and "symbolic link" in str(e.value)
+    # A source the %%sandbox kernel resolved and checked is never resolved again.
+    given = spec.SandboxSpec(binds=(Bind(str(var_tmp / "link"), "/d", resolved=True),))
+    assert given.resolved_binds()[0].source == str(var_tmp / "link")
+    assert spec.SandboxSpec(binds=(Bind(str(var_tmp / "link"), "/d"),)).resolved_binds()[
+        0
+    ].source == str(real)
 
 
 @pytest.mark.root

@@ -1018,3 +1018,66 @@ def test_a_writable_bind_over_where_the_kernel_imports_from_is_refused(tmp_path)
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+FLIPPER = """\
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+os.makedirs({d!r}, exist_ok=True)
+if not os.path.lexists({s!r}):
+    os.symlink({nb!r}, {s!r})
+while True:  # swap the directory and the link to the notebook directory, atomically
+    libc.renameat2(-100, {d!r}.encode(), -100, {s!r}.encode(), 2)
+"""
+
+
+@pytest.mark.slow
+def test_a_bind_source_swapped_for_a_link_after_the_check_is_never_mounted(tmp_path):
+    """A sandbox that writes ./out swaps ./out/d for a link to the notebook directory
+    while the next cell's ``--bind ./out/d`` is checked and made (red team, race won in
+    about one try of twenty before the fix). What is mounted must be what was checked:
+    the check refuses the link, or the sandbox fails to open the path, or it gets the
+    real ./out/d: never the notebook directory."""
+    from jupyter_client.manager import start_new_kernel
+
+    nbdir = tmp_path / "nb"
+    (nbdir / "out").mkdir(parents=True)
+    for d in (tmp_path, nbdir, nbdir / "out"):
+        os.chmod(d, 0o777)
+    d, s = str(nbdir / "out" / "d"), str(nbdir / "out" / "s")
+    flipper = FLIPPER.format(d=d, s=s, nb=str(nbdir))
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir))
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        res = execute(
+            kc,
+            "%%sandbox --name flip --bind ./out\nimport subprocess, sys\n"
+            f"subprocess.Popen([sys.executable, '-c', {flipper!r}], start_new_session=True)",
+        )
+        assert res.status == "ok", res.error_text
+        deadline = time.monotonic() + 20
+        while not (os.path.isdir(d) and os.path.islink(s)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # the flipper made both: from now on each name is always there
+        # Each try writes a marker through its bind: in the notebook directory itself it
+        # would mean that directory was bound writable.
+        probe = (
+            "%%sandbox --bind ./out/d\nimport os\n"
+            f"try:\n    open(os.path.join({d!r}, 'marker-{{}}'), 'w')\n"
+            "except OSError:\n    pass"
+        )
+        outcomes = {"refused": 0, "failed": 0, "ran": 0}
+        for i in range(40):
+            res = execute(kc, probe.format(i))
+            assert not list(nbdir.glob("marker-*")), "the notebook directory was bound writable"
+            if "imports code from" in res.error_text:
+                outcomes["refused"] += 1
+            elif res.status != "ok":
+                outcomes["failed"] += 1  # under attack, failing to start is right
+            else:
+                outcomes["ran"] += 1
+        assert outcomes["ran"] > 0, outcomes  # the real ./out/d was bound now and then
+    finally:
+        execute(kc, "%sandbox rm flip")
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert not (nbdir / "ipywidgets").exists()

@@ -41,15 +41,13 @@ def _sys(name: str, *args: object) -> int:
     return int(ret)
 
 
-def open_tree_clone(path: str) -> int:
-    """A detached copy of the mount tree at ``path``, with the mounts below it (like
-    ``mount --rbind``), not yet attached anywhere."""
-    return _sys(
-        "open_tree",
-        ctypes.c_int(sc.AT_FDCWD),
-        os.fsencode(path),
-        ctypes.c_uint(OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE),
-    )
+def open_tree_clone(path: str, *, dir_fd: int = sc.AT_FDCWD) -> int:
+    """A detached copy of the mount tree at ``path`` (or, for ``""``, at ``dir_fd``), with
+    the mounts below it (like ``mount --rbind``), not yet attached anywhere."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE
+    if not path:
+        flags |= AT_EMPTY_PATH
+    return _sys("open_tree", ctypes.c_int(dir_fd), os.fsencode(path), ctypes.c_uint(flags))
 
 
 def set_idmap(mount_fd: int, userns_fd: int) -> None:
@@ -132,7 +130,13 @@ def owned_clone(path: str, owner_to: tuple[int, int], *, read_only: bool = False
     owner is not in). Raises OSError (EINVAL where the filesystem cannot be idmapped);
     closes what it made.
     """
-    fd = open_tree_clone(path)
+    # No symbolic link followed on the way (``path`` is resolved; one that appears since
+    # was put there by someone racing the check), and the clone is made of what was opened.
+    found = sc.open_no_symlinks(path)
+    try:
+        fd = open_tree_clone("", dir_fd=found)
+    finally:
+        os.close(found)
     try:
         st = os.fstat(fd)
         if not read_only:

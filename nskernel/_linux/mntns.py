@@ -64,9 +64,12 @@ class MountPlan:
         Called by the setup child after unshare(CLONE_NEWNS) (a descriptor from the
         host's mount namespace cannot be bound in the new one) and before it becomes
         sandbox root (which may be another host uid, without the caller's access).
+        Sources are real paths, resolved when they were checked; no symbolic link is
+        followed now (one that appeared since was put there by someone racing that
+        check: the sandbox fails instead of mounting where it points).
         """
         opened = tuple(
-            (src, fd if detached else os.open(src, os.O_PATH | os.O_CLOEXEC), dst, ro, detached)
+            (src, fd if detached else sc.open_no_symlinks(src), dst, ro, detached)
             for src, fd, dst, ro, detached in self.binds
         )
         return dataclasses.replace(self, binds=opened)

@@ -10,10 +10,12 @@ Every wrapper raises ``OSError`` with errno set, so callers can explain failures
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import math
 import os
 import select
+import stat
 
 # clone(2) namespace flags.
 CLONE_NEWNS = 0x00020000
@@ -134,6 +136,40 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
     nr = _syscall_number("openat2")
     ret = _libc.syscall(nr, dirfd, _enc(path), ctypes.byref(how), ctypes.sizeof(how))
     return _check(ret, f"openat2({path!r})")
+
+
+def open_no_symlinks(path: str) -> int:
+    """An ``O_PATH`` descriptor of the absolute ``path``, opened without following any
+    symbolic link on the way (ELOOP if one is there).
+
+    For bind sources, resolved to real paths when they were checked: a sandbox that can
+    write a directory on the way may swap it for a link between that check and this
+    open, which must then fail rather than mount where the link points. Walked one
+    component at a time (``O_NOFOLLOW`` each), which crosses mount points as a path
+    lookup does and needs no openat2.
+    """
+    if not os.path.isabs(path):
+        raise OSError(errno.EINVAL, f"{path}: not an absolute path")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                raise OSError(errno.EINVAL, f"{path}: not a resolved path ('..')")
+            nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+            if stat.S_ISLNK(os.fstat(fd).st_mode):
+                msg = (
+                    f"{path}: {part} is a symbolic link now (it changed after the path "
+                    "was checked); nothing is mounted from it"
+                )
+                raise OSError(errno.ELOOP, msg)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def filesystem_type(fd: int) -> int:

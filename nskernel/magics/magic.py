@@ -668,6 +668,10 @@ class SandboxMagics(Magics):
         binds = [
             Bind(os.path.abspath(b.source), os.path.abspath(b.dest), b.readonly) for b in binds
         ]
+        # What is checked is what gets mounted: the real paths go to the server, which
+        # opens them without following a link (a sandbox writing a directory on the way
+        # could swap it for one meanwhile: the sandbox then fails instead).
+        binds = [Bind(_real_path(b.source), b.dest, b.readonly) for b in binds]
         refusal = _writable_bind_over_code(binds)
         if refusal:
             raise UsageError(refusal)
@@ -822,6 +826,16 @@ def _cwd() -> str | None:
 _warned_cwd: set[str] = set()
 
 
+def _real_path(path: str) -> str:
+    try:
+        return os.path.realpath(path)
+    except OSError as e:  # a link that became something else while being resolved
+        raise UsageError(
+            f"--bind {path}: its path changed while it was being checked ({e.strerror}): "
+            "something is renaming or relinking it; try again"
+        ) from None
+
+
 def _code_places() -> list[tuple[str, str]]:
     """Where this kernel loads code from, with why: (real path, reason)."""
     cwd = _cwd() or "/"
@@ -848,10 +862,10 @@ def _writable_bind_over_code(binds: list[Bind]) -> str | None:
     next restart. Checked by real path, the bind's source against every such place.
     """
     places = _code_places()
-    for b in binds:
+    for b in binds:  # sources are real paths (_real_path)
         if b.readonly:
             continue
-        src = os.path.realpath(b.source)
+        src = b.source
         inside = src.rstrip("/") + "/"
         for place, why in places:
             if place == src or place.startswith(inside):

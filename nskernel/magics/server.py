@@ -183,7 +183,11 @@ _PYTHON_BINDS = python_environment_binds()
 
 
 def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
-    binds = tuple(Bind(src, dst, bool(ro)) for src, dst, ro in spec.get("binds") or ())
+    # The kernel resolved and checked the sources (magic._writable_bind_over_code): they
+    # are taken as they are, never resolved again (see Bind.resolved).
+    binds = tuple(
+        Bind(src, dst, bool(ro), resolved=True) for src, dst, ro in spec.get("binds") or ()
+    )
     namespaces = spec.get("namespaces") or ALL_NAMESPACES
     limits = spec.get("limits") or {}
     env = spec.get("env")

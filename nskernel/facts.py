@@ -455,28 +455,41 @@ SYSFS_READ_MAX = 64  # bytes: a sysfs attribute such as a link's flags
 
 
 def _read_sysfs_inside(pid: int, path: str) -> str:
-    """A sysfs attribute as the sandbox of ``pid`` sees it, read from the host, where the
-    sandbox may have put anything (it can mount a tmpfs over its own /sys).
+    """A sysfs attribute as the sandbox of ``pid`` sees it (``path`` under its ``sys/``),
+    read from the host, where the sandbox may have put anything: it can mount a tmpfs over
+    its own /sys, or bind another sysfs file (some block when read, or act) over one.
 
-    Resolved inside the sandbox's root only (its symlinks cannot lead to a host path),
-    no magic links; opened non-blocking (no FIFO holds the reader), accepted only if it is
-    a regular file on a sysfs, and read up to a bound.
+    Resolved inside the sandbox's root only (its symlinks cannot lead to a host path), no
+    magic links; opened non-blocking (no FIFO holds the reader); accepted only as a
+    regular file on the very mount of its /sys (nothing mounted over or under it since),
+    which must be a sysfs; read up to a bound.
     """
     root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    fds: list[int] = []
     try:
         resolve = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+        fds.append(syscalls.openat2(root, "sys", os.O_PATH | os.O_DIRECTORY, resolve))
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
-        fd = syscalls.openat2(root, path, flags, resolve)
-    finally:
-        os.close(root)
-    try:
+        fds.append(syscalls.openat2(root, path, flags, resolve))
+        sys_dir, fd = fds
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        if _mount_id(fd) != _mount_id(sys_dir):
+            raise OSError(errno.EINVAL, f"{path} is not on the sandbox's /sys mount")
         if syscalls.filesystem_type(fd) != syscalls.SYSFS_MAGIC:
             raise OSError(errno.EINVAL, f"{path} is not on a sysfs")
         return os.read(fd, SYSFS_READ_MAX).decode("ascii", "replace")
     finally:
-        os.close(fd)
+        for f in (root, *fds):
+            os.close(f)
+
+
+def _mount_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    raise OSError(errno.EINVAL, "no mount id in fdinfo")
 
 
 def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) -> None:

@@ -246,7 +246,9 @@ def test_unknown_hostname_is_explained_not_guessed() -> None:
 
 
 @pytest.mark.userns
-@pytest.mark.parametrize("plant", ["fifo", "link to a host file", "link to a host fifo"])
+@pytest.mark.parametrize(
+    "plant", ["fifo", "link to a host file", "link to a host fifo", "another sysfs file"]
+)
 def test_the_host_never_follows_or_blocks_on_what_a_sandbox_planted_in_its_sys(
     plant: str, tmp_path
 ) -> None:
@@ -261,14 +263,19 @@ def test_the_host_never_follows_or_blocks_on_what_a_sandbox_planted_in_its_sys(
         "fifo": "mkfifo /sys/class/net/lo/flags",
         "link to a host file": f"ln -s {host_file} /sys/class/net/lo/flags",
         "link to a host fifo": f"ln -s {host_fifo} /sys/class/net/lo/flags",
-    }[plant]
+    }.get(plant)
     script = f"mount -t tmpfs none /sys/class/net && mkdir /sys/class/net/lo && {made}; sleep 60"
+    if made is None:  # a sysfs file that reads as "1" (UP) bound over lo's flags
+        script = "mount --bind /sys/class/net/lo/ifindex /sys/class/net/lo/flags; sleep 60"
     sb = Sandbox.spawn(SandboxSpec(), ["sh", "-c", script])
     try:
         planted = f"/proc/{sb.pid}/root/sys/class/net/lo/flags"
 
         def trap_set() -> bool:  # the real lo/flags, a regular file, is there before
             try:
+                if made is None:
+                    with open(f"/proc/{sb.pid}/mountinfo") as f:
+                        return "/net/lo/flags " in f.read()  # the mount point
                 return not stat.S_ISREG(os.lstat(planted).st_mode)
             except OSError:
                 return False

@@ -37,6 +37,7 @@ import struct
 import time
 from typing import Any
 
+from . import idmap
 from . import syscalls as sc
 
 IFNAMSIZ = 15
@@ -285,15 +286,21 @@ def _hop(req: dict[str, Any], fds: list[int], out: list[int]) -> None:
     me = os.geteuid()
     _setfsids(req["uid"], req["gid"])
     try:
-        hosts = os.open(
-            HOSTS_PATH_INSIDE, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
-        )
+        # The sandbox can write its /tmp: never follow a link it put at this name.
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        hosts = os.open(HOSTS_PATH_INSIDE, flags, 0o644)
         out.append(hosts)
         os.fchmod(hosts, 0o644)  # whatever the umask: every sandbox user reads it
         os.write(hosts, text.encode())
     finally:
         _setfsids(me, os.getegid())
-    sc.mount(HOSTS_PATH_INSIDE, "/etc/hosts", None, sc.MS_BIND)
+    # Bound from the descriptor just written, not by its path (which the sandbox could
+    # swap meanwhile for a link to a file it cannot otherwise reach).
+    clone = idmap.open_tree_clone("", dir_fd=hosts)
+    try:
+        idmap.move_mount(clone, "/etc/hosts")
+    finally:
+        os.close(clone)
     # The bind inherits /tmp's nosuid/nodev/noexec; in a mount namespace that is less
     # privileged than its parent's they are locked, and a remount that left them out
     # would be refused (EPERM). statvfs's ST_* bits equal the MS_* ones.

@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -85,6 +87,17 @@ def kernel(
     """A started sandboxed kernel; afterwards, asserts nothing of it is left."""
     with started_kernel(ksm, cwd, name, env) as (km, kc):
         yield Running(km, kc, cwd)
+
+
+@pytest.fixture
+def var_tmp() -> Iterator[Path]:
+    """A directory outside /tmp (which is private inside sandboxes)."""
+    d = Path(tempfile.mkdtemp(prefix="nsk-kernel-", dir="/var/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def not_roots(directory: Path) -> None:
@@ -218,6 +231,50 @@ def test_notebook_directory_is_writable_when_installed_so(
     # through the idmapped mount, not by running as that owner).
     owner = nbdir.stat().st_uid
     assert (nbdir / "result.txt").stat().st_uid == owner
+
+
+def test_code_host_python_loads_stays_read_only_in_a_writable_notebook_directory(
+    ksm: KernelSpecManager, var_tmp: Path
+) -> None:
+    """A project directory holds what host-side Python loads code from (here a directory
+    on the launcher's PYTHONPATH; often the .venv Jupyter runs from) and a .git whose hooks
+    git runs on the host. Writable, the kernel would leave a .pth there that the next
+    launcher runs outside every sandbox (red team, as root and rootless): those stay
+    read-only inside, the rest of the directory is writable. A directory that is itself on
+    sys.path stays read-only as a whole. (Not under /tmp, which is private inside: there
+    the environment's own read-only binds would cover the places by chance.)"""
+    nbdir = var_tmp / "project"
+    for d in ("pylib", ".git/hooks", "data"):
+        (nbdir / d).mkdir(parents=True)
+    for d in (nbdir, nbdir / "pylib", nbdir / ".git", nbdir / ".git/hooks", nbdir / "data"):
+        not_roots(d)
+    env = {**os.environ, "PYTHONPATH": str(nbdir / "pylib")}
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME, env=env) as k:
+        out = k.run(
+            """
+            import errno
+            for path in ('pylib/evil.pth', '.git/hooks/pre-commit', 'data/ok.txt', 'ok.txt'):
+                try:
+                    open(path, 'w').write('x')
+                    print(path, 'written')
+                except OSError as e:
+                    print(path, errno.errorcode[e.errno])
+            """
+        )
+    assert out["stdout"].splitlines() == [
+        "pylib/evil.pth EROFS",
+        ".git/hooks/pre-commit EROFS",
+        "data/ok.txt written",
+        "ok.txt written",
+    ], out
+    assert not (nbdir / "pylib" / "evil.pth").exists()
+    # The directory itself on sys.path: read-only inside, and the kernel says why.
+    env = {**os.environ, "PYTHONPATH": str(nbdir)}
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME, env=env) as k:
+        out = k.run("open('again.txt', 'w')")
+    assert out["error"] in ("OSError", "PermissionError"), out
+    assert "loads code from" in out["stderr"] or "read-only" in out["stderr"], out
+    assert not (nbdir / "again.txt").exists()
 
 
 def test_a_home_as_notebook_directory_is_never_writable(

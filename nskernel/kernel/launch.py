@@ -388,8 +388,18 @@ def _start(
     hide: tuple[str, ...] = ()
     cwd_inside = cwd
     writable, refusal = False, None
+    code_inside: list[str] = []
     if bind_cwd and with_mnt and args.writable_notebook_dir:
         refusal = notebook_dir_write_refusal(cwd, env.get("HOME"), owner)
+        if not refusal:
+            code_inside = code_places_inside(cwd, argv)
+            if os.path.realpath(cwd) in code_inside:
+                refusal = (
+                    f"the notebook's directory {cwd} is itself a place Python loads code "
+                    "from (on sys.path): it stays read-only inside; keep notebooks in a "
+                    "subdirectory to write next to them"
+                )
+                code_inside = []
         if refusal:
             print(f"nskernel: {refusal}", file=sys.stderr)
         writable = not refusal
@@ -414,6 +424,9 @@ def _start(
             bind_cwd = False
             cwd_inside = env.get("HOME") or "/"
         binds += nb_binds
+        if bind_cwd:
+            # Read-only on top: what host-side Python loads code from, inside (below).
+            binds += [Bind(p, p, True) for p in code_inside]
     if with_mnt:
         # Modules the kernel imports later (nskernel.widgets, the user's editable
         # packages) must stay importable when this environment lives under a directory
@@ -611,6 +624,39 @@ def notebook_dir_write_refusal(
                 "or run Jupyter as that user"
             )
     return None
+
+
+def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
+    """What host-side Python loads code from inside ``directory``, by real path, outermost
+    only: kept read-only inside when the notebook's directory is writable.
+
+    A project directory often holds the environment Jupyter runs from (``.venv``), an
+    editable checkout on ``sys.path``, the kernel's interpreter: a ``.pth`` file the
+    sandbox left in their site-packages would run in the next launcher, probe or server
+    started from them, outside every sandbox, with no one doing anything. ``.git`` too:
+    git runs its hooks on the host.
+    """
+    import site
+
+    real = os.path.realpath(directory)
+    kernel_env = os.path.dirname(os.path.dirname(os.path.abspath(argv[0]))) if argv else ""
+    candidates = [
+        sys.prefix,
+        sys.exec_prefix,
+        *sys.path,
+        site.getusersitepackages(),
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # nskernel itself
+        kernel_env,
+        os.path.join(real, ".git"),
+    ]
+    inside = set()
+    for c in candidates:
+        if not c:
+            continue
+        p = os.path.realpath(c)
+        if (p == real or p.startswith(real + "/")) and os.path.exists(p):
+            inside.add(p)
+    return [p for p in sorted(inside) if not any(p.startswith(o + "/") for o in inside)]
 
 
 FILTER_MAX = 1 << 20  # bytes; the default filter is a few kilobytes

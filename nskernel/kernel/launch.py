@@ -631,10 +631,10 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
     only: kept read-only inside when the notebook's directory is writable.
 
     A project directory often holds the environment Jupyter runs from (``.venv``), an
-    editable checkout on ``sys.path``, the kernel's interpreter: a ``.pth`` file the
-    sandbox left in their site-packages would run in the next launcher, probe or server
-    started from them, outside every sandbox, with no one doing anything. ``.git`` too:
-    git runs its hooks on the host.
+    editable checkout (on ``sys.path``, or found by an editable install's finder), the
+    kernel's interpreter: a ``.pth`` file the sandbox left in their site-packages would
+    run in the next launcher, probe or server started from them, outside every sandbox,
+    with no one doing anything. ``.git`` too: git runs its hooks on the host.
     """
     import site
 
@@ -649,6 +649,9 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
         kernel_env,
         os.path.join(real, ".git"),
     ]
+    # Modules loaded by a finder rather than from sys.path (an editable install's
+    # __editable__ finder maps a package to a project directory): where they really are.
+    candidates += {os.path.dirname(f) for m in list(sys.modules.values()) if (f := _file_of(m))}
     inside = set()
     for c in candidates:
         if not c:
@@ -657,6 +660,11 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
         if (p == real or p.startswith(real + "/")) and os.path.exists(p):
             inside.add(p)
     return [p for p in sorted(inside) if not any(p.startswith(o + "/") for o in inside)]
+
+
+def _file_of(module: Any) -> str | None:
+    f = getattr(module, "__file__", None)
+    return f if isinstance(f, str) else None
 
 
 FILTER_MAX = 1 << 20  # bytes; the default filter is a few kilobytes

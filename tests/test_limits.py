@@ -171,3 +171,28 @@ def test_a_killed_launchers_cgroup_is_swept_by_the_next(nsk, tmp_path):
     assert os.path.isdir(stale)
     assert nsk("run", "--pids", "10", "--", "true").returncode == 0
     assert not os.path.exists(stale)
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_child_cgroups_a_sandbox_made_go_with_its_cgroup(tmp_path):
+    """Where the hierarchy is delegated to it, a sandbox can make child cgroups in its own:
+    its cgroup must still go at the end (bottom-up), not stay behind busy. Made here by the
+    test, as host root, in the sandbox's cgroups."""
+    status = tmp_path / "s.json"
+    proc = subprocess.Popen(
+        nskernel_cmd("run", "--pids", "50", "--memory", "128M", "--status-json", str(status),
+                     "--", "sleep", "30")
+    )  # fmt: skip
+    while not status.exists():
+        time.sleep(0.02)
+    init = json.loads(status.read_text())["pid"]
+    with open(f"/proc/{init}/cgroup") as f:
+        theirs = dict(line.strip().split(":", 2)[1:] for line in f)
+    dirs = [f"/sys/fs/cgroup/{c}{theirs[c]}" for c in ("pids", "memory")]
+    for d in dirs:
+        os.makedirs(os.path.join(d, "child", "grandchild"))
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(10)
+    for d in dirs:
+        assert not os.path.exists(d), f"{d} was left behind"

@@ -119,7 +119,7 @@ class AppliedLimits:
 
     def remove_from_parent(self) -> None:
         for d in self.cgroup_dirs:
-            _rmdir_quietly(d)
+            _remove_cgroup(d)
         self.cgroup_dirs = []
 
 
@@ -148,6 +148,29 @@ def _writable(path: str) -> bool:
     return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
+CGROUP_REMOVE_MAX = 10_000  # child cgroups removed at most, bottom-up
+
+
+def _remove_cgroup(path: str) -> None:
+    """Remove a sandbox's cgroup and, first, any child cgroups it made in it (where the
+    hierarchy is delegated to it, a sandbox may: its cgroup would be left behind, EBUSY).
+    Deepest first, relative to directory descriptors, following nothing; bounded."""
+    removed = 0
+    try:
+        for _root, dirs, _files, root_fd in os.fwalk(path, topdown=False):
+            for name in dirs:
+                if removed >= CGROUP_REMOVE_MAX:
+                    break
+                try:
+                    os.rmdir(name, dir_fd=root_fd)
+                except OSError:
+                    pass
+                removed += 1
+    except OSError:
+        pass
+    _rmdir_quietly(path)
+
+
 def _rmdir_quietly(path: str) -> None:
     try:
         os.rmdir(path)
@@ -166,7 +189,7 @@ def sweep_stale(base: str) -> None:
         if len(parts) != 3 or parts[0] != "nsk" or not parts[1].isdigit():
             continue
         if not os.path.exists(f"/proc/{parts[1]}"):
-            _rmdir_quietly(os.path.join(base, name))  # fails, harmlessly, if not empty
+            _remove_cgroup(os.path.join(base, name))  # fails, harmlessly, if processes remain
 
 
 def _write(path: str, value: object) -> None:

@@ -86,6 +86,56 @@ def _passwd_home() -> str | None:
         return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """How ``path`` resolves: ``dirs``, the directories (real paths) its components are
+    looked up in, symbolic links followed; ``links``, those among them where a link was
+    found; ``real``, what it resolves to."""
+
+    dirs: tuple[str, ...]
+    links: tuple[str, ...]
+    real: str
+
+
+def lookup(path: str, max_links: int = 40) -> Lookup:
+    """Resolve ``path`` component by component (see :class:`Lookup`).
+
+    Whoever can write one of ``dirs`` can replace what is found there: a link to the
+    environment a host-side Python runs from (``.venv -> /opt/env``) is as much a place
+    that Python loads code from as the environment itself, though neither ``realpath``
+    nor the path as written shows it.
+    """
+    pending = [p for p in os.path.abspath(path).split("/") if p][::-1]
+    current, dirs, links, hops = "/", [], [], 0
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        dirs.append(current)
+        nxt = os.path.join(current, name)
+        try:
+            target = os.readlink(nxt)
+        except OSError:  # not a link (or not there): go on below it
+            current = nxt
+            continue
+        links.append(current)
+        hops += 1
+        if hops > max_links:
+            break
+        if target.startswith("/"):
+            current = "/"
+        pending += [p for p in target.split("/") if p][::-1]
+    return Lookup(tuple(dirs), tuple(links), current)
+
+
+def within(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it (both real, absolute paths)."""
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
 def is_a_home(path: str, home: str | None = None) -> bool:
     """Whether ``path`` is a home (the caller's or a local person's), by its real path."""
     real = os.path.realpath(path)

@@ -277,6 +277,28 @@ def test_code_host_python_loads_stays_read_only_in_a_writable_notebook_directory
     assert not (nbdir / "again.txt").exists()
 
 
+def test_a_link_to_where_host_python_loads_code_keeps_the_notebook_directory_read_only(
+    ksm: KernelSpecManager, var_tmp: Path
+) -> None:
+    """``.venv -> /elsewhere/env`` in a project directory, Jupyter started through it: the
+    real environment is outside, but a writable directory would let the sandbox put its
+    own ``.venv`` in the link's place, which the next launcher runs from (red team, as
+    root and rootless). The directory stays read-only as a whole, and says why."""
+    real_env, nbdir = var_tmp / "real-env", var_tmp / "project"
+    (real_env / "pylib").mkdir(parents=True)
+    nbdir.mkdir()
+    (nbdir / ".venv").symlink_to(real_env)
+    not_roots(nbdir)
+    if IS_ROOT:  # the project's owner owns its link too
+        os.lchown(nbdir / ".venv", NOT_ROOT, NOT_ROOT)
+    env = {**os.environ, "PYTHONPATH": str(nbdir / ".venv" / "pylib")}
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME, env=env) as k:
+        out = k.run("import os\nos.rename('.venv', 'gone')")
+    assert out["error"] in ("OSError", "PermissionError"), out
+    assert "holds a link to" in out["stderr"] or "read-only" in out["stderr"], out
+    assert (nbdir / ".venv").is_symlink()
+
+
 def test_a_home_as_notebook_directory_is_never_writable(
     ksm: KernelSpecManager, tmp_path: Path
 ) -> None:

@@ -162,3 +162,25 @@ def _zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_a_spare_holds_no_kernels_environment(ksm: KernelSpecManager, tmp_path: Path) -> None:
+    """The kernel forked from a spare keeps the spare's first environment block in its
+    memory: it must hold nothing of the kernel before it (another kernel's ``--env``
+    values, its notebook's name), only the start-up variables every taker shares."""
+    from nskernel.kernel import spare
+
+    spare.discard()
+    env = dict(os.environ, MPLBACKEND="module://only-for-kernel-a", JPY_SESSION_NAME="a.ipynb")
+    with started_kernel(ksm, tmp_path, env=env):
+        waiting = _one_spare()
+        with open(f"/proc/{waiting}/environ", "rb") as f:
+            block = f.read()
+    assert b"only-for-kernel-a" not in block and b"a.ipynb" not in block, block
+    names = {v.split(b"=", 1)[0].decode() for v in block.split(b"\0") if v}
+    assert names <= {k for k in os.environ if spare._startup_variable(k)} | spare.kept_names(
+        os.environ
+    ), names
+    with started_kernel(ksm, tmp_path) as (km, _kc):
+        assert km.provisioner.pid == waiting  # the next kernel took it
+    spare.discard()

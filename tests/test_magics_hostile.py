@@ -1081,3 +1081,28 @@ def test_a_bind_source_swapped_for_a_link_after_the_check_is_never_mounted(tmp_p
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert not (nbdir / "ipywidgets").exists()
+
+
+def test_a_writable_bind_over_a_link_to_where_the_kernel_imports_from_is_refused(tmp_path):
+    """``proj/.venv -> /elsewhere/env`` with the kernel importing through the link: a
+    writable ``--bind ./proj`` would let the sandbox put its own ``.venv`` in the link's
+    place (red team). Refused, though the real environment lies outside the bind."""
+    from jupyter_client.manager import start_new_kernel
+
+    real_env, nbdir = tmp_path / "real-env", tmp_path / "nb"
+    (real_env / "pylib").mkdir(parents=True)
+    (nbdir / "proj").mkdir(parents=True)
+    (nbdir / "proj" / ".venv").symlink_to(real_env)
+    for d in (tmp_path, nbdir, nbdir / "proj"):
+        os.chmod(d, 0o777)
+    env = dict(os.environ, PYTHONPATH=str(nbdir / "proj" / ".venv" / "pylib"))
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir), env=env)
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        res = execute(kc, "%%sandbox --bind ./proj\nimport os\nos.rename('proj/.venv', 'proj/x')")
+        assert res.status == "error" and "this kernel imports code from" in res.error_text
+        assert (nbdir / "proj" / ".venv").is_symlink()
+        assert execute(kc, "%%sandbox --ro-bind ./proj\npass").status == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -71,10 +71,12 @@ from ..spec import (
     blocked_ancestor,
     hidden_inside,
     is_a_home,
+    lookup,
     make_limits,
     notebook_dir_binds,
     parse_degraded,
     python_environment_binds,
+    within,
 )
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints, spare
 
@@ -395,9 +397,10 @@ def _start(
             code_inside = code_places_inside(cwd, argv)
             if os.path.realpath(cwd) in code_inside:
                 refusal = (
-                    f"the notebook's directory {cwd} is itself a place Python loads code "
-                    "from (on sys.path): it stays read-only inside; keep notebooks in a "
-                    "subdirectory to write next to them"
+                    f"the notebook's directory {cwd} is, or holds a link to, a place "
+                    "Python outside the sandbox loads code from (on sys.path, or the "
+                    "environment Jupyter runs from): it stays read-only inside; keep "
+                    "notebooks in a subdirectory to write next to them"
                 )
                 code_inside = []
         if refusal:
@@ -641,6 +644,7 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
     real = os.path.realpath(directory)
     kernel_env = os.path.dirname(os.path.dirname(os.path.abspath(argv[0]))) if argv else ""
     candidates = [
+        sys.executable,
         sys.prefix,
         sys.exec_prefix,
         *sys.path,
@@ -656,9 +660,13 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
     for c in candidates:
         if not c:
             continue
-        p = os.path.realpath(c)
-        if (p == real or p.startswith(real + "/")) and os.path.exists(p):
-            inside.add(p)
+        found = lookup(c)
+        if any(within(d, real) for d in found.links):
+            # Reached through a link inside (``.venv -> /opt/env``): the sandbox could put
+            # its own in its place, and a mount cannot cover a link. All of it, then.
+            inside.add(real)
+        elif within(found.real, real) and os.path.exists(found.real):
+            inside.add(found.real)  # bound read-only on top: a mount point cannot be renamed
     return [p for p in sorted(inside) if not any(p.startswith(o + "/") for o in inside)]
 
 

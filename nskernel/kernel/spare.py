@@ -23,9 +23,10 @@ What keeps it safe and unsurprising:
 - A spare is used only for the interpreter configuration it was started with: the same
   ``sys.executable`` and the same values of everything Python and the dynamic linker read
   from the environment at start-up (``PYTHON*``, ``LD_*``, locale, ``HOME`` for the user
-  site directory). Anything else, or standard streams other than the server's, starts a
-  fresh launcher, as before. Its environment until then is the previous kernel's, which
-  is already the allow-list (never the server's secrets).
+  site directory, ``PATH``). Anything else, or standard streams other than the server's,
+  starts a fresh launcher, as before. Its environment until then is only those variables
+  and the names every sandbox keeps (:func:`spare_environment`): the kernel forked from
+  it keeps that first environment block in its memory.
 - It runs as ``python -P -m`` like every host-side helper (see
   :func:`nskernel.environ.python_module_command`), and is started in ``/``: it never
   imports from a notebook's directory.
@@ -45,7 +46,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..environ import python_module_command
+from ..environ import kept_names, python_module_command
 
 LAUNCHER_MODULE = "nskernel.kernel.launch"
 # The launcher's options that name a descriptor: the spare receives these descriptors
@@ -61,13 +62,25 @@ ARGV_ROOM = 2048
 # What Python and the dynamic linker read from the environment before any code runs:
 # a spare started with other values is another interpreter configuration.
 _STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "GLIBC_", "MALLOC_")
-_STARTUP_NAMES = ("LANG", "LANGUAGE", "TZ", "HOME")
+_STARTUP_NAMES = ("LANG", "LANGUAGE", "TZ", "HOME", "PATH")
+
+
+def _startup_variable(name: str) -> bool:
+    return name.startswith(_STARTUP_PREFIXES) or name in _STARTUP_NAMES
+
+
+def spare_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """What a spare starts with: the start-up variables (equal, by the key, for any start
+    that takes it) and the names every sandbox of this server keeps (NSKERNEL_KEEP_ENV).
+    Never a kernel's whole environment: the kernel forked from the spare keeps the
+    spare's first environment block in its memory, so another kernel's ``--env`` values
+    would be readable there (red team)."""
+    kept = kept_names(os.environ)
+    return {k: v for k, v in env.items() if _startup_variable(k) or k in kept}
 
 
 def startup_key(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
-    picked = (
-        (k, v) for k, v in env.items() if k.startswith(_STARTUP_PREFIXES) or k in _STARTUP_NAMES
-    )
+    picked = ((k, v) for k, v in env.items() if _startup_variable(k))
     return sys.executable, tuple(sorted(picked))
 
 
@@ -139,7 +152,7 @@ def prepare(env: Mapping[str, str]) -> None:
                 " " * ARGV_ROOM,
             ],
             pass_fds=(theirs.fileno(),),
-            env=dict(env),
+            env=spare_environment(env),
             cwd="/",
             # As jupyter_client starts a kernel: stdin a pipe closed at once, stdout and
             # stderr the server's, a session of its own (interrupts are sent to its group).

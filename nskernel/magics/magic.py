@@ -33,10 +33,12 @@ from nskernel.spec import (
     DEGRADED_MODES,
     Bind,
     format_size,
+    lookup,
     make_limits,
     notebook_dir_binds,
     parse_degraded,
     parse_size,
+    within,
 )
 
 from . import comms, messages, protocol
@@ -840,6 +842,7 @@ def _code_places() -> list[tuple[str, str]]:
     """Where this kernel loads code from, with why: (real path, reason)."""
     cwd = _cwd() or "/"
     places = [(cwd, "its working directory: '' on sys.path, and where a restart runs it")]
+    places += [(sys.executable, "its Python"), (sys.prefix, "its environment")]
     places += [(entry or cwd, "on sys.path") for entry in sys.path]
     with contextlib.suppress(Exception):
         from IPython.paths import get_ipython_dir
@@ -850,7 +853,7 @@ def _code_places() -> list[tuple[str, str]]:
 
         places.append((jupyter_config_dir(), "Jupyter's config directory"))
         places.append((jupyter_data_dir(), "Jupyter's data directory: kernelspecs"))
-    return [(os.path.realpath(p), why) for p, why in places]
+    return places
 
 
 def _writable_bind_over_code(binds: list[Bind]) -> str | None:
@@ -859,16 +862,19 @@ def _writable_bind_over_code(binds: list[Bind]) -> str | None:
     What a sandbox writes there runs in this kernel, outside every sandbox: an
     ``ipywidgets/`` planted in the working directory is imported by the kernel (nskernel's
     comm relay, a later ``import``) in the same cell, an ``ipykernel_launcher.py`` at its
-    next restart. Checked by real path, the bind's source against every such place.
+    next restart. The bind's source (a real path) against what every such place resolves
+    to and every directory it is looked up in on the way (spec.lookup).
     """
-    places = _code_places()
+    places = [(lookup(p), why) for p, why in _code_places()]
     for b in binds:  # sources are real paths (_real_path)
         if b.readonly:
             continue
         src = b.source
-        inside = src.rstrip("/") + "/"
-        for place, why in places:
-            if place == src or place.startswith(inside):
+        for found, why in places:
+            # What it resolves to, or any directory it is looked up in on the way (a link
+            # there, e.g. .venv -> /opt/env, could be replaced by one of the sandbox's).
+            if any(within(d, src) for d in (*found.dirs, found.real)):
+                place = found.real
                 return (
                     f"--bind {b.source}: this kernel imports code from {place} ({why}), so "
                     "code a sandbox wrote there would run in this kernel, outside any sandbox. "

@@ -75,8 +75,10 @@ def spare_environment(env: Mapping[str, str]) -> dict[str, str]:
     Never a kernel's whole environment: the kernel forked from the spare keeps the
     spare's first environment block in its memory, so another kernel's ``--env`` values
     would be readable there (red team)."""
-    kept = kept_names(os.environ)
-    return {k: v for k, v in env.items() if _startup_variable(k) or k in kept}
+    started = {k: v for k, v in env.items() if _startup_variable(k)}
+    # The server's own values of the kept names (a kernel's --env may have set another).
+    kept = {k: os.environ[k] for k in kept_names(os.environ) if k in os.environ}
+    return {**kept, **started}
 
 
 def startup_key(env: Mapping[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:

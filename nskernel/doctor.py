@@ -33,13 +33,13 @@ import errno as errno_mod
 import functools
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ._linux.procfs import NS_TYPES
+from ._linux.userns import id_map_tool
 
 NAMESPACES = ("user", "pid", "net", "mnt", "uts", "ipc")
 
@@ -631,7 +631,7 @@ def _blocker(bid: str, rt: dict[str, Any], *, seen: bool = True, **kw: Any) -> B
 def _id_map_blocker(rt: dict[str, Any]) -> Blocker:
     if _sysctl("kernel.apparmor_restrict_unprivileged_userns") == "1":
         return _blocker("apparmor-userns", rt)
-    if no_new_privs() and shutil.which("newuidmap"):
+    if no_new_privs() and id_map_tool("newuidmap"):
         why = (
             "newuidmap/newgidmap need their setuid bit, and no_new_privs is set for this "
             "process (Kubernetes allowPrivilegeEscalation: false, Docker "
@@ -642,7 +642,7 @@ def _id_map_blocker(rt: dict[str, Any]) -> Blocker:
             "(a single-id map needs no helper), or allow privilege escalation."
         ]
         return _blocker("id-maps", rt, why=why, fix=fix)
-    if not shutil.which("newuidmap"):
+    if not id_map_tool("newuidmap"):
         why = "the user namespace's id maps could not be written, and newuidmap is missing."
         fix = [
             "for a whole subordinate id range install newuidmap/newgidmap (Debian: apt "
@@ -801,8 +801,8 @@ def diagnose() -> dict[str, Any]:
             )
             if _sysctl(name) is not None
         },
-        "newuidmap": shutil.which("newuidmap"),
-        "newgidmap": shutil.which("newgidmap"),
+        "newuidmap": id_map_tool("newuidmap"),
+        "newgidmap": id_map_tool("newgidmap"),
         "namespaces": {},
     }
     report["proc_masked"] = bool(report["masked"]["/proc"])

@@ -164,3 +164,25 @@ def cwd_on_sys_path() -> None:
         sites = ("site-packages", "dist-packages")
         at = next((i for i, p in enumerate(sys.path) if os.path.basename(p) in sites), 0)
         sys.path.insert(at, "")
+
+
+# Lists of directories that a program searches relative to its working directory when an
+# entry is relative or empty ("/x:" means "/x" and "."): PATH (execvp, shutil.which),
+# PYTHONPATH (sys.path), LD_LIBRARY_PATH (the dynamic loader).
+PATH_LISTS = ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH")
+
+
+def absolute_path_lists(env: Mapping[str, str], base: str) -> dict[str, str]:
+    """``env`` with every entry of its PATH_LISTS absolute: relative and empty ones are
+    resolved against ``base`` (where the user started the program that hands ``env`` on).
+
+    A host-side helper starts in the notebook's directory, which a sandbox may write: a
+    relative entry there would have it import a ``json.py``, or run a ``newuidmap``, that
+    the sandbox left (red team: ``PYTHONPATH=src jupyter lab``, or ``/x:``).
+    """
+    out = dict(env)
+    for name in PATH_LISTS:
+        if name in out:
+            parts = out[name].split(os.pathsep)
+            out[name] = os.pathsep.join(os.path.normpath(os.path.join(base, p)) for p in parts)
+    return out

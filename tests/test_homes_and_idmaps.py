@@ -203,3 +203,24 @@ def test_only_the_owners_own_group_is_mapped(var_tmp: Path) -> None:
     st = os.stat(own / "t")
     assert (st.st_uid, st.st_gid) == (owner.pw_uid, owner.pw_gid)
     assert os.listdir(other) == []
+
+
+def test_id_map_tools_are_never_found_through_a_relative_path_entry(
+    var_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative or empty PATH entry means the working directory, which may be a
+    notebook's directory a sandbox wrote: a ``newuidmap`` planted there must not be the
+    one run (as the user, on the host)."""
+    from nskernel._linux import userns
+
+    (var_tmp / "bin").mkdir()
+    for tool in ("newuidmap", "newgidmap"):
+        fake = var_tmp / "bin" / tool
+        fake.write_text("#!/bin/sh\nexit 0\n")
+        fake.chmod(0o755)
+        (var_tmp / tool).symlink_to(fake)
+    monkeypatch.chdir(var_tmp)
+    monkeypatch.setenv("PATH", f"bin::{os.environ['PATH']}")
+    for tool in ("newuidmap", "newgidmap"):
+        found = userns.id_map_tool(tool)
+        assert found is None or (os.path.isabs(found) and not found.startswith(str(var_tmp)))

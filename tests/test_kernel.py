@@ -299,6 +299,26 @@ def test_a_link_to_where_host_python_loads_code_keeps_the_notebook_directory_rea
     assert (nbdir / ".venv").is_symlink()
 
 
+def test_search_paths_never_lead_a_host_side_helper_into_the_notebook_directory(
+    ksm: KernelSpecManager, var_tmp: Path
+) -> None:
+    """``PYTHONPATH=src jupyter lab`` in a project, or an entry not created yet: host-side
+    helpers start in the notebook's directory, where a relative entry would land and
+    where the sandbox could create a missing one with a ``json.py`` in it (red team: ran
+    as host root in the next launcher). Relative and empty entries are made absolute
+    against the server's directory; a missing entry inside keeps the directory read-only."""
+    nbdir = var_tmp / "project"
+    nbdir.mkdir()
+    not_roots(nbdir)
+    env = {**os.environ, "PYTHONPATH": f"src:{nbdir / 'lib'}:"}
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME, env=env) as k:
+        out = k.run("import os\nprint(os.environ['PYTHONPATH'])\nos.makedirs('lib', exist_ok=True)")
+    here = os.getcwd()  # the server's (this process's); inside, %pip's prefix comes first
+    assert out["stdout"].endswith(f":{here}/src:{nbdir / 'lib'}:{here}\n"), out
+    assert out["error"] in ("OSError", "PermissionError"), out  # read-only: lib is missing
+    assert not (nbdir / "lib").exists()
+
+
 def test_a_home_as_notebook_directory_is_never_writable(
     ksm: KernelSpecManager, tmp_path: Path
 ) -> None:

@@ -160,9 +160,7 @@ def plan_id_maps(
             return IdMapPlan((uid_row,), ((0, *subgid),), "direct", False)
         return IdMapPlan(((0, NOBODY, 1),), ((0, NOBODY, 1),), "direct", False)
 
-    import shutil  # here: its imports cost `nskernel run` milliseconds
-
-    if use_subids and shutil.which("newuidmap") and shutil.which("newgidmap"):
+    if use_subids and id_map_tool("newuidmap") and id_map_tool("newgidmap"):
         subuid = _subid_range("/etc/subuid", uid)
         subgid = _subid_range("/etc/subgid", uid)
         if subuid and subgid:
@@ -179,13 +177,27 @@ def plan_id_maps(
     return IdMapPlan(((0, uid, 1),), ((0, gid, 1),), "direct", True)
 
 
+def id_map_tool(name: str) -> str | None:
+    """``newuidmap``/``newgidmap`` by absolute path, searched in PATH's absolute entries
+    only: a relative or empty one means the working directory, which may be a notebook's
+    directory that a sandbox wrote (a planted ``newuidmap`` would run on the host)."""
+    import shutil  # here: its imports cost `nskernel run` milliseconds
+
+    path = os.environ.get("PATH", os.defpath)
+    absolute = os.pathsep.join(p for p in path.split(os.pathsep) if os.path.isabs(p))
+    return shutil.which(name, path=absolute)
+
+
 def write_id_maps_from_parent(pid: int, plan: IdMapPlan) -> None:
     """Write ``pid``'s maps. Raises OSError (or CalledProcessError) on failure."""
     if plan.method == "newidmap":
         import subprocess  # only this path needs it; keep it off every sandbox's start
 
         for tool, m in (("newgidmap", plan.gid_map), ("newuidmap", plan.uid_map)):
-            args = [tool, str(pid)] + [str(x) for triple in m for x in triple]
+            exe = id_map_tool(tool)
+            if exe is None:
+                raise FileNotFoundError(2, f"{tool} is not on PATH")
+            args = [exe, str(pid)] + [str(x) for triple in m for x in triple]
             subprocess.run(args, check=True, capture_output=True, text=True)
         return
     if plan.deny_setgroups:

@@ -648,11 +648,16 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
         sys.prefix,
         sys.exec_prefix,
         *sys.path,
+        # What the next host-side Python started with this environment puts first on its
+        # sys.path (made absolute by the provisioner; a directory not there yet included).
+        *os.environ.get("PYTHONPATH", "").split(os.pathsep),
         site.getusersitepackages(),
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # nskernel itself
         kernel_env,
-        os.path.join(real, ".git"),
     ]
+    git = os.path.join(real, ".git")  # only where there is one: a missing one is no code
+    if os.path.lexists(git):
+        candidates.append(git)
     # Modules loaded by a finder rather than from sys.path (an editable install's
     # __editable__ finder maps a package to a project directory): where they really are.
     candidates += {os.path.dirname(f) for m in list(sys.modules.values()) if (f := _file_of(m))}
@@ -665,8 +670,10 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
             # Reached through a link inside (``.venv -> /opt/env``): the sandbox could put
             # its own in its place, and a mount cannot cover a link. All of it, then.
             inside.add(real)
-        elif within(found.real, real) and os.path.exists(found.real):
-            inside.add(found.real)  # bound read-only on top: a mount point cannot be renamed
+        elif within(found.real, real):
+            # Bound read-only on top (a mount point cannot be renamed); one that is not
+            # there yet the sandbox could make, and nothing can be bound over it: all of it.
+            inside.add(found.real if os.path.exists(found.real) else real)
     return [p for p in sorted(inside) if not any(p.startswith(o + "/") for o in inside)]
 
 

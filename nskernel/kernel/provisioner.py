@@ -64,7 +64,12 @@ from jupyter_client.provisioning import LocalProvisioner
 from traitlets import Bool, Dict, List, Unicode
 
 from .. import paths
-from ..environ import parse_env_option, python_module_command, sandbox_environment
+from ..environ import (
+    absolute_path_lists,
+    parse_env_option,
+    python_module_command,
+    sandbox_environment,
+)
 from ..errors import NskernelError, SpecError
 from ..spec import ALL_NAMESPACES, _hostname_error, make_limits
 from . import spare
@@ -413,7 +418,10 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     def kernel_environment(self, source: dict[str, str], options: list[str]) -> dict[str, str]:
         """The kernel's environment (and so the launcher's): an allow-list of ``source``."""
         extra = {k: source[k] for k in KERNEL_VARIABLES if k in source}
-        return sandbox_environment(source, env_options=options, keep_all=self.keep_env, extra=extra)
+        env = sandbox_environment(source, env_options=options, keep_all=self.keep_env, extra=extra)
+        # The launcher starts in the notebook's directory: no search path of its may lead
+        # there by a relative entry (environ.absolute_path_lists).
+        return absolute_path_lists(env, os.getcwd())
 
     def _reuse_or_make_kernel_dir(self) -> str:
         """Blocking: sweep, then the kernel directory (on restart, the same one)."""

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nskernel._linux import syscalls
-from nskernel.environ import helper_environment, python_module_command
+from nskernel.environ import absolute_path_lists, helper_environment, python_module_command
 from nskernel.errors import NskernelError
 
 from . import protocol
@@ -115,7 +115,8 @@ class SandboxClient:
                 pass_fds=(child.fileno(),),
                 # Every sandbox is forked from the server: its memory must hold no secret
                 # of the kernel's (each cell's environment is sent with the cell).
-                env=helper_environment(os.environ),
+                # Search paths absolute: it starts in the notebook's directory.
+                env=absolute_path_lists(helper_environment(os.environ), _cwd_or_root()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 # Its own session: jupyter_client interrupts with killpg(SIGINT), and
@@ -375,3 +376,10 @@ def _fork_safety() -> None:
 
 
 os.register_at_fork(after_in_child=_fork_safety)
+
+
+def _cwd_or_root() -> str:
+    try:
+        return os.getcwd()
+    except OSError:  # removed meanwhile: relative entries then lead nowhere
+        return "/"

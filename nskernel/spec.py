@@ -7,6 +7,7 @@ which namespaces, the hostname, the binds and their paths. The privileged layer
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -129,6 +130,26 @@ def lookup(path: str, max_links: int = 40) -> Lookup:
             current = "/"
         pending += [p for p in target.split("/") if p][::-1]
     return Lookup(tuple(dirs), tuple(links), current)
+
+
+def jupyter_code_places() -> list[tuple[str, str]]:
+    """Where Jupyter and IPython take code and config from (kernelspecs, server and kernel
+    config files, startup files), each entry of their search paths: what is planted there
+    runs at the next kernel or server start."""
+    places: list[tuple[str, str]] = []
+    with contextlib.suppress(Exception):  # Jupyter or IPython not installed: none
+        from jupyter_core.paths import jupyter_config_path, jupyter_path
+
+        places += [(p, "Jupyter's config path: server and kernel config") for p in
+                   jupyter_config_path()]  # fmt: skip
+        places += [(p, "Jupyter's data path: kernelspecs") for p in jupyter_path()]
+    with contextlib.suppress(Exception):  # Jupyter or IPython not installed: none
+        from IPython.paths import get_ipython_dir
+
+        places.append((get_ipython_dir(), "the IPython directory: startup files, config"))
+    if os.environ.get("PYTHONSTARTUP"):
+        places.append((os.environ["PYTHONSTARTUP"], "PYTHONSTARTUP"))
+    return places
 
 
 def within(path: str, directory: str) -> bool:

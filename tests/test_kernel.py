@@ -319,6 +319,41 @@ def test_search_paths_never_lead_a_host_side_helper_into_the_notebook_directory(
     assert not (nbdir / "lib").exists()
 
 
+def test_jupyters_own_places_in_a_writable_notebook_directory_stay_read_only(
+    ksm: KernelSpecManager, var_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project-local Jupyter (``JUPYTER_CONFIG_DIR=.jupyter``): its config directory in a
+    writable notebook directory would let the kernel plant a ``jupyter_server_config.py``
+    or a kernelspec without the sandbox, run at the next start (red team). The places the
+    server takes code and config from stay read-only; one not made yet keeps the whole
+    directory read-only."""
+    nbdir = var_tmp / "project"
+    (nbdir / ".jupyter").mkdir(parents=True)
+    not_roots(nbdir)
+    not_roots(nbdir / ".jupyter")
+    monkeypatch.setenv("JUPYTER_CONFIG_DIR", str(nbdir / ".jupyter"))
+    code = """
+        import errno
+        for path in ('.jupyter/jupyter_server_config.py', 'ok.txt'):
+            try:
+                open(path, 'w').write('x')
+                print(path, 'written')
+            except OSError as e:
+                print(path, errno.errorcode[e.errno])
+        """
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME) as k:
+        out = k.run(code)
+    assert out["stdout"].splitlines() == [
+        ".jupyter/jupyter_server_config.py EROFS",
+        "ok.txt written",
+    ], out
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(nbdir / "share-not-made-yet"))
+    with kernel(ksm, nbdir, name=RW_KERNEL_NAME) as k:
+        out = k.run("open('again.txt', 'w')")
+    assert out["error"] in ("OSError", "PermissionError"), out
+    assert not (nbdir / "again.txt").exists()
+
+
 def test_a_home_as_notebook_directory_is_never_writable(
     ksm: KernelSpecManager, tmp_path: Path
 ) -> None:

@@ -1106,3 +1106,30 @@ def test_a_writable_bind_over_a_link_to_where_the_kernel_imports_from_is_refused
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_writable_bind_over_jupyters_search_paths_is_refused(tmp_path):
+    """Every entry of Jupyter's data and config paths (``JUPYTER_PATH``,
+    ``JUPYTER_CONFIG_PATH``) holds what runs at the next start: a kernelspec in place of
+    the stock "Python 3", a ``jupyter_server_config.py`` (red team). Refused, read-only
+    is fine."""
+    from jupyter_client.manager import start_new_kernel
+
+    data, config = tmp_path / "jpath", tmp_path / "jconf"
+    for d in (data, config):
+        d.mkdir()
+        os.chmod(d, 0o777)
+    os.chmod(tmp_path, 0o755)
+    env = dict(os.environ, JUPYTER_PATH=str(data), JUPYTER_CONFIG_PATH=str(config))
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, env=env)
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        for d in (data, config):
+            res = execute(kc, f"%%sandbox --bind {d}\nprint('ran')")
+            assert res.status == "error" and "this kernel imports code from" in res.error_text
+            assert "Jupyter's" in res.error_text
+            assert execute(kc, f"%%sandbox --ro-bind {d}\npass").status == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert list(data.iterdir()) == [] and list(config.iterdir()) == []

@@ -156,3 +156,29 @@ def test_networks_end_with_the_kernel(how):
         for pid in (server_pid, w_pid, c_pid, relay):
             assert wait_gone(pid), f"process {pid} outlived the kernel"
         assert not _holders(hub), "the hub namespace outlived the kernel"
+
+
+def test_a_fifo_where_the_hosts_file_goes_blocks_nothing(tmp_path):
+    """A named sandbox that shares a directory with the next one plants a FIFO (full, held
+    open) where the network helper used to write the next sandbox's /etc/hosts: that
+    sandbox must still join its network, and the server answer (red team: it blocked for
+    good, and outlived the kernel). The file is made under a fresh name, then unlinked."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(shared, 0o777)
+    fifo = str(shared / ".nskernel-hosts")
+    holder = f"import os, time; fd = os.open({fifo!r}, os.O_RDWR); os.write(fd, bytes(65536)); "
+    holder += "time.sleep(120)"
+    plant = (
+        f"%%sandbox --name a --bind {shared}\nimport os, subprocess, sys\n"
+        f"os.mkfifo({fifo!r})\n"
+        f"subprocess.Popen([sys.executable, '-c', {holder!r}], start_new_session=True)"
+    )
+    with kernel() as (_km, kc):
+        _ok(kc, plant)
+        join = f"%%sandbox --name b --bind {shared}:/tmp --network lab\nprint('joined')"
+        res = execute(kc, join, timeout=60)
+        assert res.status == "ok" and res.stdout == "joined\n", res.error_text
+        assert sorted(p.name for p in shared.iterdir()) == [".nskernel-hosts"]  # only the FIFO
+        _ok(kc, "%sandbox rm a b")

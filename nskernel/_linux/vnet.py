@@ -41,7 +41,7 @@ from . import idmap
 from . import syscalls as sc
 
 IFNAMSIZ = 15
-HOSTS_PATH_INSIDE = "/tmp/.nskernel-hosts"  # the sandbox's private /tmp: dies with it
+HOSTS_PATH_INSIDE = "/tmp/.nskernel-hosts"  # a prefix; a fresh name each time, unlinked once bound
 
 
 class VnetError(OSError):
@@ -285,15 +285,20 @@ def _hop(req: dict[str, Any], fds: list[int], out: list[int]) -> None:
     sc.setns(fds[1], sc.CLONE_NEWNS)  # moves our root and cwd to the sandbox's
     me = os.geteuid()
     _setfsids(req["uid"], req["gid"])
+    # The sandbox can write its /tmp: a fresh name, made here (O_EXCL), so that what is
+    # opened is a new regular file, never a link, FIFO or device it put in place (a FIFO
+    # at a fixed name blocked this process, and the server waiting on it, for good).
+    name = f"{HOSTS_PATH_INSIDE}-{os.urandom(8).hex()}"
     try:
-        # The sandbox can write its /tmp: never follow a link it put at this name.
-        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-        hosts = os.open(HOSTS_PATH_INSIDE, flags, 0o644)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        hosts = os.open(name, flags, 0o644)
         out.append(hosts)
         os.fchmod(hosts, 0o644)  # whatever the umask: every sandbox user reads it
         os.write(hosts, text.encode())
     finally:
         _setfsids(me, os.getegid())
+        # A change of the fs ids clears the parent-death signal: arm it again.
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     # Bound from the descriptor just written, not by its path (which the sandbox could
     # swap meanwhile for a link to a file it cannot otherwise reach).
     clone = idmap.open_tree_clone("", dir_fd=hosts)
@@ -301,6 +306,14 @@ def _hop(req: dict[str, Any], fds: list[int], out: list[int]) -> None:
         idmap.move_mount(clone, "/etc/hosts")
     finally:
         os.close(clone)
+    _setfsids(req["uid"], req["gid"])
+    try:
+        os.unlink(name)  # the mount holds the file; the name in /tmp is not needed
+    except OSError:
+        pass
+    finally:
+        _setfsids(me, os.getegid())
+        sc.prctl(sc.PR_SET_PDEATHSIG, 9)
     # The bind inherits /tmp's nosuid/nodev/noexec; in a mount namespace that is less
     # privileged than its parent's they are locked, and a remount that left them out
     # would be refused (EPERM). statvfs's ST_* bits equal the MS_* ones.

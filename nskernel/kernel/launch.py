@@ -135,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--room", help=argparse.SUPPRESS)  # spare.ARGV_ROOM: ignored
     p.add_argument(
+        "--code-place",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a place the server's side loads code or config from: kept read-only inside "
+        "a writable notebook directory",
+    )
+    p.add_argument(
         "--no-bind-cwd",
         action="store_true",
         help="do not make the working directory reachable inside",
@@ -394,7 +402,7 @@ def _start(
     if bind_cwd and with_mnt and args.writable_notebook_dir:
         refusal = notebook_dir_write_refusal(cwd, env.get("HOME"), owner)
         if not refusal:
-            code_inside = code_places_inside(cwd, argv)
+            code_inside = code_places_inside(cwd, argv, args.code_place)
             if os.path.realpath(cwd) in code_inside:
                 refusal = (
                     f"the notebook's directory {cwd} is, or holds a link to, a place "
@@ -629,7 +637,7 @@ def notebook_dir_write_refusal(
     return None
 
 
-def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
+def code_places_inside(directory: str, argv: Sequence[str], more: Sequence[str] = ()) -> list[str]:
     """What host-side Python loads code from inside ``directory``, by real path, outermost
     only: kept read-only inside when the notebook's directory is writable.
 
@@ -655,6 +663,7 @@ def code_places_inside(directory: str, argv: Sequence[str]) -> list[str]:
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # nskernel itself
         kernel_env,
     ]
+    candidates += more  # the server's own (--code-place): Jupyter's paths, its Python
     git = os.path.join(real, ".git")  # only where there is one: a missing one is no code
     if os.path.lexists(git):
         candidates.append(git)

@@ -9,7 +9,6 @@ the sandbox's, so the cell fails and "Run All" stops, as it would without the ma
 
 from __future__ import annotations
 
-import contextlib
 import html
 import os
 import secrets
@@ -33,6 +32,7 @@ from nskernel.spec import (
     DEGRADED_MODES,
     Bind,
     format_size,
+    jupyter_code_places,
     lookup,
     make_limits,
     notebook_dir_binds,
@@ -844,15 +844,7 @@ def _code_places() -> list[tuple[str, str]]:
     places = [(cwd, "its working directory: '' on sys.path, and where a restart runs it")]
     places += [(sys.executable, "its Python"), (sys.prefix, "its environment")]
     places += [(entry or cwd, "on sys.path") for entry in sys.path]
-    with contextlib.suppress(Exception):
-        from IPython.paths import get_ipython_dir
-
-        places.append((get_ipython_dir(), "its IPython directory: startup files, config"))
-    with contextlib.suppress(Exception):
-        from jupyter_core.paths import jupyter_config_dir, jupyter_data_dir
-
-        places.append((jupyter_config_dir(), "Jupyter's config directory"))
-        places.append((jupyter_data_dir(), "Jupyter's data directory: kernelspecs"))
+    places += jupyter_code_places()
     return places
 
 

@@ -16,8 +16,10 @@ from .spec import (
     DEGRADED_ENV,
     Bind,
     SandboxSpec,
+    code_places,
     make_limits,
     parse_degraded,
+    writable_bind_over_code,
 )
 
 RUN_EPILOG = f"""\
@@ -252,6 +254,11 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
         b if os.path.isabs(b.dest) else Bind(b.source, os.path.abspath(b.dest), b.readonly)
         for b in binds
     ]
+    # What is checked is what gets mounted: real paths, never resolved again (Bind.resolved).
+    binds = [Bind(os.path.realpath(b.source), b.dest, b.readonly, resolved=True) for b in binds]
+    refusal = writable_bind_over_code(binds, code_places(), "nskernel's Python")
+    if refusal:
+        raise SpecError(refusal)
     if binds and namespaces and "mnt" not in namespaces:
         namespaces.add("mnt")
     env = sandbox_environment(os.environ, env_options=args.env, keep_all=args.keep_env)

@@ -152,6 +152,58 @@ def jupyter_code_places() -> list[tuple[str, str]]:
     return places
 
 
+def code_places(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
+    """Where this process's Python, and the Jupyter and IPython it belongs to, load code
+    from, with why: ``extra`` (the caller's own, e.g. a kernel's start directory) first."""
+    places = list(extra)
+    places += [(sys.executable, "its Python"), (sys.prefix, "its environment")]
+    places += [(entry, "on sys.path") for entry in sys.path if entry]
+    pythonpath = os.environ.get("PYTHONPATH", "")
+    places += [(entry, "on PYTHONPATH") for entry in pythonpath.split(os.pathsep) if entry]
+    with contextlib.suppress(Exception):  # even one not made yet: Python reads it at start
+        import site
+
+        places.append((site.getusersitepackages(), "the user site: .pth and usercustomize"))
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    places.append((cache, "the cache directory: completion caches are unpickled from it"))
+    places += jupyter_code_places()
+    return places
+
+
+def writable_bind_over_code(
+    binds: Iterable[Bind], places: Iterable[tuple[str, str]], who: str
+) -> str | None:
+    """Why a writable bind must be refused: the sandbox could plant code that ``who`` (or
+    a later Python, git, Jupyter) runs outside every sandbox; None when it may be made.
+
+    Each bind's source (a real path) is compared with what every place resolves to and
+    with every directory it is looked up in on the way (:func:`lookup`: a link there,
+    e.g. ``.venv -> /opt/env``, could be replaced by one of the sandbox's); a source that
+    holds a ``.git`` is refused too (git runs its hooks and config on the host).
+    """
+    checks = [(p, lookup(p), why) for p, why in places]
+    for b in binds:
+        if b.readonly:
+            continue
+        src = b.source
+        advice = (
+            "Bind a subdirectory for what the sandbox writes (e.g. --bind ./output), or use "
+            f"--ro-bind {src}"
+        )
+        if os.path.lexists(os.path.join(src, ".git")):
+            return (
+                f"--bind {src}: it holds a git repository (.git), whose hooks and config git "
+                f"runs for whoever uses it, outside any sandbox. {advice}"
+            )
+        for place, found, why in checks:
+            if any(within(d, src) for d in (*found.dirs, found.real)):
+                return (
+                    f"--bind {src}: {who} imports code from {place} ({why}), so code a "
+                    f"sandbox wrote there would run outside any sandbox. {advice}"
+                )
+    return None
+
+
 def within(path: str, directory: str) -> bool:
     """Whether ``path`` is ``directory`` or lies below it (both real, absolute paths)."""
     return path == directory or path.startswith(directory.rstrip("/") + "/")

@@ -1133,3 +1133,38 @@ def test_a_writable_bind_over_jupyters_search_paths_is_refused(tmp_path):
         kc.stop_channels()
         km.shutdown_kernel(now=True)
     assert list(data.iterdir()) == [] and list(config.iterdir()) == []
+
+
+def test_a_writable_bind_over_other_code_places_is_refused(tmp_path):
+    """What else runs code from a directory later, outside the sandbox (red team): the
+    directory the kernel started in, after a ``%cd`` (a restart runs
+    ``python -m ipykernel_launcher`` there); a git repository (hooks, config); the user
+    site, even before it exists (``usercustomize``, ``.pth``); the cache directory (jedi
+    unpickles completion caches from it)."""
+    from jupyter_client.manager import start_new_kernel
+
+    nbdir, home, elsewhere = tmp_path / "nb", tmp_path / "home", tmp_path / "elsewhere"
+    for d in (nbdir, home / ".cache", elsewhere, tmp_path / "repo" / ".git"):
+        d.mkdir(parents=True)
+    for d in (tmp_path, nbdir, home, home / ".cache", elsewhere, tmp_path / "repo"):
+        os.chmod(d, 0o777)
+    env = dict(os.environ, HOME=str(home), XDG_CACHE_HOME=str(home / ".cache"))
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir), env=env)
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        assert execute(kc, f"%cd {elsewhere}").status == "ok"
+        for src, why in (
+            (nbdir, "a directory this kernel ran in"),
+            (tmp_path / "repo", "git repository"),
+            (home / ".local", "user site"),
+            (home / ".cache", "cache directory"),
+        ):
+            res = execute(kc, f"%%sandbox --bind {src}\nprint('ran')")
+            assert res.status == "error" and why in res.error_text, (src, res.error_text)
+        assert execute(kc, f"%%sandbox --bind {elsewhere / '.'}/\npass").status == "error"
+        (elsewhere / "out").mkdir()
+        os.chmod(elsewhere / "out", 0o777)
+        assert execute(kc, f"%%sandbox --bind {elsewhere / 'out'}\npass").status == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -182,6 +182,21 @@ def test_bind_is_writable_and_ro_bind_is_not(nsk, tmp_path):
     assert "nskernel:" not in r.stderr  # writable as it is: no idmapping, no warning
 
 
+def test_a_writable_bind_over_code_places_is_refused(nsk, tmp_path):
+    """``nskernel run --bind .`` in a project (the ``docker run -v $PWD`` habit) that
+    holds the environment nskernel runs from, or a git repository: the sandbox would plant
+    a ``.pth`` the next nskernel runs, or git hooks (red team). Refused with exit 2 before
+    anything runs; ``--ro-bind`` and other directories are fine."""
+    (tmp_path / "repo" / ".git").mkdir(parents=True)
+    marker = tmp_path / "ran"
+    for src in (tmp_path / "repo", sys.prefix):
+        r = nsk("run", "--bind", str(src), "--", "touch", str(marker))
+        assert r.returncode == 2 and "--ro-bind" in r.stderr, r.stderr
+        assert not marker.exists()
+    r = nsk("run", "--ro-bind", sys.prefix, "--", "true")
+    assert r.returncode == 0, r.stderr
+
+
 def test_bind_without_destination_uses_the_same_path(nsk, tmp_path):
     os.chmod(tmp_path, 0o777)
     r = nsk("run", "--bind", str(tmp_path), "--", "sh", "-c", f"echo hi > {tmp_path}/f")

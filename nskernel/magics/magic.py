@@ -31,14 +31,13 @@ from nskernel.spec import (
     DEGRADED_ENV,
     DEGRADED_MODES,
     Bind,
+    code_places,
     format_size,
-    jupyter_code_places,
-    lookup,
     make_limits,
     notebook_dir_binds,
     parse_degraded,
     parse_size,
-    within,
+    writable_bind_over_code,
 )
 
 from . import comms, messages, protocol
@@ -839,41 +838,28 @@ def _real_path(path: str) -> str:
 
 
 def _code_places() -> list[tuple[str, str]]:
-    """Where this kernel loads code from, with why: (real path, reason)."""
+    """Where this kernel loads code from, with why, beyond its Python's (spec.code_places)."""
     cwd = _cwd() or "/"
-    places = [(cwd, "its working directory: '' on sys.path, and where a restart runs it")]
-    places += [(sys.executable, "its Python"), (sys.prefix, "its environment")]
-    places += [(entry or cwd, "on sys.path") for entry in sys.path]
-    places += jupyter_code_places()
-    return places
+    own = [(cwd, "its working directory: '' on sys.path")]
+    # Where it started, and every directory it has been in (%cd): a restart runs
+    # `python -m ipykernel_launcher` in the first, which puts it first on sys.path.
+    shell = get_ipython()
+    history = getattr(shell, "user_ns", {}).get("_dh") or [] if shell is not None else []
+    own += [(str(d), "a directory this kernel ran in: where a restart runs it") for d in history]
+    session = os.environ.get("JPY_SESSION_NAME")
+    if session and os.path.isabs(session):
+        own.append((os.path.dirname(session), "the notebook's directory"))
+    own += [(entry or cwd, "on sys.path") for entry in sys.path]
+    return code_places(own)
 
 
 def _writable_bind_over_code(binds: list[Bind]) -> str | None:
-    """Why a writable bind must be refused: it holds a place this kernel loads code from.
-
-    What a sandbox writes there runs in this kernel, outside every sandbox: an
-    ``ipywidgets/`` planted in the working directory is imported by the kernel (nskernel's
-    comm relay, a later ``import``) in the same cell, an ``ipykernel_launcher.py`` at its
-    next restart. The bind's source (a real path) against what every such place resolves
-    to and every directory it is looked up in on the way (spec.lookup).
-    """
-    places = [(lookup(p), why) for p, why in _code_places()]
-    for b in binds:  # sources are real paths (_real_path)
-        if b.readonly:
-            continue
-        src = b.source
-        for found, why in places:
-            # What it resolves to, or any directory it is looked up in on the way (a link
-            # there, e.g. .venv -> /opt/env, could be replaced by one of the sandbox's).
-            if any(within(d, src) for d in (*found.dirs, found.real)):
-                place = found.real
-                return (
-                    f"--bind {b.source}: this kernel imports code from {place} ({why}), so "
-                    "code a sandbox wrote there would run in this kernel, outside any sandbox. "
-                    "Bind a subdirectory for what the cell writes (e.g. --bind ./output), or "
-                    f"use --ro-bind {b.source}"
-                )
-    return None
+    """Why a writable bind must be refused: it holds a place this kernel loads code from
+    (spec.writable_bind_over_code). What a sandbox writes there runs in this kernel,
+    outside every sandbox: an ``ipywidgets/`` planted in the working directory is imported
+    by the kernel (nskernel's comm relay, a later ``import``) in the same cell, an
+    ``ipykernel_launcher.py`` at its next restart."""
+    return writable_bind_over_code(binds, _code_places(), "this kernel")
 
 
 def _sandbox_cwd(

@@ -256,7 +256,7 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
     ]
     # What is checked is what gets mounted: real paths, never resolved again (Bind.resolved).
     binds = [Bind(os.path.realpath(b.source), b.dest, b.readonly, resolved=True) for b in binds]
-    refusal = writable_bind_over_code(binds, code_places(), "nskernel's Python")
+    refusal = writable_bind_over_code(binds, code_places, "nskernel's Python")
     if refusal:
         raise SpecError(refusal)
     if binds and namespaces and "mnt" not in namespaces:

@@ -13,7 +13,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ._linux.limits import Limits
 from .errors import SpecError
@@ -171,7 +171,7 @@ def code_places(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
 
 
 def writable_bind_over_code(
-    binds: Iterable[Bind], places: Iterable[tuple[str, str]], who: str
+    binds: Iterable[Bind], places: Callable[[], Iterable[tuple[str, str]]], who: str
 ) -> str | None:
     """Why a writable bind must be refused: the sandbox could plant code that ``who`` (or
     a later Python, git, Jupyter) runs outside every sandbox; None when it may be made.
@@ -180,11 +180,14 @@ def writable_bind_over_code(
     with every directory it is looked up in on the way (:func:`lookup`: a link there,
     e.g. ``.venv -> /opt/env``, could be replaced by one of the sandbox's); a source that
     holds a ``.git`` is refused too (git runs its hooks and config on the host).
+    ``places`` is asked only when there is a writable bind: most sandboxes have none, and
+    finding the places costs imports (Jupyter's, IPython's) and a lookup each.
     """
-    checks = [(p, lookup(p), why) for p, why in places]
-    for b in binds:
-        if b.readonly:
-            continue
+    writable = [b for b in binds if not b.readonly]
+    if not writable:
+        return None
+    checks = [(p, lookup(p), why) for p, why in places()]
+    for b in writable:
         src = b.source
         advice = (
             "Bind a subdirectory for what the sandbox writes (e.g. --bind ./output), or use "

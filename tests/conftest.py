@@ -109,3 +109,20 @@ def private_dir():
         yield d
     finally:
         shutil.rmtree(d)
+
+
+@pytest.fixture
+def var_tmp():
+    """A directory outside /tmp (which is private inside sandboxes: there, the sandbox's
+    own binds of what lives in /tmp would hide what a test looks for), mode 0755;
+    removed afterwards."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    d = Path(tempfile.mkdtemp(prefix="nsk-var-", dir="/var/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

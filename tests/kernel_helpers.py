@@ -134,10 +134,11 @@ def kernel_processes(server_pid: int) -> set[int]:
     """A server's processes that belong to its kernels: its descendants but a spare
     launcher still waiting for a start (nskernel/kernel/spare.py), which is no kernel's
     until a start takes it (it then shows the launcher's command line)."""
-    return {p for p in descendants(server_pid) if "--spare-fd" not in _cmdline(p)}
+    return {p for p in descendants(server_pid) if "--spare-fd" not in cmdline(p)}
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
+    """A process's command line, arguments joined by spaces ("" once it is gone)."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace")

@@ -16,11 +16,8 @@ import errno
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,17 +27,6 @@ from nskernel.kernel.launch import notebook_dir_write_refusal
 from tests.conftest import nskernel_cmd
 
 pytestmark = pytest.mark.userns
-
-
-@pytest.fixture
-def var_tmp() -> Iterator[Path]:
-    """A directory outside /tmp (which is private inside sandboxes anyway)."""
-    d = Path(tempfile.mkdtemp(prefix="nsk-homes-", dir="/var/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _home_with_a_key(where: Path) -> Path:

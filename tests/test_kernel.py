@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
@@ -87,17 +85,6 @@ def kernel(
     """A started sandboxed kernel; afterwards, asserts nothing of it is left."""
     with started_kernel(ksm, cwd, name, env) as (km, kc):
         yield Running(km, kc, cwd)
-
-
-@pytest.fixture
-def var_tmp() -> Iterator[Path]:
-    """A directory outside /tmp (which is private inside sandboxes)."""
-    d = Path(tempfile.mkdtemp(prefix="nsk-kernel-", dir="/var/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def not_roots(directory: Path) -> None:

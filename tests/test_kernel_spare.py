@@ -20,7 +20,9 @@ from pathlib import Path
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
+from nskernel._linux import procfs
 from tests.kernel_helpers import (
+    cmdline,
     install_kernelspecs,
     run_cell,
     started_kernel,
@@ -41,11 +43,6 @@ def ksm(tmp_path_factory: pytest.TempPathFactory) -> KernelSpecManager:
     return KernelSpecManager(kernel_dirs=[str(kernels)])
 
 
-def _cmdline(pid: int) -> str:
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        return f.read().replace(b"\0", b" ").decode()
-
-
 def _waiting_spares(parent: int) -> list[int]:
     kids: list[int] = []
     found = []
@@ -53,11 +50,8 @@ def _waiting_spares(parent: int) -> list[int]:
         with open(f"/proc/{parent}/task/{tid}/children") as f:
             kids += [int(k) for k in f.read().split()]
     for pid in set(kids):
-        try:
-            if "--spare-fd" in _cmdline(pid):
-                found.append(pid)
-        except OSError:
-            continue
+        if "--spare-fd" in cmdline(pid):
+            found.append(pid)
     return found
 
 
@@ -89,7 +83,7 @@ def test_a_restart_takes_the_spare_and_gets_a_fresh_working_sandbox(
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
         assert km.provisioner.pid == waiting, "the restart did not take the spare"
-        shown = _cmdline(waiting)
+        shown = cmdline(waiting)
         assert "--spare-fd" not in shown and "--namespaces" in shown, shown
         second = run_cell(kc, NS)
         assert first["stdout"] and second["stdout"] and first["stdout"] != second["stdout"]
@@ -121,7 +115,7 @@ def test_another_interpreter_configuration_never_gets_the_spare(
     env = dict(os.environ, PYTHONWARNINGS="ignore::UserWarning")
     with started_kernel(ksm, tmp_path, env=env) as (km, kc):
         assert km.provisioner.pid != waiting
-        assert wait_for(lambda: not os.path.exists(f"/proc/{waiting}"), 10, "the old spare")
+        assert wait_for(lambda: not procfs.alive(waiting), 10, "the old spare")
         out = run_cell(kc, "import sys; print(sys.warnoptions)")
         assert out["stdout"] == "['ignore::UserWarning']\n", out
     spare.discard()
@@ -149,19 +143,7 @@ def test_a_spare_ends_with_the_process_that_started_it(
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert wait_for(
-        lambda: not os.path.exists(f"/proc/{waiting}/cmdline") or _zombie(waiting),
-        10,
-        "the spare to end",
-    )
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True
+    assert wait_for(lambda: not procfs.alive(waiting), 10, "the spare to end")
 
 
 def test_a_spare_holds_no_kernels_environment(ksm: KernelSpecManager, tmp_path: Path) -> None:

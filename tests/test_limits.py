@@ -128,7 +128,9 @@ def test_cpu_limit_mechanism_is_reported(nsk, tmp_path):
 
 @pytest.mark.root
 @pytest.mark.userns
-def test_cgroups_live_beneath_our_own_and_go_away(tmp_path):
+def _limited_sleeper(tmp_path):
+    """``nskernel run --pids 50 --memory 128M -- sleep 30``: its process and the cgroups
+    of its init, by controller."""
     status = tmp_path / "s.json"
     proc = subprocess.Popen(
         nskernel_cmd("run", "--pids", "50", "--memory", "128M", "--status-json", str(status),
@@ -138,7 +140,11 @@ def test_cgroups_live_beneath_our_own_and_go_away(tmp_path):
         time.sleep(0.02)
     init = json.loads(status.read_text())["pid"]
     with open(f"/proc/{init}/cgroup") as f:
-        theirs = dict(line.strip().split(":", 2)[1:] for line in f)
+        return proc, dict(line.strip().split(":", 2)[1:] for line in f)
+
+
+def test_cgroups_live_beneath_our_own_and_go_away(tmp_path):
+    proc, theirs = _limited_sleeper(tmp_path)
     with open("/proc/self/cgroup") as f:
         ours = dict(line.strip().split(":", 2)[1:] for line in f)
     for controller in ("pids", "memory"):
@@ -179,16 +185,7 @@ def test_child_cgroups_a_sandbox_made_go_with_its_cgroup(tmp_path):
     """Where the hierarchy is delegated to it, a sandbox can make child cgroups in its own:
     its cgroup must still go at the end (bottom-up), not stay behind busy. Made here by the
     test, as host root, in the sandbox's cgroups."""
-    status = tmp_path / "s.json"
-    proc = subprocess.Popen(
-        nskernel_cmd("run", "--pids", "50", "--memory", "128M", "--status-json", str(status),
-                     "--", "sleep", "30")
-    )  # fmt: skip
-    while not status.exists():
-        time.sleep(0.02)
-    init = json.loads(status.read_text())["pid"]
-    with open(f"/proc/{init}/cgroup") as f:
-        theirs = dict(line.strip().split(":", 2)[1:] for line in f)
+    proc, theirs = _limited_sleeper(tmp_path)
     dirs = [f"/sys/fs/cgroup/{c}{theirs[c]}" for c in ("pids", "memory")]
     for d in dirs:
         os.makedirs(os.path.join(d, "child", "grandchild"))

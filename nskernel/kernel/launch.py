@@ -69,6 +69,7 @@ from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
     ALL_NAMESPACES,
     blocked_ancestor,
+    code_places,
     hidden_inside,
     is_a_home,
     lookup,
@@ -647,19 +648,13 @@ def code_places_inside(directory: str, argv: Sequence[str], more: Sequence[str] 
     run in the next launcher, probe or server started from them, outside every sandbox,
     with no one doing anything. ``.git`` too: git runs its hooks on the host.
     """
-    import site
-
     real = os.path.realpath(directory)
     kernel_env = os.path.dirname(os.path.dirname(os.path.abspath(argv[0]))) if argv else ""
-    candidates = [
-        sys.executable,
-        sys.prefix,
+    # This Python's places (its environment, sys.path, PYTHONPATH as made absolute by the
+    # provisioner, the user site...), and where else it and the kernel come from.
+    candidates = [place for place, _why in code_places()]
+    candidates += [
         sys.exec_prefix,
-        *sys.path,
-        # What the next host-side Python started with this environment puts first on its
-        # sys.path (made absolute by the provisioner; a directory not there yet included).
-        *os.environ.get("PYTHONPATH", "").split(os.pathsep),
-        site.getusersitepackages(),
         os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # nskernel itself
         kernel_env,
     ]

@@ -57,7 +57,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -72,7 +71,7 @@ from ..environ import (
     sandbox_environment,
 )
 from ..errors import NskernelError, SpecError
-from ..spec import ALL_NAMESPACES, _hostname_error, jupyter_code_places, make_limits
+from ..spec import ALL_NAMESPACES, _hostname_error, code_places, make_limits
 from . import spare
 from .spare import LAUNCHER_MODULE
 
@@ -404,14 +403,11 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         args += [f"--cap-drop={c}" for c in self.cap_drop]
         if self.writable_notebook_dir:
             args.append("--writable-notebook-dir")
-            # What this server's side loads code and config from (Jupyter's config and
-            # data paths, kernelspecs, IPython's startup files): the launcher keeps those
-            # inside the notebook's directory read-only, whatever its own environment says.
-            for place, _why in jupyter_code_places():
-                args.append(f"--code-place={os.path.abspath(place)}")
-            for place in (sys.executable, sys.prefix, *sys.path):
-                if place:
-                    args.append(f"--code-place={os.path.abspath(place)}")
+            # What this server's side loads code and config from (its Python, Jupyter's
+            # config and data paths, kernelspecs, IPython's startup files): the launcher
+            # keeps those inside the notebook's directory read-only, whatever its own
+            # environment says.
+            args += [f"--code-place={os.path.abspath(p)}" for p, _why in code_places()]
         return args
 
     def _env_options(self) -> list[str]:

@@ -849,8 +849,7 @@ def _code_places() -> list[tuple[str, str]]:
     session = os.environ.get("JPY_SESSION_NAME")
     if session and os.path.isabs(session):
         own.append((os.path.dirname(session), "the notebook's directory"))
-    own += [(entry or cwd, "on sys.path") for entry in sys.path]
-    return code_places(own)
+    return code_places(own)  # sys.path's '' is the working directory, above
 
 
 def _writable_bind_over_code(binds: list[Bind]) -> str | None:
@@ -859,7 +858,7 @@ def _writable_bind_over_code(binds: list[Bind]) -> str | None:
     outside every sandbox: an ``ipywidgets/`` planted in the working directory is imported
     by the kernel (nskernel's comm relay, a later ``import``) in the same cell, an
     ``ipykernel_launcher.py`` at its next restart."""
-    return writable_bind_over_code(binds, _code_places(), "this kernel")
+    return writable_bind_over_code(binds, _code_places, "this kernel")
 
 
 def _sandbox_cwd(

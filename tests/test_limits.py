@@ -126,8 +126,6 @@ def test_cpu_limit_mechanism_is_reported(nsk, tmp_path):
     )
 
 
-@pytest.mark.root
-@pytest.mark.userns
 def _limited_sleeper(tmp_path):
     """``nskernel run --pids 50 --memory 128M -- sleep 30``: its process and the cgroups
     of its init, by controller."""
@@ -143,6 +141,8 @@ def _limited_sleeper(tmp_path):
         return proc, dict(line.strip().split(":", 2)[1:] for line in f)
 
 
+@pytest.mark.root
+@pytest.mark.userns
 def test_cgroups_live_beneath_our_own_and_go_away(tmp_path):
     proc, theirs = _limited_sleeper(tmp_path)
     with open("/proc/self/cgroup") as f:

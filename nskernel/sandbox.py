@@ -260,7 +260,7 @@ class Sandbox:
         for fd in (pipes.report_w, pipes.go_r, pipes.lifeline_r, native_init):
             if fd is not None:
                 os.close(fd)
-        reader = _Reports(pipes.report_r)
+        reader = _Reports(pipes.report_r, time.monotonic() + SETUP_DEADLINE)
         init_pid: int | None = None
         degraded: list[str] = []
         try:
@@ -293,7 +293,7 @@ class Sandbox:
                 seen[msg["event"]] = msg
                 if msg["event"] == "init":
                     init_pid = int(msg["pid"])
-                    os.waitpid(setup_pid, 0)  # init is now re-parented to us
+                    _reap_by(setup_pid, reader.deadline)  # init is now re-parented to us
                     setup_pid = 0
                     # Tell init it is ours now: it arms its death signal (see
                     # contain._adopted_by_launcher) before it starts the command.
@@ -515,15 +515,38 @@ def run(spec: SandboxSpec, argv: Sequence[str]) -> int:
 # ---------------------------------------------------------------- helpers
 
 
-class _Reports:
-    """Reads the JSON lines the child side writes; EOF reads as ``{"event": "eof"}``."""
+# How long the whole setup may take, from the fork to the command's exec (milliseconds,
+# normally). Past it the setup is ended without its cooperation: nothing of it may hold
+# the caller for good (a single-threaded server serves every other sandbox meanwhile).
+SETUP_DEADLINE = 60.0
 
-    def __init__(self, fd: int) -> None:
+
+def _setup_timed_out() -> SandboxError:
+    return SandboxError(
+        f"the sandbox's setup did not finish within {SETUP_DEADLINE:g} s; it was ended "
+        "and nothing ran",
+        step="setup",
+        hint="A step of the setup blocked: e.g. a bind source or destination on a "
+        "filesystem that does not answer (a hung network mount). Check the paths given "
+        "with --bind, or try again.",
+    )
+
+
+class _Reports:
+    """Reads the JSON lines the child side writes; EOF reads as ``{"event": "eof"}``.
+
+    Each read waits at most until ``deadline`` (``time.monotonic()``), then raises."""
+
+    def __init__(self, fd: int, deadline: float = float("inf")) -> None:
         self.fd = fd
         self.buf = b""
+        self.deadline = deadline
 
     def next(self) -> dict[str, Any]:
         while b"\n" not in self.buf:
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not syscalls.readable([self.fd], left):
+                raise _setup_timed_out()
             chunk = os.read(self.fd, 4096)
             if not chunk:
                 return {"event": "eof"}
@@ -750,6 +773,18 @@ def _cwd_or_none() -> str | None:
         return os.getcwd()
     except OSError:
         return None
+
+
+def _reap_by(pid: int, deadline: float) -> None:
+    """Reap the child ``pid`` once it exits, or raise if it has not by ``deadline``."""
+    fd = os.pidfd_open(pid)
+    try:
+        left = deadline - time.monotonic()
+        if left <= 0 or not syscalls.readable([fd], left):
+            raise _setup_timed_out()
+    finally:
+        os.close(fd)
+    os.waitpid(pid, 0)
 
 
 def _kill_and_reap(pid: int) -> None:

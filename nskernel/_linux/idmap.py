@@ -30,6 +30,7 @@ OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_EMPTY_PATH = 0x1000
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
 MOUNT_ATTR_IDMAP = 0x00100000
 
 
@@ -64,15 +65,20 @@ def set_idmap(mount_fd: int, userns_fd: int) -> None:
     )
 
 
-def move_mount(mount_fd: int, target: str) -> None:
-    """Attach the detached mount ``mount_fd`` at ``target`` (in this mount namespace)."""
+def move_mount(mount_fd: int, target: str | int) -> None:
+    """Attach the detached mount ``mount_fd`` at ``target`` (in this mount namespace): a
+    path, or an ``O_PATH`` descriptor of the mount point (nothing is looked up again)."""
+    if isinstance(target, int):
+        to_fd, to_path, flags = target, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH
+    else:
+        to_fd, to_path, flags = sc.AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH
     _sys(
         "move_mount",
         ctypes.c_int(mount_fd),
         b"",
-        ctypes.c_int(sc.AT_FDCWD),
-        os.fsencode(target),
-        ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH),
+        ctypes.c_int(to_fd),
+        to_path,
+        ctypes.c_uint(flags),
     )
 
 

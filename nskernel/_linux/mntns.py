@@ -15,12 +15,25 @@ a source the caller can read, so bind sources arrive as O_PATH descriptors opene
 earlier by the setup child (see ``with_sources_opened``), bound from /proc/self/fd.
 The new root is entered with ``pivot_root(".", ".")`` and the old root detached,
 so nothing of the host's mount tree stays reachable except what is bound in.
+
+Destinations are looked up inside the new root, never from the host's "/": a bind may
+land inside another, writable bind, where a sandbox (an earlier one, or one running now
+on the same directory) can have left symbolic links. Every destination, hidden path and
+mask is opened with ``openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`` relative to the
+new root (``_open_in_root``): a link there resolves as it would for the sandbox, inside
+its own root. What is missing is created one component at a time beneath a descriptor
+(``mkdirat``; a file with ``O_CREAT|O_EXCL|O_NOFOLLOW|O_NONBLOCK``, so a FIFO put there
+cannot block us), and mounts are attached to the descriptor, never to a path looked up
+again: a bind is a detached copy (``open_tree``), made read-only before it is attached
+(``mount_setattr``) and moved onto the descriptor (``move_mount``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
+import stat
 
 from . import idmap
 from . import syscalls as sc
@@ -215,44 +228,147 @@ def _tmpfs(target: str, mode: str, size: int | None = None) -> None:
     sc.mount("tmpfs", target, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)
 
 
-def _hide(r: str, path: str, serial: int, size: int | None = None) -> None:
-    """Cover ``path`` (inside the new root ``r``) with something empty, private and
-    writable: a fresh tmpfs over a directory, a fresh empty file over anything else."""
-    target = r + path
+def _open_in_root(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
+    """A descriptor of ``path`` as the sandbox will see it: looked up beneath the new root
+    ``root_fd``, every symbolic link resolved inside it, no magic link (/proc/PID/fd/...)
+    followed. Without openat2 (Linux < 5.6) no symbolic link is followed at all."""
+    rel = path.strip("/") or "."
     try:
-        st = os.lstat(target)
-    except FileNotFoundError:
+        return sc.openat2(root_fd, rel, flags, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+    return sc.open_no_symlinks_beneath(root_fd, rel, flags)
+
+
+def _fd_path(fd: int) -> str:
+    # What mount(2) takes for a target already opened: the magic link jumps to exactly
+    # that directory or file, without another lookup of its path.
+    return f"/proc/self/fd/{fd}"
+
+
+def _hide(root_fd: int, path: str, serial: int, size: int | None = None) -> None:
+    """Cover ``path`` (inside the new root) with something empty, private and writable:
+    a fresh tmpfs over a directory, a fresh empty file over anything else."""
+    try:
+        fd = _open_in_root(root_fd, path, os.O_PATH | os.O_NOFOLLOW)
+    except (FileNotFoundError, NotADirectoryError):
         return  # nothing there to hide
     except PermissionError:
         # We run with sandbox root's host ids: what we cannot reach, it cannot either.
         return
-    import stat
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            _step(f"mount(tmpfs) over {path}", _tmpfs, _fd_path(fd), "0700", size)
+            return
+        if stat.S_ISLNK(st.st_mode):
+            return  # a mount would follow it; what it points to is hidden or not on its own
+        # An empty file of our own in the scratch tmpfs, bound over it (mount needs a file
+        # of the same kind as its mount point).
+        empty = f"{_SCRATCH}/.nskernel-hidden-{serial}"
+        with open(empty, "w"):
+            pass
+        _step(f"hide {path}", sc.mount, empty, _fd_path(fd), None, sc.MS_BIND)
+    finally:
+        os.close(fd)
 
-    if stat.S_ISDIR(st.st_mode):
-        _step(f"mount(tmpfs) over {path}", _tmpfs, target, "0700", size)
+
+def _destination(root_fd: int, dst: str, *, directory: bool, may_create: bool) -> int:
+    """An ``O_PATH`` descriptor of the bind destination ``dst`` inside the new root,
+    created (a directory, or an empty file for a file) if it is missing and may be."""
+    try:
+        return _open_in_root(root_fd, dst)
+    except FileNotFoundError:
+        if not may_create:
+            # Only inside the sandbox's own tmpfs may a missing destination be created;
+            # elsewhere it would have to be created on the (read-only) host filesystem.
+            msg = (
+                f"bind destination {dst} does not exist inside the sandbox; "
+                "bind onto an existing path, or under /tmp"
+            )
+            raise MountStepError(f"bind onto {dst}", FileNotFoundError(2, msg)) from None
+    parts = [p for p in dst.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise MountStepError(f"bind onto {dst}", OSError(errno.EINVAL, "'..' in a destination"))
+    fd = os.dup(root_fd)
+    try:
+        for i, part in enumerate(parts):
+            here = "/".join(parts[: i + 1])
+            try:
+                nxt = _open_in_root(root_fd, here)
+            except FileNotFoundError:
+                # One name beneath the directory just opened: mkdirat and openat with
+                # O_EXCL never follow a link nor open what someone else put there.
+                try:
+                    if directory or i < len(parts) - 1:
+                        os.mkdir(part, 0o755, dir_fd=fd)
+                    else:
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        os.close(
+                            os.open(part, flags | os.O_NONBLOCK | os.O_CLOEXEC, 0o644, dir_fd=fd)
+                        )
+                except FileExistsError:
+                    pass  # made meanwhile, by someone else: looked up as any other
+                nxt = _open_in_root(root_fd, here)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _bind(source_fd: int, dest_fd: int, readonly: bool, detached: bool) -> None:
+    """Attach a copy of the source (or the detached mount ``source_fd``) at ``dest_fd``,
+    read-only before it is attached when ``readonly``."""
+    try:
+        tree = source_fd if detached else idmap.open_tree_clone("", dir_fd=source_fd)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise
+        # Linux < 5.2: no detached mounts. Bind by descriptor, then make it read-only
+        # where it now is (the descriptor names the directory beneath the new mount).
+        sc.mount(_fd_path(source_fd), _fd_path(dest_fd), None, sc.MS_BIND | sc.MS_REC)
+        if readonly:
+            _remount_readonly_one_by_one(os.readlink(_fd_path(dest_fd)))
         return
-    if stat.S_ISLNK(st.st_mode):
-        return  # a mount would follow it; what it points to is hidden or not on its own
-    # An empty file of our own in the scratch tmpfs, bound over it (mount needs a file
-    # of the same kind as its mount point).
-    empty = f"{_SCRATCH}/.nskernel-hidden-{serial}"
-    with open(empty, "w"):
-        pass
-    _step(f"hide {path}", sc.mount, empty, target, None, sc.MS_BIND)
+    try:
+        if readonly:
+            try:
+                sc.mount_setattr_readonly_fd(tree)
+            except OSError as e:
+                if e.errno != errno.ENOSYS:
+                    raise
+                # Linux 5.2-5.11: attach first, then remount each mount read-only.
+                idmap.move_mount(tree, dest_fd)
+                _remount_readonly_one_by_one(os.readlink(_fd_path(dest_fd)))
+                return
+        idmap.move_mount(tree, dest_fd)
+    finally:
+        if not detached:
+            os.close(tree)
 
 
-def _make_home(r: str, home: str, scratch: tuple[str, ...]) -> None:
+def _make_home(root_fd: int, home: str, scratch: tuple[str, ...]) -> None:
     """The private home: a directory sandbox root owns, in a fresh tmpfs (a mask or /tmp).
 
     We run as sandbox root's host ids (or as root itself without a user namespace), so
     what we make here is sandbox root's. Nowhere else may it be made: it would land on
-    the read-only host root.
+    the read-only host root. Looked up in the new root, as the sandbox will: a home
+    reached through a link is made where the link leads inside.
     """
     if not any(home == d or home.startswith(d.rstrip("/") + "/") for d in scratch):
         return
-    target = r + home
-    _step(f"make the private home {home}", os.makedirs, target, 0o700, True)
-    _step(f"make the private home {home}", os.chmod, target, 0o700)
+    step = f"make the private home {home}"
+    try:
+        fd = _destination(root_fd, home, directory=True, may_create=True)
+    except OSError as e:
+        raise MountStepError(step, e) from e
+    try:
+        _step(step, os.chmod, _fd_path(fd), 0o700)
+    finally:
+        os.close(fd)
 
 
 def setup_mounts_from_child(
@@ -302,12 +418,19 @@ def setup_mounts_from_child(
         else:
             _mqueue(r + "/dev/mqueue")
 
+    root_fd = os.open(r, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     for mask in plan.masks:
-        if os.path.isdir(r + mask):
+        try:
+            mask_fd = _open_in_root(root_fd, mask, os.O_PATH | os.O_DIRECTORY)
+        except OSError:
+            continue  # not a directory there (or not reachable): nothing to cover
+        try:
             # A skeleton for binds; the private home may live in one.
-            _step(f"mount(tmpfs) over {mask}", _tmpfs, r + mask, "0755", size)
+            _step(f"mount(tmpfs) over {mask}", _tmpfs, _fd_path(mask_fd), "0755", size)
+        finally:
+            os.close(mask_fd)
     if plan.home is not None:
-        _make_home(r, plan.home, ("/tmp", *plan.masks))
+        _make_home(root_fd, plan.home, ("/tmp", *plan.masks))
 
     # fresh tmpfs: a missing destination may be made here
     scratch = ("/tmp", *plan.masks, *plan.hide)
@@ -321,39 +444,24 @@ def setup_mounts_from_child(
     ops.sort(key=lambda op: (op[2].rstrip("/").count("/"), op[0] == "hide"))
     hidden: list[str] = []
     for kind, fd, dst, ro, detached in ops:
-        target = r + dst
         if kind == "hide":
-            _hide(r, dst, len(hidden), plan.tmpfs_size)
+            _hide(root_fd, dst, len(hidden), plan.tmpfs_size)
             hidden.append(dst)
             continue
-        if not os.path.lexists(target):
-            # Only inside the sandbox's own tmpfs may a missing destination be created;
-            # elsewhere it would have to be created on the (read-only) host filesystem.
-            if any(dst == d or dst.startswith(d.rstrip("/") + "/") for d in scratch):
-                if os.path.isdir(f"/proc/self/fd/{fd}"):
-                    os.makedirs(target, exist_ok=True)
-                else:
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    open(target, "a").close()
-            else:
-                msg = (
-                    f"bind destination {dst} does not exist inside the sandbox; "
-                    "bind onto an existing path, or under /tmp"
-                )
-                raise MountStepError(f"bind onto {dst}", FileNotFoundError(2, msg))
-        if detached:
-            _step(f"attach the idmapped mount onto {dst}", idmap.move_mount, fd, target)
-        else:
-            _step(
-                f"bind onto {dst}",
-                sc.mount,
-                f"/proc/self/fd/{fd}",
-                target,
-                None,
-                sc.MS_BIND | sc.MS_REC,
-            )
-        if ro:
-            _step(f"make {dst} read-only", _make_readonly, target)
+        in_scratch = any(dst == d or dst.startswith(d.rstrip("/") + "/") for d in scratch)
+        is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+        try:
+            dest_fd = _destination(root_fd, dst, directory=is_dir, may_create=in_scratch)
+        except MountStepError:
+            raise
+        except OSError as e:  # e.g. EROFS: a link led onto the read-only host root
+            raise MountStepError(f"bind onto {dst}", e) from e
+        try:
+            what = f"attach the idmapped mount onto {dst}" if detached else f"bind onto {dst}"
+            _step(what, _bind, fd, dest_fd, ro, detached)
+        finally:
+            os.close(dest_fd)
+    os.close(root_fd)
 
     os.chdir(r)
     _step("pivot_root", sc.pivot_root, ".", ".")

@@ -52,6 +52,7 @@ MNT_DETACH = 0x2
 # mount_setattr(2) (Linux 5.12+).
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
 MOUNT_ATTR_RDONLY = 0x1
 
 # prctl(2).
@@ -150,19 +151,31 @@ def open_no_symlinks(path: str) -> int:
     """
     if not os.path.isabs(path):
         raise OSError(errno.EINVAL, f"{path}: not an absolute path")
-    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in path.split("/"):
-            if part in ("", "."):
-                continue
+        return open_no_symlinks_beneath(root, path, os.O_PATH, shown=path)
+    finally:
+        os.close(root)
+
+
+def open_no_symlinks_beneath(dir_fd: int, path: str, flags: int, *, shown: str = "") -> int:
+    """``path`` opened (with ``flags``, e.g. ``O_PATH``) beneath the directory ``dir_fd``,
+    one component at a time, refusing any symbolic link and any ``..`` (ELOOP, EINVAL)."""
+    shown = shown or path
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    fd = os.dup(dir_fd)
+    try:
+        for i, part in enumerate(parts):
             if part == "..":
-                raise OSError(errno.EINVAL, f"{path}: not a resolved path ('..')")
-            nxt = os.open(part, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                raise OSError(errno.EINVAL, f"{shown}: not a resolved path ('..')")
+            last = i == len(parts) - 1
+            how = (flags if last else os.O_PATH) | os.O_NOFOLLOW | os.O_CLOEXEC
+            nxt = os.open(part, how, dir_fd=fd)
             os.close(fd)
             fd = nxt
             if stat.S_ISLNK(os.fstat(fd).st_mode):
                 msg = (
-                    f"{path}: {part} is a symbolic link now (it changed after the path "
+                    f"{shown}: {part} is a symbolic link now (it changed after the path "
                     "was checked); nothing is mounted from it"
                 )
                 raise OSError(errno.ELOOP, msg)
@@ -250,6 +263,21 @@ def mount_setattr_recursive_readonly(path: str) -> None:
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(ret, f"mount_setattr({path!r}, AT_RECURSIVE, MOUNT_ATTR_RDONLY)")
+
+
+def mount_setattr_readonly_fd(mount_fd: int) -> None:
+    """Make the mount tree ``mount_fd`` refers to (e.g. a detached one from open_tree)
+    read-only, every mount in it, before it is attached anywhere."""
+    attr = _MountAttr(attr_set=MOUNT_ATTR_RDONLY)
+    ret = _libc.syscall(
+        _syscall_number("mount_setattr"),
+        ctypes.c_int(mount_fd),
+        b"",
+        ctypes.c_uint(AT_RECURSIVE | AT_EMPTY_PATH),
+        ctypes.byref(attr),
+        ctypes.c_size_t(ctypes.sizeof(attr)),
+    )
+    _check(ret, "mount_setattr(fd, AT_RECURSIVE, MOUNT_ATTR_RDONLY)")
 
 
 def prctl(option: int, arg2: int = 0) -> None:

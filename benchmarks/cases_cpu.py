@@ -55,7 +55,9 @@ UNSHARE = [
     "true",
 ]
 
-group(CPU, "CPU time per sandbox: create, run, tear down (all its processes)", reference="cpu.unshare")
+group(
+    CPU, "CPU time per sandbox: create, run, tear down (all its processes)", reference="cpu.unshare"
+)
 
 
 @case(CPU, "unshare", "unshare(1), true", iterations=100)

@@ -34,8 +34,16 @@ KINDS = (
     ),
     (
         "kernel: mounts",
-        ("path_mount", "do_mount", "__x64_sys_move_mount", "__x64_sys_open_tree",
-         "__x64_sys_pivot_root", "__x64_sys_mount_setattr", "__x64_sys_fsmount", "do_umount"),
+        (
+            "path_mount",
+            "do_mount",
+            "__x64_sys_move_mount",
+            "__x64_sys_open_tree",
+            "__x64_sys_pivot_root",
+            "__x64_sys_mount_setattr",
+            "__x64_sys_fsmount",
+            "do_umount",
+        ),
     ),
     ("kernel: page faults (copy-on-write, first touch)", ("exc_page_fault", "handle_mm_fault")),
     ("kernel: other system calls", ("do_syscall_64",)),
@@ -91,7 +99,17 @@ def main() -> int:
         data = os.path.join(tmp, "perf.data")
         me = [sys.executable, os.path.abspath(__file__), str(n), "--loop"]
         subprocess.run(
-            ["perf", "record", "-q", "-g", "-o", data, "--", *me, *(["--server"] if server else [])],
+            [
+                "perf",
+                "record",
+                "-q",
+                "-g",
+                "-o",
+                data,
+                "--",
+                *me,
+                *(["--server"] if server else []),
+            ],
             check=True,
         )
         script = subprocess.run(

@@ -111,6 +111,18 @@ def test_hostname_and_shell_escapes(kc):
     assert int(res.result) < 10  # the last expression (a sandbox PID) is this cell's result
 
 
+def test_every_sandbox_draws_its_own_random_numbers(kc):
+    """Each cell's sandbox is a copy of the server, made without Python's at-fork
+    handlers (speed, memory): its runner reseeds random, or every cell would draw the
+    numbers the server's state holds, and those of the cell before."""
+    draws = []
+    for _ in range(3):
+        res = execute(kc, "%%sandbox\nimport random\nprint(random.getrandbits(64))")
+        assert res.status == "ok", res.error_text
+        draws.append(res.stdout.strip())
+    assert len(set(draws)) == 3, draws
+
+
 def test_output_streams_live(kc):
     code = "%%sandbox\nimport time\nfor i in range(3):\n    print('tick', i)\n    time.sleep(0.5)\n"
     res = execute(kc, code)

@@ -69,6 +69,8 @@ class ChildPlan:
     argv: Sequence[str] | None = None
     env: dict[str, str] | None = None
     target: Callable[[], int | None] | None = None
+    # Fork the target with os.fork() (Python's at-fork handlers run in it) or plain fork().
+    target_at_fork: bool = True
     pass_fds: tuple[int, ...] = ()
     # The sandbox's fds 0, 1, 2 (None: the caller's own). The setup child dup2()s them
     # into place before anything else, so no other descriptor of the caller's survives.
@@ -372,8 +374,10 @@ def _start_command(plan: ChildPlan, pipes: Pipes, pid_ns: bool, native_init: int
                 sigint_to_group=to_group,
             )
     # A command that is exec'd needs nothing of Python's at-fork handling; a target runs
-    # on in Python (the caller's code: random must be reseeded, threading reset...).
-    child = os.fork() if plan.target is not None else syscalls.fork_lean()
+    # on in Python (the caller's code: random must be reseeded, threading reset...),
+    # unless its caller said it needs none of that (``Sandbox.spawn(target_at_fork=)``).
+    at_fork = plan.target is not None and plan.target_at_fork
+    child = os.fork() if at_fork else syscalls.fork_lean()
     if child == 0:
         _command_main(plan, pipes, wake_r, wake_w, native_init)  # never returns
     os.close(rep)

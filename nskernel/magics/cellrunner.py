@@ -538,6 +538,12 @@ def serve(fd: int, *, warm: bool = False, nofile_soft: int | None = None) -> int
     its own; see ``server.raise_open_files_limit``).
     """
     global _channel
+    # Forked without Python's at-fork handlers (``Sandbox.spawn(target_at_fork=False)``):
+    # the one this process needs is random's, or every sandbox of the server would draw
+    # the same numbers. (Threading's and logging's reset locks another thread held at
+    # the fork: the server has no other thread.)
+    if "random" in sys.modules:
+        sys.modules["random"].seed()
     if nofile_soft is not None:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (nofile_soft, hard))

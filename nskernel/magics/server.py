@@ -380,6 +380,9 @@ class Server:
                     child_fd, warm=warm, nofile_soft=self.user_nofile_soft
                 ),
                 pass_fds=(child_fd,),
+                # The server is single-threaded and the runner reseeds random itself:
+                # Python's at-fork handlers would only cost time and ~0.5 MiB per box.
+                target_at_fork=False,
             )
         except BaseException:
             parent.close()

@@ -622,12 +622,13 @@ def _relay_main(
         # now on is in the hub, where the networks' bridges are.
         sc.setns(hub_ns_fd, sc.CLONE_NEWNET)
         os.close(hub_ns_fd)
+        relay = _Relay(listener, target)  # its epoll set and limits, before "serving"
     except OSError as e:
         os.write(ready_w, f"{e}".encode())
         return 1
     os.write(ready_w, b"ok")
     os.close(ready_w)
-    _relay_loop(listener, target)
+    relay.run()
     return 0
 
 
@@ -687,7 +688,8 @@ class _Side:
 
 
 class _Relay:
-    """The relay process's loop: one listener, every accepted pair, one epoll set."""
+    """Relays every connection accepted on ``listener`` to ``target``, both ways,
+    half-closes included: one listener, every accepted pair, one epoll set."""
 
     def __init__(self, listener: socket.socket, target: tuple[str, int]) -> None:
         self.listener = listener
@@ -834,11 +836,6 @@ class _Relay:
         self.pairs -= 1
         self.retry_at = None  # a descriptor is free again
         self._listen()
-
-
-def _relay_loop(listener: socket.socket, target: tuple[str, int]) -> None:
-    """Relay every accepted connection to ``target``, both ways, half-closes included."""
-    _Relay(listener, target).run()
 
 
 # ---------------------------------------------------------------- the sandbox server's hooks

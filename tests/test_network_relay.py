@@ -113,6 +113,9 @@ def relay():
         for port in (8001, 8002, 8003, 8004):
             ports[port] = _free_port()
             pids[port] = lab.call("publish", name="web", host_port=ports[port], port=port)["pid"]
+        for pid in pids.values():
+            # Its descriptors are settled once it waits for its first client.
+            _wait(lambda pid=pid: _wchan(pid) == "do_epoll_wait", 30, f"relay {pid} waits")
         yield lab, ports, pids
 
 
@@ -134,6 +137,11 @@ def _cpu_share(pid: int, window: float = WINDOW) -> float:
     c0, t0 = _cpu(pid), time.monotonic()
     time.sleep(window)  # a measuring interval, not a wait for something to happen
     return (_cpu(pid) - c0) / (time.monotonic() - t0)
+
+
+def _wchan(pid: int) -> str:
+    with open(f"/proc/{pid}/wchan") as f:
+        return f.read()
 
 
 def _rss_kib(pid: int) -> int:

@@ -20,6 +20,7 @@ import time
 
 import pytest
 
+from nskernel.network import _MAX_CONNECTIONS
 from tests.netlab import Lab
 
 pytestmark = pytest.mark.userns
@@ -95,7 +96,9 @@ _loop(8003, flood_client)
 _loop(8004, echo_until_eof)
 """
 
-FLOOD_MIB = 96  # more than every kernel socket buffer on the way can hold
+# More than every kernel socket buffer on the way can hold (two send buffers of at most
+# net.ipv4.tcp_wmem's 4 MiB, two receive buffers of at most tcp_rmem's 32 MiB here).
+FLOOD_MIB = 128
 WINDOW = 2.0  # s over which the relay's CPU time is measured
 IDLE_SHARE = 0.10  # of WINDOW: a busy loop takes most of it even on a loaded machine
 EPOLLIN, EPOLLOUT = 0x001, 0x004
@@ -275,3 +278,27 @@ def test_a_full_descriptor_table_makes_clients_wait_not_the_relay_spin(relay):
     finally:
         for c in clients:
             c.close()
+
+
+def test_connections_beyond_the_relays_cap_wait_in_the_backlog(relay):
+    _, ports, pids = relay
+    pid = pids[8004]
+    base = len(_fds(pid))
+    clients = []
+    try:
+        for _ in range(_MAX_CONNECTIONS + 1):
+            clients.append(socket.create_connection(("127.0.0.1", ports[8004]), timeout=60))
+        for c in clients[:-1]:
+            c.sendall(b"ping")
+            assert c.recv(100) == b"echo ping"
+        clients[-1].sendall(b"ping")
+        share = _cpu_share(pid)
+        assert share < IDLE_SHARE, f"the relay used {share:.0%} of a CPU at its connection cap"
+        # Two sockets per relayed connection, and none for the one over the cap.
+        assert len(_fds(pid)) == base + 2 * _MAX_CONNECTIONS
+        clients[0].close()
+        assert clients[-1].recv(100) == b"echo ping"
+    finally:
+        for c in clients:
+            c.close()
+    _wait(lambda: len(_fds(pid)) == base, 60, "the relay closed every pair")

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.userns
 
 # Inside the sandbox: servers whose behaviour is the test's subject, each on its own port.
 SERVERS = r"""
-import hashlib, socket, threading
-events = {k: threading.Event() for k in ("client_eof", "release", "flood_done")}
+import hashlib, socket, struct, threading
+events = {k: threading.Event() for k in ("client_eof", "release", "flood_done", "reset")}
 held = []
 flood = {"sent": 0, "sha": None}
 
@@ -94,6 +94,17 @@ _loop(8001, fin_then_echo)
 _loop(8002, reply_after_release)
 _loop(8003, flood_client)
 _loop(8004, echo_until_eof)
+
+def reset_after_hi(c):
+    # "hi", a byte of urgent (out-of-band) data, then, when the test says so, a reset
+    # instead of a FIN.
+    c.sendall(b"hi")
+    c.send(b"!", socket.MSG_OOB)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    events["reset"].wait()
+    c.close()
+
+_loop(8005, reset_after_hi)
 """
 
 # More than every kernel socket buffer on the way can hold (two send buffers of at most
@@ -113,7 +124,7 @@ def relay():
         lab.call("spawn", name="web", networks=["lab"])
         lab.run("web", SERVERS.replace("{flood_mib}", str(FLOOD_MIB)))
         ports, pids = {}, {}
-        for port in (8001, 8002, 8003, 8004):
+        for port in (8001, 8002, 8003, 8004, 8005):
             ports[port] = _free_port()
             pids[port] = lab.call("publish", name="web", host_port=ports[port], port=port)["pid"]
         for pid in pids.values():
@@ -250,6 +261,20 @@ def test_a_client_that_does_not_read_holds_the_sandbox_back_not_relay_memory(rel
             n += len(chunk)
     assert n == FLOOD_MIB << 20
     assert got.hexdigest() == lab.run("web", "print(flood['sha'])").strip()
+
+
+def test_urgent_data_and_a_reset_from_the_sandbox_end_the_pair_without_a_spin(relay):
+    lab, ports, pids = relay
+    pid = pids[8005]
+    base = _fds(pid)
+    with socket.create_connection(("127.0.0.1", ports[8005]), timeout=30) as c:
+        assert c.recv(100) == b"hi"
+        # The urgent byte waits unread in the relay's socket (it is not relayed).
+        share = _cpu_share(pid)
+        assert share < IDLE_SHARE, f"the relay used {share:.0%} of a CPU with urgent data queued"
+        lab.run("web", "events['reset'].set()")
+        assert c.recv(100) == b""  # the relay ended the pair
+    _wait(lambda: _fds(pid) == base, 30, "the relay closed both sockets of the pair")
 
 
 def test_a_full_descriptor_table_makes_clients_wait_not_the_relay_spin(relay):

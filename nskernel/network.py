@@ -37,9 +37,11 @@ import hashlib
 import ipaddress
 import os
 import re
-import selectors
+import resource
+import select
 import signal
 import socket
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -620,106 +622,220 @@ def _relay_main(
         # now on is in the hub, where the networks' bridges are.
         sc.setns(hub_ns_fd, sc.CLONE_NEWNET)
         os.close(hub_ns_fd)
+        relay = _Relay(listener, target)  # its epoll set and limits, before "serving"
     except OSError as e:
         os.write(ready_w, f"{e}".encode())
         return 1
     os.write(ready_w, b"ok")
     os.close(ready_w)
-    _relay_loop(listener, target)
+    relay.run()
     return 0
 
 
-class _Half:
-    """One direction of a relayed connection: bytes read from ``src``, owed to ``dst``."""
+# The relay copies bytes between host clients and a sandbox's port. The sandbox side is
+# hostile (it decides when its half closes, how fast it reads, how much it sends), and
+# host clients hold connections as long as they like (keep-alive pools, idle browser
+# sockets). Whatever either does, the relay neither spins nor grows:
+#
+# - Interest follows state. A socket is polled for reading only while its direction is
+#   open and has room in its buffer, for writing only while bytes or a FIN are owed to
+#   it. A socket with nothing to wait for stays registered with no events: epoll still
+#   reports its errors. (A socket at EOF is always readable; asking for that spun a core
+#   for as long as a client kept its half of a half-closed pair open: red team r12 F3.)
+#   Once a socket reports a hang-up, which it then reports for good, it is registered
+#   only while there is something to ask of it.
+# - Each direction holds at most _BUFFER bytes; beyond that the relay stops reading, the
+#   kernel's windows fill and the sender waits. A slow reader holds back the writer,
+#   never the relay's memory: at most _MAX_CONNECTIONS x 2 x _BUFFER bytes in all.
+# - A FIN is passed on as shutdown(SHUT_WR) once the bytes before it are delivered, as
+#   docker-proxy and socat do; the pair ends when both directions have ended, or at the
+#   first error on either socket.
+# - At most _MAX_CONNECTIONS pairs (fewer when the descriptor limit is low). Beyond that,
+#   or when no descriptor is left, the listener is not polled: new clients wait in the
+#   kernel's listen backlog, accepted when a pair ends (or, after an error not caused by
+#   the relay's own pairs, _RETRY_ACCEPT seconds later), instead of accept() being
+#   retried in a loop.
 
-    def __init__(self, src: socket.socket, dst: socket.socket) -> None:
-        self.src, self.dst = src, dst
+_BUFFER = 1 << 16
+_MAX_CONNECTIONS = 256
+_RETRY_ACCEPT = 1.0
+_IN, _OUT, _ERR, _HUP = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP
+
+
+class _Side:
+    """One socket of a relayed pair, and the bytes read from it that its peer is owed."""
+
+    __slots__ = ("buf", "connecting", "eof", "fd", "hup", "mask", "peer", "shut", "sock")
+
+    def __init__(self, sock: socket.socket, *, connecting: bool = False) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = self
         self.buf = bytearray()
-        self.eof = False  # src sent FIN
-        self.done = False  # ... and it was passed on to dst (shutdown SHUT_WR)
+        self.eof = False  # this socket sent FIN
+        self.shut = False  # the peer's FIN was passed on: this socket's sending half is shut
+        self.connecting = connecting
+        self.hup = False  # epoll reported a hang-up (both halves shut, or reset)
+        self.mask: int | None = None  # events registered; None: not in the epoll set
 
-
-_MAX_BUFFERED = 1 << 18
-
-
-def _relay_loop(listener: socket.socket, target: tuple[str, int]) -> None:
-    """Relay every accepted connection to ``target``, both ways, half-closes included."""
-    sel = selectors.DefaultSelector()
-    listener.setblocking(False)
-    sel.register(listener, selectors.EVENT_READ)
-    out_of: dict[socket.socket, _Half] = {}  # socket → the half it reads into
-    into: dict[socket.socket, _Half] = {}  # socket → the half it writes out
-
-    def close(s: socket.socket) -> None:
-        other = out_of[s].dst
-        for x in (s, other):
-            sel.unregister(x)
-            out_of.pop(x, None)
-            into.pop(x, None)
-            x.close()
-
-    def update(s: socket.socket) -> None:
-        h_out, h_in = out_of[s], into[s]
+    def wants(self) -> int:
         events = 0
-        if not h_out.eof and len(h_out.buf) < _MAX_BUFFERED:
-            events |= selectors.EVENT_READ
-        if h_in.buf or (h_in.eof and not h_in.done):
-            events |= selectors.EVENT_WRITE
-        if h_out.done and h_in.done:
-            close(s)
-        elif events:
-            sel.modify(s, events)
-        else:
-            sel.modify(s, selectors.EVENT_READ)  # only errors can arrive now
+        if not self.eof and len(self.buf) < _BUFFER:
+            events |= _IN
+        if self.connecting or self.peer.buf or (self.peer.eof and not self.shut):
+            events |= _OUT
+        return events
 
-    while True:
-        for key, mask in sel.select():
-            s: socket.socket = key.fileobj  # type: ignore[assignment]
-            if s is listener:
-                try:
-                    client, _ = listener.accept()
-                except OSError:
-                    continue
-                upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                client.setblocking(False)
-                upstream.setblocking(False)
-                if upstream.connect_ex(target) not in (0, errno.EINPROGRESS):
-                    client.close()
-                    upstream.close()
-                    continue
-                a, b = _Half(client, upstream), _Half(upstream, client)
-                out_of[client], into[upstream] = a, a
-                out_of[upstream], into[client] = b, b
-                sel.register(client, selectors.EVENT_READ)
-                # Writable once connected; a refused connection shows up as an error.
-                sel.register(upstream, selectors.EVENT_READ | selectors.EVENT_WRITE)
-                continue
-            if s not in out_of:
-                continue
+
+class _Relay:
+    """Relays every connection accepted on ``listener`` to ``target``, both ways,
+    half-closes included: one listener, every accepted pair, one epoll set."""
+
+    def __init__(self, listener: socket.socket, target: tuple[str, int]) -> None:
+        self.listener = listener
+        self.target = target
+        self.ep = select.epoll()
+        self.sides: dict[int, _Side] = {}
+        self.closing: list[socket.socket] = []
+        self.pairs = 0
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Two descriptors per pair; a few for the listener, the epoll set and stdio.
+        self.max_pairs = max(1, min(_MAX_CONNECTIONS, (soft - 8) // 2))
+        self.retry_at: float | None = None
+        self.listening = True
+        listener.setblocking(False)
+        self.ep.register(listener.fileno(), _IN)
+
+    def run(self) -> None:
+        lfd = self.listener.fileno()
+        while True:
+            timeout = -1.0
+            if self.retry_at is not None:
+                timeout = max(0.0, self.retry_at - time.monotonic())
+            for fd, ev in self.ep.poll(timeout):
+                if fd == lfd:
+                    self._accept()
+                elif (side := self.sides.get(fd)) is not None:
+                    self._handle(side, ev)
+            # Closed only now, so no descriptor of this batch is reused within it.
+            for s in self.closing:
+                s.close()
+            self.closing.clear()
+            if self.retry_at is not None and time.monotonic() >= self.retry_at:
+                self.retry_at = None
+            self._listen()
+
+    def _listen(self) -> None:
+        want = self.pairs < self.max_pairs and self.retry_at is None
+        if want != self.listening:
+            self.ep.modify(self.listener.fileno(), _IN if want else 0)
+            self.listening = want
+
+    def _pause(self) -> None:
+        self.retry_at = time.monotonic() + _RETRY_ACCEPT
+        self._listen()
+
+    def _accept(self) -> None:
+        # The upstream socket first: without a descriptor for it, the client is left in
+        # the backlog rather than accepted and dropped.
+        try:
+            upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            self._pause()  # EMFILE, ENFILE, ENOBUFS: until a pair ends, or a while
+            return
+        try:
+            client, _ = self.listener.accept()
+        except OSError as e:
+            upstream.close()
+            if e.errno not in (errno.EAGAIN, errno.ECONNABORTED):
+                self._pause()  # EMFILE and the like: the client is still queued
+            return  # EAGAIN, ECONNABORTED: that client gave up; no entry is left behind
+        client.setblocking(False)
+        upstream.setblocking(False)
+        if upstream.connect_ex(self.target) not in (0, errno.EINPROGRESS):
+            client.close()
+            upstream.close()
+            return
+        a, b = _Side(client), _Side(upstream, connecting=True)
+        a.peer, b.peer = b, a
+        self.sides[a.fd], self.sides[b.fd] = a, b
+        self.pairs += 1
+        self._arm(a)
+        self._arm(b)
+        self._listen()
+
+    def _handle(self, side: _Side, ev: int) -> None:
+        peer = side.peer
+        if ev & _ERR:  # reset, refused, timed out: the pair is over
+            self._close(side)
+            return
+        if ev & _HUP:
+            side.hup = True
+        try:
+            if side.connecting and ev & (_OUT | _HUP):
+                if side.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    self._close(side)
+                    return
+                side.connecting = False
+            if ev & (_IN | _HUP) and side.wants() & _IN:
+                data = side.sock.recv(min(65536, _BUFFER - len(side.buf)))
+                if data:
+                    side.buf += data
+                else:
+                    side.eof = True
+            self._flush(side)  # what was just read, to the peer
+            self._flush(peer)  # what the peer is owed... into this socket, if it can take it
+        except BlockingIOError:
+            pass
+        except OSError:
+            self._close(side)
+            return
+        if side.shut and peer.shut:  # both directions ended
+            self._close(side)
+            return
+        self._arm(side)
+        self._arm(peer)
+
+    @staticmethod
+    def _flush(src: _Side) -> None:
+        """Send what ``src`` holds to its peer, then pass on its FIN once all is sent."""
+        dst = src.peer
+        if dst.connecting or dst.shut:
+            return
+        if src.buf:
             try:
-                if mask & selectors.EVENT_READ:
-                    h = out_of[s]
-                    data = s.recv(65536)
-                    if data:
-                        h.buf += data
-                    else:
-                        h.eof = True
-                    update(h.dst)
-                if s in into and mask & selectors.EVENT_WRITE:
-                    h = into[s]
-                    if h.buf:
-                        del h.buf[: s.send(h.buf)]
-                    if not h.buf and h.eof and not h.done:
-                        s.shutdown(socket.SHUT_WR)
-                        h.done = True
-                    update(h.src)
-                if s in out_of:
-                    update(s)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                if s in out_of:
-                    close(s)
+                sent = dst.sock.send(src.buf, socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                return  # the peer's window is full: its _OUT interest waits for room
+            del src.buf[:sent]
+        if src.eof and not src.buf:
+            dst.sock.shutdown(socket.SHUT_WR)
+            dst.shut = True
+
+    def _arm(self, side: _Side) -> None:
+        want = side.wants()
+        if side.hup and not want:
+            # A hung-up socket is reported on every poll; with nothing to ask of it, it
+            # leaves the set until there is (its buffer drains, or bytes are owed to it).
+            if side.mask is not None:
+                self.ep.unregister(side.fd)
+                side.mask = None
+        elif side.mask is None:
+            self.ep.register(side.fd, want)
+            side.mask = want
+        elif want != side.mask:
+            self.ep.modify(side.fd, want)
+            side.mask = want
+
+    def _close(self, side: _Side) -> None:
+        for x in (side, side.peer):
+            if self.sides.pop(x.fd, None) is not None:
+                if x.mask is not None:
+                    self.ep.unregister(x.fd)
+                self.closing.append(x.sock)
+        self.pairs -= 1
+        self.retry_at = None  # a descriptor is free again
+        self._listen()
 
 
 # ---------------------------------------------------------------- the sandbox server's hooks

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import textwrap
+import time
 
 import pytest
 
@@ -156,6 +157,54 @@ def test_networks_end_with_the_kernel(how):
         for pid in (server_pid, w_pid, c_pid, relay):
             assert wait_gone(pid), f"process {pid} outlived the kernel"
         assert not _holders(hub), "the hub namespace outlived the kernel"
+
+
+HALF_CLOSE = textwrap.dedent(
+    """
+    import socket, threading
+    held = []
+    def serve(ls):
+        while True:
+            c, _ = ls.accept()
+            c.sendall(b"hi\\n")
+            c.shutdown(socket.SHUT_WR)  # FIN after each answer, the socket kept open
+            held.append(c)
+    threading.Thread(target=serve, args=(socket.create_server(("0.0.0.0", 8000)),),
+                     daemon=True).start()
+    """
+)
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_published_server_that_half_closes_leaves_the_host_relay_idle():
+    """Red team r12 F3: a keep-alive client holding a connection the sandbox half-closed
+    kept the host-side relay at 100% of a CPU. tests/test_network_relay.py has the rest."""
+    port = _free_port()
+    with kernel() as (_km, kc):
+        _ok(kc, f"%%sandbox --name web --network lab --publish {port}:8000\n{HALF_CLOSE}")
+        res = _ok(
+            kc, "from nskernel.magics.client import get_client\nprint(get_client().server_pid)"
+        )
+        server_pid = int(res.stdout)
+        hub = _hub_inode(server_pid)
+        assert hub is not None, "the server holds no hub namespace"
+        relay = next(p for p in _holders(hub) if p != server_pid)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            got = b""
+            while chunk := c.recv(100):  # "hi", then the sandbox's FIN
+                got += chunk
+            assert got == b"hi\n"
+            cpu, t = _cpu_seconds(relay), time.monotonic()
+            time.sleep(2.0)  # a measuring interval, the client's side still open
+            share = (_cpu_seconds(relay) - cpu) / (time.monotonic() - t)
+            assert share < 0.10, f"the relay used {share:.0%} of a CPU on a half-closed pair"
+        _ok(kc, "%sandbox rm web")
+        assert wait_gone(relay), "the relay outlived its sandbox"
 
 
 def test_a_fifo_where_the_hosts_file_goes_blocks_nothing(tmp_path):

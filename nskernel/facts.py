@@ -126,6 +126,47 @@ def _read(path: str) -> str:
         return f.read()
 
 
+# What the host reads of a sandbox is bounded, in bytes and in items. A sandbox decides how
+# long its /proc/PID/net files are (it has CAP_NET_ADMIN over its own network namespace:
+# thousands of addresses, routes or links take it under a second), and the host reads them
+# in the single-threaded %%sandbox server (which answers nothing meanwhile, not even an
+# interrupt) and in the kernel. With these caps one read of a sandbox's facts costs the host
+# milliseconds whatever the sandbox did; what was left out is said in ``errors["cut"]``.
+
+#: Bytes read of each of a sandbox's /proc/PID/net files (dev, fib_trie, route, if_inet6).
+NET_READ_MAX = 128 * 1024
+#: Interfaces listed per place: each costs the host a few syscalls (its UP/DOWN state).
+MAX_INTERFACES = 256
+#: Bytes read of a process's command line (``command`` keeps 200 characters).
+CMDLINE_READ_MAX = 4096
+COMMAND_MAX = 200
+
+
+def _read_bounded(path: str, limit: int) -> tuple[str, bool]:
+    """At most ``limit`` bytes of ``path``, in whole lines, and whether there was more.
+
+    Bytes that are not UTF-8 (interface names may be any bytes but "/", ":" and spaces)
+    come back as U+FFFD, never as an exception.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        chunks: list[bytes] = []
+        n = 0
+        while n <= limit:  # procfs hands out a page or so per read
+            chunk = os.read(fd, limit + 1 - n)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    cut = n > limit
+    if cut:
+        data = data[: data.rfind(b"\n", 0, limit) + 1]
+    return data.decode("utf-8", "replace"), cut
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
@@ -189,8 +230,9 @@ class _Proc:
         self.ppid = int(st.get("PPid", "0") or 0)
         self.uid = int(st.get("Uid", "0").split()[0])
         self.nspid = [int(x) for x in st.get("NSpid", str(pid)).split()]
+        # Bounded: a process's arguments can be megabytes, and a sandbox has many.
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
+            raw = f.read(CMDLINE_READ_MAX)
         args = raw.rstrip(b"\0").split(b"\0") if raw else []
         name = st.get("Name", "?")
         self.name = name
@@ -199,7 +241,7 @@ class _Proc:
             # is still the launcher's, but their name says what they are.
             args = [name.encode()]
         self.command = " ".join(a.decode(errors="replace") for a in args) or f"[{name}]"
-        self.command = self.command[:200]
+        self.command = self.command[:COMMAND_MAX]
 
     @property
     def kernel_thread(self) -> bool:
@@ -320,25 +362,41 @@ _IFF_UP = 0x1
 _IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16-byte name + 24-byte union
 
 
-def _dev_names(net_dir: str) -> list[str]:
+def _dev_names(net_dir: str, cut: list[str]) -> list[str]:
+    """Interface names from ``dev``, at most ``MAX_INTERFACES``; ``cut`` gets what was not."""
+    text, more = _read_bounded(f"{net_dir}/dev", NET_READ_MAX)
     names = []
-    for line in _read(f"{net_dir}/dev").splitlines()[2:]:
+    for line in text.splitlines()[2:]:
         name = line.split(":", 1)[0].strip()
         if name:
             names.append(name)
-    return names
+    if len(names) > MAX_INTERFACES or more:
+        left = max(len(names) - MAX_INTERFACES, 0)
+        cut.append(
+            f"interfaces after the first {min(len(names), MAX_INTERFACES)} "
+            f"({left}{' or more' if more else ''} left out)"
+        )
+    return names[:MAX_INTERFACES]
 
 
-def _ipv6_addresses(net_dir: str) -> dict[str, list[str]]:
+def _ipv6_addresses(net_dir: str, cut: list[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     try:
-        text = _read(f"{net_dir}/if_inet6")
+        text, more = _read_bounded(f"{net_dir}/if_inet6", NET_READ_MAX)
     except FileNotFoundError:
         return out  # IPv6 disabled
+    if more:
+        cut.append(f"IPv6 addresses after the first {len(text.splitlines())}")
     for line in text.splitlines():
-        hexaddr, _idx, plen, _scope, _flags, dev = line.split()
-        addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
-        out.setdefault(dev, []).append(f"{addr}/{int(plen, 16)}")
+        cols = line.split()
+        if len(cols) != 6:
+            continue
+        hexaddr, _idx, plen, _scope, _flags, dev = cols
+        try:
+            addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
+            out.setdefault(dev, []).append(f"{addr}/{int(plen, 16)}")
+        except ValueError:
+            continue
     return out
 
 
@@ -376,62 +434,87 @@ def _flags_ioctl(name: str) -> int:
         return struct.unpack("16sH22x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
 
 
-def _ipv4_addresses_procfs(net_dir: str) -> dict[str, list[str]]:
+def _ipv4_addresses_procfs(net_dir: str, cut: list[str]) -> dict[str, list[str]]:
     """IPv4 addresses of another network namespace, from its /proc/PID/net.
 
     ``fib_trie`` lists the local addresses (``/32 host LOCAL``) but not their interface;
-    the interface and prefix come from the connected route in ``route`` that contains
-    the address. Loopback addresses have no such route: they belong to ``lo`` as /8.
-    Only addresses of interfaces that are UP are in the FIB.
+    the interface and prefix come from the longest connected route in ``route`` that
+    contains the address. Loopback addresses have no such route: they belong to ``lo``
+    as /8. Only addresses of interfaces that are UP are in the FIB.
+
+    Linear in what is read (a sandbox makes both lists as long as it likes): routes are
+    indexed by prefix length, so each address costs at most 32 lookups.
     """
-    local: list[str] = []
+    text, more = _read_bounded(f"{net_dir}/fib_trie", NET_READ_MAX)
+    # The "Main" and "Local" tables are one trie, listed twice, until a policy rule splits
+    # them, and a long listing is cut before "Local:": a local /32 counts in either.
+    local: dict[str, None] = {}  # ordered, and a set
     last_ip = ""
-    section = ""
-    for line in _read(f"{net_dir}/fib_trie").splitlines():
-        if not line.startswith(" "):
-            section = line.strip(": ")
-            continue
-        if section != "Local":
-            continue
+    for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith("|--"):
+        if not line.startswith(" "):
+            last_ip = ""  # a table's heading
+        elif stripped.startswith("|--"):
             last_ip = stripped[3:].strip()
-        elif stripped.startswith("/32 host LOCAL") and last_ip not in local:
-            local.append(last_ip)
-    routes = []
-    for line in _read(f"{net_dir}/route").splitlines()[1:]:
+        elif stripped.startswith("/32 host LOCAL") and last_ip:
+            local[last_ip] = None
+    if more:
+        cut.append(f"IPv4 addresses after the first {len(local)}")
+    text, more = _read_bounded(f"{net_dir}/route", NET_READ_MAX)
+    if more:
+        cut.append("routes (so some addresses show no interface)")
+    by_length: dict[int, dict[int, str]] = {}  # prefix length -> network -> interface
+    for line in text.splitlines()[1:]:
         cols = line.split()
         if len(cols) < 8:
             continue
-        dest = int.from_bytes(bytes.fromhex(cols[1]), "little")
-        mask = int.from_bytes(bytes.fromhex(cols[7]), "little")
-        gateway = int(cols[2], 16)
-        if mask and not gateway:
-            routes.append((cols[0], dest, mask))
+        try:
+            # Each __be32 is printed as a number in host byte order: ntohl gives it back.
+            dest, gateway, mask = (socket.ntohl(int(cols[i], 16)) for i in (1, 2, 7))
+        except (ValueError, OverflowError):
+            continue
+        plen = bin(mask).count("1")
+        if gateway or not mask or mask != _mask(plen):
+            continue  # only connected routes with a prefix say where an address lives
+        by_length.setdefault(plen, {}).setdefault(dest & mask, cols[0])  # first one wins
+    lengths = sorted(by_length, reverse=True)
     out: dict[str, list[str]] = {}
     for ip in local:
-        n = int.from_bytes(socket.inet_aton(ip), "big")
         if ip.startswith("127."):
             out.setdefault("lo", []).append(f"{ip}/8")
             continue
-        best = None
-        for dev, dest, mask in routes:
-            dest_be = int.from_bytes(dest.to_bytes(4, "little"), "big")
-            mask_be = int.from_bytes(mask.to_bytes(4, "little"), "big")
-            if n & mask_be == dest_be and (best is None or mask_be > best[1]):
-                best = (dev, mask_be)
-        if best:
-            out.setdefault(best[0], []).append(f"{ip}/{bin(best[1]).count('1')}")
+        try:
+            n = int.from_bytes(socket.inet_aton(ip), "big")
+        except OSError:
+            continue
+        for plen in lengths:
+            dev = by_length[plen].get(n & _mask(plen))
+            if dev is not None:
+                out.setdefault(dev, []).append(f"{ip}/{plen}")
+                break
         else:
             out.setdefault("?", []).append(f"{ip}/32")
     return out
 
 
+def _mask(plen: int) -> int:
+    return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+
+
+def _cut_note(cut: list[str], where: str) -> str:
+    return (
+        f"not all of it is shown: {'; '.join(cut)}. The host reads at most "
+        f"{NET_READ_MAX // 1024} KiB of each of {where} and {MAX_INTERFACES} interfaces, "
+        "so that no network configuration makes reading it slow"
+    )
+
+
 def _interfaces_here(facts: Facts) -> None:
+    cut: list[str] = []
     try:
-        names = _dev_names("/proc/self/net")
+        names = _dev_names("/proc/self/net", cut)
         v4 = _ipv4_addresses_ioctl()
-        v6 = _ipv6_addresses("/proc/self/net")
+        v6 = _ipv6_addresses("/proc/self/net", cut)
     except OSError as e:
         facts["errors"]["interfaces"] = f"cannot read the network interfaces: {_why(e)}"
         return
@@ -445,6 +528,8 @@ def _interfaces_here(facts: Facts) -> None:
             {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
         )
     facts["interfaces"] = _sorted_interfaces(rows)
+    if cut:
+        facts["errors"]["interfaces_cut"] = _cut_note(cut, "/proc/self/net/dev and if_inet6")
 
 
 def _sorted_interfaces(rows: list[Facts]) -> list[Facts]:
@@ -494,10 +579,11 @@ def _mount_id(fd: int) -> int:
 
 def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) -> None:
     net_dir = f"/proc/{pid}/net"
+    cut: list[str] = []
     try:
-        names = _dev_names(net_dir)
-        v4 = _ipv4_addresses_procfs(net_dir)
-        v6 = _ipv6_addresses(net_dir)
+        names = _dev_names(net_dir, cut)
+        v4 = _ipv4_addresses_procfs(net_dir, cut)
+        v6 = _ipv6_addresses(net_dir, cut)
     except OSError as e:
         facts["errors"]["interfaces"] = f"cannot read {net_dir}: {_why(e)}"
         return
@@ -524,6 +610,10 @@ def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) ->
             {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
         )
     facts["interfaces"] = _sorted_interfaces(rows)
+    if cut:
+        facts["errors"]["interfaces_cut"] = _cut_note(
+            cut, f"{net_dir}/dev, fib_trie, route and if_inet6"
+        )
     if unknown_state:
         facts["errors"]["interface_state"] = (
             "the host can read UP/DOWN of a sandbox's interfaces only through the sandbox's "

@@ -1,0 +1,191 @@
+"""What the host reads of a sandbox is hostile input: its size and its bytes.
+
+A sandbox has CAP_NET_ADMIN over its own network namespace and makes its /proc/PID/net
+files as long as it likes (thousands of addresses, routes and links in under a second);
+its processes' command lines are megabytes if it likes; its interface names are any
+bytes. The host reads all of these in the single-threaded %%sandbox server (``--show``)
+and in the kernel (``%sandbox compare``, Refresh). The tests count the work the host
+does (bytes read, rows kept), never the time it takes, and check that what is shown is
+right up to the cut and says it was cut.
+
+Also here: the checks of strings a sandbox (or a user) supplies accept no trailing
+newline (``re.match`` with ``$`` did).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import select
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from nskernel import Sandbox, SandboxSpec, facts
+
+# These tests call Sandbox.spawn in the pytest process (see conftest).
+pytestmark = pytest.mark.spawns_here
+
+MANY_V4 = 6000  # /32 addresses on lo, each with a /30 route of its own
+MANY_V6 = 4000
+VETH_PAIRS = 150  # 300 interfaces, more than facts.MAX_INTERFACES
+LONG = "sh -c sleep 600; : sh xxx"  # the start of each long command line
+
+
+def _rchar() -> int:
+    """Bytes this process has read through read(2) and friends, all files together."""
+    with open("/proc/self/io") as f:
+        for line in f:
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def _v4(i: int) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address("10.1.0.0") + 4 * i + 1
+
+
+def _batch() -> bytes:
+    """`ip -batch` input for a crowded network namespace."""
+    lines = [
+        "link set lo up",
+        # One ordinary interface with an address that sorts before the crowd.
+        "link add va0 type veth peer name vb0",
+        "addr add 10.0.0.1/24 dev va0",
+        "link set va0 up",
+        "link set vb0 up",
+    ]
+    lines += [f"link add va{i} type veth peer name vb{i}" for i in range(1, VETH_PAIRS)]
+    for i in range(MANY_V4):
+        lines.append(f"addr add {_v4(i)}/32 dev lo")
+        lines.append(f"route add {_v4(i) - 1}/30 dev lo")
+    lines += [f"addr add fd00::{i + 1:x}/128 dev lo" for i in range(MANY_V6)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@contextmanager
+def _spawn_ready(script: str, stdin: bytes = b"") -> Iterator[Sandbox]:
+    """A sandbox running ``script`` (sh), once it printed "ready"; killed afterwards."""
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        sb = Sandbox.spawn(SandboxSpec(), ["sh", "-c", script], stdio=(in_r, out_w, 2))
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    try:
+        try:
+            with os.fdopen(in_w, "wb") as w:
+                w.write(stdin)  # blocks until the sandbox has read most of it
+        except BrokenPipeError:
+            pass  # it stopped reading: its error is on stderr, and "ready" never comes
+        got = b""
+        deadline = time.monotonic() + 120
+        while b"ready\n" not in got and time.monotonic() < deadline:
+            if select.select([out_r], [], [], 1)[0]:
+                chunk = os.read(out_r, 4096)
+                if not chunk:
+                    break
+                got += chunk
+        assert b"ready\n" in got, f"the sandbox did not set itself up: {got[-500:]!r}"
+        yield sb
+    finally:
+        sb.kill()
+        os.close(out_r)
+
+
+@pytest.fixture(scope="module")
+def crowded() -> Iterator[Sandbox]:
+    """A sandbox with thousands of addresses and routes and hundreds of interfaces."""
+    with _spawn_ready("ip -batch - && echo ready && exec sleep 600", _batch()) as sb:
+        yield sb
+
+
+def _net_bytes(pid: int) -> int:
+    total = 0
+    for name in ("dev", "fib_trie", "route", "if_inet6"):
+        with open(f"/proc/{pid}/net/{name}", "rb") as f:
+            total += len(f.read())
+    return total
+
+
+@pytest.mark.userns
+def test_the_host_reads_a_crowded_sandbox_network_in_bounded_work(crowded: Sandbox) -> None:
+    pid = crowded.pid
+    whole = _net_bytes(pid)
+    assert whole > 2 * 2**20, f"the sandbox's network files are only {whole} bytes"
+
+    f = facts.empty_facts("crowded", "sandbox", seen_from="host")
+    facts._namespaces(pid, f)
+    before = _rchar()
+    facts._interfaces_from_host(pid, f, facts._own_namespace_ids())
+    read = _rchar() - before
+    # Everything the host read for the interfaces: four bounded files, plus each listed
+    # interface's flags in the sandbox's /sys (and the fdinfo lines that check them).
+    assert read <= 4 * 128 * 1024 + 256 * 2048, f"read {read} of {whole} bytes"
+
+
+@pytest.mark.userns
+def test_a_crowded_sandbox_is_shown_right_up_to_the_cut_and_says_so(crowded: Sandbox) -> None:
+    f = facts.sandbox_facts_from_host(crowded.pid, name="crowded", hostname=crowded.hostname)
+    assert f["alive"] is True
+    cut = f["errors"].get("interfaces_cut", "")
+    assert "IPv4 addresses after the first" in cut, f["errors"]
+    assert "IPv6 addresses after the first" in cut
+    assert "interfaces after the first 256" in cut
+
+    rows = {i["name"]: i for i in f["interfaces"]}
+    assert len(rows) == facts.MAX_INTERFACES
+    # /proc/PID/net/dev order: lo, then the interfaces in the order they were made.
+    assert {"lo", "va0", "vb0"} <= set(rows) and "vb149" not in rows
+    assert rows["va0"]["addresses"][0] == "10.0.0.1/24"  # its own prefix, its own link
+    assert rows["va0"]["state"] == "UP"
+    shown_v4 = [a for a in rows["lo"]["addresses"] if ":" not in a]
+    expected_v4 = [f"{_v4(i)}/30" for i in range(MANY_V4)]
+    # In order and complete up to where the reading stopped, each with its route's prefix.
+    assert len(shown_v4) >= 500, shown_v4[:3]
+    assert shown_v4 == expected_v4[: len(shown_v4)]
+    assert len(shown_v4) < MANY_V4
+    shown_v6 = {a for a in rows["lo"]["addresses"] if ":" in a}
+    expected_v6 = {f"fd00::{i + 1:x}/128" for i in range(MANY_V6)} | {"::1/128"}
+    assert 1000 <= len(shown_v6) < MANY_V6 and shown_v6 <= expected_v6
+
+
+@pytest.mark.userns
+def test_an_interface_name_that_is_not_utf8_is_shown_not_raised() -> None:
+    # Interface names are any bytes but "/", ":" and spaces; the host decoded them strictly
+    # and the whole read failed (UnicodeDecodeError, not even an OSError).
+    batch = b"link add \xff\xfe type veth peer name ok0\nlink set ok0 up\n"
+    with _spawn_ready("ip -batch - && echo ready && exec sleep 600", batch) as sb:
+        f = facts.sandbox_facts_from_host(sb.pid, name="odd", hostname=sb.hostname)
+        names = {i["name"] for i in f["interfaces"]}
+        assert names == {"lo", "ok0", "\ufffd\ufffd"}, f
+        assert "interfaces" not in f["errors"] and "interfaces_cut" not in f["errors"]
+
+
+@pytest.mark.userns
+def test_long_command_lines_of_a_sandbox_are_read_in_part() -> None:
+    # Twelve processes, each with about 1.4 MB of arguments: the host keeps 200 characters
+    # of each command, and reads no more than a few KiB of each.
+    script = (
+        "b=$(head -c 120000 /dev/zero | tr '\\0' x); for i in $(seq 12); do "
+        "sh -c 'sleep 600; :' sh $b $b $b $b $b $b $b $b $b $b $b $b & done; echo ready; wait"
+    )
+    with _spawn_ready(script) as sb:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = facts.sandbox_processes_from_host(sb.pid)
+            if sum(r["command"].startswith(LONG) for r in rows) == 12:
+                break
+            time.sleep(0.1)
+        procs = len([n for n in os.listdir("/proc") if n.isdigit()])
+        before = _rchar()
+        rows = facts.sandbox_processes_from_host(sb.pid)
+        read = _rchar() - before
+    sleeps = [r for r in rows if r["command"].startswith(LONG)]
+    # Each process: its status (about 1.5 KiB) and at most 4 KiB of its command line.
+    assert read < (procs + 50) * 8192, f"read {read} bytes for {procs} processes"
+    assert len(sleeps) == 12
+    assert all(len(r["command"]) == 200 for r in sleeps)  # facts.COMMAND_MAX

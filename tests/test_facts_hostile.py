@@ -17,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import select
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -189,3 +191,67 @@ def test_long_command_lines_of_a_sandbox_are_read_in_part() -> None:
     assert read < (procs + 50) * 8192, f"read {read} bytes for {procs} processes"
     assert len(sleeps) == 12
     assert all(len(r["command"]) == 200 for r in sleeps)  # facts.COMMAND_MAX
+
+
+def _fake_net_dir(path, n: int) -> None:
+    """A /proc/PID/net with ``n`` local /32 addresses, a /30 route for each, and a few
+    routes that must not win, in the kernel's formats (fib_trie lists the trie twice)."""
+    leaves = [f"        |-- {_v4(i)}\n           /32 host LOCAL\n" for i in range(n)]
+    trie = "  +-- 0.0.0.0/0 3 0 5\n" + "".join(leaves)
+    trie += "        |-- 10.9.0.7\n           /32 host LOCAL\n"  # only the /16 holds it
+    trie += "        |-- 10.200.0.1\n           /32 host LOCAL\n"  # no route holds it
+    (path / "fib_trie").write_text(f"Main:\n{trie}Local:\n{trie}")
+
+    def route(dev: str, net: str, gateway: str = "0.0.0.0") -> str:
+        n = ipaddress.IPv4Network(net)
+        # The kernel prints each __be32 as a number in host byte order.
+        dest, gw, mask = (
+            socket.htonl(int(a))
+            for a in (n.network_address, ipaddress.IPv4Address(gateway), n.netmask)
+        )
+        return f"{dev}\t{dest:08X}\t{gw:08X}\t0001\t0\t0\t0\t{mask:08X}\t0\t0\t0\n"
+
+    lines = [
+        "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
+    ]
+    lines.append(route("wide0", "10.0.0.0/8", gateway="10.0.0.254"))  # via a gateway: no
+    lines.append(route("eth1", "10.0.0.0/9"))  # shorter than each /30
+    lines += [route("lo", f"{_v4(i) - 1}/30") for i in range(n)]
+    lines.append(route("late0", f"{_v4(0) - 1}/30"))  # the same prefix again: first wins
+    (path / "route").write_text("".join(lines))
+
+
+def _lines_run_in(module_file: str, fn, *args):  # type: ignore[no-untyped-def]
+    """``fn(*args)`` and how many lines of ``module_file`` ran: the work it did."""
+    count = 0
+
+    def local(frame, event, arg):  # type: ignore[no-untyped-def]
+        nonlocal count
+        if event == "line":
+            count += 1
+        return local
+
+    def call(frame, event, arg):  # type: ignore[no-untyped-def]
+        return local if frame.f_code.co_filename == module_file else None
+
+    sys.settrace(call)
+    try:
+        result = fn(*args)
+    finally:
+        sys.settrace(None)
+    return result, count
+
+
+def test_addresses_are_matched_to_routes_in_linear_work(tmp_path) -> None:
+    # The red team's sandbox: N addresses and N routes cost N x N steps (8000 of each held
+    # the %%sandbox server 17 s). Counted here in lines run, not in seconds.
+    n = 1000
+    _fake_net_dir(tmp_path, n)
+    cut: list[str] = []
+    got, lines = _lines_run_in(facts.__file__, facts._ipv4_addresses_procfs, str(tmp_path), cut)
+    assert cut == []
+    assert got["lo"] == [f"{_v4(i)}/30" for i in range(n)]  # the longest prefix, first route
+    assert got["eth1"] == ["10.9.0.7/9"]
+    assert got["?"] == ["10.200.0.1/32"]
+    assert "late0" not in got and "wide0" not in got
+    assert lines < 100 * n, f"{lines} lines run for {n} addresses and {n} routes"

@@ -10,6 +10,9 @@ right up to the cut and says it was cut.
 
 Also here: the checks of strings a sandbox (or a user) supplies accept no trailing
 newline (``re.match`` with ``$`` did).
+
+The tests that spawn sandboxes in the pytest process are marked ``spawns_here``; the one
+that starts a kernel is not (its client's threads would forbid later spawns).
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from nskernel import Sandbox, SandboxSpec, facts
-
-# These tests call Sandbox.spawn in the pytest process (see conftest).
-pytestmark = pytest.mark.spawns_here
+from nskernel import Sandbox, SandboxSpec, environ, facts, network
+from nskernel.errors import SpecError
+from nskernel.magics import messages
+from tests.magic_helpers import execute, kernel
 
 MANY_V4 = 6000  # /32 addresses on lo, each with a /30 route of its own
 MANY_V6 = 4000
@@ -114,6 +117,7 @@ def _net_bytes(pid: int) -> int:
 
 
 @pytest.mark.userns
+@pytest.mark.spawns_here  # Sandbox.spawn in the pytest process (see conftest)
 def test_the_host_reads_a_crowded_sandbox_network_in_bounded_work(crowded: Sandbox) -> None:
     pid = crowded.pid
     whole = _net_bytes(pid)
@@ -130,6 +134,7 @@ def test_the_host_reads_a_crowded_sandbox_network_in_bounded_work(crowded: Sandb
 
 
 @pytest.mark.userns
+@pytest.mark.spawns_here  # Sandbox.spawn in the pytest process (see conftest)
 def test_a_crowded_sandbox_is_shown_right_up_to_the_cut_and_says_so(crowded: Sandbox) -> None:
     f = facts.sandbox_facts_from_host(crowded.pid, name="crowded", hostname=crowded.hostname)
     assert f["alive"] is True
@@ -156,6 +161,7 @@ def test_a_crowded_sandbox_is_shown_right_up_to_the_cut_and_says_so(crowded: San
 
 
 @pytest.mark.userns
+@pytest.mark.spawns_here  # Sandbox.spawn in the pytest process (see conftest)
 def test_an_interface_name_that_is_not_utf8_is_shown_not_raised() -> None:
     # Interface names are any bytes but "/", ":" and spaces; the host decoded them strictly
     # and the whole read failed (UnicodeDecodeError, not even an OSError).
@@ -168,6 +174,7 @@ def test_an_interface_name_that_is_not_utf8_is_shown_not_raised() -> None:
 
 
 @pytest.mark.userns
+@pytest.mark.spawns_here  # Sandbox.spawn in the pytest process (see conftest)
 def test_long_command_lines_of_a_sandbox_are_read_in_part() -> None:
     # Twelve processes, each with about 1.4 MB of arguments: the host keeps 200 characters
     # of each command, and reads no more than a few KiB of each.
@@ -255,3 +262,51 @@ def test_addresses_are_matched_to_routes_in_linear_work(tmp_path) -> None:
     assert got["?"] == ["10.200.0.1/32"]
     assert "late0" not in got and "wide0" not in got
     assert lines < 100 * n, f"{lines} lines run for {n} addresses and {n} routes"
+
+
+# ------------------------------------------------------------------ whole-string checks
+
+
+@pytest.mark.parametrize(
+    ("hostname", "shown"),
+    [("web1", "web1"), ("web\n", None), ("db.lab\n", None), ("web\r", None), ("\nweb", None)],
+)
+def test_a_sandbox_hostname_with_a_newline_is_not_shown_in_ls(hostname, shown) -> None:
+    # `$` matches before a final newline too: "web\n" passed as a plain DNS name.
+    assert messages.facts_summary({"hostname": hostname, "ips": []})[0] == shown
+
+
+def test_a_sandbox_address_cannot_carry_text_in_an_ipv6_scope() -> None:
+    # ipaddress accepts any scope after "%": newlines, escapes, a fake `%sandbox ls` row.
+    claimed = ["10.0.0.2", "fe80::1", "fe80::1%a\nfake  4242  10.6.6.6", "fe80::2%\x1b]0;t\x07"]
+    assert messages.facts_summary({"hostname": "a", "ips": claimed})[1] == ["10.0.0.2", "fe80::1"]
+
+
+@pytest.mark.parametrize("tail", ["\n", "\r\n", " "])
+def test_names_a_user_gives_are_checked_whole(tail: str) -> None:
+    with pytest.raises(SpecError, match="invalid hostname"):
+        SandboxSpec(hostname=f"web{tail}")
+    with pytest.raises(SpecError, match="KEY is letters"):
+        environ.parse_env_option(f"KEY{tail}=1")
+    assert environ.kept_names({environ.KEEP_ENV_VAR: f"A,B{tail}"}) == {"A", "B"}
+    with pytest.raises(network.NetworkError, match="invalid network name"):
+        network._check_network_name(f"lab{tail}")
+    manager = network.NetworkManager.__new__(network.NetworkManager)
+    with pytest.raises(network.NetworkError, match="cannot be used on a network"):
+        manager.check_request(f"web{tail}", ["lab"])
+
+
+@pytest.mark.userns
+def test_sandbox_ls_shows_one_row_for_a_hostname_ending_in_a_newline() -> None:
+    with kernel() as (_km, kc):
+        res = execute(
+            kc,
+            "%%sandbox --name nl1 --hostname nl1\n"
+            "import socket\nsocket.sethostname('web\\n')\nprint(repr(socket.gethostname()))",
+        )
+        assert res.status == "ok" and res.stdout == "'web\\n'\n", res.error_text
+        ls = execute(kc, "%sandbox ls").result or ""
+        execute(kc, "%sandbox rm nl1")
+    rows = [line for line in ls.splitlines() if line.strip()]
+    assert len(rows) == 2, ls  # the heading and nl1's row, not a row split in two
+    assert rows[1].startswith("nl1") and " nl1 " in rows[1] and "web" not in ls, ls

@@ -136,7 +136,7 @@ def _read(path: str) -> str:
 #: Bytes read of each of a sandbox's /proc/PID/net files (dev, fib_trie, route, if_inet6).
 NET_READ_MAX = 128 * 1024
 #: Interfaces listed per place: each costs the host a few syscalls (its UP/DOWN state).
-MAX_INTERFACES = 256
+MAX_INTERFACES = 128
 #: Bytes read of a process's command line (``command`` keeps 200 characters).
 CMDLINE_READ_MAX = 4096
 COMMAND_MAX = 200
@@ -539,34 +539,61 @@ def _sorted_interfaces(rows: list[Facts]) -> list[Facts]:
 SYSFS_READ_MAX = 64  # bytes: a sysfs attribute such as a link's flags
 
 
-def _read_sysfs_inside(pid: int, path: str) -> str:
-    """A sysfs attribute as the sandbox of ``pid`` sees it (``path`` under its ``sys/``),
+class _SysfsInside:
+    """Sysfs attributes as the sandbox of ``pid`` sees them (paths under its ``sys/``),
     read from the host, where the sandbox may have put anything: it can mount a tmpfs over
     its own /sys, or bind another sysfs file (some block when read, or act) over one.
 
-    Resolved inside the sandbox's root only (its symlinks cannot lead to a host path), no
-    magic links; opened non-blocking (no FIFO holds the reader); accepted only as a
-    regular file on the very mount of its /sys (nothing mounted over or under it since),
-    which must be a sysfs; read up to a bound.
+    Each path is resolved inside the sandbox's root only (its symlinks cannot lead to a
+    host path), no magic links; opened non-blocking (no FIFO holds the reader); accepted
+    only as a regular file on the very mount of its /sys (nothing mounted over or under it
+    since), which must be a sysfs; read up to a bound. The root and /sys are opened once
+    for all the reads (one per interface).
     """
-    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    fds: list[int] = []
-    try:
-        resolve = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
-        fds.append(syscalls.openat2(root, "sys", os.O_PATH | os.O_DIRECTORY, resolve))
+
+    _RESOLVE = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+
+    def __init__(self, pid: int) -> None:
+        self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.sys_dir = syscalls.openat2(
+                self.root, "sys", os.O_PATH | os.O_DIRECTORY, self._RESOLVE
+            )
+            try:
+                self.sys_mount = _mount_id(self.sys_dir)
+            except OSError:
+                os.close(self.sys_dir)
+                raise
+        except OSError:
+            os.close(self.root)
+            raise
+
+    def read(self, path: str) -> str:
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
-        fds.append(syscalls.openat2(root, path, flags, resolve))
-        sys_dir, fd = fds
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
-        if _mount_id(fd) != _mount_id(sys_dir):
-            raise OSError(errno.EINVAL, f"{path} is not on the sandbox's /sys mount")
-        if syscalls.filesystem_type(fd) != syscalls.SYSFS_MAGIC:
-            raise OSError(errno.EINVAL, f"{path} is not on a sysfs")
-        return os.read(fd, SYSFS_READ_MAX).decode("ascii", "replace")
+        fd = syscalls.openat2(self.root, path, flags, self._RESOLVE)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{path} is not a regular file")
+            if _mount_id(fd) != self.sys_mount:
+                raise OSError(errno.EINVAL, f"{path} is not on the sandbox's /sys mount")
+            if syscalls.filesystem_type(fd) != syscalls.SYSFS_MAGIC:
+                raise OSError(errno.EINVAL, f"{path} is not on a sysfs")
+            return os.read(fd, SYSFS_READ_MAX).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        os.close(self.sys_dir)
+        os.close(self.root)
+
+
+def _read_sysfs_inside(pid: int, path: str) -> str:
+    """One sysfs attribute as the sandbox of ``pid`` sees it (see :class:`_SysfsInside`)."""
+    sys_inside = _SysfsInside(pid)
+    try:
+        return sys_inside.read(path)
     finally:
-        for f in (root, *fds):
-            os.close(f)
+        sys_inside.close()
 
 
 def _mount_id(fd: int) -> int:
@@ -589,26 +616,36 @@ def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) ->
         return
     own_net = facts["namespaces"].get("net") != host_ns.get("net")
     own_mnt = facts["namespaces"].get("mnt") != host_ns.get("mnt")
+    sys_inside = None
+    if own_net and own_mnt:
+        # The sandbox's own /sys (mounted inside its network namespace) shows its links.
+        try:
+            sys_inside = _SysfsInside(pid)
+        except OSError:
+            pass
     rows = []
     unknown_state = False
-    for name in names:
-        state: str | None = None
-        if not own_net:
-            try:
-                state = "UP" if _flags_ioctl(name) & _IFF_UP else "DOWN"
-            except OSError:
-                pass
-        elif own_mnt:
-            # The sandbox's own /sys (mounted inside its network namespace) shows its links.
-            try:
-                flags = int(_read_sysfs_inside(pid, f"sys/class/net/{name}/flags"), 16)
-                state = "UP" if flags & _IFF_UP else "DOWN"
-            except (OSError, ValueError):
-                pass
-        unknown_state |= state is None
-        rows.append(
-            {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
-        )
+    try:
+        for name in names:
+            state: str | None = None
+            if not own_net:
+                try:
+                    state = "UP" if _flags_ioctl(name) & _IFF_UP else "DOWN"
+                except OSError:
+                    pass
+            elif sys_inside is not None:
+                try:
+                    flags = int(sys_inside.read(f"sys/class/net/{name}/flags"), 16)
+                    state = "UP" if flags & _IFF_UP else "DOWN"
+                except (OSError, ValueError):
+                    pass
+            unknown_state |= state is None
+            rows.append(
+                {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
+            )
+    finally:
+        if sys_inside is not None:
+            sys_inside.close()
     facts["interfaces"] = _sorted_interfaces(rows)
     if cut:
         facts["errors"]["interfaces_cut"] = _cut_note(

@@ -661,15 +661,27 @@ def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) ->
 # ------------------------------------------------------------------ limits
 
 
+CGROUP_READ_MAX = 4096  # bytes of /proc/PID/cgroup, and of each limit file (a number)
+
+
 def _cgroup_limits(pid: int | str) -> dict[str, str]:
-    """Limits of the cgroups ``pid`` is in, where any is set (v2 and v1 controllers)."""
+    """Limits of the cgroups ``pid`` is in, where any is set (v2 and v1 controllers).
+
+    A sandbox with a delegated cgroup names its own child cgroups, with any bytes but "/"
+    (newlines too, which forge lines of /proc/PID/cgroup): a line that is not
+    ``id:controllers:/path``, or whose path has a ".." step, is skipped; the files read
+    are opened non-blocking and read up to a bound.
+    """
     out: dict[str, str] = {}
     try:
-        lines = _read(f"/proc/{pid}/cgroup").splitlines()
+        text, _ = _read_bounded(f"/proc/{pid}/cgroup", CGROUP_READ_MAX)
     except OSError:
         return out
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/") or ".." in parts[2].split("/"):
+            continue
+        _, controllers, path = parts
         if not controllers:
             base = f"/sys/fs/cgroup/unified{path}"
             if not os.path.isdir(base):
@@ -688,19 +700,22 @@ def _cgroup_limits(pid: int | str) -> dict[str, str]:
             }.get(ctl, [])
         for key, fname, how in checks:
             try:
-                value = _read(f"{base}/{fname}").strip()
+                value = _read_bounded(f"{base}/{fname}", CGROUP_READ_MAX)[0].strip()
             except OSError:
                 continue
             if key in out or value.startswith("max") or not value:
                 continue
-            if key == "memory":
-                n = int(value)
-                if n >= 1 << 60:  # v1 writes "unlimited" as a page-rounded LONG_MAX
-                    continue
-                value = f"{n / (1 << 20):.0f} MiB"
-            elif key == "cpu":
-                quota, period = value.split()
-                value = f"{int(quota) / int(period):.2f} CPUs"
+            try:
+                if key == "memory":
+                    n = int(value)
+                    if n >= 1 << 60:  # v1 writes "unlimited" as a page-rounded LONG_MAX
+                        continue
+                    value = f"{n / (1 << 20):.0f} MiB"
+                elif key == "cpu":
+                    quota, period = value.split()
+                    value = f"{int(quota) / int(period):.2f} CPUs"
+            except ValueError:
+                continue
             out[key] = f"{value} ({how})"
     return out
 

@@ -21,6 +21,7 @@ import ipaddress
 import os
 import select
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -310,3 +311,27 @@ def test_sandbox_ls_shows_one_row_for_a_hostname_ending_in_a_newline() -> None:
     rows = [line for line in ls.splitlines() if line.strip()]
     assert len(rows) == 2, ls  # the heading and nl1's row, not a row split in two
     assert rows[1].startswith("nl1") and " nl1 " in rows[1] and "web" not in ls, ls
+
+
+def test_forged_cgroup_lines_are_skipped_not_raised_or_followed(tmp_path) -> None:
+    # A sandbox with a delegated cgroup names its child cgroups with any bytes but "/":
+    # a newline in a name forges lines of /proc/PID/cgroup. Here such a file (reached as
+    # /proc/../<tmp>/cgroup), with a line that is no line and one that climbs out of
+    # /sys/fs/cgroup to a FIFO (a reader that opened it would block for good).
+    os.mkfifo(tmp_path / "memory.limit_in_bytes")
+    (tmp_path / "cgroup").write_text(f"0::/\nnot a line\n4:memory:/../../../..{tmp_path}\n")
+    read = (
+        "import json, sys; from nskernel import facts; "
+        "print(json.dumps(facts._cgroup_limits('..' + sys.argv[1])))"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", read, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading the limits followed a forged cgroup path to a FIFO and blocked")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "{}"

@@ -159,6 +159,10 @@ def test_a_crowded_sandbox_is_shown_right_up_to_the_cut_and_says_so(crowded: San
     shown_v6 = {a for a in rows["lo"]["addresses"] if ":" in a}
     expected_v6 = {f"fd00::{i + 1:x}/128" for i in range(MANY_V6)} | {"::1/128"}
     assert 1000 <= len(shown_v6) < MANY_V6 and shown_v6 <= expected_v6
+    # The panel (%%sandbox --show, %sandbox compare) says so too.
+    from nskernel import widgets
+
+    assert "not all of it is shown" in widgets.column_html(f, facts.host_facts())
 
 
 @pytest.mark.userns

@@ -33,7 +33,8 @@ Schema (``SCHEMA_VERSION`` 1)::
                      "ipc": ..., "user": ..., "cgroup": ...},
       "created": ["pid", "net", ...] | null,  # namespace types the sandbox made itself
       "limits": {"memory": "512 MiB (cgroup v1)"},
-      "errors": {"hostname": "why it is unknown", "namespace.net": "why unavailable"}
+      "errors": {"hostname": "why it is unknown", "namespace.net": "why unavailable",
+                 "interfaces_cut": "what a bounded read left out"}
     }
 
 Process tables list user processes only: kernel threads (children of ``kthreadd``) are
@@ -131,7 +132,7 @@ def _read(path: str) -> str:
 # thousands of addresses, routes or links take it under a second), and the host reads them
 # in the single-threaded %%sandbox server (which answers nothing meanwhile, not even an
 # interrupt) and in the kernel. With these caps one read of a sandbox's facts costs the host
-# milliseconds whatever the sandbox did; what was left out is said in ``errors["cut"]``.
+# milliseconds whatever the sandbox did; ``errors["interfaces_cut"]`` says what was left out.
 
 #: Bytes read of each of a sandbox's /proc/PID/net files (dev, fib_trie, route, if_inet6).
 NET_READ_MAX = 128 * 1024

@@ -56,7 +56,7 @@ ALLOWED_PREFIXES: tuple[str, ...] = ("LC_",)
 # Names (separated by spaces or commas) that every sandbox made by this process also gets.
 KEEP_ENV_VAR = "NSKERNEL_KEEP_ENV"
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def allowed(name: str) -> bool:
@@ -66,13 +66,13 @@ def allowed(name: str) -> bool:
 def kept_names(source: Mapping[str, str]) -> set[str]:
     """The extra names ``NSKERNEL_KEEP_ENV`` asks for (invalid ones are ignored)."""
     text = source.get(KEEP_ENV_VAR, "")
-    return {n for n in re.split(r"[\s,]+", text) if _NAME_RE.match(n)}
+    return {n for n in re.split(r"[\s,]+", text) if _NAME_RE.fullmatch(n)}
 
 
 def parse_env_option(text: str) -> tuple[str, str | None]:
     """``--env KEY=VALUE`` -> (KEY, VALUE); ``--env KEY`` -> (KEY, None): take the caller's."""
     name, sep, value = text.partition("=")
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         msg = (
             f"--env {text!r}: expected KEY=VALUE, or KEY to pass the current value on; "
             "KEY is letters, digits and '_', not starting with a digit"

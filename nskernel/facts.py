@@ -33,7 +33,8 @@ Schema (``SCHEMA_VERSION`` 1)::
                      "ipc": ..., "user": ..., "cgroup": ...},
       "created": ["pid", "net", ...] | null,  # namespace types the sandbox made itself
       "limits": {"memory": "512 MiB (cgroup v1)"},
-      "errors": {"hostname": "why it is unknown", "namespace.net": "why unavailable"}
+      "errors": {"hostname": "why it is unknown", "namespace.net": "why unavailable",
+                 "interfaces_cut": "what a bounded read left out"}
     }
 
 Process tables list user processes only: kernel threads (children of ``kthreadd``) are
@@ -126,6 +127,47 @@ def _read(path: str) -> str:
         return f.read()
 
 
+# What the host reads of a sandbox is bounded, in bytes and in items. A sandbox decides how
+# long its /proc/PID/net files are (it has CAP_NET_ADMIN over its own network namespace:
+# thousands of addresses, routes or links take it under a second), and the host reads them
+# in the single-threaded %%sandbox server (which answers nothing meanwhile, not even an
+# interrupt) and in the kernel. With these caps one read of a sandbox's facts costs the host
+# milliseconds whatever the sandbox did; ``errors["interfaces_cut"]`` says what was left out.
+
+#: Bytes read of each of a sandbox's /proc/PID/net files (dev, fib_trie, route, if_inet6).
+NET_READ_MAX = 128 * 1024
+#: Interfaces listed per place: each costs the host a few syscalls (its UP/DOWN state).
+MAX_INTERFACES = 128
+#: Bytes read of a process's command line (``command`` keeps 200 characters).
+CMDLINE_READ_MAX = 4096
+COMMAND_MAX = 200
+
+
+def _read_bounded(path: str, limit: int) -> tuple[str, bool]:
+    """At most ``limit`` bytes of ``path``, in whole lines, and whether there was more.
+
+    Bytes that are not UTF-8 (interface names may be any bytes but "/", ":" and spaces)
+    come back as U+FFFD, never as an exception.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    try:
+        chunks: list[bytes] = []
+        n = 0
+        while n <= limit:  # procfs hands out a page or so per read
+            chunk = os.read(fd, limit + 1 - n)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            n += len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    cut = n > limit
+    if cut:
+        data = data[: data.rfind(b"\n", 0, limit) + 1]
+    return data.decode("utf-8", "replace"), cut
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return f"{e.strerror} ({e.filename})" if e.filename else e.strerror
@@ -189,8 +231,9 @@ class _Proc:
         self.ppid = int(st.get("PPid", "0") or 0)
         self.uid = int(st.get("Uid", "0").split()[0])
         self.nspid = [int(x) for x in st.get("NSpid", str(pid)).split()]
+        # Bounded: a process's arguments can be megabytes, and a sandbox has many.
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
+            raw = f.read(CMDLINE_READ_MAX)
         args = raw.rstrip(b"\0").split(b"\0") if raw else []
         name = st.get("Name", "?")
         self.name = name
@@ -199,7 +242,7 @@ class _Proc:
             # is still the launcher's, but their name says what they are.
             args = [name.encode()]
         self.command = " ".join(a.decode(errors="replace") for a in args) or f"[{name}]"
-        self.command = self.command[:200]
+        self.command = self.command[:COMMAND_MAX]
 
     @property
     def kernel_thread(self) -> bool:
@@ -320,25 +363,41 @@ _IFF_UP = 0x1
 _IFREQ_SIZE = 40  # struct ifreq on 64-bit Linux: 16-byte name + 24-byte union
 
 
-def _dev_names(net_dir: str) -> list[str]:
+def _dev_names(net_dir: str, cut: list[str]) -> list[str]:
+    """Interface names from ``dev``, at most ``MAX_INTERFACES``; ``cut`` gets what was not."""
+    text, more = _read_bounded(f"{net_dir}/dev", NET_READ_MAX)
     names = []
-    for line in _read(f"{net_dir}/dev").splitlines()[2:]:
+    for line in text.splitlines()[2:]:
         name = line.split(":", 1)[0].strip()
         if name:
             names.append(name)
-    return names
+    if len(names) > MAX_INTERFACES or more:
+        left = max(len(names) - MAX_INTERFACES, 0)
+        cut.append(
+            f"interfaces after the first {min(len(names), MAX_INTERFACES)} "
+            f"({left}{' or more' if more else ''} left out)"
+        )
+    return names[:MAX_INTERFACES]
 
 
-def _ipv6_addresses(net_dir: str) -> dict[str, list[str]]:
+def _ipv6_addresses(net_dir: str, cut: list[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     try:
-        text = _read(f"{net_dir}/if_inet6")
+        text, more = _read_bounded(f"{net_dir}/if_inet6", NET_READ_MAX)
     except FileNotFoundError:
         return out  # IPv6 disabled
+    if more:
+        cut.append(f"IPv6 addresses after the first {len(text.splitlines())}")
     for line in text.splitlines():
-        hexaddr, _idx, plen, _scope, _flags, dev = line.split()
-        addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
-        out.setdefault(dev, []).append(f"{addr}/{int(plen, 16)}")
+        cols = line.split()
+        if len(cols) != 6:
+            continue
+        hexaddr, _idx, plen, _scope, _flags, dev = cols
+        try:
+            addr = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hexaddr))
+            out.setdefault(dev, []).append(f"{addr}/{int(plen, 16)}")
+        except ValueError:
+            continue
     return out
 
 
@@ -376,62 +435,87 @@ def _flags_ioctl(name: str) -> int:
         return struct.unpack("16sH22x", fcntl.ioctl(s, _SIOCGIFFLAGS, req))[1]
 
 
-def _ipv4_addresses_procfs(net_dir: str) -> dict[str, list[str]]:
+def _ipv4_addresses_procfs(net_dir: str, cut: list[str]) -> dict[str, list[str]]:
     """IPv4 addresses of another network namespace, from its /proc/PID/net.
 
     ``fib_trie`` lists the local addresses (``/32 host LOCAL``) but not their interface;
-    the interface and prefix come from the connected route in ``route`` that contains
-    the address. Loopback addresses have no such route: they belong to ``lo`` as /8.
-    Only addresses of interfaces that are UP are in the FIB.
+    the interface and prefix come from the longest connected route in ``route`` that
+    contains the address. Loopback addresses have no such route: they belong to ``lo``
+    as /8. Only addresses of interfaces that are UP are in the FIB.
+
+    Linear in what is read (a sandbox makes both lists as long as it likes): routes are
+    indexed by prefix length, so each address costs at most 32 lookups.
     """
-    local: list[str] = []
+    text, more = _read_bounded(f"{net_dir}/fib_trie", NET_READ_MAX)
+    # The "Main" and "Local" tables are one trie, listed twice, until a policy rule splits
+    # them, and a long listing is cut before "Local:": a local /32 counts in either.
+    local: dict[str, None] = {}  # ordered, and a set
     last_ip = ""
-    section = ""
-    for line in _read(f"{net_dir}/fib_trie").splitlines():
-        if not line.startswith(" "):
-            section = line.strip(": ")
-            continue
-        if section != "Local":
-            continue
+    for line in text.splitlines():
         stripped = line.strip()
-        if stripped.startswith("|--"):
+        if not line.startswith(" "):
+            last_ip = ""  # a table's heading
+        elif stripped.startswith("|--"):
             last_ip = stripped[3:].strip()
-        elif stripped.startswith("/32 host LOCAL") and last_ip not in local:
-            local.append(last_ip)
-    routes = []
-    for line in _read(f"{net_dir}/route").splitlines()[1:]:
+        elif stripped.startswith("/32 host LOCAL") and last_ip:
+            local[last_ip] = None
+    if more:
+        cut.append(f"IPv4 addresses after the first {len(local)}")
+    text, more = _read_bounded(f"{net_dir}/route", NET_READ_MAX)
+    if more:
+        cut.append("routes (so some addresses show no interface)")
+    by_length: dict[int, dict[int, str]] = {}  # prefix length -> network -> interface
+    for line in text.splitlines()[1:]:
         cols = line.split()
         if len(cols) < 8:
             continue
-        dest = int.from_bytes(bytes.fromhex(cols[1]), "little")
-        mask = int.from_bytes(bytes.fromhex(cols[7]), "little")
-        gateway = int(cols[2], 16)
-        if mask and not gateway:
-            routes.append((cols[0], dest, mask))
+        try:
+            # Each __be32 is printed as a number in host byte order: ntohl gives it back.
+            dest, gateway, mask = (socket.ntohl(int(cols[i], 16)) for i in (1, 2, 7))
+        except (ValueError, OverflowError):
+            continue
+        plen = bin(mask).count("1")
+        if gateway or not mask or mask != _mask(plen):
+            continue  # only connected routes with a prefix say where an address lives
+        by_length.setdefault(plen, {}).setdefault(dest & mask, cols[0])  # first one wins
+    lengths = sorted(by_length, reverse=True)
     out: dict[str, list[str]] = {}
     for ip in local:
-        n = int.from_bytes(socket.inet_aton(ip), "big")
         if ip.startswith("127."):
             out.setdefault("lo", []).append(f"{ip}/8")
             continue
-        best = None
-        for dev, dest, mask in routes:
-            dest_be = int.from_bytes(dest.to_bytes(4, "little"), "big")
-            mask_be = int.from_bytes(mask.to_bytes(4, "little"), "big")
-            if n & mask_be == dest_be and (best is None or mask_be > best[1]):
-                best = (dev, mask_be)
-        if best:
-            out.setdefault(best[0], []).append(f"{ip}/{bin(best[1]).count('1')}")
+        try:
+            n = int.from_bytes(socket.inet_aton(ip), "big")
+        except OSError:
+            continue
+        for plen in lengths:
+            dev = by_length[plen].get(n & _mask(plen))
+            if dev is not None:
+                out.setdefault(dev, []).append(f"{ip}/{plen}")
+                break
         else:
             out.setdefault("?", []).append(f"{ip}/32")
     return out
 
 
+def _mask(plen: int) -> int:
+    return (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+
+
+def _cut_note(cut: list[str], where: str) -> str:
+    return (
+        f"not all of it is shown: {'; '.join(cut)}. The host reads at most "
+        f"{NET_READ_MAX // 1024} KiB of each of {where} and {MAX_INTERFACES} interfaces, "
+        "so that no network configuration makes reading it slow"
+    )
+
+
 def _interfaces_here(facts: Facts) -> None:
+    cut: list[str] = []
     try:
-        names = _dev_names("/proc/self/net")
+        names = _dev_names("/proc/self/net", cut)
         v4 = _ipv4_addresses_ioctl()
-        v6 = _ipv6_addresses("/proc/self/net")
+        v6 = _ipv6_addresses("/proc/self/net", cut)
     except OSError as e:
         facts["errors"]["interfaces"] = f"cannot read the network interfaces: {_why(e)}"
         return
@@ -445,6 +529,8 @@ def _interfaces_here(facts: Facts) -> None:
             {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
         )
     facts["interfaces"] = _sorted_interfaces(rows)
+    if cut:
+        facts["errors"]["interfaces_cut"] = _cut_note(cut, "/proc/self/net/dev and if_inet6")
 
 
 def _sorted_interfaces(rows: list[Facts]) -> list[Facts]:
@@ -454,34 +540,61 @@ def _sorted_interfaces(rows: list[Facts]) -> list[Facts]:
 SYSFS_READ_MAX = 64  # bytes: a sysfs attribute such as a link's flags
 
 
-def _read_sysfs_inside(pid: int, path: str) -> str:
-    """A sysfs attribute as the sandbox of ``pid`` sees it (``path`` under its ``sys/``),
+class _SysfsInside:
+    """Sysfs attributes as the sandbox of ``pid`` sees them (paths under its ``sys/``),
     read from the host, where the sandbox may have put anything: it can mount a tmpfs over
     its own /sys, or bind another sysfs file (some block when read, or act) over one.
 
-    Resolved inside the sandbox's root only (its symlinks cannot lead to a host path), no
-    magic links; opened non-blocking (no FIFO holds the reader); accepted only as a
-    regular file on the very mount of its /sys (nothing mounted over or under it since),
-    which must be a sysfs; read up to a bound.
+    Each path is resolved inside the sandbox's root only (its symlinks cannot lead to a
+    host path), no magic links; opened non-blocking (no FIFO holds the reader); accepted
+    only as a regular file on the very mount of its /sys (nothing mounted over or under it
+    since), which must be a sysfs; read up to a bound. The root and /sys are opened once
+    for all the reads (one per interface).
     """
-    root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    fds: list[int] = []
-    try:
-        resolve = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
-        fds.append(syscalls.openat2(root, "sys", os.O_PATH | os.O_DIRECTORY, resolve))
+
+    _RESOLVE = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+
+    def __init__(self, pid: int) -> None:
+        self.root = os.open(f"/proc/{pid}/root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            self.sys_dir = syscalls.openat2(
+                self.root, "sys", os.O_PATH | os.O_DIRECTORY, self._RESOLVE
+            )
+            try:
+                self.sys_mount = _mount_id(self.sys_dir)
+            except OSError:
+                os.close(self.sys_dir)
+                raise
+        except OSError:
+            os.close(self.root)
+            raise
+
+    def read(self, path: str) -> str:
         flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
-        fds.append(syscalls.openat2(root, path, flags, resolve))
-        sys_dir, fd = fds
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
-        if _mount_id(fd) != _mount_id(sys_dir):
-            raise OSError(errno.EINVAL, f"{path} is not on the sandbox's /sys mount")
-        if syscalls.filesystem_type(fd) != syscalls.SYSFS_MAGIC:
-            raise OSError(errno.EINVAL, f"{path} is not on a sysfs")
-        return os.read(fd, SYSFS_READ_MAX).decode("ascii", "replace")
+        fd = syscalls.openat2(self.root, path, flags, self._RESOLVE)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, f"{path} is not a regular file")
+            if _mount_id(fd) != self.sys_mount:
+                raise OSError(errno.EINVAL, f"{path} is not on the sandbox's /sys mount")
+            if syscalls.filesystem_type(fd) != syscalls.SYSFS_MAGIC:
+                raise OSError(errno.EINVAL, f"{path} is not on a sysfs")
+            return os.read(fd, SYSFS_READ_MAX).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        os.close(self.sys_dir)
+        os.close(self.root)
+
+
+def _read_sysfs_inside(pid: int, path: str) -> str:
+    """One sysfs attribute as the sandbox of ``pid`` sees it (see :class:`_SysfsInside`)."""
+    sys_inside = _SysfsInside(pid)
+    try:
+        return sys_inside.read(path)
     finally:
-        for f in (root, *fds):
-            os.close(f)
+        sys_inside.close()
 
 
 def _mount_id(fd: int) -> int:
@@ -494,36 +607,51 @@ def _mount_id(fd: int) -> int:
 
 def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) -> None:
     net_dir = f"/proc/{pid}/net"
+    cut: list[str] = []
     try:
-        names = _dev_names(net_dir)
-        v4 = _ipv4_addresses_procfs(net_dir)
-        v6 = _ipv6_addresses(net_dir)
+        names = _dev_names(net_dir, cut)
+        v4 = _ipv4_addresses_procfs(net_dir, cut)
+        v6 = _ipv6_addresses(net_dir, cut)
     except OSError as e:
         facts["errors"]["interfaces"] = f"cannot read {net_dir}: {_why(e)}"
         return
     own_net = facts["namespaces"].get("net") != host_ns.get("net")
     own_mnt = facts["namespaces"].get("mnt") != host_ns.get("mnt")
+    sys_inside = None
+    if own_net and own_mnt:
+        # The sandbox's own /sys (mounted inside its network namespace) shows its links.
+        try:
+            sys_inside = _SysfsInside(pid)
+        except OSError:
+            pass
     rows = []
     unknown_state = False
-    for name in names:
-        state: str | None = None
-        if not own_net:
-            try:
-                state = "UP" if _flags_ioctl(name) & _IFF_UP else "DOWN"
-            except OSError:
-                pass
-        elif own_mnt:
-            # The sandbox's own /sys (mounted inside its network namespace) shows its links.
-            try:
-                flags = int(_read_sysfs_inside(pid, f"sys/class/net/{name}/flags"), 16)
-                state = "UP" if flags & _IFF_UP else "DOWN"
-            except (OSError, ValueError):
-                pass
-        unknown_state |= state is None
-        rows.append(
-            {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
-        )
+    try:
+        for name in names:
+            state: str | None = None
+            if not own_net:
+                try:
+                    state = "UP" if _flags_ioctl(name) & _IFF_UP else "DOWN"
+                except OSError:
+                    pass
+            elif sys_inside is not None:
+                try:
+                    flags = int(sys_inside.read(f"sys/class/net/{name}/flags"), 16)
+                    state = "UP" if flags & _IFF_UP else "DOWN"
+                except (OSError, ValueError):
+                    pass
+            unknown_state |= state is None
+            rows.append(
+                {"name": name, "state": state, "addresses": v4.get(name, []) + v6.get(name, [])}
+            )
+    finally:
+        if sys_inside is not None:
+            sys_inside.close()
     facts["interfaces"] = _sorted_interfaces(rows)
+    if cut:
+        facts["errors"]["interfaces_cut"] = _cut_note(
+            cut, f"{net_dir}/dev, fib_trie, route and if_inet6"
+        )
     if unknown_state:
         facts["errors"]["interface_state"] = (
             "the host can read UP/DOWN of a sandbox's interfaces only through the sandbox's "
@@ -534,15 +662,27 @@ def _interfaces_from_host(pid: int, facts: Facts, host_ns: Mapping[str, int]) ->
 # ------------------------------------------------------------------ limits
 
 
+CGROUP_READ_MAX = 4096  # bytes of /proc/PID/cgroup, and of each limit file (a number)
+
+
 def _cgroup_limits(pid: int | str) -> dict[str, str]:
-    """Limits of the cgroups ``pid`` is in, where any is set (v2 and v1 controllers)."""
+    """Limits of the cgroups ``pid`` is in, where any is set (v2 and v1 controllers).
+
+    A sandbox with a delegated cgroup names its own child cgroups, with any bytes but "/"
+    (newlines too, which forge lines of /proc/PID/cgroup): a line that is not
+    ``id:controllers:/path``, or whose path has a ".." step, is skipped; the files read
+    are opened non-blocking and read up to a bound.
+    """
     out: dict[str, str] = {}
     try:
-        lines = _read(f"/proc/{pid}/cgroup").splitlines()
+        text, _ = _read_bounded(f"/proc/{pid}/cgroup", CGROUP_READ_MAX)
     except OSError:
         return out
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or not parts[2].startswith("/") or ".." in parts[2].split("/"):
+            continue
+        _, controllers, path = parts
         if not controllers:
             base = f"/sys/fs/cgroup/unified{path}"
             if not os.path.isdir(base):
@@ -561,19 +701,22 @@ def _cgroup_limits(pid: int | str) -> dict[str, str]:
             }.get(ctl, [])
         for key, fname, how in checks:
             try:
-                value = _read(f"{base}/{fname}").strip()
+                value = _read_bounded(f"{base}/{fname}", CGROUP_READ_MAX)[0].strip()
             except OSError:
                 continue
             if key in out or value.startswith("max") or not value:
                 continue
-            if key == "memory":
-                n = int(value)
-                if n >= 1 << 60:  # v1 writes "unlimited" as a page-rounded LONG_MAX
-                    continue
-                value = f"{n / (1 << 20):.0f} MiB"
-            elif key == "cpu":
-                quota, period = value.split()
-                value = f"{int(quota) / int(period):.2f} CPUs"
+            try:
+                if key == "memory":
+                    n = int(value)
+                    if n >= 1 << 60:  # v1 writes "unlimited" as a page-rounded LONG_MAX
+                        continue
+                    value = f"{n / (1 << 20):.0f} MiB"
+                elif key == "cpu":
+                    quota, period = value.split()
+                    value = f"{int(quota) / int(period):.2f} CPUs"
+            except ValueError:
+                continue
             out[key] = f"{value} ({how})"
     return out
 

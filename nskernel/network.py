@@ -55,8 +55,8 @@ DEFAULT_PREFIXLEN = 24
 POOL_ENV = "NSKERNEL_NETWORK_POOL"
 PREFIXLEN_ENV = "NSKERNEL_NETWORK_PREFIXLEN"
 
-_NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-_HOST_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_NETWORK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 class NetworkError(NskernelError):
@@ -232,7 +232,7 @@ class NetworkManager:
 
     def check_request(self, name: str, networks: Sequence[str], ip: str | None = None) -> None:
         """Validate a request without changing anything (call before spawning)."""
-        if not _HOST_NAME_RE.match(name):
+        if not _HOST_NAME_RE.fullmatch(name):
             msg = (
                 f"sandbox name {name!r} cannot be used on a network: names resolve as host "
                 "names, so use 1-63 letters, digits and '-', not starting or ending with '-'"
@@ -548,7 +548,7 @@ class NetworkManager:
 
 
 def _check_network_name(name: str) -> None:
-    if not _NETWORK_NAME_RE.match(name):
+    if not _NETWORK_NAME_RE.fullmatch(name):
         msg = (
             f"invalid network name {name!r}: use up to 63 letters, digits, '_', '.' "
             "and '-', starting with a letter or digit"

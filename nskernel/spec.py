@@ -284,7 +284,7 @@ def parse_degraded(text: str | None) -> frozenset[str]:
 
 
 # RFC 1123 label, as sethostname(2) users (and `hostname(1)`) expect.
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +310,7 @@ class Bind:
         return cls(source=src, dest=dst or src, readonly=readonly)
 
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*", re.IGNORECASE)
 
 
 def parse_size(text: str | int) -> int:
@@ -318,7 +318,7 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int):
         value = text
     else:
-        m = _SIZE_RE.match(text)
+        m = _SIZE_RE.fullmatch(text)
         if not m:
             msg = f"invalid size {text!r}: use a number and K, M, G or T, e.g. 256M"
             raise SpecError(msg)
@@ -431,7 +431,7 @@ def notebook_dir_binds(
 
 
 def _hostname_error(name: str) -> str | None:
-    if not _HOSTNAME_RE.match(name):
+    if not _HOSTNAME_RE.fullmatch(name):
         return (
             f"invalid hostname {name!r}: use 1-63 letters, digits and '-', "
             "not starting or ending with '-'"

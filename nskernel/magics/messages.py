@@ -280,7 +280,8 @@ def from_runner(msg: dict[str, Any], *, running: bool) -> dict[str, Any]:
     raise Malformed("a message of a type the protocol does not have")
 
 
-_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?$")
+# Used with fullmatch: a "$" also matches before a final newline ("web\n" passed).
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,62}[A-Za-z0-9])?")
 
 
 def facts_summary(facts: dict[str, Any]) -> tuple[str | None, list[str]]:
@@ -289,16 +290,20 @@ def facts_summary(facts: dict[str, Any]) -> tuple[str | None, list[str]]:
     hostname = facts.get("hostname")
     # A sandbox sets its own hostname to anything (escape sequences, newlines, a fake
     # row): shown as text in a terminal (`jupyter console`), only a plain DNS name passes.
-    if not isinstance(hostname, str) or not _HOSTNAME.match(hostname):
+    if not isinstance(hostname, str) or not _HOSTNAME.fullmatch(hostname):
         hostname = None
     ips: list[str] = []
     raw = facts.get("ips")
     for ip in raw[:MAX_IPS] if isinstance(raw, list) else ():
         if isinstance(ip, str) and len(ip) <= 64:
             try:
-                ips.append(str(ipaddress.ip_address(ip)))
+                addr = ipaddress.ip_address(ip)
             except ValueError:
                 continue
+            # An IPv6 scope ("fe80::1%eth0") is any text but "%": newlines, escapes, a
+            # fake row. A sandbox's own addresses never carry one.
+            if getattr(addr, "scope_id", None) is None:
+                ips.append(str(addr))
     return hostname, ips
 
 

@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -853,3 +854,131 @@ def test_the_kernel_never_holds_the_servers_log(tmp_path: Path) -> None:
     assert text.index(summary) < at[4]  # before the launcher ended
     n = int(text[: text.index(summary)].split("[nskernel: ")[-1].split()[0])
     assert 6 * 1024 * 1024 - LOG_LIMIT <= n <= 6 * 1024 * 1024, n
+
+
+# The server's stdout is a socket (a journal's) or a pipe nobody reads; the kernel writes
+# without end to its original stdout. Its shutdown must still end it: jupyter_client is
+# told to wait as long as it takes (no SIGKILL after a grace period hiding a stuck launcher).
+STUCK_SCRIPT = r"""
+import json, os, sys
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+sys.path.insert(0, sys.argv[4])
+from tests.kernel_helpers import run_cell
+km = KernelManager(kernel_name=sys.argv[2],
+                   kernel_spec_manager=KernelSpecManager(kernel_dirs=[sys.argv[1]]))
+km.shutdown_wait_time = 3600
+km.start_kernel(cwd=sys.argv[3])
+kc = km.client()
+kc.start_channels()
+try:
+    kc.wait_for_ready(timeout=60)
+    out = run_cell(kc, sys.stdin.read())
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+out.pop("msgs")
+os.write(int(sys.argv[5]), json.dumps(out).encode())
+"""
+
+STUCK_CELL = r"""
+import os, sys, threading, time
+SERVER_STDOUT, AT_LEAST = %d, %d
+def original(stream, fd):
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+held = []
+for n in os.listdir("/proc/self/fd"):
+    try:
+        if os.fstat(int(n)).st_ino == SERVER_STDOUT:
+            held.append(int(n))
+    except OSError:
+        pass
+fd = original(sys.stdout, 1)
+written = [0]
+def flood():
+    chunk = b"\x1b[2J" + b"B" * 65532
+    while True:
+        written[0] += os.write(fd, chunk)
+threading.Thread(target=flood, daemon=True).start()
+while written[0] < AT_LEAST:  # past the limit, where there is a reader
+    time.sleep(0.01)
+print("held", held)
+"""
+
+
+@pytest.mark.parametrize("destination", ["socket", "pipe-nobody-reads"])
+def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
+    kernels_dir: Path, tmp_path: Path, destination: str
+) -> None:
+    os.chmod(tmp_path, 0o755)
+    received = bytearray()
+    reader = None
+    if destination == "socket":  # as journald gives a service its stdout
+        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stdout, inode = theirs.fileno(), os.fstat(theirs.fileno()).st_ino
+
+        def read_all() -> None:
+            while chunk := ours.recv(1 << 16):
+                received.extend(chunk)
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+    else:
+        read_end, stdout = os.pipe()
+        inode = os.fstat(stdout).st_ino
+    result_r, result_w = os.pipe()
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
+    script += [repo, str(result_w)]
+    try:
+        with open(tmp_path / "stderr", "wb") as stderr:
+            proc = subprocess.Popen(
+                script,
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(result_w,),
+                start_new_session=True,
+                cwd=tmp_path,
+            )
+        os.close(result_w)
+        result_w = -1
+        if destination == "socket":
+            theirs.close()
+        else:
+            os.close(stdout)
+        assert proc.stdin is not None
+        at_least = 17 << 20 if destination == "socket" else 0
+        proc.stdin.write((STUCK_CELL % (inode, at_least)).encode())
+        proc.stdin.close()
+        try:
+            code = proc.wait(NEXT_START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the kernel's shutdown hung on output nobody took") from None
+        assert code == 0, (tmp_path / "stderr").read_text()[-3000:]
+        with os.fdopen(result_r, "rb") as f:
+            result_r = -1
+            out = json.loads(f.read())
+    finally:
+        for fd in (result_w, result_r):
+            if fd >= 0:
+                os.close(fd)
+        if reader is not None:
+            # EOF once the launcher (and the spare, at the script's exit) closed it.
+            reader.join(30)
+            ours.close()
+        else:
+            os.close(read_end)
+    assert out["error"] is None and out["stdout"] == "held []\n", out
+    if reader is not None:
+        assert not reader.is_alive()
+        assert b"^[[2J" + b"B" * 100 in received and b"\x1b" not in received
+        assert b"[nskernel: the sandboxed kernel wrote more than 16 MiB" in received
+        # The count, at the end, goes to the stderr (a file here).
+        text = (tmp_path / "stderr").read_text()
+        assert "bytes of the sandboxed kernel's output dropped]" in text, text[-3000:]

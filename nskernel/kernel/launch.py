@@ -1219,7 +1219,18 @@ def supervise(
 ) -> int:
     """Wait for the sandbox's init; destroy the sandbox if the server goes away; relay
     its stdout and stderr and publish its kernel's sockets meanwhile. Nothing here blocks
-    on anything but poll."""
+    on anything but poll: this process's own messages go out through the stderr relay
+    too (a print to a stderr nobody reads would stop it, and with it the lifeline's
+    watch)."""
+
+    def say(text: str) -> None:
+        if relays:
+            relays[-1].add(f"{text}\n".encode(errors="backslashreplace"))
+        else:
+            print(text, file=sys.stderr)
+
+    if linker is not None:
+        linker.say = say
     pidfd = os.pidfd_open(sb.pid)
     try:
         while True:
@@ -1249,7 +1260,7 @@ def supervise(
                 code = sb.wait() or 0
                 reason = sb.exit_reason()
                 if reason:  # e.g. "killed: memory limit 1 GiB reached", in the server's log
-                    print(f"nskernel kernel: {reason}", file=sys.stderr)
+                    say(f"nskernel kernel: {reason}")
                 return code
     finally:
         os.close(pidfd)
@@ -1281,6 +1292,7 @@ class SocketLinker:
     def __init__(self, sockets_fd: int, endpoints_fd: int, names: list[str], uid: int) -> None:
         self.sockets_fd, self.endpoints_fd, self.uid = sockets_fd, endpoints_fd, uid
         self.pending = list(names)
+        self.say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
         self.interval = self.FIRST_INTERVAL_MS
         self.polls = 0
 
@@ -1292,7 +1304,7 @@ class SocketLinker:
             except OSError as e:
                 # Not linked, ever: the server's connection to it fails (it retries),
                 # which is all a kernel that did this can get.
-                print(f"nskernel kernel: not connecting to {name}: {e}", file=sys.stderr)
+                self.say(f"nskernel kernel: not connecting to {name}: {e}")
                 linked = True
             if linked:
                 self.pending.remove(name)

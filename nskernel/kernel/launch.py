@@ -1027,9 +1027,18 @@ class Relay:
     wait for a slow destination; past that the pipe is not read, so it is the sandbox's
     writes that wait. ``TerminalText`` makes control characters harmless on the way,
     whatever the destination: a log file ends up on a terminal too (``tail -f``).
+
+    Paced, because this process runs outside the sandbox's CPU limit: a kernel writing
+    one byte at a time, or without end past its budget, must not turn it into a core of
+    the host's. After a short read the pipe rests ``COALESCE`` seconds (small writes
+    gather meanwhile: at most 200 reads a second, yet 12 MiB/s of output); past the
+    budget it is read at ``DROP_RATE``, so the kernel slows down instead of stalling.
     """
 
     LIMIT = 1 << 16
+    SMALL = 4096  # bytes: a read shorter than this rests the pipe
+    COALESCE = 0.005  # seconds
+    DROP_RATE = 1 << 20  # bytes a second read, and dropped, past the budget
 
     def __init__(
         self,
@@ -1046,12 +1055,20 @@ class Relay:
         self.sock = socket.socket(fileno=dst) if is_socket and dst >= 0 else None
         self.buf = bytearray()
         self.eof = False
+        self.next_read = 0.0  # time.monotonic() before which the pipe rests
 
     def register(self, poller: select.poll) -> None:
-        if not self.eof and len(self.buf) < self.LIMIT:
+        if not self.eof and len(self.buf) < self.LIMIT and time.monotonic() >= self.next_read:
             poller.register(self.src, select.POLLIN)
         if self.buf and self.dst >= 0:
             poller.register(self.dst, select.POLLOUT)
+
+    def wake_in(self) -> int | None:
+        """Milliseconds until the resting pipe may be read again; None if it does not rest."""
+        left = self.next_read - time.monotonic()
+        if self.eof or left <= 0:
+            return None
+        return max(1, int(left * 1000) + 1)
 
     def service(self, events: dict[int, int]) -> None:
         if not self.eof and self.src in events:
@@ -1071,10 +1088,15 @@ class Relay:
             self.eof = True
             os.close(self.src)
         cut = False
+        read = len(data)
         if data and self.budget is not None:
-            allowed = self.budget.take(len(data))
-            cut = allowed < len(data)
+            allowed = self.budget.take(read)
+            cut = allowed < read
             data = data[:allowed]
+        if cut:
+            self.next_read = time.monotonic() + max(read, self.SMALL) / self.DROP_RATE
+        elif 0 < read < self.SMALL:
+            self.next_read = time.monotonic() + self.COALESCE
         shown = self.text.feed(data, final=self.eof)
         if self.dst >= 0:
             self.buf += shown
@@ -1246,6 +1268,9 @@ def supervise(
                 poller.register(lifeline_fd, select.POLLIN)
             for relay in relays:
                 relay.register(poller)
+                wake = relay.wake_in()
+                if wake is not None:
+                    timeout = wake if timeout is None else min(timeout, wake)
             events = dict(poller.poll(timeout))  # PEP 475: retried after signal handlers
             for relay in relays:
                 relay.service(events)

@@ -983,8 +983,9 @@ class OutputBudget:
 
     That destination is the host's: a kernel writing without end would fill the disk the
     server logs to, beyond any memory or tmpfs limit of the sandbox. Past the limit the
-    output is still read (so the kernel never stalls on it) but dropped; one line says
-    where it was cut and, at the end, how much was dropped.
+    output is still read (slowly, ``Relay.DROP_RATE``: the kernel slows down but never
+    stalls on it) and dropped; one line says where it was cut and, at the end, how much
+    was dropped.
     """
 
     def __init__(self, limit: int) -> None:
@@ -1004,7 +1005,8 @@ class OutputBudget:
         return (
             f"\n[nskernel: the sandboxed kernel wrote more than {format_size(self.limit)} to "
             "its stdout/stderr; the rest of it is dropped here (a cap that keeps a kernel from "
-            "filling the server's log; the launcher's --output-limit sets it)]\n"
+            "filling the server's log; set it with limits.output in the provisioner config of "
+            "the kernel's kernel.json)]\n"
         ).encode()
 
     def summary(self) -> bytes:
@@ -1022,7 +1024,7 @@ class Relay:
     inherited descriptor would change it for the server and the user's shell too), a
     duplicate of a regular file's (its offset is shared with the server's own writes, so
     lines land after the server's, never over them), or of a socket, written with
-    MSG_DONTWAIT (``socket=True``); or -1 when there is none: output is then read and
+    MSG_DONTWAIT (``is_socket=True``); or -1 when there is none: output is then read and
     dropped, so the sandbox never stalls on a full pipe either. At most ``LIMIT`` bytes
     wait for a slow destination; past that the pipe is not read, so it is the sandbox's
     writes that wait. ``TerminalText`` makes control characters harmless on the way,

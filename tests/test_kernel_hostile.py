@@ -30,6 +30,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -662,3 +663,322 @@ def test_modules_planted_in_the_notebook_directory_never_run_host_side(
         out = run_cell(kc, f"import {BESIDE_THE_NOTEBOOK} as m; print(m.ANSWER)")
         assert out["stdout"] == "imported from beside\n", out
     assert host_side_imports(markers) == []
+
+
+# ---------------------------------------------------------------- the server's log
+
+# Runs as the server would: its stdout and stderr are the log file (`jupyter lab > log
+# 2>&1`). It writes lines of its own between the cells, restarts the kernel once (taking
+# the spare launcher, which was started with the same log as its stdout/stderr) and writes
+# a last line after the kernel is gone.
+LOG_SCRIPT = r"""
+import json, os, sys, time
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+sys.path.insert(0, sys.argv[4])
+from tests.kernel_helpers import cmdline, run_cell, wait_for
+def spares():
+    kids = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            kids |= {int(k) for k in f.read().split()}
+    return [k for k in kids if "--spare-fd" in cmdline(k)]
+os.write(1, b"SERVER-FIRST-LINE\n")
+cells = json.loads(sys.stdin.read())
+km = KernelManager(kernel_name=sys.argv[2],
+                   kernel_spec_manager=KernelSpecManager(kernel_dirs=[sys.argv[1]]))
+km.start_kernel(cwd=sys.argv[3])
+kc = km.client()
+kc.start_channels()
+result = {"outs": [], "took_spare": None}
+try:
+    kc.wait_for_ready(timeout=60)
+    for i, code in enumerate(cells):
+        if code == "RESTART":
+            waiting = wait_for(lambda: (lambda s: s[0] if len(s) == 1 else None)(spares()),
+                               60, "the spare launcher")
+            km.restart_kernel(now=False)
+            kc.wait_for_ready(timeout=60)
+            result["took_spare"] = km.provisioner.pid == waiting
+        else:
+            out = run_cell(kc, code, timeout=120)
+            out.pop("msgs")
+            result["outs"].append(out)
+        os.write(2, f"SERVER-LINE-{i}\n".encode())
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+os.write(1, b"SERVER-LAST-LINE\n")
+os.write(int(sys.argv[5]), json.dumps(result).encode())
+"""
+
+# Runs inside: every descriptor that reaches the server's log file, and what ftruncate,
+# lseek and pwrite do to fd 0-2 and to ipykernel's copies of the original stdout/stderr;
+# then a line through each of those.
+LOG_ATTACK = r"""
+import errno, json, os, stat, sys
+LOG = (%d, %d)
+def original(stream, fd):  # ipykernel's copy of the fd it captures, if it captures it
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+def attempt(call):
+    try:
+        call()
+        return "ok"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+report = {"log_fds": [], "kinds": {}, "tries": {}}
+for name in os.listdir("/proc/self/fd"):
+    try:
+        st = os.fstat(int(name))
+    except OSError:
+        continue
+    if (st.st_dev, st.st_ino) == LOG:
+        report["log_fds"].append(int(name))
+st = os.fstat(0)
+report["stdin"] = [stat.S_ISCHR(st.st_mode), os.major(st.st_rdev), os.minor(st.st_rdev)]
+outs = {original(sys.stdout, 1), original(sys.stderr, 2), sys.__stdout__.fileno(),
+        sys.__stderr__.fileno(), 1, 2}
+for fd in sorted(outs):
+    report["kinds"][fd] = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    report["tries"][fd] = [
+        attempt(lambda: os.ftruncate(fd, 0)),
+        attempt(lambda: os.lseek(fd, 0, os.SEEK_SET)),
+        attempt(lambda: os.pwrite(fd, b"FORGED-LINE\n", 0)),
+    ]
+    os.write(fd, b"APPENDED-%%d\n" %% fd)
+report["originals"] = [original(sys.stdout, 1), original(sys.stderr, 2)]
+print(json.dumps(report))
+"""
+
+# Runs inside: far more output than the kernelspec's limit, to the original stdout and
+# stderr, in lines.
+LOG_FLOOD = r"""
+import os, sys
+def original(stream, fd):
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+line = b"F" * 1023 + b"\n"
+for fd in (original(sys.stdout, 1), original(sys.stderr, 2)):
+    for _ in range(3 * 1024):
+        os.write(fd, line)
+print("flooded")
+"""
+LOG_LIMIT = 1 << 20  # the test kernelspec's limits.output
+
+
+def test_the_kernel_never_holds_the_servers_log(tmp_path: Path) -> None:
+    """F7 (red team r12): with the server's output going to a file, the sandboxed kernel
+    held that file (fd 1/2 and ipykernel's copies of them): it could truncate the server's
+    log, rewrite its earlier lines at the shared offset, or fill the disk. Now it holds
+    pipes; what it writes is appended through the launcher, capped per start."""
+    prefix = tmp_path / "prefix"
+    install.install(name="nsk-test-log", prefix=str(prefix))
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    spec_file = kernels / "nsk-test-log" / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"]["limits"] = {"output": "1M"}
+    spec_file.write_text(json.dumps(spec))
+    notebooks = tmp_path / "nb"
+    notebooks.mkdir()
+    os.chmod(tmp_path, 0o755)
+    log = tmp_path / "server.log"
+    # As `> log` makes it: no O_APPEND, one offset shared by everyone holding it.
+    log_fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    st = os.fstat(log_fd)
+    attack = LOG_ATTACK % (st.st_dev, st.st_ino)
+    cells = [attack, "RESTART", attack, LOG_FLOOD]
+    result_r, result_w = os.pipe()
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", LOG_SCRIPT, str(kernels), "nsk-test-log", str(notebooks)]
+    script += [repo, str(result_w)]
+    try:
+        proc = subprocess.Popen(
+            script,
+            stdin=subprocess.PIPE,
+            stdout=log_fd,
+            stderr=log_fd,
+            pass_fds=(result_w,),
+            start_new_session=True,
+            cwd=notebooks,
+        )
+        os.close(result_w)
+        result_w = -1
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(cells).encode())
+        proc.stdin.close()
+        try:
+            code = proc.wait(300)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        text = log.read_bytes().decode(errors="replace")
+        assert code == 0, text[-3000:]
+        with os.fdopen(result_r, "rb") as f:
+            result_r = -1
+            result = json.loads(f.read())
+    finally:
+        os.close(log_fd)
+        for fd in (result_w, result_r):
+            if fd >= 0:
+                os.close(fd)
+    assert result["took_spare"], "the restart did not take the spare launcher"
+    for out in result["outs"][:2]:
+        assert out["error"] is None, out
+        report = _last_json_object(out["stdout"])
+        assert report["log_fds"] == [], f"the kernel holds the server's log: {report}"
+        assert report["stdin"] == [True, 1, 3], report  # /dev/null
+        for fd, is_pipe in report["kinds"].items():
+            assert is_pipe, (fd, report)
+            assert "ok" not in report["tries"][fd], (fd, report)
+        for fd in report["originals"]:  # what they wrote there is appended, in the log
+            assert f"APPENDED-{fd}\n" in text, (fd, text[-3000:])
+    # The server's own lines, in order, none overwritten; nothing forged.
+    assert text.startswith("SERVER-FIRST-LINE\n"), text[:3000]
+    at = [text.index(f"SERVER-LINE-{i}\n") for i in range(4)] + [text.index("SERVER-LAST-LINE\n")]
+    assert at == sorted(at), at
+    assert "FORGED" not in text
+    # The flood: at most the limit passed in the second start (its attack lines included),
+    # one line says where it was cut, one at the end how much was dropped. (Where: the
+    # launcher relays on its own time, so the kernel's lines may follow the server's next.)
+    assert result["outs"][2]["stdout"] == "flooded\n", result["outs"][2]
+    assert LOG_LIMIT // 2 < text.count("F" * 1023) * 1024 <= LOG_LIMIT, len(text)
+    assert text.count("[nskernel: the sandboxed kernel wrote more than 1 MiB") == 1, text[-3000:]
+    summary = "bytes of the sandboxed kernel's output dropped]"
+    assert text.count(summary) == 1, text[-3000:]
+    assert text.index(summary) < at[4]  # before the launcher ended
+    n = int(text[: text.index(summary)].split("[nskernel: ")[-1].split()[0])
+    assert 6 * 1024 * 1024 - LOG_LIMIT <= n <= 6 * 1024 * 1024, n
+
+
+# The server's stdout is a socket (a journal's) or a pipe nobody reads; the kernel writes
+# without end to its original stdout. Its shutdown must still end it: jupyter_client is
+# told to wait as long as it takes (no SIGKILL after a grace period hiding a stuck launcher).
+STUCK_SCRIPT = r"""
+import json, os, sys
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+sys.path.insert(0, sys.argv[4])
+from tests.kernel_helpers import run_cell
+km = KernelManager(kernel_name=sys.argv[2],
+                   kernel_spec_manager=KernelSpecManager(kernel_dirs=[sys.argv[1]]))
+km.shutdown_wait_time = 3600
+km.start_kernel(cwd=sys.argv[3])
+kc = km.client()
+kc.start_channels()
+try:
+    kc.wait_for_ready(timeout=60)
+    out = run_cell(kc, sys.stdin.read())
+finally:
+    kc.stop_channels()
+    km.shutdown_kernel(now=False)
+out.pop("msgs")
+os.write(int(sys.argv[5]), json.dumps(out).encode())
+"""
+
+STUCK_CELL = r"""
+import os, sys, threading, time
+SERVER_STDOUT, AT_LEAST = %d, %d
+def original(stream, fd):
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+held = []
+for n in os.listdir("/proc/self/fd"):
+    try:
+        if os.fstat(int(n)).st_ino == SERVER_STDOUT:
+            held.append(int(n))
+    except OSError:
+        pass
+fd = original(sys.stdout, 1)
+written = [0]
+def flood():
+    chunk = b"\x1b[2J" + b"B" * 65532
+    while True:
+        written[0] += os.write(fd, chunk)
+threading.Thread(target=flood, daemon=True).start()
+while written[0] < AT_LEAST:  # past the limit, where there is a reader
+    time.sleep(0.01)
+print("held", held)
+"""
+
+
+@pytest.mark.parametrize("destination", ["socket", "pipe-nobody-reads"])
+def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
+    kernels_dir: Path, tmp_path: Path, destination: str
+) -> None:
+    os.chmod(tmp_path, 0o755)
+    received = bytearray()
+    reader = None
+    if destination == "socket":  # as journald gives a service its stdout
+        theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stdout, inode = theirs.fileno(), os.fstat(theirs.fileno()).st_ino
+
+        def read_all() -> None:
+            while chunk := ours.recv(1 << 16):
+                received.extend(chunk)
+
+        reader = threading.Thread(target=read_all, daemon=True)
+        reader.start()
+    else:
+        read_end, stdout = os.pipe()
+        inode = os.fstat(stdout).st_ino
+    result_r, result_w = os.pipe()
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
+    script += [repo, str(result_w)]
+    try:
+        with open(tmp_path / "stderr", "wb") as stderr:
+            proc = subprocess.Popen(
+                script,
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(result_w,),
+                start_new_session=True,
+                cwd=tmp_path,
+            )
+        os.close(result_w)
+        result_w = -1
+        if destination == "socket":
+            theirs.close()
+        else:
+            os.close(stdout)
+        assert proc.stdin is not None
+        at_least = 17 << 20 if destination == "socket" else 0
+        proc.stdin.write((STUCK_CELL % (inode, at_least)).encode())
+        proc.stdin.close()
+        try:
+            code = proc.wait(NEXT_START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the kernel's shutdown hung on output nobody took") from None
+        assert code == 0, (tmp_path / "stderr").read_text()[-3000:]
+        with os.fdopen(result_r, "rb") as f:
+            result_r = -1
+            out = json.loads(f.read())
+    finally:
+        for fd in (result_w, result_r):
+            if fd >= 0:
+                os.close(fd)
+        if reader is not None:
+            # EOF once the launcher (and the spare, at the script's exit) closed it.
+            reader.join(30)
+            ours.close()
+        else:
+            os.close(read_end)
+    assert out["error"] is None and out["stdout"] == "held []\n", out
+    if reader is not None:
+        assert not reader.is_alive()
+        assert b"^[[2J" + b"B" * 100 in received and b"\x1b" not in received
+        assert b"[nskernel: the sandboxed kernel wrote more than 16 MiB" in received
+        # The count, at the end, goes to the stderr (a file here).
+        text = (tmp_path / "stderr").read_text()
+        assert "bytes of the sandboxed kernel's output dropped]" in text, text[-3000:]

@@ -1,5 +1,6 @@
 """Provisioner and launcher pieces that need no kernel: socket path length, the stale
-directory sweep, removal of what a sandbox left, and the terminal relay's text filter."""
+directory sweep, removal of what a sandbox left, and the output relay (its text filter,
+its budget, where it writes)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from nskernel import paths
 from nskernel.kernel import provisioner as P
-from nskernel.kernel.launch import Relay, TerminalText
+from nskernel.kernel.launch import OutputBudget, Relay, TerminalText, _destination
 from tests.conftest import nskernel_cmd
 
 
@@ -265,6 +266,49 @@ def test_a_slow_terminal_never_blocks_the_relay() -> None:
     finally:
         os.close(src_w)
         os.close(dst_r)
+
+
+def _relay_all(relay: Relay, data: bytes, src_w: int) -> None:
+    os.write(src_w, data)
+    os.close(src_w)
+    while not relay.eof:
+        p = select.poll()
+        relay.register(p)
+        relay.service(dict(p.poll(1000)))
+    relay.flush(timeout=10)
+
+
+def test_a_log_file_gets_the_kernels_lines_after_the_servers(tmp_path: Path) -> None:
+    # The server's log as `> log` makes it: no O_APPEND, one offset. The relay writes
+    # through that offset: a fresh open file description would start at 0 and write over
+    # the server's lines.
+    log = tmp_path / "log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"server 1\n")
+        dst, is_socket = _destination(fd)
+        assert not is_socket and dst != fd
+        src_r, src_w = os.pipe2(os.O_NONBLOCK)
+        _relay_all(Relay(src_r, dst, TerminalText(True), OutputBudget(1 << 20)), b"kernel\n", src_w)
+        os.write(fd, b"server 2\n")
+    finally:
+        os.close(fd)
+    assert log.read_bytes() == b"server 1\nkernel\nserver 2\n"
+
+
+def test_the_budget_cuts_once_and_counts_what_it_dropped() -> None:
+    budget = OutputBudget(1000)
+    shown: list[bytes] = []
+    for data in (b"a" * 600, b"b" * 600):
+        src_r, src_w = os.pipe2(os.O_NONBLOCK)
+        dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+        _relay_all(Relay(src_r, dst_w, TerminalText(True), budget), data, src_w)
+        with os.fdopen(dst_r, "rb") as f:
+            shown.append(f.read())
+    assert shown[0] == b"a" * 600
+    assert shown[1].startswith(b"b" * 400 + b"\n[nskernel: the sandboxed kernel wrote more than")
+    assert shown[1].count(b"[nskernel:") == 1
+    assert budget.dropped == 200 and b"200 bytes" in budget.summary()
 
 
 def test_only_a_socket_of_sandbox_roots_is_published_to_the_server(tmp_path: Path) -> None:

@@ -28,12 +28,15 @@ the directories away after the sandbox is gone); the one thing it does with what
 kernel made is publish its sockets in the host-only ``ep/`` (``SocketLinker``: a hard
 link, made only after checking on an ``O_PATH`` descriptor that the entry is a socket).
 
-The terminal: jupyter_client hands the kernel its own stdout/stderr, often the terminal
-``jupyter lab`` runs in. A sandbox never gets a terminal (it could write escape
-sequences that retitle, rewrite or query it, or push input with TIOCSTI). When fd 1 or
-2 is one, the sandbox gets a pipe instead and the launcher relays what comes out, with
-control characters made visible and harmless (``TerminalText``), without ever blocking
-on the terminal: it writes through its own non-blocking open file description of it.
+Standard streams: jupyter_client hands the kernel its own stdout/stderr: the terminal
+``jupyter lab`` runs in, or the server's log file, a pipe, a journal socket. None of
+them is ever the sandbox's: with a terminal it could retitle, rewrite or query it, or
+push input with TIOCSTI; with a log file it could truncate it, rewrite the server's
+earlier lines (the file offset is shared) or fill the disk. The sandbox gets /dev/null
+as stdin and a pipe each as stdout and stderr, and the launcher relays what comes out
+(``sandbox_stdio``, ``Relay``): control characters made visible and harmless
+(``TerminalText``), at most ``--output-limit`` bytes per start (``OutputBudget``), and
+without ever blocking on the destination (``_destination``).
 
 ipykernel's parent poller would see PID 1 (the init) as its parent and ``JPY_PARENT_PID``
 holds a host PID meaningless inside, so ``JPY_PARENT_PID`` is set to 1, which turns the
@@ -57,6 +60,8 @@ import os
 import select
 import shutil
 import signal
+import socket
+import stat
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -70,12 +75,14 @@ from ..spec import (
     ALL_NAMESPACES,
     blocked_ancestor,
     code_places,
+    format_size,
     hidden_inside,
     is_a_home,
     lookup,
     make_limits,
     notebook_dir_binds,
     parse_degraded,
+    parse_size,
     python_environment_binds,
     within,
 )
@@ -83,6 +90,9 @@ from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints, spare
 
 FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundred
+# Bytes of a kernel's stdout and stderr passed on per start (--output-limit): far more than
+# ipykernel's own messages and a library's warnings, far less than a disk.
+OUTPUT_LIMIT = 16 << 20
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
@@ -109,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cap-add", action="append", default=[], help="an extra capability")
     p.add_argument("--cap-drop", action="append", default=[], help="a dropped capability")
     p.add_argument("--cpus", metavar="FRACTION", help="CPU share, e.g. 0.5")
+    p.add_argument(
+        "--output-limit",
+        metavar="SIZE",
+        default=str(OUTPUT_LIMIT),
+        help="at most this much of the kernel's stdout and stderr (together, per start) is "
+        "passed on to this process's own, e.g. the server's log (default: %(default)s bytes); "
+        "the rest is dropped, and a line says so",
+    )
     p.add_argument(
         "--kernel-dir",
         help="the kernel's host-only directory: this start's sock/ and ro/ are made in it",
@@ -959,28 +977,100 @@ def _locale_is_utf8(env: dict[str, str]) -> bool:
     return False
 
 
-class Relay:
-    """What the sandbox writes to one pipe, shown on one terminal: never blocking.
+class OutputBudget:
+    """How much of the sandboxed kernel's stdout and stderr, together, this start passes on
+    to the launcher's own (the server's log file, its terminal, a journal).
 
-    ``dst`` is a new open file description of the terminal, non-blocking (setting
-    O_NONBLOCK on the inherited descriptor would change it for the user's shell too),
-    or -1 when there is none: output is then read and dropped, so the sandbox never
-    stalls on a full pipe either. At most ``LIMIT`` bytes wait for a slow terminal; past
-    that the pipe is not read, so it is the sandbox's writes that wait.
+    That destination is the host's: a kernel writing without end would fill the disk the
+    server logs to, beyond any memory or tmpfs limit of the sandbox. Past the limit the
+    output is still read (slowly, ``Relay.DROP_RATE``: the kernel slows down but never
+    stalls on it) and dropped; one line says where it was cut and, at the end, how much
+    was dropped.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.passed = 0
+        self.dropped = 0
+        self.told = False
+
+    def take(self, n: int) -> int:
+        """How many of the next ``n`` bytes may pass."""
+        ok = max(0, min(n, self.limit - self.passed))
+        self.passed += ok
+        self.dropped += n - ok
+        return ok
+
+    def cut_notice(self) -> bytes:
+        return (
+            f"\n[nskernel: the sandboxed kernel wrote more than {format_size(self.limit)} to "
+            "its stdout/stderr; the rest of it is dropped here (a cap that keeps a kernel from "
+            "filling the server's log; set it with limits.output in the provisioner config of "
+            "the kernel's kernel.json)]\n"
+        ).encode()
+
+    def summary(self) -> bytes:
+        return (
+            f"[nskernel: {self.dropped} bytes of the sandboxed kernel's output dropped]\n".encode()
+        )
+
+
+class Relay:
+    """What the sandbox writes to one pipe, passed on to one of the launcher's own standard
+    streams: never blocking, never more than the ``budget`` allows.
+
+    ``dst`` is our own descriptor of the destination (``_destination``): a new,
+    non-blocking open file description of a terminal or pipe (setting O_NONBLOCK on the
+    inherited descriptor would change it for the server and the user's shell too), a
+    duplicate of a regular file's (its offset is shared with the server's own writes, so
+    lines land after the server's, never over them), or of a socket, written with
+    MSG_DONTWAIT (``is_socket=True``); or -1 when there is none: output is then read and
+    dropped, so the sandbox never stalls on a full pipe either. At most ``LIMIT`` bytes
+    wait for a slow destination; past that the pipe is not read, so it is the sandbox's
+    writes that wait. ``TerminalText`` makes control characters harmless on the way,
+    whatever the destination: a log file ends up on a terminal too (``tail -f``).
+
+    Paced, because this process runs outside the sandbox's CPU limit: a kernel writing
+    one byte at a time, or without end past its budget, must not turn it into a core of
+    the host's. After a short read the pipe rests ``COALESCE`` seconds (small writes
+    gather meanwhile: at most 200 reads a second, yet 12 MiB/s of output); past the
+    budget it is read at ``DROP_RATE``, so the kernel slows down instead of stalling.
     """
 
     LIMIT = 1 << 16
+    SMALL = 4096  # bytes: a read shorter than this rests the pipe
+    COALESCE = 0.005  # seconds
+    DROP_RATE = 1 << 20  # bytes a second read, and dropped, past the budget
 
-    def __init__(self, src: int, dst: int, text: TerminalText) -> None:
+    def __init__(
+        self,
+        src: int,
+        dst: int,
+        text: TerminalText,
+        budget: OutputBudget | None = None,
+        *,
+        is_socket: bool = False,
+    ) -> None:
         self.src, self.dst, self.text = src, dst, text
+        self.budget = budget
+        # Wrapping a descriptor leaves its flags alone (no default timeout is set).
+        self.sock = socket.socket(fileno=dst) if is_socket and dst >= 0 else None
         self.buf = bytearray()
         self.eof = False
+        self.next_read = 0.0  # time.monotonic() before which the pipe rests
 
     def register(self, poller: select.poll) -> None:
-        if not self.eof and len(self.buf) < self.LIMIT:
+        if not self.eof and len(self.buf) < self.LIMIT and time.monotonic() >= self.next_read:
             poller.register(self.src, select.POLLIN)
         if self.buf and self.dst >= 0:
             poller.register(self.dst, select.POLLOUT)
+
+    def wake_in(self) -> int | None:
+        """Milliseconds until the resting pipe may be read again; None if it does not rest."""
+        left = self.next_read - time.monotonic()
+        if self.eof or left <= 0:
+            return None
+        return max(1, int(left * 1000) + 1)
 
     def service(self, events: dict[int, int]) -> None:
         if not self.eof and self.src in events:
@@ -999,35 +1089,64 @@ class Relay:
         if not data:
             self.eof = True
             os.close(self.src)
+        cut = False
+        read = len(data)
+        if data and self.budget is not None:
+            allowed = self.budget.take(read)
+            cut = allowed < read
+            data = data[:allowed]
+        if cut:
+            self.next_read = time.monotonic() + max(read, self.SMALL) / self.DROP_RATE
+        elif 0 < read < self.SMALL:
+            self.next_read = time.monotonic() + self.COALESCE
         shown = self.text.feed(data, final=self.eof)
         if self.dst >= 0:
             self.buf += shown
+            if cut and self.budget is not None and not self.budget.told:
+                self.budget.told = True
+                self.buf += self.budget.cut_notice()
         return True
 
     def _write(self) -> None:
         try:
-            del self.buf[: os.write(self.dst, self.buf)]
+            if self.sock is not None:
+                n = self.sock.send(self.buf, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            else:
+                n = os.write(self.dst, self.buf)
+            del self.buf[:n]
         except BlockingIOError:
             pass
-        except OSError:  # the terminal is gone (hung up): nobody to show it to
+        except OSError:  # the destination is gone (hung up, no reader): nobody to show it to
             self._drop_terminal()
 
     def _drop_terminal(self) -> None:
-        if self.dst >= 0:
+        if self.sock is not None:
+            self.sock.close()  # and with it dst
+            self.sock = None
+        elif self.dst >= 0:
             os.close(self.dst)
         self.dst = -1
         self.buf.clear()
 
-    def finish(self, timeout: float) -> None:
-        """The sandbox is gone: show what is left, waiting at most ``timeout`` seconds
-        for the terminal, then close."""
-        # What the pipe still holds (bounded: a pipe holds 64 KiB unless a writer lives on).
-        while not self.eof and len(self.buf) < 4 * self.LIMIT and self._read():
-            pass
+    def add(self, data: bytes) -> None:
+        """A line of the launcher's own, after what the sandbox wrote."""
+        if self.dst >= 0:
+            self.buf += data
+
+    def drain(self) -> None:
+        """The sandbox is gone: read what the pipe still holds (bounded: a pipe holds 64
+        KiB unless a writer lives on, and then at most this much is read)."""
+        for _ in range(64):  # reads of up to 64 KiB each
+            if self.eof or len(self.buf) >= 4 * self.LIMIT or not self._read():
+                break
         if not self.eof:
             self.buf += self.text.feed(b"", final=True)
             self.eof = True
             os.close(self.src)
+
+    def flush(self, timeout: float) -> None:
+        """Show what is left, waiting at most ``timeout`` seconds for the destination,
+        then close."""
         deadline = time.monotonic() + timeout
         while self.buf and self.dst >= 0:
             left = deadline - time.monotonic()
@@ -1039,44 +1158,80 @@ class Relay:
                 self._write()
         self._drop_terminal()
 
+    def finish(self, timeout: float) -> None:
+        """The sandbox is gone: show what is left, waiting at most ``timeout`` seconds
+        for the destination, then close."""
+        self.drain()
+        self.flush(timeout)
 
-RELAY_FLUSH_TIMEOUT = 1.0  # seconds the terminal may take for the last output at exit
+
+RELAY_FLUSH_TIMEOUT = 1.0  # seconds the destination may take for the last output at exit
 
 
-def protect_terminal(env: dict[str, str]) -> tuple[tuple[int, int, int] | None, list[Relay]]:
-    """The sandbox's stdio: no terminal. Returns (stdio for Sandbox.spawn, relays).
+def _destination(fd: int) -> tuple[int, bool]:
+    """Our own descriptor to pass the kernel's output on to the launcher's ``fd``, and
+    whether it is a socket; (-1, False) when there is nothing to write to.
 
-    fd 0 a terminal: /dev/null instead (jupyter_client gives a pipe anyway). fd 1 or 2 a
-    terminal: a pipe, relayed by this process (``Relay``). Anything else is passed on.
+    Never blocking: a terminal or a pipe is opened anew, non-blocking, through
+    /proc/self/fd (a pipe nobody reads would otherwise stop this process, and with it the
+    kernel's ending); a socket is written with MSG_DONTWAIT. A regular file is written
+    through a duplicate of the inherited descriptor: the same offset as the server's own
+    writes (a new open file description would write over the server's lines), and a
+    file's writes do not wait for a reader.
     """
-    stdio = [0, 1, 2]
-    relays: list[Relay] = []
-    if os.isatty(0):
-        stdio[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    utf8 = _locale_is_utf8(env)
-    for fd in (1, 2):
-        if not os.isatty(fd):
-            continue
-        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        os.set_blocking(w, True)  # the sandbox's end behaves like any stdout
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:  # closed: nothing to pass it on to
+        return -1, False
+    if stat.S_ISSOCK(mode):
+        return os.dup(fd), True
+    if os.isatty(fd) or stat.S_ISFIFO(mode):
         try:
-            dst = os.open(
-                f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-            )
-        except OSError as e:
-            dst = -1
+            flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
+            return os.open(f"/proc/self/fd/{fd}", flags), False
+        except OSError as e:  # e.g. ENXIO: a pipe nobody reads any more
             print(f"nskernel: the kernel's output is not shown here: {e}", file=sys.stderr)
-        relays.append(Relay(r, dst, TerminalText(utf8)))
-        stdio[fd] = w
-    if stdio == [0, 1, 2]:
-        return None, relays
+            return -1, False
+    return os.dup(fd), False
+
+
+def sandbox_stdio(
+    env: dict[str, str], limit: int = OUTPUT_LIMIT
+) -> tuple[tuple[int, int, int], list[Relay]]:
+    """The sandbox's stdio: /dev/null and two pipes, never a descriptor of the launcher's.
+    Returns (stdio for Sandbox.spawn, relays).
+
+    Whatever jupyter_client gave this process as stdout/stderr (a terminal, the server's
+    log file, a pipe, a journal socket) is the host's: held by the sandbox, a log file
+    could be truncated, rewritten at any offset (the offset is shared with the server,
+    whose next lines would follow forged text) or grown until the disk is full; a
+    terminal could be typed into. So the sandbox writes into pipes, and this process
+    passes the bytes on (``Relay``), capped by one ``OutputBudget`` for both.
+    """
+    stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    stdio = [stdin, -1, -1]
+    relays: list[Relay] = []
+    utf8 = _locale_is_utf8(env)
+    budget = OutputBudget(limit)
+    try:
+        for fd in (1, 2):
+            r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+            os.set_blocking(w, True)  # the sandbox's end behaves like any stdout
+            stdio[fd] = w
+            dst, is_socket = _destination(fd)
+            relays.append(Relay(r, dst, TerminalText(utf8), budget, is_socket=is_socket))
+    except BaseException:
+        _close_ours(tuple(stdio))  # type: ignore[arg-type]
+        for relay in relays:
+            relay.finish(0)
+        raise
     return (stdio[0], stdio[1], stdio[2]), relays
 
 
 def _close_ours(stdio: tuple[int, int, int] | None) -> None:
     """After spawn: the sandbox holds its own copies of the pipes and /dev/null."""
     for target, fd in enumerate(stdio or ()):
-        if fd != target:
+        if fd != target and fd >= 0:
             os.close(fd)
 
 
@@ -1087,8 +1242,19 @@ def supervise(
     linker: SocketLinker | None = None,
 ) -> int:
     """Wait for the sandbox's init; destroy the sandbox if the server goes away; relay
-    its terminal output and publish its kernel's sockets meanwhile. Nothing here blocks
-    on anything but poll."""
+    its stdout and stderr and publish its kernel's sockets meanwhile. Nothing here blocks
+    on anything but poll: this process's own messages go out through the stderr relay
+    too (a print to a stderr nobody reads would stop it, and with it the lifeline's
+    watch)."""
+
+    def say(text: str) -> None:
+        if relays:
+            relays[-1].add(f"{text}\n".encode(errors="backslashreplace"))
+        else:
+            print(text, file=sys.stderr)
+
+    if linker is not None:
+        linker.say = say
     pidfd = os.pidfd_open(sb.pid)
     try:
         while True:
@@ -1104,6 +1270,9 @@ def supervise(
                 poller.register(lifeline_fd, select.POLLIN)
             for relay in relays:
                 relay.register(poller)
+                wake = relay.wake_in()
+                if wake is not None:
+                    timeout = wake if timeout is None else min(timeout, wake)
             events = dict(poller.poll(timeout))  # PEP 475: retried after signal handlers
             for relay in relays:
                 relay.service(events)
@@ -1118,14 +1287,19 @@ def supervise(
                 code = sb.wait() or 0
                 reason = sb.exit_reason()
                 if reason:  # e.g. "killed: memory limit 1 GiB reached", in the server's log
-                    print(f"nskernel kernel: {reason}", file=sys.stderr)
+                    say(f"nskernel kernel: {reason}")
                 return code
     finally:
         os.close(pidfd)
         if linker is not None:
             linker.close()
         for relay in relays:
-            relay.finish(RELAY_FLUSH_TIMEOUT)
+            relay.drain()
+        budget = relays[-1].budget if relays else None
+        if budget is not None and budget.dropped:  # on stderr, after the kernel's last words
+            relays[-1].add(budget.summary())
+        for relay in relays:
+            relay.flush(RELAY_FLUSH_TIMEOUT)
 
 
 class SocketLinker:
@@ -1145,6 +1319,7 @@ class SocketLinker:
     def __init__(self, sockets_fd: int, endpoints_fd: int, names: list[str], uid: int) -> None:
         self.sockets_fd, self.endpoints_fd, self.uid = sockets_fd, endpoints_fd, uid
         self.pending = list(names)
+        self.say: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
         self.interval = self.FIRST_INTERVAL_MS
         self.polls = 0
 
@@ -1156,7 +1331,7 @@ class SocketLinker:
             except OSError as e:
                 # Not linked, ever: the server's connection to it fails (it retries),
                 # which is all a kernel that did this can get.
-                print(f"nskernel kernel: not connecting to {name}: {e}", file=sys.stderr)
+                self.say(f"nskernel kernel: not connecting to {name}: {e}")
                 linked = True
             if linked:
                 self.pending.remove(name)
@@ -1295,10 +1470,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, forward)
     if args.seccomp_filter_fd is not None:
         _preload_filter(args)
-    stdio, relays = protect_terminal(dict(os.environ))
+    try:
+        stdio, relays = sandbox_stdio(dict(os.environ), parse_size(args.output_limit))
+    except (SpecError, OSError) as e:
+        msg = f"nskernel: the sandboxed kernel could not start: {e}"
+        print(msg, file=sys.stderr)
+        _report(args.status_fd, ok=False, error=msg)
+        return EXIT_SANDBOX_FAILED
     try:
         sb, linker = start(args, cmd, pending, stdio)
     except (SandboxError, SpecError, OSError, ValueError) as e:  # ValueError: connection file
+        for relay in relays:
+            relay.finish(0)
         msg = f"nskernel: the sandboxed kernel could not start: {e}"
         print(msg, file=sys.stderr)
         _report(args.status_fd, ok=False, error=msg)

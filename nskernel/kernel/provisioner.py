@@ -71,7 +71,7 @@ from ..environ import (
     sandbox_environment,
 )
 from ..errors import NskernelError, SpecError
-from ..spec import ALL_NAMESPACES, _hostname_error, code_places, make_limits
+from ..spec import ALL_NAMESPACES, _hostname_error, code_places, make_limits, parse_size
 from . import spare
 from .spare import LAUNCHER_MODULE
 
@@ -304,7 +304,8 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
     limits = Dict(
         default_value={},
         config=True,
-        help="Resource limits for the session: memory (e.g. '1G'), pids, cpus.",
+        help="Resource limits for the session: memory (e.g. '1G'), pids, cpus; output: how "
+        "much of the kernel's stdout/stderr reaches the server's own per start (default 16M).",
     )
     env = List(
         Unicode(),
@@ -361,6 +362,15 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         for key in ("memory", "pids", "cpus"):
             if self.limits.get(key) is not None:
                 args += [f"--{key}", str(self.limits[key])]
+        output = self.limits.get("output")
+        if output is not None:
+            # How much of the kernel's stdout/stderr reaches the server's own (its log).
+            try:
+                parse_size(output)
+            except (SpecError, TypeError) as e:
+                msg = f"kernel.json has an unusable limits.output setting {output!r}: {e}"
+                raise KernelSandboxUnavailable(msg) from None
+            args += ["--output-limit", str(output)]
         return args
 
     def _namespace_set(self) -> frozenset[str]:

@@ -12,8 +12,8 @@ alike. Each figure is the wall time from sending ``execute_request`` to receivin
 - ``magic.overhead``: per pair, sandboxed minus plain: the figure the issue targets
   (median <= 10 ms, goal 5 ms);
 - ``magic.back-to-back``: ``%%sandbox`` cells with no pause, each sent when the previous
-  one replied: the server starts the next sandbox when a cell is done, so each cell pays
-  for what of its creation the kernel's reply and the next request did not cover;
+  one replied: no sandbox is made ahead while cells arrive, so each pays for creating its
+  own;
 - ``magic.named``: a cell in an existing named sandbox (``--name``);
 - ``magic.run-all-plain`` / ``magic.run-all-sandbox``: what "Run All" does: a batch of
   ``RUN_ALL_BATCH`` execute requests sent at once, each sample the batch's time from the

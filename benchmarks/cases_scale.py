@@ -54,8 +54,8 @@ TARGET_IDLE_MIB = 5.0
 TARGET_DRIFT = 1.1
 NAMED_FULL, NAMED_QUICK = 200, 10
 CYCLES_FULL, CYCLES_QUICK = 1000, 50
-# Between cells of the default drift run: longer than the server takes to make the next
-# sandbox ahead of time (it starts when a cell is done), so that path is measured.
+# Between cells of the default drift run: longer than the server's idle spell before it
+# makes the next sandbox ahead of time (WARM_AFTER_IDLE, 20 ms), so that path is measured.
 DRIFT_PAUSE = 0.06
 SETTLE = 0.3  # seconds an idle sandbox is left alone before its memory is read
 

@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.kernel, pytest.mark.userns]
 CELLS = 300
 WINDOW = 30
 MAX_SLOWDOWN = 3.0
-# Longer than the time the server takes to make the next sandbox ahead of time (it starts
-# when a cell is done) on a busy machine.
+# Longer than the server's quiet spell before it makes the next sandbox ahead of time
+# (WARM_AFTER_IDLE, 20 ms) plus the time to make one on a busy machine.
 PAUSE = 0.2
 SETTLE_TIMEOUT = 10.0
 # The server holds two descriptors per named sandbox: this many take it past fd 1023.

@@ -21,11 +21,9 @@ Choices:
 - **Warm, then fork.** IPython is imported and a shell built and warmed up (one trivial
   cell) before anything is forked; ``gc.freeze()`` keeps the collector from touching
   (and so copying) the inherited heap in every child. See :mod:`.cellrunner`.
-- **A warm sandbox ahead of time.** As soon as an unnamed cell is done (and no request
-  waits), the server creates the next sandbox for the same options, while the kernel
-  sends its reply and the user reads the output, so the next cell only pays for sending
-  the cell over; cells sent back to back find it made or half made (see
-  ``benchmarks/cases_magic.py`` for the figures).
+- **A warm sandbox ahead of time.** After each unnamed cell the server creates the next
+  sandbox for the same options while the user reads the output, so the next cell only
+  pays for sending the cell over (see ``benchmarks/cases_magic.py`` for the figures).
   ``NSKERNEL_MAGIC_PREWARM=0`` turns this off (every cell then creates its sandbox).
 """
 
@@ -60,6 +58,7 @@ FACTS_TIMEOUT = 2.0
 # sandbox sets up jedi (~1 s here, more on a loaded machine). The kernel waits, as a
 # plain kernel's completer makes it wait; a sandbox busy with a cell is not asked.
 ASK_TIMEOUT = 5.0  # longer would stall the kernel on a sandbox that never answers
+WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
 # After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
 # the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in
 # the kernel, e.g. uninterruptible I/O).
@@ -991,14 +990,11 @@ class Server:
             self._reap()
             self._check_waits()
             timeout = self._timeout()
-            # Make the next sandbox as soon as no cell runs and nothing waits to be read:
-            # creating one takes the server for ~10 ms, which must not delay a cell, but
-            # between cells it overlaps the kernel's own work (its reply, the next
-            # request). Cells sent back to back ("Run All") then each find their sandbox
-            # made, or half made, instead of waiting for all of it.
+            # Make the next sandbox only while no cell runs and after a short quiet spell:
+            # creating one takes the CPU for tens of ms, which must not delay a cell.
             idle = self.want_warm and not self.running
             if idle:
-                timeout = 0
+                timeout = WARM_AFTER_IDLE if timeout is None else min(timeout, WARM_AFTER_IDLE)
             ready = syscalls.poll_ready(self.poller, timeout)
             if not ready and idle:
                 self.fill_warm()

@@ -545,7 +545,7 @@ class _Reports:
 
     Each read waits at most until ``deadline`` (``time.monotonic()``), then raises."""
 
-    def __init__(self, fd: int, deadline: float = float("inf")) -> None:
+    def __init__(self, fd: int, deadline: float) -> None:
         self.fd = fd
         self.buf = b""
         self.deadline = deadline

@@ -92,22 +92,32 @@ def runtime_dir_path() -> str:
     return os.path.join(_base(), f"nsk-{os.geteuid()}")
 
 
-def remove_runtime_entry(path: str) -> list[OSError]:
-    """Remove ``path`` (below the runtime dir), then the runtime dir if that left it empty.
+def runtime_dirs_to_hide() -> list[str]:
+    """The runtime directories every sandbox with mounts covers, this user's made first.
 
-    Nothing of nskernel's stays behind once its last kernel or server is gone. Returns
-    what could not be removed (empty when everything went).
+    A sandbox covers the directory with a mount on it: one made after the sandbox
+    started, or made again after it was removed, would not be covered, and a sandbox
+    that binds its parent (``--bind /tmp``) would see later kernels' connection files
+    and sockets. So it is made before any sandbox (0700) and never removed. Only the one
+    of our host uid is made (inside the rootless server's user namespace, uid 0 is the
+    host user: an ``nsk-0`` made there would squat on root's).
     """
-    errors = remove_tree(path)
-    remove_runtime_dir_if_empty(os.path.dirname(path))
-    return errors
-
-
-def remove_runtime_dir_if_empty(path: str) -> None:
+    path = os.path.join(_base(), f"nsk-{_host_uid()}")
     try:
-        os.rmdir(path)
+        os.mkdir(path, 0o700)
     except OSError:
-        pass  # not empty: another kernel still uses it (or it is already gone)
+        pass  # there already (checked where it is used), or nowhere to make it: as before
+    return existing_runtime_dirs()
+
+
+def remove_runtime_entry(path: str) -> list[OSError]:
+    """Remove ``path`` (below the runtime dir); the runtime dir itself stays, always.
+
+    Running sandboxes cover it with a mount on that very directory: a new one in its
+    place would be uncovered for all of them (``runtime_dirs_to_hide``). Returns what
+    could not be removed (empty when everything went).
+    """
+    return remove_tree(path)
 
 
 def runtime_dir() -> str:

@@ -24,7 +24,7 @@ from .errors import (
     CommandNotFound,
     SandboxError,
 )
-from .paths import existing_runtime_dirs
+from .paths import runtime_dirs_to_hide
 from .spec import (
     HOME_DIRS,
     Bind,
@@ -685,7 +685,7 @@ def _state_under_binds(binds: tuple[Bind, ...]) -> tuple[str, ...]:
     """nskernel's runtime directories that a bind would show again (a --bind of /tmp or
     of the directory holding them): hidden once more, on top of the bind."""
     out = []
-    for d in map(os.path.realpath, existing_runtime_dirs()):
+    for d in map(os.path.realpath, runtime_dirs_to_hide()):
         for b in binds:  # sources are resolved (realpath) already
             src = b.source.rstrip("/") + "/"
             if d.startswith(src):
@@ -700,7 +700,7 @@ def _masked_state_dirs() -> tuple[str, ...]:
     a sandbox must not read them. Under /tmp it is hidden anyway (private /tmp); under
     $XDG_RUNTIME_DIR it would be visible read-only without this mask.
     """
-    return tuple(d for d in existing_runtime_dirs() if not hidden_inside(d))
+    return tuple(d for d in runtime_dirs_to_hide() if not hidden_inside(d))
 
 
 def _skeletons_for_binds(

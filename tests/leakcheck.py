@@ -87,10 +87,11 @@ def _links() -> set[str]:
 
 
 def _runtime_entries() -> set[str]:
-    """The per-user runtime dir itself and what is in it (looked at, never created)."""
+    """What is in the per-user runtime dir (looked at, never created). The dir itself
+    stays by design once made (``paths.runtime_dirs_to_hide``)."""
     d = runtime_dir_path()
     try:
-        return {d} | {os.path.join(d, e) for e in os.listdir(d)}
+        return {os.path.join(d, e) for e in os.listdir(d)}
     except FileNotFoundError:
         return set()
 

@@ -649,6 +649,68 @@ def test_nskernels_runtime_state_is_masked_inside(nsk):
         shutil.rmtree(xdg)
 
 
+def test_the_runtime_directory_is_covered_even_when_made_after_the_sandbox_started():
+    """A sandbox that binds the runtime directory's parent (here $XDG_RUNTIME_DIR) must
+    never see the kernels started after it: the directory did not exist between kernels
+    (the last one out removed it), so no mask covered it, and one made again later was
+    not the directory covered (thirteenth red-team pass: rootless, a sandbox read a later
+    kernel's key and ran code in it). It is made before any sandbox and never removed."""
+    import shutil
+    import tempfile
+
+    from nskernel import paths
+    from tests.conftest import nskernel_cmd
+
+    xdg = tempfile.mkdtemp(prefix="nsk-xdg-", dir="/var/tmp")
+    os.chmod(xdg, 0o755)  # traversable by sandbox root, which is another uid for root
+    state = os.path.join(xdg, f"nsk-{os.geteuid()}")
+    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
+    look = f"echo ready; read go; ls -A {state} 2>&1; echo listed"
+    proc = subprocess.Popen(
+        [*nskernel_cmd("run", "--ro-bind", xdg, "--"), "sh", "-c", look],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd="/",
+    )
+    try:
+        # Once it runs (its mounts are made), start "a kernel": the runtime directory
+        # and a kernel's files in it, as the provisioner makes them.
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        old = os.environ.get("XDG_RUNTIME_DIR")
+        os.environ["XDG_RUNTIME_DIR"] = xdg
+        try:
+            base = paths.runtime_dir()
+            kern = os.path.join(base, "kern-later")
+            os.mkdir(kern, 0o755)
+            with open(os.path.join(kern, "kernel.json"), "w") as f:
+                f.write("secret-key")
+            os.chmod(os.path.join(kern, "kernel.json"), 0o644)
+            # The last kernel out, then the next one in: the directory must be the same.
+            assert paths.remove_runtime_entry(kern) == []
+            assert os.path.isdir(base)
+            os.mkdir(kern, 0o755)
+            with open(os.path.join(kern, "kernel.json"), "w") as f:
+                f.write("secret-key")
+        finally:
+            if old is None:
+                del os.environ["XDG_RUNTIME_DIR"]
+            else:
+                os.environ["XDG_RUNTIME_DIR"] = old
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(xdg, ignore_errors=True)
+    assert proc.returncode == 0, err
+    # Empty (covered), or out of sandbox root's reach as on the host (as root, a 0700
+    # directory of root's): never a kernel's entry.
+    assert "kern-later" not in out and out.endswith("listed\n"), out + err
+
+
 def test_a_missing_native_init_is_said_at_first_use(tmp_path, monkeypatch):
     # pip hides the build hook's warning; its note (one line) is shown instead.
     from nskernel._linux import init

@@ -177,9 +177,7 @@ def remove_kernel_dir(path: str, *, only_retired: bool = False) -> list[OSError]
             errors = [] if res.returncode == 0 else [OSError(errno.EPERM, res.stderr.strip())]
         except (OSError, subprocess.TimeoutExpired) as e:
             errors = [OSError(errno.ETIMEDOUT, str(e))]
-    if not only_retired:
-        paths.remove_runtime_dir_if_empty(os.path.dirname(path))
-    return errors
+    return errors  # the runtime dir itself stays: see paths.runtime_dirs_to_hide
 
 
 def _is_host_root() -> bool:

@@ -27,6 +27,7 @@ from .errors import (
 from .paths import runtime_dirs_to_hide
 from .spec import (
     HOME_DIRS,
+    MAX_FIXED_ENTRIES,
     Bind,
     SandboxSpec,
     access_bits,
@@ -162,6 +163,7 @@ class Sandbox:
             env = spec.env if spec.env is not None else sandbox_environment(os.environ)
             mounts = None
             binds = spec.resolved_binds()
+            binds, fixed, fixed_hide = _fixed_top_levels(binds)
             owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
             if "mnt" in namespaces:
                 owned = _owned_clones(binds, plan_maps, warnings)
@@ -176,7 +178,8 @@ class Sandbox:
                     ),
                     masks=_masks(spec, home, binds, plan_maps),
                     home=home,
-                    hide=tuple(dict.fromkeys(spec.hide + _state_under_binds(binds))),
+                    hide=tuple(dict.fromkeys(spec.hide + fixed_hide + _state_under_binds(binds))),
+                    fixed=fixed,
                     degraded_ok=spec.allow_degraded,
                     tmpfs_size=spec.limits.memory,
                 )
@@ -679,6 +682,63 @@ def _masks(
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
             out.append(d)
     return tuple(out)
+
+
+def _fixed_top_levels(
+    binds: tuple[Bind, ...],
+) -> tuple[tuple[Bind, ...], tuple[mntns.FixedDir, ...], tuple[str, ...]]:
+    """Each bind with a fixed top level (``Bind.fixed_top_level``: a home shown as the
+    notebook's directory) replaced by what makes it: (the binds, the directories, the
+    paths to hide).
+
+    The directory is looked at once, here, without following anything: a directory or
+    a regular file whose name does not start with "." is bound on its own (what is
+    below it stays live); a link is made again inside with the same text, so it leads
+    where it would have led (a link to ~/.ssh reaches the private, empty one); a
+    dot-entry gets a private, empty directory or file in its place; anything else (a
+    socket, a FIFO) is left out. The directory itself is a fresh tmpfs, made read-only
+    once all that is in it: a file the host makes there later, dot-file or not, does
+    not appear, and what the sandbox writes there fails instead of being lost.
+    """
+    out: list[Bind] = []
+    fixed: list[mntns.FixedDir] = []
+    hide: list[str] = []
+    for b in binds:
+        if not b.fixed_top_level:
+            out.append(b)
+            continue
+        dirs, files, links = [], [], []
+        try:
+            with os.scandir(b.source) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            raise SandboxError(
+                f"cannot list {b.source} to show it inside: {e.strerror}",
+                step="list the notebook's directory",
+                errno=e.errno,
+                hint="Check that the directory exists and may be read.",
+            ) from None
+        if len(entries) > MAX_FIXED_ENTRIES:
+            raise SandboxError(
+                f"{b.source} has {len(entries)} entries; a home is shown entry by entry, "
+                f"at most {MAX_FIXED_ENTRIES}",
+                step="list the notebook's directory",
+                hint="Keep notebooks in a directory of their own.",
+            )
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    links.append((e.name, os.readlink(e.path)))
+                elif e.name.startswith("."):
+                    (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
+                elif e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False):
+                    src, dst = os.path.join(b.source, e.name), os.path.join(b.dest, e.name)
+                    out.append(Bind(src, dst, b.readonly, resolved=True))
+            except OSError:
+                continue  # gone meanwhile: as if it had not been there
+        hide += [os.path.join(b.dest, n) for n in (*dirs, *files)]
+        fixed.append(mntns.FixedDir(b.dest, tuple(dirs), tuple(files), tuple(links)))
+    return tuple(out), tuple(fixed), tuple(hide)
 
 
 def _state_under_binds(binds: tuple[Bind, ...]) -> tuple[str, ...]:

@@ -298,6 +298,13 @@ class Bind:
     # %%sandbox kernel does): taken as it is, never resolved again, opened without
     # following a link (one that appears meanwhile makes the sandbox fail).
     resolved: bool = False
+    # Its top level is fixed when the sandbox starts (a home shown as the notebook's
+    # directory): each entry not starting with "." is bound on its own (what is below
+    # it stays live), each dot-entry is private and empty, a link is made again as it
+    # is, and nothing made there later appears. Binding the directory itself would show
+    # every dot-file the host makes (or rewrites by rename) while the sandbox lives:
+    # keys and tokens made after it started. See ``sandbox._fixed_top_levels``.
+    fixed_top_level: bool = False
 
     @classmethod
     def parse(cls, text: str, *, readonly: bool = False) -> Bind:
@@ -395,6 +402,11 @@ def python_environment_binds() -> tuple[Bind, ...]:
     return tuple(Bind(p, p, readonly=True) for p in tops)
 
 
+# A home shown as the notebook's directory costs one mount per entry (see
+# Bind.fixed_top_level): more than this is refused with a note.
+MAX_FIXED_ENTRIES = 1000
+
+
 def notebook_dir_binds(
     cwd: str, *, readonly: bool, home: str | None = None
 ) -> tuple[list[Bind], tuple[str, ...], str | None]:
@@ -404,9 +416,11 @@ def notebook_dir_binds(
     Sandboxes do not see the homes (keys, tokens, browser profiles). The notebook's
     directory is bound all the same, except where that would undo it:
 
-    - ``cwd`` is the home itself (a notebook in ~, JupyterHub's default): bound, with
-      every dot-file and dot-directory of the home hidden again, where settings, keys and
-      tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...);
+    - ``cwd`` is the home itself (a notebook in ~, JupyterHub's default): its top level
+      as it is at start, without its dot-files and dot-directories, where settings, keys
+      and tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...): see
+      ``Bind.fixed_top_level``. The paths returned to hide are those dot-entries (what
+      the caller must not look for code in);
     - ``cwd`` holds a home (``/home``, ``/``): not bound; the note says why.
     """
     home = home if home is not None else os.path.expanduser("~")
@@ -416,10 +430,20 @@ def notebook_dir_binds(
     if home and os.path.isabs(home) and home != "/":
         if is_a_home(cwd, home):  # the caller's or another person's, by its real path
             try:
-                dots = sorted(e for e in os.listdir(cwd) if e.startswith("."))
+                entries = os.listdir(cwd)
             except OSError:
-                dots = []
-            return [Bind(cwd, cwd, readonly)], tuple(os.path.join(cwd, d) for d in dots), None
+                entries = []
+            if len(entries) > MAX_FIXED_ENTRIES:
+                note = (
+                    f"the notebook's directory {cwd} is a home with {len(entries)} entries; "
+                    f"a home is shown entry by entry, at most {MAX_FIXED_ENTRIES}, so it is "
+                    "not made reachable inside; keep notebooks in a directory of their own "
+                    "(or --bind/--ro-bind what the code needs)"
+                )
+                return [], (), note
+            dots = sorted(e for e in entries if e.startswith("."))
+            bind = Bind(cwd, cwd, readonly, fixed_top_level=True)
+            return [bind], tuple(os.path.join(cwd, d) for d in dots), None
         if holds_a_home(cwd, home):
             note = (
                 f"the notebook's directory {cwd} holds home directories, which sandboxes "

@@ -615,6 +615,11 @@ def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_
         # The home itself is never writable (new dot-files would run at the next login).
         out = run_cell(kc, "open('written.txt', 'w').write('from the kernel')")
         assert out["error"] == "OSError" and "is read-only inside" in out["stderr"], out
+        # A dot-file the host makes while the kernel lives (`aws configure`, a new token)
+        # stays out of its sight too (thirteenth red-team pass: it appeared).
+        (home / ".made-later").write_text("NEWSECRET\n")
+        out = run_cell(kc, "import os; print(os.path.exists(os.path.expanduser('~/.made-later')))")
+        assert out["error"] is None and out["stdout"].strip() == "False", out
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=False)
@@ -644,6 +649,72 @@ def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path
     assert seen["cwd"] == str(home) and seen["notes"] == "next to the notebook\n"
     assert seen["key"] == "No such file or directory" and seen["netrc"] == ""
     assert not (home / ".ssh" / "planted").exists()
+
+
+LOOK_AGAIN = r"""
+import json, os
+home = os.environ["HOME"]
+def read(*parts):
+    try:
+        return open(os.path.join(home, *parts)).read()
+    except OSError as e:
+        return e.strerror
+found = {name: read(name) for name in (".made-later", ".netrc", "later.txt")}
+found["linked_key"] = read("keys", "id_ed25519")
+found["below"] = read("alias", "late.txt")
+try:
+    open(os.path.join(home, "new.txt"), "w").close()
+    found["top_write"] = "ok"
+except OSError as e:
+    found["top_write"] = e.strerror
+print(json.dumps(found))
+"""
+
+
+def test_a_named_sandbox_in_the_home_never_sees_what_the_host_makes_there_later(tmp_path):
+    """A named sandbox lives as long as its kernel: hours. A home bound as the
+    notebook's directory, with the dot-files that existed at start covered, showed every
+    dot-file the host made later, and each one rewritten by rename (a new file where the
+    cover was): keys and tokens made after it started (thirteenth red-team pass). Its
+    top level is now fixed at start; what is below an entry stays live."""
+    home = _home_with_secrets(tmp_path)
+    (home / "proj").mkdir(mode=0o777)
+    (home / "alias").symlink_to("proj")  # links are made again as they are...
+    (home / "keys").symlink_to(".ssh")  # ...so this one reaches the private .ssh
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(
+        kernel_name="python3", startup_timeout=60, env={**os.environ, "HOME": str(home)}
+    )
+    try:
+        execute(kc, f"import os\nos.chdir({str(home)!r})\n%load_ext nskernel")
+        res = execute(kc, "%%sandbox --name watch\n" + LOOK_AT_HOME)
+        assert res.status == "ok", res.error_text
+        first = res.json_line()
+        # The host, while the sandbox lives: a new dot-file, a hidden one rewritten by
+        # rename, a new file, a new file below an entry.
+        (home / ".made-later").write_text("NEWSECRET\n")
+        (home / ".netrc.new").write_text("machine x password REWRITTEN\n")
+        os.replace(home / ".netrc.new", home / ".netrc")
+        (home / "later.txt").write_text("later\n")
+        (home / "proj" / "late.txt").write_text("below\n")
+        for p in (home / ".made-later", home / ".netrc", home / "proj" / "late.txt"):
+            os.chmod(p, 0o666)
+        res = execute(kc, "%%sandbox --name watch\n" + LOOK_AGAIN)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    finally:
+        execute(kc, "%sandbox rm watch")
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert first["key"] == "No such file or directory" and first["netrc"] == ""
+    assert seen[".made-later"] == "No such file or directory", seen
+    assert seen[".netrc"] == "", seen  # still the private, empty one
+    assert seen["later.txt"] == "No such file or directory", seen
+    assert seen["linked_key"] == "No such file or directory", seen
+    assert seen["below"] == "below\n", seen  # below an entry: live
+    assert seen["top_write"] == "Read-only file system", seen  # fails, nothing is lost
+    assert not (home / "new.txt").exists()
 
 
 # ---------------------------------------------------------------- --status-json

@@ -76,7 +76,7 @@ def test_another_persons_home_as_notebook_directory_hides_its_dot_files(
     alice = _home_with_a_key(var_tmp)
     monkeypatch.setattr(spec, "_local_account_homes", lambda: (str(alice),))
     binds, hide, note = spec.notebook_dir_binds(str(alice), readonly=True, home="/root")
-    assert binds == [Bind(str(alice), str(alice), True)] and note is None
+    assert binds == [Bind(str(alice), str(alice), True, fixed_top_level=True)] and note is None
     assert hide == (str(alice / ".ssh"),)
     assert "is a home" in (notebook_dir_write_refusal(str(alice), "/root", None) or "")
     # Reached through a link, it is the same home.

@@ -43,6 +43,19 @@ _NEWROOT = "/tmp/.nskernel-root"
 
 
 @dataclasses.dataclass(frozen=True)
+class FixedDir:
+    """A directory whose top level is fixed at start (``Bind.fixed_top_level``): a fresh
+    tmpfs at ``path`` holding mount points for its binds (planned as any other bind),
+    the ``dirs`` and ``files`` to hide (planned as hides), the ``links`` (name, text)
+    made again; read-only once everything in it is attached."""
+
+    path: str
+    dirs: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+    links: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class MountPlan:
     fresh_proc: bool
     fresh_sys: bool
@@ -70,6 +83,9 @@ class MountPlan:
     # memory limit when there is one. Files in a tmpfs are memory that RLIMIT_AS (the
     # rootless fallback for --memory) does not count; a cgroup counts them anyway.
     tmpfs_size: int | None = None
+    # Directories whose top level is fixed when the sandbox starts (a home shown as the
+    # notebook's directory): see FixedDir.
+    fixed: tuple[FixedDir, ...] = ()
 
     def with_sources_opened(self) -> MountPlan:
         """Open every bind source as O_PATH, in the new mount namespace.
@@ -350,6 +366,37 @@ def _bind(source_fd: int, dest_fd: int, readonly: bool, detached: bool) -> None:
             os.close(tree)
 
 
+def _fixed_dir(root_fd: int, fixed: FixedDir, may_create: bool, size: int | None) -> int:
+    """Cover ``fixed.path`` with a fresh tmpfs holding its links and the mount points of
+    its dot-entries (hidden next, each by something private); return an ``O_PATH``
+    descriptor of the tmpfs, to make it read-only once its binds are attached."""
+    step = f"fix the top level of {fixed.path}"
+    try:
+        fd = _destination(root_fd, fixed.path, directory=True, may_create=may_create)
+    except MountStepError:
+        raise
+    except OSError as e:
+        raise MountStepError(step, e) from e
+    try:
+        _step(step, _tmpfs, _fd_path(fd), "0755", size)
+    finally:
+        os.close(fd)
+    fd = _open_in_root(root_fd, fixed.path, os.O_PATH | os.O_DIRECTORY)
+    try:
+        # Names of one component, in a tmpfs no one else can write yet.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        for name in fixed.dirs:
+            _step(step, lambda n: os.mkdir(n, 0o700, dir_fd=fd), name)
+        for name in fixed.files:
+            _step(step, lambda n: os.close(os.open(n, flags, 0o600, dir_fd=fd)), name)
+        for name, text in fixed.links:
+            _step(step, lambda n, t: os.symlink(t, n, dir_fd=fd), name, text)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _make_home(root_fd: int, home: str, scratch: tuple[str, ...]) -> None:
     """The private home: a directory sandbox root owns, in a fresh tmpfs (a mask or /tmp).
 
@@ -433,17 +480,25 @@ def setup_mounts_from_child(
         _make_home(root_fd, plan.home, ("/tmp", *plan.masks))
 
     # fresh tmpfs: a missing destination may be made here
-    scratch = ("/tmp", *plan.masks, *plan.hide)
-    # Shallower first, binds before hides at one depth: a bind inside another (a venv
-    # in the notebook's directory) or inside a hidden path must land on top of it.
+    scratch = ("/tmp", *plan.masks, *plan.hide, *(f.path for f in plan.fixed))
+    # Shallower first; at one depth a fixed directory, then binds, then hides: a bind
+    # inside another (a venv in the notebook's directory) or inside a hidden path must
+    # land on top of it.
+    order = {"fixed": 0, "bind": 1, "hide": 2}
     ops: list[tuple[str, int, str, bool, bool]] = [
         ("bind", fd, dst, ro, detached) for fd, dst, ro, detached in sources
     ]
     bound = {dst for _fd, dst, _ro, _detached in sources}
     ops += [("hide", -1, p, False, False) for p in plan.hide if p not in bound]
-    ops.sort(key=lambda op: (op[2].rstrip("/").count("/"), op[0] == "hide"))
+    ops += [("fixed", i, f.path, True, False) for i, f in enumerate(plan.fixed)]
+    ops.sort(key=lambda op: (op[2].rstrip("/").count("/"), order[op[0]]))
     hidden: list[str] = []
+    sealed: list[int] = []  # the fixed directories' tmpfs, made read-only at the end
     for kind, fd, dst, ro, detached in ops:
+        if kind == "fixed":
+            in_scratch = any(dst.startswith(d.rstrip("/") + "/") for d in scratch)
+            sealed.append(_fixed_dir(root_fd, plan.fixed[fd], in_scratch, plan.tmpfs_size))
+            continue
         if kind == "hide":
             _hide(root_fd, dst, len(hidden), plan.tmpfs_size)
             hidden.append(dst)
@@ -461,6 +516,11 @@ def setup_mounts_from_child(
             _step(what, _bind, fd, dest_fd, ro, detached)
         finally:
             os.close(dest_fd)
+    for fd in sealed:
+        # This mount alone: the binds and private dot-entries in it keep their own.
+        flags = sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
+        _step("make a fixed directory read-only", sc.mount, None, _fd_path(fd), None, flags)
+        os.close(fd)
     os.close(root_fd)
 
     os.chdir(r)

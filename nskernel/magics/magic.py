@@ -719,7 +719,8 @@ class SandboxMagics(Magics):
             "namespaces": sorted(flags or ALL_NAMESPACES),
             "hostname": args.hostname,
             "binds": [
-                [os.path.abspath(b.source), b.dest, b.readonly] for b in [*binds, *notebook_dir]
+                [os.path.abspath(b.source), b.dest, b.readonly, b.fixed_top_level]
+                for b in [*binds, *notebook_dir]
             ],
             "cwd": cwd,
             "limits": {k: v for k, v in limits.items() if v is not None},

@@ -186,7 +186,8 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
     # The kernel resolved and checked the sources (magic._writable_bind_over_code): they
     # are taken as they are, never resolved again (see Bind.resolved).
     binds = tuple(
-        Bind(src, dst, bool(ro), resolved=True) for src, dst, ro in spec.get("binds") or ()
+        Bind(src, dst, bool(ro), resolved=True, fixed_top_level=bool(fixed))
+        for src, dst, ro, fixed in spec.get("binds") or ()
     )
     namespaces = spec.get("namespaces") or ALL_NAMESPACES
     limits = spec.get("limits") or {}

@@ -856,6 +856,121 @@ def test_the_kernel_never_holds_the_servers_log(tmp_path: Path) -> None:
     assert 6 * 1024 * 1024 - LOG_LIMIT <= n <= 6 * 1024 * 1024, n
 
 
+# Runs inside: 4 MiB of a byte that is not UTF-8, to the original stderr.
+INVALID_FLOOD = r"""
+import os, sys
+try:
+    fd = sys.stderr.fileno()
+except OSError:
+    fd = 2
+chunk = b"\xff" * 65536
+for _ in range(64):
+    os.write(fd, chunk)
+print("flooded")
+"""
+
+
+@pytest.mark.parametrize(
+    ("locale", "shown_as"),
+    [("C", b"\\ufffd"), ("C.UTF-8", "\ufffd".encode())],
+    ids=["c-locale", "utf8-locale"],
+)
+def test_what_the_budget_lets_through_is_what_the_log_gets(
+    tmp_path: Path, locale: str, shown_as: bytes
+) -> None:
+    """F2 (red team 13): the budget counted bytes read, but each invalid byte reaches the
+    log as U+FFFD (3 bytes) or, when the server's locale is not UTF-8, as its escape (6):
+    with limits.output 1M, 4 MiB of 0xff put 3 or 6 MiB into the server's log. Now what
+    is written is what is charged."""
+    kernels = _kernel_with_output_limit(tmp_path, "1M")
+    notebooks = tmp_path / "nb"
+    notebooks.mkdir()
+    os.chmod(tmp_path, 0o755)
+    log = tmp_path / "server.log"
+    env = dict(os.environ, LANG=locale, LC_ALL=locale)
+    env.pop("LC_CTYPE", None)
+    with open(log, "wb") as log_file:
+        out = _run_one_cell(kernels, "nsk-test-log", notebooks, INVALID_FLOOD, log_file, env)
+    data = log.read_bytes()
+    assert out["error"] is None and out["stdout"] == "flooded\n", (out, data[-3000:])
+    shown = data.count(shown_as) * len(shown_as)
+    assert LOG_LIMIT // 2 < shown <= LOG_LIMIT, (shown, len(data))
+    # Beyond what the kernel wrote: the two notices and the server's own few lines.
+    assert len(data) <= LOG_LIMIT + 16 * 1024, len(data)
+    assert data.count(b"[nskernel: the sandboxed kernel wrote more than 1 MiB") == 1
+    assert data.count(b"bytes of the sandboxed kernel's output dropped]") == 1
+
+
+def _kernel_with_output_limit(tmp_path: Path, limit: str) -> Path:
+    """A kernelspec "nsk-test-log" whose provisioner caps the kernel's output at ``limit``;
+    returns its kernels directory."""
+    prefix = tmp_path / "prefix"
+    install.install(name="nsk-test-log", prefix=str(prefix))
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    spec_file = kernels / "nsk-test-log" / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"]["limits"] = {"output": limit}
+    spec_file.write_text(json.dumps(spec))
+    return kernels
+
+
+def _run_one_cell(
+    kernels: Path,
+    name: str,
+    cwd: Path,
+    code: str,
+    stdout: Any,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+) -> dict[str, Any]:
+    """Starts kernel ``name`` through jupyter_client in a process of its own (whose stdout
+    and stderr are ``stdout``; as ``user`` when given, through runuser), runs ``code`` in
+    it, shuts it down; returns the cell's outputs."""
+    result_r, result_w = os.pipe()
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels), name, str(cwd), repo]
+    script += [str(result_w)]
+    if user is not None:
+        home = f"/home/{user}"
+        keep = {k: v for k, v in (env or os.environ).items() if k in ("PATH", "LANG", "LC_ALL")}
+        keep.update(HOME=home, PYTHONDONTWRITEBYTECODE="1")
+        script = ["runuser", "-u", user, "--", "env", "-i"]
+        script += [f"{k}={v}" for k, v in keep.items()]
+        script += [sys.executable, "-c", STUCK_SCRIPT, str(kernels), name, str(cwd), repo]
+        script += [str(result_w)]
+        env = None
+    try:
+        proc = subprocess.Popen(
+            script,
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stdout,
+            pass_fds=(result_w,),
+            start_new_session=True,
+            cwd=cwd,
+            env=env,
+        )
+        os.close(result_w)
+        result_w = -1
+        assert proc.stdin is not None
+        proc.stdin.write(code.encode())
+        proc.stdin.close()
+        try:
+            code_ = proc.wait(NEXT_START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the kernel's start, cell or shutdown hung") from None
+        assert code_ == 0, code_
+        with os.fdopen(result_r, "rb") as f:
+            result_r = -1
+            return json.loads(f.read())
+    finally:
+        for fd in (result_w, result_r):
+            if fd >= 0:
+                os.close(fd)
+
+
 # The server's stdout is a socket (a journal's) or a pipe nobody reads; the kernel writes
 # without end to its original stdout. Its shutdown must still end it: jupyter_client is
 # told to wait as long as it takes (no SIGKILL after a grace period hiding a stuck launcher).

@@ -313,6 +313,54 @@ def test_the_budget_cuts_once_and_counts_what_it_dropped() -> None:
     assert budget.dropped == 200 and b"200 bytes" in budget.summary()
 
 
+@pytest.mark.parametrize(
+    ("utf8", "unit"),
+    [(True, "\ufffd".encode()), (False, b"\\ufffd")],
+    ids=["utf8-locale", "c-locale"],
+)
+def test_the_budget_charges_what_is_shown_not_what_was_read(utf8: bool, unit: bytes) -> None:
+    # Red team 13 F2: each invalid byte shows as U+FFFD (3 bytes) or, under a locale that
+    # is not UTF-8, as its 6-byte escape; charged by bytes read, 4 KiB of 0xff put 12 or
+    # 24 KiB through a 4 KiB budget. Now what passes is at most the budget, cut between
+    # characters, never inside one.
+    limit = 4096
+    budget = OutputBudget(limit)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    _relay_all(Relay(src_r, dst_w, TerminalText(utf8), budget), b"\xff" * 4 * limit, src_w)
+    with os.fdopen(dst_r, "rb") as f:
+        out = f.read()
+    shown, _, notice = out.partition(b"\n[nskernel: the sandboxed kernel wrote more than")
+    assert notice, out[-300:]
+    assert limit - len(unit) < len(shown) <= limit
+    if utf8:  # whole characters only
+        assert shown == unit * (len(shown) // len(unit))
+    assert budget.passed == len(shown) and budget.cut
+    assert budget.dropped == 4 * limit - len(shown) // len(unit)
+
+
+def test_a_character_is_never_cut_in_half_and_its_last_bytes_are_charged() -> None:
+    # The cut falls inside a 3-byte character: it goes whole or not at all. And what the
+    # decoder holds at the end (a character cut short shows as U+FFFD) is charged too.
+    budget = OutputBudget(8)
+    text = TerminalText(True)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    _relay_all(Relay(src_r, dst_w, text, budget), "ab\u20ac\u20acc".encode() + b"\xe2", src_w)
+    with os.fdopen(dst_r, "rb") as f:
+        out = f.read()
+    assert out.startswith("ab\u20ac\u20ac\n[nskernel:".encode()), out
+    assert budget.passed == 8
+    budget = OutputBudget(3)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    _relay_all(Relay(src_r, dst_w, TerminalText(True), budget), b"ab\xe2", src_w)
+    with os.fdopen(dst_r, "rb") as f:
+        out = f.read()
+    assert out.startswith(b"ab\n[nskernel:"), out  # U+FFFD would make 5 bytes of 3
+    assert budget.passed == 2 and budget.cut
+
+
 def test_only_a_socket_of_sandbox_roots_is_published_to_the_server(tmp_path: Path) -> None:
     """``paths.link_socket``: what the server connects to is a hard link to a socket the
     sandbox bound, never what a planted symlink, FIFO or file stands for."""

@@ -986,20 +986,39 @@ class OutputBudget:
     output is still read (slowly, ``Relay.DROP_RATE``: the kernel slows down but never
     stalls on it) and dropped; one line says where it was cut and, at the end, how much
     was dropped.
+
+    What is charged is what reaches the destination, ``TerminalText``'s output, not the
+    bytes read: one invalid byte shows as U+FFFD (3 bytes) or, under a locale that is not
+    UTF-8, as ``\\ufffd`` (6), so counting bytes read let up to six times the limit through
+    (red team 13 F2).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.passed = 0
-        self.dropped = 0
+        self.passed = 0  # bytes shown
+        self.dropped = 0  # bytes the kernel wrote that were not shown
+        self.cut = False
         self.told = False
 
-    def take(self, n: int) -> int:
-        """How many of the next ``n`` bytes may pass."""
-        ok = max(0, min(n, self.limit - self.passed))
-        self.passed += ok
-        self.dropped += n - ok
-        return ok
+    def charge(self, shown: bytes, read: int) -> bytes:
+        """What of ``shown`` (what ``read`` bytes of the kernel's became on the way) may
+        pass: all of it, or the part that fits, cut on a UTF-8 character boundary."""
+        if self.cut:
+            self.dropped += read
+            return b""
+        room = self.limit - self.passed
+        if len(shown) <= room:
+            self.passed += len(shown)
+            return shown
+        keep = room
+        while keep > 0 and shown[keep] & 0xC0 == 0x80:  # a character's continuation byte
+            keep -= 1
+        self.passed += keep
+        self.cut = True
+        # Of this read, the part beyond what was shown: in proportion (exact for text that
+        # shows as itself; the count in the summary is for the user, nothing is cut by it).
+        self.dropped += read - read * keep // len(shown)
+        return shown[:keep]
 
     def cut_notice(self) -> bytes:
         return (
@@ -1089,23 +1108,30 @@ class Relay:
         if not data:
             self.eof = True
             os.close(self.src)
-        cut = False
         read = len(data)
-        if data and self.budget is not None:
-            allowed = self.budget.take(read)
-            cut = allowed < read
-            data = data[:allowed]
+        shown, cut = self._show(data, final=self.eof)
         if cut:
             self.next_read = time.monotonic() + max(read, self.SMALL) / self.DROP_RATE
         elif 0 < read < self.SMALL:
             self.next_read = time.monotonic() + self.COALESCE
-        shown = self.text.feed(data, final=self.eof)
         if self.dst >= 0:
             self.buf += shown
             if cut and self.budget is not None and not self.budget.told:
                 self.budget.told = True
                 self.buf += self.budget.cut_notice()
         return True
+
+    def _show(self, data: bytes, final: bool) -> tuple[bytes, bool]:
+        """``data`` as it is shown, charged to the budget; and whether the budget cut some
+        of it. Past the budget nothing is decoded any more: it is all dropped."""
+        if self.budget is None:
+            return self.text.feed(data, final), False
+        if self.budget.cut:
+            self.budget.charge(b"", len(data))
+            return b"", bool(data)
+        shown = self.text.feed(data, final)
+        passed = self.budget.charge(shown, len(data))
+        return passed, len(passed) < len(shown)
 
     def _write(self) -> None:
         try:
@@ -1140,7 +1166,9 @@ class Relay:
             if self.eof or len(self.buf) >= 4 * self.LIMIT or not self._read():
                 break
         if not self.eof:
-            self.buf += self.text.feed(b"", final=True)
+            shown, _ = self._show(b"", final=True)  # a character cut short, a last CR
+            if self.dst >= 0:
+                self.buf += shown
             self.eof = True
             os.close(self.src)
 

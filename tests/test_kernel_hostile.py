@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import pty
+import re
 import select
 import socket
 import subprocess
@@ -922,10 +923,11 @@ def _run_one_cell(
     stdout: Any,
     env: dict[str, str] | None = None,
     user: str | None = None,
+    stderr: Any = None,
 ) -> dict[str, Any]:
     """Starts kernel ``name`` through jupyter_client in a process of its own (whose stdout
-    and stderr are ``stdout``; as ``user`` when given, through runuser), runs ``code`` in
-    it, shuts it down; returns the cell's outputs."""
+    is ``stdout`` and stderr ``stderr``, or ``stdout`` too; as ``user`` when given,
+    through runuser), runs ``code`` in it, shuts it down; returns the cell's outputs."""
     result_r, result_w = os.pipe()
     repo = str(Path(__file__).resolve().parent.parent)
     script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels), name, str(cwd), repo]
@@ -944,7 +946,7 @@ def _run_one_cell(
             script,
             stdin=subprocess.PIPE,
             stdout=stdout,
-            stderr=stdout,
+            stderr=stdout if stderr is None else stderr,
             pass_fds=(result_w,),
             start_new_session=True,
             cwd=cwd,
@@ -1096,4 +1098,89 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
         assert b"[nskernel: the sandboxed kernel wrote more than 16 MiB" in received
         # The count, at the end, goes to the stderr (a file here).
         text = (tmp_path / "stderr").read_text()
+        assert "bytes of the sandboxed kernel's output dropped]" in text, text[-3000:]
+
+
+# Runs inside: a line to the original stdout and stderr each, then more than the kernel's
+# output limit, so that the launcher's own lines (where it cut, how much it dropped) follow.
+MARKED_OUTPUT = r"""
+import os, sys
+def original(stream, fd):
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+for fd in (original(sys.stdout, 1), original(sys.stderr, 2)):
+    os.write(fd, b"KERNEL-LINE-%d\n" % fd)
+for _ in range(20):
+    os.write(original(sys.stdout, 1), b"Z" * (64 << 10))
+print("done")
+"""
+
+
+def _another_users_pipe(write_end: int) -> str | None:
+    """Makes the launcher unable to reopen the pipe ``write_end``, as when its stdout is a
+    pipe of another user: as root, the server runs as nskci (returned) with root's pipe;
+    rootless, the pipe refuses its owner a reopen for writing (mode 0400), as another
+    user's pipe does. Writing through the inherited descriptor works either way."""
+    if IS_ROOT:
+        return "nskci"
+    os.fchmod(write_end, 0o400)
+    return None
+
+
+@pytest.mark.parametrize("reader", ["reads", "never-reads"])
+def test_a_server_whose_output_is_another_users_pipe_shows_the_kernels_output(
+    var_tmp: Path, reader: str
+) -> None:
+    """F4 (red team 13): the launcher reopens a pipe through /proc/self/fd to write it
+    without blocking, which checks the pipe's permissions: under runuser or sudo -u (a
+    pipe of root's), a container runtime's FIFO or supervisord's, the kernel's output and
+    the launcher's own messages were dropped. Now they arrive; and a reader that never
+    reads still never stalls the kernel's end (jupyter_client waits as long as it takes)."""
+    kernels = _kernel_with_output_limit(var_tmp, "1M")
+    notebooks = var_tmp / "nb"
+    notebooks.mkdir()
+    read_end, write_end = os.pipe()
+    received = bytearray()
+    thread = None
+    try:
+        user = _another_users_pipe(write_end)
+        if reader == "reads":
+
+            def read_all() -> None:
+                while chunk := os.read(read_end, 1 << 16):
+                    received.extend(chunk)
+
+            thread = threading.Thread(target=read_all, daemon=True)
+            thread.start()
+            out = _run_one_cell(
+                kernels, "nsk-test-log", notebooks, MARKED_OUTPUT, write_end, user=user
+            )
+            assert out["error"] is None and out["stdout"] == "done\n", out
+        else:
+            inode = os.fstat(write_end).st_ino
+            with open(var_tmp / "stderr", "wb") as stderr:
+                out = _run_one_cell(
+                    kernels,
+                    "nsk-test-log",
+                    notebooks,
+                    STUCK_CELL % (inode, 0),
+                    write_end,
+                    user=user,
+                    stderr=stderr,
+                )
+            assert out["error"] is None and out["stdout"] == "held []\n", out
+    finally:
+        os.close(write_end)
+        if thread is not None:
+            thread.join(60)  # EOF: the server, its launchers and their threads are gone
+        os.close(read_end)
+    if thread is not None:
+        assert not thread.is_alive()
+        text = received.decode(errors="replace")
+        assert "not shown here" not in text, text[-3000:]
+        # One line through each relay (ipykernel's copies of the original stdout and stderr).
+        assert len(set(re.findall(r"KERNEL-LINE-\d+\n", text))) == 2, text[:3000]
+        assert "[nskernel: the sandboxed kernel wrote more than 1 MiB" in text, text[-3000:]
         assert "bytes of the sandboxed kernel's output dropped]" in text, text[-3000:]

@@ -483,11 +483,28 @@ def _read_pty_until_closed(master: int, proc: subprocess.Popen[bytes], timeout: 
         data += chunk
 
 
-def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("terminal", ["own", "another-users"])
+def test_the_sandbox_never_gets_the_callers_terminal(
+    kernels_dir: Path, tmp_path: Path, var_tmp: Path, terminal: str
+) -> None:
+    """``another-users``: the launcher may not reopen the terminal (red team 13 F4: root's
+    terminal under runuser or sudo -u), so it writes what it inherited, from a thread."""
     master, slave = pty.openpty()
     result_r, result_w = os.pipe()
     repo = str(Path(__file__).resolve().parent.parent)
-    script = [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
+    cwd = tmp_path
+    script = [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(cwd)]
+    if terminal == "another-users":
+        user = _another_users_pipe(slave)  # a terminal, here
+        if user is not None:  # the server runs as that user: what it reads must be its
+            kernels_dir = install_kernelspecs(var_tmp / "prefix")
+            cwd = var_tmp
+            # setsid: a session of its own, whose controlling terminal the pty can become.
+            script = ["runuser", "-u", user, "--", "setsid", "-w", "env", "-i"]
+            script += [f"PATH={os.environ['PATH']}"]
+            script += [f"HOME=/home/{user}", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"]
+            script += [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME]
+            script += [str(cwd)]
     script += [repo, str(result_w)]
     try:
         proc = subprocess.Popen(
@@ -497,7 +514,7 @@ def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path
             stderr=slave,
             pass_fds=(result_w,),
             start_new_session=True,
-            cwd=tmp_path,
+            cwd=cwd,
         )
         os.close(slave)
         slave = -1
@@ -1123,10 +1140,10 @@ print("done")
 
 
 def _another_users_pipe(write_end: int) -> str | None:
-    """Makes the launcher unable to reopen the pipe ``write_end``, as when its stdout is a
-    pipe of another user: as root, the server runs as nskci (returned) with root's pipe;
-    rootless, the pipe refuses its owner a reopen for writing (mode 0400), as another
-    user's pipe does. Writing through the inherited descriptor works either way."""
+    """Makes the launcher unable to reopen the pipe (or terminal) ``write_end``, as when
+    its stdout is one of another user's: as root, the server runs as nskci (returned)
+    with root's; rootless, it refuses its owner a reopen for writing (mode 0400), as
+    another user's does. Writing through the inherited descriptor works either way."""
     if IS_ROOT:
         return "nskci"
     os.fchmod(write_end, 0o400)

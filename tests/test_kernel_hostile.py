@@ -1021,7 +1021,7 @@ os.write(int(sys.argv[5]), json.dumps(out).encode())
 
 STUCK_CELL = r"""
 import os, sys, threading, time
-SERVER_STDOUT, AT_LEAST = %d, %d
+SERVER_STDOUT, AT_LEAST = (%d, %d), %d
 def original(stream, fd):
     try:
         return stream.fileno()
@@ -1030,7 +1030,8 @@ def original(stream, fd):
 held = []
 for n in os.listdir("/proc/self/fd"):
     try:
-        if os.fstat(int(n)).st_ino == SERVER_STDOUT:
+        st = os.fstat(int(n))
+        if (st.st_dev, st.st_ino) == SERVER_STDOUT:
             held.append(int(n))
     except OSError:
         pass
@@ -1056,7 +1057,8 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
     reader = None
     if destination == "socket":  # as journald gives a service its stdout
         theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        stdout, inode = theirs.fileno(), os.fstat(theirs.fileno()).st_ino
+        stdout = theirs.fileno()
+        inode = os.fstat(stdout).st_dev, os.fstat(stdout).st_ino
 
         def read_all() -> None:
             while chunk := ours.recv(1 << 16):
@@ -1066,7 +1068,7 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
         reader.start()
     else:
         read_end, stdout = os.pipe()
-        inode = os.fstat(stdout).st_ino
+        inode = os.fstat(stdout).st_dev, os.fstat(stdout).st_ino
     result_r, result_w = os.pipe()
     repo = str(Path(__file__).resolve().parent.parent)
     script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
@@ -1090,7 +1092,7 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
             os.close(stdout)
         assert proc.stdin is not None
         at_least = 17 << 20 if destination == "socket" else 0
-        proc.stdin.write((STUCK_CELL % (inode, at_least)).encode())
+        proc.stdin.write((STUCK_CELL % (*inode, at_least)).encode())
         proc.stdin.close()
         try:
             code = proc.wait(NEXT_START_TIMEOUT)
@@ -1150,7 +1152,7 @@ def _another_users_pipe(write_end: int) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("reader", ["reads", "never-reads"])
+@pytest.mark.parametrize("reader", ["reads", "never-reads", "terminal-never-read"])
 def test_a_server_whose_output_is_another_users_pipe_shows_the_kernels_output(
     var_tmp: Path, reader: str
 ) -> None:
@@ -1158,11 +1160,15 @@ def test_a_server_whose_output_is_another_users_pipe_shows_the_kernels_output(
     without blocking, which checks the pipe's permissions: under runuser or sudo -u (a
     pipe of root's), a container runtime's FIFO or supervisord's, the kernel's output and
     the launcher's own messages were dropped. Now they arrive; and a reader that never
-    reads still never stalls the kernel's end (jupyter_client waits as long as it takes)."""
+    reads still never stalls the kernel's end (jupyter_client waits as long as it takes),
+    not even a terminal's, where the launcher's writer thread may wait inside a write."""
     kernels = _kernel_with_output_limit(var_tmp, "1M")
     notebooks = var_tmp / "nb"
     notebooks.mkdir()
-    read_end, write_end = os.pipe()
+    if reader == "terminal-never-read":
+        read_end, write_end = pty.openpty()
+    else:
+        read_end, write_end = os.pipe()
     received = bytearray()
     thread = None
     try:
@@ -1180,13 +1186,13 @@ def test_a_server_whose_output_is_another_users_pipe_shows_the_kernels_output(
             )
             assert out["error"] is None and out["stdout"] == "done\n", out
         else:
-            inode = os.fstat(write_end).st_ino
+            st = os.fstat(write_end)
             with open(var_tmp / "stderr", "wb") as stderr:
                 out = _run_one_cell(
                     kernels,
                     "nsk-test-log",
                     notebooks,
-                    STUCK_CELL % (inode, 0),
+                    STUCK_CELL % (st.st_dev, st.st_ino, 0),
                     write_end,
                     user=user,
                     stderr=stderr,

@@ -54,6 +54,7 @@ import codecs
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import gc
 import json
 import os
@@ -1357,7 +1358,8 @@ def _destination(fd: int) -> tuple[int, str]:
     process, and with it the kernel's ending). When that is refused (EACCES: a pipe or
     terminal of another user; reopening checks its permissions, writing through the
     inherited descriptor does not), the inherited descriptor is written from a thread
-    (``ThreadWriter``). A socket is written with MSG_DONTWAIT. A regular file is written
+    (``ThreadWriter``); but a pipe that refuses for want of a reader (ENXIO) has nobody
+    to show anything to. A socket is written with MSG_DONTWAIT. A regular file is written
     through a duplicate of the inherited descriptor: the same offset as the server's own
     writes (a new open file description would write over the server's lines), and a
     file's writes do not wait for a reader.
@@ -1372,11 +1374,12 @@ def _destination(fd: int) -> tuple[int, str]:
         try:
             flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
             return os.open(f"/proc/self/fd/{fd}", flags), DIRECT
-        except PermissionError:  # another user's: what we inherited still writes
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # a pipe nobody reads any more
+                print(f"nskernel: the kernel's output is not shown here: {e}", file=sys.stderr)
+                return -1, DIRECT
+            # EACCES above all: another user's; what we inherited still writes.
             return os.dup(fd), SHARED
-        except OSError as e:  # e.g. ENXIO: a pipe nobody reads any more
-            print(f"nskernel: the kernel's output is not shown here: {e}", file=sys.stderr)
-            return -1, DIRECT
     return os.dup(fd), DIRECT
 
 

@@ -1198,6 +1198,8 @@ def test_a_server_whose_output_is_another_users_pipe_shows_the_kernels_output(
                     stderr=stderr,
                 )
             assert out["error"] is None and out["stdout"] == "held []\n", out
+        # What the server, the launcher and everyone else holding it share stays blocking.
+        assert os.get_blocking(write_end)
     finally:
         os.close(write_end)
         if thread is not None:

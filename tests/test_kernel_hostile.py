@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import pty
+import re
 import select
 import socket
 import subprocess
@@ -41,6 +42,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 from nskernel.kernel import install
+from nskernel.paths import runtime_dir_path
 from tests.conftest import IS_ROOT, nskernel_cmd
 from tests.kernel_helpers import (
     BESIDE_THE_NOTEBOOK,
@@ -87,8 +89,11 @@ def runtime_base(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     try:
         yield base
     finally:
+        # The directory kernels use stays, empty, by design (made before any sandbox and
+        # never removed: red team 13 F1); what is in it must not.
+        kept = Path(runtime_dir_path())
         monkeypatch.undo()
-        left = sorted(str(p) for p in base.rglob("*"))
+        left = sorted(str(p) for p in base.rglob("*") if p != kept)
         _force_remove(base)
         assert not left, f"left in the runtime dir: {left}"
 
@@ -478,11 +483,28 @@ def _read_pty_until_closed(master: int, proc: subprocess.Popen[bytes], timeout: 
         data += chunk
 
 
-def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("terminal", ["own", "another-users"])
+def test_the_sandbox_never_gets_the_callers_terminal(
+    kernels_dir: Path, tmp_path: Path, var_tmp: Path, terminal: str
+) -> None:
+    """``another-users``: the launcher may not reopen the terminal (red team 13 F4: root's
+    terminal under runuser or sudo -u), so it writes what it inherited, from a thread."""
     master, slave = pty.openpty()
     result_r, result_w = os.pipe()
     repo = str(Path(__file__).resolve().parent.parent)
-    script = [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
+    cwd = tmp_path
+    script = [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME, str(cwd)]
+    if terminal == "another-users":
+        user = _another_users_pipe(slave)  # a terminal, here
+        if user is not None:  # the server runs as that user: what it reads must be its
+            kernels_dir = install_kernelspecs(var_tmp / "prefix")
+            cwd = var_tmp
+            # setsid: a session of its own, whose controlling terminal the pty can become.
+            script = ["runuser", "-u", user, "--", "setsid", "-w", "env", "-i"]
+            script += [f"PATH={os.environ['PATH']}"]
+            script += [f"HOME=/home/{user}", "LANG=C.UTF-8", "PYTHONDONTWRITEBYTECODE=1"]
+            script += [sys.executable, "-c", RELAY_SCRIPT, str(kernels_dir), KERNEL_NAME]
+            script += [str(cwd)]
     script += [repo, str(result_w)]
     try:
         proc = subprocess.Popen(
@@ -492,7 +514,7 @@ def test_the_sandbox_never_gets_the_callers_terminal(kernels_dir: Path, tmp_path
             stderr=slave,
             pass_fds=(result_w,),
             start_new_session=True,
-            cwd=tmp_path,
+            cwd=cwd,
         )
         os.close(slave)
         slave = -1
@@ -856,6 +878,122 @@ def test_the_kernel_never_holds_the_servers_log(tmp_path: Path) -> None:
     assert 6 * 1024 * 1024 - LOG_LIMIT <= n <= 6 * 1024 * 1024, n
 
 
+# Runs inside: 4 MiB of a byte that is not UTF-8, to the original stderr.
+INVALID_FLOOD = r"""
+import os, sys
+try:
+    fd = sys.stderr.fileno()
+except OSError:
+    fd = 2
+chunk = b"\xff" * 65536
+for _ in range(64):
+    os.write(fd, chunk)
+print("flooded")
+"""
+
+
+@pytest.mark.parametrize(
+    ("locale", "shown_as"),
+    [("C", b"\\ufffd"), ("C.UTF-8", "\ufffd".encode())],
+    ids=["c-locale", "utf8-locale"],
+)
+def test_what_the_budget_lets_through_is_what_the_log_gets(
+    tmp_path: Path, locale: str, shown_as: bytes
+) -> None:
+    """F2 (red team 13): the budget counted bytes read, but each invalid byte reaches the
+    log as U+FFFD (3 bytes) or, when the server's locale is not UTF-8, as its escape (6):
+    with limits.output 1M, 4 MiB of 0xff put 3 or 6 MiB into the server's log. Now what
+    is written is what is charged."""
+    kernels = _kernel_with_output_limit(tmp_path, "1M")
+    notebooks = tmp_path / "nb"
+    notebooks.mkdir()
+    os.chmod(tmp_path, 0o755)
+    log = tmp_path / "server.log"
+    env = dict(os.environ, LANG=locale, LC_ALL=locale)
+    env.pop("LC_CTYPE", None)
+    with open(log, "wb") as log_file:
+        out = _run_one_cell(kernels, "nsk-test-log", notebooks, INVALID_FLOOD, log_file, env)
+    data = log.read_bytes()
+    assert out["error"] is None and out["stdout"] == "flooded\n", (out, data[-3000:])
+    shown = data.count(shown_as) * len(shown_as)
+    assert LOG_LIMIT // 2 < shown <= LOG_LIMIT, (shown, len(data))
+    # Beyond what the kernel wrote: the two notices and the server's own few lines.
+    assert len(data) <= LOG_LIMIT + 16 * 1024, len(data)
+    assert data.count(b"[nskernel: the sandboxed kernel wrote more than 1 MiB") == 1
+    assert data.count(b"bytes of the sandboxed kernel's output dropped]") == 1
+
+
+def _kernel_with_output_limit(tmp_path: Path, limit: str) -> Path:
+    """A kernelspec "nsk-test-log" whose provisioner caps the kernel's output at ``limit``;
+    returns its kernels directory."""
+    prefix = tmp_path / "prefix"
+    install.install(name="nsk-test-log", prefix=str(prefix))
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    spec_file = kernels / "nsk-test-log" / "kernel.json"
+    spec = json.loads(spec_file.read_text())
+    spec["metadata"]["kernel_provisioner"]["config"]["limits"] = {"output": limit}
+    spec_file.write_text(json.dumps(spec))
+    return kernels
+
+
+def _run_one_cell(
+    kernels: Path,
+    name: str,
+    cwd: Path,
+    code: str,
+    stdout: Any,
+    env: dict[str, str] | None = None,
+    user: str | None = None,
+    stderr: Any = None,
+) -> dict[str, Any]:
+    """Starts kernel ``name`` through jupyter_client in a process of its own (whose stdout
+    is ``stdout`` and stderr ``stderr``, or ``stdout`` too; as ``user`` when given,
+    through runuser), runs ``code`` in it, shuts it down; returns the cell's outputs."""
+    result_r, result_w = os.pipe()
+    repo = str(Path(__file__).resolve().parent.parent)
+    script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels), name, str(cwd), repo]
+    script += [str(result_w)]
+    if user is not None:
+        home = f"/home/{user}"
+        keep = {k: v for k, v in (env or os.environ).items() if k in ("PATH", "LANG", "LC_ALL")}
+        keep.update(HOME=home, PYTHONDONTWRITEBYTECODE="1")
+        script = ["runuser", "-u", user, "--", "env", "-i"]
+        script += [f"{k}={v}" for k, v in keep.items()]
+        script += [sys.executable, "-c", STUCK_SCRIPT, str(kernels), name, str(cwd), repo]
+        script += [str(result_w)]
+        env = None
+    try:
+        proc = subprocess.Popen(
+            script,
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            stderr=stdout if stderr is None else stderr,
+            pass_fds=(result_w,),
+            start_new_session=True,
+            cwd=cwd,
+            env=env,
+        )
+        os.close(result_w)
+        result_w = -1
+        assert proc.stdin is not None
+        proc.stdin.write(code.encode())
+        proc.stdin.close()
+        try:
+            code_ = proc.wait(NEXT_START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("the kernel's start, cell or shutdown hung") from None
+        assert code_ == 0, code_
+        with os.fdopen(result_r, "rb") as f:
+            result_r = -1
+            return json.loads(f.read())
+    finally:
+        for fd in (result_w, result_r):
+            if fd >= 0:
+                os.close(fd)
+
+
 # The server's stdout is a socket (a journal's) or a pipe nobody reads; the kernel writes
 # without end to its original stdout. Its shutdown must still end it: jupyter_client is
 # told to wait as long as it takes (no SIGKILL after a grace period hiding a stuck launcher).
@@ -883,7 +1021,7 @@ os.write(int(sys.argv[5]), json.dumps(out).encode())
 
 STUCK_CELL = r"""
 import os, sys, threading, time
-SERVER_STDOUT, AT_LEAST = %d, %d
+SERVER_STDOUT, AT_LEAST = (%d, %d), %d
 def original(stream, fd):
     try:
         return stream.fileno()
@@ -892,7 +1030,8 @@ def original(stream, fd):
 held = []
 for n in os.listdir("/proc/self/fd"):
     try:
-        if os.fstat(int(n)).st_ino == SERVER_STDOUT:
+        st = os.fstat(int(n))
+        if (st.st_dev, st.st_ino) == SERVER_STDOUT:
             held.append(int(n))
     except OSError:
         pass
@@ -918,7 +1057,8 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
     reader = None
     if destination == "socket":  # as journald gives a service its stdout
         theirs, ours = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        stdout, inode = theirs.fileno(), os.fstat(theirs.fileno()).st_ino
+        stdout = theirs.fileno()
+        inode = os.fstat(stdout).st_dev, os.fstat(stdout).st_ino
 
         def read_all() -> None:
             while chunk := ours.recv(1 << 16):
@@ -928,7 +1068,7 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
         reader.start()
     else:
         read_end, stdout = os.pipe()
-        inode = os.fstat(stdout).st_ino
+        inode = os.fstat(stdout).st_dev, os.fstat(stdout).st_ino
     result_r, result_w = os.pipe()
     repo = str(Path(__file__).resolve().parent.parent)
     script = [sys.executable, "-c", STUCK_SCRIPT, str(kernels_dir), KERNEL_NAME, str(tmp_path)]
@@ -952,7 +1092,7 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
             os.close(stdout)
         assert proc.stdin is not None
         at_least = 17 << 20 if destination == "socket" else 0
-        proc.stdin.write((STUCK_CELL % (inode, at_least)).encode())
+        proc.stdin.write((STUCK_CELL % (*inode, at_least)).encode())
         proc.stdin.close()
         try:
             code = proc.wait(NEXT_START_TIMEOUT)
@@ -981,4 +1121,95 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
         assert b"[nskernel: the sandboxed kernel wrote more than 16 MiB" in received
         # The count, at the end, goes to the stderr (a file here).
         text = (tmp_path / "stderr").read_text()
+        assert "bytes of the sandboxed kernel's output dropped]" in text, text[-3000:]
+
+
+# Runs inside: a line to the original stdout and stderr each, then more than the kernel's
+# output limit, so that the launcher's own lines (where it cut, how much it dropped) follow.
+MARKED_OUTPUT = r"""
+import os, sys
+def original(stream, fd):
+    try:
+        return stream.fileno()
+    except OSError:
+        return fd
+for fd in (original(sys.stdout, 1), original(sys.stderr, 2)):
+    os.write(fd, b"KERNEL-LINE-%d\n" % fd)
+for _ in range(20):
+    os.write(original(sys.stdout, 1), b"Z" * (64 << 10))
+print("done")
+"""
+
+
+def _another_users_pipe(write_end: int) -> str | None:
+    """Makes the launcher unable to reopen the pipe (or terminal) ``write_end``, as when
+    its stdout is one of another user's: as root, the server runs as nskci (returned)
+    with root's; rootless, it refuses its owner a reopen for writing (mode 0400), as
+    another user's does. Writing through the inherited descriptor works either way."""
+    if IS_ROOT:
+        return "nskci"
+    os.fchmod(write_end, 0o400)
+    return None
+
+
+@pytest.mark.parametrize("reader", ["reads", "never-reads", "terminal-never-read"])
+def test_a_server_whose_output_is_another_users_pipe_shows_the_kernels_output(
+    var_tmp: Path, reader: str
+) -> None:
+    """F4 (red team 13): the launcher reopens a pipe through /proc/self/fd to write it
+    without blocking, which checks the pipe's permissions: under runuser or sudo -u (a
+    pipe of root's), a container runtime's FIFO or supervisord's, the kernel's output and
+    the launcher's own messages were dropped. Now they arrive; and a reader that never
+    reads still never stalls the kernel's end (jupyter_client waits as long as it takes),
+    not even a terminal's, where the launcher's writer thread may wait inside a write."""
+    kernels = _kernel_with_output_limit(var_tmp, "1M")
+    notebooks = var_tmp / "nb"
+    notebooks.mkdir()
+    if reader == "terminal-never-read":
+        read_end, write_end = pty.openpty()
+    else:
+        read_end, write_end = os.pipe()
+    received = bytearray()
+    thread = None
+    try:
+        user = _another_users_pipe(write_end)
+        if reader == "reads":
+
+            def read_all() -> None:
+                while chunk := os.read(read_end, 1 << 16):
+                    received.extend(chunk)
+
+            thread = threading.Thread(target=read_all, daemon=True)
+            thread.start()
+            out = _run_one_cell(
+                kernels, "nsk-test-log", notebooks, MARKED_OUTPUT, write_end, user=user
+            )
+            assert out["error"] is None and out["stdout"] == "done\n", out
+        else:
+            st = os.fstat(write_end)
+            with open(var_tmp / "stderr", "wb") as stderr:
+                out = _run_one_cell(
+                    kernels,
+                    "nsk-test-log",
+                    notebooks,
+                    STUCK_CELL % (st.st_dev, st.st_ino, 0),
+                    write_end,
+                    user=user,
+                    stderr=stderr,
+                )
+            assert out["error"] is None and out["stdout"] == "held []\n", out
+        # What the server, the launcher and everyone else holding it share stays blocking.
+        assert os.get_blocking(write_end)
+    finally:
+        os.close(write_end)
+        if thread is not None:
+            thread.join(60)  # EOF: the server, its launchers and their threads are gone
+        os.close(read_end)
+    if thread is not None:
+        assert not thread.is_alive()
+        text = received.decode(errors="replace")
+        assert "not shown here" not in text, text[-3000:]
+        # One line through each relay (ipykernel's copies of the original stdout and stderr).
+        assert len(set(re.findall(r"KERNEL-LINE-\d+\n", text))) == 2, text[:3000]
+        assert "[nskernel: the sandboxed kernel wrote more than 1 MiB" in text, text[-3000:]
         assert "bytes of the sandboxed kernel's output dropped]" in text, text[-3000:]

@@ -7,19 +7,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
+import pty
 import select
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from nskernel import paths
 from nskernel.kernel import provisioner as P
-from nskernel.kernel.launch import OutputBudget, Relay, TerminalText, _destination
-from tests.conftest import nskernel_cmd
+from nskernel.kernel.launch import (
+    DIRECT,
+    SHARED,
+    OutputBudget,
+    Relay,
+    TerminalText,
+    _destination,
+)
+from tests.conftest import IS_ROOT, nskernel_cmd
+
+# Syscall numbers as /proc/PID/task/TID/syscall shows them: write(2), and poll(2)/ppoll(2).
+WRITE, POLL = {"x86_64": ("1", {"7", "271"}), "aarch64": ("64", {"73"})}[platform.machine()]
 
 
 def test_socket_path_too_long_fails_before_anything_starts(
@@ -288,8 +302,8 @@ def test_a_log_file_gets_the_kernels_lines_after_the_servers(tmp_path: Path) -> 
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, b"server 1\n")
-        dst, is_socket = _destination(fd)
-        assert not is_socket and dst != fd
+        dst, kind = _destination(fd)
+        assert kind == DIRECT and dst != fd
         src_r, src_w = os.pipe2(os.O_NONBLOCK)
         _relay_all(Relay(src_r, dst, TerminalText(True), OutputBudget(1 << 20)), b"kernel\n", src_w)
         os.write(fd, b"server 2\n")
@@ -311,6 +325,183 @@ def test_the_budget_cuts_once_and_counts_what_it_dropped() -> None:
     assert shown[1].startswith(b"b" * 400 + b"\n[nskernel: the sandboxed kernel wrote more than")
     assert shown[1].count(b"[nskernel:") == 1
     assert budget.dropped == 200 and b"200 bytes" in budget.summary()
+
+
+# Runs as a user other than the pipe's (or, rootless, with the pipe made read-only for
+# its owner): the launcher's side of a pipe it may not reopen.
+ANOTHER_USERS_PIPE = r"""
+import os, select, sys
+from nskernel.kernel.launch import Relay, TerminalText, _destination
+fd = int(sys.argv[1])
+dst, kind = _destination(fd)
+src_r, src_w = os.pipe2(os.O_NONBLOCK)
+relay = Relay(src_r, dst, TerminalText(True), kind=kind)
+os.write(src_w, b"kernel says \x1b[2J hello\n" * 1000)
+os.close(src_w)
+while not relay.eof:
+    p = select.poll()
+    relay.register(p)
+    relay.service(dict(p.poll()))
+relay.add(b"the launcher's own line\n")
+relay.flush(timeout=60)
+print(kind)
+"""
+
+
+def test_a_pipe_of_another_user_gets_the_kernels_output(tmp_path: Path) -> None:
+    # Red team 13 F4: a pipe or terminal is reopened through /proc/self/fd for a
+    # non-blocking description of the launcher's own, and reopening checks permissions:
+    # another user's pipe (root's, under runuser or sudo -u) refused it and the kernel's
+    # output went nowhere. Now what was inherited is written, from a thread of its own.
+    read_end, write_end = os.pipe()
+    if IS_ROOT:  # a pipe of root's, written by nobody
+        ids: dict[str, Any] = {"user": 65534, "group": 65534, "extra_groups": []}
+    else:  # a pipe of the caller's that refuses its owner a reopen for writing, as
+        ids = {}  # another user's would
+        os.fchmod(write_end, 0o400)
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ANOTHER_USERS_PIPE, str(write_end)],
+        stdout=write_end,
+        pass_fds=(write_end,),
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        **ids,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as f:
+        out = f.read()  # EOF: the child is gone and its thread closed its copy
+    assert proc.wait(60) == 0
+    assert out.count(b"kernel says ^[[2J hello\n") == 1000, out[-300:]
+    assert out.endswith(b"the launcher's own line\nshared\n"), out[-300:]
+
+
+def _syscall_of(thread: threading.Thread) -> str:
+    with open(f"/proc/self/task/{thread.native_id}/syscall") as f:
+        return f.read().split()[0]
+
+
+def test_a_destination_that_stops_taking_output_stops_only_the_writer_thread() -> None:
+    # A terminal that says POLLOUT yet has less room than a write needs (a newline takes
+    # two with ONLCR), as a pipe may when the server takes the room between poll and
+    # write: the writer thread then waits in write(2), and nothing else does: the relay
+    # goes on reading, its buffer stays bounded, and it finishes without waiting.
+    master, slave = pty.openpty()
+    filler = os.open(os.ttyname(slave), os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    relay = Relay(src_r, os.dup(slave), TerminalText(True), kind=SHARED)
+    writer = relay.writer
+    assert writer is not None
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(filler, b"x" * 1024)
+        while not select.select([], [slave], [], 0)[1]:
+            os.read(master, 512)
+        refused = 0
+        while refused < 10:
+            try:
+                os.write(src_w, b"\n" * 4096)
+                refused = 0
+            except BlockingIOError:
+                refused += 1
+            p = select.poll()
+            relay.register(p)
+            relay.service(dict(p.poll(0)))
+        thread = writer._thread
+        assert thread is not None
+        while _syscall_of(thread) != WRITE:  # a hang here: it never wrote
+            select.select([], [], [], 0.01)
+        assert Relay.LIMIT <= len(relay.buf) < Relay.LIMIT + 2 * 65536
+        relay.finish(timeout=0)  # with the thread still in its write
+        assert relay.eof and relay.dst == -1 and relay.writer is None
+        assert thread.is_alive()
+    finally:
+        os.close(src_w)
+        os.close(filler)
+        os.close(slave)
+        os.close(master)  # the write fails (EIO): the thread ends and closes its copy
+    thread.join(60)
+    assert not thread.is_alive()
+
+
+def test_a_pipe_nobody_reads_leaves_the_writer_waiting_in_poll_and_closing_ends_it() -> None:
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(BlockingIOError):
+        os.set_blocking(write_end, False)  # ours alone: the relay gets a blocking dup
+        while True:
+            os.write(write_end, b"x" * 65536)
+    os.set_blocking(write_end, True)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    relay = Relay(src_r, os.dup(write_end), TerminalText(True), kind=SHARED)
+    writer = relay.writer
+    assert writer is not None
+    try:
+        os.write(src_w, b"never shown\n")
+        os.close(src_w)
+        while not relay.eof or relay.buf:
+            p = select.poll()
+            relay.register(p)
+            relay.service(dict(p.poll(1000)))
+        thread = writer._thread
+        assert thread is not None
+        while _syscall_of(thread) not in POLL:
+            select.select([], [], [], 0.01)
+        relay.flush(timeout=0)
+        thread.join(60)  # woken by the close, not by the pipe
+        assert not thread.is_alive()
+        assert os.get_blocking(write_end)  # the shared description stays blocking
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+
+
+@pytest.mark.parametrize(
+    ("utf8", "unit"),
+    [(True, "\ufffd".encode()), (False, b"\\ufffd")],
+    ids=["utf8-locale", "c-locale"],
+)
+def test_the_budget_charges_what_is_shown_not_what_was_read(utf8: bool, unit: bytes) -> None:
+    # Red team 13 F2: each invalid byte shows as U+FFFD (3 bytes) or, under a locale that
+    # is not UTF-8, as its 6-byte escape; charged by bytes read, 4 KiB of 0xff put 12 or
+    # 24 KiB through a 4 KiB budget. Now what passes is at most the budget, cut between
+    # characters, never inside one.
+    limit = 4096
+    budget = OutputBudget(limit)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    _relay_all(Relay(src_r, dst_w, TerminalText(utf8), budget), b"\xff" * 4 * limit, src_w)
+    with os.fdopen(dst_r, "rb") as f:
+        out = f.read()
+    shown, _, notice = out.partition(b"\n[nskernel: the sandboxed kernel wrote more than")
+    assert notice, out[-300:]
+    assert limit - len(unit) < len(shown) <= limit
+    if utf8:  # whole characters only
+        assert shown == unit * (len(shown) // len(unit))
+    assert budget.passed == len(shown) and budget.cut
+    assert budget.dropped == 4 * limit - len(shown) // len(unit)
+
+
+def test_a_character_is_never_cut_in_half_and_its_last_bytes_are_charged() -> None:
+    # The cut falls inside a 3-byte character: it goes whole or not at all. And what the
+    # decoder holds at the end (a character cut short shows as U+FFFD) is charged too.
+    budget = OutputBudget(8)
+    text = TerminalText(True)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    _relay_all(Relay(src_r, dst_w, text, budget), "ab\u20ac\u20acc".encode() + b"\xe2", src_w)
+    with os.fdopen(dst_r, "rb") as f:
+        out = f.read()
+    assert out.startswith("ab\u20ac\u20ac\n[nskernel:".encode()), out
+    assert budget.passed == 8
+    budget = OutputBudget(3)
+    src_r, src_w = os.pipe2(os.O_NONBLOCK)
+    dst_r, dst_w = os.pipe2(os.O_NONBLOCK)
+    _relay_all(Relay(src_r, dst_w, TerminalText(True), budget), b"ab\xe2", src_w)
+    with os.fdopen(dst_r, "rb") as f:
+        out = f.read()
+    assert out.startswith(b"ab\n[nskernel:"), out  # U+FFFD would make 5 bytes of 3
+    assert budget.passed == 2 and budget.cut
 
 
 def test_only_a_socket_of_sandbox_roots_is_published_to_the_server(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ earlier lines (the file offset is shared) or fill the disk. The sandbox gets /de
 as stdin and a pipe each as stdout and stderr, and the launcher relays what comes out
 (``sandbox_stdio``, ``Relay``): control characters made visible and harmless
 (``TerminalText``), at most ``--output-limit`` bytes per start (``OutputBudget``), and
-without ever blocking on the destination (``_destination``).
+without the supervising loop ever blocking on the destination (``_destination``).
 
 ipykernel's parent poller would see PID 1 (the init) as its parent and ``JPY_PARENT_PID``
 holds a host PID meaningless inside, so ``JPY_PARENT_PID`` is set to 1, which turns the
@@ -54,6 +54,7 @@ import codecs
 import contextlib
 import ctypes
 import dataclasses
+import errno
 import gc
 import json
 import os
@@ -63,6 +64,7 @@ import signal
 import socket
 import stat
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -93,6 +95,9 @@ CONNECTION_FILE_MAX = 1 << 16  # bytes; a Jupyter connection file is a few hundr
 # Bytes of a kernel's stdout and stderr passed on per start (--output-limit): far more than
 # ipykernel's own messages and a library's warnings, far less than a disk.
 OUTPUT_LIMIT = 16 << 20
+# How Relay writes its destination (_destination): directly, never blocking (a non-blocking
+# description of our own, a regular file); with MSG_DONTWAIT; from a ThreadWriter.
+DIRECT, SOCKET, SHARED = "direct", "socket", "shared"
 PORT_NAMES = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 
 
@@ -986,20 +991,39 @@ class OutputBudget:
     output is still read (slowly, ``Relay.DROP_RATE``: the kernel slows down but never
     stalls on it) and dropped; one line says where it was cut and, at the end, how much
     was dropped.
+
+    What is charged is what reaches the destination, ``TerminalText``'s output, not the
+    bytes read: one invalid byte shows as U+FFFD (3 bytes) or, under a locale that is not
+    UTF-8, as ``\\ufffd`` (6), so counting bytes read let up to six times the limit through
+    (red team 13 F2).
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.passed = 0
-        self.dropped = 0
+        self.passed = 0  # bytes shown
+        self.dropped = 0  # bytes the kernel wrote that were not shown
+        self.cut = False
         self.told = False
 
-    def take(self, n: int) -> int:
-        """How many of the next ``n`` bytes may pass."""
-        ok = max(0, min(n, self.limit - self.passed))
-        self.passed += ok
-        self.dropped += n - ok
-        return ok
+    def charge(self, shown: bytes, read: int) -> bytes:
+        """What of ``shown`` (what ``read`` bytes of the kernel's became on the way) may
+        pass: all of it, or the part that fits, cut on a UTF-8 character boundary."""
+        if self.cut:
+            self.dropped += read
+            return b""
+        room = self.limit - self.passed
+        if len(shown) <= room:
+            self.passed += len(shown)
+            return shown
+        keep = room
+        while keep > 0 and shown[keep] & 0xC0 == 0x80:  # a character's continuation byte
+            keep -= 1
+        self.passed += keep
+        self.cut = True
+        # Of this read, the part beyond what was shown: in proportion (exact for text that
+        # shows as itself; the count in the summary is for the user, nothing is cut by it).
+        self.dropped += read - read * keep // len(shown)
+        return shown[:keep]
 
     def cut_notice(self) -> bytes:
         return (
@@ -1015,6 +1039,135 @@ class OutputBudget:
         )
 
 
+class ThreadWriter:
+    """Writes to a terminal or pipe that this process can reach only through the inherited,
+    blocking descriptor, from a thread of its own: a write that waits stops that thread,
+    never the supervising loop (the lifeline's watch, the sandbox's end).
+
+    Why: the non-blocking description of our own that ``_destination`` prefers comes from
+    reopening the destination through /proc/self/fd, which checks the inode's
+    permissions: a pipe or terminal of another user (root's pipe under runuser or
+    ``sudo -u``, a container runtime's FIFO, supervisord's) refuses it (red team 13 F4),
+    and O_NONBLOCK set on the shared description would change it for the server and the
+    user's shell too. (``RWF_NOWAIT`` would make single writes non-blocking, but only
+    anonymous pipes honour it: FIFOs and terminals answer EOPNOTSUPP.)
+
+    The thread writes at most PIPE_BUF bytes at a time, after poll() said POLLOUT: a pipe
+    then has that much room, so the write does not wait unless another writer of the same
+    pipe (the server) took the room first; a terminal may hold it until its reader
+    catches up. Only this thread waits then, with every signal blocked, so that signals
+    meant for the launcher reach its main thread, and the process exits whatever the
+    thread is doing (a daemon thread). It starts at the first write, after the sandbox
+    was made (a user namespace needs a single-threaded process).
+
+    To the loop it is a destination that never blocks: ``write`` takes what fits in a
+    small buffer (BlockingIOError when full, BrokenPipeError once the destination is
+    gone), and ``room_fd`` is readable while there is room or once it is gone. The
+    thread owns the destination's descriptor and closes it itself: closing a descriptor
+    another thread waits on would let its number be reused under that thread.
+    """
+
+    BUFFER = 4 * select.PIPE_BUF
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._cond = threading.Condition()
+        self._pending = bytearray()
+        self._gone = False
+        self._closed = False
+        self._room = False  # whether the room pipe holds its byte
+        # The loop's: readable while there is room (one byte in it, or none).
+        self.room_fd, self._room_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # The thread's: closing the write end wakes it from its poll for good.
+        self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._thread: threading.Thread | None = None
+        self._set_room(True)
+
+    def _set_room(self, room: bool) -> None:
+        """Under ``_cond`` (or before the thread runs): the room pipe says ``room``."""
+        if self._closed or room == self._room:
+            return
+        if room:
+            os.write(self._room_w, b"r")
+        else:
+            os.read(self.room_fd, 1)
+        self._room = room
+
+    def write(self, data: bytes | bytearray) -> int:
+        with self._cond:
+            if self._gone:
+                raise BrokenPipeError("the destination is gone")
+            n = min(len(data), self.BUFFER - len(self._pending))
+            if n == 0:
+                raise BlockingIOError
+            self._pending += data[:n]
+            self._set_room(len(self._pending) < self.BUFFER)
+            self._cond.notify()
+        if self._thread is None:
+            self._start()
+        return n
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for everything taken to be written (or the
+        destination to be gone); whether it was."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending or self._gone, timeout)
+
+    def close(self) -> None:
+        """No more writes: the thread ends (at once, unless it waits in a write) and
+        closes the destination; what it had not written yet is dropped."""
+        with self._cond:
+            self._closed = True
+            self._pending.clear()
+            self._cond.notify()
+        os.close(self._stop_w)  # wakes the thread's poll
+        os.close(self.room_fd)
+        os.close(self._room_w)
+        if self._thread is None:
+            os.close(self._fd)
+            os.close(self._stop_r)
+
+    def _start(self) -> None:
+        # The new thread inherits this mask: no signal of the launcher's is ever its.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            self._thread = threading.Thread(target=self._run, name="nskernel-output", daemon=True)
+            self._thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        poller.register(self._stop_r, select.POLLIN)
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closed:
+                        self._cond.wait()
+                    if self._closed:
+                        return
+                    chunk = bytes(self._pending[: select.PIPE_BUF])
+                events = dict(poller.poll())
+                if self._stop_r in events:
+                    return
+                n = os.write(self._fd, chunk)  # an error (EPIPE, EIO) if it is gone
+                with self._cond:
+                    del self._pending[:n]
+                    self._set_room(True)
+                    self._cond.notify_all()
+        except OSError:  # hung up, no reader: nobody to show it to
+            pass
+        finally:
+            with self._cond:
+                self._gone = True
+                self._pending.clear()
+                self._set_room(True)  # the loop then finds it gone and lets it go
+                self._cond.notify_all()
+            os.close(self._fd)
+            os.close(self._stop_r)
+
+
 class Relay:
     """What the sandbox writes to one pipe, passed on to one of the launcher's own standard
     streams: never blocking, never more than the ``budget`` allows.
@@ -1024,8 +1177,10 @@ class Relay:
     inherited descriptor would change it for the server and the user's shell too), a
     duplicate of a regular file's (its offset is shared with the server's own writes, so
     lines land after the server's, never over them), or of a socket, written with
-    MSG_DONTWAIT (``is_socket=True``); or -1 when there is none: output is then read and
-    dropped, so the sandbox never stalls on a full pipe either. At most ``LIMIT`` bytes
+    MSG_DONTWAIT (``kind=SOCKET``), or the inherited descriptor itself, written from a
+    ``ThreadWriter`` (``kind=SHARED``) when no description of our own could be had; or -1
+    when there is none: output is then read and dropped, so the sandbox never stalls on a
+    full pipe either. At most ``LIMIT`` bytes
     wait for a slow destination; past that the pipe is not read, so it is the sandbox's
     writes that wait. ``TerminalText`` makes control characters harmless on the way,
     whatever the destination: a log file ends up on a terminal too (``tail -f``).
@@ -1049,12 +1204,13 @@ class Relay:
         text: TerminalText,
         budget: OutputBudget | None = None,
         *,
-        is_socket: bool = False,
+        kind: str = DIRECT,
     ) -> None:
         self.src, self.dst, self.text = src, dst, text
         self.budget = budget
         # Wrapping a descriptor leaves its flags alone (no default timeout is set).
-        self.sock = socket.socket(fileno=dst) if is_socket and dst >= 0 else None
+        self.sock = socket.socket(fileno=dst) if kind == SOCKET and dst >= 0 else None
+        self.writer = ThreadWriter(dst) if kind == SHARED and dst >= 0 else None
         self.buf = bytearray()
         self.eof = False
         self.next_read = 0.0  # time.monotonic() before which the pipe rests
@@ -1063,7 +1219,14 @@ class Relay:
         if not self.eof and len(self.buf) < self.LIMIT and time.monotonic() >= self.next_read:
             poller.register(self.src, select.POLLIN)
         if self.buf and self.dst >= 0:
-            poller.register(self.dst, select.POLLOUT)
+            fd, event = self._wait_for()
+            poller.register(fd, event)
+
+    def _wait_for(self) -> tuple[int, int]:
+        """What to poll for before the next write: room at the destination."""
+        if self.writer is not None:
+            return self.writer.room_fd, select.POLLIN
+        return self.dst, select.POLLOUT
 
     def wake_in(self) -> int | None:
         """Milliseconds until the resting pipe may be read again; None if it does not rest."""
@@ -1075,7 +1238,7 @@ class Relay:
     def service(self, events: dict[int, int]) -> None:
         if not self.eof and self.src in events:
             self._read()
-        if self.dst >= 0 and self.dst in events:
+        if self.dst >= 0 and self._wait_for()[0] in events:
             self._write()
 
     def _read(self) -> bool:
@@ -1089,17 +1252,12 @@ class Relay:
         if not data:
             self.eof = True
             os.close(self.src)
-        cut = False
         read = len(data)
-        if data and self.budget is not None:
-            allowed = self.budget.take(read)
-            cut = allowed < read
-            data = data[:allowed]
+        shown, cut = self._show(data, final=self.eof)
         if cut:
             self.next_read = time.monotonic() + max(read, self.SMALL) / self.DROP_RATE
         elif 0 < read < self.SMALL:
             self.next_read = time.monotonic() + self.COALESCE
-        shown = self.text.feed(data, final=self.eof)
         if self.dst >= 0:
             self.buf += shown
             if cut and self.budget is not None and not self.budget.told:
@@ -1107,10 +1265,24 @@ class Relay:
                 self.buf += self.budget.cut_notice()
         return True
 
+    def _show(self, data: bytes, final: bool) -> tuple[bytes, bool]:
+        """``data`` as it is shown, charged to the budget; and whether the budget cut some
+        of it. Past the budget nothing is decoded any more: it is all dropped."""
+        if self.budget is None:
+            return self.text.feed(data, final), False
+        if self.budget.cut:
+            self.budget.charge(b"", len(data))
+            return b"", bool(data)
+        shown = self.text.feed(data, final)
+        passed = self.budget.charge(shown, len(data))
+        return passed, len(passed) < len(shown)
+
     def _write(self) -> None:
         try:
             if self.sock is not None:
                 n = self.sock.send(self.buf, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            elif self.writer is not None:
+                n = self.writer.write(self.buf)
             else:
                 n = os.write(self.dst, self.buf)
             del self.buf[:n]
@@ -1123,6 +1295,9 @@ class Relay:
         if self.sock is not None:
             self.sock.close()  # and with it dst
             self.sock = None
+        elif self.writer is not None:
+            self.writer.close()  # and with it dst, from its thread
+            self.writer = None
         elif self.dst >= 0:
             os.close(self.dst)
         self.dst = -1
@@ -1140,7 +1315,9 @@ class Relay:
             if self.eof or len(self.buf) >= 4 * self.LIMIT or not self._read():
                 break
         if not self.eof:
-            self.buf += self.text.feed(b"", final=True)
+            shown, _ = self._show(b"", final=True)  # a character cut short, a last CR
+            if self.dst >= 0:
+                self.buf += shown
             self.eof = True
             os.close(self.src)
 
@@ -1153,9 +1330,12 @@ class Relay:
             if left <= 0:
                 break
             p = select.poll()
-            p.register(self.dst, select.POLLOUT)
+            p.register(*self._wait_for())
             if syscalls.poll_ready(p, left):
                 self._write()
+        left = deadline - time.monotonic()
+        if self.writer is not None and left > 0:
+            self.writer.wait_written(left)
         self._drop_terminal()
 
     def finish(self, timeout: float) -> None:
@@ -1168,13 +1348,18 @@ class Relay:
 RELAY_FLUSH_TIMEOUT = 1.0  # seconds the destination may take for the last output at exit
 
 
-def _destination(fd: int) -> tuple[int, bool]:
-    """Our own descriptor to pass the kernel's output on to the launcher's ``fd``, and
-    whether it is a socket; (-1, False) when there is nothing to write to.
+def _destination(fd: int) -> tuple[int, str]:
+    """Our own descriptor to pass the kernel's output on to the launcher's ``fd``, and how
+    ``Relay`` writes it (``DIRECT``, ``SOCKET``, ``SHARED``); -1 when there is nothing to
+    write to.
 
-    Never blocking: a terminal or a pipe is opened anew, non-blocking, through
-    /proc/self/fd (a pipe nobody reads would otherwise stop this process, and with it the
-    kernel's ending); a socket is written with MSG_DONTWAIT. A regular file is written
+    Never blocking the supervising loop: a terminal or a pipe is opened anew,
+    non-blocking, through /proc/self/fd (a pipe nobody reads would otherwise stop this
+    process, and with it the kernel's ending). When that is refused (EACCES: a pipe or
+    terminal of another user; reopening checks its permissions, writing through the
+    inherited descriptor does not), the inherited descriptor is written from a thread
+    (``ThreadWriter``); but a pipe that refuses for want of a reader (ENXIO) has nobody
+    to show anything to. A socket is written with MSG_DONTWAIT. A regular file is written
     through a duplicate of the inherited descriptor: the same offset as the server's own
     writes (a new open file description would write over the server's lines), and a
     file's writes do not wait for a reader.
@@ -1182,17 +1367,20 @@ def _destination(fd: int) -> tuple[int, bool]:
     try:
         mode = os.fstat(fd).st_mode
     except OSError:  # closed: nothing to pass it on to
-        return -1, False
+        return -1, DIRECT
     if stat.S_ISSOCK(mode):
-        return os.dup(fd), True
+        return os.dup(fd), SOCKET
     if os.isatty(fd) or stat.S_ISFIFO(mode):
         try:
             flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC
-            return os.open(f"/proc/self/fd/{fd}", flags), False
-        except OSError as e:  # e.g. ENXIO: a pipe nobody reads any more
-            print(f"nskernel: the kernel's output is not shown here: {e}", file=sys.stderr)
-            return -1, False
-    return os.dup(fd), False
+            return os.open(f"/proc/self/fd/{fd}", flags), DIRECT
+        except OSError as e:
+            if e.errno == errno.ENXIO:  # a pipe nobody reads any more
+                print(f"nskernel: the kernel's output is not shown here: {e}", file=sys.stderr)
+                return -1, DIRECT
+            # EACCES above all: another user's; what we inherited still writes.
+            return os.dup(fd), SHARED
+    return os.dup(fd), DIRECT
 
 
 def sandbox_stdio(
@@ -1218,8 +1406,8 @@ def sandbox_stdio(
             r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
             os.set_blocking(w, True)  # the sandbox's end behaves like any stdout
             stdio[fd] = w
-            dst, is_socket = _destination(fd)
-            relays.append(Relay(r, dst, TerminalText(utf8), budget, is_socket=is_socket))
+            dst, kind = _destination(fd)
+            relays.append(Relay(r, dst, TerminalText(utf8), budget, kind=kind))
     except BaseException:
         _close_ours(tuple(stdio))  # type: ignore[arg-type]
         for relay in relays:

@@ -72,19 +72,30 @@ def _host_uid() -> int:
     return uid
 
 
+def _candidate_bases() -> list[str]:
+    """Every directory a runtime dir of this user may be under: ours (``_base``), and
+    those another process of the same user would choose (Jupyter started without
+    $XDG_RUNTIME_DIR, as services and containers are, uses /tmp while a login shell
+    has /run/user/UID). By real path: a base reached through a link is covered where
+    it really is."""
+    bases = [_base(), "/tmp", os.environ.get("XDG_RUNTIME_DIR") or "", f"/run/user/{_host_uid()}"]
+    return list(dict.fromkeys(os.path.realpath(b) for b in bases if os.path.isabs(b)))
+
+
 def existing_runtime_dirs() -> list[str]:
-    """The runtime directories of this user that exist, without creating or checking any.
+    """The runtime directories of this user that exist, under any base this user's
+    processes may choose, by real path, without creating or checking any.
 
     Inside a user namespace (the rootless sandbox server) the effective uid is 0, but
     the state on disk is under the host uid: both are considered.
     """
-    base = _base()
     found = []
-    for uid in dict.fromkeys((os.geteuid(), _host_uid())):
-        path = os.path.join(base, f"nsk-{uid}")
-        if os.path.isdir(path):
-            found.append(path)
-    return found
+    for base in _candidate_bases():
+        for uid in dict.fromkeys((os.geteuid(), _host_uid())):
+            path = os.path.join(base, f"nsk-{uid}")
+            if os.path.isdir(path):
+                found.append(os.path.realpath(path))
+    return list(dict.fromkeys(found))
 
 
 def runtime_dir_path() -> str:
@@ -98,15 +109,19 @@ def runtime_dirs_to_hide() -> list[str]:
     A sandbox covers the directory with a mount on it: one made after the sandbox
     started, or made again after it was removed, would not be covered, and a sandbox
     that binds its parent (``--bind /tmp``) would see later kernels' connection files
-    and sockets. So it is made before any sandbox (0700) and never removed. Only the one
-    of our host uid is made (inside the rootless server's user namespace, uid 0 is the
+    and sockets. So it is made before any sandbox (0700) and never removed, under every
+    base another process of this user may choose (a kernel started by a Jupyter that
+    has no $XDG_RUNTIME_DIR, a sandbox started from a login shell that has one: 14th
+    red-team pass). Only the one of our host uid is made (inside the rootless server's user namespace, uid 0 is the
     host user: an ``nsk-0`` made there would squat on root's).
     """
-    path = os.path.join(_base(), f"nsk-{_host_uid()}")
-    try:
-        os.mkdir(path, 0o700)
-    except OSError:
-        pass  # there already (checked where it is used), or nowhere to make it: as before
+    for base in _candidate_bases():
+        if not os.path.isdir(base):
+            continue
+        try:
+            os.mkdir(os.path.join(base, f"nsk-{_host_uid()}"), 0o700)
+        except OSError:
+            pass  # there already (checked where it is used), or nowhere to make it
     return existing_runtime_dirs()
 
 

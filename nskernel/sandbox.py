@@ -748,6 +748,13 @@ def _state_under_binds(binds: tuple[Bind, ...]) -> tuple[str, ...]:
     for d in map(os.path.realpath, runtime_dirs_to_hide()):
         for b in binds:  # sources are resolved (realpath) already
             src = b.source.rstrip("/") + "/"
+            if d == b.source.rstrip("/"):  # the directory itself (14th red-team pass)
+                raise SandboxError(
+                    f"{d} is nskernel's runtime directory, which holds other kernels' "
+                    "connection keys and sockets: it is never bound into a sandbox",
+                    step="check the binds",
+                    hint="Bind a directory of your own instead.",
+                )
             if d.startswith(src):
                 out.append(os.path.join(b.dest, d[len(src) :]))
     return tuple(out)
@@ -760,6 +767,8 @@ def _masked_state_dirs() -> tuple[str, ...]:
     a sandbox must not read them. Under /tmp it is hidden anyway (private /tmp); under
     $XDG_RUNTIME_DIR it would be visible read-only without this mask.
     """
+    # By real path (runtime_dirs_to_hide gives them so): a base reached through a link
+    # into a visible place is masked where it really is (14th red-team pass).
     return tuple(d for d in runtime_dirs_to_hide() if not hidden_inside(d))
 
 

@@ -6,6 +6,7 @@ differ between the two (who sandbox root is on the host) say so explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -709,6 +710,88 @@ def test_the_runtime_directory_is_covered_even_when_made_after_the_sandbox_start
     # Empty (covered), or out of sandbox root's reach as on the host (as root, a 0700
     # directory of root's): never a kernel's entry.
     assert "kern-later" not in out and out.endswith("listed\n"), out + err
+
+
+def _later_kernel_seen(argv: list[str], env: dict[str, str], state: str) -> str:
+    """Start ``nskernel run ARGV -- sh`` that lists ``state`` once a "kernel" entry
+    appears there (made after the sandbox's mounts are), and return what it listed."""
+    import shutil
+
+    from tests.conftest import nskernel_cmd
+
+    look = f"echo ready; read go; ls -A {state} 2>&1; echo listed"
+    proc = subprocess.Popen(
+        [*nskernel_cmd("run", *argv, "--"), "sh", "-c", look],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd="/",
+    )
+    kern = os.path.join(state, "kern-later-test")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        os.makedirs(kern, 0o755)
+        os.chmod(state, 0o755)  # even readable by anyone: what hides it is the mount
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(kern, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.chmod(state, 0o700)
+    assert proc.returncode == 0, err
+    assert out.endswith("listed\n"), out + err
+    return out
+
+
+def test_the_runtime_directory_another_base_would_use_is_covered_too(tmp_path, monkeypatch):
+    """Jupyter started without $XDG_RUNTIME_DIR (a service, a container) keeps its
+    kernels under /tmp; a sandbox started from a login shell, which has one, covered
+    only its own base; and a bind of the runtime directory itself was not covered at
+    all: it read those kernels' keys (14th red-team pass). Every base this user's
+    processes may choose is covered (made first, so that the cover is on the directory
+    kernels will use), and a bind of the directory itself is refused."""
+    from nskernel import paths
+    from tests.conftest import nskernel_cmd
+
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    state = f"/tmp/nsk-{os.geteuid()}"
+    covered = paths.runtime_dirs_to_hide()
+    assert state in covered and f"{xdg}/nsk-{os.geteuid()}" in covered, covered
+    res = subprocess.run(
+        [*nskernel_cmd("run", "--ro-bind", state, "--"), "ls", "-A", state],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode != 0 and "nskernel's runtime directory" in res.stderr, res
+
+
+def test_a_runtime_base_reached_through_a_link_is_covered_where_it_is():
+    """$XDG_RUNTIME_DIR may be a link into a place every sandbox sees read-only: the
+    check by path took it for hidden (it is under /tmp) and masked nothing, so a
+    sandbox with no bind at all read the kernels' keys (14th red-team pass)."""
+    import shutil
+    import tempfile
+
+    real = tempfile.mkdtemp(prefix="nsk-realbase-", dir="/var/tmp")
+    link = tempfile.mktemp(prefix="nsk-linkbase-", dir="/tmp")
+    os.chmod(real, 0o755)
+    os.symlink(real, link)
+    try:
+        env = {**os.environ, "XDG_RUNTIME_DIR": link}
+        state = os.path.join(real, f"nsk-{os.geteuid()}")
+        os.makedirs(state, 0o700, exist_ok=True)
+        out = _later_kernel_seen([], env, state)
+    finally:
+        os.unlink(link)
+        shutil.rmtree(real, ignore_errors=True)
+    assert "kern-later-test" not in out, out
 
 
 def test_a_missing_native_init_is_said_at_first_use(tmp_path, monkeypatch):

@@ -112,8 +112,9 @@ def runtime_dirs_to_hide() -> list[str]:
     and sockets. So it is made before any sandbox (0700) and never removed, under every
     base another process of this user may choose (a kernel started by a Jupyter that
     has no $XDG_RUNTIME_DIR, a sandbox started from a login shell that has one: 14th
-    red-team pass). Only the one of our host uid is made (inside the rootless server's user namespace, uid 0 is the
-    host user: an ``nsk-0`` made there would squat on root's).
+    red-team pass). Only the one of our host uid is made (inside the rootless server's
+    user namespace, uid 0 is the host user: an ``nsk-0`` made there would squat on
+    root's).
     """
     for base in _candidate_bases():
         if not os.path.isdir(base):

@@ -70,7 +70,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError, paths
-from .._linux import syscalls, userns
+from .._linux import exefile, syscalls, userns
 from ..environ import cwd_on_sys_path, python_module_command
 from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
@@ -812,9 +812,13 @@ def _write_profile(ipython_dir: str, files: dict[str, bytes]) -> None:
 
 
 def _runs_in_process(argv: list[str]) -> bool:
-    """Whether the kernel command is this interpreter's ``-m ipykernel_launcher``."""
+    """Whether the kernel command is this interpreter's ``-m ipykernel_launcher``, and
+    this interpreter may be forked into a sandbox (``exefile.safe_to_fork``: a forked
+    kernel would hold it on the host's mount, and could chmod it if it is the user's)."""
     if len(argv) < 3 or argv[1:3] != ["-m", "ipykernel_launcher"]:
         return False
+    if not exefile.safe_to_fork():
+        return False  # exec'd inside instead: the file is then the read-only view's
     try:
         # The same binary in another directory is another environment: a venv's python
         # is a link to its base interpreter, and Python finds the venv (pyvenv.cfg, so

@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, SpecError
-from nskernel._linux import procfs, syscalls, userns
+from nskernel._linux import exefile, procfs, syscalls, userns
 from nskernel.spec import ALL_NAMESPACES, make_limits, python_environment_binds
 
 from . import messages, protocol
@@ -1047,11 +1047,31 @@ def main(argv: list[str] | None = None) -> int:
         description="The single-threaded sandbox server behind %%sandbox (started by the kernel).",
     )
     p.add_argument("--fd", type=int, required=True, help="the socket to the kernel (inherited)")
+    # Set by the server itself when it runs again from a read-only view of its
+    # interpreter (see nskernel._linux.exefile): what it had already done.
+    p.add_argument("--resumed-userns", choices=("own", "host", "inherited"), help=argparse.SUPPRESS)
+    p.add_argument("--resumed-nofile-soft", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the kernel's decision
-    user_nofile_soft = raise_open_files_limit()
+    resumed = args.resumed_userns is not None
+    user_nofile_soft = args.resumed_nofile_soft if resumed else raise_open_files_limit()
     try:
-        mode = enter_own_user_namespace()
+        if args.resumed_userns:
+            mode = args.resumed_userns
+            if not exefile.safe_to_fork():  # the view did not take: never fork cells then
+                raise RuntimeError("the interpreter is still on a writable mount")
+        else:
+            # Decided here, in the host's user namespace, where the owner is known.
+            forkable = exefile.safe_to_fork()
+            mode = enter_own_user_namespace()
+            if not forkable:
+                # Every cell is a fork of this process: they must not hold its
+                # interpreter on a writable host mount (a user-owned Python).
+                os.set_inheritable(args.fd, True)
+                resumed = ["--resumed-userns", mode]
+                if user_nofile_soft is not None:
+                    resumed += ["--resumed-nofile-soft", str(user_nofile_soft)]
+                exefile.reexec_read_only([*sys.orig_argv, *resumed])
         from . import cellrunner
 
         cellrunner.prepare()

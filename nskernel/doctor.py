@@ -773,7 +773,7 @@ def _probe(namespaces: frozenset[str]) -> dict[str, Any]:
     # Namespaces only: the filter and the groups are checked on their own (diagnose).
     spec = SandboxSpec(namespaces=namespaces, seccomp="unconfined", keep_groups=True)
     try:
-        sb = Sandbox.spawn(spec, target=lambda: 0)
+        sb = Sandbox.spawn(spec, target=lambda: 0, trusted_target=True)
     except SandboxError as e:
         return {
             "ok": False,
@@ -987,7 +987,9 @@ def init_in_use() -> dict[str, str]:
     r, w = os.pipe()
     spec = SandboxSpec(seccomp="unconfined", keep_groups=True)
     try:
-        sb = Sandbox.spawn(spec, target=lambda: len(os.read(r, 1)), pass_fds=(r,))
+        sb = Sandbox.spawn(
+            spec, target=lambda: len(os.read(r, 1)), pass_fds=(r,), trusted_target=True
+        )
     except Exception as e:
         os.close(r)
         os.close(w)

@@ -17,7 +17,18 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ._linux import confine, contain, idmap, init, limits, mntns, procfs, syscalls, userns
+from ._linux import (
+    confine,
+    contain,
+    exefile,
+    idmap,
+    init,
+    limits,
+    mntns,
+    procfs,
+    syscalls,
+    userns,
+)
 from .environ import sandbox_environment
 from .errors import (
     EXIT_NOT_FOUND,
@@ -101,6 +112,7 @@ class Sandbox:
         new_session: bool = True,
         controlling_tty: int | None = None,
         target_at_fork: bool = True,
+        trusted_target: bool = False,
     ) -> Sandbox:
         """Create the sandbox and start ``argv`` (exec'd) or ``target`` (called) in it.
 
@@ -117,7 +129,10 @@ class Sandbox:
         ``%%sandbox`` server's cell runner reseeds ``random`` itself), the handlers'
         work and the memory they dirty (~0.5 MiB in a warm IPython) are saved. The
         environment is ``spec.env``, or else the caller's, filtered through
-        :func:`nskernel.environ.sandbox_environment`.
+        :func:`nskernel.environ.sandbox_environment`. A ``target`` holds this process's
+        executable, on the host's mount: it is refused unless that file is safe from the
+        sandbox (``exefile.safe_to_fork``) or ``trusted_target`` says the target is code
+        of nskernel's own that runs nothing else (a probe).
 
         Returns once the command was exec'd (or, for ``target``, once the sandbox is
         ready and init is about to fork it). Raises
@@ -133,6 +148,15 @@ class Sandbox:
         if stdio is not None and len(stdio) != 3:
             msg = "stdio: give three descriptors, for the sandbox's 0, 1 and 2"
             raise TypeError(msg)
+        if target is not None and not trusted_target and not exefile.safe_to_fork():
+            raise SandboxError(
+                f"a target would be forked into the sandbox holding this interpreter "
+                f"({os.path.realpath('/proc/self/exe')}) on a writable host mount, where "
+                "the sandbox could chmod it through /proc/self/exe",
+                step="check the executable",
+                hint="Run a command (argv) instead, or start this program from a "
+                "read-only view of its interpreter (nskernel._linux.exefile).",
+            )
         spec.validate_host_paths()
         spec.check_privileges()
         namespaces = spec.effective_namespaces()

@@ -147,3 +147,36 @@ def test_the_sandboxed_kernel_cannot_change_its_interpreter(
     assert out["error"] is None, out
     found = json.loads(out["stdout"].splitlines()[-1])
     assert found["chmod"] != "changed" and found["utime"] != "changed", found
+
+
+def test_the_api_refuses_to_fork_a_target_that_could_change_its_interpreter(
+    own_python: Path,
+) -> None:
+    """``Sandbox.spawn(target=...)`` from such an interpreter says why it refuses (a
+    command runs, exec'd inside); nskernel's own probes (doctor) still run."""
+    code = r"""
+import json
+from nskernel import Sandbox, SandboxError, SandboxSpec
+found = {}
+try:
+    Sandbox.spawn(SandboxSpec(), target=lambda: 0)
+    found["target"] = "forked"
+except SandboxError as e:
+    found["target"] = str(e)
+sb = Sandbox.spawn(SandboxSpec(), ["true"])
+found["argv"] = sb.wait(30)
+print(json.dumps(found))
+"""
+    res = subprocess.run([str(own_python), "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    found = json.loads(res.stdout.splitlines()[-1])
+    assert "writable host mount" in found["target"], found
+    assert found["argv"] == 0, found
+    res = subprocess.run(
+        [str(own_python), "-m", "nskernel", "doctor", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    report = json.loads(res.stdout)
+    assert report["all"]["ok"] and report["ok"], report

@@ -18,6 +18,7 @@ forking it.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -35,6 +36,17 @@ def safe_to_fork() -> bool:
     try:
         if os.statvfs(_EXE).f_flag & os.ST_RDONLY:
             return True
+    except OSError:
+        return False
+    return _owned_by_host_root()
+
+
+@functools.cache
+def _owned_by_host_root() -> bool:
+    # Remembered from the first look (the sandbox server looks before it enters its user
+    # namespace, where host root's files show as the overflow uid): a process's
+    # executable stays the same file until it execs, which starts this module afresh.
+    try:
         return userns.in_initial_user_namespace() and os.stat(_EXE).st_uid == 0
     except OSError:
         return False

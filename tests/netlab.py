@@ -106,9 +106,11 @@ class Lab:
 
 def _enter_own_user_namespace() -> None:
     """Rootless: become root of a new user namespace, as the sandbox server does."""
+    from nskernel._linux import exefile
     from nskernel._linux import syscalls as sc
 
     uid, gid = os.geteuid(), os.getegid()
+    exefile.look_before_entering_a_user_namespace()  # as the server does
     sc.unshare(sc.CLONE_NEWUSER)
     with open("/proc/self/setgroups", "w") as f:
         f.write("deny")

@@ -41,6 +41,12 @@ def safe_to_fork() -> bool:
     return _owned_by_host_root()
 
 
+def look_before_entering_a_user_namespace() -> None:
+    """Whoever enters a user namespace of its own (the sandbox server) looks first: in
+    there, host root's files show as the overflow uid, and the owner cannot be told."""
+    _owned_by_host_root()
+
+
 @functools.cache
 def _owned_by_host_root() -> bool:
     # Remembered from the first look (the sandbox server looks before it enters its user

@@ -1578,6 +1578,7 @@ def remove_kernel_dir(path: str, only_retired: bool) -> int:
 def _enter_user_namespace_with_sandbox_ids() -> None:
     """unshare(CLONE_NEWUSER), with the maps a sandbox of this user gets (written by a
     forked child, which stays outside: only it may write them)."""
+    exefile.look_before_entering_a_user_namespace()
     plan = userns.plan_id_maps()
     go_r, go_w = os.pipe()
     me = os.getpid()

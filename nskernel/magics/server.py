@@ -122,6 +122,7 @@ def enter_own_user_namespace() -> str:
     """
     if os.geteuid() == 0:
         return "host" if userns.in_initial_user_namespace() else "inherited"
+    exefile.look_before_entering_a_user_namespace()
     plan = userns.plan_id_maps()  # decided outside, where the subuid range applies
     go_r, go_w = os.pipe()
     res_r, res_w = os.pipe()

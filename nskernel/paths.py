@@ -82,7 +82,7 @@ def _candidate_bases() -> list[str]:
     return list(dict.fromkeys(os.path.realpath(b) for b in bases if os.path.isabs(b)))
 
 
-def existing_runtime_dirs() -> list[str]:
+def existing_runtime_dirs(bases: list[str] | None = None) -> list[str]:
     """The runtime directories of this user that exist, under any base this user's
     processes may choose, by real path, without creating or checking any.
 
@@ -90,7 +90,7 @@ def existing_runtime_dirs() -> list[str]:
     the state on disk is under the host uid: both are considered.
     """
     found = []
-    for base in _candidate_bases():
+    for base in _candidate_bases() if bases is None else bases:
         for uid in dict.fromkeys((os.geteuid(), _host_uid())):
             path = os.path.join(base, f"nsk-{uid}")
             if os.path.isdir(path):
@@ -116,14 +116,15 @@ def runtime_dirs_to_hide() -> list[str]:
     user namespace, uid 0 is the host user: an ``nsk-0`` made there would squat on
     root's).
     """
-    for base in _candidate_bases():
+    bases = _candidate_bases()
+    for base in bases:
         if not os.path.isdir(base):
             continue
         try:
             os.mkdir(os.path.join(base, f"nsk-{_host_uid()}"), 0o700)
         except OSError:
             pass  # there already (checked where it is used), or nowhere to make it
-    return existing_runtime_dirs()
+    return existing_runtime_dirs(bases)
 
 
 def remove_runtime_entry(path: str) -> list[OSError]:

@@ -192,6 +192,7 @@ class Sandbox:
             if "mnt" in namespaces:
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
+                state = tuple(runtime_dirs_to_hide())  # looked at (and made) once per sandbox
                 mounts = mntns.MountPlan(
                     fresh_proc="pid" in namespaces,
                     fresh_sys="net" in namespaces,
@@ -200,9 +201,11 @@ class Sandbox:
                         (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
                         for i, b in enumerate(binds)
                     ),
-                    masks=_masks(spec, home, binds, plan_maps),
+                    masks=_masks(spec, home, binds, plan_maps, state),
                     home=home,
-                    hide=tuple(dict.fromkeys(spec.hide + fixed_hide + _state_under_binds(binds))),
+                    hide=tuple(
+                        dict.fromkeys(spec.hide + fixed_hide + _state_under_binds(binds, state))
+                    ),
                     fixed=fixed,
                     degraded_ok=spec.allow_degraded,
                     tmpfs_size=spec.limits.memory,
@@ -689,9 +692,10 @@ def _masks(
     home: str | None,
     binds: tuple[Bind, ...],
     plan_maps: userns.IdMapPlan | None,
+    state: tuple[str, ...],
 ) -> tuple[str, ...]:
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
-    wanted = list(_masked_state_dirs())
+    wanted = list(_masked_state_dirs(state))
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
@@ -765,11 +769,12 @@ def _fixed_top_levels(
     return tuple(out), tuple(fixed), tuple(hide)
 
 
-def _state_under_binds(binds: tuple[Bind, ...]) -> tuple[str, ...]:
-    """nskernel's runtime directories that a bind would show again (a --bind of /tmp or
-    of the directory holding them): hidden once more, on top of the bind."""
+def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple[str, ...]:
+    """nskernel's runtime directories ``state`` (real paths, ``runtime_dirs_to_hide``)
+    that a bind would show again (a --bind of the directory holding them): hidden once
+    more, on top of the bind."""
     out = []
-    for d in map(os.path.realpath, runtime_dirs_to_hide()):
+    for d in state:
         for b in binds:  # sources are resolved (realpath) already
             src = b.source.rstrip("/") + "/"
             if d == b.source.rstrip("/"):  # the directory itself (14th red-team pass)
@@ -784,7 +789,7 @@ def _state_under_binds(binds: tuple[Bind, ...]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _masked_state_dirs() -> tuple[str, ...]:
+def _masked_state_dirs(state: tuple[str, ...]) -> tuple[str, ...]:
     """nskernel's per-user runtime directory, hidden inside every sandbox with mounts.
 
     It holds other kernels' socket directories and connection files (with their keys):
@@ -793,7 +798,7 @@ def _masked_state_dirs() -> tuple[str, ...]:
     """
     # By real path (runtime_dirs_to_hide gives them so): a base reached through a link
     # into a visible place is masked where it really is (14th red-team pass).
-    return tuple(d for d in runtime_dirs_to_hide() if not hidden_inside(d))
+    return tuple(d for d in state if not hidden_inside(d))
 
 
 def _skeletons_for_binds(

@@ -722,37 +722,35 @@ def classify(
     return None
 
 
+# Why a bind destination was refused, by errno. Destinations are looked up as the sandbox
+# will see them (links resolved inside its root, never a /proc link; see mntns): what is
+# there now is not a place to bind onto.
+_LINK_IN_PATH = (
+    ": a symbolic link is in its path (one a sandbox may have left in a writable bind). "
+    "Remove the link, or bind onto a path under /tmp or one that exists inside."
+)
+_BIND_ONTO = {
+    errno_mod.EROFS: "The destination leads onto the read-only host filesystem, where a "
+    "missing destination cannot be made" + _LINK_IN_PATH,
+    errno_mod.ELOOP: "The destination leads through a /proc link, which is never followed"
+    + _LINK_IN_PATH,
+    errno_mod.ENOENT: "The destination does not exist inside the sandbox and cannot be made "
+    "there (only in the sandbox's own tmpfs: /tmp, the homes), or a symbolic link on its "
+    "path leads nowhere. Bind onto a path that exists inside, or under /tmp.",
+    errno_mod.EACCES: "A directory on the way to the destination may not be entered by "
+    "sandbox root (when you are root, sandbox root is an unprivileged host uid, and a bind "
+    "keeps its source's owner and mode): let others search it (chmod o+x), or bind onto a "
+    "path outside it.",
+}
+
+
 def explain_failure(*, step: str, namespace: str | None, errno: int | None) -> str:
     """The likely cause of a failed setup step, and the fix, as one paragraph."""
     blocker = classify(step=step, namespace=namespace, errno=errno)
     if blocker is not None:
         return blocker.paragraph()
-    if step.startswith("bind onto") and errno in (errno_mod.EROFS, errno_mod.ELOOP):
-        # Destinations are looked up as the sandbox will see them (links resolved inside
-        # its root, never a /proc link): what is there now is not a place to bind onto.
-        where = (
-            "onto the read-only host filesystem, where a missing destination cannot be made"
-            if errno == errno_mod.EROFS
-            else "through a /proc link, which is never followed"
-        )
-        return (
-            f"The destination leads {where}: a symbolic link is in its path (one a "
-            "sandbox may have left in a writable bind). Remove the link, or bind onto a "
-            "path under /tmp or one that exists inside."
-        )
-    if step.startswith("bind onto") and errno == errno_mod.ENOENT:
-        return (
-            "The destination does not exist inside the sandbox and cannot be made there "
-            "(only in the sandbox's own tmpfs: /tmp, the homes), or a symbolic link on its "
-            "path leads nowhere. Bind onto a path that exists inside, or under /tmp."
-        )
-    if step.startswith("bind onto") and errno == errno_mod.EACCES:
-        return (
-            "A directory on the way to the destination may not be entered by sandbox root "
-            "(when you are root, sandbox root is an unprivileged host uid, and a bind keeps "
-            "its source's owner and mode): let others search it (chmod o+x), or bind "
-            "onto a path outside it."
-        )
+    if step.startswith("bind onto") and errno in _BIND_ONTO:
+        return _BIND_ONTO[errno]
     err = errno_mod.errorcode.get(errno or 0, str(errno)) if errno else "an error"
     return (
         f"The kernel refused {step} with {err}, and nothing this process can see explains "

@@ -9,6 +9,7 @@ threads), a ``%%sandbox`` cell in a real ipykernel, and the sandboxed kernel.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -631,8 +632,10 @@ def test_a_sandboxed_kernel_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_
     assert not (home / "written.txt").exists()
 
 
-def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):
-    home = _home_with_secrets(tmp_path)
+@contextlib.contextmanager
+def _plain_kernel_in(home):
+    """A plain ipykernel with ``home`` as its HOME and working directory, nskernel's
+    magics loaded: a notebook kept in the home."""
     from jupyter_client.manager import start_new_kernel
 
     km, kc = start_new_kernel(
@@ -640,12 +643,18 @@ def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path
     )
     try:
         execute(kc, f"import os\nos.chdir({str(home)!r})\n%load_ext nskernel")
-        res = execute(kc, "%%sandbox\n" + LOOK_AT_HOME)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
+        yield kc
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):
+    home = _home_with_secrets(tmp_path)
+    with _plain_kernel_in(home) as kc:
+        res = execute(kc, "%%sandbox\n" + LOOK_AT_HOME)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
     assert seen["cwd"] == str(home) and seen["notes"] == "next to the notebook\n"
     assert seen["key"] == "No such file or directory" and seen["netrc"] == ""
     assert not (home / ".ssh" / "planted").exists()
@@ -681,32 +690,25 @@ def test_a_named_sandbox_in_the_home_never_sees_what_the_host_makes_there_later(
     (home / "proj").mkdir(mode=0o777)
     (home / "alias").symlink_to("proj")  # links are made again as they are...
     (home / "keys").symlink_to(".ssh")  # ...so this one reaches the private .ssh
-    from jupyter_client.manager import start_new_kernel
-
-    km, kc = start_new_kernel(
-        kernel_name="python3", startup_timeout=60, env={**os.environ, "HOME": str(home)}
-    )
-    try:
-        execute(kc, f"import os\nos.chdir({str(home)!r})\n%load_ext nskernel")
-        res = execute(kc, "%%sandbox --name watch\n" + LOOK_AT_HOME)
-        assert res.status == "ok", res.error_text
-        first = res.json_line()
-        # The host, while the sandbox lives: a new dot-file, a hidden one rewritten by
-        # rename, a new file, a new file below an entry.
-        (home / ".made-later").write_text("NEWSECRET\n")
-        (home / ".netrc.new").write_text("machine x password REWRITTEN\n")
-        os.replace(home / ".netrc.new", home / ".netrc")
-        (home / "later.txt").write_text("later\n")
-        (home / "proj" / "late.txt").write_text("below\n")
-        for p in (home / ".made-later", home / ".netrc", home / "proj" / "late.txt"):
-            os.chmod(p, 0o666)
-        res = execute(kc, "%%sandbox --name watch\n" + LOOK_AGAIN)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
-    finally:
-        execute(kc, "%sandbox rm watch")
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+    with _plain_kernel_in(home) as kc:
+        try:
+            res = execute(kc, "%%sandbox --name watch\n" + LOOK_AT_HOME)
+            assert res.status == "ok", res.error_text
+            first = res.json_line()
+            # The host, while the sandbox lives: a new dot-file, a hidden one rewritten by
+            # rename, a new file, a new file below an entry.
+            (home / ".made-later").write_text("NEWSECRET\n")
+            (home / ".netrc.new").write_text("machine x password REWRITTEN\n")
+            os.replace(home / ".netrc.new", home / ".netrc")
+            (home / "later.txt").write_text("later\n")
+            (home / "proj" / "late.txt").write_text("below\n")
+            for p in (home / ".made-later", home / ".netrc", home / "proj" / "late.txt"):
+                os.chmod(p, 0o666)
+            res = execute(kc, "%%sandbox --name watch\n" + LOOK_AGAIN)
+            assert res.status == "ok", res.error_text
+            seen = res.json_line()
+        finally:
+            execute(kc, "%sandbox rm watch")
     assert first["key"] == "No such file or directory" and first["netrc"] == ""
     assert seen[".made-later"] == "No such file or directory", seen
     assert seen[".netrc"] == "", seen  # still the private, empty one

@@ -923,6 +923,16 @@ def test_what_the_budget_lets_through_is_what_the_log_gets(
     assert data.count(b"bytes of the sandboxed kernel's output dropped]") == 1
 
 
+def _wait_for_driver(proc: subprocess.Popen[bytes], hung: str) -> int:
+    """The driver process's exit code; killed, and ``hung`` raised, past the timeout."""
+    try:
+        return proc.wait(NEXT_START_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(hung) from None
+
+
 def _kernel_with_output_limit(tmp_path: Path, limit: str) -> Path:
     """A kernelspec "nsk-test-log" whose provisioner caps the kernel's output at ``limit``;
     returns its kernels directory."""
@@ -978,12 +988,7 @@ def _run_one_cell(
         assert proc.stdin is not None
         proc.stdin.write(code.encode())
         proc.stdin.close()
-        try:
-            code_ = proc.wait(NEXT_START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError("the kernel's start, cell or shutdown hung") from None
+        code_ = _wait_for_driver(proc, "the kernel's start, cell or shutdown hung")
         assert code_ == 0, code_
         with os.fdopen(result_r, "rb") as f:
             result_r = -1
@@ -1094,12 +1099,7 @@ def test_output_the_server_cannot_take_never_stalls_the_kernels_end(
         at_least = 17 << 20 if destination == "socket" else 0
         proc.stdin.write((STUCK_CELL % (*inode, at_least)).encode())
         proc.stdin.close()
-        try:
-            code = proc.wait(NEXT_START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise AssertionError("the kernel's shutdown hung on output nobody took") from None
+        code = _wait_for_driver(proc, "the kernel's shutdown hung on output nobody took")
         assert code == 0, (tmp_path / "stderr").read_text()[-3000:]
         with os.fdopen(result_r, "rb") as f:
             result_r = -1

@@ -6,7 +6,6 @@ differ between the two (who sandbox root is on the host) say so explicitly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -650,73 +650,11 @@ def test_nskernels_runtime_state_is_masked_inside(nsk):
         shutil.rmtree(xdg)
 
 
-def test_the_runtime_directory_is_covered_even_when_made_after_the_sandbox_started():
-    """A sandbox that binds the runtime directory's parent (here $XDG_RUNTIME_DIR) must
-    never see the kernels started after it: the directory did not exist between kernels
-    (the last one out removed it), so no mask covered it, and one made again later was
-    not the directory covered (thirteenth red-team pass: rootless, a sandbox read a later
-    kernel's key and ran code in it). It is made before any sandbox and never removed."""
-    import shutil
-    import tempfile
-
-    from nskernel import paths
-    from tests.conftest import nskernel_cmd
-
-    xdg = tempfile.mkdtemp(prefix="nsk-xdg-", dir="/var/tmp")
-    os.chmod(xdg, 0o755)  # traversable by sandbox root, which is another uid for root
-    state = os.path.join(xdg, f"nsk-{os.geteuid()}")
-    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
-    look = f"echo ready; read go; ls -A {state} 2>&1; echo listed"
-    proc = subprocess.Popen(
-        [*nskernel_cmd("run", "--ro-bind", xdg, "--"), "sh", "-c", look],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd="/",
-    )
-    try:
-        # Once it runs (its mounts are made), start "a kernel": the runtime directory
-        # and a kernel's files in it, as the provisioner makes them.
-        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        old = os.environ.get("XDG_RUNTIME_DIR")
-        os.environ["XDG_RUNTIME_DIR"] = xdg
-        try:
-            base = paths.runtime_dir()
-            kern = os.path.join(base, "kern-later")
-            os.mkdir(kern, 0o755)
-            with open(os.path.join(kern, "kernel.json"), "w") as f:
-                f.write("secret-key")
-            os.chmod(os.path.join(kern, "kernel.json"), 0o644)
-            # The last kernel out, then the next one in: the directory must be the same.
-            assert paths.remove_runtime_entry(kern) == []
-            assert os.path.isdir(base)
-            os.mkdir(kern, 0o755)
-            with open(os.path.join(kern, "kernel.json"), "w") as f:
-                f.write("secret-key")
-        finally:
-            if old is None:
-                del os.environ["XDG_RUNTIME_DIR"]
-            else:
-                os.environ["XDG_RUNTIME_DIR"] = old
-        out, err = proc.communicate("go\n", timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(xdg, ignore_errors=True)
-    assert proc.returncode == 0, err
-    # Empty (covered), or out of sandbox root's reach as on the host (as root, a 0700
-    # directory of root's): never a kernel's entry.
-    assert "kern-later" not in out and out.endswith("listed\n"), out + err
-
-
-def _later_kernel_seen(argv: list[str], env: dict[str, str], state: str) -> str:
-    """Start ``nskernel run ARGV -- sh`` that lists ``state`` once a "kernel" entry
-    appears there (made after the sandbox's mounts are), and return what it listed."""
-    import shutil
-
+def _listed_after(
+    argv: list[str], env: dict[str, str], state: str, make: Callable[[], None]
+) -> str:
+    """Start ``nskernel run ARGV -- sh`` that lists ``state`` once ``make`` has run (after
+    the sandbox's mounts are made), and return what it listed."""
     from tests.conftest import nskernel_cmd
 
     look = f"echo ready; read go; ls -A {state} 2>&1; echo listed"
@@ -729,22 +667,60 @@ def _later_kernel_seen(argv: list[str], env: dict[str, str], state: str) -> str:
         env=env,
         cwd="/",
     )
-    kern = os.path.join(state, "kern-later-test")
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
-        os.makedirs(kern, 0o755)
-        os.chmod(state, 0o755)  # even readable by anyone: what hides it is the mount
+        make()
         out, err = proc.communicate("go\n", timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        shutil.rmtree(kern, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            os.chmod(state, 0o700)
     assert proc.returncode == 0, err
     assert out.endswith("listed\n"), out + err
     return out
+
+
+def test_the_runtime_directory_is_covered_even_when_made_after_the_sandbox_started(
+    monkeypatch,
+):
+    """A sandbox that binds the runtime directory's parent (here $XDG_RUNTIME_DIR) must
+    never see the kernels started after it: the directory did not exist between kernels
+    (the last one out removed it), so no mask covered it, and one made again later was
+    not the directory covered (thirteenth red-team pass: rootless, a sandbox read a later
+    kernel's key and ran code in it). It is made before any sandbox and never removed."""
+    import shutil
+    import tempfile
+
+    from nskernel import paths
+
+    xdg = tempfile.mkdtemp(prefix="nsk-xdg-", dir="/var/tmp")
+    os.chmod(xdg, 0o755)  # traversable by sandbox root, which is another uid for root
+    state = os.path.join(xdg, f"nsk-{os.geteuid()}")
+    env = {**os.environ, "XDG_RUNTIME_DIR": xdg}
+
+    def start_kernels() -> None:
+        # "A kernel": the runtime directory and a kernel's files in it, as the
+        # provisioner makes them; the last kernel out, then the next one in.
+        monkeypatch.setenv("XDG_RUNTIME_DIR", xdg)
+        base = paths.runtime_dir()
+        kern = os.path.join(base, "kern-later")
+        os.mkdir(kern, 0o755)
+        with open(os.path.join(kern, "kernel.json"), "w") as f:
+            f.write("secret-key")
+        os.chmod(os.path.join(kern, "kernel.json"), 0o644)
+        assert paths.remove_runtime_entry(kern) == []
+        assert os.path.isdir(base)  # the directory must be the same
+        os.mkdir(kern, 0o755)
+        with open(os.path.join(kern, "kernel.json"), "w") as f:
+            f.write("secret-key")
+
+    try:
+        out = _listed_after(["--ro-bind", xdg], env, state, start_kernels)
+    finally:
+        shutil.rmtree(xdg, ignore_errors=True)
+    # Empty (covered), or out of sandbox root's reach as on the host (as root, a 0700
+    # directory of root's): never a kernel's entry.
+    assert "kern-later" not in out, out
 
 
 def test_the_runtime_directory_another_base_would_use_is_covered_too(tmp_path, monkeypatch):
@@ -787,7 +763,12 @@ def test_a_runtime_base_reached_through_a_link_is_covered_where_it_is():
         env = {**os.environ, "XDG_RUNTIME_DIR": link}
         state = os.path.join(real, f"nsk-{os.geteuid()}")
         os.makedirs(state, 0o700, exist_ok=True)
-        out = _later_kernel_seen([], env, state)
+
+        def start_a_kernel() -> None:
+            os.makedirs(os.path.join(state, "kern-later-test"), 0o755)
+            os.chmod(state, 0o755)  # even readable by anyone: what hides it is the mount
+
+        out = _listed_after([], env, state, start_a_kernel)
     finally:
         os.unlink(link)
         shutil.rmtree(real, ignore_errors=True)

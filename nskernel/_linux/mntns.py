@@ -490,6 +490,7 @@ def setup_mounts_from_child(
     ]
     bound = {dst for _fd, dst, _ro, _detached in sources}
     ops += [("hide", -1, p, False, False) for p in plan.hide if p not in bound]
+    # A fixed directory's op carries its index in plan.fixed where a bind has its fd.
     ops += [("fixed", i, f.path, True, False) for i, f in enumerate(plan.fixed)]
     ops.sort(key=lambda op: (op[2].rstrip("/").count("/"), order[op[0]]))
     hidden: list[str] = []

@@ -17,11 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..environ import parse_env_option
 from ..errors import NskernelError, SpecError
@@ -35,6 +32,12 @@ from ..spec import (
 )
 from . import DEFAULT_DISPLAY_NAME, DEFAULT_NAME, PROVISIONER_NAME
 
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# pathlib, shutil and tempfile are imported where they are used: the `nskernel` command
+# builds this module's parsers on every call, and `nskernel run` paid ~4 ms for them.
+
 
 class InstallError(NskernelError):
     """The kernelspec could not be installed or removed; the message says why."""
@@ -42,6 +45,8 @@ class InstallError(NskernelError):
 
 def template_dir() -> Path:
     """The kernelspec template: inside the package (wheel), else the repository's top."""
+    from pathlib import Path
+
     here = Path(__file__).resolve().parent.parent
     for candidate in (here / "kernelspec", here.parent / "kernelspec"):
         if (candidate / "kernel.json").is_file():
@@ -169,6 +174,10 @@ def install(
         allow_degraded=allow_degraded,
         writable_notebook_dir=writable_notebook_dir,
     )
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / name
         src.mkdir()

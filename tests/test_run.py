@@ -786,3 +786,47 @@ def test_a_missing_native_init_is_said_at_first_use(tmp_path, monkeypatch):
     assert init.fallback_reason() == "no C compiler (cc/gcc) found"
     (tmp_path / "nskernel-init").write_bytes(b"")
     assert init.fallback_reason() is None
+
+
+@pytest.mark.parametrize("option", ["--bind", "--ro-bind"])
+def test_a_bind_of_tmp_itself_shows_the_hosts_tmp(option):
+    """`--bind /tmp` showed the setup's scratch tmpfs, not the host's files: the source
+    was copied (recursively) after the scratch had been mounted on it. It shows the
+    host's /tmp, writable only with --bind, and nskernel's runtime directory in it stays
+    covered."""
+    import tempfile
+
+    from nskernel import paths
+    from tests.conftest import nskernel_cmd
+
+    state = f"/tmp/nsk-{os.geteuid()}"
+    assert state in paths.runtime_dirs_to_hide()  # made, as before any sandbox
+    fd, probe = tempfile.mkstemp(prefix="nsk-bindtmp-", dir="/tmp")
+    os.write(fd, b"the host's file\n")
+    os.close(fd)
+    os.chmod(probe, 0o644)  # readable by sandbox root, another uid for root
+    secret = tempfile.mkdtemp(prefix="bindtmp-kernel-", dir=state)
+    written = probe + ".from-sandbox"
+    look = f"cat {probe}; ls -A {state}; echo listed; echo w > {written} || echo refused"
+    try:
+        res = subprocess.run(
+            [*nskernel_cmd("run", option, "/tmp", "--"), "sh", "-c", look],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd="/",
+        )
+        assert res.returncode == 0, res
+        seen, rest = res.stdout.split("listed\n")
+        assert seen == "the host's file\n", res  # nothing of the runtime directory
+        if option == "--bind":
+            with open(written) as f:
+                assert f.read() == "w\n"
+        else:
+            assert rest == "refused\n" and "Read-only file system" in res.stderr, res
+            assert not os.path.exists(written)
+    finally:
+        for path in (probe, written):
+            if os.path.lexists(path):
+                os.unlink(path)
+        os.rmdir(secret)

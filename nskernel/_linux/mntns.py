@@ -10,9 +10,11 @@ new PID namespace). The result:
 - host paths writable only through explicit binds, ``--ro-bind`` read-only.
 
 Hazards: propagation must be made private first, or mounts would leak to the host;
-/tmp is shadowed by the scratch tmpfs we build on, and sandbox root may lack access to
-a source the caller can read, so bind sources arrive as O_PATH descriptors opened
-earlier by the setup child (see ``with_sources_opened``), bound from /proc/self/fd.
+/tmp is shadowed by the scratch tmpfs we build on, so every bind source is copied
+(``open_tree``) before the scratch is mounted (a copy of /tmp made later would hold the
+scratch); and sandbox root may lack access to a source the caller can read, so bind
+sources arrive as O_PATH descriptors opened earlier by the setup child (see
+``with_sources_opened``).
 The new root is entered with ``pivot_root(".", ".")`` and the old root detached,
 so nothing of the host's mount tree stays reachable except what is bound in.
 
@@ -429,9 +431,13 @@ def setup_mounts_from_child(
     /dev/mqueue gets an empty tmpfs: locked layers, so that unmounting the views mounted
     later (``mount_namespace_views_from_child``) uncovers nothing of the host's.
     """
-    sources = [(fd, dst, ro, detached) for _src, fd, dst, ro, detached in plan.binds]
-
     _step("mount(MS_REC|MS_PRIVATE) on /", sc.mount, None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # Each source is copied now, before the scratch tmpfs goes onto /tmp: a copy of the
+    # host's /tmp made later (recursive, as --bind is) would hold the scratch mounted on
+    # it, not the host's files. A copy is taken of the mounts as they are at this moment.
+    sources = [
+        _detached_source(fd, dst, ro, idmapped) for _src, fd, dst, ro, idmapped in plan.binds
+    ]
     _step(f"mount(tmpfs) on {_SCRATCH}", _tmpfs, _SCRATCH, "0700")
     os.mkdir(_NEWROOT, 0o755)
     _step("bind the host root", sc.mount, "/", _NEWROOT, None, sc.MS_BIND | sc.MS_REC)
@@ -486,16 +492,17 @@ def setup_mounts_from_child(
     # land on top of it.
     order = {"fixed": 0, "bind": 1, "hide": 2}
     ops: list[tuple[str, int, str, bool, bool]] = [
-        ("bind", fd, dst, ro, detached) for fd, dst, ro, detached in sources
+        ("bind", fd, dst, ro, idmapped) for fd, dst, ro, _detached, idmapped in sources
     ]
-    bound = {dst for _fd, dst, _ro, _detached in sources}
+    bound = {dst for _fd, dst, _ro, _detached, _idmapped in sources}
     ops += [("hide", -1, p, False, False) for p in plan.hide if p not in bound]
     # A fixed directory's op carries its index in plan.fixed where a bind has its fd.
     ops += [("fixed", i, f.path, True, False) for i, f in enumerate(plan.fixed)]
     ops.sort(key=lambda op: (op[2].rstrip("/").count("/"), order[op[0]]))
     hidden: list[str] = []
     sealed: list[int] = []  # the fixed directories' tmpfs, made read-only at the end
-    for kind, fd, dst, ro, detached in ops:
+    detached_fds = {fd for fd, _dst, _ro, detached, _idmapped in sources if detached}
+    for kind, fd, dst, ro, idmapped in ops:
         if kind == "fixed":
             in_scratch = any(dst.startswith(d.rstrip("/") + "/") for d in scratch)
             sealed.append(_fixed_dir(root_fd, plan.fixed[fd], in_scratch, plan.tmpfs_size))
@@ -513,8 +520,8 @@ def setup_mounts_from_child(
         except OSError as e:  # e.g. EROFS: a link led onto the read-only host root
             raise MountStepError(f"bind onto {dst}", e) from e
         try:
-            what = f"attach the idmapped mount onto {dst}" if detached else f"bind onto {dst}"
-            _step(what, _bind, fd, dest_fd, ro, detached)
+            what = f"attach the idmapped mount onto {dst}" if idmapped else f"bind onto {dst}"
+            _step(what, _bind, fd, dest_fd, ro, fd in detached_fds)
         finally:
             os.close(dest_fd)
     for fd in sealed:
@@ -548,5 +555,25 @@ def setup_mounts_from_child(
                 "bind it in (--bind) or choose one that exists"
             )
             raise MountStepError(f"chdir({cwd!r})", FileNotFoundError(2, msg)) from None
-    for fd, _dst, _ro, _detached in sources:
+    for fd, *_ in sources:
         os.close(fd)
+
+
+def _detached_source(
+    fd: int, dst: str, readonly: bool, idmapped: bool
+) -> tuple[int, str, bool, bool, bool]:
+    """``(fd, dst, readonly, detached, idmapped)`` for one bind: its source copied now
+    into a detached mount tree (``open_tree``), which ``_bind`` attaches later as it is.
+    An idmapped source is such a tree already (the launcher made it). Linux < 5.2 has
+    no detached mounts: the source stays an ``O_PATH`` descriptor, bound by path later
+    (there, a bind of /tmp itself shows the scratch tmpfs)."""
+    if idmapped:
+        return fd, dst, readonly, True, True
+    try:
+        tree = idmap.open_tree_clone("", dir_fd=fd)
+    except OSError as e:
+        if e.errno == errno.ENOSYS:
+            return fd, dst, readonly, False, False
+        raise MountStepError(f"copy the bind source for {dst}", e) from e
+    os.close(fd)
+    return tree, dst, readonly, True, False

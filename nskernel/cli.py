@@ -31,14 +31,14 @@ namespaces:
   fresh /proc (as unshare --mount-proc), so ps shows only the sandbox's processes.
 
 filesystem (with --mnt, or --pid):
-  The host's root is visible read-only, but not the homes: /home, /root and /run/user
-  are empty, and $HOME is a private, empty, writable directory (--share-home shows the
-  homes read-only instead). /tmp and /dev/shm are private and writable; /dev is a fresh
-  minimal one (null, zero, full, random, urandom, tty, its own /dev/pts); /proc is
-  fresh with --pid, /sys with --net. A host path is writable inside only through
-  --bind; --ro-bind exposes one read-only. A bind's destination must exist inside (the
-  same path as on the host always does) or lie under /tmp or a home. Nothing mounted
-  inside reaches the host.
+  The host's root is visible read-only, but not the homes: /home, /root, /run/user
+  and a private $XDG_RUNTIME_DIR are empty, and $HOME is a private, empty, writable
+  directory (--share-home shows the homes read-only instead). /tmp and /dev/shm are
+  private and writable; /dev is a fresh minimal one (null, zero, full, random,
+  urandom, tty, its own /dev/pts); /proc is fresh with --pid, /sys with --net. A host
+  path is writable inside only through --bind; --ro-bind exposes one read-only. A
+  bind's destination must exist inside (the same path as on the host always does) or
+  lie under /tmp or a home. Nothing mounted inside reaches the host.
   As root, sandbox root is an unprivileged host uid, not root: a --bind it cannot write
   that belongs to another user is shown to it as its own (an idmapped mount), so it
   writes there as that user; one that belongs to root stays read-only for it.

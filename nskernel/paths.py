@@ -46,6 +46,13 @@ ENDPOINT_SUBDIR = "ep"
 SHARED_SUBDIR = "ro"
 TRASH_PREFIX = "trash-"
 
+# Set by the sandboxed kernel's launcher in the kernel's environment: the base holding
+# that kernel's own directory, whose connection file and sockets are bound into the
+# kernel's sandbox at their host paths. Sandboxes made inside the kernel (``%%sandbox``,
+# ``!nskernel run``) cover it too, whatever their own $XDG_RUNTIME_DIR says: without it,
+# a nested cell read the kernel's key and ran code in it (15th red-team pass).
+RUNTIME_BASE_ENV = "NSKERNEL_RUNTIME_BASE"
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # Directories held open at once while removing a tree; deeper ones are moved up first.
 _REMOVE_DEPTH = 32
@@ -76,9 +83,11 @@ def _candidate_bases() -> list[str]:
     """Every directory a runtime dir of this user may be under: ours (``_base``), and
     those another process of the same user would choose (Jupyter started without
     $XDG_RUNTIME_DIR, as services and containers are, uses /tmp while a login shell
-    has /run/user/UID). By real path: a base reached through a link is covered where
-    it really is."""
+    has /run/user/UID), and inside a sandboxed kernel, the base of the kernel's own
+    directory (:data:`RUNTIME_BASE_ENV`). By real path: a base reached through a link is
+    covered where it really is."""
     bases = [_base(), "/tmp", os.environ.get("XDG_RUNTIME_DIR") or "", f"/run/user/{_host_uid()}"]
+    bases.append(os.environ.get(RUNTIME_BASE_ENV) or "")
     return list(dict.fromkeys(os.path.realpath(b) for b in bases if os.path.isabs(b)))
 
 

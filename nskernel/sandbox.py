@@ -45,6 +45,8 @@ from .spec import (
     blocked_ancestor,
     format_size,
     hidden_inside,
+    private_in_a_home,
+    private_runtime_dirs,
     user_homes,
 )
 
@@ -711,7 +713,9 @@ def _masks(
         # reached through a symlink is masked where it really is (a mount onto the link
         # would follow it outside the new root). Never a symlink itself.
         wanted += [
-            d for d in (*HOME_DIRS, *user_homes(home)) if os.path.isdir(d) and not os.path.islink(d)
+            d
+            for d in (*HOME_DIRS, *user_homes(home), *private_runtime_dirs())
+            if os.path.isdir(d) and not os.path.islink(d)
         ]
     wanted += _skeletons_for_binds(binds, plan_maps)
     out: list[str] = []
@@ -730,16 +734,21 @@ def _fixed_top_levels(
 
     The directory is looked at once, here, without following anything: a directory or
     a regular file whose name does not start with "." is bound on its own (what is
-    below it stays live); a link is made again inside with the same text, so it leads
-    where it would have led (a link to ~/.ssh reaches the private, empty one); a
-    dot-entry gets a private, empty directory or file in its place; anything else (a
-    socket, a FIFO) is left out. The directory itself is a fresh tmpfs, made read-only
-    once all that is in it: a file the host makes there later, dot-file or not, does
-    not appear, and what the sandbox writes there fails instead of being lost.
+    below it stays live), unless the caller binds that path itself; a link is made
+    again inside with the same text, so it leads where it would have led (a link to
+    ~/.ssh reaches the private, empty one); a dot-entry, or a directory of other
+    programs' homes (``spec.private_in_a_home``: ~/snap), gets a private, empty
+    directory or file in its place; anything else (a socket, a FIFO) is left out. The
+    directory itself is a fresh tmpfs, made read-only once all that is in it: a file
+    the host makes there later, dot-file or not, does not appear, and what the sandbox
+    writes there fails instead of being lost.
     """
     out: list[Bind] = []
     fixed: list[mntns.FixedDir] = []
     hide: list[str] = []
+    # An entry the caller binds itself (``--bind ./work`` in a notebook kept in ~) gets
+    # that bind, not the entry's read-only one on top of it or in its place.
+    explicit = {os.path.normpath(b.dest) for b in binds if not b.fixed_top_level}
     for b in binds:
         if not b.fixed_top_level:
             out.append(b)
@@ -764,13 +773,15 @@ def _fixed_top_levels(
             )
         for e in entries:
             try:
+                dst = os.path.join(b.dest, e.name)
                 if e.is_symlink():
                     links.append((e.name, os.readlink(e.path)))
-                elif e.name.startswith("."):
+                elif private_in_a_home(e.name):
                     (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
+                elif dst in explicit:
+                    continue  # its mount point is made in the tmpfs like any bind's
                 elif e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False):
-                    src, dst = os.path.join(b.source, e.name), os.path.join(b.dest, e.name)
-                    out.append(Bind(src, dst, b.readonly, resolved=True))
+                    out.append(Bind(os.path.join(b.source, e.name), dst, b.readonly, resolved=True))
             except OSError:
                 continue  # gone meanwhile: as if it had not been there
         hide += [os.path.join(b.dest, n) for n in (*dirs, *files)]

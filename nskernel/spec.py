@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterable
 
@@ -213,9 +214,16 @@ def within(path: str, directory: str) -> bool:
 
 
 def is_a_home(path: str, home: str | None = None) -> bool:
-    """Whether ``path`` is a home (the caller's or a local person's), by its real path."""
+    """Whether ``path`` is a home (the caller's or a local person's), by its real path.
+
+    /root too, and ``home`` even when it is one of :data:`HOME_DIRS` (which
+    ``user_homes`` leaves out, as they are masked whole): a notebook kept in /root (a
+    container's Jupyter running as root) is a home like any other, its dot-files and all
+    (15th red-team pass: as root, such a cell did not start; as root of a rootless
+    container, it would have seen every dot-file)."""
     real = os.path.realpath(path)
-    return any(real == os.path.realpath(h) for h in user_homes(home))
+    homes = (*user_homes(home), "/root", *((home,) if home and os.path.isabs(home) else ()))
+    return any(real == os.path.realpath(h) for h in homes)
 
 
 def holds_a_home(path: str, home: str | None = None) -> bool:
@@ -227,12 +235,34 @@ def holds_a_home(path: str, home: str | None = None) -> bool:
     )
 
 
+def private_runtime_dirs() -> tuple[str, ...]:
+    """$XDG_RUNTIME_DIR, by real path, where it is what the XDG spec says it is: a
+    directory of this user's alone (0700). It holds the session's sockets (D-Bus, whose
+    systemd --user runs commands on the host; ssh-agent, gpg-agent, keyrings), as
+    /run/user/UID does, and is hidden as that is, wherever a site puts it (15th red-team
+    pass: XDG_RUNTIME_DIR=/var/tmp/...). One that is not private (/tmp) is not."""
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if not xdg or not os.path.isabs(xdg):
+        return ()
+    real = os.path.realpath(xdg)
+    if real in _SYSTEM_DIRS:
+        return ()
+    try:
+        st = os.stat(real)
+    except OSError:
+        return ()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        return ()
+    return (real,)
+
+
 def hidden_dirs(home: str | None = None, *, share_home: bool = False) -> tuple[str, ...]:
     """Host directories a sandbox with its own mounts does not see (fresh and empty
-    inside): the private ones, and unless ``share_home``, every home (and ``home``)."""
+    inside): the private ones, and unless ``share_home``, every home (and ``home``) and
+    the session's runtime directory, wherever it is."""
     if share_home:
         return PRIVATE_DIRS
-    return PRIVATE_DIRS + HOME_DIRS + user_homes(home)
+    return PRIVATE_DIRS + HOME_DIRS + user_homes(home) + private_runtime_dirs()
 
 
 def hidden_inside(path: str, *, share_home: bool = False) -> bool:
@@ -405,6 +435,17 @@ def python_environment_binds() -> tuple[Bind, ...]:
 # A home shown as the notebook's directory costs one mount per entry (see
 # Bind.fixed_top_level): more than this is refused with a note.
 MAX_FIXED_ENTRIES = 1000
+# Top-level directories of a home that hold other programs' homes, dot-files and all:
+# each snap's $HOME is ~/snap/<app>/<revision> (Ubuntu's Firefox and Chromium profiles,
+# the gh and doctl tokens). Private in a home shown as the notebook's directory, as a
+# dot-entry is (15th red-team pass).
+APP_HOMES_IN_A_HOME = frozenset({"snap"})
+
+
+def private_in_a_home(name: str) -> bool:
+    """Whether the top-level entry ``name`` of a home shown as the notebook's directory
+    is private inside (empty): settings, keys and tokens live there."""
+    return name.startswith(".") or name in APP_HOMES_IN_A_HOME
 
 
 def notebook_dir_binds(
@@ -418,9 +459,9 @@ def notebook_dir_binds(
 
     - ``cwd`` is the home itself (a notebook in ~, JupyterHub's default): its top level
       as it is at start, without its dot-files and dot-directories, where settings, keys
-      and tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...): see
-      ``Bind.fixed_top_level``. The paths returned to hide are those dot-entries (what
-      the caller must not look for code in);
+      and tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...), nor
+      other programs' homes (``snap``): see ``Bind.fixed_top_level``. The paths returned
+      to hide are those entries (what the caller must not look for code in);
     - ``cwd`` holds a home (``/home``, ``/``): not bound; the note says why.
     """
     home = home if home is not None else os.path.expanduser("~")
@@ -441,7 +482,7 @@ def notebook_dir_binds(
                     "(or --bind/--ro-bind what the code needs)"
                 )
                 return [], (), note
-            dots = sorted(e for e in entries if e.startswith("."))
+            dots = sorted(e for e in entries if private_in_a_home(e))
             bind = Bind(cwd, cwd, readonly, fixed_top_level=True)
             return [bind], tuple(os.path.join(cwd, d) for d in dots), None
         if holds_a_home(cwd, home):

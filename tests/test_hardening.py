@@ -660,6 +660,80 @@ def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path
     assert not (home / ".ssh" / "planted").exists()
 
 
+def test_other_programs_homes_in_the_home_are_as_private_as_its_dot_files(tmp_path):
+    """Each snap keeps its $HOME, dot-files and all, under ~/snap/<app>/ (Ubuntu's
+    Firefox and Chromium profiles, the gh token): a non-dot entry, so a cell whose
+    notebook is kept in the home read the browsers' saved passwords (15th red-team
+    pass). ~/snap is private there, as a dot-entry is."""
+    home = _home_with_secrets(tmp_path)
+    profile = home / "snap" / "firefox" / "common" / ".mozilla"
+    profile.mkdir(parents=True)
+    (profile / "logins.json").write_text("SAVED PASSWORDS\n")
+    for p in (home / "snap", home / "snap" / "firefox", profile.parent, profile):
+        os.chmod(p, 0o777)
+    os.chmod(profile / "logins.json", 0o666)
+    look = (
+        "import json, os\n"
+        "home = os.environ['HOME']\n"
+        "found = {'listing': sorted(os.listdir(home)), 'snap': os.listdir(home + '/snap')}\n"
+        "try:\n"
+        "    found['logins'] = open(home + '/snap/firefox/common/.mozilla/logins.json').read()\n"
+        "except OSError as e:\n"
+        "    found['logins'] = e.strerror\n"
+        "print(json.dumps(found))\n"
+    )
+    with _plain_kernel_in(home) as kc:
+        res = execute(kc, "%%sandbox\n" + look)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    assert "snap" in seen["listing"] and "notes.txt" in seen["listing"], seen
+    assert seen["snap"] == [] and seen["logins"] == "No such file or directory", seen
+
+
+def test_a_bind_of_an_entry_of_the_home_is_the_bind_asked_for(tmp_path):
+    """`%%sandbox --bind ./work` in a notebook kept in the home was silently read-only:
+    the home's own read-only bind of the entry landed on top of the one asked for (15th
+    red-team pass). The caller's bind is the one the entry gets."""
+    home = _home_with_secrets(tmp_path)
+    (home / "work").mkdir(mode=0o777)
+    os.chmod(home / "work", 0o777)
+    write = (
+        "import os\n"
+        "with open(os.path.join(os.environ['HOME'], 'work', 'out.txt'), 'w') as f:\n"
+        "    f.write('written inside')\n"
+    )
+    with _plain_kernel_in(home) as kc:
+        res = execute(kc, "%%sandbox --bind ./work\n" + write)
+        assert res.status == "ok", res.error_text
+        res = execute(kc, "%%sandbox\n" + write)
+        assert res.status == "error" and "Read-only file system" in res.error_text
+    assert (home / "work" / "out.txt").read_text() == "written inside"
+
+
+@pytest.mark.root
+def test_a_cell_whose_notebook_is_in_roots_home_starts_there_and_sees_no_dot_files():
+    """A container's Jupyter runs as root in /root. /root was not taken for a home (it
+    is one of the directories masked whole), so it was bound whole: as root the cell did
+    not start (sandbox root may not enter host root's 0700 home), and as root of a
+    rootless container it would have seen every dot-file (15th red-team pass)."""
+    from pathlib import Path
+
+    look = (
+        "import json, os\n"
+        "dots = [n for n in os.listdir('.') if n.startswith('.')]\n"
+        "full = [n for n in dots if os.path.isdir(n) and os.listdir(n)]\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'dots': dots, 'full': full}))\n"
+    )
+    host_dots = {n for n in os.listdir("/root") if n.startswith(".")}
+    with _plain_kernel_in(Path("/root")) as kc:
+        res = execute(kc, "%%sandbox\n" + look)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    # Every dot-entry there is shown as a private, empty one.
+    assert seen["cwd"] == "/root" and seen["full"] == [], seen
+    assert host_dots <= set(seen["dots"]), seen
+
+
 LOOK_AGAIN = r"""
 import json, os
 home = os.environ["HOME"]

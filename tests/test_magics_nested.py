@@ -94,3 +94,52 @@ def test_the_server_ends_with_the_sandboxed_kernel(tmp_path_factory):
     # Everything of the kernel, the server and its sandboxes included, lived under the
     # launcher; the leak check at session end also looks for any tagged process.
     assert wait_gone(launcher)
+
+
+def test_a_nested_cell_never_reaches_the_kernels_own_files_under_any_runtime_base(
+    tmp_path_factory, monkeypatch
+):
+    """The kernel's connection file (its key) and sockets are bound into its sandbox at
+    their host paths, under nskernel's runtime base. A %%sandbox cell nested in the
+    kernel covered only the bases its own environment named (/tmp, /run/user): with the
+    base elsewhere ($XDG_RUNTIME_DIR=/var/tmp/..., as some sites set it), the cell read
+    the kernel's key, connected to its shell socket and ran code in the kernel, outside
+    its own sandbox (15th red-team pass, root and rootless)."""
+    import os
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="nsk-xrt-", dir="/var/tmp")  # 0700, ours: private
+    monkeypatch.setenv("XDG_RUNTIME_DIR", base)
+    look = (
+        "import glob, json, os\n"
+        f"base = {base!r}\n"
+        "files = glob.glob(base + '/**/kernel.json', recursive=True)\n"
+        "socks = glob.glob(base + '/**/sock/*', recursive=True)\n"
+        "print(json.dumps({'files': files, 'socks': socks}))"
+    )
+    kernels = install_kernelspecs(tmp_path_factory.mktemp("prefix3"))
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
+    km = KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=ksm)
+    try:
+        km.start_kernel(cwd=str(tmp_path_factory.mktemp("nb3")))
+        assert km.provisioner.kernel_dir.startswith(base + "/")
+        kc = km.client()
+        kc.start_channels()
+        try:
+            kc.wait_for_ready(timeout=60)
+            own = json.loads(execute(kc, look).stdout)
+            assert own["files"] and own["socks"], own  # the kernel sees its own: the look works
+            assert execute(kc, "%load_ext nskernel").status == "ok"
+            for cell in ("%%sandbox\n", "%%sandbox --name nested-look\n"):
+                res = execute(kc, cell + look)
+                assert res.status == "ok", res.error_text
+                assert json.loads(res.stdout) == {"files": [], "socks": []}, res.stdout
+            execute(kc, "%sandbox rm nested-look")
+        finally:
+            kc.stop_channels()
+    finally:
+        if km.has_kernel:
+            km.shutdown_kernel(now=False)
+        shutil.rmtree(base, ignore_errors=True)
+    assert not os.path.exists(base)

@@ -830,3 +830,43 @@ def test_a_bind_of_tmp_itself_shows_the_hosts_tmp(option):
             if os.path.lexists(path):
                 os.unlink(path)
         os.rmdir(secret)
+
+
+def test_the_sessions_runtime_directory_is_hidden_wherever_it_is():
+    """$XDG_RUNTIME_DIR holds the session's sockets (D-Bus, whose systemd --user starts
+    commands on the host; ssh-agent, gpg-agent). Only /run/user was hidden: with the
+    variable elsewhere (/var/tmp/..., as some sites set it), every sandbox connected to
+    them (15th red-team pass). A private one (0700, the user's) is hidden wherever it is."""
+    import shutil
+    import tempfile
+
+    from tests.conftest import nskernel_cmd
+
+    base = tempfile.mkdtemp(prefix="nsk-xrt-", dir="/var/tmp")  # 0700, ours
+    bus = os.path.join(base, "bus")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(bus)
+        listener.listen(1)
+        os.chmod(bus, 0o777)
+        probe = (
+            "import os, socket, sys\n"
+            f"print(sorted(os.listdir({base!r})))\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({bus!r}); print('connected')\n"
+            "except OSError as e:\n    print(e.strerror)\n"
+        )
+        env = {**os.environ, "XDG_RUNTIME_DIR": base}
+        res = subprocess.run(
+            [*nskernel_cmd("run", "--"), sys.executable, "-I", "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd="/",
+        )
+        assert res.returncode == 0, res
+        assert res.stdout == "[]\nNo such file or directory\n", res
+    finally:
+        listener.close()
+        shutil.rmtree(base, ignore_errors=True)

@@ -385,6 +385,8 @@ def _start(
                     linkers.append(linker)
             copy = dirs.share("kernel.json", json.dumps(connection, indent=1).encode())
             argv = [copy if a == args.connection_file else a for a in argv]
+        # Sandboxes made inside the kernel cover this base too (see the variable).
+        env[paths.RUNTIME_BASE_ENV] = os.path.dirname(os.path.dirname(dirs.kernel_dir))
         env[HOST_FACTS_ENV] = os.path.join(dirs.shared, "host.json")
         env[SANDBOX_FACTS_ENV] = os.path.join(dirs.shared, "sandbox.json")
     binds: list[Bind] = []

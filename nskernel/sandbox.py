@@ -736,9 +736,10 @@ def _fixed_top_levels(
     a regular file whose name does not start with "." is bound on its own (what is
     below it stays live), unless the caller binds that path itself; a link is made
     again inside with the same text, so it leads where it would have led (a link to
-    ~/.ssh reaches the private, empty one); a dot-entry, or a directory of other
-    programs' homes (``spec.private_in_a_home``: ~/snap), gets a private, empty
-    directory or file in its place; anything else (a socket, a FIFO) is left out. The
+    ~/.ssh reaches the private, empty one); a dot-entry (a link too), a directory of
+    other programs' homes (``spec.private_in_a_home``: ~/snap), or one a dot-link leads
+    into (``_led_to_by_dot_links``: ~/dotfiles), gets a private, empty directory or file
+    in its place; anything else (a socket, a FIFO) is left out. The
     directory itself is a fresh tmpfs, made read-only once all that is in it: a file
     the host makes there later, dot-file or not, does not appear, and what the sandbox
     writes there fails instead of being lost.
@@ -771,13 +772,17 @@ def _fixed_top_levels(
                 step="list the notebook's directory",
                 hint="Keep notebooks in a directory of their own.",
             )
+        private = {e.name for e in entries if private_in_a_home(e.name)}
+        private |= _led_to_by_dot_links(entries, b.source)
         for e in entries:
             try:
                 dst = os.path.join(b.dest, e.name)
-                if e.is_symlink():
+                if e.name in private:
+                    # A link too (dotfile managers make ~/.ssh -> dotfiles/ssh): made
+                    # again, it would lead to the secrets it names (15th red-team pass).
+                    (dirs if _is_dir_or_link_to_one(e) else files).append(e.name)
+                elif e.is_symlink():
                     links.append((e.name, os.readlink(e.path)))
-                elif private_in_a_home(e.name):
-                    (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
                 elif dst in explicit:
                     continue  # its mount point is made in the tmpfs like any bind's
                 elif e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False):
@@ -787,6 +792,36 @@ def _fixed_top_levels(
         hide += [os.path.join(b.dest, n) for n in (*dirs, *files)]
         fixed.append(mntns.FixedDir(b.dest, tuple(dirs), tuple(files), tuple(links)))
     return tuple(out), tuple(fixed), tuple(hide)
+
+
+def _led_to_by_dot_links(entries: list[os.DirEntry[str]], directory: str) -> set[str]:
+    """The top-level entries of ``directory`` (a home) that one of its dot-links leads
+    into: ``.ssh -> dotfiles/ssh`` (GNU stow, yadm, home-manager) keeps the keys in
+    ``dotfiles``, which is then as private as ``.ssh``. Only the link's own text is read
+    (it is the home's, as the host made it); where it leads outside the home is the
+    host's filesystem, readable or not as any other place outside the homes."""
+    found: set[str] = set()
+    prefix = directory.rstrip("/") + "/"
+    for e in entries:
+        if not e.name.startswith(".") or not e.is_symlink():
+            continue
+        try:
+            text = os.readlink(e.path)
+        except OSError:
+            continue
+        target = os.path.normpath(os.path.join(directory, text))
+        if target.startswith(prefix):
+            found.add(target[len(prefix) :].split("/")[0])
+    return found
+
+
+def _is_dir_or_link_to_one(entry: os.DirEntry[str]) -> bool:
+    """Whether a private stand-in for ``entry`` is a directory (else an empty file): a
+    link is looked through (a stat, nothing is opened); a dangling one is a file."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple[str, ...]:

@@ -399,6 +399,24 @@ def make_limits(
     return Limits(memory=mem, pids=n, cpus=c)
 
 
+def too_broad_to_bind(path: str) -> bool:
+    """Whether binding ``path`` whole would undo what hides the homes: a home (its
+    dot-files are the secrets), a directory holding homes (``/``, ``/home``), a home's
+    top-level dot-directory (``~/.local``: the Jupyter server's token, keyrings), the
+    session's runtime directory. Python environments found there are bound by a
+    narrower path, or not at all (15th red-team pass: ``PYTHONPATH=$HOME``, a kernelspec
+    whose Python is ``~/.local/bin/python3.12``)."""
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    home = os.environ.get("HOME")  # as ``hidden_inside`` has it: the one masked
+    return (
+        is_a_home(real, home)
+        or holds_a_home(real, home)
+        or (os.path.basename(real).startswith(".") and is_a_home(parent, home))
+        or any(real == d or d.startswith(real.rstrip("/") + "/") for d in private_runtime_dirs())
+    )
+
+
 def python_environment_binds() -> tuple[Bind, ...]:
     """Read-only binds that keep this Python's modules importable inside a sandbox.
 
@@ -407,7 +425,9 @@ def python_environment_binds() -> tuple[Bind, ...]:
     runner started inside could no longer import what the host side just imported.
     As the host's root, the same goes for one under a directory that sandbox root (an
     unprivileged host uid) cannot enter, such as /root: bound in, it becomes reachable
-    (see ``Sandbox.spawn``, which lays a skeleton over that directory).
+    (see ``Sandbox.spawn``, which lays a skeleton over that directory). An entry that is
+    :func:`too_broad_to_bind` (``PYTHONPATH=$HOME``) is left out: modules kept at the top
+    of a home are not importable inside, as the rest of the home is not visible.
     """
     paths = list(sys.path)
     # `python -m` and `-c` put the working directory first: that is the caller's
@@ -427,7 +447,9 @@ def python_environment_binds() -> tuple[Bind, ...]:
     tops: list[str] = []
     for p in hidden:
         unreachable = hidden_inside(p) or (as_root and blocked_ancestor(p) is not None)
-        if unreachable and not any(p == t or p.startswith(t + "/") for t in tops):
+        if not unreachable or any(p == t or p.startswith(t + "/") for t in tops):
+            continue
+        if not too_broad_to_bind(p):
             tops.append(p)
     return tuple(Bind(p, p, readonly=True) for p in tops)
 

@@ -44,7 +44,7 @@ from .spec import (
     access_bits,
     blocked_ancestor,
     format_size,
-    hidden_inside,
+    hidden_dirs,
     private_in_a_home,
     private_runtime_dirs,
     user_homes,
@@ -706,7 +706,15 @@ def _masks(
     state: tuple[str, ...],
 ) -> tuple[str, ...]:
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
-    wanted = list(_masked_state_dirs(state))
+    # What ``hidden_inside`` looks at, computed once: each call resolves every home's
+    # real path (~80 µs), and a spawn asked it for every runtime directory.
+    hidden = hidden_dirs(os.environ.get("HOME"))
+    # nskernel's runtime directories hold other kernels' socket directories and
+    # connection files (with their keys): under /tmp they are hidden anyway (private
+    # /tmp), elsewhere ($XDG_RUNTIME_DIR) they would be visible read-only. By real path
+    # (``runtime_dirs_to_hide`` gives them so): a base reached through a link into a
+    # visible place is masked where it really is (14th red-team pass).
+    wanted = [d for d in state if not _within_any(d, hidden)]
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
@@ -844,16 +852,8 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
     return tuple(out)
 
 
-def _masked_state_dirs(state: tuple[str, ...]) -> tuple[str, ...]:
-    """nskernel's per-user runtime directory, hidden inside every sandbox with mounts.
-
-    It holds other kernels' socket directories and connection files (with their keys):
-    a sandbox must not read them. Under /tmp it is hidden anyway (private /tmp); under
-    $XDG_RUNTIME_DIR it would be visible read-only without this mask.
-    """
-    # By real path (runtime_dirs_to_hide gives them so): a base reached through a link
-    # into a visible place is masked where it really is (14th red-team pass).
-    return tuple(d for d in state if not hidden_inside(d))
+def _within_any(path: str, dirs: tuple[str, ...]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
 def _skeletons_for_binds(

@@ -403,14 +403,16 @@ def too_broad_to_bind(path: str) -> bool:
     """Whether binding ``path`` whole would undo what hides the homes: a home (its
     dot-files are the secrets), a directory holding homes (``/``, ``/home``), a home's
     top-level dot-directory (``~/.local``: the Jupyter server's token, keyrings), the
-    session's runtime directory. Python environments found there are bound by a
+    session's runtime directory, the host's /tmp or /dev/shm themselves (every user's
+    files and sockets there: X11's, agents'). Python environments found there are bound by a
     narrower path, or not at all (15th red-team pass: ``PYTHONPATH=$HOME``, a kernelspec
     whose Python is ``~/.local/bin/python3.12``)."""
     real = os.path.realpath(path)
     parent = os.path.dirname(real)
     home = os.environ.get("HOME")  # as ``hidden_inside`` has it: the one masked
     return (
-        is_a_home(real, home)
+        real in PRIVATE_DIRS
+        or is_a_home(real, home)
         or holds_a_home(real, home)
         or (os.path.basename(real).startswith(".") and is_a_home(parent, home))
         or any(real == d or d.startswith(real.rstrip("/") + "/") for d in private_runtime_dirs())

@@ -486,12 +486,21 @@ def notebook_dir_binds(
       and tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...), nor
       other programs' homes (``snap``): see ``Bind.fixed_top_level``. The paths returned
       to hide are those entries (what the caller must not look for code in);
-    - ``cwd`` holds a home (``/home``, ``/``): not bound; the note says why.
+    - ``cwd`` holds a home (``/home``, ``/``), or is the host's /tmp or /dev/shm: not
+      bound; the note says why.
     """
     home = home if home is not None else os.path.expanduser("~")
     cwd = os.path.normpath(cwd)
     if cwd == "/":
         return [], (), None
+    if os.path.realpath(cwd) in PRIVATE_DIRS:
+        note = (
+            f"the notebook's directory {cwd} is the host's shared temporary directory "
+            "(every user's files and sockets), so it is not made reachable inside: the "
+            "sandbox gets a private, writable one there; keep notebooks in a directory "
+            "of their own (or --bind/--ro-bind what the code needs)"
+        )
+        return [], (), note
     if home and os.path.isabs(home) and home != "/":
         if is_a_home(cwd, home):  # the caller's or another person's, by its real path
             try:

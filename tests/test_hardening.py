@@ -763,6 +763,34 @@ def test_a_home_on_the_python_path_is_not_bound_into_cells(tmp_path):
     assert seen["key"] == "No such file or directory", seen
 
 
+def test_a_notebook_kept_in_tmp_gets_a_private_tmp_not_the_hosts(tmp_path):
+    """A notebook directory is bound read-only into cells; /tmp itself is every user's
+    (their files, X11's and agents' sockets): a cell whose notebook lives there runs in
+    its private home, with a private, writable /tmp, and a note says why."""
+    import tempfile
+
+    fd, marker = tempfile.mkstemp(prefix="nsk-host-only-", dir="/tmp")
+    os.close(fd)
+    os.chmod(marker, 0o644)
+    look = (
+        "import json, os\n"
+        f"seen = os.path.exists({marker!r})\n"
+        "open('/tmp/written-inside', 'w').close()\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'home': os.environ['HOME'], 'seen': seen}))\n"
+    )
+    try:
+        with kernel() as (_km, kc):
+            execute(kc, "import os\nos.chdir('/tmp')\n%load_ext nskernel")
+            res = execute(kc, "%%sandbox\n" + look)
+            assert res.status == "ok", res.error_text
+            seen = res.json_line()
+            assert "shared temporary directory" in res.stderr, res.stderr
+    finally:
+        os.unlink(marker)
+    assert seen["seen"] is False and seen["cwd"] == seen["home"], seen
+    assert not os.path.exists("/tmp/written-inside")
+
+
 def test_a_bind_of_an_entry_of_the_home_is_the_bind_asked_for(tmp_path):
     """`%%sandbox --bind ./work` in a notebook kept in the home was silently read-only:
     the home's own read-only bind of the entry landed on top of the one asked for (15th

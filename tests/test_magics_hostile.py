@@ -14,6 +14,7 @@ import base64
 import html.parser
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -1169,6 +1170,7 @@ def test_a_writable_bind_over_other_code_places_is_refused(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+        shutil.rmtree(tmp_path / "repo")  # a .git left under /tmp: --bind /tmp is refused
 
 
 PLANT_GIT = """\
@@ -1246,27 +1248,30 @@ def test_a_git_repository_below_a_writable_binds_top_is_refused(tmp_path, nsk):
         "open(p, 'w').write('#!/bin/sh\\necho PLANTED-HOOK\\n'); os.chmod(p, 0o755)\n"
         "print('ran')"
     )
-    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir))
     try:
-        assert execute(kc, "%load_ext nskernel").status == "ok"
-        res = execute(kc, f"%%sandbox --bind {src}\n{plant}")
-        assert res.status == "error" and "ran" not in res.stdout, res.stdout
-        repos = [f"holds a git repository ({src / p / '.git'})" for p in ("foo", "bar/lib/sub")]
-        assert any(r in res.error_text for r in repos), res.error_text
-        assert f"--ro-bind {src}" in res.error_text
-        res = execute(kc, f"%%sandbox --bind {src / 'bar'}\nprint('ran')")
-        assert res.status == "error" and str(src / "bar" / "lib" / "sub" / ".git") in (
-            res.error_text
-        ), res.error_text
-        out = src / "data" / "out"
-        res = execute(kc, f"%%sandbox --bind {src / 'data'}\nopen('{out}/x', 'w').write('x')")
-        assert res.status == "ok", res.error_text
-        assert (out / "x").read_text() == "x"
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
-    assert list(hooks.iterdir()) == []
-    r = nsk("run", "--bind", str(src), "--", sys.executable, "-c", plant)
-    assert r.returncode == 2 and "ran" not in r.stdout, (r.stdout, r.stderr)
-    assert any(repo in r.stderr for repo in repos), r.stderr
-    assert list(hooks.iterdir()) == []
+        km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir))
+        try:
+            assert execute(kc, "%load_ext nskernel").status == "ok"
+            res = execute(kc, f"%%sandbox --bind {src}\n{plant}")
+            assert res.status == "error" and "ran" not in res.stdout, res.stdout
+            repos = [f"holds a git repository ({src / p / '.git'})" for p in ("foo", "bar/lib/sub")]
+            assert any(r in res.error_text for r in repos), res.error_text
+            assert f"--ro-bind {src}" in res.error_text
+            res = execute(kc, f"%%sandbox --bind {src / 'bar'}\nprint('ran')")
+            assert res.status == "error" and str(src / "bar" / "lib" / "sub" / ".git") in (
+                res.error_text
+            ), res.error_text
+            out = src / "data" / "out"
+            res = execute(kc, f"%%sandbox --bind {src / 'data'}\nopen('{out}/x', 'w').write('x')")
+            assert res.status == "ok", res.error_text
+            assert (out / "x").read_text() == "x"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        assert list(hooks.iterdir()) == []
+        r = nsk("run", "--bind", str(src), "--", sys.executable, "-c", plant)
+        assert r.returncode == 2 and "ran" not in r.stdout, (r.stdout, r.stderr)
+        assert any(repo in r.stderr for repo in repos), r.stderr
+        assert list(hooks.iterdir()) == []
+    finally:  # a .git left under /tmp would make a later --bind /tmp refused
+        shutil.rmtree(src)

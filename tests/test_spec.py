@@ -154,6 +154,20 @@ def test_root_cannot_bind_its_system_program_directories_writable(monkeypatch):
     assert writable_bind_over_code([Bind("/usr/local/bin", "/x", True)], code_places, "it") is None
 
 
+@pytest.fixture
+def scratch(tmp_path):
+    """tmp_path, emptied afterwards: a .git left under /tmp would make a later writable
+    bind of /tmp (another test's, or a user's) refused."""
+    import shutil
+
+    yield tmp_path
+    for p in tmp_path.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
 def _tree(top, dirs: int, files_per_dir: int) -> None:
     for i in range(dirs):
         d = top / f"d{i // 10}" / f"e{i}"
@@ -165,11 +179,11 @@ def _tree(top, dirs: int, files_per_dir: int) -> None:
 @pytest.mark.parametrize(
     "git", ["a/.git", "a/b/c/d/e/.git", "a/b/sub/.git"], ids=["depth1", "depth5", "submodule"]
 )
-def test_a_git_repository_anywhere_below_a_writable_bind_is_refused(tmp_path, git):
+def test_a_git_repository_anywhere_below_a_writable_bind_is_refused(scratch, git):
     """`--bind ~/src` holding ~/src/foo/.git: the sandbox could rewrite foo/.git/config
     (core.fsmonitor, core.pager) or a hook, which the user's next `git status` there runs.
     A submodule's or worktree's .git is a file naming where git reads its config."""
-    src = tmp_path / "src"
+    src = scratch / "src"
     target = src / git
     target.parent.mkdir(parents=True)
     if git.endswith("sub/.git"):
@@ -182,17 +196,17 @@ def test_a_git_repository_anywhere_below_a_writable_bind_is_refused(tmp_path, gi
     assert _refusal(src / "b" / "c") is None  # a subdirectory beside the repository is fine
 
 
-def test_the_git_walk_follows_no_link(tmp_path):
+def test_the_git_walk_follows_no_link(scratch):
     """A link to a repository is not a repository inside the bind (the sandbox sees a link
     it cannot follow out of the bind), and the walk must not be led elsewhere by one."""
     from nskernel.spec import git_below
 
-    (tmp_path / "repo" / ".git").mkdir(parents=True)
-    src = tmp_path / "src"
+    (scratch / "repo" / ".git").mkdir(parents=True)
+    src = scratch / "src"
     src.mkdir()
-    (src / "link").symlink_to(tmp_path / "repo")
+    (src / "link").symlink_to(scratch / "repo")
     assert git_below(str(src)) is None
-    assert git_below(str(tmp_path)) == str(tmp_path / "repo" / ".git")
+    assert git_below(str(scratch)) == str(scratch / "repo" / ".git")
 
 
 ANOTHER_FS = """
@@ -207,7 +221,7 @@ print(git_below(src))
 """
 
 
-def test_the_git_walk_looks_only_at_the_top_of_another_filesystem(tmp_path):
+def test_the_git_walk_looks_only_at_the_top_of_another_filesystem(scratch):
     """A dataset or network share mounted below a bind is not walked (it must not make
     every cell slow); a .git at its top is still found. Run in a user and mount namespace
     of its own (unshare -Urm), root or not."""
@@ -217,7 +231,7 @@ def test_the_git_walk_looks_only_at_the_top_of_another_filesystem(tmp_path):
 
     if not shutil.which("unshare"):
         pytest.skip("unshare(1) (util-linux) is not installed")
-    src = tmp_path / "src"
+    src = scratch / "src"
     (src / "mnt").mkdir(parents=True)
     r = subprocess.run(
         ["unshare", "-Urm", sys.executable, "-c", ANOTHER_FS, str(src)],
@@ -229,22 +243,22 @@ def test_the_git_walk_looks_only_at_the_top_of_another_filesystem(tmp_path):
     assert r.stdout.split() == ["None", str(src / "mnt" / ".git")]
 
 
-def test_the_git_walk_has_a_budget_and_a_tree_beyond_it_is_refused(tmp_path):
+def test_the_git_walk_has_a_budget_and_a_tree_beyond_it_is_refused(scratch):
     """What cannot be looked through is not handed to a sandbox to write: the message
     says how many entries and what to bind instead."""
     from nskernel.spec import GIT_WALK_BUDGET, GitWalkTooBig, git_below
 
-    src = tmp_path / "big"
+    src = scratch / "big"
     _tree(src, 100, 10)  # 1,100 entries
     assert git_below(str(src)) is None
     with pytest.raises(GitWalkTooBig, match="more than 500 entries"):
         git_below(str(src), budget=500)
     assert GIT_WALK_BUDGET >= 10_000
-    deep = tmp_path / "deep" / "/".join("d" * 10)
+    deep = scratch / "deep" / "/".join("d" * 10)
     deep.mkdir(parents=True)
-    assert git_below(str(tmp_path / "deep")) is None
+    assert git_below(str(scratch / "deep")) is None
     with pytest.raises(GitWalkTooBig, match="more than 5 levels"):
-        git_below(str(tmp_path / "deep"), depth=5)
+        git_below(str(scratch / "deep"), depth=5)
 
 
 def test_a_writable_bind_too_big_to_look_through_is_refused_and_says_what_to_do(

@@ -200,14 +200,14 @@ def path_code_places(path: str | None = None) -> list[tuple[str, str]]:
     places: list[tuple[str, str]] = []
     for entry in entries:
         if os.path.isabs(entry):
-            places.append((os.path.normpath(entry), f"{ON_PATH}: programs it runs by name"))
+            places.append((os.path.normpath(entry), ON_PATH))
         elif cwd is not None:
             why = f"{ON_PATH} as {entry or '(empty)'!r}, relative to where it runs"
             places.append((os.path.normpath(os.path.join(cwd, entry)), why))
     for d in PROFILE_BIN_DIRS:
         full = os.path.expanduser(d)
         if os.path.isabs(full):
-            places.append((full, f"{ON_PATH} of your login shell ({d}, from ~/.profile)"))
+            places.append((full, f"{ON_PATH} of a login shell: {d}, from ~/.profile"))
     return places
 
 
@@ -359,10 +359,11 @@ def writable_bind_over_code(
                 continue
             if why.startswith(ON_PATH):
                 return (
-                    f"--bind {src}: {who} runs programs from {place} ({why}), so a program "
-                    "a sandbox put there (a `git`, a `pip`) would run outside any sandbox "
-                    f"the next time it, or your shell, runs that name. {advice}, or a "
-                    "directory that is not on PATH"
+                    f"--bind {src}: {who}, or your shell, runs programs from {place} ({why}), "
+                    "so a program a sandbox put there (a `git`, a `pip`) would run outside "
+                    "any sandbox the next time either runs that name. Use --ro-bind "
+                    f"{src}, or bind a directory that is not on PATH and holds none for "
+                    "what the sandbox writes (e.g. --bind ./output)"
                 )
             return (
                 f"--bind {src}: {who} imports code from {place} ({why}), so code a "

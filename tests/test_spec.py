@@ -198,13 +198,15 @@ def test_a_git_repository_anywhere_below_a_writable_bind_is_refused(scratch, git
 
 def test_the_git_walk_follows_no_link(scratch):
     """A link to a repository is not a repository inside the bind (the sandbox sees a link
-    it cannot follow out of the bind), and the walk must not be led elsewhere by one."""
+    it cannot follow out of the bind), and the walk must not be led elsewhere by one, nor
+    wait on a FIFO."""
     from nskernel.spec import git_below
 
     (scratch / "repo" / ".git").mkdir(parents=True)
     src = scratch / "src"
     src.mkdir()
     (src / "link").symlink_to(scratch / "repo")
+    os.mkfifo(src / "fifo")  # never opened: the walk must not block on what a sandbox made
     assert git_below(str(src)) is None
     assert git_below(str(scratch)) == str(scratch / "repo" / ".git")
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import mountinfo
 from ._linux import (
     confine,
     contain,
@@ -37,10 +38,12 @@ from .errors import (
 )
 from .paths import runtime_dirs_to_hide
 from .spec import (
+    _SYSTEM_DIRS,
     HOME_DIRS,
     MAX_FIXED_ENTRIES,
     Bind,
     SandboxSpec,
+    _holds_system,
     access_bits,
     blocked_ancestor,
     format_size,
@@ -203,7 +206,7 @@ class Sandbox:
                         (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
                         for i, b in enumerate(binds)
                     ),
-                    masks=_masks(spec, home, binds, plan_maps, state),
+                    masks=_masks(spec, home, binds, plan_maps, state, warnings),
                     home=home,
                     hide=tuple(
                         dict.fromkeys(spec.hide + fixed_hide + _state_under_binds(binds, state))
@@ -704,19 +707,36 @@ def _masks(
     binds: tuple[Bind, ...],
     plan_maps: userns.IdMapPlan | None,
     state: tuple[str, ...],
+    warnings: list[str],
 ) -> tuple[str, ...]:
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
     wanted = list(_masked_state_dirs(state))
+    hidden = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
         # reached through a symlink is masked where it really is (a mount onto the link
         # would follow it outside the new root). Never a symlink itself.
-        wanted += [
+        homes = [
             d
             for d in (*HOME_DIRS, *user_homes(home), *private_runtime_dirs())
             if os.path.isdir(d) and not os.path.islink(d)
         ]
+        wanted += homes
+        hidden += homes
+    # And wherever a bind mount shows them again (15th red-team pass, F7): by identity,
+    # from the host's mountinfo, read now; each alias checked to be a directory, not a
+    # link. A system directory or one holding this Python is never masked: what it
+    # shows of a home stays visible, and the sandbox's warnings say so.
+    for a in mountinfo.aliases(hidden):
+        if a.path in _SYSTEM_DIRS or _holds_system(a.path):
+            warnings.append(
+                f"{a.path} shows {a.of} again through a bind mount, and is not hidden "
+                "inside: it is a system directory or holds this Python. Unmount that "
+                "bind mount on the host, or mount it elsewhere, to keep it out of sandboxes."
+            )
+            continue
+        wanted.append(a.path)
     wanted += _skeletons_for_binds(binds, plan_maps)
     out: list[str] = []
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):

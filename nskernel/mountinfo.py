@@ -184,32 +184,41 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
     return list(out.values())
 
 
-def _same_dir(path: str, ref: os.stat_result | None) -> bool:
+def _kind(path: str, ref: os.stat_result | None) -> str | None:
+    """ "dir" or "file" for what is at ``path`` on the host, never following it; None
+    for a link (a mount onto it would follow it), anything else, or, given ``ref``, a
+    directory other than that one."""
     try:
         st = os.lstat(path)
     except OSError:
-        return False
-    if not stat.S_ISDIR(st.st_mode):
-        return False  # a link (a mount onto it would follow it) or a file: not this
-    return ref is None or (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
+        return None
+    if ref is not None:
+        same = (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
+        return "dir" if same and stat.S_ISDIR(st.st_mode) else None
+    if stat.S_ISDIR(st.st_mode):
+        return "dir"
+    return "file" if stat.S_ISREG(st.st_mode) else None
 
 
-def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> list[Alias]:
+def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> tuple[list[str], list[str]]:
     """The aliases of ``paths`` (host directories, absolute, no links) on this host now,
-    each checked: a directory, not a link, and (unless it shows only a part) the very
-    directory it stands for. Empty when mountinfo cannot be read (no /proc: then no
-    sandbox with mounts can be made either)."""
+    as (directories, files), each checked on the host: never a link, and a directory
+    that shows a whole masked directory must be that very directory (``st_dev`` and
+    ``st_ino``). A file is a bind mount of one file from a masked directory (a key bound
+    elsewhere). Empty when mountinfo cannot be read (no /proc: no sandbox with mounts
+    can be made then either)."""
     paths = [os.path.normpath(p) for p in paths]
     try:
         with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
             text = f.read()
     except OSError:
-        return []
-    out = []
+        return [], []
+    dirs: list[str] = []
+    files: list[str] = []
     refs: dict[str, os.stat_result | None] = {}
     for a in alias_candidates(parse(text), paths):
         if a.whole:
-            ok = _same_dir(a.path, None)
+            kind = _kind(a.path, None)
         else:
             if a.of not in refs:
                 try:
@@ -217,7 +226,9 @@ def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> list[Alias]:
                 except OSError:
                     refs[a.of] = None
             ref = refs[a.of]
-            ok = ref is not None and _same_dir(a.path, ref)
-        if ok:
-            out.append(a)
-    return out
+            kind = _kind(a.path, ref) if ref is not None else None
+        if kind == "dir":
+            dirs.append(a.path)
+        elif kind == "file":
+            files.append(a.path)
+    return dirs, files

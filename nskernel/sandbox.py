@@ -198,6 +198,7 @@ class Sandbox:
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
                 state = tuple(runtime_dirs_to_hide())  # looked at (and made) once per sandbox
+                masks, aliased_files = _masks(spec, home, binds, plan_maps, state, warnings)
                 mounts = mntns.MountPlan(
                     fresh_proc="pid" in namespaces,
                     fresh_sys="net" in namespaces,
@@ -206,10 +207,15 @@ class Sandbox:
                         (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
                         for i, b in enumerate(binds)
                     ),
-                    masks=_masks(spec, home, binds, plan_maps, state, warnings),
+                    masks=masks,
                     home=home,
                     hide=tuple(
-                        dict.fromkeys(spec.hide + fixed_hide + _state_under_binds(binds, state))
+                        dict.fromkeys(
+                            spec.hide
+                            + fixed_hide
+                            + aliased_files
+                            + _state_under_binds(binds, state)
+                        )
                     ),
                     fixed=fixed,
                     degraded_ok=spec.allow_degraded,
@@ -708,8 +714,9 @@ def _masks(
     plan_maps: userns.IdMapPlan | None,
     state: tuple[str, ...],
     warnings: list[str],
-) -> tuple[str, ...]:
-    """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Host directories covered by an empty tmpfs inside, outermost first, no repeats;
+    and the files, bound from a home or runtime directory to another path, to hide."""
     wanted = list(_masked_state_dirs(state))
     hidden = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
     if not spec.share_home:
@@ -724,25 +731,26 @@ def _masks(
         ]
         wanted += homes
         hidden += homes
-    # And wherever a bind mount shows them again (15th red-team pass, F7): by identity,
-    # from the host's mountinfo, read now; each alias checked to be a directory, not a
-    # link. A system directory or one holding this Python is never masked: what it
-    # shows of a home stays visible, and the sandbox's warnings say so.
-    for a in mountinfo.aliases(hidden):
-        if a.path in _SYSTEM_DIRS or _holds_system(a.path):
+    # And wherever a bind mount shows them, or a part of them, again (15th red-team
+    # pass, F7): by identity, from the host's mountinfo as it is now (nothing cached: a
+    # mount made since the last sandbox counts). A system directory, or one holding
+    # this Python, is never masked: what it shows stays visible, and the warning says so.
+    alias_dirs, alias_files = mountinfo.aliases(hidden)
+    for d in alias_dirs:
+        if d in _SYSTEM_DIRS or _holds_system(d):
             warnings.append(
-                f"{a.path} shows {a.of} again through a bind mount, and is not hidden "
-                "inside: it is a system directory or holds this Python. Unmount that "
-                "bind mount on the host, or mount it elsewhere, to keep it out of sandboxes."
+                f"{d} shows a home or nskernel's runtime directory again through a bind "
+                "mount, and is not hidden inside: it is a system directory or holds this "
+                "Python. Unmount that bind mount on the host, or mount it elsewhere."
             )
             continue
-        wanted.append(a.path)
+        wanted.append(d)
     wanted += _skeletons_for_binds(binds, plan_maps)
     out: list[str] = []
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
             out.append(d)
-    return tuple(out)
+    return tuple(out), tuple(alias_files)
 
 
 def _fixed_top_levels(

@@ -311,3 +311,63 @@ def test_the_runtime_directory_is_hidden_where_a_bind_mount_shows_it(scratch: Pa
         # absent. Never the host's directory (nor EACCES from trying to enter it).
         assert r.stdout.strip() != f"{host.st_dev}:{host.st_ino}"
         assert r.returncode == 0 or "No such file or directory" in r.stderr, r.stderr
+
+
+# ------------------------------------------- end to end in a mount namespace of our own
+
+# For an unprivileged caller, who may not mount on the host: the bind mounts are made
+# in a user and mount namespace of the test's own (``unshare -Urm``), and `nskernel run`
+# makes its sandbox from there, as it would on a host with those mounts. There, as for a
+# rootless user anywhere, sandbox root is the caller: a mode does not hide anything.
+_RUN_IN_NS = r"""
+import json, os, subprocess, sys
+d, state = sys.argv[1], sys.argv[2]
+home, alias, tmp_alias = (os.path.join(d, n) for n in ("home", "alias", "tmp-alias"))
+subprocess.run(["mount", "--bind", home, alias], check=True)
+subprocess.run(["mount", "--bind", "/tmp", tmp_alias], check=True)
+shown = os.path.join(tmp_alias, os.path.relpath(state, "/tmp"))
+st = os.stat(shown)
+look = (
+    "import os, sys\n"
+    "try: key = open(sys.argv[1]).read()\n"
+    "except OSError as e: key = e.strerror\n"
+    "try: st = os.stat(sys.argv[2]); state = f'{st.st_dev}:{st.st_ino}'\n"
+    "except OSError as e: state = e.strerror\n"
+    "print(key.strip()); print(state)\n"
+)
+r = subprocess.run(
+    [sys.executable, "-m", "nskernel", "run", "--", sys.executable, "-c", look,
+     os.path.join(alias, ".ssh", "id_x"), shown],
+    capture_output=True, text=True, env={**os.environ, "HOME": home},
+)
+print(json.dumps({"rc": r.returncode, "out": r.stdout.splitlines(), "err": r.stderr,
+                  "host_state": f"{st.st_dev}:{st.st_ino}"}))
+"""
+
+
+@pytest.mark.userns
+def test_aliases_of_a_home_and_of_the_runtime_directory_in_a_namespace_of_our_own(
+    scratch: Path,
+) -> None:
+    home = _home_with_a_key(scratch)
+    state = [d for d in runtime_dirs_to_hide() if d.startswith("/tmp/")]
+    if not state:
+        pytest.skip("nskernel's runtime directory is not under /tmp here ($XDG_RUNTIME_DIR)")
+    for n in ("alias", "tmp-alias"):
+        (scratch / n).mkdir()
+    unshare = ["unshare", "-Urm", "--propagation", "private"]
+    r = subprocess.run(
+        [*unshare, sys.executable, "-c", _RUN_IN_NS, str(scratch), state[0]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["rc"] == 0, got["err"]
+    key, seen_state = got["out"]
+    assert home.joinpath(".ssh", "id_x").read_text() == "PRIVATE KEY\n"
+    assert key == "No such file or directory"
+    # Covered inside (a mount of its own over it, or over the private $XDG_RUNTIME_DIR
+    # holding it, which the test run has: then absent); never the host's directory.
+    assert seen_state != got["host_state"]

@@ -76,12 +76,17 @@ def unescape(field: str) -> str:
 
 def parse(text: str) -> list[Mount]:
     """The mounts of a mountinfo text, in its order (a mount after its parent)."""
+    # Per spawn, on every line (hundreds on a container host): kept to one split and
+    # one tuple per line (tuple.__new__ skips the NamedTuple constructor's Python code).
+    new = tuple.__new__
     out = []
     for line in text.splitlines():
         f = line.split(" ", 5)
         if len(f) < 6:
             continue  # not a mountinfo line
-        out.append(Mount(f[0], f[1], f[2], unescape(f[3]), unescape(f[4])))
+        if "\\" in line:
+            f[3], f[4] = unescape(f[3]), unescape(f[4])
+        out.append(new(Mount, f[:5]))
     return out
 
 
@@ -108,14 +113,16 @@ class _Tree:
     onto what is stacked on that, at the same mount point: only the top one shows)."""
 
     def __init__(self, mounts: Sequence[Mount]) -> None:
-        ids = {m.mount_id for m in mounts}
         self.children: dict[tuple[str, str], Mount] = {}
-        self.root: Mount | None = None
+        at_root: list[Mount] = []
         for m in mounts:
-            if m.parent_id in ids and m.parent_id != m.mount_id:
-                self.children[(m.parent_id, m.mount_point)] = m
-            elif m.mount_point == "/" and self.root is None:
-                self.root = m
+            self.children[(m[1], m[4])] = m  # (parent_id, mount_point)
+            if m[4] == "/":
+                at_root.append(m)
+        # The root mount: the one at / whose parent is not listed (not another mount at
+        # /, which it would be if it were stacked on that one).
+        ids = {m.mount_id for m in at_root}
+        self.root: Mount | None = next((m for m in at_root if m.parent_id not in ids), None)
 
     def resolve(self, path: str) -> Mount | None:
         cur = self.root
@@ -143,9 +150,6 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
     if not paths:
         return []
     tree = _Tree(mounts)
-    by_dev: dict[str, list[Mount]] = {}
-    for m in mounts:
-        by_dev.setdefault(m.dev, []).append(m)
     # (device, location in that file system, the host path that shows it, the mount
     # it is seen through)
     secrets: list[tuple[str, str, str, Mount]] = []
@@ -159,12 +163,17 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
         secrets.append((m.dev, _join(m.root, rest), p, m))
     covered = tuple(p.rstrip("/") + "/" for p in paths)
     for m in mounts:  # what is mounted below a masked path is masked with it
-        if m.mount_point.startswith(covered) and tree.resolve(m.mount_point) is m:
+        if m[4].startswith(covered) and tree.resolve(m[4]) is m:
             secrets.append((m.dev, m.root, m.mount_point, m))
+    devs = {s[0] for s in secrets}
+    by_dev: dict[str, list[Mount]] = {d: [] for d in devs}
+    for m in mounts:
+        if m[2] in devs:
+            by_dev[m[2]].append(m)
 
     out: dict[str, Alias] = {}
     for dev, loc, shown_at, seen_through in secrets:
-        for n in by_dev.get(dev, ()):
+        for n in by_dev[dev]:
             if n is seen_through or n.mount_point in paths:
                 continue
             if n.mount_point.startswith(covered):

@@ -371,3 +371,37 @@ def test_aliases_of_a_home_and_of_the_runtime_directory_in_a_namespace_of_our_ow
     # Covered inside (a mount of its own over it, or over the private $XDG_RUNTIME_DIR
     # holding it, which the test run has: then absent); never the host's directory.
     assert seen_state != got["host_state"]
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_an_alias_made_after_the_sandbox_started_does_not_reach_it(scratch: Path) -> None:
+    # Not masked (it did not exist when the masks were decided), and not needed: the
+    # sandbox's mount tree is private, so a mount made on the host later does not
+    # propagate into it. The sandbox says when it runs, and reads once the host has
+    # mounted: no sleeps.
+    home = _home_with_a_key(scratch)
+    alias = scratch / "alias"
+    alias.mkdir()
+    key = alias / ".ssh" / "id_x"
+    p = subprocess.Popen(
+        [*nskernel_cmd("run", "--"), "sh", "-c", f"echo ready; read x; cat {key}"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HOME": str(home)},
+    )
+    try:
+        assert p.stdout is not None and p.stdin is not None
+        assert p.stdout.readline() == "ready\n"
+        with _bound(home, alias):
+            assert key.read_text() == "PRIVATE KEY\n"  # on the host, now
+            out, err = p.communicate("go\n", timeout=60)
+        assert "PRIVATE KEY" not in out
+        assert "No such file or directory" in err
+        assert p.returncode != 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

@@ -209,21 +209,26 @@ def _kind(path: str, ref: os.stat_result | None) -> str | None:
     return "file" if stat.S_ISREG(st.st_mode) else None
 
 
-def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> tuple[list[str], list[str]]:
+class Found(NamedTuple):
+    """An alias checked on the host: what to cover inside."""
+
+    path: str
+    of: str  # the masked directory, or the mount point below it, that it shows again
+    is_dir: bool  # False: a regular file (one file of ``of`` bound there)
+
+
+def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> list[Found]:
     """The aliases of ``paths`` (host directories, absolute, no links) on this host now,
-    as (directories, files), each checked on the host: never a link, and a directory
-    that shows a whole masked directory must be that very directory (``st_dev`` and
-    ``st_ino``). A file is a bind mount of one file from a masked directory (a key bound
-    elsewhere). Empty when mountinfo cannot be read (no /proc: no sandbox with mounts
-    can be made then either)."""
+    each checked on the host: never a link, and a directory that shows a whole masked
+    directory must be that very directory (``st_dev`` and ``st_ino``). A file is a bind
+    mount of one file from a masked directory (a key bound elsewhere).
+
+    Raises OSError when mountinfo cannot be read: the caller fails closed.
+    """
     paths = [os.path.normpath(p) for p in paths]
-    try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
-            text = f.read()
-    except OSError:
-        return [], []
-    dirs: list[str] = []
-    files: list[str] = []
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as f:
+        text = f.read()
+    out: list[Found] = []
     refs: dict[str, os.stat_result | None] = {}
     for a in alias_candidates(parse(text), paths):
         if a.whole:
@@ -236,8 +241,6 @@ def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> tuple[list[str]
                     refs[a.of] = None
             ref = refs[a.of]
             kind = _kind(a.path, ref) if ref is not None else None
-        if kind == "dir":
-            dirs.append(a.path)
-        elif kind == "file":
-            files.append(a.path)
-    return dirs, files
+        if kind is not None:
+            out.append(Found(a.path, a.of, kind == "dir"))
+    return out

@@ -198,7 +198,9 @@ class Sandbox:
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
                 state = tuple(runtime_dirs_to_hide())  # looked at (and made) once per sandbox
-                masks, aliased_files = _masks(spec, home, binds, plan_maps, state, warnings)
+                masks, aliased_files, state_aliases = _masks(
+                    spec, home, binds, plan_maps, state, warnings
+                )
                 mounts = mntns.MountPlan(
                     fresh_proc="pid" in namespaces,
                     fresh_sys="net" in namespaces,
@@ -214,7 +216,7 @@ class Sandbox:
                             spec.hide
                             + fixed_hide
                             + aliased_files
-                            + _state_under_binds(binds, state)
+                            + _state_under_binds(binds, state + state_aliases)
                         )
                     ),
                     fixed=fixed,
@@ -714,9 +716,10 @@ def _masks(
     plan_maps: userns.IdMapPlan | None,
     state: tuple[str, ...],
     warnings: list[str],
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats;
-    and the files, bound from a home or runtime directory to another path, to hide."""
+    the files, bound from a home or runtime directory to another path, to hide; and the
+    other paths that show a runtime directory (for ``_state_under_binds``)."""
     wanted = list(_masked_state_dirs(state))
     hidden = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
     if not spec.share_home:
@@ -732,25 +735,41 @@ def _masks(
         wanted += homes
         hidden += homes
     # And wherever a bind mount shows them, or a part of them, again (15th red-team
-    # pass, F7): by identity, from the host's mountinfo as it is now (nothing cached: a
-    # mount made since the last sandbox counts). A system directory, or one holding
-    # this Python, is never masked: what it shows stays visible, and the warning says so.
-    alias_dirs, alias_files = mountinfo.aliases(hidden)
-    for d in alias_dirs:
-        if d in _SYSTEM_DIRS or _holds_system(d):
+    # pass, F7; 14th, F4b): by identity, from the host's mountinfo as it is now (nothing
+    # cached: a mount made since the last sandbox counts). A system directory, or one
+    # holding this Python, is never masked: what it shows stays visible, and the
+    # sandbox's warnings say so.
+    try:
+        found = mountinfo.aliases(hidden)
+    except OSError as e:
+        raise SandboxError(
+            f"cannot read {mountinfo.MOUNTINFO}: {e.strerror}; it tells where bind mounts "
+            "show homes and nskernel's runtime directory again, to hide them there too",
+            step="find the aliases of hidden directories",
+            errno=e.errno,
+            hint="Mount /proc (a container needs its /proc unmasked for nskernel anyway).",
+        ) from None
+    files: list[str] = []
+    for f in found:
+        if not f.is_dir:
+            files.append(f.path)
+        elif f.path in _SYSTEM_DIRS or _holds_system(f.path):
             warnings.append(
-                f"{d} shows a home or nskernel's runtime directory again through a bind "
-                "mount, and is not hidden inside: it is a system directory or holds this "
-                "Python. Unmount that bind mount on the host, or mount it elsewhere."
+                f"{f.path} shows {f.of} again through a bind mount, and is not hidden "
+                "inside: it is a system directory or holds this Python. Unmount that "
+                "bind mount on the host, or mount it elsewhere."
             )
-            continue
-        wanted.append(d)
+        else:
+            wanted.append(f.path)
+    in_state = tuple(
+        f.path for f in found if any(f.of == d or f.of.startswith(d + "/") for d in state)
+    )
     wanted += _skeletons_for_binds(binds, plan_maps)
     out: list[str] = []
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
             out.append(d)
-    return tuple(out), tuple(alias_files)
+    return tuple(out), tuple(files), in_state
 
 
 def _fixed_top_levels(

@@ -28,9 +28,13 @@ it, or under an ancestor mounted over later, yields nothing. What is masked is d
 the caller (``sandbox._masks``): it never masks a system directory or the Python the
 sandbox runs.
 
-Not covered: an overlayfs whose lower or upper directory lies in a masked directory
-(it has a device of its own), and a mount made on the host after the sandbox started
-(the sandbox's mount tree is private: nothing propagates into it).
+An overlayfs has a device of its own: its lower and upper directories (in its super
+options) are compared with the masked paths instead.
+
+Not covered: a mount made on the host after the sandbox started (the sandbox's mount
+tree is private: nothing propagates into it), and other file systems that show a
+directory of another one (a FUSE file system such as bindfs, an NFS export of a home
+mounted back on the same host through the server).
 Standard library only: the launcher imports this.
 """
 
@@ -47,6 +51,7 @@ MOUNTINFO = "/proc/self/mountinfo"
 # The kernel writes space, tab, newline and backslash in paths as \ooo (show_path,
 # mangle()); nothing else is escaped there.
 _ESCAPE = re.compile(r"\\([0-7]{3})")
+_BACKSLASHED = re.compile(r"\\(.)")
 
 
 class Mount(NamedTuple):
@@ -57,6 +62,7 @@ class Mount(NamedTuple):
     dev: str  # "major:minor" of the file system (btrfs: the same for every subvolume)
     root: str  # the directory of that file system shown at mount_point
     mount_point: str
+    layers: tuple[str, ...] = ()  # an overlayfs's lower and upper directories
 
 
 class Alias(NamedTuple):
@@ -64,7 +70,10 @@ class Alias(NamedTuple):
 
     path: str
     of: str  # the masked directory, or the mount point below it, that it shows again
-    whole: bool  # True: it shows a part of ``of`` (a mount point to cover whole)
+    # True: it shows a part of ``of`` (a mount point to cover whole), or ``of`` merged
+    # with other layers (overlayfs): checked to be a directory or file, not a link; False:
+    # it shows ``of`` itself, checked to be that very directory
+    whole: bool
 
 
 def unescape(field: str) -> str:
@@ -86,8 +95,28 @@ def parse(text: str) -> list[Mount]:
             continue  # not a mountinfo line
         if "\\" in line:
             f[3], f[4] = unescape(f[3]), unescape(f[4])
-        out.append(new(Mount, f[:5]))
+        layers = _overlay_layers(f[5]) if " - overlay " in f[5] else ()
+        out.append(new(Mount, (f[0], f[1], f[2], f[3], f[4], layers)))
     return out
+
+
+def _overlay_layers(rest: str) -> tuple[str, ...]:
+    """The lowerdir and upperdir paths in an overlayfs line's super options (the kernel
+    shows the option as given, with ``,``, white space and ``\\`` as ``\\ooo``)."""
+    try:
+        opts = rest.split(" - ", 1)[1].split(" ", 2)[2]
+    except IndexError:
+        return ()
+    out: list[str] = []
+    for opt in opts.split(","):
+        key, _, value = opt.partition("=")
+        if key in ("lowerdir", "upperdir", "lowerdir+", "datadir+"):
+            # As given to mount(2), escaped for mountinfo: a "\\" in it escapes the
+            # next character (a ":" within a path) there.
+            raw = unescape(value)
+            parts = [raw] if key == "upperdir" else re.split(r"(?<!\\):", raw)
+            out += [_BACKSLASHED.sub(r"\1", v) for v in parts if v]
+    return tuple(out)
 
 
 def _under(path: str, top: str) -> str | None:
@@ -162,9 +191,12 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
             continue
         secrets.append((m.dev, _join(m.root, rest), p, m))
     covered = tuple(p.rstrip("/") + "/" for p in paths)
+    overlays: list[Mount] = []
     for m in mounts:  # what is mounted below a masked path is masked with it
         if m[4].startswith(covered) and tree.resolve(m[4]) is m:
             secrets.append((m.dev, m.root, m.mount_point, m))
+        elif m[5]:
+            overlays.append(m)
     devs = {s[0] for s in secrets}
     by_dev: dict[str, list[Mount]] = {d: [] for d in devs}
     for m in mounts:
@@ -190,6 +222,22 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
             if tree.resolve(n.mount_point) is not n:
                 continue  # under another mount: not seen there
             out.setdefault(alias.path, alias)
+    # An overlayfs has a device of its own, but shows its layers: one whose lower or
+    # upper directory is (in) a masked directory shows (a part of) it; one whose layer
+    # lies above a masked directory shows it, merged, at its mount point plus the rest.
+    shown = tuple(dict.fromkeys(s[2] for s in secrets))
+    for o in overlays:
+        if o.mount_point in paths or tree.resolve(o.mount_point) is not o:
+            continue
+        for layer in o.layers:
+            if layer in shown or layer.startswith(covered):
+                out.setdefault(o.mount_point, Alias(o.mount_point, layer, whole=True))
+                continue
+            for p in shown:
+                rest = _under(p, layer)
+                if rest:
+                    a = Alias(_join(o.mount_point, rest), p, whole=True)
+                    out.setdefault(a.path, a)
     return list(out.values())
 
 

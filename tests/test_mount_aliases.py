@@ -156,6 +156,22 @@ def test_the_runtime_directory_under_tmp_is_found_where_tmp_comes_from() -> None
     }
 
 
+def test_an_overlay_with_a_home_as_a_layer_or_above_one() -> None:
+    text = (
+        BASE
+        + r"60 27 0:70 / /var/lib/ov rw - overlay overlay rw,lowerdir=/home/alice\134:x:/l2,"
+        + "upperdir=/var/up,workdir=/var/work\n"
+        + "61 27 0:71 / /var/lib/root-ov rw - overlay overlay rw,lowerdir=/,upperdir=/u,"
+        + "workdir=/w\n"
+        + "62 27 0:72 / /var/lib/other rw - overlay overlay rw,lowerdir=/srv/img,"
+        + "upperdir=/u2,workdir=/w2\n"
+    )
+    got = _aliases(text, "/home")
+    assert Alias("/var/lib/ov", "/home/alice:x", whole=True) in got  # a layer in /home
+    assert Alias("/var/lib/root-ov/home", "/home", whole=True) in got  # a layer above it
+    assert not any(a.path.startswith("/var/lib/other") for a in got)
+
+
 def test_hundreds_of_mounts() -> None:
     lines = [BASE.rstrip("\n")]
     lines += [
@@ -182,6 +198,10 @@ bind(os.path.join(home, ".ssh"), part)
 bind(os.path.join(home, ".ssh", "id_x"), key)
 bind(home, stacked)
 subprocess.run(["mount", "-t", "tmpfs", "none", stacked], check=True)
+# An overlay whose lower layer is the home (mounted on a path with a ":" in it).
+up, work, ov = (os.path.join(d, n) for n in ("up", "work", "ov:1"))
+opts = "lowerdir=" + home + ",upperdir=" + up + ",workdir=" + work
+subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, ov], check=True)
 os.symlink(home, os.path.join(d, "link"))
 found = mountinfo.aliases([home])
 print(json.dumps({"dirs": sorted(f.path for f in found if f.is_dir),
@@ -214,7 +234,7 @@ def _home_with_a_key(d: Path) -> Path:
 @pytest.mark.userns
 def test_aliases_on_the_kernels_own_mountinfo(scratch: Path) -> None:
     home = _home_with_a_key(scratch)
-    for n in ("my alias", "part", "stacked"):
+    for n in ("my alias", "part", "stacked", "up", "work", "ov:1"):
         (scratch / n).mkdir()
     (scratch / "key file").write_text("")
     if shutil.which("unshare") is None:
@@ -226,12 +246,16 @@ def test_aliases_on_the_kernels_own_mountinfo(scratch: Path) -> None:
         timeout=60,
         cwd=Path(__file__).parent.parent,
     )
+    # overlayfs made work/work mode 000 (its owner may still chmod it): removable again
+    with contextlib.suppress(FileNotFoundError):
+        (scratch / "work" / "work").chmod(0o700)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     # The whole home (the name has a space: \040 in mountinfo), a part of it (.ssh,
-    # mounted whole) and one file; not the one under a tmpfs, not the symlink.
+    # mounted whole), an overlay of it, and one file; not the one under a tmpfs, not the
+    # symlink.
     assert got == {
-        "dirs": sorted([str(scratch / "my alias"), str(scratch / "part")]),
+        "dirs": sorted(str(scratch / n) for n in ("my alias", "part", "ov:1")),
         "files": [str(scratch / "key file")],
     }
     assert home.is_dir()  # the namespace is gone, nothing to unmount here

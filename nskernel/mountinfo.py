@@ -113,6 +113,9 @@ def _overlay_layers(rest: str) -> tuple[str, ...]:
         if key in ("lowerdir", "upperdir", "lowerdir+", "datadir+"):
             # As given to mount(2), escaped for mountinfo: a "\\" in it escapes the
             # next character (a ":" within a path) there.
+            if "\\" not in value:  # the common case, kept cheap (hundreds on a container host)
+                out += value.split(":") if key != "upperdir" else [value]
+                continue
             raw = unescape(value)
             parts = [raw] if key == "upperdir" else re.split(r"(?<!\\):", raw)
             out += [_BACKSLASHED.sub(r"\1", v) for v in parts if v]
@@ -226,17 +229,27 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
     # upper directory is (in) a masked directory shows (a part of) it; one whose layer
     # lies above a masked directory shows it, merged, at its mount point plus the rest.
     shown = tuple(dict.fromkeys(s[2] for s in secrets))
+    above: dict[str, list[str]] = {}  # each proper ancestor of a shown path -> those paths
+    for p in shown:
+        a = p
+        while a != "/":
+            a = os.path.dirname(a)
+            above.setdefault(a, []).append(p)
     for o in overlays:
-        if o.mount_point in paths or tree.resolve(o.mount_point) is not o:
+        if o.mount_point in paths:
             continue
         for layer in o.layers:
             if layer in shown or layer.startswith(covered):
-                out.setdefault(o.mount_point, Alias(o.mount_point, layer, whole=True))
+                found = [Alias(o.mount_point, layer, whole=True)]
+            elif layer in above:
+                found = [
+                    Alias(_join(o.mount_point, p[len(layer) :].lstrip("/")), p, whole=True)
+                    for p in above[layer]
+                ]
+            else:
                 continue
-            for p in shown:
-                rest = _under(p, layer)
-                if rest:
-                    a = Alias(_join(o.mount_point, rest), p, whole=True)
+            if tree.resolve(o.mount_point) is o:
+                for a in found:
                     out.setdefault(a.path, a)
     return list(out.values())
 

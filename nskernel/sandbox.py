@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -749,11 +750,12 @@ def _masks(
             errno=e.errno,
             hint="Mount /proc (a container needs its /proc unmasked for nskernel anyway).",
         ) from None
+    python_dirs = (sys.prefix, sys.base_prefix)  # _holds_system: their ancestors only
     files: list[str] = []
     for f in found:
         if not f.is_dir:
             files.append(f.path)
-        elif f.path in _SYSTEM_DIRS or _holds_system(f.path):
+        elif f.path in _SYSTEM_DIRS or f.path in python_dirs or _holds_system(f.path):
             warnings.append(
                 f"{f.path} shows {f.of} again through a bind mount, and is not hidden "
                 "inside: it is a system directory or holds this Python. Unmount that "

@@ -28,8 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from nskernel.mountinfo import Alias, alias_candidates, parse, unescape
+from nskernel import mountinfo, sandbox
+from nskernel.errors import SandboxError
+from nskernel.mountinfo import Alias, Found, alias_candidates, parse, unescape
 from nskernel.paths import runtime_dirs_to_hide
+from nskernel.spec import SandboxSpec
 from tests.conftest import nskernel_cmd, require
 
 # A host like the ones the red team describes: / on vda, a data disk at /data, /home
@@ -181,6 +184,46 @@ def test_hundreds_of_mounts() -> None:
     got = _aliases("\n".join(lines) + "\n", "/home", "/root", "/run/user")
     assert Alias("/var/lib/c/7/home", "/home", whole=False) in got
     assert len(got) == 2
+
+
+def test_what_the_sandbox_masks_of_the_aliases_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """sandbox._masks on aliases given to it: a directory is masked, a file hidden, a
+    system directory (or one holding this Python) left visible with a warning, and the
+    aliases of a runtime directory handed on for the binds' check."""
+    found = [
+        Found("/var/tmp/alias", "/home", is_dir=True),
+        Found("/var/tmp/key", "/home", is_dir=False),
+        Found("/srv", "/home", is_dir=True),  # /home/alice/www bound onto /srv
+        Found(sys.prefix, "/home", is_dir=True),
+        Found("/scratch/tmp/nsk-7", "/tmp/nsk-7", is_dir=True),
+    ]
+    seen: list[list[str]] = []
+
+    def fake(paths: list[str]) -> list[Found]:
+        seen.append(list(paths))
+        return found
+
+    monkeypatch.setattr(mountinfo, "aliases", fake)
+    warnings: list[str] = []
+    masks, files, in_state = sandbox._masks(
+        SandboxSpec(), None, (), None, ("/tmp/nsk-7",), warnings
+    )
+    assert "/tmp/nsk-7" in seen[0] and "/home" in seen[0]  # looked for, /tmp's too
+    assert "/var/tmp/alias" in masks and "/scratch/tmp/nsk-7" in masks
+    assert "/srv" not in masks and sys.prefix not in masks
+    assert files == ("/var/tmp/key",)
+    assert in_state == ("/scratch/tmp/nsk-7",)
+    assert len(warnings) == 2 and all("bind mount" in w for w in warnings)
+    assert "/srv shows /home again" in warnings[0]
+
+
+def test_no_sandbox_when_mountinfo_cannot_be_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fails(paths: list[str]) -> list[Found]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(mountinfo, "aliases", fails)
+    with pytest.raises(SandboxError, match="cannot read /proc/self/mountinfo"):
+        sandbox._masks(SandboxSpec(), None, (), None, (), [])
 
 
 # The logic on the kernel's own mountinfo: bind mounts made in a mount namespace of

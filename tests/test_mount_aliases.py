@@ -259,8 +259,12 @@ def scratch() -> Iterator[Path]:
     try:
         yield d
     finally:
-        # Only after every mount made under it is gone (see _bound): rmtree would
-        # otherwise remove files through a bind mount.
+        # rmtree does not stop at mount points: with a bind of /tmp or of a home still
+        # mounted here it would remove the host's files through it. So never then.
+        with open("/proc/self/mountinfo") as f:
+            left = [m.mount_point for m in parse(f.read()) if m.mount_point.startswith(f"{d}/")]
+        if left:
+            pytest.fail(f"still mounted, {d} left in place: {left}", pytrace=False)
         shutil.rmtree(d)
 
 
@@ -314,7 +318,9 @@ def _bound(src: Path | str, dst: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["umount", str(dst)], check=True)
+        if subprocess.run(["umount", str(dst)]).returncode != 0:
+            # Busy (a sandbox still running there): detached now, freed when unused.
+            subprocess.run(["umount", "--lazy", str(dst)], check=True)
 
 
 def _run(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:

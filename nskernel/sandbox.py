@@ -722,7 +722,7 @@ def _masks(
     the files, bound from a home or runtime directory to another path, to hide; and the
     other paths that show a runtime directory (for ``_state_under_binds``)."""
     wanted = list(_masked_state_dirs(state))
-    hidden = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
+    look_for = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
@@ -734,14 +734,14 @@ def _masks(
             if os.path.isdir(d) and not os.path.islink(d)
         ]
         wanted += homes
-        hidden += homes
+        look_for += homes
     # And wherever a bind mount shows them, or a part of them, again (15th red-team
     # pass, F7; 14th, F4b): by identity, from the host's mountinfo as it is now (nothing
     # cached: a mount made since the last sandbox counts). A system directory, or one
     # holding this Python, is never masked: what it shows stays visible, and the
     # sandbox's warnings say so.
     try:
-        found = mountinfo.aliases(hidden)
+        found = mountinfo.aliases(look_for)
     except OSError as e:
         raise SandboxError(
             f"cannot read {mountinfo.MOUNTINFO}: {e.strerror}; it tells where bind mounts "

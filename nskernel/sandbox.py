@@ -48,7 +48,7 @@ from .spec import (
     access_bits,
     blocked_ancestor,
     format_size,
-    hidden_inside,
+    hidden_dirs,
     private_in_a_home,
     private_runtime_dirs,
     user_homes,
@@ -721,7 +721,15 @@ def _masks(
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats;
     the files, bound from a home or runtime directory to another path, to hide; and the
     other paths that show a runtime directory (for ``_state_under_binds``)."""
-    wanted = list(_masked_state_dirs(state))
+    # What ``hidden_inside`` looks at, computed once: each call resolves every home's
+    # real path (~80 µs), and a spawn asked it for every runtime directory.
+    hidden = hidden_dirs(os.environ.get("HOME"))
+    # nskernel's runtime directories hold other kernels' socket directories and
+    # connection files (with their keys): under /tmp they are hidden anyway (private
+    # /tmp), elsewhere ($XDG_RUNTIME_DIR) they would be visible read-only. By real path
+    # (``runtime_dirs_to_hide`` gives them so): a base reached through a link into a
+    # visible place is masked where it really is (14th red-team pass).
+    wanted = [d for d in state if not _within_any(d, hidden)]
     look_for = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
@@ -785,9 +793,10 @@ def _fixed_top_levels(
     a regular file whose name does not start with "." is bound on its own (what is
     below it stays live), unless the caller binds that path itself; a link is made
     again inside with the same text, so it leads where it would have led (a link to
-    ~/.ssh reaches the private, empty one); a dot-entry, or a directory of other
-    programs' homes (``spec.private_in_a_home``: ~/snap), gets a private, empty
-    directory or file in its place; anything else (a socket, a FIFO) is left out. The
+    ~/.ssh reaches the private, empty one); a dot-entry (a link too), a directory of
+    other programs' homes (``spec.private_in_a_home``: ~/snap), or one a dot-link leads
+    into (``_led_to_by_dot_links``: ~/dotfiles), gets a private, empty directory or file
+    in its place; anything else (a socket, a FIFO) is left out. The
     directory itself is a fresh tmpfs, made read-only once all that is in it: a file
     the host makes there later, dot-file or not, does not appear, and what the sandbox
     writes there fails instead of being lost.
@@ -820,13 +829,17 @@ def _fixed_top_levels(
                 step="list the notebook's directory",
                 hint="Keep notebooks in a directory of their own.",
             )
+        private = {e.name for e in entries if private_in_a_home(e.name)}
+        private |= _led_to_by_dot_links(entries, b.source)
         for e in entries:
             try:
                 dst = os.path.join(b.dest, e.name)
-                if e.is_symlink():
+                if e.name in private:
+                    # A link too (dotfile managers make ~/.ssh -> dotfiles/ssh): made
+                    # again, it would lead to the secrets it names (15th red-team pass).
+                    (dirs if _is_dir_or_link_to_one(e) else files).append(e.name)
+                elif e.is_symlink():
                     links.append((e.name, os.readlink(e.path)))
-                elif private_in_a_home(e.name):
-                    (dirs if e.is_dir(follow_symlinks=False) else files).append(e.name)
                 elif dst in explicit:
                     continue  # its mount point is made in the tmpfs like any bind's
                 elif e.is_dir(follow_symlinks=False) or e.is_file(follow_symlinks=False):
@@ -836,6 +849,36 @@ def _fixed_top_levels(
         hide += [os.path.join(b.dest, n) for n in (*dirs, *files)]
         fixed.append(mntns.FixedDir(b.dest, tuple(dirs), tuple(files), tuple(links)))
     return tuple(out), tuple(fixed), tuple(hide)
+
+
+def _led_to_by_dot_links(entries: list[os.DirEntry[str]], directory: str) -> set[str]:
+    """The top-level entries of ``directory`` (a home) that one of its dot-links leads
+    into: ``.ssh -> dotfiles/ssh`` (GNU stow, yadm, home-manager) keeps the keys in
+    ``dotfiles``, which is then as private as ``.ssh``. Only the link's own text is read
+    (it is the home's, as the host made it); where it leads outside the home is the
+    host's filesystem, readable or not as any other place outside the homes."""
+    found: set[str] = set()
+    prefix = directory.rstrip("/") + "/"
+    for e in entries:
+        if not e.name.startswith(".") or not e.is_symlink():
+            continue
+        try:
+            text = os.readlink(e.path)
+        except OSError:
+            continue
+        target = os.path.normpath(os.path.join(directory, text))
+        if target.startswith(prefix):
+            found.add(target[len(prefix) :].split("/")[0])
+    return found
+
+
+def _is_dir_or_link_to_one(entry: os.DirEntry[str]) -> bool:
+    """Whether a private stand-in for ``entry`` is a directory (else an empty file): a
+    link is looked through (a stat, nothing is opened); a dangling one is a file."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple[str, ...]:
@@ -858,16 +901,8 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
     return tuple(out)
 
 
-def _masked_state_dirs(state: tuple[str, ...]) -> tuple[str, ...]:
-    """nskernel's per-user runtime directory, hidden inside every sandbox with mounts.
-
-    It holds other kernels' socket directories and connection files (with their keys):
-    a sandbox must not read them. Under /tmp it is hidden anyway (private /tmp); under
-    $XDG_RUNTIME_DIR it would be visible read-only without this mask.
-    """
-    # By real path (runtime_dirs_to_hide gives them so): a base reached through a link
-    # into a visible place is masked where it really is (14th red-team pass).
-    return tuple(d for d in state if not hidden_inside(d))
+def _within_any(path: str, dirs: tuple[str, ...]) -> bool:
+    return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
 def _skeletons_for_binds(

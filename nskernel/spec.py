@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from ._linux.limits import Limits
 from .errors import SpecError
@@ -155,7 +155,8 @@ def jupyter_code_places() -> list[tuple[str, str]]:
 
 def code_places(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     """Where this process's Python, and the Jupyter and IPython it belongs to, load code
-    from, with why: ``extra`` (the caller's own, e.g. a kernel's start directory) first."""
+    from, with why: ``extra`` (the caller's own, e.g. a kernel's start directory) first;
+    and where it, and the user's shell, run programs from by name (:func:`path_code_places`)."""
     places = list(extra)
     places += [(sys.executable, "its Python"), (sys.prefix, "its environment")]
     places += [(entry, "on sys.path") for entry in sys.path if entry]
@@ -168,7 +169,164 @@ def code_places(extra: Iterable[tuple[str, str]] = ()) -> list[tuple[str, str]]:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
     places.append((cache, "the cache directory: completion caches are unpickled from it"))
     places += jupyter_code_places()
+    places += path_code_places()
     return places
+
+
+# Marks the places programs are run from by name (``!git``, ``subprocess.run(["pip"])``,
+# the user's shell), so that a refusal says "runs programs from", not "imports code from".
+ON_PATH = "on PATH"
+# What Debian's and Ubuntu's ~/.profile put first on a login shell's PATH when they exist:
+# a kernel started from a desktop launcher may not have them, the user's terminal does.
+PROFILE_BIN_DIRS: tuple[str, ...] = ("~/bin", "~/.local/bin")
+
+
+def path_code_places(path: str | None = None) -> list[tuple[str, str]]:
+    """Where this process runs programs from by name: each entry of ``path`` (default: its
+    own $PATH), and the user's ``~/bin`` and ``~/.local/bin``, each with why.
+
+    A program planted there (``git``, ``pip``, ``ls``) runs outside every sandbox the next
+    time the kernel runs ``!git status``, a library calls ``subprocess.run(["git", ...])``
+    or the user types the name in a shell (15th red-team pass, F4). A relative or empty
+    entry is looked up from whatever directory the process is in: it counts from the
+    present one (the kernel's others are code places already). System directories count
+    too: ``--bind /usr/local/bin`` as root would let a sandbox replace root's programs.
+    """
+    entries = (os.environ.get("PATH", "") if path is None else path).split(os.pathsep)
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:  # removed under it: relative entries lead nowhere
+        cwd = None
+    places: list[tuple[str, str]] = []
+    for entry in entries:
+        if os.path.isabs(entry):
+            places.append((os.path.normpath(entry), ON_PATH))
+        elif cwd is not None:
+            why = f"{ON_PATH} as {entry or '(empty)'!r}, relative to where it runs"
+            places.append((os.path.normpath(os.path.join(cwd, entry)), why))
+    for d in PROFILE_BIN_DIRS:
+        full = os.path.expanduser(d)
+        if os.path.isabs(full):
+            places.append((full, f"{ON_PATH} of a login shell: {d}, from ~/.profile"))
+    return places
+
+
+# The walk below a writable bind's source for ``.git``: at most this many directory entries
+# and this many levels. 10,000 entries (1,000 directories of 9 files, warm cache) took 17 ms
+# on the 2-core test VM: 20,000 keeps a cell with such a bind within ~35 ms and covers a
+# directory of a few source checkouts (their .git makes it refused first anyway);
+# a tree of datasets beyond it suits --ro-bind, or a subdirectory for the output, better.
+# Depth bounds the descriptors held open (one per level).
+GIT_WALK_BUDGET = 20_000
+GIT_WALK_DEPTH = 64
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class GitWalkTooBig(Exception):
+    """A writable bind's source holds more (or deeper) entries than the ``.git`` walk
+    looks through."""
+
+
+def git_below(
+    source: str, budget: int = GIT_WALK_BUDGET, depth: int = GIT_WALK_DEPTH
+) -> str | None:
+    """The first ``.git`` (directory, file or link) at or below the directory ``source``;
+    None when there is none. Raises :class:`GitWalkTooBig` when ``source`` holds more than
+    ``budget`` entries or directories ``depth`` levels down: then there is no answer.
+
+    git runs the config and hooks of the repository a command runs in (``core.fsmonitor``,
+    ``core.pager``, ``hooks/``) for whoever runs it, outside any sandbox; a ``.git`` file
+    (a submodule's, a worktree's) names the directory it takes them from. Links are never
+    followed: the source is opened one component at a time, each directory below relative
+    to its parent, all ``O_NOFOLLOW``, so one swapped for a link meanwhile is skipped, not
+    entered. Another filesystem mounted below is not walked, only its top is looked at
+    (the bind carries it, but a mounted dataset or network share must not make every cell
+    slow). A directory that cannot be listed is looked into by name, as git does.
+    """
+    from ._linux import syscalls as sc  # ctypes: only when there is a writable bind
+
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        top = sc.open_no_symlinks_beneath(root, source, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # a file, gone, or a link now: nothing to walk (the mount fails)
+        return None
+    finally:
+        os.close(root)
+    dev = os.fstat(top).st_dev
+    seen = 0
+
+    def look(fd: int, path: str) -> list[str]:
+        """The subdirectories of ``fd`` to walk; returns after counting its entries."""
+        nonlocal seen
+        try:
+            with os.scandir(fd) as it:
+                entries = list(it)
+        except OSError:  # not listable, maybe searchable: git finds .git by name
+            if _has_git(fd):
+                raise _Found(os.path.join(path, ".git")) from None
+            return []
+        seen += len(entries)
+        if seen > budget:
+            raise GitWalkTooBig(f"more than {budget} entries")
+        names = [e.name for e in entries]
+        if ".git" in names:
+            raise _Found(os.path.join(path, ".git"))
+        subs = []
+        for e in entries:
+            with contextlib.suppress(OSError):  # gone meanwhile: nothing below it
+                if e.is_dir(follow_symlinks=False):
+                    subs.append(e.name)
+        return subs
+
+    stack: list[tuple[int, str, Iterator[str]]] = []
+    try:
+        stack.append((top, source, iter(look(top, source))))
+        while stack:
+            fd, path, names = stack[-1]
+            name = next(names, None)
+            if name is None:
+                os.close(stack.pop()[0])
+                continue
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:  # swapped for a link, or removed, meanwhile
+                continue
+            sub = os.path.join(path, name)
+            if os.fstat(child).st_dev != dev:
+                git = _has_git(child)
+                os.close(child)
+                if git:
+                    raise _Found(os.path.join(sub, ".git"))
+                continue
+            if len(stack) >= depth:
+                os.close(child)
+                raise GitWalkTooBig(f"directories more than {depth} levels down")
+            try:
+                subs = look(child, sub)
+            except BaseException:
+                os.close(child)
+                raise
+            stack.append((child, sub, iter(subs)))
+    except _Found as found:
+        return found.path
+    finally:
+        for fd, _path, _names in stack:
+            os.close(fd)
+    return None
+
+
+class _Found(Exception):
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+def _has_git(fd: int) -> bool:
+    """Whether the directory ``fd`` has a ``.git``, looked up by name, no link followed."""
+    try:
+        os.stat(".git", dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return False
+    return True
 
 
 def writable_bind_over_code(
@@ -180,7 +338,9 @@ def writable_bind_over_code(
     Each bind's source (a real path) is compared with what every place resolves to and
     with every directory it is looked up in on the way (:func:`lookup`: a link there,
     e.g. ``.venv -> /opt/env``, could be replaced by one of the sandbox's); a source that
-    holds a ``.git`` is refused too (git runs its hooks and config on the host).
+    holds a ``.git`` at any depth is refused too (git runs its hooks and config on the
+    host; :func:`git_below`), and so is one too big to look through (what cannot be
+    checked is not handed to a sandbox to write).
     ``places`` is asked only when there is a writable bind: most sandboxes have none, and
     finding the places costs imports (Jupyter's, IPython's) and a lookup each.
     """
@@ -194,17 +354,34 @@ def writable_bind_over_code(
             "Bind a subdirectory for what the sandbox writes (e.g. --bind ./output), or use "
             f"--ro-bind {src}"
         )
-        if os.path.lexists(os.path.join(src, ".git")):
-            return (
-                f"--bind {src}: it holds a git repository (.git), whose hooks and config git "
-                f"runs for whoever uses it, outside any sandbox. {advice}"
-            )
         for place, found, why in checks:
-            if any(within(d, src) for d in (*found.dirs, found.real)):
+            if not any(within(d, src) for d in (*found.dirs, found.real)):
+                continue
+            if why.startswith(ON_PATH):
                 return (
-                    f"--bind {src}: {who} imports code from {place} ({why}), so code a "
-                    f"sandbox wrote there would run outside any sandbox. {advice}"
+                    f"--bind {src}: {who}, or your shell, runs programs from {place} ({why}), "
+                    "so a program a sandbox put there (a `git`, a `pip`) would run outside "
+                    "any sandbox the next time either runs that name. Use --ro-bind "
+                    f"{src}, or bind a directory that is not on PATH and holds none for "
+                    "what the sandbox writes (e.g. --bind ./output)"
                 )
+            return (
+                f"--bind {src}: {who} imports code from {place} ({why}), so code a "
+                f"sandbox wrote there would run outside any sandbox. {advice}"
+            )
+        try:
+            git = git_below(src, GIT_WALK_BUDGET, GIT_WALK_DEPTH)
+        except GitWalkTooBig as e:
+            return (
+                f"--bind {src}: it holds {e}, too many to look through for git "
+                "repositories (.git), whose hooks and config git runs for whoever uses "
+                f"them, outside any sandbox; so it is not made writable. {advice}"
+            )
+        if git is not None:
+            return (
+                f"--bind {src}: it holds a git repository ({git}), whose hooks and config "
+                f"git runs for whoever uses it, outside any sandbox. {advice}"
+            )
     return None
 
 
@@ -399,6 +576,26 @@ def make_limits(
     return Limits(memory=mem, pids=n, cpus=c)
 
 
+def too_broad_to_bind(path: str) -> bool:
+    """Whether binding ``path`` whole would undo what hides the homes: a home (its
+    dot-files are the secrets), a directory holding homes (``/``, ``/home``), a home's
+    top-level dot-directory (``~/.local``: the Jupyter server's token, keyrings), the
+    session's runtime directory, the host's /tmp or /dev/shm themselves (every user's
+    files and sockets there: X11's, agents'). Python environments found there are bound by a
+    narrower path, or not at all (15th red-team pass: ``PYTHONPATH=$HOME``, a kernelspec
+    whose Python is ``~/.local/bin/python3.12``)."""
+    real = os.path.realpath(path)
+    parent = os.path.dirname(real)
+    home = os.environ.get("HOME")  # as ``hidden_inside`` has it: the one masked
+    return (
+        real in PRIVATE_DIRS
+        or is_a_home(real, home)
+        or holds_a_home(real, home)
+        or (os.path.basename(real).startswith(".") and is_a_home(parent, home))
+        or any(real == d or d.startswith(real.rstrip("/") + "/") for d in private_runtime_dirs())
+    )
+
+
 def python_environment_binds() -> tuple[Bind, ...]:
     """Read-only binds that keep this Python's modules importable inside a sandbox.
 
@@ -407,7 +604,9 @@ def python_environment_binds() -> tuple[Bind, ...]:
     runner started inside could no longer import what the host side just imported.
     As the host's root, the same goes for one under a directory that sandbox root (an
     unprivileged host uid) cannot enter, such as /root: bound in, it becomes reachable
-    (see ``Sandbox.spawn``, which lays a skeleton over that directory).
+    (see ``Sandbox.spawn``, which lays a skeleton over that directory). An entry that is
+    :func:`too_broad_to_bind` (``PYTHONPATH=$HOME``) is left out: modules kept at the top
+    of a home are not importable inside, as the rest of the home is not visible.
     """
     paths = list(sys.path)
     # `python -m` and `-c` put the working directory first: that is the caller's
@@ -427,7 +626,9 @@ def python_environment_binds() -> tuple[Bind, ...]:
     tops: list[str] = []
     for p in hidden:
         unreachable = hidden_inside(p) or (as_root and blocked_ancestor(p) is not None)
-        if unreachable and not any(p == t or p.startswith(t + "/") for t in tops):
+        if not unreachable or any(p == t or p.startswith(t + "/") for t in tops):
+            continue
+        if not too_broad_to_bind(p):
             tops.append(p)
     return tuple(Bind(p, p, readonly=True) for p in tops)
 
@@ -462,12 +663,21 @@ def notebook_dir_binds(
       and tokens live (``.ssh``, ``.aws``, ``.config``, ``.local/share/jupyter``...), nor
       other programs' homes (``snap``): see ``Bind.fixed_top_level``. The paths returned
       to hide are those entries (what the caller must not look for code in);
-    - ``cwd`` holds a home (``/home``, ``/``): not bound; the note says why.
+    - ``cwd`` holds a home (``/home``, ``/``), or is the host's /tmp or /dev/shm: not
+      bound; the note says why.
     """
     home = home if home is not None else os.path.expanduser("~")
     cwd = os.path.normpath(cwd)
     if cwd == "/":
         return [], (), None
+    if os.path.realpath(cwd) in PRIVATE_DIRS:
+        note = (
+            f"the notebook's directory {cwd} is the host's shared temporary directory "
+            "(every user's files and sockets), so it is not made reachable inside: the "
+            "sandbox gets a private, writable one there; keep notebooks in a directory "
+            "of their own (or --bind/--ro-bind what the code needs)"
+        )
+        return [], (), note
     if home and os.path.isabs(home) and home != "/":
         if is_a_home(cwd, home):  # the caller's or another person's, by its real path
             try:

@@ -690,6 +690,107 @@ def test_other_programs_homes_in_the_home_are_as_private_as_its_dot_files(tmp_pa
     assert seen["snap"] == [] and seen["logins"] == "No such file or directory", seen
 
 
+def test_dot_links_in_the_home_lead_nowhere_secret(tmp_path):
+    """Dotfile managers (GNU stow, yadm, home-manager) make ~/.ssh a link into a
+    non-dot directory: made again as it was, the link led to the keys, and the directory
+    it leads into was bound whole (15th red-team pass). A dot-link is private as any
+    dot-entry is, and so is the top-level directory a dot-link leads into."""
+    home = _home_with_secrets(tmp_path)
+    keys = home / "dotfiles" / "ssh"
+    keys.mkdir(parents=True)
+    (keys / "id_stowed").write_text("STOWED KEY\n")
+    (home / "dotfiles" / "netrc").write_text("machine x password stowed\n")
+    for p in (home / "dotfiles", keys):
+        os.chmod(p, 0o777)
+    for p in (keys / "id_stowed", home / "dotfiles" / "netrc"):
+        os.chmod(p, 0o666)
+    (home / ".ssh-stowed").symlink_to("dotfiles/ssh")
+    (home / ".netrc-stowed").symlink_to(home / "dotfiles" / "netrc")  # absolute, too
+    look = (
+        "import json, os\n"
+        "home = os.environ['HOME']\n"
+        "def read(p):\n"
+        "    try:\n"
+        "        return open(os.path.join(home, p)).read()\n"
+        "    except OSError as e:\n"
+        "        return e.strerror\n"
+        "print(json.dumps({'key': read('.ssh-stowed/id_stowed'), 'netrc': read('.netrc-stowed'),\n"
+        "                  'repo': os.listdir(os.path.join(home, 'dotfiles')),\n"
+        "                  'notes': read('notes.txt')}))\n"
+    )
+    with _plain_kernel_in(home) as kc:
+        res = execute(kc, "%%sandbox\n" + look)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    assert seen == {
+        "key": "No such file or directory",
+        "netrc": "",
+        "repo": [],
+        "notes": "next to the notebook\n",
+    }, seen
+
+
+def test_a_home_on_the_python_path_is_not_bound_into_cells(tmp_path):
+    """`PYTHONPATH=$HOME` (modules kept in ~): the home, hidden inside, was bound whole
+    as a place this Python imports from, dot-files included, into every cell of a
+    notebook kept anywhere else (15th red-team pass). A home is never bound that way."""
+    from jupyter_client.manager import start_new_kernel
+
+    home = _home_with_secrets(tmp_path)
+    nb = tmp_path / "nb"
+    nb.mkdir(mode=0o777)
+    os.chmod(nb, 0o777)
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": str(home)}
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, env=env, cwd=str(nb))
+    try:
+        execute(kc, "%load_ext nskernel")
+        look = (
+            "import json, os\n"
+            "home = os.environ['HOME']\n"
+            "try:\n"
+            "    key = open(os.path.join(home, '.ssh', 'id_ed25519')).read()\n"
+            "except OSError as e:\n"
+            "    key = e.strerror\n"
+            "print(json.dumps({'listing': sorted(os.listdir(home)), 'key': key}))\n"
+        )
+        res = execute(kc, "%%sandbox\n" + look)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert "notes.txt" not in seen["listing"] and ".ssh" not in seen["listing"], seen
+    assert seen["key"] == "No such file or directory", seen
+
+
+def test_a_notebook_kept_in_tmp_gets_a_private_tmp_not_the_hosts(tmp_path):
+    """A notebook directory is bound read-only into cells; /tmp itself is every user's
+    (their files, X11's and agents' sockets): a cell whose notebook lives there runs in
+    its private home, with a private, writable /tmp, and a note says why."""
+    import tempfile
+
+    fd, marker = tempfile.mkstemp(prefix="nsk-host-only-", dir="/tmp")
+    os.close(fd)
+    os.chmod(marker, 0o644)
+    look = (
+        "import json, os\n"
+        f"seen = os.path.exists({marker!r})\n"
+        "open('/tmp/written-inside', 'w').close()\n"
+        "print(json.dumps({'cwd': os.getcwd(), 'home': os.environ['HOME'], 'seen': seen}))\n"
+    )
+    try:
+        with kernel() as (_km, kc):
+            execute(kc, "import os\nos.chdir('/tmp')\n%load_ext nskernel")
+            res = execute(kc, "%%sandbox\n" + look)
+            assert res.status == "ok", res.error_text
+            seen = res.json_line()
+            assert "shared temporary directory" in res.stderr, res.stderr
+    finally:
+        os.unlink(marker)
+    assert seen["seen"] is False and seen["cwd"] == seen["home"], seen
+    assert not os.path.exists("/tmp/written-inside")
+
+
 def test_a_bind_of_an_entry_of_the_home_is_the_bind_asked_for(tmp_path):
     """`%%sandbox --bind ./work` in a notebook kept in the home was silently read-only:
     the home's own read-only bind of the entry landed on top of the one asked for (15th

@@ -14,7 +14,9 @@ import base64
 import html.parser
 import json
 import os
+import shutil
 import signal
+import sys
 import time
 
 import pytest
@@ -1168,3 +1170,109 @@ def test_a_writable_bind_over_other_code_places_is_refused(tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+        shutil.rmtree(tmp_path / "repo")  # a .git left under /tmp: --bind /tmp is refused
+
+
+PLANT_GIT = """\
+import os
+for d in {dirs!r}:
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, 'git'), 'w') as f:
+        f.write('#!/bin/sh\\necho PLANTED-GIT-RAN-ON-THE-HOST\\n')
+    os.chmod(os.path.join(d, 'git'), 0o755)
+print('ran')
+"""
+
+
+def test_a_writable_bind_of_a_directory_on_path_is_refused(tmp_path, nsk):
+    """15th red-team pass, F4: a directory on the kernel's PATH (~/bin, ~/.local/bin,
+    ~/go/bin, a user's /opt/x/bin) bound writable let a cell plant a `git` that the
+    kernel's next `!git status` ran on the host. Refused before anything runs, its
+    parent too, saying to bind it read-only or another directory; --ro-bind is fine.
+    `nskernel run --bind` refuses it for the caller's PATH the same way."""
+    from jupyter_client.manager import start_new_kernel
+
+    tools, nbdir, home = tmp_path / "tools", tmp_path / "nb", tmp_path / "home"
+    bindir = tools / "bin"
+    for d in (bindir, nbdir, home):
+        d.mkdir(parents=True)
+    for d in (tmp_path, tools, bindir, nbdir):
+        os.chmod(d, 0o777)  # so that sandbox root could write there, were it allowed to
+    path = f"{bindir}:{os.environ['PATH']}"
+    env = dict(os.environ, PATH=path, HOME=str(home))
+    km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir), env=env)
+    try:
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        for src in (bindir, tools):
+            res = execute(kc, f"%%sandbox --bind {src}\n" + PLANT_GIT.format(dirs=[str(bindir)]))
+            assert res.status == "error" and "ran" not in res.stdout, (src, res.stdout)
+            why = f"this kernel, or your shell, runs programs from {bindir}"
+            assert why in res.error_text, res.error_text
+            assert f"--ro-bind {src}" in res.error_text and "not on PATH" in res.error_text
+            assert list(bindir.iterdir()) == []
+        res = execute(kc, "import shutil; print(shutil.which('git'))")
+        assert str(bindir) not in res.stdout
+        res = execute(
+            kc, f"%%sandbox --ro-bind {bindir}\nimport os\nprint(os.listdir({str(bindir)!r}))"
+        )
+        assert res.status == "ok" and "[]" in res.stdout, res.error_text
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    r = nsk(
+        "run", "--bind", str(bindir), "--", sys.executable, "-c",
+        PLANT_GIT.format(dirs=[str(bindir)]), env=env,
+    )  # fmt: skip
+    assert r.returncode == 2 and "ran" not in r.stdout, (r.stdout, r.stderr)
+    assert f"nskernel's Python, or your shell, runs programs from {bindir}" in r.stderr, r.stderr
+    assert list(bindir.iterdir()) == []
+
+
+def test_a_git_repository_below_a_writable_binds_top_is_refused(tmp_path, nsk):
+    """15th red-team pass, F4: `--bind ~/src` holding ~/src/foo/.git (several checkouts
+    under one directory; a submodule's .git file) let a cell rewrite foo/.git/config or
+    plant a hook that the user's next `git status` or commit there runs, outside any
+    sandbox: only ~/src/.git was looked for. Every .git below is found now (a bounded
+    walk, tests/test_spec.py); a sibling directory without one is fine."""
+    from jupyter_client.manager import start_new_kernel
+
+    src, nbdir = tmp_path / "src", tmp_path / "nb"
+    hooks = src / "foo" / ".git" / "hooks"
+    for d in (hooks, src / "bar" / "lib" / "sub", src / "data" / "out", nbdir):
+        d.mkdir(parents=True)
+    (src / "bar" / "lib" / "sub" / ".git").write_text("gitdir: ../../.git/modules/sub\n")
+    for d in (tmp_path, src, src / "foo", src / "data", src / "data" / "out", hooks, nbdir):
+        os.chmod(d, 0o777)
+    plant = (
+        "import os\n"
+        f"p = {str(hooks / 'pre-commit')!r}\n"
+        "open(p, 'w').write('#!/bin/sh\\necho PLANTED-HOOK\\n'); os.chmod(p, 0o755)\n"
+        "print('ran')"
+    )
+    try:
+        km, kc = start_new_kernel(kernel_name="python3", startup_timeout=60, cwd=str(nbdir))
+        try:
+            assert execute(kc, "%load_ext nskernel").status == "ok"
+            res = execute(kc, f"%%sandbox --bind {src}\n{plant}")
+            assert res.status == "error" and "ran" not in res.stdout, res.stdout
+            repos = [f"holds a git repository ({src / p / '.git'})" for p in ("foo", "bar/lib/sub")]
+            assert any(r in res.error_text for r in repos), res.error_text
+            assert f"--ro-bind {src}" in res.error_text
+            res = execute(kc, f"%%sandbox --bind {src / 'bar'}\nprint('ran')")
+            assert res.status == "error" and str(src / "bar" / "lib" / "sub" / ".git") in (
+                res.error_text
+            ), res.error_text
+            out = src / "data" / "out"
+            res = execute(kc, f"%%sandbox --bind {src / 'data'}\nopen('{out}/x', 'w').write('x')")
+            assert res.status == "ok", res.error_text
+            assert (out / "x").read_text() == "x"
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
+        assert list(hooks.iterdir()) == []
+        r = nsk("run", "--bind", str(src), "--", sys.executable, "-c", plant)
+        assert r.returncode == 2 and "ran" not in r.stdout, (r.stdout, r.stderr)
+        assert any(repo in r.stderr for repo in repos), r.stderr
+        assert list(hooks.iterdir()) == []
+    finally:  # a .git left under /tmp would make a later --bind /tmp refused
+        shutil.rmtree(src)

@@ -490,6 +490,57 @@ def test_a_kernel_whose_python_the_sandbox_cannot_reach_starts(
         shutil.rmtree(spec_dir)
 
 
+def test_a_kernels_python_in_the_homes_own_bin_brings_no_more_of_the_home(
+    prefix: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A kernelspec whose Python is a link in ~/.local/bin (uv's python3.12, a pip
+    --user or pipx shim): its "prefix" was ~/.local, bound whole into the kernel's
+    sandbox, and with it the Jupyter server's token in ~/.local/share/jupyter/runtime
+    (15th red-team pass). Only the link's own directory comes in."""
+    import site
+
+    import nskernel
+
+    home = tmp_path_factory.mktemp("home-with-local-bin")
+    os.chmod(home, 0o755)
+    local_bin = home / ".local" / "bin"
+    runtime = home / ".local" / "share" / "jupyter" / "runtime"
+    local_bin.mkdir(parents=True)
+    runtime.mkdir(parents=True)
+    token = runtime / "jpserver-4242.json"
+    token.write_text('{"token": "the server\'s token"}\n')
+    for d in (home / ".local", local_bin, home / ".local" / "share", runtime.parent, runtime):
+        os.chmod(d, 0o755)
+    os.chmod(token, 0o644)
+    link = local_bin / "python3-nsk"
+    link.symlink_to(os.path.realpath(sys.executable))  # the base Python, not this venv
+    kernels = prefix / "share" / "jupyter" / "kernels"
+    spec_dir = kernels / "nsk-test-local-bin"
+    shutil.copytree(kernels / KERNEL_NAME, spec_dir)
+    spec = json.loads((spec_dir / "kernel.json").read_text())
+    spec["argv"][0] = str(link)
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    # The base Python finds ipykernel and nskernel where this one has them.
+    where = [*site.getsitepackages(), os.path.dirname(os.path.dirname(nskernel.__file__))]
+    env = {**os.environ, "HOME": str(home), "PYTHONPATH": os.pathsep.join(where)}
+    nb = _notebook_dir(tmp_path_factory, "local-bin-nb")
+    ksm = KernelSpecManager(kernel_dirs=[str(kernels)])
+    km = KernelManager(kernel_name="nsk-test-local-bin", kernel_spec_manager=ksm)
+    km.start_kernel(cwd=str(nb), env=env)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        look = f"import os, sys\nprint(sys.executable, os.path.exists({str(token)!r}))"
+        res = execute(kc, look)
+        assert res.status == "ok", res.error_text
+        assert res.stdout.split() == [str(link), "False"], res.stdout
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        shutil.rmtree(spec_dir)
+
+
 def test_a_kernels_python_is_never_looked_for_where_a_sandbox_writes(tmp_path: Path) -> None:
     """The notebook directory is writable inside: a link planted there (or a host link
     leading into it) must not make the launcher bind what the link points to."""

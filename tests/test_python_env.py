@@ -24,6 +24,21 @@ def test_only_hidden_paths_are_bound_and_only_the_topmost(monkeypatch, tmp_path)
     assert all(b.source.startswith(("/tmp/", "/dev/shm/")) for b in binds)
 
 
+def test_what_would_bare_a_home_or_tmp_is_never_bound(monkeypatch, tmp_path):
+    """`PYTHONPATH=$HOME`, `PYTHONPATH=/tmp`: bound whole, they showed every dot-file of
+    the home, or every user's files and sockets in the host's /tmp (X11's), in every
+    cell (15th red-team pass). A Python environment below them still comes in."""
+    home = tmp_path / "home"
+    (home / ".local").mkdir(parents=True)
+    venv = home / "venvs" / "v"
+    venv.mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    entries = [str(home), str(home / ".local"), "/tmp", "/dev/shm", str(venv), "/"]
+    monkeypatch.setattr(sys, "path", ["/usr/lib/python3", *entries])
+    binds = python_environment_binds()
+    assert [b.source for b in binds if not b.source.startswith(sys.prefix)] == [str(venv)]
+
+
 @pytest.mark.kernel
 @pytest.mark.userns
 def test_a_sandbox_cell_imports_from_a_path_under_tmp():

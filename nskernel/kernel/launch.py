@@ -86,6 +86,7 @@ from ..spec import (
     parse_degraded,
     parse_size,
     python_environment_binds,
+    too_broad_to_bind,
     within,
 )
 from . import HOST_FACTS_ENV, SANDBOX_FACTS_ENV, hints, spare
@@ -585,12 +586,18 @@ def interpreter_binds(
     real = _resolve_outside(exe, sandbox_writes)
     if real is None or not (unreachable(exe) or unreachable(real)):
         return []
-    prefixes = (os.path.dirname(os.path.dirname(p)) for p in (exe, real))
+    # The prefix, or where it would bare a home (~/bin/python, ~/.local/bin/python3.12,
+    # a uv or pip --user link: ~ or ~/.local whole, the Jupyter server's token with it),
+    # the interpreter's own directory only.
+    prefixes = []
+    for p in (exe, real):
+        prefix = os.path.dirname(os.path.dirname(p))
+        prefixes.append(os.path.dirname(p) if too_broad_to_bind(prefix) else prefix)
     found = {_resolve_outside(p, sandbox_writes) for p in prefixes}
     dirs = sorted((d for d in found if d is not None and os.path.isdir(d)), key=len)
     tops: list[str] = []
     for d in dirs:
-        if unreachable(d) and not any(_contains(t, d) for t in tops):
+        if unreachable(d) and not any(_contains(t, d) for t in tops) and not too_broad_to_bind(d):
             tops.append(d)
     return [Bind(t, t, readonly=True) for t in tops]
 

@@ -16,10 +16,13 @@ the host's at that moment):
 - every other mount of that device whose root lies below it shows a part of the
   directory: mask its mount point whole;
 - what is mounted below the path (an NFS home at /home/alice) is hidden by the mask
-  too, so its other mounts are looked for the same way.
+  too, so its other mounts are looked for the same way. (So a directory bound *into* a
+  home, /srv/shared onto ~/shared, is hidden at its source too: mountinfo cannot tell
+  which of two paths of one directory is the "real" one, and hiding errs on the safe side.)
 
 Nothing is cached across sandboxes: a mount made or removed between two sandboxes
-changes the answer, and reading mountinfo costs tens of microseconds.
+changes the answer. Measured: ~55 µs per sandbox with 20 mounts (~37 µs of it the
+kernel writing mountinfo), ~1 ms with 500 (~0.6 ms of it the kernel's).
 
 Every candidate is checked on the host before it is used: the alias of a directory must
 be a directory (never a link: a mount onto a link would follow it) and the *same*

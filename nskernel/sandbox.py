@@ -13,10 +13,12 @@ import json
 import os
 import signal
 import stat
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import mountinfo
 from ._linux import (
     confine,
     contain,
@@ -37,10 +39,12 @@ from .errors import (
 )
 from .paths import runtime_dirs_to_hide
 from .spec import (
+    _SYSTEM_DIRS,
     HOME_DIRS,
     MAX_FIXED_ENTRIES,
     Bind,
     SandboxSpec,
+    _holds_system,
     access_bits,
     blocked_ancestor,
     format_size,
@@ -195,6 +199,9 @@ class Sandbox:
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
                 state = tuple(runtime_dirs_to_hide())  # looked at (and made) once per sandbox
+                masks, aliased_files, state_aliases = _masks(
+                    spec, home, binds, plan_maps, state, warnings
+                )
                 mounts = mntns.MountPlan(
                     fresh_proc="pid" in namespaces,
                     fresh_sys="net" in namespaces,
@@ -203,10 +210,15 @@ class Sandbox:
                         (b.source, owned.get(i, -1), b.dest, b.readonly, i in owned)
                         for i, b in enumerate(binds)
                     ),
-                    masks=_masks(spec, home, binds, plan_maps, state),
+                    masks=masks,
                     home=home,
                     hide=tuple(
-                        dict.fromkeys(spec.hide + fixed_hide + _state_under_binds(binds, state))
+                        dict.fromkeys(
+                            spec.hide
+                            + fixed_hide
+                            + aliased_files
+                            + _state_under_binds(binds, state + state_aliases)
+                        )
                     ),
                     fixed=fixed,
                     degraded_ok=spec.allow_degraded,
@@ -704,8 +716,11 @@ def _masks(
     binds: tuple[Bind, ...],
     plan_maps: userns.IdMapPlan | None,
     state: tuple[str, ...],
-) -> tuple[str, ...]:
-    """Host directories covered by an empty tmpfs inside, outermost first, no repeats."""
+    warnings: list[str],
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """Host directories covered by an empty tmpfs inside, outermost first, no repeats;
+    the files, bound from a home or runtime directory to another path, to hide; and the
+    other paths that show a runtime directory (for ``_state_under_binds``)."""
     # What ``hidden_inside`` looks at, computed once: each call resolves every home's
     # real path (~80 µs), and a spawn asked it for every runtime directory.
     hidden = hidden_dirs(os.environ.get("HOME"))
@@ -715,22 +730,56 @@ def _masks(
     # (``runtime_dirs_to_hide`` gives them so): a base reached through a link into a
     # visible place is masked where it really is (14th red-team pass).
     wanted = [d for d in state if not _within_any(d, hidden)]
+    look_for = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
         # reached through a symlink is masked where it really is (a mount onto the link
         # would follow it outside the new root). Never a symlink itself.
-        wanted += [
+        homes = [
             d
             for d in (*HOME_DIRS, *user_homes(home), *private_runtime_dirs())
             if os.path.isdir(d) and not os.path.islink(d)
         ]
+        wanted += homes
+        look_for += homes
+    # And wherever a bind mount shows them, or a part of them, again (15th red-team
+    # pass, F7; 14th, F4b): by identity, from the host's mountinfo as it is now (nothing
+    # cached: a mount made since the last sandbox counts). A system directory, or one
+    # holding this Python, is never masked: what it shows stays visible, and the
+    # sandbox's warnings say so.
+    try:
+        found = mountinfo.aliases(look_for)
+    except OSError as e:
+        raise SandboxError(
+            f"cannot read {mountinfo.MOUNTINFO}: {e.strerror}; it tells where bind mounts "
+            "show homes and nskernel's runtime directory again, to hide them there too",
+            step="find the aliases of hidden directories",
+            errno=e.errno,
+            hint="Mount /proc (a container needs its /proc unmasked for nskernel anyway).",
+        ) from None
+    python_dirs = (sys.prefix, sys.base_prefix)  # _holds_system: their ancestors only
+    files: list[str] = []
+    for f in found:
+        if not f.is_dir:
+            files.append(f.path)
+        elif f.path in _SYSTEM_DIRS or f.path in python_dirs or _holds_system(f.path):
+            warnings.append(
+                f"{f.path} shows {f.of} again through a bind mount, and is not hidden "
+                "inside: it is a system directory or holds this Python. Unmount that "
+                "bind mount on the host, or mount it elsewhere."
+            )
+        else:
+            wanted.append(f.path)
+    in_state = tuple(
+        f.path for f in found if any(f.of == d or f.of.startswith(d + "/") for d in state)
+    )
     wanted += _skeletons_for_binds(binds, plan_maps)
     out: list[str] = []
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
             out.append(d)
-    return tuple(out)
+    return tuple(out), tuple(files), in_state
 
 
 def _fixed_top_levels(

@@ -343,6 +343,7 @@ class Relay:
         pidfd: int | None = os.pidfd_open(sb.pid)
         self._own.append(pidfd)
         deadline = sb.started + sb.spec.timeout if sb.spec.timeout else None
+        was_foreground = self._in_foreground()  # run() entered (raw mode) if it was
         while True:
             if self._ended:
                 # The sandbox is gone, and so is every holder of its ends (with a PID
@@ -362,6 +363,11 @@ class Relay:
                 events[pidfd] = select.POLLIN
             # In the background, leave the terminal's input to the foreground job.
             reading_input = self._in_foreground()
+            if reading_input and not was_foreground:
+                # `fg` came between the look after the last poll and this one: raw mode
+                # now, or the keys would reach the sandbox cooked (seen in CI, loaded).
+                self._enter()
+            was_foreground = reading_input
             for ch in self._channels:
                 may_read = reading_input or ch not in self._inputs
                 if may_read and ch.want_read() and not self._ended:
@@ -388,6 +394,7 @@ class Relay:
             ready = dict(poller.poll(timeout_ms))
             if not reading_input and self._in_foreground():
                 self._enter()  # raw mode now that the terminal is ours again
+                was_foreground = True
             if deadline is not None and time.time() >= deadline and pidfd is not None:
                 sb.timed_out = True
                 sb.destroy()  # the pidfd says when it is gone

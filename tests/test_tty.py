@@ -662,6 +662,47 @@ def test_in_the_background_nskernel_leaves_the_terminal_to_the_shell(terminals):
     assert outer.wait() == 0
 
 
+# nskernel, with its look at the terminal's foreground group lagging once: the first look
+# after the job was brought to the foreground still says "background". That is the race
+# CI hit under load: `fg` landing between the look after one poll and the look before
+# the next.
+LAGGING_LOOK = """
+import sys
+from nskernel import ptyrelay
+real = ptyrelay.Relay._in_foreground
+seen = {"last": None, "lagged": False}
+def lagging(self):
+    now = real(self)
+    if now and seen["last"] is False and not seen["lagged"]:
+        seen["lagged"] = True
+        return False
+    seen["last"] = now
+    return now
+ptyrelay.Relay._in_foreground = lagging
+from nskernel.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_fg_seen_only_at_the_top_of_the_relay_loop_still_takes_the_terminal(terminals, tmp_path):
+    """Deterministic form of the background/fg race: nskernel first learns that it is in
+    the foreground at the top of its loop, not after a poll. It must still take the
+    terminal (raw mode); before, it read the keys with the terminal left cooked."""
+    script = tmp_path / "lagging_nskernel.py"
+    script.write_text(LAGGING_LOOK)
+    outer, before = _outer_bash(terminals)
+    cmd = f"{sys.executable} {script} run -- sh -c 'echo l$((1+1))g; exec sleep 1000' &"
+    outer.send(cmd.encode() + b"\r")
+    outer.expect(b"l2g")
+    outer.send(b"fg\r")
+    wait_for(lambda: _is_raw(outer.modes()), what="nskernel to take the terminal")
+    outer.send(b"\x03")
+    outer.expect(b"OUTER> ")
+    assert _stty_g(outer) == before
+    outer.send(b"exit\r")
+    assert outer.wait() == 0
+
+
 def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

@@ -723,7 +723,9 @@ def _masks(
     other paths that show a runtime directory (for ``_state_under_binds``)."""
     # What ``hidden_inside`` looks at, computed once: each call resolves every home's
     # real path (~80 µs), and a spawn asked it for every runtime directory.
-    hidden = hidden_dirs(os.environ.get("HOME"))
+    env_home = os.environ.get("HOME")
+    env_homes = user_homes(env_home)
+    hidden = hidden_dirs(env_home, homes=env_homes)
     # nskernel's runtime directories hold other kernels' socket directories and
     # connection files (with their keys): under /tmp they are hidden anyway (private
     # /tmp), elsewhere ($XDG_RUNTIME_DIR) they would be visible read-only. By real path
@@ -736,9 +738,10 @@ def _masks(
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
         # reached through a symlink is masked where it really is (a mount onto the link
         # would follow it outside the new root). Never a symlink itself.
+        mine = env_homes if home == env_home else user_homes(home)
         homes = [
             d
-            for d in (*HOME_DIRS, *user_homes(home), *private_runtime_dirs())
+            for d in (*HOME_DIRS, *mine, *private_runtime_dirs())
             if os.path.isdir(d) and not os.path.islink(d)
         ]
         wanted += homes

@@ -433,13 +433,17 @@ def private_runtime_dirs() -> tuple[str, ...]:
     return (real,)
 
 
-def hidden_dirs(home: str | None = None, *, share_home: bool = False) -> tuple[str, ...]:
+def hidden_dirs(
+    home: str | None = None, *, share_home: bool = False, homes: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
     """Host directories a sandbox with its own mounts does not see (fresh and empty
     inside): the private ones, and unless ``share_home``, every home (and ``home``) and
-    the session's runtime directory, wherever it is."""
+    the session's runtime directory, wherever it is. ``homes``: ``user_homes(home)``,
+    when the caller has it already (it resolves every home's real path)."""
     if share_home:
         return PRIVATE_DIRS
-    return PRIVATE_DIRS + HOME_DIRS + user_homes(home) + private_runtime_dirs()
+    homes = user_homes(home) if homes is None else homes
+    return PRIVATE_DIRS + HOME_DIRS + homes + private_runtime_dirs()
 
 
 def hidden_inside(path: str, *, share_home: bool = False) -> bool:

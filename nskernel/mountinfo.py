@@ -43,6 +43,7 @@ Standard library only: the launcher imports this.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -92,10 +93,15 @@ def parse(text: str) -> list[Mount]:
     # one tuple per line (tuple.__new__ skips the NamedTuple constructor's Python code).
     new = tuple.__new__
     out = []
-    for line in text.splitlines():
+    # Lines end at "\n" only: the kernel escapes it (and space, tab, backslash) in paths,
+    # but not "\x0b", "\x1c" or U+0085, where splitlines() would cut a line (and drop a
+    # mount point named so: 16th red-team pass, F6).
+    for line in text.split("\n"):
+        if not line:
+            continue
         f = line.split(" ", 5)
         if len(f) < 6:
-            continue  # not a mountinfo line
+            raise OSError(errno.EINVAL, f"a line of {MOUNTINFO} that is not one: {line!r}")
         if "\\" in line:
             f[3], f[4] = unescape(f[3]), unescape(f[4])
         layers = _overlay_layers(f[5]) if " - overlay " in f[5] else ()

@@ -42,6 +42,7 @@ from .spec import (
     _SYSTEM_DIRS,
     HOME_DIRS,
     MAX_FIXED_ENTRIES,
+    PRIVATE_DIRS,
     Bind,
     SandboxSpec,
     _holds_system,
@@ -719,8 +720,9 @@ def _masks(
     warnings: list[str],
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Host directories covered by an empty tmpfs inside, outermost first, no repeats;
-    the files, bound from a home or runtime directory to another path, to hide; and the
-    other paths that show a runtime directory (for ``_state_under_binds``)."""
+    the paths to hide on top of the binds (files bound out of a home or runtime
+    directory to another path; hidden directories a bind shows again); and the other
+    paths that show a runtime directory (for ``_state_under_binds``)."""
     # What ``hidden_inside`` looks at, computed once: each call resolves every home's
     # real path (~80 µs), and a spawn asked it for every runtime directory.
     env_home = os.environ.get("HOME")
@@ -732,20 +734,28 @@ def _masks(
     # (``runtime_dirs_to_hide`` gives them so): a base reached through a link into a
     # visible place is masked where it really is (14th red-team pass).
     wanted = [d for d in state if not _within_any(d, hidden)]
-    look_for = list(state)  # under /tmp too: a bind mount may show /tmp elsewhere
+    # Under /tmp too, and /tmp and /dev/shm themselves (every user's files and sockets:
+    # tmux's, ssh-agent's): a bind mount may show them elsewhere (/var/tmp bound from /tmp,
+    # the CIS recipe; 16th red-team pass, F2).
+    look_for = [*state, *PRIVATE_DIRS]
+    # The session's sockets (D-Bus, agents) stay hidden with --share-home too: a
+    # read-only mount does not stop a connect (16th red-team pass, F11).
+    hidden_again = [
+        d
+        for d in ("/run/user", *private_runtime_dirs())
+        if os.path.isdir(d) and not os.path.islink(d)
+    ]
     if not spec.share_home:
         # Every home, also by its real path: a home outside /home and /root (e.g.
         # /var/lib/jenkins, another person's /srv/alice) is masked by itself, and one
         # reached through a symlink is masked where it really is (a mount onto the link
         # would follow it outside the new root). Never a symlink itself.
         mine = env_homes if home == env_home else user_homes(home)
-        homes = [
-            d
-            for d in (*HOME_DIRS, *mine, *private_runtime_dirs())
-            if os.path.isdir(d) and not os.path.islink(d)
+        hidden_again += [
+            d for d in (*HOME_DIRS, *mine) if os.path.isdir(d) and not os.path.islink(d)
         ]
-        wanted += homes
-        look_for += homes
+    wanted += hidden_again
+    look_for += hidden_again
     # And wherever a bind mount shows them, or a part of them, again (15th red-team
     # pass, F7; 14th, F4b): by identity, from the host's mountinfo as it is now (nothing
     # cached: a mount made since the last sandbox counts). A system directory, or one
@@ -774,6 +784,7 @@ def _masks(
             )
         else:
             wanted.append(f.path)
+            hidden_again.append(f.path)
     in_state = tuple(
         f.path for f in found if any(f.of == d or f.of.startswith(d + "/") for d in state)
     )
@@ -782,7 +793,23 @@ def _masks(
     for d in sorted(set(wanted), key=lambda p: (p.count("/"), p)):
         if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in out):
             out.append(d)
-    return tuple(out), tuple(files), in_state
+    return tuple(out), tuple(files) + _hidden_under_binds(binds, hidden_again), in_state
+
+
+def _hidden_under_binds(binds: tuple[Bind, ...], hidden: list[str]) -> tuple[str, ...]:
+    """Each hidden directory (a home, the session's runtime directory, an alias of one)
+    that a bind's source holds, at the path where the bind shows it: hidden again, on
+    top of the bind. A mask lies beneath the binds, so a notebook's directory holding
+    an alias of /home, or a private $XDG_RUNTIME_DIR, showed them whole (16th red-team
+    pass, F1, F5). A bind of the directory itself is the caller's choice (a home shown
+    as the notebook's directory has its own treatment: ``_fixed_top_levels``)."""
+    out = []
+    for d in hidden:
+        for b in binds:  # sources are resolved (realpath) already
+            src = b.source.rstrip("/") + "/"
+            if d.startswith(src):
+                out.append(os.path.join(b.dest, d[len(src) :]))
+    return tuple(out)
 
 
 def _fixed_top_levels(
@@ -862,6 +889,7 @@ def _led_to_by_dot_links(entries: list[os.DirEntry[str]], directory: str) -> set
     host's filesystem, readable or not as any other place outside the homes."""
     found: set[str] = set()
     prefix = directory.rstrip("/") + "/"
+    real_prefix = os.path.realpath(directory).rstrip("/") + "/"
     for e in entries:
         if not e.name.startswith(".") or not e.is_symlink():
             continue
@@ -869,9 +897,14 @@ def _led_to_by_dot_links(entries: list[os.DirEntry[str]], directory: str) -> set
             text = os.readlink(e.path)
         except OSError:
             continue
+        # As written, and where it really leads: `ln -s ~/dotfiles/ssh ~/.ssh` names the
+        # home by a path that may itself be a link (/home/u -> /data/u; 16th red-team
+        # pass, F4). Resolving follows links in the home, the host's own.
         target = os.path.normpath(os.path.join(directory, text))
-        if target.startswith(prefix):
-            found.add(target[len(prefix) :].split("/")[0])
+        real = os.path.realpath(os.path.join(directory, text))
+        for t, p in ((target, prefix), (real, prefix), (real, real_prefix)):
+            if t.startswith(p):
+                found.add(t[len(p) :].split("/")[0])
     return found
 
 

@@ -271,6 +271,8 @@ def git_below(
         names = [e.name for e in entries]
         if ".git" in names:
             raise _Found(os.path.join(path, ".git"))
+        if _GIT_DIR_ENTRIES.issubset(names) and ("refs" in names or "commondir" in names):
+            raise _Found(path)  # a git directory itself: a bare repository, a gitdir
         subs = []
         for e in entries:
             with contextlib.suppress(OSError):  # gone meanwhile: nothing below it
@@ -313,6 +315,32 @@ def git_below(
         for fd, _path, _names in stack:
             os.close(fd)
     return None
+
+
+# What makes a directory a git directory to git itself (setup.c, is_git_directory):
+# HEAD, objects/, and refs/ (or a commondir file): a bare repository (a local backup
+# remote), a `--separate-git-dir`, a repository's own .git (16th red-team pass, F3).
+_GIT_DIR_ENTRIES = frozenset({"HEAD", "objects"})
+
+
+def git_dir_holding(path: str) -> str | None:
+    """The git directory ``path`` is, or lies in (an ancestor named .git, or one git
+    takes for a git directory), looked up by name without following links; or None."""
+    d = os.path.normpath(path)
+    while True:
+        if os.path.basename(d) == ".git" or _is_git_dir(d):
+            return d
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+
+
+def _is_git_dir(d: str) -> bool:
+    def there(name: str) -> bool:
+        return os.path.lexists(os.path.join(d, name))
+
+    return there("HEAD") and there("objects") and (there("refs") or there("commondir"))
 
 
 class _Found(Exception):
@@ -369,6 +397,12 @@ def writable_bind_over_code(
                 f"--bind {src}: {who} imports code from {place} ({why}), so code a "
                 f"sandbox wrote there would run outside any sandbox. {advice}"
             )
+        inside = git_dir_holding(src)
+        if inside is not None:
+            return (
+                f"--bind {src}: it is, or lies in, a git directory ({inside}), whose hooks "
+                f"and config git runs for whoever uses it, outside any sandbox. {advice}"
+            )
         try:
             git = git_below(src, GIT_WALK_BUDGET, GIT_WALK_DEPTH)
         except GitWalkTooBig as e:
@@ -400,7 +434,21 @@ def is_a_home(path: str, home: str | None = None) -> bool:
     container, it would have seen every dot-file)."""
     real = os.path.realpath(path)
     homes = (*user_homes(home), "/root", *((home,) if home and os.path.isabs(home) else ()))
-    return any(real == os.path.realpath(h) for h in homes)
+    if any(real == os.path.realpath(h) for h in homes):
+        return True
+    # And by identity: a bind mount shows a home at a second path (/data/home/u for
+    # /home/u), which no realpath leads back to (16th red-team pass, F1).
+    try:
+        st = os.stat(real)
+    except OSError:
+        return False
+    for h in homes:
+        try:
+            if os.path.samestat(st, os.stat(h)):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def holds_a_home(path: str, home: str | None = None) -> bool:
@@ -437,11 +485,11 @@ def hidden_dirs(
     home: str | None = None, *, share_home: bool = False, homes: tuple[str, ...] | None = None
 ) -> tuple[str, ...]:
     """Host directories a sandbox with its own mounts does not see (fresh and empty
-    inside): the private ones, and unless ``share_home``, every home (and ``home``) and
-    the session's runtime directory, wherever it is. ``homes``: ``user_homes(home)``,
+    inside): the private ones, the session's runtime directory wherever it is, and
+    unless ``share_home``, every home (and ``home``). ``homes``: ``user_homes(home)``,
     when the caller has it already (it resolves every home's real path)."""
-    if share_home:
-        return PRIVATE_DIRS
+    if share_home:  # the session's sockets stay hidden: read-only does not stop a connect
+        return (*PRIVATE_DIRS, "/run/user", *private_runtime_dirs())
     homes = user_homes(home) if homes is None else homes
     return PRIVATE_DIRS + HOME_DIRS + homes + private_runtime_dirs()
 

@@ -730,6 +730,37 @@ def test_dot_links_in_the_home_lead_nowhere_secret(tmp_path):
     }, seen
 
 
+def test_a_dot_link_naming_the_home_by_a_link_leads_nowhere_secret(tmp_path):
+    """`ln -s ~/dotfiles/ssh ~/.ssh` writes the home's path as $HOME has it; where the
+    home is reached through a link (/home/u -> /data/u), that text did not start with
+    the home's real path, and ~/dotfiles stayed shown, keys included (16th red-team
+    pass, F4)."""
+    real = _home_with_secrets(tmp_path)
+    keys = real / "dotfiles" / "ssh"
+    keys.mkdir(parents=True)
+    (keys / "id_stowed").write_text("STOWED KEY\n")
+    for p in (real / "dotfiles", keys):
+        os.chmod(p, 0o777)
+    os.chmod(keys / "id_stowed", 0o666)
+    home = tmp_path / "home-link"
+    home.symlink_to(real)
+    (real / ".ssh-stowed").symlink_to(home / "dotfiles" / "ssh")  # through the link
+    look = (
+        "import json, os\n"
+        f"home = {str(real)!r}  # where the notebook's directory is shown\n"
+        "try:\n"
+        "    key = open(os.path.join(home, 'dotfiles', 'ssh', 'id_stowed')).read()\n"
+        "except OSError as e:\n"
+        "    key = e.strerror\n"
+        "print(json.dumps({'key': key, 'repo': os.listdir(os.path.join(home, 'dotfiles'))}))\n"
+    )
+    with _plain_kernel_in(home) as kc:
+        res = execute(kc, "%%sandbox\n" + look)
+        assert res.status == "ok", res.error_text
+        seen = res.json_line()
+    assert seen == {"key": "No such file or directory", "repo": []}, seen
+
+
 def test_a_home_on_the_python_path_is_not_bound_into_cells(tmp_path):
     """`PYTHONPATH=$HOME` (modules kept in ~): the home, hidden inside, was bound whole
     as a place this Python imports from, dot-files included, into every cell of a

@@ -881,3 +881,47 @@ def test_the_sessions_runtime_directory_is_hidden_wherever_it_is():
     finally:
         listener.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("where", ["under-a-bind", "share-home"])
+def test_the_sessions_runtime_directory_stays_hidden_under_a_bind_and_with_share_home(where):
+    """The session's runtime directory is masked, but a mask lies beneath the binds: a
+    bind (a notebook's directory) holding a private $XDG_RUNTIME_DIR showed it, and
+    --share-home, meant to show the homes read-only, showed /run/user and it too, and
+    read-only does not stop a connect to the session bus (16th red-team pass, F5, F11)."""
+    import shutil
+    import tempfile
+
+    from tests.conftest import nskernel_cmd
+
+    top = tempfile.mkdtemp(prefix="nsk-xrt-top-", dir="/var/tmp")
+    os.chmod(top, 0o755)
+    base = os.path.join(top, "run")
+    os.mkdir(base, 0o700)
+    bus = os.path.join(base, "bus")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(bus)
+        listener.listen(1)
+        os.chmod(bus, 0o777)
+        probe = (
+            "import os, socket\n"
+            f"print(sorted(os.listdir({base!r})))\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({bus!r}); print('connected')\n"
+            "except OSError as e:\n    print(e.strerror)\n"
+        )
+        option = ["--ro-bind", top] if where == "under-a-bind" else ["--share-home"]
+        res = subprocess.run(
+            [*nskernel_cmd("run", *option, "--"), sys.executable, "-I", "-c", probe],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "XDG_RUNTIME_DIR": base},
+            cwd="/",
+        )
+        assert res.returncode == 0, res
+        assert res.stdout == "[]\nNo such file or directory\n", res
+    finally:
+        listener.close()
+        shutil.rmtree(top, ignore_errors=True)

@@ -277,3 +277,26 @@ def test_a_writable_bind_too_big_to_look_through_is_refused_and_says_what_to_do(
     why = _refusal(src)
     assert why and "more than 500 entries" in why and "not made writable" in why, why
     assert f"--ro-bind {src}" in why and "--bind ./output" in why
+
+
+def test_a_git_directory_of_its_own_below_or_above_a_writable_bind_is_refused(scratch):
+    """A bare repository (a local backup remote) has no `.git` entry: git takes a
+    directory with HEAD, objects/ and refs/ for one, and runs its hooks at the next push;
+    and `--bind ./.git` or `./.git/hooks` (what "it holds a git repository" invites)
+    lies inside one (16th red-team pass, F3)."""
+    proj = scratch / "proj"
+    bare = proj / "backup.git"
+    for sub in ("objects", "refs", "hooks"):
+        (bare / sub).mkdir(parents=True)
+    (bare / "HEAD").write_text("ref: refs/heads/main\n")
+    why = _refusal(proj)
+    assert why and f"git repository ({bare})" in why, why
+    why = _refusal(bare / "hooks")
+    assert why and f"a git directory ({bare})" in why, why
+    work = scratch / "work"
+    (work / ".git" / "hooks").mkdir(parents=True)
+    for d in (work / ".git", work / ".git" / "hooks"):
+        why = _refusal(d)
+        assert why and f"a git directory ({work / '.git'})" in why, why
+    (scratch / "out").mkdir()
+    assert _refusal(scratch / "out") is None  # beside them, fine

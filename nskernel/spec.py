@@ -317,6 +317,25 @@ def git_below(
     return None
 
 
+def home_dot_entry_holding(path: str) -> str | None:
+    """The top-level dot-entry of a home (``~/.config``, ``~/.cargo``) that ``path`` is or
+    lies in, or the home itself when ``path`` is one; None otherwise. Homes as
+    :func:`is_a_home` knows them, by real path (16th red-team pass, F8: a writable bind
+    of ``~/.cargo`` let a sandbox plant the ``env`` file a login shell sources)."""
+    real = os.path.realpath(path)
+    home = os.environ.get("HOME")
+    homes = {os.path.realpath(h) for h in (*user_homes(home), "/root", home or "") if h}
+    for h in homes:
+        if not os.path.isabs(h):
+            continue
+        if real == h:
+            return h
+        prefix = h.rstrip("/") + "/"
+        if real.startswith(prefix) and real[len(prefix) :].startswith("."):
+            return prefix + real[len(prefix) :].split("/")[0]
+    return None
+
+
 # What makes a directory a git directory to git itself (setup.c, is_git_directory):
 # HEAD, objects/, and refs/ (or a commondir file): a bare repository (a local backup
 # remote), a `--separate-git-dir`, a repository's own .git (16th red-team pass, F3).
@@ -396,6 +415,15 @@ def writable_bind_over_code(
             return (
                 f"--bind {src}: {who} imports code from {place} ({why}), so code a "
                 f"sandbox wrote there would run outside any sandbox. {advice}"
+            )
+        dot = home_dot_entry_holding(src)
+        if dot is not None:
+            return (
+                f"--bind {src}: it is, or lies in, {dot}, a home's dot-entry, where programs "
+                "keep what they run or load on the host (a login shell's start-up files, "
+                "~/.cargo/env, ~/.ssh/config, ~/.config/git/config, pickled caches), so what "
+                f"a sandbox wrote there would run outside any sandbox. Use --ro-bind {src}, "
+                "or bind a directory of your own for what the sandbox writes"
             )
         inside = git_dir_holding(src)
         if inside is not None:

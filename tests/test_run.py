@@ -925,3 +925,24 @@ def test_the_sessions_runtime_directory_stays_hidden_under_a_bind_and_with_share
     finally:
         listener.close()
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_writable_bind_of_a_homes_dot_directory_is_refused(tmp_path):
+    """`nskernel run --bind ~/.cargo`: a login shell sources ~/.cargo/env on the host, so
+    what the sandbox planted there would run outside it (16th red-team pass, F8)."""
+    from tests.conftest import nskernel_cmd
+
+    home = tmp_path / "home"
+    cargo = home / ".cargo"
+    cargo.mkdir(parents=True)
+    res = subprocess.run(
+        [*nskernel_cmd("run", "--bind", str(cargo), "--"), "sh", "-c", f"echo x > {cargo}/env"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HOME": str(home)},
+        cwd="/",
+    )
+    assert res.returncode == 2, res
+    assert "a home's dot-entry" in res.stderr and f"--ro-bind {cargo}" in res.stderr, res
+    assert not (cargo / "env").exists()

@@ -300,3 +300,19 @@ def test_a_git_directory_of_its_own_below_or_above_a_writable_bind_is_refused(sc
         assert why and f"a git directory ({work / '.git'})" in why, why
     (scratch / "out").mkdir()
     assert _refusal(scratch / "out") is None  # beside them, fine
+
+
+def test_a_writable_bind_of_a_homes_dot_entry_is_refused(scratch, monkeypatch):
+    """`--bind ~/.cargo`: a login shell sources ~/.cargo/env, and ~/.config, ~/.ssh and
+    the caches hold what other programs run or unpickle on the host (16th red-team pass,
+    F8). A home's dot-entry, and anything in one, is refused; the rest of the home is
+    not (it is another check's to say)."""
+    home = scratch / "home"
+    for d in (".cargo", ".config/git", ".cache/models", "projects/out"):
+        (home / d).mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    for d in (".cargo", ".config/git", ".cache/models"):
+        why = _refusal(home / d)
+        assert why and "a home's dot-entry" in why and "--ro-bind" in why, why
+        assert str(home / d.split("/")[0]) in why, why
+    assert _refusal(home / "projects" / "out") is None

@@ -325,6 +325,7 @@ def home_dot_entry_holding(path: str) -> str | None:
     real = os.path.realpath(path)
     home = os.environ.get("HOME")
     homes = {os.path.realpath(h) for h in (*user_homes(home), "/root", home or "") if h}
+    ids = set()
     for h in homes:
         if not os.path.isabs(h):
             continue
@@ -333,7 +334,27 @@ def home_dot_entry_holding(path: str) -> str | None:
         prefix = h.rstrip("/") + "/"
         if real.startswith(prefix) and real[len(prefix) :].startswith("."):
             return prefix + real[len(prefix) :].split("/")[0]
-    return None
+        with contextlib.suppress(OSError):
+            st = os.stat(h)
+            ids.add((st.st_dev, st.st_ino))
+    # And by identity: a bind mount shows a home at a second path, which no realpath
+    # leads back to (16th red-team pass, F10).
+    below = ""
+    d = real
+    while True:
+        try:
+            st = os.stat(d)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) in ids:
+            if not below:
+                return d
+            return os.path.join(d, below) if below.startswith(".") else None
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        below = os.path.basename(d)
+        d = parent
 
 
 # What makes a directory a git directory to git itself (setup.c, is_git_directory):

@@ -601,3 +601,23 @@ def test_a_notebook_kept_in_the_home_by_its_alias_path_is_a_home(scratch: Path) 
         assert res.status == "ok", res.error_text
         seen = res.json_line()
     assert seen == {"cwd": str(alias), "ssh": [], "notes": "beside the notebook\n"}, seen
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_a_writable_bind_of_a_homes_dot_entry_by_its_alias_path_is_refused(scratch: Path) -> None:
+    # Code places were compared by path: `--bind /data/home/u/.cargo`, where /data/home
+    # shows /home, was made (16th red-team pass, F10); a home is known by identity too.
+    home = _home_with_a_key(scratch)
+    (home / ".cargo").mkdir()
+    alias = scratch / "alias"
+    alias.mkdir()
+    with _bound(home, alias):
+        r = subprocess.run(
+            nskernel_cmd("run", "--bind", str(alias / ".cargo"), "--", "true"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": str(home)},
+        )
+        assert r.returncode == 2 and "a home's dot-entry" in r.stderr, r

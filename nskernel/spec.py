@@ -282,7 +282,12 @@ def git_below(
 
     stack: list[tuple[int, str, Iterator[str]]] = []
     try:
-        stack.append((top, source, iter(look(top, source))))
+        try:
+            first = look(top, source)
+        except BaseException:
+            os.close(top)  # not on the stack yet: closed here, found or not
+            raise
+        stack.append((top, source, iter(first)))
         while stack:
             fd, path, names = stack[-1]
             name = next(names, None)

@@ -316,3 +316,20 @@ def test_a_writable_bind_of_a_homes_dot_entry_is_refused(scratch, monkeypatch):
         assert why and "a home's dot-entry" in why and "--ro-bind" in why, why
         assert str(home / d.split("/")[0]) in why, why
     assert _refusal(home / "projects" / "out") is None
+
+
+def test_the_git_walk_leaves_no_descriptor_open(scratch):
+    """A kernel checks every writable bind of every cell: a descriptor left open by each
+    refusal (a .git right at the top) would pile up in it."""
+    from nskernel.spec import GitWalkTooBig, git_below
+
+    (scratch / "repo" / ".git").mkdir(parents=True)
+    (scratch / "big").mkdir()
+    for i in range(5):
+        (scratch / "big" / f"f{i}").touch()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        assert git_below(str(scratch / "repo")) == str(scratch / "repo" / ".git")
+        with pytest.raises(GitWalkTooBig):
+            git_below(str(scratch / "big"), budget=2)
+    assert len(os.listdir("/proc/self/fd")) == before

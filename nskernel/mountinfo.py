@@ -265,18 +265,19 @@ def alias_candidates(mounts: Sequence[Mount], paths: Iterable[str]) -> list[Alia
 
 def _kind(path: str, ref: os.stat_result | None) -> str | None:
     """ "dir" or "file" for what is at ``path`` on the host, never following it; None
-    for a link (a mount onto it would follow it), anything else, or, given ``ref``, a
-    directory other than that one."""
+    for a link (a mount onto it would follow it), or, given ``ref``, anything other than
+    that very inode. "file" is any other kind: a regular file, and a socket, a FIFO or a
+    device bound out of a hidden directory (an agent's or the session bus's socket: 16th
+    red-team pass, F9), each covered inside by an empty file."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    if ref is not None:
-        same = (st.st_dev, st.st_ino) == (ref.st_dev, ref.st_ino)
-        return "dir" if same and stat.S_ISDIR(st.st_mode) else None
-    if stat.S_ISDIR(st.st_mode):
-        return "dir"
-    return "file" if stat.S_ISREG(st.st_mode) else None
+    if stat.S_ISLNK(st.st_mode):
+        return None
+    if ref is not None and (st.st_dev, st.st_ino) != (ref.st_dev, ref.st_ino):
+        return None
+    return "dir" if stat.S_ISDIR(st.st_mode) else "file"
 
 
 class Found(NamedTuple):
@@ -284,7 +285,7 @@ class Found(NamedTuple):
 
     path: str
     of: str  # the masked directory, or the mount point below it, that it shows again
-    is_dir: bool  # False: a regular file (one file of ``of`` bound there)
+    is_dir: bool  # False: one file (or socket...) of ``of`` bound there, or bound into it
 
 
 def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> list[Found]:

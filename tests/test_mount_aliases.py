@@ -621,3 +621,42 @@ def test_a_writable_bind_of_a_homes_dot_entry_by_its_alias_path_is_refused(scrat
             env={**os.environ, "HOME": str(home)},
         )
         assert r.returncode == 2 and "a home's dot-entry" in r.stderr, r
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_a_socket_bound_out_of_a_home_and_a_key_bound_into_one_are_hidden(scratch: Path) -> None:
+    # Only directories and regular files were hidden at an alias: an agent's socket (or
+    # the session bus) bound out of a hidden directory stayed connectable, and a key
+    # bound into a home from elsewhere stayed readable at its source (16th red-team
+    # pass, F9).
+    import socket
+
+    home = _home_with_a_key(scratch)
+    sock_path = home / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    os.chmod(sock_path, 0o777)
+    sock_alias = scratch / "sock-alias"
+    sock_alias.touch()
+    keys = scratch / "keys"
+    keys.mkdir()
+    (keys / "id_k").write_text("KEY FROM ELSEWHERE\n")
+    os.chmod(keys / "id_k", 0o644)
+    (home / ".ssh" / "id_k").touch()
+    probe = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        f"try:\n    s.connect({str(sock_alias)!r}); print('connected')\n"
+        "except OSError as e:\n    print(e.strerror)\n"
+        f"print(repr(open({str(keys / 'id_k')!r}).read()))\n"
+    )
+    try:
+        with _bound(sock_path, sock_alias), _bound(keys / "id_k", home / ".ssh" / "id_k"):
+            r = _run(home, sys.executable, "-I", "-c", probe)
+            assert r.returncode == 0, r
+            assert "connected" not in r.stdout and "KEY FROM ELSEWHERE" not in r.stdout, r
+            assert r.stdout.splitlines()[-1] == "''", r
+    finally:
+        listener.close()

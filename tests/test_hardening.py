@@ -649,12 +649,18 @@ def _plain_kernel_in(home):
         km.shutdown_kernel(now=True)
 
 
+def _cell_in(home, code: str) -> dict:
+    """What one plain ``%%sandbox`` cell printed (a JSON line), the notebook kept in
+    ``home``."""
+    with _plain_kernel_in(home) as kc:
+        res = execute(kc, "%%sandbox\n" + code)
+    assert res.status == "ok", res.error_text
+    return res.json_line()
+
+
 def test_a_sandbox_cell_whose_notebook_is_in_the_home_sees_no_dot_files(tmp_path):
     home = _home_with_secrets(tmp_path)
-    with _plain_kernel_in(home) as kc:
-        res = execute(kc, "%%sandbox\n" + LOOK_AT_HOME)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
+    seen = _cell_in(home, LOOK_AT_HOME)
     assert seen["cwd"] == str(home) and seen["notes"] == "next to the notebook\n"
     assert seen["key"] == "No such file or directory" and seen["netrc"] == ""
     assert not (home / ".ssh" / "planted").exists()
@@ -682,10 +688,7 @@ def test_other_programs_homes_in_the_home_are_as_private_as_its_dot_files(tmp_pa
         "    found['logins'] = e.strerror\n"
         "print(json.dumps(found))\n"
     )
-    with _plain_kernel_in(home) as kc:
-        res = execute(kc, "%%sandbox\n" + look)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
+    seen = _cell_in(home, look)
     assert "snap" in seen["listing"] and "notes.txt" in seen["listing"], seen
     assert seen["snap"] == [] and seen["logins"] == "No such file or directory", seen
 
@@ -718,10 +721,7 @@ def test_dot_links_in_the_home_lead_nowhere_secret(tmp_path):
         "                  'repo': os.listdir(os.path.join(home, 'dotfiles')),\n"
         "                  'notes': read('notes.txt')}))\n"
     )
-    with _plain_kernel_in(home) as kc:
-        res = execute(kc, "%%sandbox\n" + look)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
+    seen = _cell_in(home, look)
     assert seen == {
         "key": "No such file or directory",
         "netrc": "",
@@ -754,10 +754,7 @@ def test_a_dot_link_naming_the_home_by_a_link_leads_nowhere_secret(tmp_path):
         "    key = e.strerror\n"
         "print(json.dumps({'key': key, 'repo': os.listdir(os.path.join(home, 'dotfiles'))}))\n"
     )
-    with _plain_kernel_in(home) as kc:
-        res = execute(kc, "%%sandbox\n" + look)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
+    seen = _cell_in(home, look)
     assert seen == {"key": "No such file or directory", "repo": []}, seen
 
 
@@ -857,10 +854,7 @@ def test_a_cell_whose_notebook_is_in_roots_home_starts_there_and_sees_no_dot_fil
         "print(json.dumps({'cwd': os.getcwd(), 'dots': dots, 'full': full}))\n"
     )
     host_dots = {n for n in os.listdir("/root") if n.startswith(".")}
-    with _plain_kernel_in(Path("/root")) as kc:
-        res = execute(kc, "%%sandbox\n" + look)
-        assert res.status == "ok", res.error_text
-        seen = res.json_line()
+    seen = _cell_in(Path("/root"), look)
     # Every dot-entry there is shown as a private, empty one.
     assert seen["cwd"] == "/root" and seen["full"] == [], seen
     assert host_dots <= set(seen["dots"]), seen

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -323,9 +323,10 @@ def _bound(src: Path | str, dst: Path) -> Iterator[None]:
             subprocess.run(["umount", "--lazy", str(dst)], check=True)
 
 
-def _run(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+def _run(home: Path, *argv: str, options: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+    """``nskernel run OPTIONS -- ARGV`` with ``home`` as $HOME."""
     return subprocess.run(
-        [*nskernel_cmd("run", "--"), *argv],
+        [*nskernel_cmd("run", *options, "--"), *argv],
         capture_output=True,
         text=True,
         timeout=60,
@@ -497,23 +498,10 @@ def test_a_bind_of_a_directory_holding_an_alias_of_the_runtime_directory(scratch
     shown = alias / os.path.basename(state[0])
     with _bound("/tmp", alias):
         host = os.stat(shown)
-        argv = ["--ro-bind", str(scratch), "--", "stat", "-c", "%d:%i", str(shown)]
-        r = subprocess.run(
-            nskernel_cmd("run", *argv),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "HOME": str(home)},
-        )
+        r = _run(home, "stat", "-c", "%d:%i", str(shown), options=["--ro-bind", str(scratch)])
         assert r.returncode == 1 and "No such file or directory" in r.stderr, r
         assert f"{host.st_dev}:{host.st_ino}" not in r.stdout
-        listed = subprocess.run(
-            nskernel_cmd("run", "--ro-bind", str(scratch), "--", "ls", "-A", str(alias)),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "HOME": str(home)},
-        )
+        listed = _run(home, "ls", "-A", str(alias), options=["--ro-bind", str(scratch)])
         assert listed.returncode == 0 and listed.stdout == "", listed
 
 
@@ -546,13 +534,7 @@ def test_a_bind_of_a_directory_holding_an_alias_of_a_home_shows_it_empty(scratch
     data = scratch / "data"
     (data / "home").mkdir(parents=True)
     with _bound(home, data / "home"):
-        r = subprocess.run(
-            nskernel_cmd("run", "--ro-bind", str(data), "--", "ls", "-A", str(data / "home")),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "HOME": str(home)},
-        )
+        r = _run(home, "ls", "-A", str(data / "home"), options=["--ro-bind", str(data)])
         assert r.returncode == 0 and r.stdout == "", r
 
 
@@ -613,13 +595,7 @@ def test_a_writable_bind_of_a_homes_dot_entry_by_its_alias_path_is_refused(scrat
     alias = scratch / "alias"
     alias.mkdir()
     with _bound(home, alias):
-        r = subprocess.run(
-            nskernel_cmd("run", "--bind", str(alias / ".cargo"), "--", "true"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "HOME": str(home)},
-        )
+        r = _run(home, "true", options=["--bind", str(alias / ".cargo")])
         assert r.returncode == 2 and "a home's dot-entry" in r.stderr, r
 
 

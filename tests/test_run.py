@@ -843,60 +843,11 @@ def test_a_bind_of_tmp_itself_shows_the_hosts_tmp(option):
         os.rmdir(secret)
 
 
-def test_the_sessions_runtime_directory_is_hidden_wherever_it_is():
-    """$XDG_RUNTIME_DIR holds the session's sockets (D-Bus, whose systemd --user starts
-    commands on the host; ssh-agent, gpg-agent). Only /run/user was hidden: with the
-    variable elsewhere (/var/tmp/..., as some sites set it), every sandbox connected to
-    them (15th red-team pass). A private one (0700, the user's) is hidden wherever it is."""
-    import shutil
-    import tempfile
-
+def _session_bus_seen(base: str, *options: str) -> str:
+    """What `nskernel run OPTIONS` sees of a private $XDG_RUNTIME_DIR ``base`` (made
+    here, 0700) holding a listening "bus": its listing, then whether it connects."""
     from tests.conftest import nskernel_cmd
 
-    base = tempfile.mkdtemp(prefix="nsk-xrt-", dir="/var/tmp")  # 0700, ours
-    bus = os.path.join(base, "bus")
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(bus)
-        listener.listen(1)
-        os.chmod(bus, 0o777)
-        probe = (
-            "import os, socket, sys\n"
-            f"print(sorted(os.listdir({base!r})))\n"
-            "s = socket.socket(socket.AF_UNIX)\n"
-            f"try:\n    s.connect({bus!r}); print('connected')\n"
-            "except OSError as e:\n    print(e.strerror)\n"
-        )
-        env = {**os.environ, "XDG_RUNTIME_DIR": base}
-        res = subprocess.run(
-            [*nskernel_cmd("run", "--"), sys.executable, "-I", "-c", probe],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=env,
-            cwd="/",
-        )
-        assert res.returncode == 0, res
-        assert res.stdout == "[]\nNo such file or directory\n", res
-    finally:
-        listener.close()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.mark.parametrize("where", ["under-a-bind", "share-home"])
-def test_the_sessions_runtime_directory_stays_hidden_under_a_bind_and_with_share_home(where):
-    """The session's runtime directory is masked, but a mask lies beneath the binds: a
-    bind (a notebook's directory) holding a private $XDG_RUNTIME_DIR showed it, and
-    --share-home, meant to show the homes read-only, showed /run/user and it too, and
-    read-only does not stop a connect to the session bus (16th red-team pass, F5, F11)."""
-    import shutil
-    import tempfile
-
-    from tests.conftest import nskernel_cmd
-
-    top = tempfile.mkdtemp(prefix="nsk-xrt-top-", dir="/var/tmp")
-    os.chmod(top, 0o755)
-    base = os.path.join(top, "run")
     os.mkdir(base, 0o700)
     bus = os.path.join(base, "bus")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -911,9 +862,8 @@ def test_the_sessions_runtime_directory_stays_hidden_under_a_bind_and_with_share
             f"try:\n    s.connect({bus!r}); print('connected')\n"
             "except OSError as e:\n    print(e.strerror)\n"
         )
-        option = ["--ro-bind", top] if where == "under-a-bind" else ["--share-home"]
         res = subprocess.run(
-            [*nskernel_cmd("run", *option, "--"), sys.executable, "-I", "-c", probe],
+            [*nskernel_cmd("run", *options, "--"), sys.executable, "-I", "-c", probe],
             capture_output=True,
             text=True,
             timeout=60,
@@ -921,10 +871,45 @@ def test_the_sessions_runtime_directory_stays_hidden_under_a_bind_and_with_share
             cwd="/",
         )
         assert res.returncode == 0, res
-        assert res.stdout == "[]\nNo such file or directory\n", res
+        return res.stdout
     finally:
         listener.close()
+
+
+def test_the_sessions_runtime_directory_is_hidden_wherever_it_is():
+    """$XDG_RUNTIME_DIR holds the session's sockets (D-Bus, whose systemd --user starts
+    commands on the host; ssh-agent, gpg-agent). Only /run/user was hidden: with the
+    variable elsewhere (/var/tmp/..., as some sites set it), every sandbox connected to
+    them (15th red-team pass). A private one (0700, the user's) is hidden wherever it is."""
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="nsk-xrt-", dir="/var/tmp")
+    os.chmod(top, 0o755)  # the runtime directory is the private one, below it
+    try:
+        seen = _session_bus_seen(os.path.join(top, "run"))
+    finally:
         shutil.rmtree(top, ignore_errors=True)
+    assert seen == "[]\nNo such file or directory\n", seen
+
+
+@pytest.mark.parametrize("where", ["under-a-bind", "share-home"])
+def test_the_sessions_runtime_directory_stays_hidden_under_a_bind_and_with_share_home(where):
+    """The session's runtime directory is masked, but a mask lies beneath the binds: a
+    bind (a notebook's directory) holding a private $XDG_RUNTIME_DIR showed it, and
+    --share-home, meant to show the homes read-only, showed /run/user and it too, and
+    read-only does not stop a connect to the session bus (16th red-team pass, F5, F11)."""
+    import shutil
+    import tempfile
+
+    top = tempfile.mkdtemp(prefix="nsk-xrt-top-", dir="/var/tmp")
+    os.chmod(top, 0o755)
+    option = ["--ro-bind", top] if where == "under-a-bind" else ["--share-home"]
+    try:
+        seen = _session_bus_seen(os.path.join(top, "run"), *option)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    assert seen == "[]\nNo such file or directory\n", seen
 
 
 def test_a_writable_bind_of_a_homes_dot_directory_is_refused(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nskernel._linux import caps
+from nskernel._linux import caps, seccomp
 from tests.magic_helpers import execute, kernel
 
 pytestmark = pytest.mark.userns
@@ -108,6 +108,73 @@ def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):
     path.write_text(json.dumps(profile))
     r = nsk("run", "--seccomp", str(path), "--", sys.executable, "-c", "import os; os.getcwd()")
     assert r.returncode == 1 and "PermissionError" in r.stderr, r.stderr
+
+
+_SOCKET_PROBE = """
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+def socket(*args):  # the raw syscall: Python's socket module passes ints, not longs
+    fd = libc.syscall(ctypes.c_long(int(sys.argv[1])), *(ctypes.c_long(a) for a in args))
+    if fd < 0:
+        return errno.errorcode[ctypes.get_errno()]
+    os.close(fd)
+    return "opened"
+print(json.dumps({name: socket(*args) for name, args in json.loads(sys.argv[2]).items()}))
+"""
+
+_HIGH = 1 << 32  # the kernel reads socket's int arguments from the low 32 bits only
+AF_NETLINK, AF_VSOCK, NETLINK_NETFILTER, SOCK_RAW, SOCK_STREAM = 16, 40, 12, 3, 1
+
+
+@pytest.mark.parametrize(
+    ("profile", "calls"),
+    [
+        (  # the default profile allows AF_NETLINK unless the protocol is NETLINK_NETFILTER
+            None,
+            {
+                "netfilter": ([AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER], "EPERM"),
+                "netfilter, upper bits set": (
+                    [AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER | _HIGH],
+                    "EPERM",
+                ),
+                "route": ([AF_NETLINK, SOCK_RAW, 0], "opened"),
+                "route, upper bits set in the family": ([AF_NETLINK | _HIGH, SOCK_RAW, 0], "EPERM"),
+            },
+        ),
+        (  # a deny-list profile of the user's: everything but AF_VSOCK
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {
+                        "names": ["socket"],
+                        "action": "SCMP_ACT_ERRNO",
+                        "args": [{"index": 0, "value": AF_VSOCK, "op": "SCMP_CMP_EQ"}],
+                    }
+                ],
+            },
+            {
+                "vsock": ([AF_VSOCK, SOCK_STREAM, 0], "EPERM"),
+                "vsock, upper bits set": ([AF_VSOCK | _HIGH, SOCK_STREAM, 0], "EPERM"),
+                "unix": ([1, SOCK_STREAM, 0], "opened"),
+            },
+        ),
+    ],
+    ids=["default", "deny-list"],
+)
+def test_upper_bits_of_an_int_argument_cannot_slip_past_a_rule(nsk, tmp_path: Path, profile, calls):
+    """Red team 17 F1: libseccomp compares 64 bits, the kernel reads an int's low 32, so
+    ``socket(AF_NETLINK, SOCK_RAW, 12 | 1 << 32)`` passed "protocol != 12" and opened
+    nf_tables. Now such a call fails with EPERM, in the real kernel's filter."""
+    opts = []
+    if profile is not None:
+        path = tmp_path / "profile.json"
+        path.write_text(json.dumps(profile))
+        opts = ["--seccomp", str(path)]
+    nr = str(seccomp._resolve_native("socket"))
+    wanted = json.dumps({name: args for name, (args, _) in calls.items()})
+    r = nsk("run", *opts, "--", sys.executable, "-c", _SOCKET_PROBE, nr, wanted)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {name: seen for name, (_, seen) in calls.items()}
 
 
 @pytest.mark.parametrize(

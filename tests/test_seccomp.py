@@ -597,6 +597,91 @@ def test_clone3_answers_enosys_so_libc_falls_back_to_clone(
     assert nesting_filter.verdict("keyctl") == "errno EPERM"
 
 
+def _filter_of(tmp_path, profile: dict) -> seccomp.Filter:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(profile))
+    return seccomp.load(str(path), capabilities=caps.DEFAULT)
+
+
+def test_int_arguments_compare_as_the_kernel_reads_them(tmp_path) -> None:
+    """Red team 17 F1: libseccomp compares all 64 bits, the kernel reads an int's low 32.
+    Upper bits that are not a zero or sign extension fail with EPERM before any rule; a
+    proper extension reaches the rules, and 64-bit arguments are compared whole."""
+    high, sign = 1 << 32, 0xFFFFFFFF << 32
+    profile = {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "syscalls": [
+            # Docker's own rule: every family but AF_VSOCK (40).
+            {
+                "names": ["socket"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}],
+            },
+            # Several guarded arguments and syscalls, to cover the guard's jumps.
+            {
+                "names": ["kill", "tgkill"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [
+                    {"index": 1, "value": 9, "op": "SCMP_CMP_NE"},
+                    {"index": 0, "value": 1, "op": "SCMP_CMP_GT"},
+                ],
+            },
+            {"names": ["getpid"], "action": "SCMP_ACT_ALLOW"},
+            # clone's flags are an unsigned long: read whole, compared whole.
+            {
+                "names": ["clone"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": 1 << 40, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+            },
+        ],
+    }
+    f = _filter_of(tmp_path, profile)
+    assert f.verdict("socket", 40) == "errno EPERM"
+    assert f.verdict("socket", 40 | high) == "errno EPERM"  # was "allow"
+    assert f.verdict("socket", 40 | sign) == "errno EPERM"  # bit 31 clear: no sign extension
+    assert f.verdict("socket", 2, 1, 0) == "allow"
+    assert f.verdict("socket", 0x80000028 | sign) == "allow"  # -2147483608: EAFNOSUPPORT
+    assert f.verdict("kill", 100, 15) == f.verdict("tgkill", 100, 15) == "allow"
+    assert f.verdict("kill", 100, 9) == "errno EPERM"
+    assert f.verdict("kill", 100, 9 | high) == "errno EPERM"  # was "allow"
+    assert f.verdict("kill", 1 | high, 15) == "errno EPERM"  # was "allow" (GT 1)
+    assert f.verdict("tgkill", 100, 9 | high) == "errno EPERM"
+    assert f.verdict("tgkill", 100, 15, 3 | high) == "allow"  # argument 2 has no rule
+    assert f.verdict("getpid") == "allow"
+    assert f.verdict("clone", 17) == "allow"
+    assert f.verdict("clone", 17 | 1 << 40) == "errno EPERM"
+
+
+def _starts_with_the_guard(program: bytes) -> bool:
+    # The guard's head: load the arch; if native, skip the next step; else jump past it.
+    native = seccomp._binding().system_arch()
+    head = [struct.unpack_from("=HBBI", program, 8 * i) for i in range(3)]
+    return head == [(0x20, 0, 0, 4), (0x15, 1, 0, native), head[2]] and head[2][0] == 0x05
+
+
+def test_the_guard_is_only_there_when_a_rule_compares_an_int_argument(tmp_path) -> None:
+    read = {"names": ["read"], "action": "SCMP_ACT_ALLOW"}
+    clone = {  # an unsigned long: no guard needed
+        "names": ["clone"],
+        "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": 17, "op": "SCMP_CMP_EQ"}],
+    }
+    socket_family = {
+        "names": ["socket"],
+        "action": "SCMP_ACT_ALLOW",
+        "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"}],
+    }
+    seen = {}
+    for name, rules in {
+        "plain": [read],
+        "clone": [read, clone],
+        "socket": [read, socket_family],
+    }.items():
+        profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules}
+        seen[name] = _starts_with_the_guard(_filter_of(tmp_path, profile).program or b"")
+    assert seen == {"plain": False, "clone": False, "socket": True}
+
+
 def test_another_abi_is_killed(default_filter: seccomp.Filter) -> None:
     """x86's int 0x80 (AUDIT_ARCH_I386) would bypass argument checks through socketcall."""
     if os.uname().machine != "x86_64":

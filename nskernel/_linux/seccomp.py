@@ -24,6 +24,17 @@ does not know are skipped, as runc skips them, unless they are recent syscalls t
 knows the number of (``_RECENT_SYSCALLS``: Debian 12's libseccomp predates Linux 6.5).
 Everything else that cannot be compiled is a :class:`SeccompError` naming the entry.
 
+Argument width. libseccomp compares all 64 bits of an argument register; the kernel reads
+an ``int`` argument (socket's family and protocol, personality, prctl's option...) from the
+low 32 only. A rule "allow unless the protocol is NETLINK_NETFILTER" (``SCMP_CMP_NE 12``)
+let ``socket(AF_NETLINK, SOCK_RAW, 12 | 1 << 32)`` through to nf_tables, and Docker's own
+``AF_VSOCK`` rule has the same hole (red team 17). So every compiled filter starts with a
+short guard of our own (``_int_argument_guard``): for each argument the profile puts a
+condition on that the kernel reads as 32 bits (``_INT_ARGUMENTS``), the upper half must be
+the zero or sign extension of the lower one, or the call fails with EPERM. What reaches the
+rules then compares as the kernel reads it; a value with bit 31 set still has both its
+extensions, so compare such values with ``SCMP_CMP_MASKED_EQ`` and mask ``0xffffffff``.
+
 Filters stack: a sandbox made inside a sandbox (``%%sandbox`` in the sandboxed kernel)
 runs under both, and the stricter verdict wins. The sandboxed kernel itself gets the
 variant that allows new user namespaces (``allow_new_userns=True``) so that its sandbox
@@ -40,6 +51,7 @@ import json
 import os
 import stat
 import struct
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -117,6 +129,42 @@ _GOARCH = {
 
 # The syscalls that create a user namespace: the nesting variant allows them outright.
 _NEW_USERNS_CALLS = ("clone", "clone3", "unshare")
+
+# Arguments the kernel reads as 32 bits (``int``, ``unsigned int``, ``pid_t`` in
+# include/linux/syscalls.h), by syscall: the guard (see the module note) checks those the
+# profile puts a condition on. Others (``unsigned long`` flags of clone, unshare, mount)
+# are read whole and compared whole.
+_INT_ARGUMENTS: dict[str, tuple[int, ...]] = {
+    "socket": (0, 1, 2),  # int family, int type, int protocol
+    "socketpair": (0, 1, 2),
+    "personality": (0,),  # unsigned int
+    "prctl": (0,),  # int option
+    "ioctl": (0, 1),  # unsigned int fd, unsigned int cmd
+    "fcntl": (0, 1),
+    "dup": (0,),
+    "dup2": (0, 1),
+    "dup3": (0, 1, 2),
+    "kill": (0, 1),  # pid_t, int sig
+    "tkill": (0, 1),
+    "tgkill": (0, 1, 2),
+    "setsockopt": (0, 1, 2, 4),  # int fd, int level, int optname, optval, int optlen
+    "getsockopt": (0, 1, 2),
+    "keyctl": (0,),
+    "bpf": (0, 2),  # int cmd, attr, unsigned int size
+    "setns": (0, 1),  # int fd, int nstype
+    "seccomp": (0, 1),  # unsigned int op, unsigned int flags
+    "open": (1,),  # int flags
+    "openat": (0, 2),  # int dfd, int flags
+    "madvise": (2,),  # int behavior
+    "umount2": (1,),  # int flags
+    "quotactl": (0,),  # unsigned int cmd
+    "kcmp": (0, 1, 2),  # pid_t, pid_t, int type
+    "pidfd_open": (0, 1),
+    "pidfd_send_signal": (0, 1, 3),
+    "pidfd_getfd": (0, 1, 2),
+    "perf_event_open": (1, 2, 3),  # pid_t pid, int cpu, int group_fd
+    "io_uring_setup": (0,),  # u32 entries
+}
 
 _ERRNO_HINT = (
     "Install it (Debian/Ubuntu: apt-get install libseccomp2; Fedora: dnf install libseccomp) "
@@ -370,6 +418,7 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
     machine = os.uname().machine
     kernel = _kernel_version(os.uname().release)
     unknown: list[str] = []
+    guarded: dict[int, set[int]] = {}  # syscall number -> its 32-bit arguments with conditions
     entries = profile.get("syscalls") or []
     if not isinstance(entries, list):
         raise SeccompError(f"{where}: 'syscalls' must be a list of entries")
@@ -389,11 +438,15 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
         if action == default:
             continue  # libseccomp refuses a rule that repeats the default (runc skips it)
         groups = _conditions(sc, entry.get("args"), at)
+        compared = {arg["index"] for arg in entry.get("args") or []}  # checked by _conditions
         for syscall in names:
             nr = _resolve(sc, syscall, machine)
             if nr is None:
                 unknown.append(syscall)
                 continue
+            narrow = compared & set(_INT_ARGUMENTS.get(syscall, ()))
+            if narrow:
+                guarded.setdefault(nr, set()).update(narrow)
             try:
                 for conds in groups:
                     filt.add_rule(action, nr, *conds)
@@ -405,7 +458,7 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
                     continue
                 msg = f"{at}: libseccomp refused the rule for {syscall}: {e.strerror}"
                 raise SeccompError(msg) from e
-    program = _export(filt)
+    program = _int_argument_guard(sc.system_arch(), guarded) + _export(filt)
     if len(program) // 8 > BPF_MAXINSNS:
         msg = (
             f"{where} compiles to {len(program) // 8} BPF instructions; the kernel accepts at "
@@ -554,6 +607,57 @@ def _conditions(sc: Any, args: Any, at: str) -> list[list[Any]]:
     if len(set(seen)) < len(seen):
         return [[c] for c in conds]
     return [conds]
+
+
+# Classic BPF opcodes (linux/bpf_common.h) for the guard; struct seccomp_data offsets.
+_LD_ABS = 0x20  # BPF_LD | BPF_W | BPF_ABS
+_JEQ = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_JSET = 0x45  # BPF_JMP | BPF_JSET | BPF_K
+_JA = 0x05  # BPF_JMP | BPF_JA
+_RET = 0x06  # BPF_RET | BPF_K
+_NR, _ARCH, _ARGS = 0, 4, 16
+_EPERM = RET_ERRNO | errno_mod.EPERM
+
+
+def _int_argument_guard(arch: int, guarded: dict[int, set[int]]) -> bytes:
+    """BPF that runs before libseccomp's program (see the module note): for each syscall
+    number in ``guarded`` on the native ``arch``, each listed argument's upper 32 bits
+    must be 0, or 0xffffffff with bit 31 set (a sign extension); anything else returns
+    EPERM. Everything else falls through to the program after it. Classic BPF jumps only
+    forward and by relative offsets, so libseccomp's program needs no change behind it.
+    """
+    if not guarded:
+        return b""
+    hi, lo = (4, 0) if sys.byteorder == "little" else (0, 4)
+    blocks: list[list[tuple[int, int, int, int]]] = []
+    for nr in sorted(guarded):
+        args = sorted(guarded[nr])
+        checks: list[tuple[int, int, int, int]] = []
+        for i, index in enumerate(args):
+            # From this check's first instruction to the block's "ret EPERM": five
+            # instructions for each check left, then the "ja".
+            deny = 5 * (len(args) - i) + 1
+            checks += [
+                (_LD_ABS, 0, 0, _ARGS + 8 * index + hi),
+                (_JEQ, 3, 0, 0),  # zero extension: the next argument
+                (_JEQ, 0, deny - 3, 0xFFFFFFFF),
+                (_LD_ABS, 0, 0, _ARGS + 8 * index + lo),
+                (_JSET, 0, deny - 5, 0x80000000),  # a sign extension of a negative value
+            ]
+        # jeq nr; the checks; "ja" to the end of the guard; ret EPERM.
+        body = [(_JEQ, 0, len(checks) + 2, nr), *checks, (_JA, 0, 0, -1), (_RET, 0, 0, _EPERM)]
+        blocks.append(body)
+    insns = [(_LD_ABS, 0, 0, _ARCH), (_JEQ, 1, 0, arch), (_JA, 0, 0, -1), (_LD_ABS, 0, 0, _NR)]
+    for body in blocks:
+        insns += body
+    out = []
+    for pc, (code, jt, jf, k) in enumerate(insns):
+        if code == _JA:  # to the first instruction after the guard
+            k = len(insns) - pc - 1
+        if jt > 255 or jf > 255:
+            raise SeccompError("too many argument conditions on one syscall for the guard")
+        out.append(struct.pack("=HBBI", code, jt, jf, k))  # struct sock_filter, native order
+    return b"".join(out)
 
 
 def _architectures(sc: Any, profile: dict[str, Any], where: str) -> dict[str, int]:

@@ -682,6 +682,77 @@ def test_the_guard_is_only_there_when_a_rule_compares_an_int_argument(tmp_path) 
     assert seen == {"plain": False, "clone": False, "socket": True}
 
 
+def _fresh(nesting: bool) -> seccomp.Filter:
+    with open(seccomp.DEFAULT_PROFILE, encoding="utf-8") as f:
+        text = f.read()
+    held = frozenset(seccomp._cap_name(c) for c in caps.DEFAULT)
+    return seccomp._compile_default(text, held, nesting)
+
+
+@pytest.fixture
+def precompiled_at(tmp_path, monkeypatch):
+    """``seccomp.precompile`` into a file of the test's own, which ``load`` then reads."""
+    path = str(tmp_path / "default.precompiled.json")
+    monkeypatch.setattr(seccomp, "PRECOMPILED", path)
+    seccomp._load_default.cache_clear()
+    yield path
+    seccomp._load_default.cache_clear()
+
+
+def test_the_precompiled_default_filter_is_what_compiling_gives(precompiled_at) -> None:
+    seccomp.precompile(precompiled_at)
+    for nesting in (False, True):
+        loaded = seccomp.load("default", capabilities=caps.DEFAULT, allow_new_userns=nesting)
+        assert loaded == _fresh(nesting)
+    # Another capability set is not in the file: compiled, as before.
+    other = seccomp.load("default", capabilities=caps.plan(add=["SYS_PTRACE"]))
+    assert other.verdict("kcmp") == "allow"
+
+
+def test_a_precompiled_filter_is_used_only_while_what_it_was_made_from_holds(
+    precompiled_at,
+) -> None:
+    seccomp.precompile(precompiled_at)
+    with open(precompiled_at, encoding="utf-8") as f:
+        stored = json.load(f)
+    # Mark the stored program (one more "allow" at its end), to see whether it is read.
+    marked = stored["filters"][0]["filter"]["program"] + struct.pack("=HBBI", 6, 0, 0, 0).hex()
+    stored["filters"][0]["filter"]["program"] = marked
+
+    def used(**changed: str) -> bool:
+        with open(precompiled_at, "w", encoding="utf-8") as f:
+            json.dump({**stored, "inputs": {**stored["inputs"], **changed}}, f)
+        seccomp._load_default.cache_clear()
+        got = seccomp.load("default", capabilities=caps.DEFAULT)
+        return got.program == bytes.fromhex(marked)
+
+    assert used()
+    assert not used(kernel="0.0.1-another-kernel")
+    assert not used(machine="another-machine")
+    assert not used(profile=stored["inputs"]["profile"] + " ")
+    assert not used(compiler=stored["inputs"]["compiler"].replace("def ", "def  ", 1))
+    with open(precompiled_at, "w", encoding="utf-8") as f:
+        f.write("{not json")
+    seccomp._load_default.cache_clear()
+    assert seccomp.load("default", capabilities=caps.DEFAULT) == _fresh(False)
+
+
+def test_a_fresh_process_loads_the_default_filter_without_compiling() -> None:
+    """What installing nskernel precompiled (hatch_build.py) spares `nskernel run`."""
+    from tests.conftest import require
+
+    if not os.path.exists(seccomp.PRECOMPILED):
+        require(f"{seccomp.PRECOMPILED} was not made when nskernel was installed")
+    code = (
+        "import sys; from nskernel._linux import caps, seccomp; "
+        "seccomp.load('default', capabilities=caps.DEFAULT); "
+        "seccomp.load('default', capabilities=caps.DEFAULT, allow_new_userns=True); "
+        "print('pyseccomp' in sys.modules)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "False", r.stderr
+
+
 def test_another_abi_is_killed(default_filter: seccomp.Filter) -> None:
     """x86's int 0x80 (AUDIT_ARCH_I386) would bypass argument checks through socketcall."""
     if os.uname().machine != "x86_64":

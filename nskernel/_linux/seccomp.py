@@ -236,18 +236,7 @@ _PRELOADED: dict[tuple[str, frozenset[str], bool], Filter] = {}
 
 def serialize(f: Filter) -> bytes:
     """``f`` as bytes for :func:`preload` in another process of the host side."""
-    import base64
-
-    return json.dumps(
-        {
-            "name": f.name,
-            "program": None if f.program is None else base64.b64encode(f.program).decode(),
-            "allows_new_userns": f.allows_new_userns,
-            "flags": f.flags,
-            "architectures": list(f.architectures),
-            "unknown_syscalls": list(f.unknown_syscalls),
-        }
-    ).encode()
+    return json.dumps(_to_json(f)).encode()
 
 
 def preload(
@@ -258,13 +247,27 @@ def preload(
     Only for bytes from the host side itself (the provisioner, through a descriptor it
     passed): a sandbox never gets to hand a filter to anything.
     """
-    import base64
+    f = _from_json(json.loads(data))
+    key = (choice, frozenset(_cap_name(c) for c in capabilities), allow_new_userns)
+    _PRELOADED[key] = f
 
-    d = json.loads(data)
-    program = None if d["program"] is None else base64.b64decode(d["program"], validate=True)
+
+def _to_json(f: Filter) -> dict[str, Any]:
+    return {
+        "name": f.name,
+        "program": None if f.program is None else f.program.hex(),
+        "allows_new_userns": f.allows_new_userns,
+        "flags": f.flags,
+        "architectures": list(f.architectures),
+        "unknown_syscalls": list(f.unknown_syscalls),
+    }
+
+
+def _from_json(d: dict[str, Any]) -> Filter:
+    program = None if d["program"] is None else bytes.fromhex(d["program"])
     if program is not None and (not program or len(program) % 8):
         raise SeccompError("a precompiled filter that is not a BPF program")
-    f = Filter(
+    return Filter(
         str(d["name"]),
         program,
         bool(d["allows_new_userns"]),
@@ -272,8 +275,6 @@ def preload(
         tuple(str(a) for a in d["architectures"]),
         tuple(str(u) for u in d["unknown_syscalls"]),
     )
-    key = (choice, frozenset(_cap_name(c) for c in capabilities), allow_new_userns)
-    _PRELOADED[key] = f
 
 
 def load(choice: str, *, capabilities: frozenset[str], allow_new_userns: bool = False) -> Filter:
@@ -308,10 +309,76 @@ def _load_default(caps_key: frozenset[str], allow_new_userns: bool) -> Filter:
     # binary): importlib.resources would cost `nskernel run` ~4 ms of imports.
     with open(DEFAULT_PROFILE, encoding="utf-8") as f:
         text = f.read()
+    built = _precompiled(text, caps_key, allow_new_userns)
+    if built is not None:
+        return built
+    return _compile_default(text, caps_key, allow_new_userns)
+
+
+def _compile_default(text: str, caps_key: frozenset[str], allow_new_userns: bool) -> Filter:
     profile = _parse(DEFAULT, text)
     if allow_new_userns:
         profile = nesting_variant(profile)
     return compile_profile(DEFAULT, profile, caps_key)
+
+
+# The default filter, compiled when nskernel was installed (``precompile``, called by
+# hatch_build.py), for the default capability set, with and without the nesting variant.
+# Loading libseccomp and compiling cost every fresh process ~10 ms (`nskernel run` takes
+# ~80): this file makes that a read. It lies in the package, as trusted as the code, and is
+# used only when everything the compiled program depends on is exactly as it was then:
+# the profile's text, this module's source (the compiler and the guard), the kernel's
+# release (minKernel) and the machine. Anything else compiles as before. A newer
+# libseccomp is not noticed until nskernel is installed again: the program it made stays
+# a valid and equivalent filter.
+PRECOMPILED = os.path.join(os.path.dirname(DEFAULT_PROFILE), "default.precompiled.json")
+
+
+def _precompiled_inputs(text: str) -> dict[str, str]:
+    with open(__file__, encoding="utf-8") as f:
+        compiler = f.read()
+    uname = os.uname()
+    return {
+        "profile": text,
+        "compiler": compiler,
+        "kernel": uname.release,
+        "machine": uname.machine,
+    }
+
+
+def precompile(path: str = PRECOMPILED) -> None:
+    """Compile the default filter into ``path`` (see :data:`PRECOMPILED`); at build time."""
+    from . import caps
+
+    with open(DEFAULT_PROFILE, encoding="utf-8") as f:
+        text = f.read()
+    held = frozenset(_cap_name(c) for c in caps.DEFAULT)
+    filters = [
+        {
+            "capabilities": sorted(held),
+            "nesting": nesting,
+            "filter": _to_json(_compile_default(text, held, nesting)),
+        }
+        for nesting in (False, True)
+    ]
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"inputs": _precompiled_inputs(text), "filters": filters}, f)
+    os.replace(tmp, path)
+
+
+def _precompiled(text: str, caps_key: frozenset[str], allow_new_userns: bool) -> Filter | None:
+    try:
+        with open(PRECOMPILED, encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored["inputs"] != _precompiled_inputs(text):
+            return None
+        for entry in stored["filters"]:
+            if entry["nesting"] is allow_new_userns and set(entry["capabilities"]) == caps_key:
+                return _from_json(entry["filter"])
+    except (OSError, ValueError, KeyError, TypeError, SeccompError):
+        return None  # absent (not built here) or not usable: compile instead
+    return None
 
 
 @functools.lru_cache(maxsize=16)

@@ -82,6 +82,18 @@ def test_run_help_documents_namespaces_exit_codes_and_the_added_user_namespace()
     assert "125" in text and "127" in text
 
 
+def test_nskernel_run_builds_only_its_own_parser_and_it_is_the_same():
+    def run_parser(parser):
+        return parser._subparsers._group_actions[0].choices["run"]  # type: ignore[union-attr]
+
+    lean, whole = build_parser("run"), build_parser()
+    assert list(lean._subparsers._group_actions[0].choices) == ["run"]  # type: ignore[union-attr]
+    assert {"run", "doctor", "install"} <= set(whole._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    assert run_parser(lean).format_help() == run_parser(whole).format_help()
+    argv = ["run", "--pid", "--bind", "/tmp:/x", "--", "true"]
+    assert vars(lean.parse_args(argv)) == vars(whole.parse_args(argv))
+
+
 # --- Writable binds over places code runs from (15th red-team pass, F4) ---------------
 
 

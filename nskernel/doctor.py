@@ -28,7 +28,6 @@ This module also words the errors sandbox creation raises (:func:`explain_failur
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import errno as errno_mod
 import functools
 import json
@@ -40,6 +39,7 @@ from typing import Any
 
 from ._linux.procfs import NS_TYPES
 from ._linux.userns import id_map_tool
+from ._record import asdict, fields, record
 
 NAMESPACES = ("user", "pid", "net", "mnt", "uts", "ipc")
 
@@ -426,7 +426,7 @@ def blocked_syscalls(probe: dict[str, str]) -> list[str]:
 # ---------------------------------------------------------------- blockers and fixes
 
 
-@dataclasses.dataclass
+@record
 class Blocker:
     """One thing in the way, why, and the fix for the runtime we are in."""
 
@@ -440,7 +440,7 @@ class Blocker:
         return f"{self.what}: {self.why} Fix: {' '.join(self.fix)}"
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
 def _on_host(runtime: str | None) -> str:
@@ -940,7 +940,7 @@ def _degraded_supported() -> bool:
     """Whether the sandbox core offers the opt-in degraded modes yet."""
     from .spec import SandboxSpec
 
-    return "allow_degraded" in {f.name for f in dataclasses.fields(SandboxSpec)}
+    return "allow_degraded" in set(fields(SandboxSpec))
 
 
 def degraded_modes(

@@ -47,8 +47,8 @@ import errno
 import os
 import re
 import stat
+from collections import namedtuple  # not typing.NamedTuple: typing costs ~2 ms to import
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
 
 MOUNTINFO = "/proc/self/mountinfo"
 
@@ -58,26 +58,23 @@ _ESCAPE = re.compile(r"\\([0-7]{3})")
 _BACKSLASHED = re.compile(r"\\(.)")
 
 
-class Mount(NamedTuple):
-    """One line of mountinfo, the fields that matter here (paths unescaped)."""
+class Mount(namedtuple("Mount", "mount_id parent_id dev root mount_point layers", defaults=((),))):
+    """One line of mountinfo, the fields that matter here (paths unescaped): ``dev`` is
+    the file system's "major:minor" (btrfs: the same for every subvolume), ``root`` the
+    directory of that file system shown at ``mount_point``, ``layers`` an overlayfs's
+    lower and upper directories."""
 
-    mount_id: str
-    parent_id: str
-    dev: str  # "major:minor" of the file system (btrfs: the same for every subvolume)
-    root: str  # the directory of that file system shown at mount_point
-    mount_point: str
-    layers: tuple[str, ...] = ()  # an overlayfs's lower and upper directories
+    __slots__ = ()
 
 
-class Alias(NamedTuple):
-    """A path that shows (part of) ``of`` through another mount."""
+class Alias(namedtuple("Alias", "path of whole")):
+    """A path that shows (part of) ``of`` through another mount. ``of``: the masked
+    directory, or the mount point below it, that it shows again. ``whole``: True when it
+    shows a part of ``of`` (a mount point to cover whole), or ``of`` merged with other
+    layers (overlayfs): checked to be a directory or file, not a link; False when it
+    shows ``of`` itself, checked to be that very directory."""
 
-    path: str
-    of: str  # the masked directory, or the mount point below it, that it shows again
-    # True: it shows a part of ``of`` (a mount point to cover whole), or ``of`` merged
-    # with other layers (overlayfs): checked to be a directory or file, not a link; False:
-    # it shows ``of`` itself, checked to be that very directory
-    whole: bool
+    __slots__ = ()
 
 
 def unescape(field: str) -> str:
@@ -90,7 +87,7 @@ def unescape(field: str) -> str:
 def parse(text: str) -> list[Mount]:
     """The mounts of a mountinfo text, in its order (a mount after its parent)."""
     # Per spawn, on every line (hundreds on a container host): kept to one split and
-    # one tuple per line (tuple.__new__ skips the NamedTuple constructor's Python code).
+    # one tuple per line (tuple.__new__ skips the namedtuple constructor's Python code).
     new = tuple.__new__
     out = []
     # Lines end at "\n" only: the kernel escapes it (and space, tab, backslash) in paths,
@@ -280,12 +277,12 @@ def _kind(path: str, ref: os.stat_result | None) -> str | None:
     return "dir" if stat.S_ISDIR(st.st_mode) else "file"
 
 
-class Found(NamedTuple):
-    """An alias checked on the host: what to cover inside."""
+class Found(namedtuple("Found", "path of is_dir")):
+    """An alias checked on the host: what to cover inside. ``of``: the masked directory,
+    or the mount point below it, that it shows again; ``is_dir`` False: one file (or
+    socket...) of ``of`` bound there, or bound into it."""
 
-    path: str
-    of: str  # the masked directory, or the mount point below it, that it shows again
-    is_dir: bool  # False: one file (or socket...) of ``of`` bound there, or bound into it
+    __slots__ = ()
 
 
 def aliases(paths: Iterable[str], mountinfo: str = MOUNTINFO) -> list[Found]:

@@ -31,7 +31,6 @@ The layout::
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import hashlib
 import ipaddress
@@ -45,6 +44,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._record import factory, record
 from .errors import NskernelError
 
 if TYPE_CHECKING:
@@ -79,12 +79,12 @@ class PublishError(NetworkError):
     """``--publish`` could not listen on the host side or find its target."""
 
 
-@dataclasses.dataclass
+@record
 class Network:
     name: str
     subnet: ipaddress.IPv4Network
     bridge: str
-    members: dict[str, ipaddress.IPv4Address] = dataclasses.field(default_factory=dict)
+    members: dict[str, ipaddress.IPv4Address] = factory(dict)
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
@@ -100,7 +100,7 @@ class Network:
         }
 
 
-@dataclasses.dataclass
+@record
 class Endpoint:
     """One interface of a sandbox on one network."""
 
@@ -119,7 +119,7 @@ class Endpoint:
         }
 
 
-@dataclasses.dataclass
+@record
 class Forwarder:
     """A relay process: ``127.0.0.1:host_port`` on the host side → ``target:port``."""
 
@@ -140,14 +140,14 @@ class Forwarder:
         return {"host": f"{self.host}:{self.host_port}", "target": f"{self.target}:{self.port}"}
 
 
-@dataclasses.dataclass
+@record
 class Member:
     name: str
     init_pid: int
     aliases: tuple[str, ...]
     endpoints: list[Endpoint]
     hosts_fd: int | None
-    forwarders: list[Forwarder] = dataclasses.field(default_factory=list)
+    forwarders: list[Forwarder] = factory(list)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -8,7 +8,6 @@ never call this directly, they start a fresh process that does.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -16,7 +15,6 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import mountinfo
 from ._linux import (
@@ -31,6 +29,7 @@ from ._linux import (
     syscalls,
     userns,
 )
+from ._record import astuple
 from .environ import sandbox_environment
 from .errors import (
     EXIT_NOT_FOUND,
@@ -54,6 +53,12 @@ from .spec import (
     private_runtime_dirs,
     user_homes,
 )
+
+# typing is only for annotations (strings, with the __future__ import): importing it
+# cost every `nskernel run` ~2 ms.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 _subreaper_set = False
 _init_warned = False
@@ -297,7 +302,7 @@ class Sandbox:
         try:
             setup_pid = syscalls.fork_lean()  # the setup child runs only nskernel's code
         except BaseException:
-            for fd in (*dataclasses.astuple(pipes), native_init):
+            for fd in (*astuple(pipes), native_init):
                 if fd is not None:
                     os.close(fd)
             raise

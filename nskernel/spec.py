@@ -8,7 +8,6 @@ which namespaces, the hostname, the binds and their paths. The privileged layer
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import re
@@ -17,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 
 from ._linux.limits import Limits
+from ._record import factory, record, replace
 from .errors import SpecError
 
 ALL_NAMESPACES: tuple[str, ...] = ("pid", "net", "mnt", "uts", "ipc", "user")
@@ -88,7 +88,7 @@ def _passwd_home() -> str | None:
         return None
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Lookup:
     """How ``path`` resolves: ``dirs``, the directories (real paths) its components are
     looked up in, symbolic links followed; ``links``, those among them where a link was
@@ -600,7 +600,7 @@ def parse_degraded(text: str | None) -> frozenset[str]:
 _HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Bind:
     """A host path made visible inside the sandbox (``--bind`` / ``--ro-bind``)."""
 
@@ -820,7 +820,7 @@ def _hostname_error(name: str) -> str | None:
     return None
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class SandboxSpec:
     """Which namespaces to create and how to set them up.
 
@@ -841,7 +841,7 @@ class SandboxSpec:
     env: dict[str, str] | None = None
     map_root_to: int | None = None
     use_subids: bool = True
-    limits: Limits = dataclasses.field(default_factory=Limits)
+    limits: Limits = factory(Limits)
     timeout: float | None = None
     no_userns: bool = False
     keep_groups: bool = False
@@ -959,7 +959,7 @@ class SandboxSpec:
     def resolved_binds(self) -> tuple[Bind, ...]:
         """Binds with absolute, symlink-free sources (the sandbox sees the host root at /)."""
         return tuple(
-            dataclasses.replace(
+            replace(
                 b,
                 source=os.path.normpath(b.source) if b.resolved else os.path.realpath(b.source),
                 dest=os.path.normpath(b.dest),

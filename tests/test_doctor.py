@@ -3,7 +3,6 @@ the command never runs unsandboxed."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ import sys
 
 import pytest
 
+from nskernel import _record
 from tests.conftest import nskernel_cmd, require
 
 DENY = [sys.executable, "-m", "tests.helpers.deny"]
@@ -298,7 +298,7 @@ def test_degraded_modes_are_offered_only_where_they_would_help():
     # Offered as supported only once the sandbox core has the option (the lead's side).
     from nskernel.spec import SandboxSpec
 
-    has = "allow_degraded" in {f.name for f in dataclasses.fields(SandboxSpec)}
+    has = "allow_degraded" in _record.fields(SandboxSpec)
     assert doctor.degraded_modes(report | {"blockers": [{"id": "masked"}]})["supported"] is has
 
 

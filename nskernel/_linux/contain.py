@@ -44,19 +44,19 @@ launcher → child ``go`` pipe releases step 5.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from .._record import record, replace
 from . import confine, init, limits, mntns, netns, syscalls, userns, utsns
 
 ORDER_AFTER_USER = ("ipc", "uts", "net", "mnt", "pid")
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class ChildPlan:
     """Everything the child side needs, decided before fork."""
 
@@ -94,7 +94,7 @@ class ChildPlan:
     final_maps: userns.IdMapPlan | None = None
 
 
-@dataclasses.dataclass
+@record
 class Pipes:
     report_r: int
     report_w: int
@@ -177,7 +177,7 @@ def setup_child(plan: ChildPlan, pipes: Pipes, native_init: int | None) -> int:
 
     if plan.mounts is not None and plan.mounts.binds:
         try:  # step 6, still with the caller's own access rights
-            plan = dataclasses.replace(plan, mounts=plan.mounts.with_sources_opened())
+            plan = replace(plan, mounts=plan.mounts.with_sources_opened())
         except OSError as e:
             _fail(rep, f"open bind source {e.filename}", e, "mnt")
             return 1

@@ -22,16 +22,17 @@ rlimits just before exec (``apply_rlimits_from_child``), so the init is not limi
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import os
 import resource
+
+from .._record import record
 
 _V1_ROOT = "/sys/fs/cgroup"
 _counter = itertools.count()
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Limits:
     """What to limit. Sizes in bytes; ``cpus`` as a fraction of one CPU (0.5 = half)."""
 
@@ -43,7 +44,7 @@ class Limits:
         return any(v is not None for v in (self.memory, self.pids, self.cpus))
 
 
-@dataclasses.dataclass
+@record
 class AppliedLimits:
     """Where each limit is enforced; JSON-ready through :meth:`describe`."""
 

@@ -32,11 +32,11 @@ again: a bind is a detached copy (``open_tree``), made read-only before it is at
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import stat
 
+from .._record import record, replace
 from . import idmap
 from . import syscalls as sc
 
@@ -44,7 +44,7 @@ _SCRATCH = "/tmp"
 _NEWROOT = "/tmp/.nskernel-root"
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class FixedDir:
     """A directory whose top level is fixed at start (``Bind.fixed_top_level``): a fresh
     tmpfs at ``path`` holding mount points for its binds (planned as any other bind),
@@ -57,7 +57,7 @@ class FixedDir:
     links: tuple[tuple[str, str], ...] = ()
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class MountPlan:
     fresh_proc: bool
     fresh_sys: bool
@@ -103,7 +103,7 @@ class MountPlan:
             (src, fd if detached else sc.open_no_symlinks(src), dst, ro, detached)
             for src, fd, dst, ro, detached in self.binds
         )
-        return dataclasses.replace(self, binds=opened)
+        return replace(self, binds=opened)
 
     def detached_fds(self) -> set[int]:
         """The mounts made by the launcher, which the setup child must keep open."""

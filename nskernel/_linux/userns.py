@@ -13,14 +13,15 @@ write ``deny`` to ``setgroups``. The choice of mapping:
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pwd
+
+from .._record import record, replace
 
 NOBODY = 65534
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class IdMapPlan:
     uid_map: tuple[tuple[int, int, int], ...]
     gid_map: tuple[tuple[int, int, int], ...]
@@ -34,7 +35,7 @@ class IdMapPlan:
         The sandbox's own user namespace is then nested in it with this plan's maps (see
         ``enter_nested_from_child``), so inside, /proc/self/uid_map still shows the host ids.
         """
-        return dataclasses.replace(
+        return replace(
             self,
             uid_map=tuple((out, out, n) for _in, out, n in self.uid_map),
             gid_map=tuple((out, out, n) for _in, out, n in self.gid_map),
@@ -228,7 +229,7 @@ def become_staging_from_child(final: IdMapPlan, *, setgroups_allowed: bool) -> N
     os.setresuid(uid, uid, uid)
 
 
-@dataclasses.dataclass
+@record
 class NestingPipes:
     """init → setup child: "u" once init has unshared; setup child → init: "k" once the
     maps are written. Both ends exist in both processes until each closes its spare ones."""

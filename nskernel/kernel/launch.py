@@ -53,7 +53,6 @@ import atexit
 import codecs
 import contextlib
 import ctypes
-import dataclasses
 import errno
 import gc
 import json
@@ -71,6 +70,7 @@ from typing import Any
 
 from .. import Bind, Sandbox, SandboxError, SandboxSpec, SpecError, paths
 from .._linux import exefile, syscalls, userns
+from .._record import replace
 from ..environ import cwd_on_sys_path, python_module_command
 from ..errors import EXIT_SANDBOX_FAILED
 from ..spec import (
@@ -511,7 +511,7 @@ def _start(
             print(warning, file=sys.stderr)
         if writable and cwd in staged.read_only:
             # What the clone showed decides, not the earlier look by path.
-            binds = [dataclasses.replace(b, readonly=True) if b.dest == cwd else b for b in binds]
+            binds = [replace(b, readonly=True) if b.dest == cwd else b for b in binds]
             env[hints.DIR_ENV] = cwd
             env[hints.HINT_ENV] = f"nskernel: the notebook's directory {cwd} stays read-only inside"
         os.chdir(cwd)  # re-resolve through the idmapped mount

@@ -25,16 +25,16 @@ Standard library only (ctypes), like the rest of the privileged layer.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 
 from .._linux import idmap
 from .._linux import syscalls as sc
+from .._record import factory, record
 from ..spec import blocked_ancestor
 
 
-@dataclasses.dataclass(frozen=True)
+@record(frozen=True)
 class Expose:
     """Make ``path`` reachable at the same path; idmap its owner to ``owner_to`` ids.
 
@@ -47,12 +47,12 @@ class Expose:
     writable: bool = False
 
 
-@dataclasses.dataclass
+@record
 class Exposed:
-    warnings: list[str] = dataclasses.field(default_factory=list)
+    warnings: list[str] = factory(list)
     # Paths asked for writable that must be bound read-only: what the clone showed (one
     # lookup, checked on the clone itself) is root's or not idmappable.
-    read_only: set[str] = dataclasses.field(default_factory=set)
+    read_only: set[str] = factory(set)
 
 
 def expose_in_private_mount_namespace(items: list[Expose], sandbox_uid: int) -> Exposed:

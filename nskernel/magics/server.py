@@ -30,7 +30,6 @@ Choices:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import os
@@ -47,6 +46,7 @@ from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, Sp
 from nskernel._linux import exefile, procfs, syscalls, userns
 from nskernel.spec import ALL_NAMESPACES, make_limits, python_environment_binds
 
+from .._record import replace
 from . import messages, protocol
 
 NETWORK_OPTIONS = ("network", "ip", "publish")
@@ -215,7 +215,7 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
         # lives in a directory that is private inside (a venv or checkout under /tmp).
         taken = {b.dest for b in binds}
         extra = tuple(b for b in _PYTHON_BINDS if b.dest not in taken)
-        built = dataclasses.replace(built, binds=binds + extra)
+        built = replace(built, binds=binds + extra)
     return built
 
 

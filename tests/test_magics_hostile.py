@@ -138,7 +138,8 @@ def test_a_named_sandbox_that_breaks_the_protocol_is_gone_and_says_so(kc):
 
 def test_a_frame_while_no_cell_runs_stops_that_sandbox_and_the_next_cell_says_so(kc):
     # The cell arms a handler; the test fires it once the cell is over, so the garbage
-    # arrives while no cell of this sandbox runs.
+    # arrives while no cell of this sandbox runs. Nothing reads the sandbox then (red
+    # team 17 F4): what it wrote is read, and refused, when the next cell comes.
     code = (
         f"%%sandbox --name idle1\n{CHANNEL}\nimport signal\n"
         "signal.signal(signal.SIGUSR1, lambda *a: send_raw(b'\\xff' * 16))"
@@ -146,8 +147,9 @@ def test_a_frame_while_no_cell_runs_stops_that_sandbox_and_the_next_cell_says_so
     assert execute(kc, code).status == "ok"
     pid = inspect_pid(kc, "idle1")
     os.kill(runner_of(pid), 10)  # SIGUSR1
-    assert wait_gone(pid, 30), "a sandbox that broke the protocol between cells lives on"
+    time.sleep(0.5)
     res = execute(kc, "%%sandbox --name idle1\nprint('ran')")
+    assert wait_gone(pid, 30), "a sandbox that broke the protocol between cells lives on"
     assert res.status == "error" and "ran" not in res.stdout
     text = res.error_text
     assert "named sandbox 'idle1' was stopped while no cell of it ran" in text, text
@@ -297,6 +299,145 @@ def test_facts_answers_that_lie_are_huge_or_never_come_leave_ls_prompt(kc):
         assert "named sandbox 'huge1' was stopped while no cell of it ran" in res.error_text
     finally:
         execute(kc, "%sandbox rm liar1 mute1")
+    assert_all_well(kc)
+
+
+def test_errors_are_capped_per_cell_and_counted(kc):
+    # Red team 17 F2: error messages were outside --max-output, so one cell showed 40 MB
+    # of tracebacks against a 1M cap. Now they have a budget of their own, per cell, in
+    # the server and the kernel, and what goes over is counted in the cell's note.
+    flood = (
+        f"%%sandbox --max-output 1M\n{CHANNEL}\n"
+        "for i in range(40):\n"
+        "    send_raw(frame({'type': 'error', 'ename': 'E', 'evalue': 'v',"
+        " 'traceback': [str(i) + 'x' * 1_000_000]}))\n"
+        "print('the end')"
+    )
+    res = execute(kc, flood, timeout=120)
+    assert res.status == "ok", res.error_text
+    errors = [o.content for o in res.outputs if o.kind == "error"]
+    shown = sum(len("".join(e["traceback"]) + e["evalue"]) for e in errors)
+    assert len(errors) <= 2 and shown <= (2 << 20) + 1000, (len(errors), shown)
+    assert "the end" in res.stdout
+    assert "38 error(s)" in res.stderr and "--max-output" in res.stderr, res.stderr
+    # A cell that raises once shows its traceback as always, with no note.
+    res = execute(kc, "%%sandbox --max-output 1M\ndef f():\n    1 / 0\nf()")
+    assert res.reply["content"]["ename"] == "ZeroDivisionError", res.error_text
+    assert "----> 3 f()" in res.error_text and "1 / 0" in res.error_text
+    assert "nskernel" not in res.error_text and not res.stderr
+    assert_all_well(kc)
+
+
+def _server_pid(kc) -> int:
+    """The kernel's sandbox server (started on its first %%sandbox cell)."""
+    res = execute(kc, "import os as _os\nprint(_os.getpid())")
+    kernel_pid = int(res.stdout)
+    with open(f"/proc/{kernel_pid}/task/{kernel_pid}/children") as f:
+        for pid in map(int, f.read().split()):
+            with open(f"/proc/{pid}/cmdline", "rb") as c:
+                if b"nskernel.magics.server" in c.read():
+                    return pid
+    raise AssertionError("no sandbox server under the kernel")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process, all its threads, from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# One frame of nested empty containers: 3 bytes each, ~72 once decoded.
+NESTED = (
+    "def nested(kind, size):\n"
+    '    head = b\'{"type":"\' + kind.encode() + b\'","data":{},"name":"stdout",\'\n'
+    '    head += b\'"text":"","x":[\'\n'
+    "    return frame(head + b'{},' * ((size - len(head)) // 3) + b'{}]}')\n"
+)
+
+
+def test_a_frame_that_decodes_to_too_much_stops_that_sandbox_not_the_server():
+    # Red team 17 F3: a 64 MiB frame of `[{},{},...]` made the server hold 1.7 GiB. What a
+    # frame may decode to is now counted before it is decoded: a display holds at most
+    # protocol.MAX_VALUES values, a stream message far fewer; bulk data still passes.
+    with kernel() as (_km, kc):
+        assert execute(kc, "%%sandbox\nprint(1)").status == "ok"
+        server = _server_pid(kc)
+        before = _status_kib(server, "VmHWM")
+        for kind, size in (("display_data", 12 << 20), ("stream", 64 << 10)):
+            res = execute(
+                kc,
+                f"%%sandbox\n{CHANNEL}{NESTED}send_raw(nested({kind!r}, {size}))\ntime.sleep(10)",
+                timeout=120,
+            )
+            stopped_cell(res)
+            assert "JSON values" in res.error_text, res.error_text
+        grown = (_status_kib(server, "VmHWM") - before) >> 10
+        assert grown < 120, f"the server's peak memory grew by {grown} MiB"
+        # A big display that is mostly values (GeoJSON-like, 400k of them) is shown.
+        geo = (
+            "%%sandbox\nfrom IPython.display import display\n"
+            "poly = [[[0, 0], [1, 0], [1, 1], [0, 0]]]\n"
+            "features = [{'type': 'Feature', 'properties': {'id': i}, "
+            "'geometry': {'type': 'Polygon', 'coordinates': poly}} for i in range(20_000)]\n"
+            "display({'application/json': {'features': features}}, raw=True)\nprint('ok')"
+        )
+        res = execute(kc, geo, timeout=120)
+        assert res.status == "ok" and res.stdout == "ok\n", res.error_text
+        assert len(res.displays[0]["application/json"]["features"]) == 20_000
+
+
+def test_a_sandbox_that_writes_on_costs_the_server_next_to_nothing(kc):
+    # Red team 17 F4: the server decoded frames it then dropped, and never stopped
+    # reading: a sandbox at 1% of a core kept it at 80%. Now nothing of a sandbox is read
+    # between its cells (its writes block, on its own CPU time), and past a cell's
+    # budgets its output is dropped undecoded. Compared: CPU time of the server and of
+    # the sandbox's runner, over the same spell, from /proc/PID/stat.
+    code = (
+        f"%%sandbox --name burner1\n{CHANNEL}{NESTED}import signal, threading\n"
+        "junk = nested('display_data', (1 << 20) - 64)\n"
+        "go = threading.Event()\n"
+        "def write_on():\n"
+        "    go.wait()\n"
+        "    while True:  # paced: 100 MiB/s at most\n"
+        "        send_raw(junk)\n"
+        "        time.sleep(0.01)\n"
+        "threading.Thread(target=write_on, daemon=True).start()\n"
+        "signal.signal(signal.SIGUSR1, lambda *a: go.set())"
+    )
+    assert execute(kc, code).status == "ok"
+    server = _server_pid(kc)
+    runner = runner_of(inspect_pid(kc, "burner1"))
+    try:
+        os.kill(runner, signal.SIGUSR1)  # write on, while no cell runs
+        time.sleep(0.5)
+        s0, r0 = _cpu_seconds(server), _cpu_seconds(runner)
+        time.sleep(2)
+        spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
+        assert spent < 0.6 + 3 * sandbox, (
+            f"between cells: server {spent:.2f} s, sandbox {sandbox:.2f} s"
+        )
+        # While a cell runs, the same output soon spends its budgets: the cell ends,
+        # says what was dropped, and costs the server about what it costs the sandbox.
+        flood = "%%sandbox --name burner1 --max-output 1M\ntime.sleep(3)\nprint('the end')"
+        s0, r0 = _cpu_seconds(server), _cpu_seconds(runner)
+        res = execute(kc, flood, timeout=120)
+        spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
+        assert res.status == "ok" and "the end" in res.stdout, res.error_text
+        assert "display(s)" in res.stderr, res.stderr
+        assert spent < 0.6 + 3 * sandbox, (
+            f"in a cell: server {spent:.2f} s, sandbox {sandbox:.2f} s"
+        )
+    finally:
+        execute(kc, "%sandbox rm burner1")
     assert_all_well(kc)
 
 
@@ -704,6 +845,36 @@ def test_the_kernel_checks_what_the_server_relays():
     with pytest.raises(ValueError):
         protocol.decode_value(deep)
     assert protocol.decode_value({protocol.BYTES_TAG: base64.b64encode(b"ok").decode()}) == b"ok"
+
+
+def test_the_frame_reader_bounds_what_a_frame_decodes_to():
+    # Counted before decoding: lists, objects and their items, not what is in strings.
+    assert protocol.json_values(b"[{},{},{}]", 100) == 7  # at most: 4
+    text = json.dumps({"type": "stream", "text": "a,{[" * 10_000}).encode()
+    assert protocol.json_values(text, 100) == 3
+    r, w = os.pipe()
+    try:
+        reader = protocol.FrameReader(r, max_values=1000)
+        nested = b"[" + b"{}," * 2000 + b"{}]"
+        body = b'{"x":' + nested + b"}"
+        reader.buf = bytearray(protocol.HEADER.pack(len(body)) + body)
+        with pytest.raises(protocol.ProtocolError, match="more than 1000 JSON values"):
+            list(reader.frames())
+        reader.buf = bytearray(protocol.HEADER.pack(len(text)) + text)
+        assert [m["type"] for m in reader.frames()] == ["stream"]
+        # The server's say per frame: fewer values for some, none (dropped undecoded).
+        reader.buf = bytearray((protocol.HEADER.pack(len(text)) + text) * 2)
+        assert list(reader.frames(lambda body: None)) == []
+        reader.buf = bytearray(protocol.HEADER.pack(len(body)) + body)
+        with pytest.raises(protocol.ProtocolError, match="more than 10 JSON values"):
+            list(reader.frames(lambda body: 10))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert messages.frame_kind(b' { "type" : "stream", "text": ""}') == "stream"
+    for body in (b'{"text": "", "type": "stream"}', b"[1]", b"{not json"):
+        with pytest.raises(messages.Malformed, match="begin with its type"):
+            messages.frame_kind(body)
 
 
 def test_the_frame_reader_refuses_oversized_invalid_and_non_object_frames():

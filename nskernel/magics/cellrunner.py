@@ -73,8 +73,9 @@ class _Channel:
         self.last_sent = 0.0
         self.batch_started = 0.0
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # Whether a cell runs: rich output from background threads between cells has no
-        # cell to go to (the server drops it), so it is not sent at all.
+        # Whether a cell runs: output from background threads (and from processes a
+        # cell left running) between cells has no cell to go to, so it is not sent at
+        # all: the server does not read this channel then, and a write would block.
         self.running = False
 
     def send(self, msg: dict[str, Any], *, drain: bool = True) -> None:
@@ -109,6 +110,8 @@ class _Channel:
         self.last_sent = time.monotonic()
 
     def _stream_locked(self, name: str, text: str) -> None:
+        if not self.running:
+            return
         for i in range(0, len(text), STREAM_CHUNK):
             self._send_locked({"type": "stream", "name": name, "text": text[i : i + STREAM_CHUNK]})
 
@@ -449,7 +452,7 @@ def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
             shell.showtraceback()
             ok = False
         finally:
-            sys.stdout.flush()
+            ch.drain()  # its output, `!cmd`'s too, goes out while it still runs
         with ch.lock:
             ch.running = False
         done = {"type": "cell_done", "status": "ok" if ok else "error", "outputs": {}}
@@ -462,7 +465,7 @@ def _run_one(shell: SandboxShell, ch: _Channel, req: dict[str, Any]) -> None:
     try:
         result = shell.run_cell(req["cell"], store_history=True)
     finally:
-        sys.stdout.flush()
+        ch.drain()  # its output, `!cmd`'s too, goes out while it still runs
     ok = bool(result.success)
     outputs: dict[str, object] = {}
     out_error = None

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import builtins
 import getpass
+import itertools
 import threading
 from typing import Any
 
@@ -33,6 +34,7 @@ from IPython.core.error import StdinNotImplementedError
 from IPython.utils.tokenutil import token_at_cursor
 
 from . import protocol
+from .messages import MAX_MATCHES
 
 _state: dict[str, Any] = {"channel": None, "reader": None, "parent": {}}
 _manager = CommManager()
@@ -147,7 +149,8 @@ def handle_comm(msg: dict[str, Any]) -> None:
 def complete(shell: Any, code: str, cursor_pos: int) -> dict[str, Any]:
     """As ipykernel answers a complete_request (with the experimental types)."""
     with provisionalcompleter():
-        found = list(shell.Completer.completions(code, cursor_pos))
+        # No more than the kernel keeps (the server bounds what an answer may hold).
+        found = list(itertools.islice(shell.Completer.completions(code, cursor_pos), MAX_MATCHES))
     if not found:
         return {"matches": [], "cursor_start": cursor_pos, "cursor_end": cursor_pos, "types": []}
     start = min(c.start for c in found)

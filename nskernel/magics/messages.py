@@ -155,6 +155,23 @@ def display_cost(msg: dict[str, Any]) -> int:
     return max(size, MIN_DISPLAY_COST)
 
 
+# ---------------------------------------------------------------- frames
+
+# A cell runner's frame begins with its type (``protocol.encode`` keeps the order of the
+# keys, and every message is made with "type" first): the server reads the kind of a
+# frame from these bytes before deciding whether it is worth decoding at all, and
+# checks, once decoded, that the type is the one read here.
+_KIND = re.compile(rb'\s*\{\s*"type"\s*:\s*"([a-z_]{1,32})"')
+
+
+def frame_kind(body: bytes) -> str:
+    """The ``type`` a frame from a cell runner begins with; Malformed when it does not."""
+    m = _KIND.match(body, 0, 256)
+    if m is None:
+        raise Malformed("a message that does not begin with its type")
+    return m.group(1).decode("ascii")
+
+
 # ---------------------------------------------------------------- messages
 
 
@@ -227,6 +244,13 @@ def _comm(msg: dict[str, Any], *, clean: bool) -> dict[str, Any]:
     if kind == "comm_open":
         out["target_name"] = _text(msg.get("target_name"), "target_name", limit=MAX_NAME)
     return out
+
+
+def error_size(msg: dict[str, Any]) -> int:
+    """What a clean error message costs against the per-cell error budget: its text,
+    at least MIN_DISPLAY_COST (a flood of empty errors costs the browser too)."""
+    size = len(msg["ename"]) + len(msg["evalue"]) + sum(len(line) for line in msg["traceback"])
+    return max(size, MIN_DISPLAY_COST)
 
 
 def comm_size(msg: dict[str, Any]) -> int:
@@ -402,6 +426,8 @@ def done(msg: dict[str, Any]) -> dict[str, Any]:
     out["dropped"] = {
         k: v
         for k, v in dropped.items()
-        if k in ("chars", "displays", "display_size") and type(v) is int and v >= 0
+        if k in ("chars", "displays", "display_size", "errors", "error_size")
+        and type(v) is int
+        and v >= 0
     }
     return out

@@ -20,9 +20,10 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from nskernel._linux import syscalls
@@ -49,6 +50,20 @@ MAX_IDLE_FRAME = 1 << 20
 MAX_TRUSTED_FRAME = 1 << 30
 #: Deepest nesting of lists and dicts accepted in a value that crossed the boundary.
 MAX_DEPTH = 100
+
+# What a frame may decode to. Bytes alone do not bound it: JSON's small values grow when
+# decoded (``{},`` is 3 bytes and an empty dict plus its list slot is 72; ``"ab",`` 5
+# bytes and a 51-byte str): one 64 MiB frame of ``[{},{},...]`` made the server hold
+# 1.7 GiB (red team 17 F3). So a frame's values are counted before it is decoded, the
+# items of its lists and objects and the containers themselves, each costing 100 bytes
+# or so at worst once decoded. Measured (tools' own JSON, compact): a 3 MB PNG as
+# base64, 3 values; HTML tables (a DataFrame's) almost none; a 64 KiB stream chunk of
+# CSV text 25K (commas in strings count in the quick count); a plotly figure of 100k
+# points 200K values in 1.3 MiB; GeoJSON of 20k polygons 400K values in 2.2 MiB (~6 bytes
+# a value). 2M is what a display as dense as GeoJSON holds in ~12 MiB, most of the 16M
+# a cell shows by default, and costs ~200 MiB at worst, not gigabytes.
+#: Most JSON values a frame from a sandbox may decode to (see :func:`json_values`).
+MAX_VALUES = 1 << 21
 BYTES_TAG = "__nskernel_bytes__"
 
 
@@ -88,19 +103,40 @@ def size_text(size: int) -> str:
     return f"{size} bytes"
 
 
+# A JSON string, escapes included (unrolled: no backtracking per character).
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+
+
+def json_values(body: bytes, limit: int) -> int:
+    """How many values ``body`` decodes to at most: items of lists and objects, and
+    the lists and objects themselves (an object's keys are not counted apart: json
+    shares repeated keys). Cheap when under ``limit``: ``,``, ``{`` and ``[`` inside
+    strings count too; only a body over it is counted again without its strings."""
+    n = body.count(b",") + body.count(b"{") + body.count(b"[") + 1
+    if n > limit:
+        bare = _STRING.sub(b"", body)
+        n = bare.count(b",") + bare.count(b"{") + bare.count(b"[") + 1
+    return n
+
+
 class FrameReader:
     """Buffers bytes from ``fd`` and yields whole frames, each a JSON object.
 
     ``max_frame`` may change between frames (the server lowers it while a sandbox has no
     cell running); a frame announced larger than it raises :class:`ProtocolError` before
     any of its body is buffered, and so does a body that is not a JSON object.
+    ``max_values`` (None: any) bounds what a body may decode to (:data:`MAX_VALUES`).
     """
 
-    def __init__(self, fd: int, max_frame: int = MAX_TRUSTED_FRAME) -> None:
+    def __init__(
+        self, fd: int, max_frame: int = MAX_TRUSTED_FRAME, max_values: int | None = None
+    ) -> None:
         self.fd = fd
         self.buf = bytearray()
         self.eof = False
         self.max_frame = max_frame
+        self.max_values = max_values
+        self.received = 0  # bytes read so far
 
     def feed(self) -> bool:
         """One read(2); False at EOF."""
@@ -113,11 +149,19 @@ class FrameReader:
         if not data:
             self.eof = True
             return False
+        self.received += len(data)
         self.buf += data
         return True
 
-    def frames(self) -> Iterator[dict[str, Any]]:
-        """Complete frames already buffered."""
+    def frames(
+        self, admit: Callable[[bytes], int | None] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Complete frames already buffered.
+
+        ``admit(body)``, called before a body is decoded, may raise, say how many values
+        it may decode to (at most ``max_values``), or return None: the frame is then
+        dropped undecoded (the server does so with output it would drop anyway).
+        """
         while len(self.buf) >= HEADER.size:
             (size,) = HEADER.unpack_from(self.buf)
             if size > self.max_frame:
@@ -127,6 +171,15 @@ class FrameReader:
                 return
             body = bytes(self.buf[HEADER.size : HEADER.size + size])
             del self.buf[: HEADER.size + size]
+            limit = self.max_values
+            if admit is not None:
+                allowed = admit(body)
+                if allowed is None:
+                    continue
+                limit = allowed if limit is None else min(limit, allowed)
+            if limit is not None and json_values(body, limit) > limit:
+                msg = f"a frame of {size_text(size)} holds more than {limit} JSON values"
+                raise ProtocolError(msg)
             try:
                 msg = json.loads(body)
             except (ValueError, RecursionError) as e:

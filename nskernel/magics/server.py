@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import resource
 import select
@@ -68,6 +69,34 @@ KILL_WAIT = 5.0
 EXIT_GRACE = 2.0
 REAP_INTERVAL = 0.05
 DEFAULT_MAX_OUTPUT = 16 << 20  # the magic's --max-output default; the kernel sends its own
+# How many bytes of frames of one kind (stream, display, error) a cell may have decoded,
+# per byte of its --max-output for that kind. Past that, or once the cell may show no
+# more of a kind, its frames are dropped without being decoded: decoding costs the server
+# tens of times what writing costs the sandbox (red team 17 F4), and the server runs
+# outside the sandbox's --cpus. 8: text escaped as JSON takes up to 6 bytes a character.
+WIRE_FACTOR = 8
+# What a frame read while the server does not wait for it may cost: what a sandbox
+# wrote while no cell of it ran (nobody reads it then: see Server._watch), read when
+# the next request comes. Above what a blocked writer can leave in the socket.
+DRAIN_LIMIT = 4 << 20
+# Most JSON values (protocol.json_values) a frame of each kind may decode to: kinds that
+# carry no bulk data get far fewer than protocol.MAX_VALUES. A stream frame holds 4, an
+# error one line per traceback line, a facts answer a few thousand.
+_KIND_VALUES = {
+    "stream": 1 << 10,
+    "clear_output": 1 << 10,
+    "input_request": 1 << 10,
+    "error": 1 << 16,
+    "facts": 1 << 18,
+    "answer": 1 << 18,
+}
+# Which per-cell budget a kind of output is charged to.
+_GROUP = {
+    "stream": "stream",
+    "error": "error",
+    **dict.fromkeys(("display_data", "execute_result", "clear_output"), "display"),
+    **dict.fromkeys(messages.COMM_KINDS, "display"),
+}
 
 
 class NetworkNotSupported(SandboxError):
@@ -234,21 +263,47 @@ def _first_child(pid: int) -> int | None:
 
 
 class _Budget:
-    """What one cell may still show: ``--max-output`` of stream text and as much again
-    of display data (see :func:`.messages.bundle_size`); what went over is counted."""
+    """What one cell may still show: ``--max-output`` of stream text, as much again of
+    display data (see :func:`.messages.bundle_size`) and of errors (their text); what
+    went over is counted. ``wire``: bytes of frames of each kind it may still have
+    decoded (WIRE_FACTOR); a frame of a kind past either is dropped undecoded, and
+    counted by its size in bytes."""
 
     def __init__(self, limit: int) -> None:
         self.chars = limit
         self.display = limit
+        self.errors = limit
+        self.wire = dict.fromkeys(("stream", "display", "error"), WIRE_FACTOR * limit)
         self.dropped_chars = 0
         self.dropped_displays = 0
         self.dropped_display_size = 0
+        self.dropped_errors = 0
+        self.dropped_error_size = 0
+
+    def admit(self, group: str, size: int) -> bool:
+        """Whether a frame of ``size`` bytes of this group is worth decoding; counts it
+        as dropped when it is not."""
+        room = {"stream": self.chars, "display": self.display, "error": self.errors}[group]
+        if room > 0 and self.wire[group] > 0:
+            self.wire[group] -= size
+            return True
+        if group == "stream":
+            self.dropped_chars += size
+        elif group == "display":
+            self.dropped_displays += 1
+            self.dropped_display_size += size
+        else:
+            self.dropped_errors += 1
+            self.dropped_error_size += size
+        return False
 
     def report(self) -> dict[str, int]:
         return {
             "chars": self.dropped_chars,
             "displays": self.dropped_displays,
             "display_size": self.dropped_display_size,
+            "errors": self.dropped_errors,
+            "error_size": self.dropped_error_size,
         }
 
 
@@ -257,7 +312,11 @@ class Box:
 
     The socket is non-blocking on this side: a runner that stops reading must not stop
     the server, so frames for it wait in ``out`` and go out as it reads (POLLOUT).
-    Its reader accepts frames up to MAX_FRAME while a cell runs, MAX_IDLE_FRAME otherwise.
+    Its reader accepts frames up to MAX_FRAME while a cell runs, MAX_IDLE_FRAME otherwise,
+    each decoding to at most protocol.MAX_VALUES values (fewer for most kinds).
+    It is read only while one of its cells runs or the server waits for its answer
+    (:meth:`Server._watch`): otherwise what it writes waits in its socket, and a sandbox
+    that writes on blocks, on its own CPU time.
     """
 
     def __init__(
@@ -267,7 +326,8 @@ class Box:
         self.sock = sock
         sock.setblocking(False)
         self.fd = sock.fileno()
-        self.reader = protocol.FrameReader(self.fd, protocol.MAX_IDLE_FRAME)
+        self.reader = protocol.FrameReader(self.fd, protocol.MAX_IDLE_FRAME, protocol.MAX_VALUES)
+        self.kind = ""  # the type the frame being decoded began with
         self.out = bytearray()  # frames for the cell runner not written yet
         self.spec = spec
         self.key = key
@@ -365,8 +425,28 @@ class Server:
                 box.out.clear()
                 break
             del box.out[:n]
+        self._watch(box)
+
+    def _watch(self, box: Box) -> None:
+        """Poll a box for what the main loop must do: write what waits for it, and read
+        it only while a cell of it runs. Between cells nothing of it is read (answers to
+        queries are read where they are awaited): a sandbox writing then blocks, and
+        costs the server nothing (red team 17 F4). POLLHUP is reported all the same."""
         if not box.retired:
-            self.poller.modify(box.fd, select.POLLIN | (select.POLLOUT if box.out else 0))
+            events = select.POLLIN if box.current is not None else 0
+            self.poller.modify(box.fd, events | (select.POLLOUT if box.out else 0))
+
+    def _drain(self, box: Box) -> None:
+        """Read now, without waiting, what a box wrote while nothing read it (at most
+        DRAIN_LIMIT): a late answer, or output between cells, dropped undecoded. A frame
+        that breaks the protocol stops it here, as it would have when it was written."""
+        start = box.reader.received
+        while (
+            not box.retired
+            and box.reader.received - start < DRAIN_LIMIT
+            and syscalls.readable([box.fd], 0)
+        ):
+            self.service(box)
 
     def _spawn(self, spec: dict[str, Any], *, warm: bool = False) -> Box:
         from . import cellrunner
@@ -392,7 +472,7 @@ class Server:
             child.close()
         box = Box(sb, parent, spec, _spec_key(spec))
         self.boxes[box.fd] = box
-        self.poller.register(box.fd, select.POLLIN)
+        self.poller.register(box.fd, 0)  # read while a cell runs (see _watch)
         return box
 
     def _detach(self, box: Box) -> None:
@@ -567,7 +647,9 @@ class Server:
         """Ask an idle named sandbox to complete or inspect code (its own names); None
         when it is busy or does not answer within ASK_TIMEOUT."""
         box = self._named(req["name"])
-        if box.current is not None or box.asked is not None:
+        if box.current is None and box.asked is not None:
+            self._drain(box)  # its answer to the last question may have come since
+        if box.current is not None or box.asked is not None or box.retired:
             return None
         op = req["op"].removesuffix("_code")  # what the runner calls it
         box.asked, box.answer = op, None
@@ -593,6 +675,9 @@ class Server:
             return
         spec = req["spec"]
         net = _network_options(req)
+        idle = self.named.get(name) if name else None
+        if idle is not None and idle.current is None:
+            self._drain(idle)  # what it wrote since its last cell: checked, not shown
         if name in self.lost:
             msg = self.lost.pop(name) + ". Nothing ran."
             self.reply({"type": "done", "id": rid, "status": "failed", "message": msg})
@@ -666,6 +751,9 @@ class Server:
         (its output, errors, interrupt and kill work the same), never creating one."""
         rid, name = req["id"], req.get("name")
         box = self.named.get(name) if isinstance(name, str) else None
+        if box is not None and box.current is None:
+            self._drain(box)  # what it wrote since its last cell: checked, not shown
+            box = self.named.get(name)
         if box is None:
             msg = self.lost.get(name, f"sandbox {name!r} is gone") if name else "no sandbox"
             self.reply({"type": "done", "id": rid, "status": "failed", "message": msg})
@@ -809,6 +897,8 @@ class Server:
         """
         asked = []
         for box in boxes:
+            if box.current is None and box.facts_pending and not box.retired:
+                self._drain(box)  # its answer to an earlier query may have come since
             if box.current is None and not box.facts_pending and not box.retired:
                 box.facts_pending = True
                 self.send_box(box, {"op": "facts"})
@@ -835,7 +925,9 @@ class Server:
             self._flush(box)
         alive = box.reader.feed()
         try:
-            for raw in box.reader.frames():
+            for raw in box.reader.frames(lambda body: self._admit(box, body)):
+                if raw.get("type") != box.kind:  # e.g. "type" given twice
+                    raise messages.Malformed("a message whose type is not the one it begins with")
                 self.on_box_frame(box, messages.from_runner(raw, running=box.current is not None))
                 if box.retired:
                     return
@@ -844,6 +936,24 @@ class Server:
             return
         if not alive:
             self.on_box_eof(box)
+
+    def _admit(self, box: Box, body: bytes) -> int | None:
+        """Whether a frame of ``box`` is decoded (the most values it may decode to), or
+        dropped undecoded (None): output that no cell would show, or past what the cell
+        may still show or have decoded (its budget, counted as dropped), and answers
+        nobody waits for. Never dropped: a cell's end and its input requests."""
+        box.kind = kind = messages.frame_kind(body)
+        most = _KIND_VALUES.get(kind, protocol.MAX_VALUES)
+        if kind == "facts":
+            return most if box.facts_pending else None
+        if kind == "answer":
+            return most if box.asked is not None else None
+        group = _GROUP.get(kind)
+        if group is None:  # cell_done, input_request, or a type the protocol lacks
+            return most
+        if box.current is None:
+            return None  # output between cells: no cell to show it in
+        return most if box.budget.admit(group, len(body)) else None
 
     def on_box_frame(self, box: Box, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -874,6 +984,7 @@ class Server:
                 done["facts"] = self.facts_from_host(box)
             box.current = None
             box.input_pending = False
+            self._watch(box)  # not read again until asked something
             self.running.pop(rid, None)
             keep = box.keep_as if box.name is None and box.comms_opened else None
             if keep and keep not in self.named and keep not in self.lost:
@@ -919,6 +1030,16 @@ class Server:
                 budget.dropped_display_size += size
                 return False
             budget.display -= size
+        if kind == "error":
+            # Errors are output too (red team 17 F2: a cell sent thousands). Once the
+            # cell has shown --max-output of them, the rest are dropped; the kernel cuts
+            # the one that goes over, as it cuts any long traceback.
+            size = messages.error_size(msg)
+            if budget.errors <= 0:
+                budget.dropped_errors += 1
+                budget.dropped_error_size += size
+                return False
+            budget.errors -= size
         return True
 
     def on_box_eof(self, box: Box) -> None:
@@ -997,7 +1118,8 @@ class Server:
             idle = self.want_warm and not self.running
             if idle:
                 timeout = WARM_AFTER_IDLE if timeout is None else min(timeout, WARM_AFTER_IDLE)
-            ready = syscalls.poll_ready(self.poller, timeout)
+            ms = None if timeout is None else math.ceil(max(0.0, timeout) * 1000)
+            ready = dict(self.poller.poll(ms))
             if not ready and idle:
                 self.fill_warm()
                 continue
@@ -1006,10 +1128,18 @@ class Server:
                     return  # the kernel is gone: so are we, and our sandboxes with us
                 for req in self.reader.frames():
                     self.handle(req)
-            for fd in ready:
+            for fd, events in ready.items():
                 box = self.boxes.get(fd)
-                if box is not None:
+                if box is None:
+                    continue
+                if box.current is not None:
                     self.service(box)
+                elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    # Its channel closed while no cell of it ran: what it wrote since has
+                    # no cell to go to, and is not read. Its end is handled as any EOF.
+                    self.on_box_eof(box)
+                elif events & select.POLLOUT:
+                    self._flush(box)
 
     def shutdown(self) -> None:
         self.closing = True

@@ -249,6 +249,19 @@ def test_an_unnamed_cells_widgets_keep_their_sandbox(kc):
     execute(kc, "%sandbox rm --all")
 
 
+def test_a_cell_run_with_timeout_keeps_no_sandbox_for_its_widgets(kc):
+    """Red team 18 F3: opening one widget kept an unnamed cell's sandbox, and a thread it
+    started, running past the cell's --timeout. Such a cell keeps none; a note says so."""
+    cell = SLIDER_CELL.replace("%%sandbox", "%%sandbox --timeout 60", 1) + (
+        "import threading, time\n"
+        "threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n"
+    )
+    msgs = run_in_cell(kc, cell, "timed")
+    assert "a cell run with --timeout keeps no sandbox for its widgets" in _text(msgs)
+    assert set(opened(msgs)) <= {c["comm_id"] for c in of_type(msgs, "comm_close")}
+    assert "cell-" not in sandboxes(kc)
+
+
 HOSTILE = """
 %%sandbox --name cw3 --in host_ids
 import base64, uuid

@@ -24,7 +24,8 @@ this module is the one place that decides what of its comm traffic reaches the b
   removed, dies or is stopped. An unnamed cell's sandbox that opened widgets is kept
   after its cell (as ``cell-<hex>``, listed by ``%sandbox ls``) so they keep working;
   running that notebook cell again replaces it, and at most MAX_KEPT such cells keep
-  theirs (the oldest ends, its widgets closed, with a note).
+  theirs (the oldest ends, its widgets closed, with a note). A cell run with
+  ``--timeout`` keeps none: its sandbox ends with it, whatever it left running.
 
 Messages from the frontend to a sandbox's comm run in it like a cell (see ``deliver``
 in :mod:`.magic`): the kernel waits for it to finish, so its output goes where it would
@@ -571,10 +572,12 @@ def cell_id(shell: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def after_cell(scope: Scope, done: dict[str, Any] | None, cell: str | None = None) -> None:
+def after_cell(
+    scope: Scope, done: dict[str, Any] | None, cell: str | None = None, *, timed: bool = False
+) -> None:
     """After a ``%%sandbox`` cell: keep an unnamed cell's sandbox while it has widgets
-    (the server kept it under ``done["kept"]``), close the comms of a sandbox that is
-    gone, and say what was refused."""
+    (the server kept it under ``done["kept"]``; never one run with ``--timeout``:
+    ``timed``), close the comms of a sandbox that is gone, and say what was refused."""
     import sys
 
     from .client import SandboxRequestError, SandboxServerError, get_client
@@ -611,7 +614,13 @@ def after_cell(scope: Scope, done: dict[str, Any] | None, cell: str | None = Non
                 notes.append(f"[nskernel: an earlier cell's sandbox could not be removed: {e}]")
     elif scope.name is None or done is None or bool(done.get("removed")):
         n = _relay.end(scope.key)
-        if n:
+        if n and timed and scope.name is None:
+            notes.append(
+                f"[nskernel: the sandbox is gone; its {n} widget comm(s) were closed: a cell "
+                "run with --timeout keeps no sandbox for its widgets. Use %%sandbox --name "
+                "NAME for widgets that must stay.]"
+            )
+        elif n:
             notes.append(f"[nskernel: the sandbox is gone; its {n} widget comm(s) were closed.]")
     text = "\n".join(n for n in notes if n)
     if text:

@@ -594,7 +594,10 @@ class SandboxMagics(Magics):
             sanitizer = Sanitizer(scope, own_models=widgets.ids)
         out = _CellOutput(max_output, sanitizer)
         req["parent"] = parent = comms.parent_id(self.shell)
-        if not args.name:  # kept under this name if it opens widgets (see comms.after_cell)
+        if not args.name and args.timeout is None:
+            # Kept under this name if it opens widgets (see comms.after_cell); never past
+            # a --timeout: what it left running (a thread, a server) would outlive the
+            # bound the user gave it (red team 18 F3).
             req["keep_as"] = "cell-" + scope.removeprefix("cell:")
         out.on_comm = lambda m: widgets.from_sandbox(
             m, parent=parent, sanitizer=sanitizer, deliver=comms.deliver
@@ -610,7 +613,9 @@ class SandboxMagics(Magics):
             dropped = done.get("dropped") or {}
         finally:
             out.finish(dropped)
-            comms.after_cell(widgets, done, comms.cell_id(self.shell))
+            comms.after_cell(
+                widgets, done, comms.cell_id(self.shell), timed=args.timeout is not None
+            )
         status = done["status"]
         name = req.get("name")
         dead = done.get("dead", True)

@@ -591,10 +591,21 @@ def test_clone3_answers_enosys_so_libc_falls_back_to_clone(
     default_filter: seccomp.Filter, nesting_filter: seccomp.Filter
 ) -> None:
     assert default_filter.verdict("clone3") == "errno ENOSYS"
-    assert nesting_filter.verdict("clone3") == "allow"
+    assert nesting_filter.verdict("clone3") == "errno ENOSYS"
     assert nesting_filter.verdict("unshare", CLONE_NEWUSER) == "allow"
     assert nesting_filter.verdict("clone", CLONE_NEWUSER | 17) == "allow"
     assert nesting_filter.verdict("keyctl") == "errno EPERM"
+
+
+def test_the_nesting_variant_never_allows_a_cgroup_namespace(nesting_filter) -> None:
+    """Red team 18 F2: a cgroup namespace lets sandbox root mount cgroupfs, where rootless
+    the cgroup it runs in is the user's own (cgroup.kill included). The sandboxed kernel's
+    own filter allows new user namespaces, not that."""
+    newcgroup = seccomp.CLONE_NEWCGROUP
+    assert nesting_filter.verdict("unshare", newcgroup) == "errno EPERM"
+    assert nesting_filter.verdict("unshare", newcgroup | CLONE_NEWUSER) == "errno EPERM"
+    assert nesting_filter.verdict("clone", newcgroup | 17) == "errno EPERM"
+    assert nesting_filter.verdict("unshare", CLONE_NEWUSER | 0x00020000) == "allow"  # NEWNS
 
 
 def _filter_of(tmp_path, profile: dict) -> seccomp.Filter:

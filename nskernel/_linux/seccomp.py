@@ -91,6 +91,7 @@ _RET_ACTION_FULL = 0xFFFF0000
 _RET_DATA = 0x0000FFFF
 
 CLONE_NEWUSER = syscalls.CLONE_NEWUSER
+CLONE_NEWCGROUP = syscalls.CLONE_NEWCGROUP
 MAX_PROFILE_BYTES = 1 << 20
 BPF_MAXINSNS = 4096  # linux/bpf_common.h: the most one classic BPF program may hold
 
@@ -132,8 +133,9 @@ _GOARCH = {
     "mips64": "mips64",
 }
 
-# The syscalls that create a user namespace: the nesting variant allows them outright.
-_NEW_USERNS_CALLS = ("clone", "clone3", "unshare")
+# The syscalls that create a user namespace with their flags in a register: the nesting
+# variant allows them without CLONE_NEWUSER's check (clone3 stays ENOSYS).
+_NEW_USERNS_CALLS = ("clone", "unshare")
 
 # Arguments the kernel reads as 32 bits (``int``, ``unsigned int``, ``pid_t`` in
 # include/linux/syscalls.h), by syscall: the guard (see the module note) checks those the
@@ -392,7 +394,14 @@ def _load_text(path: str, text: str, caps_key: frozenset[str]) -> Filter:
 
 
 def nesting_variant(profile: dict[str, Any]) -> dict[str, Any]:
-    """``profile`` with clone, clone3 and unshare allowed whatever their flags."""
+    """``profile`` with clone and unshare allowed with any flags but CLONE_NEWCGROUP.
+
+    New user namespaces are what the sandboxed kernel's own server needs. A cgroup
+    namespace is not: it would let that code mount cgroupfs, where rootless the cgroup it
+    runs in (the user's own, under systemd) is writable by it, ``cgroup.kill`` included
+    (red team 18 F2). clone3 keeps the profile's answer (ENOSYS: glibc falls back to
+    clone), as its flags lie in memory a filter cannot read.
+    """
     entries = []
     for entry in profile.get("syscalls") or []:
         names = _entry_names(entry)
@@ -403,7 +412,11 @@ def nesting_variant(profile: dict[str, Any]) -> dict[str, Any]:
         {
             "names": list(_NEW_USERNS_CALLS),
             "action": "SCMP_ACT_ALLOW",
-            "comment": "nesting variant: new user namespaces, for sandboxes made inside",
+            "args": [
+                {"index": 0, "value": CLONE_NEWCGROUP, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}
+            ],
+            "comment": "nesting variant: new user namespaces, for sandboxes made inside; "
+            "never a cgroup namespace",
         }
     )
     return {**profile, "syscalls": entries}

@@ -50,6 +50,7 @@ print(json.dumps({
     "userfaultfd": call(323, 0),
     "io_uring_setup": call(425, 0, 0),
     "unshare(CLONE_NEWUSER)": in_child(272, 0x10000000),
+    "unshare(CLONE_NEWCGROUP)": in_child(272, 0x02000000),
 }))
 """
 
@@ -63,6 +64,8 @@ def _assert_default(seen: dict, *, nested_userns: str = "EPERM") -> None:
     for call in DENIED:
         assert seen[call] == "EPERM", (call, seen)
     assert seen["unshare(CLONE_NEWUSER)"] == nested_userns, seen
+    # The nesting variant allows clone and unshare whatever their flags.
+    assert seen["unshare(CLONE_NEWCGROUP)"] == nested_userns, seen
 
 
 # ---------------------------------------------------------------- nskernel run

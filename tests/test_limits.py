@@ -371,3 +371,15 @@ def test_a_sandbox_cannot_lift_its_limits_in_a_delegated_cgroup_v2(delegated, se
     got = _in_delegated(*delegated, "limits", seccomp)
     assert got["mechanism"] == "cgroup v2", got
     assert got["limit"] == "3", got
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_a_sandbox_cannot_rewrite_its_starters_cgroup_in_a_delegated_cgroup_v2(delegated):
+    """Without a limit the sandbox stays in its starter's cgroup, which under a systemd
+    user manager the user made (every file the user's, so sandbox root's): the default
+    filter refuses the cgroup namespace through which it could mount cgroup2 and write
+    them (cgroup.kill would end the Jupyter server). Red team 18 F2, second form."""
+    got = _in_delegated(*delegated, "starter", "default")
+    assert got["limit"] == "3", got
+    assert "wrote 1000" not in got["inside"], got

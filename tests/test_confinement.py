@@ -102,6 +102,17 @@ def test_run_cap_add_and_drop(nsk):
     assert json.loads(r.stdout)["status"]["CapBnd"] == want
 
 
+def test_cap_drop_net_admin_leaves_no_bridge_of_its_own_to_flood(nsk):
+    """A sandbox's own bridge learns a forwarding entry per source MAC, kernel memory no
+    cgroup is charged for (red team 18 F1; SECURITY.md): without CAP_NET_ADMIN it makes
+    neither a bridge nor a veth pair."""
+    make = "ip link add nskbr type bridge && ip link add nskv0 type veth peer name nskv1"
+    r = nsk("run", "--", "sh", "-c", make)
+    assert r.returncode == 0, r.stderr
+    r = nsk("run", "--cap-drop", "NET_ADMIN", "--", "sh", "-c", make)
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+
+
 def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):
     profile = {
         "defaultAction": "SCMP_ACT_ALLOW",

@@ -57,6 +57,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ._linux import syscalls
+from ._linux.limits import LEAF as _LIMITS_LEAF
 from ._linux.procfs import NS_TYPES, namespace_ids
 from ._linux.procfs import id_map as _id_map
 
@@ -671,7 +672,9 @@ def _cgroup_limits(pid: int | str) -> dict[str, str]:
     A sandbox with a delegated cgroup names its own child cgroups, with any bytes but "/"
     (newlines too, which forge lines of /proc/PID/cgroup): a line that is not
     ``id:controllers:/path``, or whose path has a ".." step, is skipped; the files read
-    are opened non-blocking and read up to a bound.
+    are opened non-blocking and read up to a bound. A process in the leaf of an nskernel
+    cgroup (``nsk-<pid>-<n>/sandbox``, see ``_linux/limits.py``) has its limits read
+    from the cgroup above, which holds them.
     """
     out: dict[str, str] = {}
     try:
@@ -683,6 +686,7 @@ def _cgroup_limits(pid: int | str) -> dict[str, str]:
         if len(parts) != 3 or not parts[2].startswith("/") or ".." in parts[2].split("/"):
             continue
         _, controllers, path = parts
+        path = _limit_cgroup(path)
         if not controllers:
             base = f"/sys/fs/cgroup/unified{path}"
             if not os.path.isdir(base):
@@ -719,6 +723,15 @@ def _cgroup_limits(pid: int | str) -> dict[str, str]:
                 continue
             out[key] = f"{value} ({how})"
     return out
+
+
+def _limit_cgroup(path: str) -> str:
+    """``path``, or its parent when ``path`` is the leaf of an nskernel limit cgroup."""
+    parent, _, last = path.rpartition("/")
+    parts = parent.rpartition("/")[2].split("-")
+    if last == _LIMITS_LEAF and len(parts) == 3 and parts[0] == "nsk" and parts[1].isdigit():
+        return parent
+    return path
 
 
 # ------------------------------------------------------------------ public API

@@ -240,6 +240,24 @@ class _Helper:
             "inode": os.fstat(fd).st_ino if fd is not None else None,
         }
 
+    def op_fdb(self, network: str) -> dict[str, Any]:
+        """The forwarding database of ``network``'s bridge in the hub: how many entries,
+        and the static ones (MAC, port)."""
+        from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP
+
+        hub = self.nm._hub
+        assert hub is not None
+        bridge = hub._index(self.nm.networks[network].bridge)
+        names = {link["index"]: link.get("IFLA_IFNAME") for link in hub.ipr.get_links()}
+        count, static = 0, []
+        for entry in hub.ipr.fdb("dump"):
+            if entry.get("NDA_MASTER") != bridge:
+                continue  # a device's own address list, not the bridge's table
+            count += 1
+            if entry["state"] & NUD_NOARP:
+                static.append([entry.get("NDA_LLADDR"), names.get(entry["ifindex"])])
+        return {"count": count, "static": sorted(static)}
+
     def op_exit(self) -> None:
         for name in list(self.sandboxes):
             self.op_rm(name)

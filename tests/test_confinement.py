@@ -50,6 +50,7 @@ print(json.dumps({
     "userfaultfd": call(323, 0),
     "io_uring_setup": call(425, 0, 0),
     "unshare(CLONE_NEWUSER)": in_child(272, 0x10000000),
+    "unshare(CLONE_NEWCGROUP)": in_child(272, 0x02000000),
 }))
 """
 
@@ -63,6 +64,8 @@ def _assert_default(seen: dict, *, nested_userns: str = "EPERM") -> None:
     for call in DENIED:
         assert seen[call] == "EPERM", (call, seen)
     assert seen["unshare(CLONE_NEWUSER)"] == nested_userns, seen
+    # Never a cgroup namespace, not even in the sandboxed kernel (its nesting variant).
+    assert seen["unshare(CLONE_NEWCGROUP)"] == "EPERM", seen
 
 
 # ---------------------------------------------------------------- nskernel run
@@ -97,6 +100,17 @@ def test_run_cap_add_and_drop(nsk):
     assert r.returncode == 0, r.stderr
     want = f"{caps.mask(caps.plan(['SYS_PTRACE'], ['NET_ADMIN'])):016x}"
     assert json.loads(r.stdout)["status"]["CapBnd"] == want
+
+
+def test_cap_drop_net_admin_leaves_no_bridge_of_its_own_to_flood(nsk):
+    """A sandbox's own bridge learns a forwarding entry per source MAC, kernel memory no
+    cgroup is charged for (red team 18 F1; SECURITY.md): without CAP_NET_ADMIN it makes
+    neither a bridge nor a veth pair."""
+    make = "ip link add nskbr type bridge && ip link add nskv0 type veth peer name nskv1"
+    r = nsk("run", "--", "sh", "-c", make)
+    assert r.returncode == 0, r.stderr
+    r = nsk("run", "--cap-drop", "NET_ADMIN", "--", "sh", "-c", make)
+    assert r.returncode != 0 and "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
 
 
 def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):

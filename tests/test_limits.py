@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from nskernel import SpecError
 from nskernel.spec import make_limits, parse_size
-from tests.conftest import IS_ROOT, nskernel_cmd
+from tests.conftest import IS_ROOT, nskernel_cmd, require
 
 HOG = "x = bytearray(400 * 1024 * 1024); print('allocated')"
 FORK_BOMB = r"""
@@ -127,8 +128,8 @@ def test_cpu_limit_mechanism_is_reported(nsk, tmp_path):
 
 
 def _limited_sleeper(tmp_path):
-    """``nskernel run --pids 50 --memory 128M -- sleep 30``: its process and the cgroups
-    of its init, by controller."""
+    """``nskernel run --pids 50 --memory 128M -- sleep 30``: its process, the cgroups of
+    its init, by controller, and the init's host PID."""
     status = tmp_path / "s.json"
     proc = subprocess.Popen(
         nskernel_cmd("run", "--pids", "50", "--memory", "128M", "--status-json", str(status),
@@ -138,13 +139,13 @@ def _limited_sleeper(tmp_path):
         time.sleep(0.02)
     init = json.loads(status.read_text())["pid"]
     with open(f"/proc/{init}/cgroup") as f:
-        return proc, dict(line.strip().split(":", 2)[1:] for line in f)
+        return proc, dict(line.strip().split(":", 2)[1:] for line in f), init
 
 
 @pytest.mark.root
 @pytest.mark.userns
 def test_cgroups_live_beneath_our_own_and_go_away(tmp_path):
-    proc, theirs = _limited_sleeper(tmp_path)
+    proc, theirs, _ = _limited_sleeper(tmp_path)
     with open("/proc/self/cgroup") as f:
         ours = dict(line.strip().split(":", 2)[1:] for line in f)
     for controller in ("pids", "memory"):
@@ -185,7 +186,7 @@ def test_child_cgroups_a_sandbox_made_go_with_its_cgroup(tmp_path):
     """Where the hierarchy is delegated to it, a sandbox can make child cgroups in its own:
     its cgroup must still go at the end (bottom-up), not stay behind busy. Made here by the
     test, as host root, in the sandbox's cgroups."""
-    proc, theirs = _limited_sleeper(tmp_path)
+    proc, theirs, _ = _limited_sleeper(tmp_path)
     dirs = [f"/sys/fs/cgroup/{c}{theirs[c]}" for c in ("pids", "memory")]
     for d in dirs:
         os.makedirs(os.path.join(d, "child", "grandchild"))
@@ -193,3 +194,192 @@ def test_child_cgroups_a_sandbox_made_go_with_its_cgroup(tmp_path):
     proc.wait(10)
     for d in dirs:
         assert not os.path.exists(d), f"{d} was left behind"
+
+
+# ------------------------------------------------------------------ red team 18, F2
+
+
+def test_limits_are_set_above_the_cgroup_the_sandbox_lives_in(tmp_path, monkeypatch):
+    """Every file of a cgroup made with mkdir belongs to its maker: rootless, sandbox root.
+    A sandbox living in the cgroup that holds its limits could mount cgroup2 through a
+    cgroup namespace of its own, rooted there, and rewrite them (red team 18 F2). The
+    limits go on ``nsk-<pid>-<n>``, the sandbox into its leaf ``sandbox``: whatever
+    namespace it makes is rooted below them. A v2 hierarchy stood in for by directories."""
+    from nskernel._linux import limits as L
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    monkeypatch.setattr(L, "_v2_mount", lambda: str(tmp_path))
+    monkeypatch.setattr(L, "_own_cgroups", lambda: {"": "/own"})
+    applied = L.create_from_parent(L.Limits(memory=64 << 20, pids=32, cpus=0.5))
+    assert set(applied.mechanism.values()) == {"cgroup v2"}
+    (d,) = map(Path, applied.cgroup_dirs)
+    assert d.parent == own and d.name.startswith(f"nsk-{os.getpid()}-")
+    limit_files = {
+        "memory.max": str(64 << 20),
+        "memory.swap.max": "0",
+        "pids.max": "32",
+        "cpu.max": "50000 100000",
+    }
+    assert {name: (d / name).read_text() for name in limit_files} == limit_files
+    L.join_from_child(applied.cgroup_dirs)
+    leaf = d / "sandbox"
+    assert (leaf / "cgroup.procs").read_text() == str(os.getpid())
+    assert not (d / "cgroup.procs").exists(), "the sandbox joined the cgroup of its limits"
+    assert not any((leaf / name).exists() for name in limit_files)
+
+
+def test_events_and_facts_are_read_where_the_layout_puts_them(tmp_path):
+    """v1 counts an OOM kill or a refused fork in the leaf, v2 in the limit cgroup: both
+    are read. The facts read a leaf's limits from the cgroup above it."""
+    from nskernel import facts
+    from nskernel._linux import limits as L
+
+    d = tmp_path / "nsk-1-0"
+    (d / L.LEAF).mkdir(parents=True)
+    applied = L.AppliedLimits(L.Limits(memory=1 << 26, pids=8), {}, [str(d)], [])
+    assert not applied.oom_killed() and not applied.pids_limit_hit()
+    (d / L.LEAF / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+    (d / L.LEAF / "pids.events").write_text("max 2\n")
+    assert applied.oom_killed() and applied.pids_limit_hit()
+    (d / L.LEAF / "memory.oom_control").unlink()
+    (d / L.LEAF / "pids.events").unlink()
+    (d / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    (d / "pids.events").write_text("max 1\n")
+    assert applied.oom_killed() and applied.pids_limit_hit()
+    assert facts._limit_cgroup("/user.slice/nsk-12-0/sandbox") == "/user.slice/nsk-12-0"
+    for path in ("/user.slice/nsk-12-0/sandbox/x", "/a/sandbox", "/nsk-x-0/sandbox", "/"):
+        assert facts._limit_cgroup(path) == path
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_the_sandbox_lives_below_its_limits_and_facts_read_them_there(tmp_path):
+    proc, theirs, init = _limited_sleeper(tmp_path)
+    try:
+        for controller, limit_file, value in (
+            ("pids", "pids.max", "50"),
+            ("memory", "memory.limit_in_bytes", str(128 << 20)),
+        ):
+            leaf = f"/sys/fs/cgroup/{controller}{theirs[controller]}"
+            assert os.path.basename(leaf) == "sandbox", theirs
+            assert open(os.path.join(os.path.dirname(leaf), limit_file)).read().strip() == value
+        from nskernel import facts
+
+        limits = facts.sandbox_facts_from_host(init)["limits"]
+        assert limits == {"pids": "50 (cgroup v1)", "memory": "128 MiB (cgroup v1)"}, limits
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+HELPER = os.path.join(os.path.dirname(__file__), "helpers", "delegated_cgroup.py")
+USER = 4321  # no such user: a uid of no one else's, as test_hardening's tests use
+
+
+def _cgroup2_here() -> tuple[str, str] | None:
+    """(where cgroup2 is mounted, this process's own cgroup v2 directory) or None."""
+    mount = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[fields.index("-") + 1] == "cgroup2":
+                mount = fields[4]
+                break
+    with open("/proc/self/cgroup") as f:
+        own = next((line[3:].strip() for line in f if line.startswith("0::")), None)
+    if mount is None or own is None:
+        return None
+    return mount, os.path.join(mount, own.lstrip("/"))
+
+
+def _remove_cgroup_tree(top: str) -> None:
+    """Deepest first; what a sandbox made there too. Its processes may take a moment to
+    be gone: retried, then killed (they are this test's: the subtree is its own)."""
+    deadline = time.monotonic() + 10
+    while os.path.isdir(top):
+        for root, dirs, _files in os.walk(top, topdown=False):
+            for name in dirs:
+                try:
+                    os.rmdir(os.path.join(root, name))
+                except OSError:
+                    pass
+        try:
+            os.rmdir(top)
+        except OSError:
+            if time.monotonic() > deadline:
+                with open(os.path.join(top, "cgroup.kill"), "w") as f:
+                    f.write("1")
+                deadline += 10
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def delegated():
+    """A cgroup v2 subtree beneath this test's own cgroup, delegated to ``USER`` as
+    systemd delegates one (the directory, ``cgroup.procs``, ``cgroup.subtree_control``
+    and ``cgroup.threads`` chowned); removed afterwards, with all below it."""
+    found = _cgroup2_here()
+    require(None if found else "no cgroup2 hierarchy is mounted here")
+    assert found is not None
+    mount, own = found
+    d = os.path.join(own, f"nsktest-deleg-{os.getpid()}")
+    os.mkdir(d)
+    try:
+        for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
+            os.chown(os.path.join(d, name), USER, USER)
+        yield mount, d
+    finally:
+        _remove_cgroup_tree(d)
+
+
+def _in_delegated(mount: str, d: str, mode: str, seccomp: str) -> dict:
+    """``tests/helpers/delegated_cgroup.py`` as ``USER``, moved into ``d`` first."""
+    proc = subprocess.Popen(
+        [sys.executable, HELPER, mount, d, mode, seccomp],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd="/",
+        user=USER,
+        group=USER,
+        extra_groups=[],
+        env={
+            **{k: v for k, v in os.environ.items() if k in ("PATH", "PYTHONPATH")},
+            "HOME": "/nonexistent",
+            "LANG": "C.UTF-8",
+        },
+    )
+    with open(os.path.join(d, "cgroup.procs"), "w") as f:
+        f.write(str(proc.pid))
+    out, err = proc.communicate("go\n", timeout=60)
+    assert proc.returncode == 0, (out, err)
+    return json.loads(out)
+
+
+@pytest.mark.root
+@pytest.mark.userns
+@pytest.mark.parametrize("seccomp", ["unconfined", "default"])
+def test_a_sandbox_cannot_lift_its_limits_in_a_delegated_cgroup_v2(delegated, seccomp):
+    """Red team 18 F2, rootless with a delegated cgroup v2 subtree: the sandbox makes a
+    cgroup namespace, mounts cgroup2 and writes the root of its mount. Before, that root
+    was the cgroup holding its limits, whose files sandbox root owns: ``--pids 3`` became
+    1000. With ``--seccomp unconfined`` (a cgroup namespace allowed) the layout alone
+    holds: the namespace is rooted at the leaf, below the limits."""
+    got = _in_delegated(*delegated, "limits", seccomp)
+    assert got["mechanism"] == "cgroup v2", got
+    assert got["limit"] == "3", got
+
+
+@pytest.mark.root
+@pytest.mark.userns
+def test_a_sandbox_cannot_rewrite_its_starters_cgroup_in_a_delegated_cgroup_v2(delegated):
+    """Without a limit the sandbox stays in its starter's cgroup, which under a systemd
+    user manager the user made (every file the user's, so sandbox root's): the default
+    filter refuses the cgroup namespace through which it could mount cgroup2 and write
+    them (cgroup.kill would end the Jupyter server). Red team 18 F2, second form."""
+    got = _in_delegated(*delegated, "starter", "default")
+    assert got["limit"] == "3", got
+    assert "wrote 1000" not in got["inside"], got

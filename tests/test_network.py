@@ -226,6 +226,39 @@ def test_publish_round_trips_http(lab):
         s.listen()
 
 
+FLOOD = r"""
+import socket, struct
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+dst = b"\xff\xff\xff\xff\xff\xfe"  # an unknown unicast MAC: flooded, never learned
+for i in range({n}):
+    s.send(dst + b"\x02\x99" + struct.pack("!I", i) + b"\x88\xb5" + bytes(46))
+print("sent")
+"""
+
+
+def test_a_member_cannot_fill_the_hubs_forwarding_database(lab):
+    """A learning bridge keeps an entry for every source MAC a port sends from, in kernel
+    memory no cgroup is charged for, without bound: a member sending from a million MACs
+    held ~125 MiB of the host's memory under --memory 64M (red team 18 F1). The hub's
+    ports learn nothing; each knows its member's MAC by a static entry, and members
+    still reach each other."""
+    from nskernel._linux.vnet import mac_for
+
+    a = lab.call("spawn", name="flood", networks=["lab"])
+    b = lab.call("spawn", name="peer", networks=["lab"])
+    lab.run("peer", SERVE.format(port=7000, reply=b"peer"))
+    assert lab.run("flood", FLOOD.format(n=20_000)).strip() == "sent"
+    fdb = lab.call("fdb", network="lab")
+    # The two static entries and each port's own MAC (local): 4 (before: 20,004).
+    assert fdb["count"] <= 8, f"{fdb['count']} entries in the hub's table after 20,000 frames"
+    members = {mac_for(m["addresses"][0]) for m in (a, b)}
+    assert {mac for mac, _port in fdb["static"]} == members, fdb
+    assert len({port for _mac, port in fdb["static"]}) == 2, fdb
+    out = lab.run("flood", CONNECT + "print(ask('peer', 7000))").strip()
+    assert out.startswith("ok peer got ping"), out
+
+
 def _holders_of(inode: int) -> list[str]:
     """Processes that have the network namespace ``inode`` (as their own or as an fd)."""
     found = []

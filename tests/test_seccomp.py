@@ -32,6 +32,8 @@ from nskernel.errors import SpecError
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWNS = 0x00020000
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -172,6 +174,8 @@ def _denied_calls() -> dict[str, Any]:
         "userfaultfd": _sys("userfaultfd", -1),
         "io_uring_setup": _sys("io_uring_setup", 0, 0),
         "unshare(CLONE_NEWUSER)": _in_child(lambda: _unshare(CLONE_NEWUSER)),
+        # A cgroup namespace would let sandbox root mount cgroupfs (red team 18 F2).
+        "unshare(CLONE_NEWCGROUP)": _in_child(lambda: _unshare(CLONE_NEWCGROUP)),
         "status": {k: v for k, v in _status().items() if k in ("Seccomp", "NoNewPrivs")},
     }
 
@@ -184,6 +188,7 @@ def test_default_filter_denies_dangerous_calls_with_eperm(default_filter: seccom
     calls = [k for k in before if k != "status"]
     assert all(before[k] != "EPERM" for k in calls), before
     assert before["unshare(CLONE_NEWUSER)"] == "ok", "a sandbox can nest user namespaces"
+    assert before["unshare(CLONE_NEWCGROUP)"] == "ok", "and make cgroup namespaces"
     # (--seccomp unconfined still sets no_new_privs: see the test of that below.)
     assert before["status"] == {"Seccomp": "0", "NoNewPrivs": "1"}
     assert {k: after[k] for k in calls} == dict.fromkeys(calls, "EPERM"), after
@@ -535,6 +540,9 @@ DENIED_BY_DEFAULT = [
     ("unshare", CLONE_NEWUSER),
     ("unshare", CLONE_NEWUSER | CLONE_NEWUTS),
     ("clone", CLONE_NEWUSER | 17),
+    ("unshare", CLONE_NEWCGROUP),  # it would let sandbox root mount cgroupfs (red team 18)
+    ("unshare", CLONE_NEWCGROUP | CLONE_NEWNS),
+    ("clone", CLONE_NEWCGROUP | 17),
     ("socket", socket.AF_NETLINK, socket.SOCK_RAW, 12),  # NETLINK_NETFILTER: nf_tables
     ("socket", 40, socket.SOCK_STREAM, 0),  # AF_VSOCK
     ("socket", 38, socket.SOCK_SEQPACKET, 0),  # AF_ALG
@@ -548,6 +556,7 @@ ALLOWED_BY_DEFAULT = [
     ("clone", 0x01200011),  # what fork() passes
     ("clone", 0x003D0F00),  # what pthread_create passes
     ("unshare", CLONE_NEWUTS),
+    ("unshare", CLONE_NEWNS | CLONE_NEWUTS | 0x08000000 | 0x40000000 | 0x20000000),  # +IPC NET PID
     ("mount",),
     ("umount2",),
     ("pivot_root",),

@@ -14,10 +14,21 @@ in*, never elsewhere in the hierarchy, named ``nsk-<launcher pid>-<n>`` so that 
 launcher killed with SIGKILL leaves a directory the next launcher can recognise as
 stale (its PID is gone) and remove once empty.
 
+The limits are written on ``nsk-<pid>-<n>`` and the sandbox lives in a leaf child of
+it, ``nsk-<pid>-<n>/sandbox``. Every file of a cgroup made with mkdir belongs to its
+maker: rootless, that is the user, i.e. sandbox root. A sandbox in the very cgroup that
+holds its limits could make a cgroup namespace of its own (rooted at the cgroup it is
+in), mount cgroup2 there and rewrite ``memory.max``, ``pids.max`` or ``cpu.max`` (red
+team 18). Any namespace it makes is rooted at the leaf or below, so the limits are
+never in reach of a mount it can make; limits are hierarchical, so they bound the leaf
+and whatever the sandbox makes beneath it. The same layout is used for v1, where it
+costs nothing and keeps one shape to kill, read and remove.
+
 The launcher creates the cgroups and writes the limits (``create_from_parent``); the
-setup child moves itself in before creating any namespace (``join_from_child``), so
-the init and every process of the sandbox are accounted; the command applies the
-rlimits just before exec (``apply_rlimits_from_child``), so the init is not limited.
+setup child moves itself into the leaves before creating any namespace
+(``join_from_child``), so the init and every process of the sandbox are accounted; the
+command applies the rlimits just before exec (``apply_rlimits_from_child``), so the
+init is not limited.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ import resource
 from .._record import record
 
 _V1_ROOT = "/sys/fs/cgroup"
+LEAF = "sandbox"  # the child of nsk-<pid>-<n> that the sandbox's processes live in
 _counter = itertools.count()
 
 
@@ -52,7 +64,7 @@ class AppliedLimits:
     mechanism: dict[
         str, str
     ]  # resource -> "cgroup v2", "cgroup v1", "rlimit ...", "not enforced: why"
-    cgroup_dirs: list[str]
+    cgroup_dirs: list[str]  # the nsk-<pid>-<n> cgroups holding the limits (not the leaves)
     rlimits: list[tuple[int, int]]
 
     def describe(self) -> dict[str, dict[str, object]]:
@@ -63,9 +75,14 @@ class AppliedLimits:
                 out[name] = {"value": value, "mechanism": self.mechanism[name]}
         return out
 
+    def _with_leaves(self) -> list[str]:
+        # v2 counts an event in the cgroup whose limit was hit and its ancestors; v1
+        # counts it where the process was (oom_kill) or the fork failed (pids): the leaf.
+        return [p for d in self.cgroup_dirs for p in (d, os.path.join(d, LEAF))]
+
     def oom_killed(self) -> bool:
         """Whether the kernel's OOM killer fired inside the memory cgroup."""
-        for d in self.cgroup_dirs:
+        for d in self._with_leaves():
             for name, key in (("memory.events", "oom_kill"), ("memory.oom_control", "oom_kill")):
                 try:
                     with open(os.path.join(d, name)) as f:
@@ -79,7 +96,7 @@ class AppliedLimits:
 
     def pids_limit_hit(self) -> bool:
         """Whether a fork failed because the pids cgroup was full."""
-        for d in self.cgroup_dirs:
+        for d in self._with_leaves():
             try:
                 with open(os.path.join(d, "pids.events")) as f:
                     for line in f:
@@ -93,8 +110,10 @@ class AppliedLimits:
     def kill_from_parent(self) -> None:
         """SIGKILL every process in the sandbox's cgroups (it needs no cooperation).
 
-        cgroup v2 has ``cgroup.kill`` (Linux 5.14+), atomic against forks; in a v1
-        hierarchy the members are killed one by one until none is left.
+        cgroup v2 has ``cgroup.kill`` (Linux 5.14+), atomic against forks, which kills
+        the whole subtree (the leaf, and any cgroup the sandbox made below it); in a v1
+        hierarchy the members of the leaf (and of the limit cgroup, for good measure) are
+        killed one by one until none is left.
         """
         import signal
 
@@ -104,19 +123,20 @@ class AppliedLimits:
                 continue
             except OSError:
                 pass
-            for _ in range(100):
-                try:
-                    with open(os.path.join(d, "cgroup.procs")) as f:
-                        pids = [int(x) for x in f.read().split()]
-                except OSError:
-                    break
-                if not pids:
-                    break
-                for pid in pids:
+            for member in (os.path.join(d, LEAF), d):
+                for _ in range(100):
                     try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                        with open(os.path.join(member, "cgroup.procs")) as f:
+                            pids = [int(x) for x in f.read().split()]
+                    except OSError:
+                        break
+                    if not pids:
+                        break
+                    for pid in pids:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
 
     def remove_from_parent(self) -> None:
         for d in self.cgroup_dirs:
@@ -225,7 +245,7 @@ def create_from_parent(limits: Limits) -> AppliedLimits:
         if usable and _writable(base):
             sweep_stale(base)
             d = os.path.join(base, name)
-            os.mkdir(d)
+            _make(d)
             applied.cgroup_dirs.append(d)
             for c in usable:
                 if c == "memory":
@@ -248,7 +268,7 @@ def create_from_parent(limits: Limits) -> AppliedLimits:
         sweep_stale(base)
         d = os.path.join(base, name)
         try:
-            os.mkdir(d)
+            _make(d)
         except OSError:
             continue
         applied.cgroup_dirs.append(d)
@@ -267,7 +287,7 @@ def create_from_parent(limits: Limits) -> AppliedLimits:
                 _write(os.path.join(d, "cpu.cfs_quota_us"), int(limits.cpus * period))
         except OSError:
             applied.cgroup_dirs.remove(d)
-            _rmdir_quietly(d)
+            _remove_cgroup(d)
             continue
         enforced[c] = "cgroup v1"
 
@@ -285,10 +305,21 @@ def create_from_parent(limits: Limits) -> AppliedLimits:
     return applied
 
 
+def _make(d: str) -> None:
+    """The limit cgroup ``d`` and its leaf, where the sandbox will live (module comment)."""
+    os.mkdir(d)
+    try:
+        os.mkdir(os.path.join(d, LEAF))
+    except OSError:
+        _rmdir_quietly(d)
+        raise
+
+
 def join_from_child(cgroup_dirs: list[str]) -> None:
+    """Move this process into the leaf of each limit cgroup, below the limits."""
     pid = str(os.getpid())
     for d in cgroup_dirs:
-        _write(os.path.join(d, "cgroup.procs"), pid)
+        _write(os.path.join(d, LEAF, "cgroup.procs"), pid)
 
 
 def apply_rlimits_from_child(rlimits: list[tuple[int, int]]) -> None:

@@ -383,3 +383,28 @@ def test_a_sandbox_cannot_rewrite_its_starters_cgroup_in_a_delegated_cgroup_v2(d
     got = _in_delegated(*delegated, "starter", "default")
     assert got["limit"] == "3", got
     assert "wrote 1000" not in got["inside"], got
+
+
+def test_removing_a_sandboxs_cgroup_survives_a_deep_chain_below_it(tmp_path):
+    """Red team 18: os.fwalk recursed once per level, so a chain of 1,000 cgroups a
+    sandbox made (where the hierarchy is delegated to it) raised RecursionError in the
+    %%sandbox server. The walk is bounded in depth now; a shallow tree goes entirely."""
+    from nskernel._linux import limits
+
+    deep = tmp_path / "deep"
+    chain = [str(deep)] + [str(deep) + "/d" * i for i in range(1, 1001)]
+    for d in chain:  # one level at a time: pathlib's and os's own helpers recurse too
+        os.mkdir(d)
+    limits._remove_cgroup(str(deep))  # raised RecursionError before
+    assert deep.exists()  # what lies below CGROUP_REMOVE_DEPTH stays, and so its parents
+    shallow = tmp_path / "shallow"
+    for branch in ("a/b/c", "a/d", "e"):
+        (shallow / branch).mkdir(parents=True)
+    limits._remove_cgroup(str(shallow))
+    assert not shallow.exists()
+    os.symlink(tmp_path / "deep", tmp_path / "link")
+    limits._remove_cgroup(str(tmp_path / "link"))  # follows no link
+    assert deep.exists() and (tmp_path / "link").is_symlink()
+    for d in reversed(chain):  # a plain directory chain (no mounts); what is left of it
+        if os.path.isdir(d):
+            os.rmdir(d)

@@ -230,6 +230,40 @@ def test_limits_are_set_above_the_cgroup_the_sandbox_lives_in(tmp_path, monkeypa
     assert not any((leaf / name).exists() for name in limit_files)
 
 
+def test_a_v2_limit_that_cannot_be_written_leaves_no_cgroup_and_falls_back(tmp_path, monkeypatch):
+    """Without swap accounting memory.swap.max does not exist: that is no reason to
+    refuse --memory. A limit that cannot be written at all leaves no cgroup behind (it
+    left one, with its leaf) and the fallbacks take over."""
+    from nskernel._linux import limits as L
+
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "cgroup.subtree_control").write_text("memory pids\n")
+    monkeypatch.setattr(L, "_v2_mount", lambda: str(tmp_path))
+    monkeypatch.setattr(L, "_own_cgroups", lambda: {"": "/own"})
+    write = L._write
+
+    def without(name):
+        def _write(path, value):
+            if os.path.basename(path) == name:
+                raise FileNotFoundError(2, "No such file or directory", path)
+            write(path, value)
+
+        return _write
+
+    monkeypatch.setattr(L, "_write", without("memory.swap.max"))
+    applied = L.create_from_parent(L.Limits(memory=64 << 20))
+    assert applied.mechanism == {"memory": "cgroup v2"}
+    # Stand-in directories hold real files, which rmdir refuses: record the removal.
+    removed: list[str] = []
+    monkeypatch.setattr(L, "_remove_cgroup", removed.append)
+    monkeypatch.setattr(L, "_write", without("pids.max"))
+    applied = L.create_from_parent(L.Limits(memory=64 << 20, pids=8))
+    assert applied.cgroup_dirs == [] and len(removed) == 1
+    assert os.path.dirname(removed[0]) == str(own)
+    assert "cgroup v2" not in applied.mechanism.values(), applied.mechanism
+
+
 def test_events_and_facts_are_read_where_the_layout_puts_them(tmp_path):
     """v1 counts an OOM kill or a refused fork in the leaf, v2 in the limit cgroup: both
     are read. The facts read a leaf's limits from the cgroup above it."""

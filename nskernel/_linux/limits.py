@@ -274,16 +274,27 @@ def create_from_parent(limits: Limits) -> AppliedLimits:
             d = os.path.join(base, name)
             _make(d)
             applied.cgroup_dirs.append(d)
-            for c in usable:
-                if c == "memory":
-                    _write(os.path.join(d, "memory.max"), limits.memory)
-                    _write(os.path.join(d, "memory.swap.max"), 0)
-                elif c == "pids":
-                    _write(os.path.join(d, "pids.max"), limits.pids)
-                elif c == "cpu":
-                    period = 100_000
-                    _write(os.path.join(d, "cpu.max"), f"{int(limits.cpus * period)} {period}")
-                enforced[c] = "cgroup v2"
+            try:
+                for c in usable:
+                    if c == "memory":
+                        _write(os.path.join(d, "memory.max"), limits.memory)
+                        try:  # no swap either, where the kernel accounts it (as for v1)
+                            _write(os.path.join(d, "memory.swap.max"), 0)
+                        except FileNotFoundError:
+                            pass  # no swap accounting: nothing to limit there
+                    elif c == "pids":
+                        _write(os.path.join(d, "pids.max"), limits.pids)
+                    elif c == "cpu":
+                        period = 100_000
+                        quota = f"{int(limits.cpus * period)} {period}"
+                        _write(os.path.join(d, "cpu.max"), quota)
+                    enforced[c] = "cgroup v2"
+            except OSError:
+                # A limit that cannot be written: no half-limited cgroup is left behind
+                # (it was, with its leaf), and v1 or an rlimit take over below.
+                applied.cgroup_dirs.remove(d)
+                _remove_cgroup(d)
+                enforced.clear()
 
     # cgroup v1: one hierarchy per controller.
     for c, w in wanted.items():

@@ -114,13 +114,41 @@ examples:
 """
 
 
+def _columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size()`` finds it, without importing
+    shutil: argparse's help formatter does, on every parser built, and shutil imports bz2
+    and lzma, ~2 ms of every `nskernel run` that prints no help at all."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _Help(argparse.HelpFormatter):
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width=None
+    ) -> None:
+        width = _columns() - 2 if width is None else width  # as HelpFormatter computes it
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+class _RawHelp(_Help, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
 def _add_run_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run a command in a fresh sandbox",
         description="Run CMD inside freshly created Linux namespaces.",
         epilog=RUN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawHelp,
     )
     for ns, what in (
         ("pid", "own PID numbers, with an init as PID 1"),
@@ -383,6 +411,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nskernel",
         description="Sandboxes made of fresh Linux namespaces, for the shell and for Jupyter.",
+        formatter_class=_Help,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     sub.required = True

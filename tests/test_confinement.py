@@ -124,16 +124,13 @@ def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):
     assert r.returncode == 1 and "PermissionError" in r.stderr, r.stderr
 
 
-_SOCKET_PROBE = """
-import ctypes, errno, json, os, sys
+_RAW_PROBE = """
+import ctypes, errno, json, sys
 libc = ctypes.CDLL(None, use_errno=True)
-def socket(*args):  # the raw syscall: Python's socket module passes ints, not longs
-    fd = libc.syscall(ctypes.c_long(int(sys.argv[1])), *(ctypes.c_long(a) for a in args))
-    if fd < 0:
-        return errno.errorcode[ctypes.get_errno()]
-    os.close(fd)
-    return "opened"
-print(json.dumps({name: socket(*args) for name, args in json.loads(sys.argv[2]).items()}))
+def call(nr, *args):  # the raw syscall, 64-bit arguments (Python's own wrappers pass ints)
+    r = libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
+    return "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
+print(json.dumps({name: call(*call_) for name, call_ in json.loads(sys.argv[1]).items()}))
 """
 
 _HIGH = 1 << 32  # the kernel reads socket's int arguments from the low 32 bits only
@@ -151,8 +148,24 @@ AF_NETLINK, AF_VSOCK, NETLINK_NETFILTER, SOCK_RAW, SOCK_STREAM = 16, 40, 12, 3, 
                     [AF_NETLINK, SOCK_RAW, NETLINK_NETFILTER | _HIGH],
                     "EPERM",
                 ),
-                "route": ([AF_NETLINK, SOCK_RAW, 0], "opened"),
+                "route": ([AF_NETLINK, SOCK_RAW, 0], "ok"),
                 "route, upper bits set in the family": ([AF_NETLINK | _HIGH, SOCK_RAW, 0], "EPERM"),
+            },
+        ),
+        (  # a deny-list profile: no setuid(0) (red team 19 F3: uid_t was not guarded)
+            {
+                "defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [
+                    {
+                        "names": ["setuid"],
+                        "action": "SCMP_ACT_ERRNO",
+                        "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}],
+                    }
+                ],
+            },
+            {
+                "setuid(0)": ([0], "EPERM"),
+                "setuid(0), upper bits set": ([_HIGH], "EPERM"),
             },
         ),
         (  # a deny-list profile of the user's: everything but AF_VSOCK
@@ -169,11 +182,11 @@ AF_NETLINK, AF_VSOCK, NETLINK_NETFILTER, SOCK_RAW, SOCK_STREAM = 16, 40, 12, 3, 
             {
                 "vsock": ([AF_VSOCK, SOCK_STREAM, 0], "EPERM"),
                 "vsock, upper bits set": ([AF_VSOCK | _HIGH, SOCK_STREAM, 0], "EPERM"),
-                "unix": ([1, SOCK_STREAM, 0], "opened"),
+                "unix": ([1, SOCK_STREAM, 0], "ok"),
             },
         ),
     ],
-    ids=["default", "deny-list"],
+    ids=["default", "deny-setuid-0", "deny-vsock"],
 )
 def test_upper_bits_of_an_int_argument_cannot_slip_past_a_rule(nsk, tmp_path: Path, profile, calls):
     """Red team 17 F1: libseccomp compares 64 bits, the kernel reads an int's low 32, so
@@ -184,9 +197,10 @@ def test_upper_bits_of_an_int_argument_cannot_slip_past_a_rule(nsk, tmp_path: Pa
         path = tmp_path / "profile.json"
         path.write_text(json.dumps(profile))
         opts = ["--seccomp", str(path)]
-    nr = str(seccomp._resolve_native("socket"))
-    wanted = json.dumps({name: args for name, (args, _) in calls.items()})
-    r = nsk("run", *opts, "--", sys.executable, "-c", _SOCKET_PROBE, nr, wanted)
+    syscall = "setuid" if "setuid(0)" in calls else "socket"
+    nr = seccomp._resolve_native(syscall)
+    wanted = json.dumps({name: [nr, *args] for name, (args, _) in calls.items()})
+    r = nsk("run", *opts, "--", sys.executable, "-c", _RAW_PROBE, wanted)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {name: seen for name, (_, seen) in calls.items()}
 

@@ -647,11 +647,23 @@ def test_int_arguments_compare_as_the_kernel_reads_them(tmp_path) -> None:
                 ],
             },
             {"names": ["getpid"], "action": "SCMP_ACT_ALLOW"},
-            # clone's flags are an unsigned long: read whole, compared whole.
+            # mmap's length is read whole (a size_t): compared whole, never guarded.
             {
-                "names": ["clone"],
+                "names": ["mmap"],
                 "action": "SCMP_ACT_ALLOW",
-                "args": [{"index": 0, "value": 1 << 40, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
+                "args": [{"index": 1, "value": 1 << 40, "op": "SCMP_CMP_LT"}],
+            },
+            # Red team 19 F3: every compared argument is guarded unless it is read whole:
+            # setuid's uid_t was not (a list of 32-bit ones missed it), nor umode_t's 16 bits.
+            {
+                "names": ["setuid"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_NE"}],
+            },
+            {
+                "names": ["fchmodat"],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [{"index": 2, "value": 0o4755, "op": "SCMP_CMP_NE"}],
             },
         ],
     }
@@ -668,8 +680,14 @@ def test_int_arguments_compare_as_the_kernel_reads_them(tmp_path) -> None:
     assert f.verdict("tgkill", 100, 9 | high) == "errno EPERM"
     assert f.verdict("tgkill", 100, 15, 3 | high) == "allow"  # argument 2 has no rule
     assert f.verdict("getpid") == "allow"
-    assert f.verdict("clone", 17) == "allow"
-    assert f.verdict("clone", 17 | 1 << 40) == "errno EPERM"
+    assert f.verdict("mmap", 0, 1 << 35) == "allow"  # 32 GiB: a length, not guarded
+    assert f.verdict("mmap", 0, 1 << 41) == "errno EPERM"
+    assert f.verdict("setuid", 1000) == "allow"
+    assert f.verdict("setuid", 0) == f.verdict("setuid", 1 << 32) == "errno EPERM"
+    at_fdcwd = (1 << 64) - 100  # AT_FDCWD as glibc passes it: sign-extended
+    assert f.verdict("fchmodat", at_fdcwd, 0, 0o644) == "allow"
+    assert f.verdict("fchmodat", at_fdcwd, 0, 0o4755) == "errno EPERM"
+    assert f.verdict("fchmodat", at_fdcwd, 0, 0o4755 | 1 << 16) == "errno EPERM"  # was allow
 
 
 def test_x32_calls_compare_as_32_bits_where_a_profile_lets_x32_in(tmp_path) -> None:
@@ -713,10 +731,10 @@ def _starts_with_the_guard(program: bytes) -> bool:
 
 def test_the_guard_is_only_there_when_a_rule_compares_an_int_argument(tmp_path) -> None:
     read = {"names": ["read"], "action": "SCMP_ACT_ALLOW"}
-    clone = {  # an unsigned long: no guard needed
-        "names": ["clone"],
+    mmap = {  # a length, read whole: no guard needed
+        "names": ["mmap"],
         "action": "SCMP_ACT_ALLOW",
-        "args": [{"index": 0, "value": 17, "op": "SCMP_CMP_EQ"}],
+        "args": [{"index": 1, "value": 17, "op": "SCMP_CMP_EQ"}],
     }
     socket_family = {
         "names": ["socket"],
@@ -726,12 +744,12 @@ def test_the_guard_is_only_there_when_a_rule_compares_an_int_argument(tmp_path) 
     seen = {}
     for name, rules in {
         "plain": [read],
-        "clone": [read, clone],
+        "mmap": [read, mmap],
         "socket": [read, socket_family],
     }.items():
         profile = {"defaultAction": "SCMP_ACT_ERRNO", "syscalls": rules}
         seen[name] = _starts_with_the_guard(_filter_of(tmp_path, profile).program or b"")
-    assert seen == {"plain": False, "clone": False, "socket": True}
+    assert seen == {"plain": False, "mmap": False, "socket": True}
 
 
 def _fresh(nesting: bool) -> seccomp.Filter:

@@ -29,9 +29,10 @@ an ``int`` argument (socket's family and protocol, personality, prctl's option..
 low 32 only. A rule "allow unless the protocol is NETLINK_NETFILTER" (``SCMP_CMP_NE 12``)
 let ``socket(AF_NETLINK, SOCK_RAW, 12 | 1 << 32)`` through to nf_tables, and Docker's own
 ``AF_VSOCK`` rule has the same hole (red team 17). So every compiled filter starts with a
-short guard of our own (``_int_argument_guard``): for each argument the profile puts a
-condition on that the kernel reads as 32 bits (``_INT_ARGUMENTS``), the upper half must be
-the zero or sign extension of the lower one, or the call fails with EPERM. What reaches the
+short guard of our own (``_int_argument_guard``): for each argument a rule compares, unless
+it is read as 64 bits (``_WIDE_ARGUMENTS``), the upper half must be the zero or sign
+extension of the lower one (for umode_t, ``_MODE_ARGUMENTS``, the upper 48 bits clear), or
+the call fails with EPERM. What reaches the
 rules then compares as the kernel reads it; a value with bit 31 set still has both its
 extensions, so compare such values with ``SCMP_CMP_MASKED_EQ`` and mask ``0xffffffff``.
 
@@ -137,40 +138,63 @@ _GOARCH = {
 # variant allows them without CLONE_NEWUSER's check (clone3 stays ENOSYS).
 _NEW_USERNS_CALLS = ("clone", "unshare")
 
-# Arguments the kernel reads as 32 bits (``int``, ``unsigned int``, ``pid_t`` in
-# include/linux/syscalls.h), by syscall: the guard (see the module note) checks those the
-# profile puts a condition on. Others (``unsigned long`` flags of clone, unshare, mount)
-# are read whole and compared whole.
-_INT_ARGUMENTS: dict[str, tuple[int, ...]] = {
-    "socket": (0, 1, 2),  # int family, int type, int protocol
-    "socketpair": (0, 1, 2),
-    "personality": (0,),  # unsigned int
-    "prctl": (0,),  # int option
-    "ioctl": (0, 1),  # unsigned int fd, unsigned int cmd
-    "fcntl": (0, 1),
-    "dup": (0,),
-    "dup2": (0, 1),
-    "dup3": (0, 1, 2),
-    "kill": (0, 1),  # pid_t, int sig
-    "tkill": (0, 1),
-    "tgkill": (0, 1, 2),
-    "setsockopt": (0, 1, 2, 4),  # int fd, int level, int optname, optval, int optlen
-    "getsockopt": (0, 1, 2),
-    "keyctl": (0,),
-    "bpf": (0, 2),  # int cmd, attr, unsigned int size
-    "setns": (0, 1),  # int fd, int nstype
-    "seccomp": (0, 1),  # unsigned int op, unsigned int flags
-    "open": (1,),  # int flags
-    "openat": (0, 2),  # int dfd, int flags
-    "madvise": (2,),  # int behavior
-    "umount2": (1,),  # int flags
-    "quotactl": (0,),  # unsigned int cmd
-    "kcmp": (0, 1, 2),  # pid_t, pid_t, int type
-    "pidfd_open": (0, 1),
-    "pidfd_send_signal": (0, 1, 3),
-    "pidfd_getfd": (0, 1, 2),
-    "perf_event_open": (1, 2, 3),  # pid_t pid, int cpu, int group_fd
-    "io_uring_setup": (0,),  # u32 entries
+# Which arguments the guard (see the module note) checks, of those a profile's rules
+# compare: all of them as the kernel's 32-bit types (int, unsigned int, pid_t, uid_t...:
+# most arguments; clone even reads its flags through lower_32_bits), except
+# - the arguments read as 64 bits whose values do exceed 32 bits (addresses, lengths,
+#   offsets, and what prctl and ptrace pass through): compared whole, never guarded;
+# - umode_t, 16 bits: the guard wants the 16 above them clear too.
+# Failing closed: an argument missing from both lists is guarded as 32 bits, which at
+# worst refuses a call with a value no 32-bit argument can hold (red team 19 F3: a list of
+# the 32-bit ones missed setuid's, so "setuid(uid != 0)" let setuid(1 << 32) through).
+_WIDE_ARGUMENTS: dict[str, tuple[int, ...]] = {
+    "mmap": (0, 1, 5),
+    "munmap": (0, 1),
+    "mprotect": (0, 1),
+    "pkey_mprotect": (0, 1),
+    "madvise": (0, 1),
+    "process_madvise": (1,),
+    "mremap": (0, 1, 2, 4),
+    "msync": (0, 1),
+    "mlock": (0, 1),
+    "mlock2": (0, 1),
+    "munlock": (0, 1),
+    "mincore": (0, 1),
+    "brk": (0,),
+    "mseal": (0, 1),
+    "prctl": (1, 2, 3, 4),
+    "arch_prctl": (1,),
+    "ptrace": (2, 3),
+    "ioctl": (2,),
+    "fcntl": (2,),
+    "lseek": (1,),
+    "pread64": (1, 2, 3),
+    "pwrite64": (1, 2, 3),
+    "read": (1, 2),
+    "write": (1, 2),
+    "truncate": (1,),
+    "ftruncate": (1,),
+    "fallocate": (2, 3),
+    "fadvise64": (1, 2),
+    "readahead": (1, 2),
+    "sync_file_range": (1, 2),
+    "sendfile": (2, 3),
+    "copy_file_range": (1, 3, 4),
+    "splice": (1, 3, 4),
+}
+_MODE_ARGUMENTS: dict[str, tuple[int, ...]] = {
+    "chmod": (1,),
+    "fchmod": (1,),
+    "fchmodat": (2,),
+    "fchmodat2": (2,),
+    "mkdir": (1,),
+    "mkdirat": (2,),
+    "mknod": (1,),
+    "mknodat": (2,),
+    "creat": (1,),
+    "open": (2,),
+    "openat": (3,),
+    "mq_open": (2,),
 }
 
 _ERRNO_HINT = (
@@ -503,7 +527,8 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
     machine = os.uname().machine
     kernel = _kernel_version(os.uname().release)
     unknown: list[str] = []
-    guarded: dict[int, set[int]] = {}  # syscall number -> its 32-bit arguments with conditions
+    guarded: dict[int, dict[int, int]] = {}  # syscall number -> {compared argument: bits}
+    x32 = getattr(sc.Arch, "X32", None) in arches.values()
     entries = profile.get("syscalls") or []
     if not isinstance(entries, list):
         raise SeccompError(f"{where}: 'syscalls' must be a list of entries")
@@ -529,9 +554,13 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
             if nr is None:
                 unknown.append(syscall)
                 continue
-            narrow = compared & set(_INT_ARGUMENTS.get(syscall, ()))
+            narrow = _widths(syscall, compared)
             if narrow:
-                guarded.setdefault(nr, set()).update(narrow)
+                guarded.setdefault(nr, {}).update(narrow)
+                if x32:  # x32's calls come as x86_64's arch, with numbers of their own
+                    nr32 = int(sc.resolve_syscall(sc.Arch.X32, syscall))
+                    if nr32 >= 0:
+                        guarded.setdefault(nr32, {}).update(narrow)
             try:
                 for conds in groups:
                     filt.add_rule(action, nr, *conds)
@@ -704,42 +733,58 @@ _NR, _ARCH, _ARGS = 0, 4, 16
 _EPERM = RET_ERRNO | errno_mod.EPERM
 
 
-def _int_argument_guard(arch: int, guarded: dict[int, set[int]]) -> bytes:
+def _widths(syscall: str, compared: set[int]) -> dict[int, int]:
+    """The bits the kernel reads of each compared argument that the guard must check."""
+    wide = _WIDE_ARGUMENTS.get(syscall, ())
+    mode = _MODE_ARGUMENTS.get(syscall, ())
+    return {i: 16 if i in mode else 32 for i in compared if i not in wide}
+
+
+def _check(index: int, bits: int) -> list[tuple[int, int | str, int | str, int]]:
+    """Instructions that fall through when argument ``index`` holds a value of ``bits``
+    bits as the kernel reads it, and jump to "deny" otherwise."""
+    hi, lo = (4, 0) if sys.byteorder == "little" else (0, 4)
+    hi_k, lo_k = _ARGS + 8 * index + hi, _ARGS + 8 * index + lo
+    if bits == 16:  # umode_t: zero-extended by every caller
+        return [
+            (_LD_ABS, 0, 0, hi_k),
+            (_JEQ, 0, "deny", 0),
+            (_LD_ABS, 0, 0, lo_k),
+            (_JSET, "deny", 0, 0xFFFF0000),
+        ]
+    return [
+        (_LD_ABS, 0, 0, hi_k),
+        (_JEQ, 3, 0, 0),  # zero extension: the next check
+        (_JEQ, 0, "deny", 0xFFFFFFFF),
+        (_LD_ABS, 0, 0, lo_k),
+        (_JSET, 0, "deny", 0x80000000),  # a sign extension of a negative value
+    ]
+
+
+def _int_argument_guard(arch: int, guarded: dict[int, dict[int, int]]) -> bytes:
     """BPF that runs before libseccomp's program (see the module note): for each syscall
-    number in ``guarded`` on the native ``arch``, each listed argument's upper 32 bits
-    must be 0, or 0xffffffff with bit 31 set (a sign extension); anything else returns
-    EPERM. Everything else falls through to the program after it. Classic BPF jumps only
-    forward and by relative offsets, so libseccomp's program needs no change behind it.
+    number in ``guarded`` on the native ``arch`` (x32's numbers included, when the profile
+    lets x32 in: they come with x86_64's arch), each listed argument must hold a value of
+    its width (``_check``), or the call returns EPERM. Everything else falls through to
+    the program after it. Classic BPF jumps only forward and by relative offsets, so
+    libseccomp's program needs no change behind it.
     """
     if not guarded:
         return b""
-    hi, lo = (4, 0) if sys.byteorder == "little" else (0, 4)
-    blocks: list[list[tuple[int, int, int, int]]] = []
-    for nr in sorted(guarded):
-        args = sorted(guarded[nr])
-        checks: list[tuple[int, int, int, int]] = []
-        for i, index in enumerate(args):
-            # From this check's first instruction to the block's "ret EPERM": five
-            # instructions for each check left, then the "ja".
-            deny = 5 * (len(args) - i) + 1
-            checks += [
-                (_LD_ABS, 0, 0, _ARGS + 8 * index + hi),
-                (_JEQ, 3, 0, 0),  # zero extension: the next argument
-                (_JEQ, 0, deny - 3, 0xFFFFFFFF),
-                (_LD_ABS, 0, 0, _ARGS + 8 * index + lo),
-                (_JSET, 0, deny - 5, 0x80000000),  # a sign extension of a negative value
-            ]
-        # jeq nr; the checks; "ja" to the end of the guard; ret EPERM.
-        body = [(_JEQ, 0, len(checks) + 2, nr), *checks, (_JA, 0, 0, -1), (_RET, 0, 0, _EPERM)]
-        blocks.append(body)
     insns = [(_LD_ABS, 0, 0, _ARCH), (_JEQ, 1, 0, arch), (_JA, 0, 0, -1), (_LD_ABS, 0, 0, _NR)]
-    for body in blocks:
-        insns += body
+    for nr in sorted(guarded):
+        checks = [op for index, bits in sorted(guarded[nr].items()) for op in _check(index, bits)]
+        # jeq nr (else the next block); the checks; "ja" to the end of the guard; EPERM.
+        block = [(_JEQ, 0, len(checks) + 2, nr), *checks, (_JA, 0, 0, -1), (_RET, 0, 0, _EPERM)]
+        deny = len(block) - 1
+        for pc, (code, jt, jf, k) in enumerate(block):
+            jt, jf = (deny - pc - 1 if j == "deny" else j for j in (jt, jf))
+            insns.append((code, jt, jf, k))
     out = []
     for pc, (code, jt, jf, k) in enumerate(insns):
         if code == _JA:  # to the first instruction after the guard
             k = len(insns) - pc - 1
-        if jt > 255 or jf > 255:
+        if not (0 <= jt <= 255 and 0 <= jf <= 255):
             raise SeccompError("too many argument conditions on one syscall for the guard")
         out.append(struct.pack("=HBBI", code, jt, jf, k))  # struct sock_filter, native order
     return b"".join(out)

@@ -88,7 +88,10 @@ def precompile_filter(root: Path) -> Path | None:
     out = root / FILTER
     out.unlink(missing_ok=True)
     code = "from nskernel._linux import seccomp; seccomp.precompile()"
-    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONDONTWRITEBYTECODE": "1"}
+    # The source tree first, and whatever PYTHONPATH pip gave this build: its isolated
+    # build environment (where pyseccomp, a build requirement, is) is found through it.
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     r = subprocess.run(
         [sys.executable, "-c", code],
         cwd=root,

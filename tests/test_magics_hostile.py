@@ -847,6 +847,63 @@ def test_the_kernel_checks_what_the_server_relays():
     assert protocol.decode_value({protocol.BYTES_TAG: base64.b64encode(b"ok").decode()}) == b"ok"
 
 
+def test_counting_a_frames_values_takes_time_linear_in_the_frame():
+    # Red team 19 F1: the count's regex for a string failed at every quote of an
+    # unterminated run of \\" and rescanned the rest: 20,000 of them (40 KB) took the
+    # server ~5 s, a 1 MiB frame an hour. Such a body is no JSON: refused at once.
+    def body(pairs: int) -> bytes:
+        head = b'{"type":"stream","name":"stdout","text":"' + b"," * 2000 + b'","x":"'
+        return head + b'\\"' * pairs
+
+    for pairs in (20_000, 500_000):  # 40 KB (seconds before), then 1 MiB (an hour)
+        t0 = time.perf_counter()
+        with pytest.raises(protocol.ProtocolError, match="a string does not end"):
+            protocol.json_values(body(pairs), 1024)
+        assert time.perf_counter() - t0 < 0.5, f"{pairs} escaped quotes"
+    # Escapes counted right: what they hide stays in its string, as json reads it.
+    for text in ('a\\"b,c,d', "a\\\\", 'x\\\\\\",[{', "\\\\" * 5 + ",,,"):
+        value = {"type": "stream", "text": text + "," * 200, "v": [1, 2]}
+        data = json.dumps(value).encode()
+        assert protocol.json_values(data, 10) == 6, text  # 3 commas, { and [, and 1
+    data = b'{"a":"' + b"," * 500 + b'"' + b',"k":","' * 100 + b"}"
+    assert protocol.json_values(data, 650) == 102  # 702 at a glance
+    # Past 2 * limit + 2 strings the rest are not taken out: still an upper bound.
+    assert 102 < protocol.json_values(data, 10) <= 202
+    assert protocol.json_values(b'{"a":"' + b"," * 500 + b'"}', 10) == 2
+
+
+def test_a_frame_made_to_stall_the_count_stops_that_sandbox_at_once(kc):
+    # Red team 19 F1, through the server: the frame stalled it ~20 s (its --timeout,
+    # kill, interrupt and %sandbox ls all waited); between cells, a named sandbox's
+    # answer to %sandbox ls's facts query did the same.
+    stall = (
+        'body = b\'{"type":"stream","name":"stdout","text":"\' + b"," * 2000\n'
+        'body += b\'","x":"\' + b\'\\\\"\' * 40_000\n'
+    )
+    t0 = time.monotonic()
+    res = execute(kc, f"%%sandbox\n{CHANNEL}{stall}send_raw(frame(body))\ntime.sleep(60)")
+    assert time.monotonic() - t0 < 8, "the server stalled"
+    stopped_cell(res)
+    assert "a string does not end" in res.error_text, res.error_text
+    answer = stall.replace('"type":"stream"', '"type":"facts"').replace("2000", "262_200")
+    res = execute(
+        kc,
+        f"%%sandbox --name staller1\n{CHANNEL}{answer}import threading\n"
+        "def later():\n    time.sleep(1)\n    send_raw(frame(body))\n"
+        "threading.Thread(target=later, daemon=True).start()",
+    )
+    assert res.status == "ok", res.error_text
+    time.sleep(2)  # written after its cell: read by the next request, %sandbox ls
+    t0 = time.monotonic()
+    res = execute(kc, "%sandbox ls")
+    assert res.status == "ok", res.error_text
+    assert time.monotonic() - t0 < 8, "the server stalled"
+    assert "staller1" not in res.result  # the frame broke the protocol: it was stopped
+    res = execute(kc, "%%sandbox --name staller1\nprint(1)")
+    assert "named sandbox 'staller1' was stopped while no cell of it ran" in res.error_text
+    assert_all_well(kc)
+
+
 def test_the_frame_reader_bounds_what_a_frame_decodes_to():
     # Counted before decoding: lists, objects and their items, not what is in strings.
     assert protocol.json_values(b"[{},{},{}]", 100) == 7  # at most: 4

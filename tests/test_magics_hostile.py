@@ -436,8 +436,34 @@ def test_a_sandbox_that_writes_on_costs_the_server_next_to_nothing(kc):
         assert spent < 0.6 + 3 * sandbox, (
             f"in a cell: server {spent:.2f} s, sandbox {sandbox:.2f} s"
         )
+        # Red team 19 F2: tiny frames cost the server per frame, ~20 times what
+        # writing them costs the sandbox, even dropped undecoded; and answers nobody
+        # awaits were dropped uncharged, for ever. Past a few thousand dropped frames,
+        # a cell's sandbox is now read in paced bursts; its end still gets through.
+        tiny = (
+            "%%sandbox --name burner2 --max-output 1M\n"
+            "send_raw(frame({'type': 'stream', 'name': 'stdout', 'text': '.' * (1 << 20)}))\n"
+            'chunk = frame(b\'{"type":"KIND"}\') * 3000  # 63 KB of 21-byte frames\n'
+            "end = time.monotonic() + 4\n"
+            "while time.monotonic() < end:\n"
+            "    send_raw(chunk)\n"
+            "raise ValueError('the end')"  # an error: the stream budget is spent
+        )
+        assert execute(kc, f"%%sandbox --name burner2\n{CHANNEL}").status == "ok"
+        runner = runner_of(inspect_pid(kc, "burner2"))  # burner1 writes on meanwhile
+        for kind in ("stream", "answer"):
+            s0, r0, t0 = _cpu_seconds(server), _cpu_seconds(runner), time.monotonic()
+            res = execute(kc, tiny.replace("KIND", kind), timeout=120)
+            spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
+            assert "ValueError: the end" in res.error_text, res.error_text
+            if kind == "stream":  # answers are no output: none was dropped
+                assert "output truncated after 1 MiB" in res.stderr, res.stderr
+            assert time.monotonic() - t0 < 15, "the cell's end was held up"
+            assert spent < 0.6 + 3 * sandbox, (
+                f"{kind} frames: server {spent:.2f} s, sandbox {sandbox:.2f} s"
+            )
     finally:
-        execute(kc, "%sandbox rm burner1")
+        execute(kc, "%sandbox rm burner1 burner2")
     assert_all_well(kc)
 
 

@@ -169,16 +169,27 @@ class FrameReader:
         self.buf += data
         return True
 
+    def complete(self) -> bool:
+        """Whether a whole frame is buffered (and so can be had without reading)."""
+        if len(self.buf) < HEADER.size:
+            return False
+        (size,) = HEADER.unpack_from(self.buf)
+        return len(self.buf) >= HEADER.size + size
+
     def frames(
-        self, admit: Callable[[bytes], int | None] | None = None
+        self,
+        admit: Callable[[bytes], int | None] | None = None,
+        stop: Callable[[], bool] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Complete frames already buffered.
 
         ``admit(body)``, called before a body is decoded, may raise, say how many values
         it may decode to (at most ``max_values``), or return None: the frame is then
         dropped undecoded (the server does so with output it would drop anyway).
+        ``stop()``, asked before each frame, may end the walk early: the rest stays
+        buffered for a later call.
         """
-        while len(self.buf) >= HEADER.size:
+        while len(self.buf) >= HEADER.size and (stop is None or not stop()):
             (size,) = HEADER.unpack_from(self.buf)
             if size > self.max_frame:
                 msg = f"a frame of {size_text(size)} is over the {size_text(self.max_frame)} limit"

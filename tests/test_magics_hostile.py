@@ -595,6 +595,31 @@ def test_active_output_arrives_inert_with_a_note(kc):
     assert "application/vnd.vegalite.v5+json" in note and "--trust-output" in note
 
 
+def test_markup_made_to_stall_the_html_parser_is_made_inert_in_bounded_time(kc):
+    # Red team 19 F4: Python's html.parser, run on every HTML and SVG display for the
+    # note, is quadratic on "</" or "<?" that never end (CVE-2025-6069): 400 KB of them
+    # kept the kernel busy ~11 s each, past the cell's --timeout.
+    code = (
+        "%%sandbox --timeout 30\n"
+        "from IPython.display import HTML, display\n"
+        "display(HTML('<script>window.nskPwned = 7</script>' + '</' * 200_000))\n"
+        "display(HTML('<b onclick=\"window.nskPwned = 8\">b</b>' + '<?' * 200_000))\n"
+        "svg = '<svg xmlns=\"http://www.w3.org/2000/svg\">' + '</' * 200_000\n"
+        "display({'image/svg+xml': svg}, raw=True)  # IPython's SVG() would parse it\n"
+    )
+    t0 = time.monotonic()
+    res = execute(kc, code, timeout=300)
+    assert time.monotonic() - t0 < 10, "the kernel stalled"
+    assert res.status == "ok", res.error_text
+    first, second, svg = res.displays
+    assert "<script" not in first["text/html"] and "nskPwned" not in first["text/html"]
+    assert "onclick" not in second["text/html"]
+    assert svg["text/html"].startswith('<img src="data:image/svg+xml;base64,')
+    for what in ("<script>", "onclick", "SVG", untrusted.UNREAD):
+        assert what in res.stderr, res.stderr
+    assert_all_well(kc)
+
+
 def test_trust_output_passes_everything_as_sent(kc):
     res = execute(kc, "%%sandbox --trust-output\n" + ACTIVE)
     assert res.status == "ok", res.error_text
@@ -1032,6 +1057,27 @@ def test_the_html_sanitizer_leaves_nothing_active(attack):
             assert rule.strip().startswith(".nsk-out-"), (attack, out)
     if "body" not in attack:  # that one is confined (to match nothing), not removed
         assert s.note() and "--trust-output" in s.note()
+
+
+@pytest.mark.parametrize("unended", ["</", "<?", "<!", "<a b=", "<!--"])
+def test_the_note_on_removed_markup_takes_time_linear_in_the_markup(unended):
+    # Red team 19 F4: html.parser's close() rescans the rest for every unended "</"
+    # or "<?" (CVE-2025-6069): '</' * 200_000 took ~11 s. What is read for the note is
+    # now bounded; what follows a tag that never ends is said to be removed, unnamed.
+    s = untrusted.Sanitizer("t")
+    t0 = time.perf_counter()
+    out = s.html("<script>alert(1)</script><i onclick=x>i</i>" + unended * 200_000)
+    svg_active = untrusted._svg_is_active("<svg>" + unended * 200_000)
+    assert time.perf_counter() - t0 < 2, unended
+    assert "<script" not in out and "onclick" not in out
+    note = s.note()
+    assert note and "<script>" in note and "onclick" in note and untrusted.UNREAD in note
+    assert svg_active  # not read to its end: not said to be inert
+    # A short unended rest is still read to its end, and named as before.
+    s = untrusted.Sanitizer("t")
+    s.html("<p>ok</p><i onclick=x>i</i>" + unended * 100)
+    assert s.note() and "onclick" in s.note() and untrusted.UNREAD not in s.note()
+    assert not untrusted._svg_is_active('<svg><circle r="1"/></svg>' + unended * 100)
 
 
 @pytest.mark.parametrize(

@@ -1103,6 +1103,20 @@ def test_markdown_is_kept_only_when_inert(markdown, inert):
     assert (untrusted.markdown_problem(markdown) is None) is inert
 
 
+def test_judging_markdown_takes_time_linear_in_the_markdown():
+    # Red team 19 F5: each link target was scanned to the next whitespace, per
+    # character: '](' * 40_000 held the kernel 100 s, past the cell's --timeout.
+    for md in ("](" * 1_000_000, "](/" * 9_999 + "a" * 2_000_000, "]:" * 9_999 + "a" * 2_000_000):
+        t0 = time.perf_counter()
+        untrusted.markdown_problem(md)
+        assert time.perf_counter() - t0 < 1, md[:10]
+    image = "![p](data:image/png;base64," + "iVBORw0KGgo" * 30_000 + ")"
+    assert untrusted.markdown_problem(image) is None  # a long target, its scheme first
+    assert untrusted.markdown_problem("[a](" + "x" * 300 + ":alert(1))") is not None
+    assert untrusted.markdown_problem("[a](ok)](x&y) [b](ok)") is not None
+    assert untrusted.markdown_problem("[a](https://x)" * 10_001) == "more than 10000 links"
+
+
 # ------------------------------------------------------------------ in a real browser
 
 UNTRUSTED_CELL = """\

@@ -436,8 +436,34 @@ def test_a_sandbox_that_writes_on_costs_the_server_next_to_nothing(kc):
         assert spent < 0.6 + 3 * sandbox, (
             f"in a cell: server {spent:.2f} s, sandbox {sandbox:.2f} s"
         )
+        # Red team 19 F2: tiny frames cost the server per frame, ~20 times what
+        # writing them costs the sandbox, even dropped undecoded; and answers nobody
+        # awaits were dropped uncharged, for ever. Past a few thousand dropped frames,
+        # a cell's sandbox is now read in paced bursts; its end still gets through.
+        tiny = (
+            "%%sandbox --name burner2 --max-output 1M\n"
+            "send_raw(frame({'type': 'stream', 'name': 'stdout', 'text': '.' * (1 << 20)}))\n"
+            'chunk = frame(b\'{"type":"KIND"}\') * 3000  # 63 KB of 21-byte frames\n'
+            "end = time.monotonic() + 4\n"
+            "while time.monotonic() < end:\n"
+            "    send_raw(chunk)\n"
+            "raise ValueError('the end')"  # an error: the stream budget is spent
+        )
+        assert execute(kc, f"%%sandbox --name burner2\n{CHANNEL}").status == "ok"
+        runner = runner_of(inspect_pid(kc, "burner2"))  # burner1 writes on meanwhile
+        for kind in ("stream", "answer"):
+            s0, r0, t0 = _cpu_seconds(server), _cpu_seconds(runner), time.monotonic()
+            res = execute(kc, tiny.replace("KIND", kind), timeout=120)
+            spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
+            assert "ValueError: the end" in res.error_text, res.error_text
+            if kind == "stream":  # answers are no output: none was dropped
+                assert "output truncated after 1 MiB" in res.stderr, res.stderr
+            assert time.monotonic() - t0 < 15, "the cell's end was held up"
+            assert spent < 0.6 + 3 * sandbox, (
+                f"{kind} frames: server {spent:.2f} s, sandbox {sandbox:.2f} s"
+            )
     finally:
-        execute(kc, "%sandbox rm burner1")
+        execute(kc, "%sandbox rm burner1 burner2")
     assert_all_well(kc)
 
 
@@ -567,6 +593,31 @@ def test_active_output_arrives_inert_with_a_note(kc):
     for what in ("application/javascript", "onerror", "<script>", "SVG", "markdown"):
         assert what in note, note
     assert "application/vnd.vegalite.v5+json" in note and "--trust-output" in note
+
+
+def test_markup_made_to_stall_the_html_parser_is_made_inert_in_bounded_time(kc):
+    # Red team 19 F4: Python's html.parser, run on every HTML and SVG display for the
+    # note, is quadratic on "</" or "<?" that never end (CVE-2025-6069): 400 KB of them
+    # kept the kernel busy ~11 s each, past the cell's --timeout.
+    code = (
+        "%%sandbox --timeout 30\n"
+        "from IPython.display import HTML, display\n"
+        "display(HTML('<script>window.nskPwned = 7</script>' + '</' * 200_000))\n"
+        "display(HTML('<b onclick=\"window.nskPwned = 8\">b</b>' + '<?' * 200_000))\n"
+        "svg = '<svg xmlns=\"http://www.w3.org/2000/svg\">' + '</' * 200_000\n"
+        "display({'image/svg+xml': svg}, raw=True)  # IPython's SVG() would parse it\n"
+    )
+    t0 = time.monotonic()
+    res = execute(kc, code, timeout=300)
+    assert time.monotonic() - t0 < 10, "the kernel stalled"
+    assert res.status == "ok", res.error_text
+    first, second, svg = res.displays
+    assert "<script" not in first["text/html"] and "nskPwned" not in first["text/html"]
+    assert "onclick" not in second["text/html"]
+    assert svg["text/html"].startswith('<img src="data:image/svg+xml;base64,')
+    for what in ("<script>", "onclick", "SVG", untrusted.UNREAD):
+        assert what in res.stderr, res.stderr
+    assert_all_well(kc)
 
 
 def test_trust_output_passes_everything_as_sent(kc):
@@ -847,6 +898,65 @@ def test_the_kernel_checks_what_the_server_relays():
     assert protocol.decode_value({protocol.BYTES_TAG: base64.b64encode(b"ok").decode()}) == b"ok"
 
 
+def test_counting_a_frames_values_takes_time_linear_in_the_frame():
+    # Red team 19 F1: the count's regex for a string failed at every quote of an
+    # unterminated run of \\" and rescanned the rest: 20,000 of them (40 KB) took the
+    # server ~5 s, a 1 MiB frame an hour. Such a body is no JSON: refused at once.
+    def body(pairs: int) -> bytes:
+        head = b'{"type":"stream","name":"stdout","text":"' + b"," * 2000 + b'","x":"'
+        return head + b'\\"' * pairs
+
+    for pairs in (20_000, 500_000):  # 40 KB (seconds before), then 1 MiB (an hour)
+        t0 = time.perf_counter()
+        with pytest.raises(protocol.ProtocolError, match="a string does not end"):
+            protocol.json_values(body(pairs), 1024)
+        assert time.perf_counter() - t0 < 0.5, f"{pairs} escaped quotes"
+    # Escapes counted right: what they hide stays in its string, as json reads it.
+    for text in ('a\\"b,c,d', "a\\\\", 'x\\\\\\",[{', "\\\\" * 5 + ",,,"):
+        value = {"type": "stream", "text": text + "," * 200, "v": [1, 2]}
+        data = json.dumps(value).encode()
+        assert protocol.json_values(data, 10) == 6, text  # 3 commas, { and [, and 1
+    data = b'{"a":"' + b"," * 500 + b'"' + b',"k":","' * 100 + b"}"
+    assert protocol.json_values(data, 650) == 102  # 702 at a glance
+    # Past 2 * limit + 2 strings the rest are not taken out: still an upper bound.
+    assert 102 < protocol.json_values(data, 10) <= 202
+    assert protocol.json_values(b'{"a":"' + b"," * 500 + b'"}', 10) == 2
+
+
+def test_a_frame_made_to_stall_the_count_stops_that_sandbox_at_once(kc):
+    # Red team 19 F1, through the server: the frame stalled it ~20 s (its --timeout,
+    # kill, interrupt and %sandbox ls all waited); between cells, a named sandbox's
+    # answer to %sandbox ls's facts query did the same.
+    stall = (
+        'body = b\'{"type":"stream","name":"stdout","text":"\' + b"," * 2000\n'
+        'body += b\'","x":"\' + b\'\\\\"\' * 40_000\n'
+    )
+    t0 = time.monotonic()
+    res = execute(kc, f"%%sandbox\n{CHANNEL}{stall}send_raw(frame(body))\ntime.sleep(60)")
+    assert time.monotonic() - t0 < 8, "the server stalled"
+    stopped_cell(res)
+    assert "a string does not end" in res.error_text, res.error_text
+    answer = stall.replace('"type":"stream"', '"type":"facts"').replace("2000", "262_200")
+    res = execute(
+        kc,
+        f"%%sandbox --name staller1\n{CHANNEL}{answer}import threading\n"
+        "def later():\n    time.sleep(1)\n    send_raw(frame(body))\n"
+        "threading.Thread(target=later, daemon=True).start()",
+    )
+    assert res.status == "ok", res.error_text
+    time.sleep(2)  # written after its cell: read by the next request, %sandbox ls
+    t0 = time.monotonic()
+    res = execute(kc, "%sandbox ls")
+    assert res.status == "ok", res.error_text
+    assert time.monotonic() - t0 < 8, "the server stalled"
+    assert "staller1" not in res.result  # the frame broke the protocol: it was stopped
+    res = execute(kc, "%%sandbox --name staller1\nprint(1)")
+    assert "named sandbox 'staller1' was stopped while no cell of it ran" in res.error_text
+    # Not assert_all_well: a test above removes every named sandbox, keeper included.
+    res = execute(kc, "%%sandbox\nprint('fresh')")
+    assert res.status == "ok" and res.stdout == "fresh\n", res.error_text
+
+
 def test_the_frame_reader_bounds_what_a_frame_decodes_to():
     # Counted before decoding: lists, objects and their items, not what is in strings.
     assert protocol.json_values(b"[{},{},{}]", 100) == 7  # at most: 4
@@ -951,6 +1061,27 @@ def test_the_html_sanitizer_leaves_nothing_active(attack):
         assert s.note() and "--trust-output" in s.note()
 
 
+@pytest.mark.parametrize("unended", ["</", "<?", "<!", "<a b=", "<!--"])
+def test_the_note_on_removed_markup_takes_time_linear_in_the_markup(unended):
+    # Red team 19 F4: html.parser's close() rescans the rest for every unended "</"
+    # or "<?" (CVE-2025-6069): '</' * 200_000 took ~11 s. What is read for the note is
+    # now bounded; what follows a tag that never ends is said to be removed, unnamed.
+    s = untrusted.Sanitizer("t")
+    t0 = time.perf_counter()
+    out = s.html("<script>alert(1)</script><i onclick=x>i</i>" + unended * 200_000)
+    svg_active = untrusted._svg_is_active("<svg>" + unended * 200_000)
+    assert time.perf_counter() - t0 < 2, unended
+    assert "<script" not in out and "onclick" not in out
+    note = s.note()
+    assert note and "<script>" in note and "onclick" in note and untrusted.UNREAD in note
+    assert svg_active  # not read to its end: not said to be inert
+    # A short unended rest is still read to its end, and named as before.
+    s = untrusted.Sanitizer("t")
+    s.html("<p>ok</p><i onclick=x>i</i>" + unended * 100)
+    assert s.note() and "onclick" in s.note() and untrusted.UNREAD not in s.note()
+    assert not untrusted._svg_is_active('<svg><circle r="1"/></svg>' + unended * 100)
+
+
 @pytest.mark.parametrize(
     ("markdown", "inert"),
     [
@@ -972,6 +1103,20 @@ def test_the_html_sanitizer_leaves_nothing_active(attack):
 )
 def test_markdown_is_kept_only_when_inert(markdown, inert):
     assert (untrusted.markdown_problem(markdown) is None) is inert
+
+
+def test_judging_markdown_takes_time_linear_in_the_markdown():
+    # Red team 19 F5: each link target was scanned to the next whitespace, per
+    # character: '](' * 40_000 held the kernel 100 s, past the cell's --timeout.
+    for md in ("](" * 1_000_000, "](/" * 9_999 + "a" * 2_000_000, "]:" * 9_999 + "a" * 2_000_000):
+        t0 = time.perf_counter()
+        untrusted.markdown_problem(md)
+        assert time.perf_counter() - t0 < 1, md[:10]
+    image = "![p](data:image/png;base64," + "iVBORw0KGgo" * 30_000 + ")"
+    assert untrusted.markdown_problem(image) is None  # a long target, its scheme first
+    assert untrusted.markdown_problem("[a](" + "x" * 300 + ":alert(1))") is not None
+    assert untrusted.markdown_problem("[a](ok)](x&y) [b](ok)") is not None
+    assert untrusted.markdown_problem("[a](https://x)" * 10_001) == "more than 10000 links"
 
 
 # ------------------------------------------------------------------ in a real browser

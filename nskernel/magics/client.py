@@ -247,6 +247,20 @@ class SandboxClient:
         asked: set[str] = set()
         reason = ""
         broken = ""  # a frame the kernel could not handle: the sandbox is ended
+
+        def overdue() -> None:
+            # Asked after every message too: handling one may take long (sanitizing a
+            # display), and a busy channel never leaves the wait below (red team 19 F4).
+            nonlocal reason
+            now = time.monotonic()
+            if deadline is not None and now >= deadline and "timeout" not in asked:
+                asked.add("timeout")
+                reason = "timeout"
+                self._send({"op": "kill", "id": rid, "reason": "timeout"})
+            if force_at is not None and now >= force_at and "kill" not in asked:
+                asked.add("kill")
+                self._send({"op": "kill", "id": rid, "reason": "interrupt"})
+
         with _Interrupts() as intr:
             while True:
                 try:
@@ -277,14 +291,21 @@ class SandboxClient:
                             if "kill" not in asked:
                                 asked.add("kill")
                                 self._send({"op": "kill", "id": rid, "reason": "broken"})
+                        overdue()
                 except protocol.ProtocolError as e:
                     self.close()
                     return {"status": "died", "message": f"the sandbox server broke ({e})"}
                 if self.reader.eof:
                     self.close()
                     return {"status": "died", "message": "the sandbox server exited mid-cell"}
+                overdue()
                 now = time.monotonic()
-                wakeups = [t for t in (deadline, force_at) if t is not None]
+                # Once asked for, a kill is not asked again: nor woken up for (it spun).
+                wakeups = [
+                    t
+                    for t, what in ((deadline, "timeout"), (force_at, "kill"))
+                    if t is not None and what not in asked
+                ]
                 wait = max(0.0, min(wakeups) - now) if wakeups else None
                 if intr.wait_readable(fd, wait):
                     self.reader.feed()
@@ -302,13 +323,7 @@ class SandboxClient:
                     elif "kill" not in asked:  # unnamed, or a second interrupt
                         asked.add("kill")
                         self._send({"op": "kill", "id": rid, "reason": "interrupt"})
-                if deadline is not None and now >= deadline and "timeout" not in asked:
-                    asked.add("timeout")
-                    reason = "timeout"
-                    self._send({"op": "kill", "id": rid, "reason": "timeout"})
-                if force_at is not None and now >= force_at and "kill" not in asked:
-                    asked.add("kill")
-                    self._send({"op": "kill", "id": rid, "reason": "interrupt"})
+                overdue()
 
 
 NO_STDIN = "raw_input was called, but this frontend does not support input requests."

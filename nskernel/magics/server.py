@@ -75,6 +75,17 @@ DEFAULT_MAX_OUTPUT = 16 << 20  # the magic's --max-output default; the kernel se
 # tens of times what writing costs the sandbox (red team 17 F4), and the server runs
 # outside the sandbox's --cpus. 8: text escaped as JSON takes up to 6 bytes a character.
 WIRE_FACTOR = 8
+# Frames dropped undecoded still cost the server ~1 µs each in Python (header, copy,
+# kind, budget): with 21-byte frames ~40 ns a byte, 20 times what writing them costs
+# the sandbox (red team 19 F2). So once a cell has had DROP_FREE frames dropped (past
+# its budgets, or answers nobody awaits), its sandbox is read in bursts: after every
+# DROP_BURST more, not for DROP_PAUSE seconds (its writes block meanwhile, on its own
+# time). That holds the server to ~1% of a core however a cell writes; the cell's
+# end, input requests, kill and timeout still get through (within DROP_PAUSE). A
+# normal cell never gets there: its stream text goes out in batches (cellrunner).
+DROP_FREE = 1 << 14
+DROP_BURST = 1 << 10
+DROP_PAUSE = 0.1
 # What a frame read while the server does not wait for it may cost: what a sandbox
 # wrote while no cell of it ran (nobody reads it then: see Server._watch), read when
 # the next request comes. Above what a blocked writer can leave in the socket.
@@ -279,6 +290,7 @@ class _Budget:
         self.dropped_display_size = 0
         self.dropped_errors = 0
         self.dropped_error_size = 0
+        self.dropped_frames = 0  # undecoded, whatever the reason (see DROP_FREE)
 
     def admit(self, group: str, size: int) -> bool:
         """Whether a frame of ``size`` bytes of this group is worth decoding; counts it
@@ -347,6 +359,8 @@ class Box:
         self.asked: str | None = None  # a completion/inspection question is out
         self.answer: dict[str, Any] | None = None
         self.retired = False
+        # Not read until then: its cell had too many frames dropped (see DROP_FREE).
+        self.paused_until: float | None = None
 
     @property
     def current(self) -> int | None:
@@ -356,6 +370,7 @@ class Box:
     @current.setter
     def current(self, rid: int | None) -> None:
         self._current = rid
+        self.paused_until = None
         self.reader.max_frame = protocol.MAX_FRAME if rid is not None else protocol.MAX_IDLE_FRAME
 
     @property
@@ -433,7 +448,8 @@ class Server:
         queries are read where they are awaited): a sandbox writing then blocks, and
         costs the server nothing (red team 17 F4). POLLHUP is reported all the same."""
         if not box.retired:
-            events = select.POLLIN if box.current is not None else 0
+            reading = box.current is not None and box.paused_until is None
+            events = select.POLLIN if reading else 0
             self.poller.modify(box.fd, events | (select.POLLOUT if box.out else 0))
 
     def _drain(self, box: Box) -> None:
@@ -923,9 +939,14 @@ class Server:
         """A box's socket is ready: write what waits for it, read and handle its frames."""
         if box.out:
             self._flush(box)
-        alive = box.reader.feed()
+        if box.paused_until is not None:
+            return  # read again once the pause is over (see _resume)
+        # What a pause left buffered goes first: reading more would let it grow.
+        alive = True if box.reader.complete() else box.reader.feed()
         try:
-            for raw in box.reader.frames(lambda body: self._admit(box, body)):
+            for raw in box.reader.frames(
+                lambda body: self._admit(box, body), lambda: box.paused_until is not None
+            ):
                 if raw.get("type") != box.kind:  # e.g. "type" given twice
                     raise messages.Malformed("a message whose type is not the one it begins with")
                 self.on_box_frame(box, messages.from_runner(raw, running=box.current is not None))
@@ -945,15 +966,24 @@ class Server:
         box.kind = kind = messages.frame_kind(body)
         most = _KIND_VALUES.get(kind, protocol.MAX_VALUES)
         if kind == "facts":
-            return most if box.facts_pending else None
-        if kind == "answer":
-            return most if box.asked is not None else None
-        group = _GROUP.get(kind)
-        if group is None:  # cell_done, input_request, or a type the protocol lacks
+            keep = box.facts_pending
+        elif kind == "answer":
+            keep = box.asked is not None
+        elif (group := _GROUP.get(kind)) is None:
+            return most  # cell_done, input_request, or a type the protocol lacks
+        else:  # output between cells has no cell to show it in
+            keep = box.current is not None and box.budget.admit(group, len(body))
+        if keep:
             return most
-        if box.current is None:
-            return None  # output between cells: no cell to show it in
-        return most if box.budget.admit(group, len(body)) else None
+        if box.current is not None:
+            # Between cells a box is read only where something is awaited, for a
+            # bounded time (_drain, gather_facts, op_ask); in a cell, see DROP_FREE.
+            box.budget.dropped_frames += 1
+            n = box.budget.dropped_frames - DROP_FREE
+            if n > 0 and n % DROP_BURST == 0:
+                box.paused_until = time.monotonic() + DROP_PAUSE
+                self._watch(box)
+        return None
 
     def on_box_frame(self, box: Box, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -1103,15 +1133,26 @@ class Server:
         timeout: float | None = None
         if self.dying:
             timeout = REAP_INTERVAL
-        if self.waits:
-            first = min(w.deadline for w in self.waits) - time.monotonic()
+        pauses = [b.paused_until for b in self.running.values() if b.paused_until is not None]
+        if self.waits or pauses:
+            first = min([w.deadline for w in self.waits] + pauses) - time.monotonic()
             timeout = max(0.0, first if timeout is None else min(timeout, first))
         return timeout
+
+    def _resume(self) -> None:
+        """Read again the running boxes whose pause is over (see DROP_FREE)."""
+        now = time.monotonic()
+        for box in list(self.running.values()):
+            if box.paused_until is not None and now >= box.paused_until:
+                box.paused_until = None
+                self._watch(box)
+                self.service(box)
 
     def run(self) -> None:
         while True:
             self._reap()
             self._check_waits()
+            self._resume()
             timeout = self._timeout()
             # Make the next sandbox only while no cell runs and after a short quiet spell:
             # creating one takes the CPU for tens of ms, which must not delay a cell.
@@ -1133,6 +1174,10 @@ class Server:
                 if box is None:
                     continue
                 if box.current is not None:
+                    if events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        # It can write no more: what is left is bounded, and a pause
+                        # would only see this again and again.
+                        box.paused_until = None
                     self.service(box)
                 elif events & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
                     # Its channel closed while no cell of it ran: what it wrote since has

@@ -462,6 +462,25 @@ def test_a_sandbox_that_writes_on_costs_the_server_next_to_nothing(kc):
             assert spent < 0.6 + 3 * sandbox, (
                 f"{kind} frames: server {spent:.2f} s, sandbox {sandbox:.2f} s"
             )
+        # Red team 20 F1: frames within the budgets, decoded and passed on to the
+        # kernel one by one (empty stream text), kept the server and the kernel at a
+        # full core each. They are paced too, each counting as several dropped ones.
+        admitted = (
+            "%%sandbox --name burner2\n"
+            "chunk = frame({'type': 'stream', 'name': 'stdout', 'text': ''}) * 1000\n"
+            "end = time.monotonic() + 4\n"
+            "while time.monotonic() < end:\n"
+            "    send_raw(chunk)\n"
+            "print('the end')"
+        )
+        s0, r0, t0 = _cpu_seconds(server), _cpu_seconds(runner), time.monotonic()
+        res = execute(kc, admitted, timeout=120)
+        spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
+        assert res.status == "ok" and "the end" in res.stdout, res.error_text
+        assert time.monotonic() - t0 < 15, "the cell's end was held up"
+        assert spent < 0.6 + 3 * sandbox, (
+            f"admitted frames: server {spent:.2f} s, sandbox {sandbox:.2f} s"
+        )
     finally:
         execute(kc, "%sandbox rm burner1 burner2")
     assert_all_well(kc)

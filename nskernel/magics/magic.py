@@ -353,22 +353,18 @@ class _CellOutput:
                 f"{_amount(chars)} more was dropped. Use --max-output to see more, or write "
                 "large output to a file in a --bind directory.]"
             )
-        displays = self.dropped_displays + server_dropped.get("displays", 0)
-        if displays:
-            size = self.dropped_display_size + server_dropped.get("display_size", 0)
-            notes.append(
-                f"[nskernel: {displays} display(s) ({_amount(size)}) were not shown: the cell "
-                f"had displayed {format_size(self.max_output)} already. Use --max-output to "
-                "see more.]"
-            )
-        errors = self.dropped_errors + server_dropped.get("errors", 0)
-        if errors:
-            size = self.dropped_error_size + server_dropped.get("error_size", 0)
-            notes.append(
-                f"[nskernel: {errors} error(s) ({_amount(size)}) were not shown: the cell "
-                f"had shown {format_size(self.max_output)} of errors already. Use "
-                "--max-output to see more.]"
-            )
+        cap = format_size(self.max_output)
+        for what, count, size, had in (
+            ("display", self.dropped_displays, self.dropped_display_size, f"displayed {cap}"),
+            ("error", self.dropped_errors, self.dropped_error_size, f"shown {cap} of errors"),
+        ):
+            count += server_dropped.get(f"{what}s", 0)
+            if count:
+                size += server_dropped.get(f"{what}_size", 0)
+                notes.append(
+                    f"[nskernel: {count} {what}(s) ({_amount(size)}) were not shown: the cell "
+                    f"had {had} already. Use --max-output to see more.]"
+                )
         inert = self.sanitizer.note() if self.sanitizer is not None else None
         if inert:
             notes.append(inert)

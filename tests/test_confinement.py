@@ -8,12 +8,16 @@ way of making a sandbox applies them, and the command-line choices.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from nskernel._linux import caps, seccomp
+from tests.conftest import MUST_WORK
 from tests.magic_helpers import execute, kernel
 
 pytestmark = pytest.mark.userns
@@ -203,6 +207,93 @@ def test_upper_bits_of_an_int_argument_cannot_slip_past_a_rule(nsk, tmp_path: Pa
     r = nsk("run", *opts, "--", sys.executable, "-c", _RAW_PROBE, wanted)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout) == {name: seen for name, (_, seen) in calls.items()}
+
+
+# int 0x80 from a 64-bit process: x86's 32-bit ABI, with its own numbers (chmod 15,
+# setuid 23: the old 16-bit one). Arguments: a file, then "NAME NR ARG1" per call, the
+# file's address always the first argument; prints {"NAME": "ok" or the errno's name}.
+_I386_PROBE = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+static long int80(long nr, long a, long b) {
+    long ret;
+    __asm__ volatile("int $0x80" : "=a"(ret) : "a"(nr), "b"(a), "c"(b) : "memory");
+    return ret;
+}
+int main(int argc, char **argv) {
+    char *file = mmap(NULL, 4096, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_32BIT, -1, 0);
+    strncpy(file, argv[1], 4095);
+    printf("{");
+    for (int i = 2; i + 2 < argc; i += 3) {
+        long nr = strtol(argv[i + 1], NULL, 0), arg = strtol(argv[i + 2], NULL, 0);
+        long r = int80(nr, nr == 15 ? (long)file : arg, arg);
+        const char *seen = r >= 0 ? "ok" : r == -EPERM ? "EPERM" : "other";
+        printf("%s\"%s\": \"%s\"", i > 2 ? ", " : "", argv[i], seen);
+    }
+    printf("}\n");
+    return 0;
+}
+"""
+
+
+def test_a_profile_that_admits_x86s_32_bit_abi_compares_its_16_bit_arguments_as_16_bits(
+    nsk, tmp_path: Path
+):
+    """Red team 20 F2: on x86's 32-bit ABI libseccomp compares 32 bits of an argument the
+    kernel reads 16 of (umode_t, the old 16-bit uid calls), so "chmod unless 04755" let
+    ``chmod(f, 0x10000 | 04755)`` through ``int 0x80`` and set 04755. The guard now has
+    a section for that ABI, checked here in the real kernel's filter."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86's 32-bit ABI is entered from x86_64 only")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        if MUST_WORK:
+            pytest.fail("NSKERNEL_MUST_WORK=1 but no C compiler for the int 0x80 probe")
+        pytest.skip("no C compiler (cc/gcc) to build the int 0x80 probe")
+    (tmp_path / "probe.c").write_text(_I386_PROBE)
+    probe = tmp_path / "probe"
+    subprocess.run([cc, "-O1", "-static", "-o", str(probe), str(tmp_path / "probe.c")], check=True)
+    tmp_path.chmod(0o755)
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+        "syscalls": [
+            {
+                "names": ["chmod"],
+                "action": "SCMP_ACT_ERRNO",
+                "args": [{"index": 1, "value": 0o4755, "op": "SCMP_CMP_EQ"}],
+            },
+            {
+                "names": ["setuid"],
+                "action": "SCMP_ACT_ERRNO",
+                "args": [{"index": 0, "value": 0, "op": "SCMP_CMP_EQ"}],
+            },
+        ],
+    }
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    calls = {
+        "chmod 0644": (15, 0o644, "ok"),  # the ABI is let in, and the guard lets this by
+        "chmod 04755": (15, 0o4755, "EPERM"),
+        "chmod 0x10000|04755": (15, 0x10000 | 0o4755, "EPERM"),  # was "ok", and set 04755
+        "setuid16 0": (23, 0, "EPERM"),
+        "setuid16 0x10000": (23, 0x10000, "EPERM"),  # was "ok": uid 0
+    }
+    argv = [str(probe), "/tmp/victim"]
+    for name, (nr, arg, _) in calls.items():
+        argv += [name, str(nr), str(arg)]
+    script = 'touch /tmp/victim && "$@" && stat -c %a /tmp/victim'
+    r = nsk(
+        "run", "--seccomp", str(tmp_path / "profile.json"), "--ro-bind", str(tmp_path),
+        "--", "sh", "-c", script, "sh", *argv,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    seen, mode = r.stdout.splitlines()
+    assert json.loads(seen) == {name: want for name, (_, _, want) in calls.items()}
+    assert mode == "644"
 
 
 @pytest.mark.parametrize(

@@ -722,6 +722,61 @@ def test_x32_calls_compare_as_32_bits_where_a_profile_lets_x32_in(tmp_path) -> N
     assert seccomp.describe_action(verdict) == "allow"
 
 
+def test_x86s_32_bit_abi_compares_its_16_bit_arguments_as_16_bits(tmp_path) -> None:
+    """Red team 20 F2: where a profile lets x86's 32-bit ABI in, libseccomp compares its
+    arguments over 32 bits, as the kernel reads most of them, but umode_t and the old
+    16-bit uid calls (``setuid`` there is setuid16) are read as 16: the guard's section
+    for that ABI refuses values above 16 bits, and leaves every other argument as it is
+    (a negative int is zero-extended there, not sign-extended)."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("x86's 32-bit ABI is entered from x86_64 only")
+    deny = [
+        ("chmod", 1, 0o4755),
+        ("fchmodat", 2, 0o4755),
+        ("setuid", 0, 0),
+        ("chown", 1, 0),
+        ("kill", 1, 9),
+    ]
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]}],
+        "syscalls": [
+            {
+                "names": [name],
+                "action": "SCMP_ACT_ERRNO",
+                "args": [{"index": index, "value": value, "op": "SCMP_CMP_EQ"}],
+            }
+            for name, index, value in deny
+        ],
+    }
+    f = _filter_of(tmp_path, profile)
+    sc = seccomp._binding()
+    i386 = int(sc.Arch.X86)
+
+    def on_i386(name: str, *args: int) -> str:
+        nr = int(sc.resolve_syscall(sc.Arch.X86, name))
+        return seccomp.describe_action(seccomp.evaluate(f.program or b"", nr, i386, args))
+
+    path, at_fdcwd = 0x1000, 0xFFFFFF9C  # AT_FDCWD as a 32-bit register holds it
+    assert on_i386("chmod", path, 0o644) == "allow"
+    assert on_i386("chmod", path, 0o4755) == "errno EPERM"
+    assert on_i386("chmod", path, 0x10000 | 0o4755) == "errno EPERM"  # was "allow"
+    assert on_i386("fchmodat", at_fdcwd, path, 0o644) == "allow"
+    assert on_i386("fchmodat", at_fdcwd, path, 0x10000 | 0o4755) == "errno EPERM"
+    assert on_i386("setuid", 1000) == "allow"
+    assert on_i386("setuid", 0x10000) == "errno EPERM"  # setuid16: uid 0; was "allow"
+    assert on_i386("setuid32", 0x10000) == "allow"  # a uid_t of 32 bits, no rule
+    assert on_i386("chown", path, 0x10000, 5) == "errno EPERM"  # chown16: owner 0
+    assert on_i386("chown", path, 5, 0xFFFF) == "allow"  # -1 of 16 bits: "unchanged"
+    assert on_i386("kill", 100, 9) == "errno EPERM"
+    assert on_i386("kill", 0xFFFFFFFF, 15) == "allow"  # kill(-1, SIGTERM): 32 bits, unguarded
+    # The native ABI's section still holds, ahead of the other.
+    assert f.verdict("chmod", path, 0x10000 | 0o4755) == "errno EPERM"
+    assert f.verdict("kill", 100, 9 | 1 << 32) == "errno EPERM"
+    assert f.verdict("kill", 100, 15) == "allow"
+    assert _starts_with_the_guard(f.program or b"")
+
+
 def _starts_with_the_guard(program: bytes) -> bool:
     # The guard's head: load the arch; if native, skip the next step; else jump past it.
     native = seccomp._binding().system_arch()

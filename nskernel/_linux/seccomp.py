@@ -35,6 +35,10 @@ extension of the lower one (for umode_t, ``_MODE_ARGUMENTS``, the upper 48 bits 
 the call fails with EPERM. What reaches the
 rules then compares as the kernel reads it; a value with bit 31 set still has both its
 extensions, so compare such values with ``SCMP_CMP_MASKED_EQ`` and mask ``0xffffffff``.
+A 32-bit ABI a profile lets in (x86's ``int 0x80``, through Docker's ``archMap``) has its
+arguments compared over 32 bits by libseccomp, which is how the kernel reads them, except
+the 16-bit ones: umode_t and that ABI's old 16-bit uid calls (``_UID16_ARGUMENTS``). The
+guard has a section for each such ABI that checks those (red team 20 F2).
 
 Filters stack: a sandbox made inside a sandbox (``%%sandbox`` in the sandboxed kernel)
 runs under both, and the stricter verdict wins. The sandboxed kernel itself gets the
@@ -196,6 +200,25 @@ _MODE_ARGUMENTS: dict[str, tuple[int, ...]] = {
     "openat": (3,),
     "mq_open": (2,),
 }
+
+# The old uid calls of x86's and arm's 32-bit ABIs (the names without "32": setuid is
+# setuid16 there) read old_uid_t/old_gid_t, 16 bits: "setuid(uid != 0)" would pass
+# setuid(0x10000), which sets uid 0. The native ABIs have no such calls.
+_UID16_ARGUMENTS: dict[str, tuple[int, ...]] = {
+    "setuid": (0,),
+    "setgid": (0,),
+    "setfsuid": (0,),
+    "setfsgid": (0,),
+    "setreuid": (0, 1),
+    "setregid": (0, 1),
+    "setresuid": (0, 1, 2),
+    "setresgid": (0, 1, 2),
+    "chown": (1, 2),
+    "lchown": (1, 2),
+    "fchown": (1, 2),
+}
+_UID16_ABIS = frozenset({"X86", "ARM"})
+_AUDIT_ARCH_64BIT = 0x80000000
 
 _ERRNO_HINT = (
     "Install it (Debian/Ubuntu: apt-get install libseccomp2; Fedora: dnf install libseccomp) "
@@ -527,8 +550,15 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
     machine = os.uname().machine
     kernel = _kernel_version(os.uname().release)
     unknown: list[str] = []
-    guarded: dict[int, dict[int, int]] = {}  # syscall number -> {compared argument: bits}
+    # architecture -> syscall number -> {compared argument: bits}
+    guarded: dict[int, dict[int, dict[int, int]]] = {}
+    native = sc.system_arch()
     x32 = getattr(sc.Arch, "X32", None) in arches.values()
+    narrow_abis = {
+        code: name.removeprefix("SCMP_ARCH_") in _UID16_ABIS
+        for name, code in arches.items()
+        if not code & _AUDIT_ARCH_64BIT
+    }
     entries = profile.get("syscalls") or []
     if not isinstance(entries, list):
         raise SeccompError(f"{where}: 'syscalls' must be a list of entries")
@@ -556,11 +586,16 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
                 continue
             narrow = _widths(syscall, compared)
             if narrow:
-                guarded.setdefault(nr, {}).update(narrow)
+                guarded.setdefault(native, {}).setdefault(nr, {}).update(narrow)
                 if x32:  # x32's calls come as x86_64's arch, with numbers of their own
                     nr32 = int(sc.resolve_syscall(sc.Arch.X32, syscall))
                     if nr32 >= 0:
-                        guarded.setdefault(nr32, {}).update(narrow)
+                        guarded[native].setdefault(nr32, {}).update(narrow)
+            for code, uid16 in narrow_abis.items():
+                narrow = _widths_32bit_abi(syscall, compared, uid16)
+                nr_abi = int(sc.resolve_syscall(code, syscall)) if narrow else -1
+                if nr_abi >= 0:  # negative: not there, or libseccomp's multiplexed stand-in
+                    guarded.setdefault(code, {}).setdefault(nr_abi, {}).update(narrow)
             try:
                 for conds in groups:
                     filt.add_rule(action, nr, *conds)
@@ -572,7 +607,7 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
                     continue
                 msg = f"{at}: libseccomp refused the rule for {syscall}: {e.strerror}"
                 raise SeccompError(msg) from e
-    program = _int_argument_guard(sc.system_arch(), guarded) + _export(filt)
+    program = _int_argument_guard(native, guarded) + _export(filt)
     if len(program) // 8 > BPF_MAXINSNS:
         msg = (
             f"{where} compiles to {len(program) // 8} BPF instructions; the kernel accepts at "
@@ -740,18 +775,25 @@ def _widths(syscall: str, compared: set[int]) -> dict[int, int]:
     return {i: 16 if i in mode else 32 for i in compared if i not in wide}
 
 
-def _check(index: int, bits: int) -> list[tuple[int, int | str, int | str, int]]:
+def _widths_32bit_abi(syscall: str, compared: set[int], uid16: bool) -> dict[int, int]:
+    """The same on a 32-bit ABI, where libseccomp compares the 32 bits the kernel reads:
+    only the 16-bit arguments need the guard."""
+    narrow = (
+        *_MODE_ARGUMENTS.get(syscall, ()),
+        *(_UID16_ARGUMENTS.get(syscall, ()) if uid16 else ()),
+    )
+    return {i: 16 for i in compared if i in narrow}
+
+
+def _check(index: int, bits: int, abi_bits: int) -> list[tuple[int, int | str, int | str, int]]:
     """Instructions that fall through when argument ``index`` holds a value of ``bits``
-    bits as the kernel reads it, and jump to "deny" otherwise."""
+    bits as the kernel reads it, and jump to "deny" otherwise. On a 32-bit ABI
+    (``abi_bits`` 32) the kernel and libseccomp ignore the upper half of the register."""
     hi, lo = (4, 0) if sys.byteorder == "little" else (0, 4)
     hi_k, lo_k = _ARGS + 8 * index + hi, _ARGS + 8 * index + lo
-    if bits == 16:  # umode_t: zero-extended by every caller
-        return [
-            (_LD_ABS, 0, 0, hi_k),
-            (_JEQ, 0, "deny", 0),
-            (_LD_ABS, 0, 0, lo_k),
-            (_JSET, "deny", 0, 0xFFFF0000),
-        ]
+    if bits == 16:  # umode_t, old_uid_t: zero-extended by every caller
+        upper_half = [(_LD_ABS, 0, 0, hi_k), (_JEQ, 0, "deny", 0)] if abi_bits == 64 else []
+        return [*upper_half, (_LD_ABS, 0, 0, lo_k), (_JSET, "deny", 0, 0xFFFF0000)]
     return [
         (_LD_ABS, 0, 0, hi_k),
         (_JEQ, 3, 0, 0),  # zero extension: the next check
@@ -761,30 +803,48 @@ def _check(index: int, bits: int) -> list[tuple[int, int | str, int | str, int]]
     ]
 
 
-def _int_argument_guard(arch: int, guarded: dict[int, dict[int, int]]) -> bytes:
-    """BPF that runs before libseccomp's program (see the module note): for each syscall
-    number in ``guarded`` on the native ``arch`` (x32's numbers included, when the profile
-    lets x32 in: they come with x86_64's arch), each listed argument must hold a value of
-    its width (``_check``), or the call returns EPERM. Everything else falls through to
-    the program after it. Classic BPF jumps only forward and by relative offsets, so
-    libseccomp's program needs no change behind it.
+def _int_argument_guard(native: int, guarded: dict[int, dict[int, dict[int, int]]]) -> bytes:
+    """BPF that runs before libseccomp's program (see the module note): a section per
+    architecture in ``guarded`` (the native one first; x32's numbers are in its section,
+    as they come with x86_64's arch), in which each listed argument of each listed
+    syscall number must hold a value of its width (``_check``), or the call returns
+    EPERM. Everything else falls through to the program after it. Classic BPF jumps only
+    forward and by relative offsets, so libseccomp's program needs no change behind it.
     """
-    if not guarded:
-        return b""
-    insns = [(_LD_ABS, 0, 0, _ARCH), (_JEQ, 1, 0, arch), (_JA, 0, 0, -1), (_LD_ABS, 0, 0, _NR)]
-    for nr in sorted(guarded):
-        checks = [op for index, bits in sorted(guarded[nr].items()) for op in _check(index, bits)]
-        # jeq nr (else the next block); the checks; "ja" to the end of the guard; EPERM.
-        block = [(_JEQ, 0, len(checks) + 2, nr), *checks, (_JA, 0, 0, -1), (_RET, 0, 0, _EPERM)]
-        deny = len(block) - 1
-        for pc, (code, jt, jf, k) in enumerate(block):
-            jt, jf = (deny - pc - 1 if j == "deny" else j for j in (jt, jf))
-            insns.append((code, jt, jf, k))
+    insns: list[tuple[int, int | str, int | str, int | str]] = []
+    starts = []  # where each section begins
+    for arch in sorted(guarded, key=lambda a: a != native):
+        starts.append(len(insns))
+        abi_bits = 64 if arch & _AUDIT_ARCH_64BIT else 32
+        # Not this arch: on to the next section ("ja" with k "next"; the last one's next
+        # is the end of the guard).
+        insns += [(_LD_ABS, 0, 0, _ARCH), (_JEQ, 1, 0, arch), (_JA, 0, 0, "next")]
+        insns.append((_LD_ABS, 0, 0, _NR))
+        for nr in sorted(guarded[arch]):
+            checks = [
+                op
+                for index, bits in sorted(guarded[arch][nr].items())
+                for op in _check(index, bits, abi_bits)
+            ]
+            # jeq nr (else the next block); the checks; "ja" to the end; EPERM.
+            block = [
+                (_JEQ, 0, len(checks) + 2, nr),
+                *checks,
+                (_JA, 0, 0, "end"),
+                (_RET, 0, 0, _EPERM),
+            ]
+            deny = len(block) - 1
+            for pc, (code, jt, jf, k) in enumerate(block):
+                jt, jf = (deny - pc - 1 if j == "deny" else j for j in (jt, jf))
+                insns.append((code, jt, jf, k))
+        insns.append((_JA, 0, 0, "end"))  # a number this section does not list
     out = []
     for pc, (code, jt, jf, k) in enumerate(insns):
-        if code == _JA:  # to the first instruction after the guard
+        if k == "end":
             k = len(insns) - pc - 1
-        if not (0 <= jt <= 255 and 0 <= jf <= 255):
+        elif k == "next":
+            k = next((s for s in starts if s > pc), len(insns)) - pc - 1
+        if not (isinstance(jt, int) and isinstance(jf, int) and 0 <= jt <= 255 and 0 <= jf <= 255):
             raise SeccompError("too many argument conditions on one syscall for the guard")
         out.append(struct.pack("=HBBI", code, jt, jf, k))  # struct sock_filter, native order
     return b"".join(out)

@@ -73,9 +73,14 @@ signals:
   TERM, HUP, QUIT, USR1 and USR2 sent to nskernel are forwarded to the command, INT
   to the command's process group, with or without a pseudo-terminal. When your
   terminal goes away, nskernel hangs up the command's pseudo-terminal too (SIGHUP to
-  its session). Once the command has ended, INT, TERM, HUP and QUIT make nskernel drop
-  output your terminal has not taken yet. The sandbox runs in a session of its own.
-  If nskernel itself is killed, the whole sandbox is killed with it.
+  its session). A command that ignores them (or stopped itself) is not waited for
+  forever: --stop-timeout seconds after the first INT, TERM, HUP or QUIT, or after
+  your terminal went away, the whole sandbox is killed (exit status 137), and at once
+  when a second of those signals comes. In a pseudo-terminal Ctrl-C is the command's
+  key, not nskernel's: `kill -INT` twice (or `kill -KILL`) the nskernel process ends
+  it from elsewhere. Once the command has ended, INT, TERM, HUP and QUIT make nskernel
+  drop output your terminal has not taken yet. The sandbox runs in a session of its
+  own. If nskernel itself is killed, the whole sandbox is killed with it.
 
 exit status:
   the command's own status (128+N if it was killed by signal N), or
@@ -249,6 +254,14 @@ def _add_run_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         help=f"kill the sandbox after SECONDS (exit status {EXIT_TIMEOUT})",
     )
+    p.add_argument(
+        "--stop-timeout",
+        metavar="SECONDS",
+        type=_seconds,
+        default=ptyrelay.STOP_TIMEOUT,
+        help="how long the command has to end once asked, before the sandbox is killed "
+        f"(default {ptyrelay.STOP_TIMEOUT:g}; see signals below)",
+    )
     tty = p.add_mutually_exclusive_group()
     tty.add_argument(
         "-t",
@@ -308,6 +321,16 @@ def _spec_from_args(args: argparse.Namespace) -> SandboxSpec:
     )
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .sandbox import Sandbox
 
@@ -350,9 +373,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             )
             return 2
     # Our terminal never reaches the sandbox: a pty (or pipes) of its own, relayed.
-    relay = ptyrelay.Relay.prepare(args.tty)
+    # Without one the base Relay waits, with the same handling of signals and timeouts.
+    relay = ptyrelay.Relay.prepare(args.tty, args.stop_timeout)
     try:
         if relay is None:
+            relay = ptyrelay.Relay(args.stop_timeout)
             sb = Sandbox.spawn(spec, cmd)
         else:
             sb = Sandbox.spawn(
@@ -364,7 +389,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(warning, file=sys.stderr)
         if status_dir is not None:
             sb.write_status_json(os.path.basename(args.status_json), dir_fd=status_dir)
-        code = sb.wait_with_timeout() if relay is None else relay.run(sb)
+        code = relay.run(sb)
     except BaseException:
         if box:
             box[0].kill()  # nothing of it may outlive a failure here
@@ -374,9 +399,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
             relay.close()
         if status_dir is not None:
             os.close(status_dir)
-    reason = sb.exit_reason()
+    reason = relay.stop_reason or sb.exit_reason()
     if reason:
-        print(f"nskernel run: {reason}", file=sys.stderr)
+        try:  # unbuffered: a failed write must not fail again at exit (status 120)
+            sys.stderr.flush()
+            os.write(2, f"nskernel run: {reason}\n".encode(errors="replace"))
+        except OSError:
+            pass  # a terminal that went away (EIO): the exit status says it all the same
     return EXIT_TIMEOUT if sb.timed_out else code
 
 

@@ -32,6 +32,14 @@ The choices:
   goes away: EOF, EIO or POLLHUP on it. Once the sandbox has ended, those signals drop
   what the terminal has not taken yet: a terminal that stopped reading cannot hold
   nskernel forever.
+- Ending never needs the sandbox's cooperation: in raw mode Ctrl-C is a byte for it,
+  and a command can ignore what is forwarded, or stop itself (or its init) so that
+  nothing is ever delivered (red team 21). So once INT, TERM, HUP or QUIT was passed
+  on, or the caller's terminal went away, the sandbox has ``stop_timeout`` seconds to
+  end (``--stop-timeout``, 10 as for `docker stop`), and a second such signal ends it
+  at once; past that it is destroyed, as ``--timeout`` does. The base class relays
+  nothing and is what `nskernel run` waits with when no fd is a terminal: the same
+  rules, in the same loop.
 - The caller's terminal is in raw mode only while bytes are relayed into the sandbox,
   and its modes are restored on every exit path this process sees: normal exit, the
   command killed, a forwarded signal ending it, SIGTSTP (until SIGCONT), a hang-up, an
@@ -83,6 +91,8 @@ FORWARDED = (
 )
 # Once the sandbox has ended: stop waiting for the terminal to take the rest.
 GIVE_UP = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+# How long a sandbox has to end once asked (see the module note), as `docker stop`.
+STOP_TIMEOUT = 10.0
 # How often a background nskernel looks whether it is in the foreground again.
 BACKGROUND_RECHECK_MS = 250
 
@@ -216,14 +226,17 @@ class _Channel:
 
 
 class Relay:
-    """The sandbox's side of the caller's terminal: a pty, or pipes (``--no-tty``).
+    """The sandbox's side of the caller's terminal: a pty, or pipes (``--no-tty``); the
+    base class relays nothing (no fd is a terminal) and only waits, with the same
+    handling of signals, ``--timeout`` and ``stop_timeout``.
 
     Use: ``prepare()``; pass ``sandbox_stdio`` and ``controlling_tty`` to
     ``Sandbox.spawn``; ``started()``; ``run(sandbox)`` relays until the sandbox ended
     and returns its exit status; ``close()`` (always) releases everything.
+    ``stop_reason`` then says why nskernel killed it, if it did.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, stop_timeout: float = STOP_TIMEOUT) -> None:
         self.sandbox_stdio: tuple[int, int, int] = (0, 1, 2)
         self.controlling_tty: int | None = None
         self._sandbox_ends: list[int] = []  # closed here once the sandbox holds them
@@ -239,22 +252,26 @@ class Relay:
         self._input_terminal: int | None = None
         self._ended = False  # the sandbox exited: only its last output is left
         self._give_up = False  # ... and the caller no longer waits for that either
+        self.stop_timeout = stop_timeout
+        self._stop_by: float | None = None  # monotonic; set once it was asked to end
+        self._asked_by = ""  # what asked it: "SIGTERM", "its terminal went away"
+        self.stop_reason: str | None = None
 
     # ------------------------------------------------------------ setup
 
     @staticmethod
-    def prepare(mode: TtyMode = "auto") -> Relay | None:
+    def prepare(mode: TtyMode = "auto", stop_timeout: float = STOP_TIMEOUT) -> Relay | None:
         """What the sandbox gets instead of the caller's terminal; None when none of fds
         0-2 is a terminal and no pty was asked for (the sandbox gets them as they are)."""
         terminals = [fd for fd in (0, 1, 2) if is_terminal(fd)]
         if mode == "never":
-            return _PipeRelay(terminals) if terminals else None
+            return _PipeRelay(terminals, stop_timeout) if terminals else None
         if mode == "always":
-            return _PtyRelay([0, 1, 2], output=1)
+            return _PtyRelay([0, 1, 2], 1, stop_timeout)
         if not terminals:
             return None
         output = next(fd for fd in (1, 2, 0) if fd in terminals)
-        return _PtyRelay(terminals, output=output)
+        return _PtyRelay(terminals, output, stop_timeout)
 
     def _passed_as_is(self, fd: int) -> int:
         """The caller's ``fd`` for the sandbox; /dev/null where it is closed, because
@@ -312,8 +329,25 @@ class Relay:
             self._mark_ended()
         if self._ended:
             self._give_up = self._give_up or signum in GIVE_UP
+        elif signum in GIVE_UP and self._stop_by is not None:
+            name = signal.Signals(signum).name
+            self._end_now(sb, f"killed: {name} came while it was still ending")
         elif signum in FORWARDED:
             sb.send_signal(signum)
+            if signum in GIVE_UP:
+                self._ask_to_end(signal.Signals(signum).name)
+
+    def _ask_to_end(self, by: str) -> None:
+        """It was asked to end (``by``): it has ``stop_timeout`` seconds (module note)."""
+        if self._stop_by is None and not self._ended:
+            self._stop_by = time.monotonic() + self.stop_timeout
+            self._asked_by = by
+
+    def _end_now(self, sb: Sandbox, reason: str) -> None:
+        """Destroy it without its cooperation; the loop then reaps it (its pidfd)."""
+        if self.stop_reason is None and not self._ended:
+            self.stop_reason = reason
+            sb.destroy()
 
     def _mark_ended(self) -> None:
         self._ended = True
@@ -386,6 +420,9 @@ class Relay:
             timeout_ms = None
             if deadline is not None:
                 timeout_ms = max(0, int((deadline - time.time()) * 1000) + 1)
+            if self._stop_by is not None and self.stop_reason is None and not self._ended:
+                left_ms = max(0, int((self._stop_by - time.monotonic()) * 1000) + 1)
+                timeout_ms = left_ms if timeout_ms is None else min(timeout_ms, left_ms)
             if not reading_input and self._inputs and not self._ended:
                 # Nothing tells a running background job that `fg` gave it the terminal
                 # (bash sends SIGCONT only to a stopped one): look again now and then.
@@ -403,6 +440,9 @@ class Relay:
                 sb.timed_out = True
                 sb.destroy()  # the pidfd says when it is gone
                 deadline = None
+            if self._stop_by is not None and time.monotonic() >= self._stop_by:
+                after = f"{self.stop_timeout:g} s after {self._asked_by}"
+                self._end_now(sb, f"killed: it had not ended {after}")
             # Signals first, and whether or not poll saw them: a signal sent before
             # some input was handled (its number written) before poll returned here,
             # and a window size change must reach the sandbox's pty before the keys
@@ -440,8 +480,8 @@ class Relay:
 class _PtyRelay(Relay):
     """The sandbox's fds in ``replace`` become the slave of a pty made here."""
 
-    def __init__(self, replace: list[int], output: int) -> None:
-        super().__init__()
+    def __init__(self, replace: list[int], output: int, stop_timeout: float) -> None:
+        super().__init__(stop_timeout)
         self._terminal: int | None = 0 if is_terminal(0) else None  # raw mode here
         self._input_terminal = self._terminal
         self._saved: _Attrs | None = None  # its modes, while raw
@@ -537,6 +577,7 @@ class _PtyRelay(Relay):
         os.close(self.master)
         self.master = -1
         self._leave()  # nothing is relayed into the sandbox any more
+        self._ask_to_end("its terminal went away")
 
     def _on_signal(self, sb: Sandbox, signum: int) -> None:
         if signum == signal.SIGWINCH:
@@ -574,8 +615,8 @@ class _PtyRelay(Relay):
 class _PipeRelay(Relay):
     """``--no-tty``: each of the sandbox's fds in ``replace`` becomes a pipe."""
 
-    def __init__(self, replace: list[int]) -> None:
-        super().__init__()
+    def __init__(self, replace: list[int], stop_timeout: float) -> None:
+        super().__init__(stop_timeout)
         try:
             self._open(replace)
         except BaseException:

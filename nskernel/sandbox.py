@@ -498,15 +498,6 @@ class Sandbox:
         self.pids_limit_hit = self.limits.pids_limit_hit()
         self.limits.remove_from_parent()
 
-    def wait_with_timeout(self) -> int:
-        """Wait, honouring ``spec.timeout``: past it, the sandbox is killed."""
-        code = self.wait(self.spec.timeout)
-        if code is None:
-            self.timed_out = True
-            code = self.kill()
-        assert code is not None
-        return code
-
     def exit_reason(self) -> str | None:
         """Why the sandbox ended, when a limit ended it: a sentence for the user."""
         if self.timed_out:

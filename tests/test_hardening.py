@@ -191,23 +191,62 @@ def test_timeout_ends_a_sandbox_that_stopped_its_init_and_says_so(tmp_path):
         proc.stdout.close()
 
 
-def test_sigterm_to_nskernel_run_with_a_stopped_init_cannot_leak_it(tmp_path):
+def test_sigterm_to_nskernel_run_with_a_stopped_init_ends_it_stop_timeout_later(tmp_path):
     # SIGTERM is forwarded through init, which is stopped: the command never gets it,
-    # as with any command that ignores SIGTERM. What must hold: once nskernel ends, for
-    # whatever reason, nothing of the sandbox is left.
-    proc, init, tag = _start_stopping_init(tmp_path)
+    # as with any command that ignores SIGTERM. nskernel does not wait for it forever
+    # (red team 21 F1): --stop-timeout later the sandbox is killed, without its help.
+    proc, init, tag = _start_stopping_init(tmp_path, "--stop-timeout", "1")
     try:
         proc.send_signal(signal.SIGTERM)
-        with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-        wait_for(lambda: _gone(init), what="the stopped init to die")
-        wait_for(lambda: not pids_with_cmdline(f"sleep {tag}"), what="the sandbox's sleep to die")
+        assert proc.wait(30) == 137
+        # Gone when nskernel reports it, not some time later.
+        assert _gone(init)
+        assert not pids_with_cmdline(f"sleep {tag}")
     finally:
         proc.kill()
         proc.wait()
         proc.stdout.close()
+
+
+@pytest.mark.parametrize("how", ["stop-timeout", "second signal", "stopped itself"])
+def test_a_command_that_will_not_end_is_killed_when_asked_twice_or_stop_timeout_later(
+    tmp_path, how
+):
+    """Red team 21 F1: a command that ignores every signal nskernel forwards, or stops
+    itself so that none is ever delivered, kept `nskernel run` waiting forever. Now the
+    first INT/TERM/HUP/QUIT starts --stop-timeout, and a second one ends it at once."""
+    tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
+    if how == "stopped itself":
+        script = f"sleep {tag} & echo ready; kill -STOP $$; echo never"
+    else:
+        script = f"trap '' INT TERM HUP QUIT; sleep {tag} & echo ready; wait"
+    stop_timeout = "60" if how == "second signal" else "1"
+    proc = subprocess.Popen(
+        nskernel_cmd("run", "--stop-timeout", stop_timeout, "--", "sh", "-c", script),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        wait_for(lambda: pids_with_cmdline(f"sleep {tag}"), what="the tagged sleep")
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.3)  # the first one is the command's to act on
+        if how == "second signal":
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 137, err
+    says = {
+        "stop-timeout": "killed: it had not ended 1 s after SIGTERM",
+        "second signal": "killed: SIGINT came while it was still ending",
+        "stopped itself": "killed: it had not ended 1 s after SIGTERM",
+    }[how]
+    assert f"nskernel run: {says}" in err
+    assert not pids_with_cmdline(f"sleep {tag}")
 
 
 def test_api_kill_ends_a_sandbox_that_stopped_its_init(tmp_path):

@@ -27,7 +27,7 @@ import pytest
 
 from nskernel.errors import EXIT_TIMEOUT
 from tests.conftest import nskernel_cmd
-from tests.hostile import descendants, host_pid_alive, wait_for
+from tests.hostile import descendants, host_pid_alive, pids_with_cmdline, wait_for
 
 pytestmark = pytest.mark.userns
 
@@ -420,6 +420,36 @@ def test_when_the_callers_terminal_goes_away_the_sandboxs_is_hung_up(terminals):
     t.prompt()
     t.hang_up()
     assert t.proc.wait(60) == 129
+
+
+def test_a_command_that_ignores_the_hang_up_is_killed_stop_timeout_later(terminals):
+    """Red team 21 F1: the caller's terminal went away, the command ignores the SIGHUP
+    of its own: nskernel waited for it forever, a program the user believed gone. Now
+    --stop-timeout later the sandbox is killed."""
+    tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
+    script = f"trap '' HUP; echo r$((1+1)); exec sleep {tag}"
+    t = terminals.nskernel("run", "--stop-timeout", "1", "--", "sh", "-c", script, ctty=False)
+    t.expect(b"r2")
+    t.hang_up()
+    assert t.proc.wait(30) == 137
+    assert not pids_with_cmdline(f"sleep {tag}")
+
+
+def test_ctrl_c_is_the_commands_and_two_sigints_to_nskernel_end_it(terminals):
+    """In raw mode Ctrl-C is a byte for the command (which may ignore it); `kill -INT`
+    twice ends the sandbox from elsewhere, and the terminal gets its modes back."""
+    script = "trap 'echo caught' INT; echo r$((1+1)); while :; do sleep 0.05; done"
+    t = terminals.nskernel("run", "--stop-timeout", "60", "--", "sh", "-c", script)
+    t.expect(b"r2")
+    t.send(b"\x03")
+    t.expect(b"caught")
+    t.proc.send_signal(signal.SIGINT)
+    t.expect(b"caught")
+    assert t.proc.poll() is None
+    t.proc.send_signal(signal.SIGINT)
+    assert t.wait() == 137
+    assert b"nskernel run: killed: SIGINT came while it was still ending" in t.out
+    assert t.modes() == t.modes_before
 
 
 def test_sigtstp_gives_the_terminal_back_until_sigcont(bash):

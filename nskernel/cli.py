@@ -388,7 +388,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for warning in sb.warnings:
             print(warning, file=sys.stderr)
         if status_dir is not None:
-            sb.write_status_json(os.path.basename(args.status_json), dir_fd=status_dir)
+            try:
+                sb.write_status_json(os.path.basename(args.status_json), dir_fd=status_dir)
+            except OSError as e:
+                sb.kill()
+                print(
+                    f"nskernel run: --status-json {args.status_json}: cannot be written "
+                    f"({e.strerror}); the sandbox was killed at once",
+                    file=sys.stderr,
+                )
+                return 2
         code = relay.run(sb)
     except BaseException:
         if box:

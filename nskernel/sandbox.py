@@ -8,6 +8,7 @@ never call this directly, they start a fresh process that does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -445,12 +446,19 @@ class Sandbox:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fd = os.open(tmp, flags, 0o644, dir_fd=dfd)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            finally:
-                os.close(fd)
-            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                # Not left behind (a sticky directory refuses to replace another user's
+                # file, a full disk a write): ours, made with O_EXCL, so removed by name.
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp, dir_fd=dfd)
+                raise
         finally:
             os.close(dfd)
 

@@ -1010,3 +1010,23 @@ def test_status_json_never_writes_through_what_the_sandbox_planted(tmp_path) -> 
     assert (work / "sub").is_symlink(), res.stderr  # the sandbox did swap it
     assert sorted(os.listdir(secret)) == ["victim"], "the host wrote where the sandbox pointed"
     assert "namespaces" in json.loads((work / "old" / "status.json").read_text())
+
+
+def test_a_status_json_that_cannot_be_written_ends_the_sandbox_and_says_so(tmp_path) -> None:
+    """Red team 21 N1: a --status-json path that cannot be replaced (a sticky directory
+    and another user's file; here a directory) gave a traceback and left the temporary
+    file behind. Now: one line, exit status 2, no temporary, no sandbox."""
+    (tmp_path / "status.json").mkdir()
+    (tmp_path / "status.json" / "keep").write_text("")
+    tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
+    r = subprocess.run(
+        nskernel_cmd("run", "--status-json", str(tmp_path / "status.json"), "--", "sleep", tag),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"nskernel run: --status-json {tmp_path / 'status.json'}: ")
+    assert "the sandbox was killed at once" in r.stderr and "Traceback" not in r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["status.json"]
+    assert not pids_with_cmdline(f"sleep {tag}")

@@ -50,6 +50,7 @@ from .spec import (
     blocked_ancestor,
     format_size,
     hidden_dirs,
+    jupyter_runtime_dirs,
     private_in_a_home,
     private_runtime_dirs,
     user_homes,
@@ -205,7 +206,11 @@ class Sandbox:
             if "mnt" in namespaces:
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
-                state = tuple(runtime_dirs_to_hide())  # looked at (and made) once per sandbox
+                # Where kernels' keys and servers' tokens are: nskernel's runtime
+                # directories (looked at, and made, once per sandbox) and Jupyter's.
+                jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
+                warnings += unhidden
+                state = tuple(dict.fromkeys((*runtime_dirs_to_hide(), *jupyter)))
                 masks, aliased_files, state_aliases = _masks(
                     spec, home, binds, plan_maps, state, warnings
                 )

@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ._linux.limits import Limits
 from ._record import factory, record, replace
@@ -535,6 +535,49 @@ def private_runtime_dirs() -> tuple[str, ...]:
     return (real,)
 
 
+def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], list[str]]:
+    """Jupyter's runtime directories, by real path, and warnings for those left visible.
+
+    They hold a server's token and URL (``jpserver-PID.json``), the secret that signs its
+    login cookies, and every kernel's connection file with its key: a sandbox must not
+    read them. Under a home they are hidden with it, but Jupyter puts them wherever
+    ``JUPYTER_RUNTIME_DIR`` or ``JUPYTER_DATA_DIR`` say (containers and hubs set them to
+    /srv, /opt, /work...), where they were visible read-only (red team 22). So every
+    sandbox hides them as it hides nskernel's own runtime directory: each place
+    ``jupyter_core.paths.jupyter_runtime_dir()`` may choose from this environment, and
+    ``also`` (the sandboxed kernel's launcher passes the server's, whose environment it
+    does not have). A system directory, or one holding this Python, is never hidden:
+    a warning says so instead.
+    """
+    env = os.environ
+    data_home = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME") or "/", ".local/share")
+    candidates = [
+        env.get("JUPYTER_RUNTIME_DIR"),
+        os.path.join(env["JUPYTER_DATA_DIR"], "runtime") if env.get("JUPYTER_DATA_DIR") else None,
+        os.path.join(data_home, "jupyter", "runtime"),
+        *also,
+    ]
+    found: list[str] = []
+    warnings: list[str] = []
+    for path in candidates:
+        if not path or not os.path.isabs(path):
+            continue
+        real = os.path.realpath(path)
+        if not os.path.isdir(real) or real in found:
+            continue
+        if any(real == d or real.startswith(d + "/") for d in PRIVATE_DIRS):
+            continue  # private inside every sandbox anyway
+        if real in _SYSTEM_DIRS or _holds_system(real):
+            warnings.append(
+                f"{real} is Jupyter's runtime directory (servers' tokens, kernels' keys) and "
+                "is not hidden inside: it is a system directory or holds this Python. Point "
+                "JUPYTER_RUNTIME_DIR at a directory of its own."
+            )
+            continue
+        found.append(real)
+    return tuple(found), warnings
+
+
 def hidden_dirs(
     home: str | None = None, *, share_home: bool = False, homes: tuple[str, ...] | None = None
 ) -> tuple[str, ...]:
@@ -852,6 +895,9 @@ class SandboxSpec:
     # ``notebook_dir_binds``: a home bound as the notebook's directory keeps its
     # dot-files hidden).
     hide: tuple[str, ...] = ()
+    # More of Jupyter's runtime directories to hide, wherever they show (see
+    # ``jupyter_runtime_dirs``): the sandboxed kernel's launcher passes the server's.
+    jupyter_runtime_dirs: tuple[str, ...] = ()
     seccomp: str = "default"
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
@@ -867,6 +913,7 @@ class SandboxSpec:
         object.__setattr__(self, "namespaces", frozenset(self.namespaces))
         object.__setattr__(self, "binds", tuple(self.binds))
         object.__setattr__(self, "hide", tuple(self.hide))
+        object.__setattr__(self, "jupyter_runtime_dirs", tuple(self.jupyter_runtime_dirs))
         object.__setattr__(self, "allow_degraded", frozenset(self.allow_degraded))
         unknown_modes = self.allow_degraded - DEGRADED_MODES
         if unknown_modes:

@@ -584,6 +584,47 @@ def test_a_bind_never_shows_nskernels_runtime_directory_again(nsk, tmp_path):
         remove_runtime_entry(secret)
 
 
+LOOK_AT_RUNTIME = r"""
+import json, os, sys
+seen = {}
+for path in sys.argv[1:]:
+    try:
+        seen[path] = sorted(os.listdir(path))
+    except OSError as e:
+        seen[path] = e.strerror
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("variable", ["JUPYTER_RUNTIME_DIR", "JUPYTER_DATA_DIR"])
+def test_jupyters_runtime_directory_is_hidden_wherever_it_is(nsk, var_tmp, variable):
+    """Red team 22 F1: Jupyter keeps a server's token (jpserver-PID.json), its cookie
+    secret and every kernel's key in its runtime directory. Under a home it was hidden
+    with it; where JUPYTER_RUNTIME_DIR or JUPYTER_DATA_DIR put it (/srv, /opt, /work...)
+    a sandbox read them. Now it is hidden wherever it is, also where a bind shows it."""
+    data = var_tmp / "jupyter"
+    runtime = var_tmp / "jupyter" / "runtime"
+    runtime.mkdir(parents=True)
+    (runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
+    (runtime / "kernel-1.json").write_text('{"key": "a-kernels-key"}\n')
+    (data / "kernels").mkdir()  # the rest of Jupyter's data directory stays as it is
+    for path in (data, runtime, data / "kernels"):
+        path.chmod(0o755)
+    for path in runtime.iterdir():
+        path.chmod(0o644)
+    env = {**os.environ, variable: str(runtime if variable == "JUPYTER_RUNTIME_DIR" else data)}
+    look = [sys.executable, "-I", "-c", LOOK_AT_RUNTIME, str(runtime), str(data), "/tmp/seen"]
+    r = nsk("run", "--ro-bind", f"{data}:/tmp/seen", "--", *look, env=env)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    assert seen[str(runtime)] == [], seen
+    assert sorted(seen[str(data)]) == ["kernels", "runtime"], seen
+    assert seen["/tmp/seen"] == ["kernels", "runtime"], seen  # the bind shows the rest...
+    assert "token" not in r.stdout and "kernel-1.json" not in r.stdout
+    r = nsk("run", "--ro-bind", f"{data}:/tmp/seen", "--", "ls", "/tmp/seen/runtime", env=env)
+    assert r.returncode == 0 and r.stdout == "", r.stdout  # ...and not what it holds
+
+
 def test_a_bind_inside_the_notebooks_directory_stays_writable(tmp_path):
     nb = tmp_path / "nb"
     (nb / "data").mkdir(parents=True)

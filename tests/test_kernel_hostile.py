@@ -401,6 +401,42 @@ def test_a_notebook_directory_holding_the_runtime_dir_is_not_made_writable(
         km.shutdown_kernel(now=False)
 
 
+def test_the_kernel_never_reads_jupyters_runtime_directory(
+    ksm: KernelSpecManager, runtime_base: Path, var_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Red team 22 F1: the server's runtime directory (its token in jpserver-PID.json,
+    its cookie secret, every kernel's connection file and key) lay outside any home
+    (JUPYTER_RUNTIME_DIR=/srv/...): readable inside a rootless sandboxed kernel. The
+    launcher's environment is an allow-list, so the provisioner tells it where."""
+    jupyter_runtime = var_tmp / "jupyter-runtime"  # not in a private place of its own
+    jupyter_runtime.mkdir(mode=0o755)
+    (jupyter_runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
+    (jupyter_runtime / "jpserver-4242.json").chmod(0o644)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(jupyter_runtime))
+    km = KernelManager(
+        kernel_name=KERNEL_NAME,
+        kernel_spec_manager=ksm,
+        # Where jupyter_server puts it: in its runtime directory.
+        connection_file=str(jupyter_runtime / "kernel-test.json"),
+    )
+    km.start_kernel(cwd="/")
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        out = run_cell(
+            kc,
+            "import os\n"
+            f"try:\n    print(sorted(os.listdir({str(jupyter_runtime)!r})))\n"
+            "except OSError as e:\n    print(e.strerror)",
+        )
+        assert out["error"] is None, out
+        assert out["stdout"] == "[]\n", out["stdout"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+
+
 # ---------------------------------------------------------------- the caller's terminal
 
 RELAY_SCRIPT = r"""

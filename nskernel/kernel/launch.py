@@ -142,6 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the connection file named in the kernel command; a copy is made in ro/",
     )
     p.add_argument(
+        "--jupyter-runtime-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="where the server's Jupyter keeps tokens and kernels' keys: hidden inside",
+    )
+    p.add_argument(
         "--lifeline-fd",
         type=int,
         help="fd whose EOF means the server died: destroy the sandbox",
@@ -523,6 +530,7 @@ def _start(
         cwd=cwd_inside,
         env=env,
         hide=hide,
+        jupyter_runtime_dirs=tuple(args.jupyter_runtime_dir),
         limits=make_limits(args.memory, args.pids, args.cpus),
         # %%sandbox in this kernel makes nested sandboxes: its filter lets it create user
         # namespaces (the cells' own filters, stacked on it, do not).

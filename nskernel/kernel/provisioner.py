@@ -477,6 +477,9 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         launcher += ["--kernel-dir", self.kernel_dir]
         if km is not None:
             launcher += ["--connection-file", km.connection_file]
+        # This server's tokens and every kernel's key: hidden inside wherever they are.
+        # The launcher's environment (an allow-list) cannot tell it where (red team 22).
+        launcher += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs(km)]
         kwargs["cmd"] = [*launcher, "--", *kwargs["cmd"]]
         return kwargs
 
@@ -628,3 +631,18 @@ def _read_status(fd: int) -> dict[str, Any]:
     except ValueError:
         return {"ok": False, "error": "the launcher's status line was not JSON"}
     return status if isinstance(status, dict) else {"ok": False}
+
+
+def _jupyter_runtime_dirs(km: Any) -> list[str]:
+    """Where this server's Jupyter keeps runtime files: its own runtime directory (its
+    token in jpserver-PID.json, its cookie secret) and where its kernels' connection
+    files go, which configuration may put elsewhere."""
+    from jupyter_core.paths import jupyter_runtime_dir
+
+    dirs = [jupyter_runtime_dir()]
+    server_dir = getattr(getattr(km, "parent", None), "connection_dir", None)
+    if isinstance(server_dir, str) and server_dir:
+        dirs.append(server_dir)
+    if km is not None and km.connection_file:
+        dirs.append(os.path.dirname(km.connection_file))
+    return list(dict.fromkeys(os.path.abspath(d) for d in dirs))

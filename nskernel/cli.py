@@ -345,17 +345,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 2
     spec = _spec_from_args(args)
 
-    # Until the relay (if any) takes over, we only pass signals on to the sandbox's
-    # init. The sandbox has a session of its own (it never shares our terminal), so
-    # Ctrl-C reaches only us: init passes SIGINT on to the command's process group.
+    # Signals that come before the relay's loop takes them over (while the sandbox is
+    # made, and just after) are kept here, and the loop handles them first, as if they
+    # came then: a TERM that early still starts --stop-timeout. Nothing is signalled
+    # from a handler, where a reaped PID could be another process's by now. (The sandbox
+    # has a session of its own, so Ctrl-C reaches only us; init passes SIGINT on to the
+    # command's process group.)
     box: list[Sandbox] = []
+    early: list[int] = []
 
-    def forward(signum: int, _frame: object) -> None:
-        if box:
-            box[0].send_signal(signum)
+    def keep(signum: int, _frame: object) -> None:
+        early.append(signum)
 
     for sig in ptyrelay.FORWARDED:
-        signal.signal(sig, forward)
+        signal.signal(sig, keep)
     status_dir = None
     if args.status_json:
         # Opened now, before the sandbox exists: it may be in a --bind the sandbox can
@@ -398,7 +401,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 return 2
-        code = relay.run(sb)
+        code = relay.run(sb, early)
     except BaseException:
         if box:
             box[0].kill()  # nothing of it may outlive a failure here

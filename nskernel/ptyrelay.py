@@ -360,14 +360,20 @@ class Relay:
     def _on_broken(self, ch: _Channel) -> None:
         raise NotImplementedError
 
-    def run(self, sb: Sandbox) -> int:
+    def run(self, sb: Sandbox, early: list[int] | None = None) -> int:
         """Relay until the sandbox ended and its output was written; its exit status.
 
         Honours ``sb.spec.timeout`` (the sandbox is destroyed, ``sb.timed_out`` set).
+        ``early``: signals the caller caught before this took them over, handled first
+        (the list is emptied; the caller's handler must only append to it).
         """
         with _signal_wakeups(self._handled_signals()) as wake_r:
             self._enter()
             try:
+                if early:
+                    caught, early[:] = list(early), []
+                    for signum in caught:
+                        self._on_signal(sb, signum)
                 self._loop(sb, wake_r)
             finally:
                 self._leave()

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 import uuid
 
 import pytest
@@ -230,6 +231,9 @@ def test_a_command_that_will_not_end_is_killed_when_asked_twice_or_stop_timeout_
     try:
         assert proc.stdout.readline() == "ready\n"
         wait_for(lambda: pids_with_cmdline(f"sleep {tag}"), what="the tagged sleep")
+        if how == "stopped itself":
+            shell = [p for p in pids_with_cmdline(script) if _state(p) is not None]
+            wait_for(lambda: any(_state(p) == "T" for p in shell), what="the shell to stop")
         proc.send_signal(signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(0.3)  # the first one is the command's to act on
@@ -247,6 +251,31 @@ def test_a_command_that_will_not_end_is_killed_when_asked_twice_or_stop_timeout_
     }[how]
     assert f"nskernel run: {says}" in err
     assert not pids_with_cmdline(f"sleep {tag}")
+
+
+def test_a_sigterm_while_the_sandbox_is_made_is_not_lost():
+    """A TERM that comes before nskernel's loop waits (while the sandbox is made, or just
+    after) is handled as one that comes later: forwarded, and --stop-timeout runs. It was
+    forwarded at best, and a command that ignored it kept nskernel waiting for ever."""
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
+        tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
+        script = f"trap '' TERM; exec sleep {tag}"
+        proc = subprocess.Popen(
+            nskernel_cmd("run", "--stop-timeout", "1", "--", "sh", "-c", script),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            time.sleep(delay)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+            proc.wait()
+        # Killed before it made anything (-15), or the sandbox was ended: never waiting.
+        assert proc.returncode in (-signal.SIGTERM, 137), (delay, proc.returncode, err)
+        assert not pids_with_cmdline(f"sleep {tag}"), delay
 
 
 def test_api_kill_ends_a_sandbox_that_stopped_its_init(tmp_path):

@@ -65,6 +65,8 @@ import termios
 import time
 from collections.abc import Callable, Iterator
 
+from ._linux.syscalls import poll_ms
+
 # typing is only for annotations (strings, with the __future__ import): importing it
 # cost every `nskernel run` ~2 ms.
 TYPE_CHECKING = False
@@ -425,9 +427,10 @@ class Relay:
                 poller.register(fd, ev)
             timeout_ms = None
             if deadline is not None:
-                timeout_ms = max(0, int((deadline - time.time()) * 1000) + 1)
+                timeout_ms = poll_ms(deadline - time.time() + 0.001)
             if self._stop_by is not None and self.stop_reason is None and not self._ended:
-                left_ms = max(0, int((self._stop_by - time.monotonic()) * 1000) + 1)
+                left_ms = poll_ms(self._stop_by - time.monotonic() + 0.001)
+                assert left_ms is not None
                 timeout_ms = left_ms if timeout_ms is None else min(timeout_ms, left_ms)
             if not reading_input and self._inputs and not self._ended:
                 # Nothing tells a running background job that `fg` gave it the terminal

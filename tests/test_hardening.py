@@ -278,6 +278,32 @@ def test_a_sigterm_while_the_sandbox_is_made_is_not_lost():
         assert not pids_with_cmdline(f"sleep {tag}"), delay
 
 
+def test_timeouts_longer_than_poll_can_wait_work(nsk):
+    """Red team 23 F2: poll(2) takes an int of milliseconds; --timeout 3000000 (35 days)
+    or --stop-timeout 1e308 overflowed it: a traceback, exit status 1, and no line."""
+    r = nsk("run", "--timeout", "3000000", "--", "sh", "-c", "echo ran; exit 3")
+    assert (r.returncode, r.stdout) == (3, "ran\n"), r.stderr
+    script = "trap '' TERM; echo ready; exec sleep 100"
+    proc = subprocess.Popen(
+        nskernel_cmd("run", "--stop-timeout", "1e308", "--", "sh", "-c", script),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 137, err
+    assert err == "nskernel run: killed: SIGTERM came while it was still ending\n"
+
+
 def test_api_kill_ends_a_sandbox_that_stopped_its_init(tmp_path):
     tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
     script = textwrap.dedent(

@@ -357,10 +357,22 @@ def readable(fds: list[int] | tuple[int, ...], timeout: float | None = None) -> 
     return poll_ready(p, timeout)
 
 
+# poll(2) takes an int of milliseconds: a longer wait (`--timeout 3000000`, 1e308) would
+# overflow it (red team 23 F2). Waiting this long at most, a caller with a deadline
+# looks at it again (or gives up a little early, after 24 days).
+POLL_MAX_MS = (1 << 31) - 1
+
+
+def poll_ms(timeout: float | None) -> int | None:
+    """``timeout`` seconds (None: for ever) as poll(2)'s milliseconds, rounded up."""
+    if timeout is None:
+        return None
+    return math.ceil(min(max(0.0, timeout) * 1000, POLL_MAX_MS))
+
+
 def poll_ready(poller: select.poll, timeout: float | None) -> list[int]:
     """The descriptors ``poller`` reports within ``timeout`` seconds (None: wait)."""
-    ms = None if timeout is None else math.ceil(max(0.0, timeout) * 1000)
-    return [fd for fd, _ in poller.poll(ms)]
+    return [fd for fd, _ in poller.poll(poll_ms(timeout))]
 
 
 def _close_range(first: int, last: int) -> None:

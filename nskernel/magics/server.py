@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import resource
 import select
@@ -1164,8 +1163,7 @@ class Server:
             idle = self.want_warm and not self.running
             if idle:
                 timeout = WARM_AFTER_IDLE if timeout is None else min(timeout, WARM_AFTER_IDLE)
-            ms = None if timeout is None else math.ceil(max(0.0, timeout) * 1000)
-            ready = dict(self.poller.poll(ms))
+            ready = dict(self.poller.poll(syscalls.poll_ms(timeout)))
             if not ready and idle:
                 self.fill_warm()
                 continue

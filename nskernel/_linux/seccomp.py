@@ -553,11 +553,13 @@ def compile_profile(name: str, profile: dict[str, Any], caps_held: frozenset[str
     # architecture -> syscall number -> {compared argument: bits}
     guarded: dict[int, dict[int, dict[int, int]]] = {}
     native = sc.system_arch()
-    x32 = getattr(sc.Arch, "X32", None) in arches.values()
+    x32_code = getattr(sc.Arch, "X32", None)
+    x32 = x32_code in arches.values()
+    # x32 is not among them: its calls come with x86_64's arch (its section, just below).
     narrow_abis = {
         code: name.removeprefix("SCMP_ARCH_") in _UID16_ABIS
         for name, code in arches.items()
-        if not code & _AUDIT_ARCH_64BIT
+        if not code & _AUDIT_ARCH_64BIT and code != x32_code
     }
     entries = profile.get("syscalls") or []
     if not isinstance(entries, list):

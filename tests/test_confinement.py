@@ -108,13 +108,16 @@ def test_run_cap_add_and_drop(nsk):
 
 def test_cap_drop_net_admin_leaves_no_bridge_of_its_own_to_flood(nsk):
     """A sandbox's own bridge learns a forwarding entry per source MAC, kernel memory no
-    cgroup is charged for (red team 18 F1; SECURITY.md): without CAP_NET_ADMIN it makes
-    neither a bridge nor a veth pair."""
+    cgroup is charged for (red team 18 F1; SECURITY.md), and the neighbour entries it adds
+    count against the host's table limit (red team 23 F3): without CAP_NET_ADMIN it makes
+    neither a bridge nor a veth pair, nor adds a neighbour."""
     make = "ip link add nskbr type bridge && ip link add nskv0 type veth peer name nskv1"
-    r = nsk("run", "--", "sh", "-c", make)
+    neigh = "ip neigh replace 10.9.9.9 lladdr 00:11:22:33:44:55 dev {} nud permanent"
+    r = nsk("run", "--", "sh", "-c", f"{make} && ip link set nskv0 up && {neigh.format('nskv0')}")
     assert r.returncode == 0, r.stderr
-    r = nsk("run", "--cap-drop", "NET_ADMIN", "--", "sh", "-c", make)
-    assert r.returncode != 0 and "Operation not permitted" in r.stderr, (r.returncode, r.stderr)
+    for attempt in (make, neigh.format("lo")):
+        r = nsk("run", "--cap-drop", "NET_ADMIN", "--", "sh", "-c", attempt)
+        assert r.returncode != 0 and "Operation not permitted" in r.stderr, (attempt, r.stderr)
 
 
 def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):

@@ -86,7 +86,10 @@ exit status:
   the command's own status (128+N if it was killed by signal N), or
   {EXIT_SANDBOX_FAILED}  the sandbox could not be created (the command never ran)
   {EXIT_TIMEOUT}  --timeout was reached and the sandbox was killed
+  137  nskernel killed the sandbox: it did not end when asked (see signals)
   126  the command could not be executed        127  the command was not found
+  2    bad input (nothing ran), or --status-json could not be written (the sandbox
+       was killed at once)
 
 confinement:
   Sandbox root holds only Docker's default capabilities plus SYS_ADMIN and NET_ADMIN

@@ -18,6 +18,7 @@ import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -209,6 +210,19 @@ def test_sigterm_to_nskernel_run_with_a_stopped_init_ends_it_stop_timeout_later(
         proc.stdout.close()
 
 
+@contextlib.contextmanager
+def _running(*args: str, stdout: int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
+    """`nskernel run ARGS` in the background (stderr kept); killed and reaped after."""
+    proc = subprocess.Popen(
+        nskernel_cmd("run", *args), stdout=stdout, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize("how", ["stop-timeout", "second signal", "stopped itself"])
 def test_a_command_that_will_not_end_is_killed_when_asked_twice_or_stop_timeout_later(
     tmp_path, how
@@ -222,13 +236,7 @@ def test_a_command_that_will_not_end_is_killed_when_asked_twice_or_stop_timeout_
     else:
         script = f"trap '' INT TERM HUP QUIT; sleep {tag} & echo ready; wait"
     stop_timeout = "60" if how == "second signal" else "1"
-    proc = subprocess.Popen(
-        nskernel_cmd("run", "--stop-timeout", stop_timeout, "--", "sh", "-c", script),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _running("--stop-timeout", stop_timeout, "--", "sh", "-c", script) as proc:
         assert proc.stdout.readline() == "ready\n"
         wait_for(lambda: pids_with_cmdline(f"sleep {tag}"), what="the tagged sleep")
         if how == "stopped itself":
@@ -240,9 +248,6 @@ def test_a_command_that_will_not_end_is_killed_when_asked_twice_or_stop_timeout_
         if how == "second signal":
             proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.returncode == 137, err
     says = {
         "stop-timeout": "killed: it had not ended 1 s after SIGTERM",
@@ -260,19 +265,11 @@ def test_a_sigterm_while_the_sandbox_is_made_is_not_lost():
     for delay in (0.0, 0.02, 0.05, 0.1, 0.2):
         tag = f"1000.{uuid.uuid4().int % 10**9:09d}"
         script = f"trap '' TERM; exec sleep {tag}"
-        proc = subprocess.Popen(
-            nskernel_cmd("run", "--stop-timeout", "1", "--", "sh", "-c", script),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
+        args = ("--stop-timeout", "1", "--", "sh", "-c", script)
+        with _running(*args, stdout=subprocess.DEVNULL) as proc:
             time.sleep(delay)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=30)
-        finally:
-            proc.kill()
-            proc.wait()
         # Killed before it made anything (-15), or the sandbox was ended: never waiting.
         assert proc.returncode in (-signal.SIGTERM, 137), (delay, proc.returncode, err)
         assert not pids_with_cmdline(f"sleep {tag}"), delay
@@ -284,22 +281,13 @@ def test_timeouts_longer_than_poll_can_wait_work(nsk):
     r = nsk("run", "--timeout", "3000000", "--", "sh", "-c", "echo ran; exit 3")
     assert (r.returncode, r.stdout) == (3, "ran\n"), r.stderr
     script = "trap '' TERM; echo ready; exec sleep 100"
-    proc = subprocess.Popen(
-        nskernel_cmd("run", "--stop-timeout", "1e308", "--", "sh", "-c", script),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
+    with _running("--stop-timeout", "1e308", "--", "sh", "-c", script) as proc:
         assert proc.stdout.readline() == "ready\n"
         proc.send_signal(signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
             proc.wait(0.5)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-        proc.wait()
     assert proc.returncode == 137, err
     assert err == "nskernel run: killed: SIGTERM came while it was still ending\n"
 

@@ -668,6 +668,34 @@ def test_jupyters_runtime_directory_is_hidden_wherever_it_is(nsk, var_tmp, varia
     assert r.returncode == 0 and r.stdout == "", r.stdout  # ...and not what it holds
 
 
+def test_jupyters_runtime_directory_is_hidden_from_sandbox_cells(var_tmp, monkeypatch):
+    """Red team 24 F1: the sandbox server behind %%sandbox starts with an allow-listed
+    environment, which said nothing of JUPYTER_RUNTIME_DIR: a cell read the server's
+    token and the kernel's own key there. The kernel now tells the server where."""
+    from jupyter_client.manager import KernelManager
+
+    runtime = var_tmp / "runtime"
+    runtime.mkdir(mode=0o755)
+    (runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
+    (runtime / "jpserver-4242.json").chmod(0o644)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    km = KernelManager(kernel_name="python3", connection_file=str(runtime / "kernel-cells.json"))
+    km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        kc.wait_for_ready(timeout=60)
+        assert execute(kc, "%load_ext nskernel").status == "ok"
+        look = f"import os\nprint(sorted(os.listdir({str(runtime)!r})))"
+        for cell in (f"%%sandbox\n{look}", f"%%sandbox --name runtime1\n{look}"):
+            res = execute(kc, cell)
+            assert (res.status, res.stdout) == ("ok", "[]\n"), (res.stdout, res.error_text)
+        execute(kc, "%sandbox rm runtime1")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
 def test_a_bind_inside_the_notebooks_directory_stays_writable(tmp_path):
     nb = tmp_path / "nb"
     (nb / "data").mkdir(parents=True)

@@ -26,6 +26,7 @@ from typing import Any
 from nskernel._linux import syscalls
 from nskernel.environ import absolute_path_lists, helper_environment, python_module_command
 from nskernel.errors import NskernelError
+from nskernel.spec import jupyter_runtime_dirs
 
 from . import protocol
 
@@ -110,8 +111,13 @@ class SandboxClient:
         self.close()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            command = python_module_command("nskernel.magics.server")
+            command += ["--fd", str(child.fileno())]
+            # Its environment is an allow-list: where Jupyter keeps this kernel's key and
+            # its server's token, it is told (red team 24 F1), to hide them in every sandbox.
+            command += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs()]
             self.proc = subprocess.Popen(
-                [*python_module_command("nskernel.magics.server"), "--fd", str(child.fileno())],
+                command,
                 pass_fds=(child.fileno(),),
                 # Every sandbox is forked from the server: its memory must hold no secret
                 # of the kernel's (each cell's environment is sent with the cell).
@@ -398,3 +404,17 @@ def _cwd_or_root() -> str:
         return os.getcwd()
     except OSError:  # removed meanwhile: relative entries then lead nowhere
         return "/"
+
+
+def _jupyter_runtime_dirs() -> tuple[str, ...]:
+    """Jupyter's runtime directories as this kernel's environment says, and the one
+    holding its own connection file (its key)."""
+    also = []
+    try:
+        from ipykernel.connect import get_connection_file
+
+        also.append(os.path.dirname(os.path.abspath(get_connection_file())))
+    except Exception:
+        pass  # not an ipykernel (an IPython shell): no connection file
+    found, _warnings = jupyter_runtime_dirs(also)  # the server's own spawns say those
+    return found

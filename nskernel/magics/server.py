@@ -224,6 +224,10 @@ def _spec_key(spec: dict[str, Any]) -> str:
 
 # The server's sys.path does not change after start: computed once, not per cell.
 _PYTHON_BINDS = python_environment_binds()
+# Where the kernel's Jupyter keeps tokens and keys (--jupyter-runtime-dir): this server's
+# environment is an allow-list that cannot say. Hidden in every sandbox (see
+# spec.jupyter_runtime_dirs).
+_JUPYTER_RUNTIME_DIRS: tuple[str, ...] = ()
 
 
 def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
@@ -252,6 +256,7 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
         seccomp=str(spec.get("seccomp") or "default"),
         cap_add=tuple(spec.get("cap_add") or ()),
         cap_drop=tuple(spec.get("cap_drop") or ()),
+        jupyter_runtime_dirs=_JUPYTER_RUNTIME_DIRS,
     )
     if "mnt" in built.effective_namespaces():
         # Cells import modules on demand: keep this environment visible even if it
@@ -1226,11 +1231,20 @@ def main(argv: list[str] | None = None) -> int:
         description="The single-threaded sandbox server behind %%sandbox (started by the kernel).",
     )
     p.add_argument("--fd", type=int, required=True, help="the socket to the kernel (inherited)")
+    p.add_argument(
+        "--jupyter-runtime-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="where the kernel's Jupyter keeps tokens and keys: hidden in every sandbox",
+    )
     # Set by the server itself when it runs again from a read-only view of its
     # interpreter (see nskernel._linux.exefile): what it had already done.
     p.add_argument("--resumed-userns", choices=("own", "host", "inherited"), help=argparse.SUPPRESS)
     p.add_argument("--resumed-nofile-soft", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    global _JUPYTER_RUNTIME_DIRS
+    _JUPYTER_RUNTIME_DIRS = tuple(args.jupyter_runtime_dir)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the kernel's decision
     resumed = args.resumed_userns is not None
     user_nofile_soft = args.resumed_nofile_soft if resumed else raise_open_files_limit()

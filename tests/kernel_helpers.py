@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +153,17 @@ def free_port() -> int:
 
 
 def start_jupyter(
-    app: str, tmp: Path, prefix: Path, root_dir: Path, token: str
+    app: str,
+    tmp: Path,
+    prefix: Path,
+    root_dir: Path,
+    token: str,
+    *,
+    options: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``jupyter_server`` or ``jupyterlab`` on 127.0.0.1; returns (process, base url)."""
+    """Start ``jupyter_server`` or ``jupyterlab`` on 127.0.0.1; returns (process, base url).
+    ``options`` go on its command line, ``env`` over ``jupyter_env``'s."""
     port = free_port()
     log = open(tmp / f"{app}-{port}.log", "wb")
     cmd = [
@@ -169,11 +177,16 @@ def start_jupyter(
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={root_dir}",
         "--ServerApp.disable_check_xsrf=True",
+        *options,
     ]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
     proc = subprocess.Popen(
-        cmd, env=jupyter_env(tmp, prefix), stdout=log, stderr=subprocess.STDOUT, cwd=root_dir
+        cmd,
+        env={**jupyter_env(tmp, prefix), **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root_dir,
     )
     log.close()
     base = f"http://127.0.0.1:{port}"

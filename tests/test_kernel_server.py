@@ -145,9 +145,9 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return p
 
 
-def _start(tmp: Path, prefix: Path, root: Path) -> Server:
+def _start(tmp: Path, prefix: Path, root: Path, **kw: Any) -> Server:
     token = secrets.token_hex(16)
-    proc, base = start_jupyter("jupyter_server", tmp, prefix, root, token)
+    proc, base = start_jupyter("jupyter_server", tmp, prefix, root, token, **kw)
     try:
         wait_http(base, token, proc)
     except BaseException:
@@ -257,3 +257,42 @@ def test_server_sigkill_leaves_no_sandbox_and_a_new_server_works(
         assert not owned_kernel_dirs(second.proc.pid)
     finally:
         stop(second.proc)
+
+
+def test_the_kernel_never_reads_the_servers_secrets_wherever_they_are(
+    tmp_path: Path, prefix: Path, var_tmp: Path
+) -> None:
+    """Red teams 22 F1 and 24 F3: a server whose runtime directory (its jpserver-PID.json
+    with the token, every kernel's connection file) and cookie secret file lie outside
+    any home, as containers and hubs configure them: the sandboxed kernel read them.
+    Both are hidden inside now; the server keeps working."""
+    runtime, secret_dir = var_tmp / "runtime", var_tmp / "secrets"
+    for d in (runtime, secret_dir):
+        d.mkdir(mode=0o755)
+    cookie = secret_dir / "cookie_secret"
+    cookie.write_text("the-cookie-secret\n")
+    cookie.chmod(0o644)
+    root = tmp_path / "notebooks"
+    root.mkdir()
+    srv = _start(
+        tmp_path,
+        prefix,
+        root,
+        options=[f"--ServerApp.cookie_secret_file={cookie}"],
+        env={"JUPYTER_RUNTIME_DIR": str(runtime)},
+    )
+    try:
+        assert any(p.name.startswith("jpserver-") for p in runtime.iterdir())
+        kid = srv.api("POST", "/api/kernels", {"name": KERNEL_NAME})["id"]
+        ch = srv.channels(kid)
+        out = ch.execute(
+            "import os\n"
+            f"print(sorted(os.listdir({str(runtime)!r})))\n"
+            f"print(repr(open({str(cookie)!r}).read()))"
+        )
+        ch.close()
+        assert out["error"] is None, out
+        assert out["stdout"] == "[]\n''\n", out["stdout"]
+        assert srv.api("DELETE", f"/api/kernels/{kid}") == 204
+    finally:
+        stop(srv.proc)

@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the server's Jupyter keeps tokens and kernels' keys: hidden inside",
     )
     p.add_argument(
+        "--hide-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file of the server's secrets (its cookie secret, token file): hidden inside",
+    )
+    p.add_argument(
         "--lifeline-fd",
         type=int,
         help="fd whose EOF means the server died: destroy the sandbox",
@@ -529,7 +536,7 @@ def _start(
         binds=tuple(binds),
         cwd=cwd_inside,
         env=env,
-        hide=hide,
+        hide=(*hide, *args.hide_file) if with_mnt else hide,
         jupyter_runtime_dirs=tuple(args.jupyter_runtime_dir),
         limits=make_limits(args.memory, args.pids, args.cpus),
         # %%sandbox in this kernel makes nested sandboxes: its filter lets it create user

@@ -480,6 +480,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         # This server's tokens and every kernel's key: hidden inside wherever they are.
         # The launcher's environment (an allow-list) cannot tell it where (red team 22).
         launcher += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs(km)]
+        launcher += [f"--hide-file={f}" for f in _server_secret_files()]
         kwargs["cmd"] = [*launcher, "--", *kwargs["cmd"]]
         return kwargs
 
@@ -646,3 +647,20 @@ def _jupyter_runtime_dirs(km: Any) -> list[str]:
     if km is not None and km.connection_file:
         dirs.append(os.path.dirname(km.connection_file))
     return list(dict.fromkeys(os.path.abspath(d) for d in dirs))
+
+
+def _server_secret_files() -> list[str]:
+    """This server's secrets where its configuration put them, outside its runtime
+    directory: the cookie secret, the token file, its unix socket (red team 24 F3: read
+    by the kernel where they lay outside any home). An empty file covers each inside."""
+    paths = [os.environ.get("JUPYTER_TOKEN_FILE")]
+    try:
+        from jupyter_server.serverapp import ServerApp
+
+        if ServerApp.initialized():
+            app = ServerApp.instance()
+            paths += [app.cookie_secret_file, app.sock]
+    except Exception:  # not inside a jupyter_server (nbclient, jupyter console)
+        pass
+    found = [os.path.abspath(p) for p in paths if isinstance(p, str) and p]
+    return [p for p in dict.fromkeys(found) if os.path.lexists(p)]

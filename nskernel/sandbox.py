@@ -51,6 +51,7 @@ from .spec import (
     format_size,
     hidden_dirs,
     jupyter_runtime_dirs,
+    jupyter_secret_files,
     private_in_a_home,
     private_runtime_dirs,
     user_homes,
@@ -211,6 +212,7 @@ class Sandbox:
                 jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
                 warnings += unhidden
                 state = tuple(dict.fromkeys((*runtime_dirs_to_hide(), *jupyter)))
+                secret_files = jupyter_secret_files(spec.secret_files)
                 masks, aliased_files, state_aliases = _masks(
                     spec, home, binds, plan_maps, state, warnings
                 )
@@ -230,6 +232,7 @@ class Sandbox:
                             + fixed_hide
                             + aliased_files
                             + _state_under_binds(binds, state + state_aliases)
+                            + _where_secret_files_show(secret_files, binds)
                         )
                     ),
                     fixed=fixed,
@@ -944,6 +947,36 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
             if d.startswith(src):
                 out.append(os.path.join(b.dest, d[len(src) :]))
     return tuple(out)
+
+
+def _where_secret_files_show(files: tuple[str, ...], binds: tuple[Bind, ...]) -> tuple[str, ...]:
+    """Each of a server's secret files (real paths, ``jupyter_secret_files``) where a
+    sandbox would see it: at its own path, where a bind mount on the host shows its
+    directory or the file itself again (checked to be that very file), and under a bind
+    of a directory holding it. Each is covered by an empty file (red team 25: a file
+    hidden at its own path only was read through a bind mount of its directory)."""
+    if not files:
+        return ()
+    try:
+        found = mountinfo.aliases({os.path.dirname(f) for f in files})
+    except OSError as e:
+        raise SandboxError(
+            f"cannot read {mountinfo.MOUNTINFO}: {e.strerror}; it tells where bind mounts "
+            "show a Jupyter server's secret files again, to hide them there too",
+            step="find the aliases of hidden files",
+            errno=e.errno,
+            hint="Mount /proc (a container needs its /proc unmasked for nskernel anyway).",
+        ) from None
+    out = list(files)
+    for f in files:
+        for a in found:
+            if a.of != os.path.dirname(f):
+                continue
+            seen = os.path.join(a.path, os.path.basename(f)) if a.is_dir else a.path
+            with contextlib.suppress(OSError):
+                if os.path.samefile(seen, f):
+                    out.append(seen)
+    return tuple(out) + _hidden_under_binds(binds, list(files))
 
 
 def _within_any(path: str, dirs: tuple[str, ...]) -> bool:

@@ -673,14 +673,19 @@ def test_jupyters_runtime_directory_is_hidden_wherever_it_is(nsk, var_tmp, varia
 def test_jupyters_runtime_directory_is_hidden_from_sandbox_cells(var_tmp, monkeypatch):
     """Red team 24 F1: the sandbox server behind %%sandbox starts with an allow-listed
     environment, which said nothing of JUPYTER_RUNTIME_DIR: a cell read the server's
-    token and the kernel's own key there. The kernel now tells the server where."""
+    token and the kernel's own key there; nor of JUPYTER_TOKEN_FILE (red team 25 F2).
+    The kernel now tells the server where."""
     from jupyter_client.manager import KernelManager
 
     runtime = var_tmp / "runtime"
     runtime.mkdir(mode=0o755)
     (runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
     (runtime / "jpserver-4242.json").chmod(0o644)
+    token = var_tmp / "token"  # and the server's token file (red team 25 F2)
+    token.write_text("the-servers-token\n")
+    token.chmod(0o644)
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("JUPYTER_TOKEN_FILE", str(token))
     km = KernelManager(kernel_name="python3", connection_file=str(runtime / "kernel-cells.json"))
     km.start_kernel()
     kc = km.client()
@@ -688,14 +693,46 @@ def test_jupyters_runtime_directory_is_hidden_from_sandbox_cells(var_tmp, monkey
     try:
         kc.wait_for_ready(timeout=60)
         assert execute(kc, "%load_ext nskernel").status == "ok"
-        look = f"import os\nprint(sorted(os.listdir({str(runtime)!r})))"
+        look = (
+            f"import os\nprint(sorted(os.listdir({str(runtime)!r})))\n"
+            f"print(repr(open({str(token)!r}).read()))"
+        )
         for cell in (f"%%sandbox\n{look}", f"%%sandbox --name runtime1\n{look}"):
             res = execute(kc, cell)
-            assert (res.status, res.stdout) == ("ok", "[]\n"), (res.stdout, res.error_text)
+            assert (res.status, res.stdout) == ("ok", "[]\n''\n"), (res.stdout, res.error_text)
         execute(kc, "%sandbox rm runtime1")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+@pytest.mark.root
+def test_a_secret_file_is_hidden_where_a_bind_mount_shows_it_again(nsk, var_tmp):
+    """Red team 25 F1b: a server's secret file hidden at its own path only was read where
+    a bind mount on the host showed its directory again. Now it is hidden there too,
+    and under a --bind of a directory holding it. (Root: the bind mount is made in a
+    mount namespace of this test's own.)"""
+    secrets, alias = var_tmp / "secrets", var_tmp / "alias"
+    secrets.mkdir(mode=0o755)
+    alias.mkdir(mode=0o755)
+    (secrets / "token").write_text("the-token\n")
+    (secrets / "token").chmod(0o644)
+    look = (
+        f"for p in {str(secrets / 'token')!r} {str(alias / 'token')!r} /tmp/seen/token; "
+        'do printf "%s=[%s] " "$p" "$(cat "$p")"; done'
+    )
+    r = subprocess.run(
+        [
+            "unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" "$1" && shift && exec "$@"', str(secrets), str(alias),
+            *nskernel_cmd("run", "--ro-bind", f"{secrets}:/tmp/seen", "--", "sh", "-c", look),
+        ],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "JUPYTER_TOKEN_FILE": str(secrets / "token")},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "the-token" not in r.stdout, r.stdout
+    assert r.stdout.count("=[]") == 3, r.stdout
 
 
 def test_a_bind_inside_the_notebooks_directory_stays_writable(tmp_path):

@@ -267,11 +267,15 @@ def test_the_kernel_never_reads_the_servers_secrets_wherever_they_are(
     any home, as containers and hubs configure them: the sandboxed kernel read them.
     Both are hidden inside now; the server keeps working."""
     runtime, secret_dir = var_tmp / "runtime", var_tmp / "secrets"
-    for d in (runtime, secret_dir):
+    for d in (runtime, secret_dir, secret_dir / "..data"):
         d.mkdir(mode=0o755)
-    cookie = secret_dir / "cookie_secret"
-    cookie.write_text("the-cookie-secret\n")
-    cookie.chmod(0o644)
+    # As Kubernetes mounts secrets: links into ..data/ (red team 25 F1: a link was
+    # skipped, and what it points to stayed readable).
+    for name, text in (("cookie_secret", "the-cookie-secret\n"), ("token", "the-token\n")):
+        (secret_dir / "..data" / name).write_text(text)
+        (secret_dir / "..data" / name).chmod(0o644)
+        (secret_dir / name).symlink_to(f"..data/{name}")
+    cookie, token = secret_dir / "cookie_secret", secret_dir / "token"
     root = tmp_path / "notebooks"
     root.mkdir()
     srv = _start(
@@ -279,7 +283,7 @@ def test_the_kernel_never_reads_the_servers_secrets_wherever_they_are(
         prefix,
         root,
         options=[f"--ServerApp.cookie_secret_file={cookie}"],
-        env={"JUPYTER_RUNTIME_DIR": str(runtime)},
+        env={"JUPYTER_RUNTIME_DIR": str(runtime), "JUPYTER_TOKEN_FILE": str(token)},
     )
     try:
         assert any(p.name.startswith("jpserver-") for p in runtime.iterdir())
@@ -288,11 +292,12 @@ def test_the_kernel_never_reads_the_servers_secrets_wherever_they_are(
         out = ch.execute(
             "import os\n"
             f"print(sorted(os.listdir({str(runtime)!r})))\n"
-            f"print(repr(open({str(cookie)!r}).read()))"
+            f"for path in ({str(cookie)!r}, {str(token)!r}):\n"
+            "    print(repr(open(path).read()))"
         )
         ch.close()
         assert out["error"] is None, out
-        assert out["stdout"] == "[]\n''\n", out["stdout"]
+        assert out["stdout"] == "[]\n''\n''\n", out["stdout"]
         assert srv.api("DELETE", f"/api/kernels/{kid}") == 204
     finally:
         stop(srv.proc)

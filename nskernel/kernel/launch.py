@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the server's Jupyter keeps tokens and kernels' keys: hidden inside",
     )
     p.add_argument(
-        "--hide-file",
+        "--secret-file",
         action="append",
         default=[],
         metavar="PATH",
@@ -536,8 +536,9 @@ def _start(
         binds=tuple(binds),
         cwd=cwd_inside,
         env=env,
-        hide=(*hide, *args.hide_file) if with_mnt else hide,
+        hide=hide,
         jupyter_runtime_dirs=tuple(args.jupyter_runtime_dir),
+        secret_files=tuple(args.secret_file),
         limits=make_limits(args.memory, args.pids, args.cpus),
         # %%sandbox in this kernel makes nested sandboxes: its filter lets it create user
         # namespaces (the cells' own filters, stacked on it, do not).

@@ -480,7 +480,7 @@ class NamespaceProvisioner(LocalProvisioner):  # type: ignore[misc]
         # This server's tokens and every kernel's key: hidden inside wherever they are.
         # The launcher's environment (an allow-list) cannot tell it where (red team 22).
         launcher += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs(km)]
-        launcher += [f"--hide-file={f}" for f in _server_secret_files()]
+        launcher += [f"--secret-file={f}" for f in _server_secret_files()]
         kwargs["cmd"] = [*launcher, "--", *kwargs["cmd"]]
         return kwargs
 
@@ -652,7 +652,8 @@ def _jupyter_runtime_dirs(km: Any) -> list[str]:
 def _server_secret_files() -> list[str]:
     """This server's secrets where its configuration put them, outside its runtime
     directory: the cookie secret, the token file, its unix socket (red team 24 F3: read
-    by the kernel where they lay outside any home). An empty file covers each inside."""
+    by the kernel where they lay outside any home). Hidden inside, wherever they show
+    (``spec.jupyter_secret_files``)."""
     paths = [os.environ.get("JUPYTER_TOKEN_FILE")]
     try:
         from jupyter_server.serverapp import ServerApp

@@ -26,7 +26,7 @@ from typing import Any
 from nskernel._linux import syscalls
 from nskernel.environ import absolute_path_lists, helper_environment, python_module_command
 from nskernel.errors import NskernelError
-from nskernel.spec import jupyter_runtime_dirs
+from nskernel.spec import jupyter_runtime_dirs, jupyter_secret_files
 
 from . import protocol
 
@@ -114,8 +114,10 @@ class SandboxClient:
             command = python_module_command("nskernel.magics.server")
             command += ["--fd", str(child.fileno())]
             # Its environment is an allow-list: where Jupyter keeps this kernel's key and
-            # its server's token, it is told (red team 24 F1), to hide them in every sandbox.
+            # its server's token (its runtime directories, JUPYTER_TOKEN_FILE), it is
+            # told (red teams 24 F1, 25 F2), to hide them in every sandbox.
             command += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs()]
+            command += [f"--secret-file={f}" for f in jupyter_secret_files()]
             self.proc = subprocess.Popen(
                 command,
                 pass_fds=(child.fileno(),),

@@ -228,6 +228,7 @@ _PYTHON_BINDS = python_environment_binds()
 # environment is an allow-list that cannot say. Hidden in every sandbox (see
 # spec.jupyter_runtime_dirs).
 _JUPYTER_RUNTIME_DIRS: tuple[str, ...] = ()
+_SECRET_FILES: tuple[str, ...] = ()  # the same for its token file (--secret-file)
 
 
 def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
@@ -257,6 +258,7 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
         cap_add=tuple(spec.get("cap_add") or ()),
         cap_drop=tuple(spec.get("cap_drop") or ()),
         jupyter_runtime_dirs=_JUPYTER_RUNTIME_DIRS,
+        secret_files=_SECRET_FILES,
     )
     if "mnt" in built.effective_namespaces():
         # Cells import modules on demand: keep this environment visible even if it
@@ -1238,13 +1240,21 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="where the kernel's Jupyter keeps tokens and keys: hidden in every sandbox",
     )
+    p.add_argument(
+        "--secret-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file of the Jupyter server's secrets (its token file): hidden in every sandbox",
+    )
     # Set by the server itself when it runs again from a read-only view of its
     # interpreter (see nskernel._linux.exefile): what it had already done.
     p.add_argument("--resumed-userns", choices=("own", "host", "inherited"), help=argparse.SUPPRESS)
     p.add_argument("--resumed-nofile-soft", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    global _JUPYTER_RUNTIME_DIRS
+    global _JUPYTER_RUNTIME_DIRS, _SECRET_FILES
     _JUPYTER_RUNTIME_DIRS = tuple(args.jupyter_runtime_dir)
+    _SECRET_FILES = tuple(args.secret_file)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the kernel's decision
     resumed = args.resumed_userns is not None
     user_nofile_soft = args.resumed_nofile_soft if resumed else raise_open_files_limit()

@@ -210,9 +210,16 @@ class Sandbox:
                 # Where kernels' keys and servers' tokens are: nskernel's runtime
                 # directories (looked at, and made, once per sandbox) and Jupyter's.
                 jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
-                warnings += unhidden
-                state = tuple(dict.fromkeys((*runtime_dirs_to_hide(), *jupyter)))
-                secret_files = jupyter_secret_files(spec.secret_files)
+                secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
+                warnings += unhidden + alone
+                # A directory bound whole (a notebook's directory holding the token file)
+                # cannot be hidden and shown: its secret files are hidden alone there.
+                sources = {b.source.rstrip("/") for b in binds}
+                for d, in_d in secret_dirs.items():
+                    if d in sources:
+                        secret_files += tuple(in_d)
+                hidden_whole = [d for d in secret_dirs if d not in sources]
+                state = tuple(dict.fromkeys((*runtime_dirs_to_hide(), *jupyter, *hidden_whole)))
                 masks, aliased_files, state_aliases = _masks(
                     spec, home, binds, plan_maps, state, warnings
                 )
@@ -939,8 +946,9 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
             src = b.source.rstrip("/") + "/"
             if d == b.source.rstrip("/"):  # the directory itself (14th red-team pass)
                 raise SandboxError(
-                    f"{d} is nskernel's runtime directory, which holds other kernels' "
-                    "connection keys and sockets: it is never bound into a sandbox",
+                    f"{d} holds kernels' connection keys, sockets or a Jupyter server's "
+                    "secrets (nskernel's or Jupyter's runtime directory): it is never "
+                    "bound into a sandbox",
                     step="check the binds",
                     hint="Bind a directory of your own instead.",
                 )

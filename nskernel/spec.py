@@ -565,9 +565,9 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
         real = os.path.realpath(path)
         if not os.path.isdir(real) or real in found:
             continue
-        if any(real == d or real.startswith(d + "/") for d in PRIVATE_DIRS):
-            continue  # private inside every sandbox anyway
-        if real in _SYSTEM_DIRS or _holds_system(real):
+        # Under /tmp too: private at its own path inside, but a bind of a directory
+        # there (a notebook's directory /tmp/proj) shows it again (red team 26 F1).
+        if real in _SYSTEM_DIRS or real in PRIVATE_DIRS or _holds_system(real):
             warnings.append(
                 f"{real} is Jupyter's runtime directory (servers' tokens, kernels' keys) and "
                 "is not hidden inside: it is a system directory or holds this Python. Point "
@@ -578,28 +578,46 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
     return tuple(found), warnings
 
 
-def jupyter_secret_files(also: Sequence[str] = ()) -> tuple[str, ...]:
-    """Files of a Jupyter server's secrets, by real path: the token file this environment
-    names (``JUPYTER_TOKEN_FILE``) and ``also`` (the sandboxed kernel's launcher passes the
-    server's cookie secret file, token file and unix socket; the %%sandbox server, the
-    kernel's token file). Every sandbox hides them wherever they show (red teams 24 F3,
-    25): by the real path, so that a link to them (Kubernetes mounts secrets as links
-    into ``..data/``) leads to the hidden file. What is private inside anyway (/tmp) is
-    left out, and so is what is not there or is a directory."""
-    found: list[str] = []
+def jupyter_secret_files(
+    also: Sequence[str] = (),
+) -> tuple[dict[str, list[str]], tuple[str, ...], list[str]]:
+    """Where a Jupyter server's secret files are, to hide: (directories, each with the
+    secret files in it; files to hide alone; warnings).
+
+    The files: the token file this environment names (``JUPYTER_TOKEN_FILE``) and
+    ``also`` (the sandboxed kernel's launcher passes the server's cookie secret file,
+    token file and unix socket; the %%sandbox server, the kernel's token file). Each is
+    hidden with its directory, by real path, both the one it is named in and the one it
+    really lies in (red teams 24 F3, 25, 26): an empty file on the file alone went away
+    when the file was replaced (a rename over it), and Kubernetes, which mounts secrets
+    as links into ``..data/``, moves them to a new directory on every update. A
+    directory that cannot be hidden whole (a system directory, one holding this
+    Python) leaves the file hidden alone, with a warning that says so.
+    """
+    dirs: dict[str, list[str]] = {}
+    files: list[str] = []
+    warnings: list[str] = []
     for path in (os.environ.get("JUPYTER_TOKEN_FILE"), *also):
         if not path or not os.path.isabs(path):
             continue
         real = os.path.realpath(path)
-        if real in found or any(real == d or real.startswith(d + "/") for d in PRIVATE_DIRS):
-            continue
         try:
             if stat.S_ISDIR(os.stat(real).st_mode):
                 continue
         except OSError:
             continue
-        found.append(real)
-    return tuple(found)
+        for d in dict.fromkeys((os.path.realpath(os.path.dirname(path)), os.path.dirname(real))):
+            if d in _SYSTEM_DIRS or d in PRIVATE_DIRS or _holds_system(d):
+                if real not in files:
+                    files.append(real)
+                    warnings.append(
+                        f"{real} holds a Jupyter server's secret and lies in {d}, which is "
+                        "not hidden whole inside: the file is, until it is replaced. Keep "
+                        "such files in a directory of their own."
+                    )
+            elif real not in dirs.setdefault(d, []):
+                dirs[d].append(real)
+    return dirs, tuple(files), warnings
 
 
 def hidden_dirs(

@@ -211,10 +211,12 @@ def test_sigterm_to_nskernel_run_with_a_stopped_init_ends_it_stop_timeout_later(
 
 
 @contextlib.contextmanager
-def _running(*args: str, stdout: int = subprocess.PIPE) -> Iterator[subprocess.Popen[str]]:
+def _running(
+    *args: str, stdout: int = subprocess.PIPE, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """`nskernel run ARGS` in the background (stderr kept); killed and reaped after."""
     proc = subprocess.Popen(
-        nskernel_cmd("run", *args), stdout=stdout, stderr=subprocess.PIPE, text=True
+        nskernel_cmd("run", *args), stdout=stdout, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
         yield proc
@@ -694,12 +696,20 @@ def test_jupyters_runtime_directory_is_hidden_from_sandbox_cells(var_tmp, monkey
         kc.wait_for_ready(timeout=60)
         assert execute(kc, "%load_ext nskernel").status == "ok"
         look = (
-            f"import os\nprint(sorted(os.listdir({str(runtime)!r})))\n"
-            f"print(repr(open({str(token)!r}).read()))"
+            "import os\n"
+            f"print(sorted(os.listdir({str(runtime)!r})) if os.path.exists({str(runtime)!r}) "
+            "else 'gone')\n"
+            f"print(repr(open({str(token)!r}).read()) if os.path.exists({str(token)!r}) "
+            "else 'gone')"
         )
+        # The token file's directory (var_tmp, holding the runtime directory too) is
+        # hidden whole (red team 26 F2).
         for cell in (f"%%sandbox\n{look}", f"%%sandbox --name runtime1\n{look}"):
             res = execute(kc, cell)
-            assert (res.status, res.stdout) == ("ok", "[]\n''\n"), (res.stdout, res.error_text)
+            assert (res.status, res.stdout) == ("ok", "gone\ngone\n"), (
+                res.stdout,
+                res.error_text,
+            )
         execute(kc, "%sandbox rm runtime1")
     finally:
         kc.stop_channels()
@@ -733,6 +743,72 @@ def test_a_secret_file_is_hidden_where_a_bind_mount_shows_it_again(nsk, var_tmp)
     assert r.returncode == 0, r.stderr
     assert "the-token" not in r.stdout, r.stdout
     assert r.stdout.count("=[]") == 3, r.stdout
+
+
+def test_jupyters_secrets_under_tmp_are_hidden_where_a_bind_shows_them(nsk, tmp_path):
+    """Red team 26 F1: paths under /tmp were left out as private inside anyway, but a
+    bind of a directory there (a notebook's directory /tmp/proj, a --bind) showed
+    Jupyter's runtime directory and a token file again."""
+    proj = tmp_path / "proj"
+    runtime, secrets = proj / "runtime", proj / "secrets"
+    for d in (proj, runtime, secrets):
+        d.mkdir(parents=True)
+    (runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
+    (secrets / "token").write_text("the-token\n")
+    (proj / "notes.txt").write_text("shown\n")
+    for d in (tmp_path, proj, runtime, secrets):
+        d.chmod(0o755)
+    for f in (runtime / "jpserver-4242.json", secrets / "token", proj / "notes.txt"):
+        f.chmod(0o644)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    env["JUPYTER_TOKEN_FILE"] = str(secrets / "token")
+    look = [sys.executable, "-I", "-c", LOOK_AT_RUNTIME, str(proj), str(runtime), str(secrets)]
+    r = nsk("run", "--bind", str(proj), "--", *look, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {
+        str(proj): ["notes.txt", "runtime", "secrets"],  # the rest of it is shown
+        str(runtime): [],
+        str(secrets): [],
+    }
+
+
+@pytest.mark.parametrize("how", ["rename over it", "kubernetes update"])
+def test_a_secret_file_replaced_on_the_host_stays_hidden(var_tmp, how):
+    """Red team 26 F2: a secret file was hidden by an empty file on its own path, which
+    went away when the host replaced the file (a rename over it), and Kubernetes moves
+    a secret to a new directory on every update (links into ..data/). Its directory is
+    hidden whole now, in a sandbox that runs across the change."""
+    secrets = var_tmp / "secrets"
+    secrets.mkdir(mode=0o755)
+    if how == "kubernetes update":
+        (secrets / "..2026_01").mkdir(mode=0o755)
+        (secrets / "..2026_01" / "token").write_text("the-token\n")
+        (secrets / "..data").symlink_to("..2026_01")
+        (secrets / "token").symlink_to("..data/token")
+    else:
+        (secrets / "token").write_text("the-token\n")
+    token = secrets / "token"
+    token.chmod(0o644)
+    look = f'while :; do printf "[%s]" "$(cat {token} 2>/dev/null)"; sleep 0.1; done'
+    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token)}
+    with _running("--", "sh", "-c", look, env=env) as proc:
+        out = proc.stdout.fileno()
+        os.set_blocking(out, False)
+        time.sleep(1)
+        if how == "kubernetes update":
+            (secrets / "..2026_02").mkdir(mode=0o755)
+            (secrets / "..2026_02" / "token").write_text("the-new-token\n")
+            (secrets / "..2026_02" / "token").chmod(0o644)
+            (secrets / "..data.tmp").symlink_to("..2026_02")
+            os.replace(secrets / "..data.tmp", secrets / "..data")
+        else:
+            (secrets / "token.new").write_text("the-new-token\n")
+            (secrets / "token.new").chmod(0o644)
+            os.replace(secrets / "token.new", token)
+        time.sleep(1)
+        seen = os.read(out, 1 << 16).decode()
+    assert seen.startswith("[]"), seen
+    assert "token" not in seen, seen
 
 
 def test_a_bind_inside_the_notebooks_directory_stays_writable(tmp_path):

@@ -26,7 +26,7 @@ from typing import Any
 from nskernel._linux import syscalls
 from nskernel.environ import absolute_path_lists, helper_environment, python_module_command
 from nskernel.errors import NskernelError
-from nskernel.spec import jupyter_runtime_dirs, jupyter_secret_files
+from nskernel.spec import jupyter_runtime_dirs
 
 from . import protocol
 
@@ -117,7 +117,9 @@ class SandboxClient:
             # its server's token (its runtime directories, JUPYTER_TOKEN_FILE), it is
             # told (red teams 24 F1, 25 F2), to hide them in every sandbox.
             command += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs()]
-            command += [f"--secret-file={f}" for f in jupyter_secret_files()]
+            token_file = os.environ.get("JUPYTER_TOKEN_FILE")
+            if token_file and os.path.isabs(token_file):
+                command.append(f"--secret-file={token_file}")
             self.proc = subprocess.Popen(
                 command,
                 pass_fds=(child.fileno(),),

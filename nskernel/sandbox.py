@@ -946,9 +946,9 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
             src = b.source.rstrip("/") + "/"
             if d == b.source.rstrip("/"):  # the directory itself (14th red-team pass)
                 raise SandboxError(
-                    f"{d} holds kernels' connection keys, sockets or a Jupyter server's "
-                    "secrets (nskernel's or Jupyter's runtime directory): it is never "
-                    "bound into a sandbox",
+                    f"{d} is nskernel's runtime directory or Jupyter's, or holds a Jupyter "
+                    "server's secrets (kernels' connection keys, sockets, tokens): it is "
+                    "never bound into a sandbox",
                     step="check the binds",
                     hint="Bind a directory of your own instead.",
                 )

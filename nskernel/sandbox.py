@@ -202,24 +202,25 @@ class Sandbox:
             env = spec.env if spec.env is not None else sandbox_environment(os.environ)
             mounts = None
             binds = spec.resolved_binds()
-            binds, fixed, fixed_hide = _fixed_top_levels(binds)
+            # Where kernels' keys and servers' tokens are: Jupyter's runtime directories
+            # and its server's secret files with their directories (nskernel's own
+            # runtime directories below).
+            jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
+            secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
+            if "mnt" in namespaces:
+                _refuse_binds_showing_secrets(binds, secret_dirs)
+            # A home shown entry by entry gives those an empty stand-in, not a bind (red
+            # team 27 F1, F3: a token file in the home was bound; a runtime directory there
+            # made every sandbox fail).
+            in_dirs = (f for fs in secret_dirs.values() for f in fs)
+            secret_entries = {*jupyter, *secret_files, *in_dirs}
+            binds, fixed, fixed_hide = _fixed_top_levels(binds, secret_entries)
             owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
             if "mnt" in namespaces:
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
-                # Where kernels' keys and servers' tokens are: nskernel's runtime
-                # directories (looked at, and made, once per sandbox) and Jupyter's.
-                jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
-                secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
                 warnings += unhidden + alone
-                # A directory bound whole (a notebook's directory holding the token file)
-                # cannot be hidden and shown: its secret files are hidden alone there.
-                sources = {b.source.rstrip("/") for b in binds}
-                for d, in_d in secret_dirs.items():
-                    if d in sources:
-                        secret_files += tuple(in_d)
-                hidden_whole = [d for d in secret_dirs if d not in sources]
-                state = tuple(dict.fromkeys((*runtime_dirs_to_hide(), *jupyter, *hidden_whole)))
+                state = tuple(dict.fromkeys((*runtime_dirs_to_hide(), *jupyter, *secret_dirs)))
                 masks, aliased_files, state_aliases = _masks(
                     spec, home, binds, plan_maps, state, warnings
                 )
@@ -832,7 +833,7 @@ def _hidden_under_binds(binds: tuple[Bind, ...], hidden: list[str]) -> tuple[str
 
 
 def _fixed_top_levels(
-    binds: tuple[Bind, ...],
+    binds: tuple[Bind, ...], secrets: set[str] | frozenset[str] = frozenset()
 ) -> tuple[tuple[Bind, ...], tuple[mntns.FixedDir, ...], tuple[str, ...]]:
     """Each bind with a fixed top level (``Bind.fixed_top_level``: a home shown as the
     notebook's directory) replaced by what makes it: (the binds, the directories, the
@@ -880,6 +881,8 @@ def _fixed_top_levels(
             )
         private = {e.name for e in entries if private_in_a_home(e.name)}
         private |= _led_to_by_dot_links(entries, b.source)
+        # A Jupyter server's secret or runtime directory (``secrets``, real paths).
+        private |= {e.name for e in entries if e.path in secrets}
         for e in entries:
             try:
                 dst = os.path.join(b.dest, e.name)
@@ -955,6 +958,26 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
             if d.startswith(src):
                 out.append(os.path.join(b.dest, d[len(src) :]))
     return tuple(out)
+
+
+def _refuse_binds_showing_secrets(
+    binds: tuple[Bind, ...], secret_dirs: dict[str, list[str]]
+) -> None:
+    """A bind of a directory that directly holds a Jupyter server's secret file would show
+    it: hidden alone on top, it comes back when the host replaces it (a rename over it,
+    a Kubernetes update: red team 27 F2). Refused, as a bind of a runtime directory is;
+    a home shown entry by entry gives the file an empty stand-in instead."""
+    for b in binds:
+        src = b.source.rstrip("/")
+        if b.fixed_top_level or src not in secret_dirs:
+            continue
+        raise SandboxError(
+            f"{src} holds a Jupyter server's secret ({', '.join(secret_dirs[src])}): it is "
+            "never bound into a sandbox",
+            step="check the binds",
+            hint="Keep the server's token and cookie secret files in a directory of their "
+            "own, not beside notebooks, or bind a directory that does not hold them.",
+        )
 
 
 def _where_secret_files_show(files: tuple[str, ...], binds: tuple[Bind, ...]) -> tuple[str, ...]:

@@ -79,6 +79,15 @@ def _holds_system(path: str) -> bool:
     return any(p.startswith(prefix) for p in {sys.prefix, sys.base_prefix})
 
 
+def _python_place(path: str) -> bool:
+    """Whether hiding ``path`` would hide some of this Python: it is its environment, lies
+    in it, or holds it (red team 27 F4: a token file in the venv's own directory hid
+    the whole environment)."""
+    prefixes = {sys.prefix, sys.base_prefix}
+    inside = any(path == p or path.startswith(p.rstrip("/") + "/") for p in prefixes)
+    return inside or _holds_system(path)
+
+
 def _passwd_home() -> str | None:
     import pwd
 
@@ -567,7 +576,7 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
             continue
         # Under /tmp too: private at its own path inside, but a bind of a directory
         # there (a notebook's directory /tmp/proj) shows it again (red team 26 F1).
-        if real in _SYSTEM_DIRS or real in PRIVATE_DIRS or _holds_system(real):
+        if real in _SYSTEM_DIRS or real in PRIVATE_DIRS or _python_place(real):
             warnings.append(
                 f"{real} is Jupyter's runtime directory (servers' tokens, kernels' keys) and "
                 "is not hidden inside: it is a system directory or holds this Python. Point "
@@ -606,8 +615,16 @@ def jupyter_secret_files(
                 continue
         except OSError:
             continue
-        for d in dict.fromkeys((os.path.realpath(os.path.dirname(path)), os.path.dirname(real))):
-            if d in _SYSTEM_DIRS or d in PRIVATE_DIRS or _holds_system(d):
+        # Also every directory holding a link on the way, which the host may point
+        # elsewhere later (current -> v1, then v2: red team 27 F3).
+        named = [os.path.realpath(os.path.dirname(path)), os.path.dirname(real)]
+        prefix = os.path.dirname(os.path.normpath(path))
+        while prefix not in ("/", ""):
+            if os.path.islink(prefix):
+                named.append(os.path.realpath(os.path.dirname(prefix)))
+            prefix = os.path.dirname(prefix)
+        for d in dict.fromkeys(named):
+            if d in _SYSTEM_DIRS or d in PRIVATE_DIRS or _python_place(d):
                 if real not in files:
                     files.append(real)
                     warnings.append(

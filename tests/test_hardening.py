@@ -719,30 +719,34 @@ def test_jupyters_runtime_directory_is_hidden_from_sandbox_cells(var_tmp, monkey
 @pytest.mark.root
 def test_a_secret_file_is_hidden_where_a_bind_mount_shows_it_again(nsk, var_tmp):
     """Red team 25 F1b: a server's secret file hidden at its own path only was read where
-    a bind mount on the host showed its directory again. Now it is hidden there too,
-    and under a --bind of a directory holding it. (Root: the bind mount is made in a
-    mount namespace of this test's own.)"""
+    a bind mount on the host showed its directory again. Now it is hidden there too, and
+    a --bind of the directory holding it is refused (red team 27 F2: hidden alone on top
+    of such a bind, it came back when the host replaced it). (Root: the bind mount is
+    made in a mount namespace of this test's own.)"""
     secrets, alias = var_tmp / "secrets", var_tmp / "alias"
     secrets.mkdir(mode=0o755)
     alias.mkdir(mode=0o755)
     (secrets / "token").write_text("the-token\n")
     (secrets / "token").chmod(0o644)
     look = (
-        f"for p in {str(secrets / 'token')!r} {str(alias / 'token')!r} /tmp/seen/token; "
-        'do printf "%s=[%s] " "$p" "$(cat "$p")"; done'
+        f"for p in {str(secrets / 'token')!r} {str(alias / 'token')!r}; "
+        'do printf "%s=[%s] " "$p" "$(cat "$p" 2>/dev/null)"; done'
     )
+    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(secrets / "token")}
     r = subprocess.run(
         [
             "unshare", "--mount", "--propagation", "private", "sh", "-c",
             'mount --bind "$0" "$1" && shift && exec "$@"', str(secrets), str(alias),
-            *nskernel_cmd("run", "--ro-bind", f"{secrets}:/tmp/seen", "--", "sh", "-c", look),
+            *nskernel_cmd("run", "--", "sh", "-c", look),
         ],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "JUPYTER_TOKEN_FILE": str(secrets / "token")},
+        capture_output=True, text=True, timeout=60, env=env,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "the-token" not in r.stdout, r.stdout
-    assert r.stdout.count("=[]") == 3, r.stdout
+    assert r.stdout.count("=[]") == 2, r.stdout
+    r = nsk("run", "--ro-bind", f"{secrets}:/tmp/seen", "--", "cat", "/tmp/seen/token", env=env)
+    assert r.returncode == 125 and "the-token" not in r.stdout, (r.stdout, r.stderr)
+    assert f"{secrets} holds a Jupyter server's secret" in r.stderr, r.stderr
 
 
 def test_jupyters_secrets_under_tmp_are_hidden_where_a_bind_shows_them(nsk, tmp_path):
@@ -809,6 +813,98 @@ def test_a_secret_file_replaced_on_the_host_stays_hidden(var_tmp, how):
         seen = os.read(out, 1 << 16).decode()
     assert seen.startswith("[]"), seen
     assert "token" not in seen, seen
+
+
+SHOW_HOME = r"""
+import json, os, sys
+home, token, runtime = sys.argv[1:4]
+seen = {"listing": sorted(os.listdir(home)), "token": open(token).read()}
+seen["runtime"] = sorted(os.listdir(runtime))
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.spawns_here
+def test_secrets_in_a_home_shown_as_the_notebooks_directory_get_empty_stand_ins(var_tmp):
+    """Red team 27 F1, F3: a home shown as the notebook's directory is bound entry by
+    entry; a token file directly in it (JUPYTER_TOKEN_FILE=~/jupyter_token) became a bind
+    of its own and was read, and a runtime directory there made every sandbox fail. Both
+    get an empty stand-in now, like a private dot-entry."""
+    from nskernel import Bind, Sandbox, SandboxSpec
+
+    home = var_tmp / "home"
+    runtime = home / "jupyter-runtime"
+    runtime.mkdir(parents=True)
+    (home / "jupyter_token").write_text("the-token\n")
+    (runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
+    (home / "notes.txt").write_text("shown\n")
+    for d in (home, runtime):
+        d.chmod(0o755)
+    for f in (home / "jupyter_token", runtime / "jpserver-4242.json", home / "notes.txt"):
+        f.chmod(0o644)
+    spec = SandboxSpec(
+        binds=(Bind(str(home), str(home), True, fixed_top_level=True),),
+        secret_files=(str(home / "jupyter_token"),),
+        jupyter_runtime_dirs=(str(runtime),),
+    )
+    r, w = os.pipe()
+    argv = [sys.executable, "-I", "-c", SHOW_HOME, str(home), str(home / "jupyter_token")]
+    try:
+        sb = Sandbox.spawn(spec, [*argv, str(runtime)], stdio=(0, w, 2))
+    finally:
+        os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    assert sb.wait(60) == 0, out
+    assert json.loads(out) == {
+        "listing": ["jupyter-runtime", "jupyter_token", "notes.txt"],
+        "token": "",
+        "runtime": [],
+    }
+
+
+def test_a_secret_named_through_a_directory_link_stays_hidden_when_it_is_repointed(var_tmp):
+    """Red team 27 F3: a token file named through a directory link (current -> v1) had
+    v1 hidden; the host then pointed the link at v2, which nothing hid. The directory
+    holding the link is hidden too now."""
+    secrets = var_tmp / "secrets"
+    for version in ("v1", "v2"):
+        (secrets / version).mkdir(parents=True, mode=0o755)
+        (secrets / version / "token").write_text(f"the-{version}-token\n")
+        (secrets / version / "token").chmod(0o644)
+    secrets.chmod(0o755)
+    (secrets / "current").symlink_to("v1")
+    token = secrets / "current" / "token"
+    look = f'while :; do printf "[%s]" "$(cat {token} 2>/dev/null)"; sleep 0.1; done'
+    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token)}
+    with _running("--", "sh", "-c", look, env=env) as proc:
+        out = proc.stdout.fileno()
+        os.set_blocking(out, False)
+        time.sleep(1)
+        (secrets / "next").symlink_to("v2")
+        os.replace(secrets / "next", secrets / "current")
+        time.sleep(1)
+        seen = os.read(out, 1 << 16).decode()
+    assert seen.startswith("[]") and "token" not in seen, seen
+
+
+@pytest.mark.root
+def test_a_secret_in_this_pythons_environment_never_hides_the_environment(nsk):
+    """Red team 27 F4: a token file directly in the virtualenv's directory hid the whole
+    environment, so its Python was gone inside. The file is hidden alone, with a warning."""
+    token = os.path.join(sys.prefix, f"nsk-test-token-{uuid.uuid4().hex[:8]}")
+    with open(token, "w") as f:
+        f.write("the-token\n")
+    try:
+        os.chmod(token, 0o644)
+        look = f"import sys; print(repr(open({token!r}).read()), sys.prefix)"
+        env = {**os.environ, "JUPYTER_TOKEN_FILE": token}
+        r = nsk("run", "--", sys.executable, "-I", "-c", look, env=env)
+    finally:
+        os.unlink(token)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"'' {sys.prefix}\n", r.stdout
+    assert "is not hidden whole inside" in r.stderr, r.stderr
 
 
 def test_a_bind_inside_the_notebooks_directory_stays_writable(tmp_path):

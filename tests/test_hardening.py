@@ -18,7 +18,8 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -776,6 +777,21 @@ def test_jupyters_secrets_under_tmp_are_hidden_where_a_bind_shows_them(nsk, tmp_
     }
 
 
+def _token_read_across(token: Path, change: Callable[[], None]) -> str:
+    """What a sandbox reads at ``token`` (the server's token file, named so in its
+    environment), ten times a second, for a second before and after the host makes
+    ``change``: "[...]" per read."""
+    look = f'while :; do printf "[%s]" "$(cat {token} 2>/dev/null)"; sleep 0.1; done'
+    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token)}
+    with _running("--", "sh", "-c", look, env=env) as proc:
+        out = proc.stdout.fileno()
+        os.set_blocking(out, False)
+        time.sleep(1)
+        change()
+        time.sleep(1)
+        return os.read(out, 1 << 16).decode()
+
+
 @pytest.mark.parametrize("how", ["rename over it", "kubernetes update"])
 def test_a_secret_file_replaced_on_the_host_stays_hidden(var_tmp, how):
     """Red team 26 F2: a secret file was hidden by an empty file on its own path, which
@@ -793,12 +809,8 @@ def test_a_secret_file_replaced_on_the_host_stays_hidden(var_tmp, how):
         (secrets / "token").write_text("the-token\n")
     token = secrets / "token"
     token.chmod(0o644)
-    look = f'while :; do printf "[%s]" "$(cat {token} 2>/dev/null)"; sleep 0.1; done'
-    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token)}
-    with _running("--", "sh", "-c", look, env=env) as proc:
-        out = proc.stdout.fileno()
-        os.set_blocking(out, False)
-        time.sleep(1)
+
+    def replace() -> None:
         if how == "kubernetes update":
             (secrets / "..2026_02").mkdir(mode=0o755)
             (secrets / "..2026_02" / "token").write_text("the-new-token\n")
@@ -809,8 +821,8 @@ def test_a_secret_file_replaced_on_the_host_stays_hidden(var_tmp, how):
             (secrets / "token.new").write_text("the-new-token\n")
             (secrets / "token.new").chmod(0o644)
             os.replace(secrets / "token.new", token)
-        time.sleep(1)
-        seen = os.read(out, 1 << 16).decode()
+
+    seen = _token_read_across(token, replace)
     assert seen.startswith("[]"), seen
     assert "token" not in seen, seen
 
@@ -875,16 +887,12 @@ def test_a_secret_named_through_a_directory_link_stays_hidden_when_it_is_repoint
     secrets.chmod(0o755)
     (secrets / "current").symlink_to("v1")
     token = secrets / "current" / "token"
-    look = f'while :; do printf "[%s]" "$(cat {token} 2>/dev/null)"; sleep 0.1; done'
-    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token)}
-    with _running("--", "sh", "-c", look, env=env) as proc:
-        out = proc.stdout.fileno()
-        os.set_blocking(out, False)
-        time.sleep(1)
+
+    def repoint() -> None:
         (secrets / "next").symlink_to("v2")
         os.replace(secrets / "next", secrets / "current")
-        time.sleep(1)
-        seen = os.read(out, 1 << 16).decode()
+
+    seen = _token_read_across(token, repoint)
     assert seen.startswith("[]") and "token" not in seen, seen
 
 

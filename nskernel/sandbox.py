@@ -207,13 +207,13 @@ class Sandbox:
             # runtime directories below).
             jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
             secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
+            in_dirs = [f for fs in secret_dirs.values() for f in fs]
             if "mnt" in namespaces:
-                _refuse_binds_showing_secrets(binds, secret_dirs)
+                _refuse_binds_showing_secrets(binds, secret_dirs, {*secret_files, *in_dirs})
             # A home shown entry by entry gives those an empty stand-in, not a bind (red
-            # team 27 F1, F3: a token file in the home was bound; a runtime directory there
-            # made every sandbox fail).
-            in_dirs = (f for fs in secret_dirs.values() for f in fs)
-            secret_entries = {*jupyter, *secret_files, *in_dirs}
+            # teams 27 F1, F3, 28 F1: a token file in the home, or its directory, was bound;
+            # a runtime directory there made every sandbox fail).
+            secret_entries = {*jupyter, *secret_files, *in_dirs, *secret_dirs}
             binds, fixed, fixed_hide = _fixed_top_levels(binds, secret_entries)
             owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
             if "mnt" in namespaces:
@@ -961,19 +961,20 @@ def _state_under_binds(binds: tuple[Bind, ...], state: tuple[str, ...]) -> tuple
 
 
 def _refuse_binds_showing_secrets(
-    binds: tuple[Bind, ...], secret_dirs: dict[str, list[str]]
+    binds: tuple[Bind, ...], secret_dirs: dict[str, list[str]], secret_files: set[str]
 ) -> None:
     """A bind of a directory that directly holds a Jupyter server's secret file would show
     it: hidden alone on top, it comes back when the host replaces it (a rename over it,
-    a Kubernetes update: red team 27 F2). Refused, as a bind of a runtime directory is;
-    a home shown entry by entry gives the file an empty stand-in instead."""
+    a Kubernetes update: red team 27 F2). Refused, as a bind of a runtime directory is,
+    and so is a bind of the file itself (red team 28 F6); a home shown entry by entry
+    gives such entries an empty stand-in instead."""
     for b in binds:
         src = b.source.rstrip("/")
-        if b.fixed_top_level or src not in secret_dirs:
+        if b.fixed_top_level or (src not in secret_dirs and src not in secret_files):
             continue
+        held = ", ".join(secret_dirs[src]) if src in secret_dirs else src
         raise SandboxError(
-            f"{src} holds a Jupyter server's secret ({', '.join(secret_dirs[src])}): it is "
-            "never bound into a sandbox",
+            f"{src} holds a Jupyter server's secret ({held}): it is never bound into a sandbox",
             step="check the binds",
             hint="Keep the server's token and cookie secret files in a directory of their "
             "own, not beside notebooks, or bind a directory that does not hold them.",

@@ -79,6 +79,29 @@ def _holds_system(path: str) -> bool:
     return any(p.startswith(prefix) for p in {sys.prefix, sys.base_prefix})
 
 
+def _dirs_holding_links(path: str) -> list[str]:
+    """The real directories holding each symbolic link met while ``path`` is resolved,
+    links inside links' targets included (at most 40, the kernel's own limit)."""
+    out: list[str] = []
+    for _ in range(40):
+        parts = os.path.normpath(path).split("/")[1:]
+        cur = "/"
+        for i, name in enumerate(parts):
+            nxt = os.path.join(cur, name)
+            if os.path.islink(nxt):
+                out.append(cur)  # no link before it: a real path
+                try:
+                    target = os.readlink(nxt)
+                except OSError:
+                    return out
+                path = os.path.normpath(os.path.join(cur, target, *parts[i + 1 :]))
+                break
+            cur = nxt
+        else:
+            return out
+    return out
+
+
 def _python_place(path: str) -> bool:
     """Whether hiding ``path`` would hide some of this Python: it is its environment, lies
     in it, or holds it (red team 27 F4: a token file in the venv's own directory hid
@@ -568,9 +591,17 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
     ]
     found: list[str] = []
     warnings: list[str] = []
+    named = {candidates[0], candidates[1]}  # what the environment names explicitly
     for path in candidates:
-        if not path or not os.path.isabs(path):
+        if not path:
             continue
+        path = os.path.abspath(path)  # relative: as Jupyter, from the working directory
+        if path in named and not os.path.lexists(path):
+            # Made now (0700, as Jupyter makes it), so that the cover is on the directory
+            # a server started later writes its token into (red team 28 F3), as with
+            # nskernel's own runtime directory.
+            with contextlib.suppress(OSError):
+                os.makedirs(path, mode=0o700)
         real = os.path.realpath(path)
         if not os.path.isdir(real) or real in found:
             continue
@@ -607,25 +638,29 @@ def jupyter_secret_files(
     files: list[str] = []
     warnings: list[str] = []
     for path in (os.environ.get("JUPYTER_TOKEN_FILE"), *also):
-        if not path or not os.path.isabs(path):
+        if not path:
             continue
+        # Relative: as jupyter_server reads it, from the working directory (red team 28
+        # F5; the provisioner passes the server's made absolute).
+        path = os.path.abspath(path)
         real = os.path.realpath(path)
         try:
             if stat.S_ISDIR(os.stat(real).st_mode):
                 continue
+        except FileNotFoundError:
+            pass  # not written yet (a server started later): its directory is hidden
         except OSError:
             continue
-        # Also every directory holding a link on the way, which the host may point
-        # elsewhere later (current -> v1, then v2: red team 27 F3).
+        # Also every directory holding a link on the way to it, through the links' own
+        # targets, which the host may point elsewhere later (current -> v1, then v2: red
+        # teams 27 F4, 28 F2).
         named = [os.path.realpath(os.path.dirname(path)), os.path.dirname(real)]
-        prefix = os.path.dirname(os.path.normpath(path))
-        while prefix not in ("/", ""):
-            if os.path.islink(prefix):
-                named.append(os.path.realpath(os.path.dirname(prefix)))
-            prefix = os.path.dirname(prefix)
+        named += _dirs_holding_links(path)
         for d in dict.fromkeys(named):
+            if not os.path.isdir(d):
+                continue
             if d in _SYSTEM_DIRS or d in PRIVATE_DIRS or _python_place(d):
-                if real not in files:
+                if real not in files and os.path.lexists(real):
                     files.append(real)
                     warnings.append(
                         f"{real} holds a Jupyter server's secret and lies in {d}, which is "

@@ -777,11 +777,11 @@ def test_jupyters_secrets_under_tmp_are_hidden_where_a_bind_shows_them(nsk, tmp_
     }
 
 
-def _token_read_across(token: Path, change: Callable[[], None]) -> str:
-    """What a sandbox reads at ``token`` (the server's token file, named so in its
-    environment), ten times a second, for a second before and after the host makes
-    ``change``: "[...]" per read."""
-    look = f'while :; do printf "[%s]" "$(cat {token} 2>/dev/null)"; sleep 0.1; done'
+def _token_read_across(token: Path, change: Callable[[], None], read: Path | None = None) -> str:
+    """What a sandbox reads at ``read`` (default: ``token``, the server's token file, named
+    so in its environment), ten times a second, for a second before and after the host
+    makes ``change``: "[...]" per read."""
+    look = f'while :; do printf "[%s]" "$(cat {read or token} 2>/dev/null)"; sleep 0.1; done'
     env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token)}
     with _running("--", "sh", "-c", look, env=env) as proc:
         out = proc.stdout.fileno()
@@ -832,6 +832,7 @@ import json, os, sys
 home, token, runtime = sys.argv[1:4]
 seen = {"listing": sorted(os.listdir(home)), "token": open(token).read()}
 seen["runtime"] = sorted(os.listdir(runtime))
+seen["conf"] = sorted(os.listdir(os.path.join(home, "conf")))
 print(json.dumps(seen))
 """
 
@@ -847,16 +848,18 @@ def test_secrets_in_a_home_shown_as_the_notebooks_directory_get_empty_stand_ins(
     home = var_tmp / "home"
     runtime = home / "jupyter-runtime"
     runtime.mkdir(parents=True)
+    (home / "conf").mkdir()  # a secret's directory in the home (red team 28 F1)
+    (home / "conf" / "cookie").write_text("the-cookie\n")
     (home / "jupyter_token").write_text("the-token\n")
     (runtime / "jpserver-4242.json").write_text('{"token": "the-servers-token"}\n')
     (home / "notes.txt").write_text("shown\n")
-    for d in (home, runtime):
+    for d in (home, runtime, home / "conf"):
         d.chmod(0o755)
     for f in (home / "jupyter_token", runtime / "jpserver-4242.json", home / "notes.txt"):
         f.chmod(0o644)
     spec = SandboxSpec(
         binds=(Bind(str(home), str(home), True, fixed_top_level=True),),
-        secret_files=(str(home / "jupyter_token"),),
+        secret_files=(str(home / "jupyter_token"), str(home / "conf" / "cookie")),
         jupyter_runtime_dirs=(str(runtime),),
     )
     r, w = os.pipe()
@@ -869,9 +872,10 @@ def test_secrets_in_a_home_shown_as_the_notebooks_directory_get_empty_stand_ins(
         out = f.read()
     assert sb.wait(60) == 0, out
     assert json.loads(out) == {
-        "listing": ["jupyter-runtime", "jupyter_token", "notes.txt"],
+        "listing": ["conf", "jupyter-runtime", "jupyter_token", "notes.txt"],
         "token": "",
         "runtime": [],
+        "conf": [],
     }
 
 
@@ -894,6 +898,74 @@ def test_a_secret_named_through_a_directory_link_stays_hidden_when_it_is_repoint
 
     seen = _token_read_across(token, repoint)
     assert seen.startswith("[]") and "token" not in seen, seen
+
+
+def test_a_secret_reached_through_a_link_whose_target_is_repointed_stays_hidden(var_tmp):
+    """Red team 28 F2: the token file a link into another tree whose directory link the
+    host re-points (token -> ../app/current/token, current: v1, then v2): the directory
+    holding that inner link was not hidden."""
+    app, named = var_tmp / "app", var_tmp / "jupyter"
+    for version in ("v1", "v2"):
+        (app / version).mkdir(parents=True, mode=0o755)
+        (app / version / "token").write_text(f"the-{version}-token\n")
+        (app / version / "token").chmod(0o644)
+    app.chmod(0o755)
+    named.mkdir(mode=0o755)
+    (app / "current").symlink_to("v1")
+    (named / "token").symlink_to("../app/current/token")
+
+    def repoint() -> None:
+        (app / "next").symlink_to("v2")
+        os.replace(app / "next", app / "current")
+
+    # Read where the inner link leads, not through the named one (hidden with its
+    # directory).
+    seen = _token_read_across(named / "token", repoint, read=app / "current" / "token")
+    assert seen.startswith("[]") and "token" not in seen, seen
+
+
+def test_secrets_written_after_the_sandbox_started_are_hidden(var_tmp):
+    """Red team 28 F3: a runtime directory or a token file that did not exist yet when
+    the sandbox started (a server started after it) was left out, and the token the
+    server then wrote was read. The runtime directory is made first (as Jupyter makes
+    it), the token file's directory hidden whole."""
+    runtime, tokens = var_tmp / "later-runtime", var_tmp / "tokens"
+    tokens.mkdir(mode=0o755)
+    token = tokens / "token"
+    look = (
+        f'while :; do printf "[%s|%s]" "$(cat {token} 2>/dev/null)" '
+        f'"$(cat {runtime}/jpserver-1.json 2>/dev/null)"; sleep 0.1; done'
+    )
+    env = {**os.environ, "JUPYTER_TOKEN_FILE": str(token), "JUPYTER_RUNTIME_DIR": str(runtime)}
+    with _running("--", "sh", "-c", look, env=env) as proc:
+        out = proc.stdout.fileno()
+        os.set_blocking(out, False)
+        time.sleep(1)
+        assert runtime.is_dir()  # made before the sandbox, 0700
+        token.write_text("the-token\n")
+        (runtime / "jpserver-1.json").write_text("the-servers-token\n")
+        for f in (token, runtime / "jpserver-1.json"):
+            f.chmod(0o644)
+        runtime.chmod(0o755)
+        time.sleep(1)
+        seen = os.read(out, 1 << 16).decode()
+    assert seen.startswith("[|]") and "token" not in seen, seen
+
+
+def test_a_relative_token_file_and_a_bind_of_the_file_itself(nsk, var_tmp):
+    """Red team 28 F5: JUPYTER_TOKEN_FILE relative to the working directory (jupyter_server
+    reads it so) was left out; F6: a bind of the token file itself showed it. Now the
+    first is hidden and the second refused."""
+    (var_tmp / "secrets").mkdir(mode=0o755)
+    token = var_tmp / "secrets" / "token"
+    token.write_text("the-token\n")
+    token.chmod(0o644)
+    env = {**os.environ, "JUPYTER_TOKEN_FILE": "secrets/token"}
+    r = nsk("run", "--", "sh", "-c", f"cat {token}; echo end", env=env, cwd=str(var_tmp))
+    assert r.returncode == 0 and r.stdout == "end\n", (r.stdout, r.stderr)
+    env["JUPYTER_TOKEN_FILE"] = str(token)
+    r = nsk("run", "--ro-bind", f"{token}:/tmp/t", "--", "cat", "/tmp/t", env=env)
+    assert r.returncode == 125 and "the-token" not in r.stdout, (r.stdout, r.stderr)
 
 
 @pytest.mark.root

@@ -118,8 +118,8 @@ class SandboxClient:
             # told (red teams 24 F1, 25 F2), to hide them in every sandbox.
             command += [f"--jupyter-runtime-dir={d}" for d in _jupyter_runtime_dirs()]
             token_file = os.environ.get("JUPYTER_TOKEN_FILE")
-            if token_file and os.path.isabs(token_file):
-                command.append(f"--secret-file={token_file}")
+            if token_file:  # relative: from here, as best this kernel can tell
+                command.append(f"--secret-file={os.path.abspath(token_file)}")
             self.proc = subprocess.Popen(
                 command,
                 pass_fds=(child.fileno(),),

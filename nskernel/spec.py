@@ -591,7 +591,8 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
     ]
     found: list[str] = []
     warnings: list[str] = []
-    named = {candidates[0], candidates[1]}  # what the environment names explicitly
+    # What the environment names explicitly (relative: from the working directory).
+    named = {os.path.abspath(c) for c in candidates[:2] if c}
     for path in candidates:
         if not path:
             continue

@@ -201,22 +201,21 @@ class Sandbox:
             plan_maps = _plan_maps(spec, namespaces, applied, warnings)
             env = spec.env if spec.env is not None else sandbox_environment(os.environ)
             mounts = None
-            binds = spec.resolved_binds()
-            # Where kernels' keys and servers' tokens are: Jupyter's runtime directories
-            # and its server's secret files with their directories (nskernel's own
-            # runtime directories below).
-            jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
-            secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
-            in_dirs = [f for fs in secret_dirs.values() for f in fs]
-            if "mnt" in namespaces:
-                _refuse_binds_showing_secrets(binds, secret_dirs, {*secret_files, *in_dirs})
-            # A home shown entry by entry gives those an empty stand-in, not a bind (red
-            # teams 27 F1, F3, 28 F1: a token file in the home, or its directory, was bound;
-            # a runtime directory there made every sandbox fail).
-            secret_entries = {*jupyter, *secret_files, *in_dirs, *secret_dirs}
-            binds, fixed, fixed_hide = _fixed_top_levels(binds, secret_entries)
             owned: dict[int, int] = {}  # bind index -> idmapped clone of its source
-            if "mnt" in namespaces:
+            if "mnt" in namespaces:  # hiding and binds only mean something with mounts
+                binds = spec.resolved_binds()
+                # Where kernels' keys and servers' tokens are: Jupyter's runtime
+                # directories and its server's secret files with their directories
+                # (nskernel's own runtime directories below).
+                jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
+                secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
+                in_dirs = [f for fs in secret_dirs.values() for f in fs]
+                _refuse_binds_showing_secrets(binds, secret_dirs, {*secret_files, *in_dirs})
+                # A home shown entry by entry gives those an empty stand-in, not a bind
+                # (red teams 27 F1, F3, 28 F1: a token file in the home, or its directory,
+                # was bound; a runtime directory there made every sandbox fail).
+                secret_entries = {*jupyter, *secret_files, *in_dirs, *secret_dirs}
+                binds, fixed, fixed_hide = _fixed_top_levels(binds, secret_entries)
                 owned = _owned_clones(binds, plan_maps, warnings)
                 home = None if spec.share_home else _private_home(env.get("HOME"))
                 warnings += unhidden + alone

@@ -46,7 +46,7 @@ from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, Sp
 from nskernel._linux import exefile, procfs, syscalls, userns
 from nskernel.spec import ALL_NAMESPACES, make_limits, python_environment_binds
 
-from .._record import replace
+from .._record import record, replace
 from . import messages, protocol
 
 NETWORK_OPTIONS = ("network", "ip", "publish")
@@ -224,14 +224,19 @@ def _spec_key(spec: dict[str, Any]) -> str:
 
 # The server's sys.path does not change after start: computed once, not per cell.
 _PYTHON_BINDS = python_environment_binds()
-# Where the kernel's Jupyter keeps tokens and keys (--jupyter-runtime-dir): this server's
-# environment is an allow-list that cannot say. Hidden in every sandbox (see
-# spec.jupyter_runtime_dirs).
-_JUPYTER_RUNTIME_DIRS: tuple[str, ...] = ()
-_SECRET_FILES: tuple[str, ...] = ()  # the same for its token file (--secret-file)
 
 
-def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
+@record(frozen=True)
+class JupyterSecrets:
+    """Where the kernel's Jupyter keeps tokens and keys (``--jupyter-runtime-dir``,
+    ``--secret-file``): this server's environment is an allow-list that cannot say.
+    Hidden in every sandbox (see ``spec.jupyter_runtime_dirs``)."""
+
+    runtime_dirs: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()
+
+
+def _build_spec(spec: dict[str, Any], secrets: JupyterSecrets) -> SandboxSpec:
     # The kernel resolved and checked the sources (magic._writable_bind_over_code): they
     # are taken as they are, never resolved again (see Bind.resolved).
     binds = tuple(
@@ -257,8 +262,8 @@ def _build_spec(spec: dict[str, Any]) -> SandboxSpec:
         seccomp=str(spec.get("seccomp") or "default"),
         cap_add=tuple(spec.get("cap_add") or ()),
         cap_drop=tuple(spec.get("cap_drop") or ()),
-        jupyter_runtime_dirs=_JUPYTER_RUNTIME_DIRS,
-        secret_files=_SECRET_FILES,
+        jupyter_runtime_dirs=secrets.runtime_dirs,
+        secret_files=secrets.files,
     )
     if "mnt" in built.effective_namespaces():
         # Cells import modules on demand: keep this environment visible even if it
@@ -404,8 +409,16 @@ class _Wait:
 
 
 class Server:
-    def __init__(self, fd: int, userns_mode: str, user_nofile_soft: int | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        userns_mode: str,
+        user_nofile_soft: int | None = None,
+        *,
+        secrets: JupyterSecrets,
+    ) -> None:
         self.fd = fd
+        self.secrets = secrets
         self.user_nofile_soft = user_nofile_soft  # what the cells get back
         self.reader = protocol.FrameReader(fd)
         self.userns_mode = userns_mode
@@ -477,7 +490,7 @@ class Server:
     def _spawn(self, spec: dict[str, Any], *, warm: bool = False) -> Box:
         from . import cellrunner
 
-        sandbox_spec = _build_spec(spec)
+        sandbox_spec = _build_spec(spec, self.secrets)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fd = child.fileno()
         try:
@@ -1252,9 +1265,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resumed-userns", choices=("own", "host", "inherited"), help=argparse.SUPPRESS)
     p.add_argument("--resumed-nofile-soft", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    global _JUPYTER_RUNTIME_DIRS, _SECRET_FILES
-    _JUPYTER_RUNTIME_DIRS = tuple(args.jupyter_runtime_dir)
-    _SECRET_FILES = tuple(args.secret_file)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # interrupts are the kernel's decision
     resumed = args.resumed_userns is not None
     user_nofile_soft = args.resumed_nofile_soft if resumed else raise_open_files_limit()
@@ -1293,7 +1303,8 @@ def main(argv: list[str] | None = None) -> int:
             "gid_map": procfs.id_map("self", "gid_map"),
         },
     )
-    server = Server(args.fd, mode, user_nofile_soft)
+    secrets = JupyterSecrets(tuple(args.jupyter_runtime_dir), tuple(args.secret_file))
+    server = Server(args.fd, mode, user_nofile_soft, secrets=secrets)
     try:
         server.run()
     except BrokenPipeError:

@@ -8,6 +8,7 @@ differ (who sandbox root is on the host) the assertion says which.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import tempfile
@@ -121,6 +122,36 @@ def test_every_sandbox_draws_its_own_random_numbers(kc):
         assert res.status == "ok", res.error_text
         draws.append(res.stdout.strip())
     assert len(set(draws)) == 3, draws
+
+
+def test_cells_sent_at_once_each_get_a_fresh_sandbox(kc):
+    """As "Run All" sends them: every request at once. The server then makes each next
+    sandbox as soon as a cell is done (no quiet spell to wait for); each cell must still
+    get a sandbox no cell has used: nothing left by the one before, its own hostname."""
+    code = (
+        "%%sandbox\nimport json, os, socket\n"
+        "seen = os.path.exists('/tmp/left-by-a-cell')\n"
+        "open('/tmp/left-by-a-cell', 'w').close()\n"
+        "print(json.dumps({'host': socket.gethostname(), 'seen': seen}))"
+    )
+    ids = [kc.execute(code, allow_stdin=False) for _ in range(6)]
+    out: dict[str, str] = {i: "" for i in ids}
+    idle: set[str] = set()
+    deadline = time.monotonic() + 60
+    while idle != set(ids):
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        parent = msg["parent_header"].get("msg_id")
+        if parent not in out:
+            continue
+        if msg["msg_type"] == "stream":
+            out[parent] += msg["content"]["text"]
+        elif msg["msg_type"] == "error":
+            out[parent] += "\n".join(msg["content"]["traceback"])
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            idle.add(parent)
+    seen = [json.loads(out[i].strip().splitlines()[-1]) for i in ids]
+    assert [s["seen"] for s in seen] == [False] * 6, out
+    assert len({s["host"] for s in seen}) == 6, seen
 
 
 def test_output_streams_live(kc):

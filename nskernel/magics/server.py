@@ -22,8 +22,10 @@ Choices:
   cell) before anything is forked; ``gc.freeze()`` keeps the collector from touching
   (and so copying) the inherited heap in every child. See :mod:`.cellrunner`.
 - **A warm sandbox ahead of time.** After each unnamed cell the server creates the next
-  sandbox for the same options while the user reads the output, so the next cell only
-  pays for sending the cell over (see ``benchmarks/cases_magic.py`` for the figures).
+  sandbox for the same options while the user reads the output (after a quiet spell of
+  ``WARM_AFTER_IDLE``; at once when cells come back to back, as "Run All" sends them),
+  so the next cell only pays for sending the cell over (see ``benchmarks/cases_magic.py``
+  for the figures).
   ``NSKERNEL_MAGIC_PREWARM=0`` turns this off (every cell then creates its sandbox).
 """
 
@@ -59,6 +61,12 @@ FACTS_TIMEOUT = 2.0
 # plain kernel's completer makes it wait; a sandbox busy with a cell is not asked.
 ASK_TIMEOUT = 5.0  # longer would stall the kernel on a sandbox that never answers
 WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
+# A cell asked for within this long after the previous one was done came from "Run All",
+# nbval or papermill, not from a person: after such a cell the next sandbox is made at
+# once instead of after WARM_AFTER_IDLE, since the next request is already on its way
+# (a person's next cell comes hundreds of ms later, and keeps the quiet spell, so the
+# kernel's reply does not share the CPU with a creation).
+BACK_TO_BACK = 0.05
 # After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
 # the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in
 # the kernel, e.g. uninterruptible I/O).
@@ -431,6 +439,8 @@ class Server:
         self.running: dict[int, Box] = {}  # by request id
         self.warm: dict[str, Box] = {}  # spec key -> a sandbox created ahead of time
         self.want_warm: set[str] = set()
+        self.last_done: float | None = None  # when the last cell's "done" was sent
+        self.back_to_back = False  # the last cell came within BACK_TO_BACK of that
         self.dying: list[Sandbox] = []
         self.waits: list[_Wait] = []
         # poll(2), kept up to date as boxes come and go: select(2) cannot watch
@@ -712,6 +722,8 @@ class Server:
         if req.get("comm") is not None:
             self.op_comm(req)
             return
+        now = time.monotonic()
+        self.back_to_back = self.last_done is not None and now - self.last_done < BACK_TO_BACK
         spec = req["spec"]
         net = _network_options(req)
         idle = self.named.get(name) if name else None
@@ -1040,6 +1052,7 @@ class Server:
             box.input_pending = False
             self._watch(box)  # not read again until asked something
             self.running.pop(rid, None)
+            self.last_done = time.monotonic()
             keep = box.keep_as if box.name is None and box.comms_opened else None
             if keep and keep not in self.named and keep not in self.lost:
                 # An unnamed cell that opened widgets: its sandbox stays, under the name
@@ -1182,7 +1195,8 @@ class Server:
             # creating one takes the CPU for tens of ms, which must not delay a cell.
             idle = self.want_warm and not self.running
             if idle:
-                timeout = WARM_AFTER_IDLE if timeout is None else min(timeout, WARM_AFTER_IDLE)
+                quiet = 0.0 if self.back_to_back else WARM_AFTER_IDLE
+                timeout = quiet if timeout is None else min(timeout, quiet)
             ready = dict(self.poller.poll(syscalls.poll_ms(timeout)))
             if not ready and idle:
                 self.fill_warm()

@@ -126,6 +126,77 @@ def test_different_networks_cannot_reach_each_other(lab):
     assert out.startswith("error"), out
 
 
+ROUTE = r"""
+from pyroute2 import IPRoute
+with IPRoute() as _ipr:
+    _eth0 = _ipr.link_lookup(ifname="eth0")[0]
+    _ipr.route("replace", dst={dst!r}, dst_len={dst_len}, oif=_eth0, **{via})
+"""
+
+# From a member's own raw socket: one UDP datagram with a made-up source address, to a
+# closed port (the hub answers such a datagram with ICMP port unreachable, to the source).
+SPOOF = r"""
+import socket, struct
+def spoof(src, dst, port):
+    udp = struct.pack("!HHHH", 40000, port, 8 + 4, 0) + b"nsk!"
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP,
+                     0, socket.inet_aton(src), socket.inet_aton(dst))
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW) as s:
+        s.sendto(ip + udp, (dst, 0))
+"""
+
+LISTEN_ICMP = r"""
+import socket, time
+_icmp = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+def icmp_from(addr, seconds):
+    _icmp.settimeout(0.1)
+    seen, end = [], time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            pkt, peer = _icmp.recvfrom(2048)
+        except TimeoutError:
+            continue
+        if peer[0] == addr:
+            seen.append(pkt[20])  # the ICMP type
+    return seen
+"""
+
+
+def test_a_member_routing_to_another_network_reaches_nothing_of_it(lab):
+    """Red team 29: a member may change its own routes (it is root of its network
+    namespace). Routing another network's subnet through its own link, on-link or through
+    its own gateway, it must reach neither that network's gateway address in the hub
+    (before the fix the hub's stack answered there: a refused connection, which told it
+    the network existed) nor its members."""
+    lab.call("spawn", name="red1", networks=["red"])
+    b = lab.call("spawn", name="blue1", networks=["blue"])
+    lab.run("blue1", SERVE.format(port=7000, reply=b"blue1"))
+    lab.run("red1", CONNECT)
+    nets = {n["name"]: n for n in lab.call("ls")}
+    blue_net, blue_len = nets["blue"]["subnet"].split("/")
+    for via in ({}, {"gateway": nets["red"]["gateway"]}):
+        lab.run("red1", ROUTE.format(dst=blue_net, dst_len=int(blue_len), via=via))
+        for host in (nets["blue"]["gateway"], b["addresses"][0]):
+            out = lab.run("red1", f"print(ask({host!r}, 7000, timeout=1.0))").strip()
+            assert out.startswith("error") and "Refused" not in out, (via, host, out)
+
+
+def test_a_member_cannot_make_the_hub_answer_onto_another_network(lab):
+    """A datagram sent to its own gateway from another network's member address: the
+    hub must drop it (strict reverse-path check), not answer it onto that network."""
+    a = lab.call("spawn", name="red1", networks=["red"])
+    b = lab.call("spawn", name="blue1", networks=["blue"])
+    nets = {n["name"]: n for n in lab.call("ls")}
+    red_gw = nets["red"]["gateway"]
+    lab.run("blue1", LISTEN_ICMP)
+    lab.run("red1", SPOOF)
+    # The check itself: from its own address the hub does answer (port unreachable).
+    lab.run("red1", LISTEN_ICMP + f"spoof({a['addresses'][0]!r}, {red_gw!r}, 9)")
+    assert lab.run("red1", f"print(icmp_from({red_gw!r}, 1.0))").strip() == "[3]"
+    lab.run("red1", f"spoof({b['addresses'][0]!r}, {red_gw!r}, 9)")
+    assert lab.run("blue1", f"print(icmp_from({red_gw!r}, 1.0))").strip() == "[]"
+
+
 def test_sandbox_cannot_reach_host_addresses(lab):
     lab.call("spawn", name="jail", networks=["lab"])
     lab.run("jail", CONNECT)

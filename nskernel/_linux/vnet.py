@@ -28,6 +28,7 @@ The constraints that shape this module:
 from __future__ import annotations
 
 import array
+import contextlib
 import ctypes
 import errno
 import json
@@ -129,6 +130,40 @@ def _rtnl_socket() -> socket.socket:
     return s
 
 
+# Set in the hub before any bridge exists ("default" is what new interfaces get).
+HUB_SYSCTLS = (
+    # Forwarding is off in a new namespace by default; say so explicitly, because a hub
+    # that forwarded would join networks that must stay apart.
+    ("/proc/sys/net/ipv4/ip_forward", "0"),
+    # Strict reverse-path check: what comes in on a bridge must come from that bridge's
+    # side. Otherwise a member of one network, sending from another network's member
+    # address to its own gateway, makes the hub answer (ICMP, RST) onto that other
+    # network.
+    ("/proc/sys/net/ipv4/conf/all/rp_filter", "1"),
+    ("/proc/sys/net/ipv4/conf/default/rp_filter", "1"),
+    # No IPv6 in the hub: its bridges would get link-local addresses, a second way in
+    # that the IPv4 rules below do not cover, and nothing of nskernel uses it. Members
+    # still exchange IPv6 with each other: a bridge forwards frames whatever its own
+    # addresses.
+    ("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1"),
+    ("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1"),
+)
+
+# Policy routing in the hub (red team 29): Linux accepts a packet for any of a host's
+# addresses on any of its interfaces, so a member of one network that routed the pool
+# through its own link reached every other network's gateway address (the hub's stack
+# answered, telling it which networks exist), and anything that ever listened there.
+# So what comes in on a bridge is looked up first in a table of that bridge's own,
+# which holds only its gateway address; anything else that came in on it is dropped
+# (blackhole). The shared local table, normally consulted first of all, comes after
+# (for what the hub sends itself, and what comes in on the veths, which carry no
+# address).
+BRIDGE_RULE_PRIORITY = 100  # +1: the blackhole behind it
+LOCAL_RULE_PRIORITY = 1000  # where the "lookup local" rule moves from priority 0
+RT_TABLE_LOCAL = 255
+BRIDGE_TABLE_BASE = 100000  # + the bridge's ifindex: never a reserved table (253-255)
+
+
 def new_hub() -> tuple[int, socket.socket, socket.socket]:
     """A new, empty network namespace: an fd that keeps it alive, two netlink sockets in it
     (one for pyroute2's ``IPRoute``, one for our raw requests).
@@ -139,10 +174,13 @@ def new_hub() -> tuple[int, socket.socket, socket.socket]:
 
     def work(sock: socket.socket) -> None:
         sc.unshare(sc.CLONE_NEWNET)
-        # Forwarding is off in a new namespace by default; say so explicitly, because
-        # a hub that forwarded would join networks that must stay apart.
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
-            f.write("0")
+        for path, value in HUB_SYSCTLS:
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except FileNotFoundError:
+                if "/ipv6/" not in path:  # a kernel without IPv6 has nothing to turn off
+                    raise
         ns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         _send_fds(sock, [ns, _rtnl_socket().detach(), _rtnl_socket().detach()])
 
@@ -505,6 +543,14 @@ class Hub:
         self.ns_fd, sock, raw = new_hub()
         self.ipr = IPRoute(use_socket=sock)
         self.raw = Rtnl(raw)
+        try:  # the bridges' own tables go before the shared local one (see above)
+            self.ipr.rule("add", table=RT_TABLE_LOCAL, priority=LOCAL_RULE_PRIORITY)
+            self.ipr.rule("del", table=RT_TABLE_LOCAL, priority=0)
+        except Exception as e:
+            self.ipr.close()
+            self.raw.close()
+            os.close(self.ns_fd)
+            raise _as_vnet_error("move the hub's local routing rule", e) from e
         self.hopper = Hopper()
         self._bridges: dict[str, int] = {}
 
@@ -526,22 +572,54 @@ class Hub:
             self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
             index = self._index(name)
             assert index is not None
+            self._bridges[name] = index
+            # Its own table and rules first, so no packet comes in on it before they hold.
+            table = BRIDGE_TABLE_BASE + index
+            self.ipr.rule("add", table=table, priority=BRIDGE_RULE_PRIORITY, iifname=name)
+            self.ipr.rule(
+                "add", priority=BRIDGE_RULE_PRIORITY + 1, iifname=name, action="FR_ACT_BLACKHOLE"
+            )
             self.ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            self.ipr.route(
+                "add",
+                table=table,
+                type="local",
+                dst=address,
+                dst_len=32,
+                oif=index,
+                prefsrc=address,
+                scope=254,  # host
+            )
             self.ipr.link("set", index=index, state="up")
         except Exception as e:
+            with contextlib.suppress(Exception):  # what was made of it, gone
+                self.delete_link(name)
             raise _as_vnet_error(f"create bridge {name} ({address}/{prefixlen})", e) from e
-        self._bridges[name] = index
         return index
 
     def delete_link(self, name: str) -> None:
-        self._bridges.pop(name, None)
+        bridge = self._bridges.pop(name, None)
         index = self._index(name)
-        if index is None:
-            return
-        try:
-            self.ipr.link("del", index=index)
-        except Exception as e:
-            raise _as_vnet_error(f"delete link {name}", e) from e
+        if index is not None:
+            try:
+                self.ipr.link("del", index=index)
+            except Exception as e:
+                raise _as_vnet_error(f"delete link {name}", e) from e
+        if bridge is not None:
+            # Rules name the interface, and outlive it: a later bridge of the same name
+            # gets rules of its own. (Its table's route went with the link.)
+            self._delete_rules(name, BRIDGE_TABLE_BASE + bridge)
+
+    def _delete_rules(self, name: str, table: int) -> None:
+        for kwargs in (
+            {"table": table, "priority": BRIDGE_RULE_PRIORITY},
+            {"priority": BRIDGE_RULE_PRIORITY + 1, "action": "FR_ACT_BLACKHOLE"},
+        ):
+            try:
+                self.ipr.rule("del", iifname=name, **kwargs)
+            except Exception as e:
+                if getattr(e, "code", None) != errno.ENOENT:
+                    raise _as_vnet_error(f"delete the routing rules of {name}", e) from e
 
     def links(self) -> list[str]:
         return sorted(link.get("IFLA_IFNAME") for link in self.ipr.get_links())

@@ -525,7 +525,8 @@ class Hub:
     """The hub network namespace: one bridge per network, one veth end per attachment.
 
     It has no link to the host and no route beyond its own subnets, and forwarding is
-    off, so networks lead nowhere and cannot reach each other.
+    off, so networks lead nowhere and cannot reach each other; what comes in on a bridge
+    is delivered only to that bridge's own address (``BRIDGE_RULE_PRIORITY``).
 
     The bridges learn nothing. A learning bridge makes a forwarding-database entry for
     every source MAC a port sends from, without bound by default, for 300 s after the

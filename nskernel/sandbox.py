@@ -207,7 +207,9 @@ class Sandbox:
                 # Where kernels' keys and servers' tokens are: Jupyter's runtime
                 # directories and its server's secret files with their directories
                 # (nskernel's own runtime directories below).
-                jupyter, unhidden = jupyter_runtime_dirs(spec.jupyter_runtime_dirs)
+                jupyter, unhidden = jupyter_runtime_dirs(
+                    spec.jupyter_runtime_dirs, [os.path.realpath(b.source) for b in binds]
+                )
                 secret_dirs, secret_files, alone = jupyter_secret_files(spec.secret_files)
                 in_dirs = [f for fs in secret_dirs.values() for f in fs]
                 _refuse_binds_showing_secrets(binds, secret_dirs, {*secret_files, *in_dirs})

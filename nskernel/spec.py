@@ -567,7 +567,9 @@ def private_runtime_dirs() -> tuple[str, ...]:
     return (real,)
 
 
-def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], list[str]]:
+def jupyter_runtime_dirs(
+    also: Sequence[str] = (), bind_sources: Sequence[str] = ()
+) -> tuple[tuple[str, ...], list[str]]:
     """Jupyter's runtime directories, by real path, and warnings for those left visible.
 
     They hold a server's token and URL (``jpserver-PID.json``), the secret that signs its
@@ -579,7 +581,9 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
     ``jupyter_core.paths.jupyter_runtime_dir()`` may choose from this environment, and
     ``also`` (the sandboxed kernel's launcher passes the server's, whose environment it
     does not have). A system directory, or one holding this Python, is never hidden:
-    a warning says so instead.
+    a warning says so instead. /tmp and /dev/shm themselves (jupyter_client writes a
+    connection file to /tmp when it was given none, as nbclient and papermill do) are
+    private inside: a warning only when one of ``bind_sources`` (real paths) shows them.
     """
     env = os.environ
     data_home = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME") or "/", ".local/share")
@@ -606,9 +610,20 @@ def jupyter_runtime_dirs(also: Sequence[str] = ()) -> tuple[tuple[str, ...], lis
         real = os.path.realpath(path)
         if not os.path.isdir(real) or real in found:
             continue
+        if real in PRIVATE_DIRS:
+            shown_by = [
+                b for b in bind_sources if b == "/" or real == b or real.startswith(b + "/")
+            ]
+            if shown_by:
+                warnings.append(
+                    f"{real} is Jupyter's runtime directory (servers' tokens, kernels' keys) "
+                    f"and the bind of {shown_by[0]} shows it inside. Point "
+                    "JUPYTER_RUNTIME_DIR at a directory of its own."
+                )
+            continue  # else private inside: a fresh one at its path, and no bind shows it
         # Under /tmp too: private at its own path inside, but a bind of a directory
         # there (a notebook's directory /tmp/proj) shows it again (red team 26 F1).
-        if real in _SYSTEM_DIRS or real in PRIVATE_DIRS or _python_place(real):
+        if real in _SYSTEM_DIRS or _python_place(real):
             warnings.append(
                 f"{real} is Jupyter's runtime directory (servers' tokens, kernels' keys) and "
                 "is not hidden inside: it is a system directory or holds this Python. Point "

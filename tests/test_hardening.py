@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -825,6 +826,43 @@ def test_a_secret_file_replaced_on_the_host_stays_hidden(var_tmp, how):
     seen = _token_read_across(token, replace)
     assert seen.startswith("[]"), seen
     assert "token" not in seen, seen
+
+
+@pytest.mark.spawns_here
+def test_a_connection_file_in_tmp_itself_warns_only_where_a_bind_shows_tmp():
+    """jupyter_client writes a connection file to /tmp when it was given none (nbclient,
+    papermill, nbval): the launcher then passes /tmp as a runtime directory. /tmp is
+    private inside, so the key stays unreadable without a word; every such kernel start
+    warned before. A bind of /tmp itself does show it: that warns."""
+    from nskernel import Bind, Sandbox, SandboxSpec
+
+    fd, key = tempfile.mkstemp(".json")  # where jupyter_client puts it
+    os.write(fd, b'{"key": "the-kernels-key"}')
+    os.close(fd)
+    try:
+        spec = SandboxSpec(jupyter_runtime_dirs=("/tmp",))
+        code = "import os, sys; print(os.path.exists(sys.argv[1]))"
+        r, w = os.pipe()
+        try:
+            sb = Sandbox.spawn(spec, [sys.executable, "-I", "-c", code, key], stdio=(0, w, 2))
+        finally:
+            os.close(w)
+        with os.fdopen(r) as f:
+            assert f.read().strip() == "False"
+        assert sb.wait(60) == 0
+        assert sb.warnings == []
+
+        shown = SandboxSpec(
+            jupyter_runtime_dirs=("/tmp",), binds=(Bind("/tmp", "/tmp/host", readonly=True),)
+        )
+        sb = Sandbox.spawn(shown, ["true"])
+        assert sb.wait(60) == 0
+        assert [w for w in sb.warnings if "runtime directory" in w] == [
+            "/tmp is Jupyter's runtime directory (servers' tokens, kernels' keys) and the "
+            "bind of /tmp shows it inside. Point JUPYTER_RUNTIME_DIR at a directory of its own."
+        ]
+    finally:
+        os.unlink(key)
 
 
 SHOW_HOME = r"""

@@ -160,9 +160,48 @@ def test_a_spare_holds_no_kernels_environment(ksm: KernelSpecManager, tmp_path: 
             block = f.read()
     assert b"only-for-kernel-a" not in block and b"a.ipynb" not in block, block
     names = {v.split(b"=", 1)[0].decode() for v in block.split(b"\0") if v}
-    assert names <= {k for k in os.environ if spare._startup_variable(k)} | spare.kept_names(
-        os.environ
-    ), names
+    shared = {k for k in os.environ if spare._startup_variable(k)} | spare.kept_names(os.environ)
+    # JPY_PARENT_PID=1, which every kernel gets, set for the imports made ahead.
+    assert names <= shared | {*spare.IMPORT_NAMES, "JPY_PARENT_PID"}, names
     with started_kernel(ksm, tmp_path) as (km, _kc):
         assert km.provisioner.pid == waiting  # the next kernel took it
+    spare.discard()
+
+
+KERNEL_IMPORTS = (
+    "import sys; from jupyter_client.session import Session; "
+    "print('nskernel.kernel.spare' in sys.modules, Session.username.default_value)"
+)
+
+
+def _maps_zmq(pid: int) -> bool:
+    with open(f"/proc/{pid}/maps") as f:
+        return "/zmq/backend/" in f.read()
+
+
+def test_a_spare_imports_ipykernel_ahead_only_for_starts_that_would_import_the_same(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    """A spare imports ipykernel before its orders come (most of what a start waited for).
+    Some modules read the environment as they are imported (jupyter_client's Session
+    takes USER as every message's username): a start whose environment agrees in all of
+    them runs in the spare's process; one that does not gets its kernel exec'd inside,
+    which imports for itself, and never a username from another start."""
+    from nskernel.kernel import spare
+
+    spare.discard()
+    alice = dict(os.environ, USER="alice")
+    with started_kernel(ksm, tmp_path, env=alice):
+        waiting = _one_spare()
+        assert wait_for(lambda: _maps_zmq(waiting), 30, "the spare's imports")
+    with started_kernel(ksm, tmp_path, env=alice) as (km, kc):
+        assert km.provisioner.pid == waiting
+        out = run_cell(kc, KERNEL_IMPORTS)
+        assert out["stdout"] == "True alice\n", out  # forked from the spare: imported ahead
+        following = _one_spare()
+        assert wait_for(lambda: _maps_zmq(following), 30, "the next spare's imports")
+    with started_kernel(ksm, tmp_path, env=dict(os.environ, USER="bob")) as (km, kc):
+        assert km.provisioner.pid == following  # the same interpreter configuration
+        out = run_cell(kc, KERNEL_IMPORTS)
+        assert out["stdout"] == "False bob\n", out  # exec'd inside: its own imports
     spare.discard()

@@ -412,7 +412,7 @@ def _start(
         facts_child = _capture_host_facts_in_child(dirs)
         if with_mnt:
             binds += [Bind(dirs.sockets, dirs.sockets), Bind(dirs.shared, dirs.shared, True)]
-    in_process = _runs_in_process(argv)
+    in_process = _runs_in_process(argv) and _imported_as_for(env)
     profile: dict[str, bytes] = {}
     where = None if "IPYTHONDIR" in env else ipython_dir(in_process, with_mnt, dirs)
     if where is not None:
@@ -856,6 +856,62 @@ def _runs_in_process(argv: list[str]) -> bool:
         )
     except OSError:
         return False
+
+
+# What a spare read of os.environ while it imported ipykernel ahead of its orders (name
+# -> value, None: unset); None when this launcher imported nothing ahead (not a spare).
+_read_at_import: dict[str, str | None] | None = None
+
+
+def _import_kernel_ahead() -> None:
+    """A spare's head start: import ipykernel before a start's orders come.
+
+    Importing it is most of what a start waits for (~0.2-0.4 s of the ~0.55 s to a
+    kernel's first reply, before this); a spare has that time while it waits. But a few
+    modules read the environment when they are imported (jupyter_client's Session takes
+    USER as the username in every message header, ipykernel JPY_PARENT_PID, traitlets and
+    IPython their error switches), and a kernel's environment is known only with its
+    orders. So every read is recorded, by name and value, and a start whose environment
+    differs in any of them does not run in this process (``_imported_as_for``): its
+    kernel is exec'd inside instead, importing for itself, as when this interpreter
+    cannot be forked. The spare imports with the environment it was started with (the
+    names every kernel shares, see spare.spare_environment) and JPY_PARENT_PID=1, which
+    every kernel gets (``_start``).
+    """
+    global _read_at_import
+    reads: dict[str, str | None] = {}
+    real = os._Environ.__getitem__
+
+    def recording(self: Any, key: Any) -> Any:
+        try:
+            value = real(self, key)
+        except KeyError:
+            if self is os.environ:
+                reads.setdefault(key, None)
+            raise
+        if self is os.environ:
+            reads.setdefault(key, value)
+        return value
+
+    os.environ["JPY_PARENT_PID"] = "1"
+    os._Environ.__getitem__ = recording  # type: ignore[method-assign]
+    try:
+        import ipykernel_launcher  # noqa: F401
+        from ipykernel import kernelapp  # noqa: F401
+
+        from . import shell_inside  # noqa: F401
+    except Exception:
+        pass  # the start imports again, under its own environment, and says what failed
+    finally:
+        os._Environ.__getitem__ = real  # type: ignore[method-assign]
+        _read_at_import = reads
+
+
+def _imported_as_for(env: dict[str, str]) -> bool:
+    """Whether what was imported ahead (if anything) saw the values ``env`` holds."""
+    if _read_at_import is None:
+        return True
+    return all(env.get(k) == v for k, v in _read_at_import.items())
 
 
 @contextlib.contextmanager
@@ -1638,6 +1694,7 @@ def _serve_as_spare(fd: int) -> int:
     from .._linux import caps, seccomp  # noqa: F401 - what _preload_filter imports
     from ..facts import host_facts  # noqa: F401 - what the facts child imports
 
+    _import_kernel_ahead()
     orders = spare.await_orders(fd)
     if orders is None:
         return 0

@@ -3,11 +3,13 @@
 Every kernel start used to begin with a fresh interpreter importing nskernel (about 50 ms
 of the ~600 ms to a kernel's first reply, the whole of what the launcher added before
 ipykernel's own imports). After each start, the provisioner now starts the next launcher
-at once, and it waits, interpreter up and nskernel imported, until a kernel start hands it
-that start's command line, environment, working directory and descriptors; from there it
-goes on exactly as a launcher started with them would. A restart, or the next notebook's
-kernel, no longer waits for the interpreter; the first start after the server started
-does, as before.
+at once, and it waits, interpreter up, nskernel and ipykernel imported, until a kernel
+start hands it that start's command line, environment, working directory and descriptors;
+from there it goes on exactly as a launcher started with them would. A restart, or the
+next notebook's kernel, no longer waits for the interpreter or for ipykernel's imports
+(a start whose environment differs in what those imports read gets its kernel exec'd
+inside instead: see launch._import_kernel_ahead); the first start after the server
+started waits for both, as before.
 
 Both ends of that hand-over live here, standard library only (the launcher imports it):
 
@@ -69,13 +71,23 @@ def _startup_variable(name: str) -> bool:
     return name.startswith(_STARTUP_PREFIXES) or name in _STARTUP_NAMES
 
 
+# Read by ipykernel's modules when they are imported, which a spare does ahead of its
+# orders (launch._import_kernel_ahead): jupyter_client's Session takes USER as every
+# message's username, IPython looks at TERM. The spare gets the values of the start that
+# prepared it, so that the next start, which usually has the same, can use what it
+# imported; one with other values gets its kernel exec'd instead (the launcher compares
+# every name the imports read). Neither is a secret: every sandbox gets both (environ).
+IMPORT_NAMES = ("USER", "TERM")
+
+
 def spare_environment(env: Mapping[str, str]) -> dict[str, str]:
     """What a spare starts with: the start-up variables (equal, by the key, for any start
-    that takes it) and the names every sandbox of this server keeps (NSKERNEL_KEEP_ENV).
+    that takes it), the names every sandbox of this server keeps (NSKERNEL_KEEP_ENV) and
+    ``IMPORT_NAMES``.
     Never a kernel's whole environment: the kernel forked from the spare keeps the
     spare's first environment block in its memory, so another kernel's ``--env`` values
     would be readable there (red team)."""
-    started = {k: v for k, v in env.items() if _startup_variable(k)}
+    started = {k: v for k, v in env.items() if _startup_variable(k) or k in IMPORT_NAMES}
     # The server's own values of the kept names (a kernel's --env may have set another).
     kept = {k: os.environ[k] for k in kept_names(os.environ) if k in os.environ}
     return {**kept, **started}

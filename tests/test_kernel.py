@@ -680,6 +680,42 @@ def test_side_by_side_kernelspec_with_fewer_namespaces(
         assert k.run("print(get_ipython().profile_dir.location)")["stdout"].startswith(ipdir)
 
 
+OUTSIDE_A_SERVER = """
+import json, sys
+from jupyter_client.kernelspec import KernelSpecManager
+from jupyter_client.manager import KernelManager
+km = KernelManager(kernel_name="nsk-test", kernel_spec_manager=KernelSpecManager(
+    kernel_dirs=[sys.argv[1]]))
+km.start_kernel(cwd=sys.argv[2])
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+kc.stop_channels()
+km.shutdown_kernel(now=False)
+server = ("jupyter_server", "jsonschema")
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in server)))
+"""
+
+
+def test_outside_a_jupyter_server_a_start_imports_nothing_of_one(
+    kernels_dir: Path, tmp_path: Path
+) -> None:
+    """nbclient, papermill and nbval start kernels with a plain KernelManager. Looking
+    for a ServerApp's secret files imported jupyter_server.serverapp there, and with it
+    jsonschema, which builds grammars as it is imported: ~1 s of a first kernel start,
+    for a server that does not exist."""
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "rt"), PYTHONDONTWRITEBYTECODE="1")
+    res = subprocess.run(
+        [sys.executable, "-c", OUTSIDE_A_SERVER, str(kernels_dir), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
 # ---------------------------------------------------------------- where it is denied
 
 DENIED_SCRIPT = """

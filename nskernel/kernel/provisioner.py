@@ -57,6 +57,7 @@ import json
 import os
 import secrets
 import subprocess
+import sys
 from typing import Any
 
 from jupyter_client.connect import KernelConnectionInfo
@@ -655,13 +656,15 @@ def _server_secret_files() -> list[str]:
     by the kernel where they lay outside any home). Hidden inside, wherever they show
     (``spec.jupyter_secret_files``)."""
     paths = [os.environ.get("JUPYTER_TOKEN_FILE")]
+    # Never imported here: outside a jupyter_server (nbclient, papermill, nbval, jupyter
+    # console) there is no ServerApp, and importing its module cost a first kernel start
+    # ~1 s (jsonschema builds grammars as it is imported).
+    serverapp = sys.modules.get("jupyter_server.serverapp")
     try:
-        from jupyter_server.serverapp import ServerApp
-
-        if ServerApp.initialized():
-            app = ServerApp.instance()
+        if serverapp is not None and serverapp.ServerApp.initialized():
+            app = serverapp.ServerApp.instance()
             paths += [app.cookie_secret_file, app.sock]
-    except Exception:  # not inside a jupyter_server (nbclient, jupyter console)
+    except Exception:  # a ServerApp not as this code knows it: its token file only
         pass
     found = [os.path.abspath(p) for p in paths if isinstance(p, str) and p]
     return [p for p in dict.fromkeys(found) if os.path.lexists(p)]

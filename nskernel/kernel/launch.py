@@ -871,30 +871,44 @@ def _import_kernel_ahead() -> None:
     modules read the environment when they are imported (jupyter_client's Session takes
     USER as the username in every message header, ipykernel JPY_PARENT_PID, traitlets and
     IPython their error switches), and a kernel's environment is known only with its
-    orders. So every read is recorded, by name and value, and a start whose environment
-    differs in any of them does not run in this process (``_imported_as_for``): its
-    kernel is exec'd inside instead, importing for itself, as when this interpreter
-    cannot be forked. The spare imports with the environment it was started with (the
-    names every kernel shares, see spare.spare_environment) and JPY_PARENT_PID=1, which
-    every kernel gets (``_start``).
+    orders. So every read is recorded, by name and value (through ``os.environ`` and
+    ``os.environb``; a C library's getenv is not seen, which matters only for names the
+    allow-list passes but a spare lacks, such as SHELL or VIRTUAL_ENV), and a start whose
+    environment differs in any of them does not run in this process
+    (``_imported_as_for``): its kernel is exec'd inside instead, importing for itself, as
+    when this interpreter cannot be forked. The spare imports with the environment it
+    was started with (the names every kernel shares, see spare.spare_environment) and
+    JPY_PARENT_PID=1, which every kernel gets (``_start``).
     """
     global _read_at_import
     reads: dict[str, str | None] = {}
-    real = os._Environ.__getitem__
+    real_getitem, real_copy = os._Environ.__getitem__, os._Environ.copy
+    environb = getattr(os, "environb", None)
 
-    def recording(self: Any, key: Any) -> Any:
-        try:
-            value = real(self, key)
-        except KeyError:
-            if self is os.environ:
-                reads.setdefault(key, None)
-            raise
-        if self is os.environ:
+    def note(env: Any, key: Any, value: Any) -> None:
+        if env is os.environ:
             reads.setdefault(key, value)
+        elif env is environb:  # the same variables, as bytes
+            reads.setdefault(os.fsdecode(key), None if value is None else os.fsdecode(value))
+
+    def getitem(self: Any, key: Any) -> Any:  # also what get, `in`, items, getenv use
+        try:
+            value = real_getitem(self, key)
+        except KeyError:
+            note(self, key, None)
+            raise
+        note(self, key, value)
         return value
 
+    def copy(self: Any) -> Any:  # reads them all (through __getitem__ today: not relied on)
+        whole = real_copy(self)
+        for key, value in whole.items():
+            note(self, key, value)
+        return whole
+
     os.environ["JPY_PARENT_PID"] = "1"
-    os._Environ.__getitem__ = recording  # type: ignore[method-assign]
+    os._Environ.__getitem__ = getitem  # type: ignore[method-assign]
+    os._Environ.copy = copy  # type: ignore[method-assign]
     try:
         import ipykernel_launcher  # noqa: F401
         from ipykernel import kernelapp  # noqa: F401
@@ -903,7 +917,8 @@ def _import_kernel_ahead() -> None:
     except Exception:
         pass  # the start imports again, under its own environment, and says what failed
     finally:
-        os._Environ.__getitem__ = real  # type: ignore[method-assign]
+        os._Environ.__getitem__ = real_getitem  # type: ignore[method-assign]
+        os._Environ.copy = real_copy  # type: ignore[method-assign]
         _read_at_import = reads
 
 

@@ -205,3 +205,37 @@ def test_a_spare_imports_ipykernel_ahead_only_for_starts_that_would_import_the_s
         out = run_cell(kc, KERNEL_IMPORTS)
         assert out["stdout"] == "False bob\n", out  # exec'd inside: its own imports
     spare.discard()
+
+
+TLS_POLICY = (
+    "openssl_conf = init\n[init]\nssl_conf = s\n[s]\nsystem_default = d\n"
+    "[d]\nMinProtocol = TLSv1.3\n"
+)
+TLS_MINIMUM = "import ssl; print(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).minimum_version.name)"
+
+
+def test_a_kernel_from_the_spare_keeps_its_own_openssl_configuration(
+    ksm: KernelSpecManager, tmp_path: Path
+) -> None:
+    """Red team 30 F1: OpenSSL reads OPENSSL_CONF with getenv when it loads, which the
+    imports a spare makes ahead do, unseen by their recording of os.environ: a kernel
+    forked from the spare ran with the configuration the spare loaded, and a kernel's
+    TLS policy (TLS 1.3 at least) was dropped from the second start on. OPENSSL_* now
+    tell interpreter configurations apart, as PYTHON* do."""
+    from nskernel.kernel import spare
+
+    policy = tmp_path / "tls13.cnf"
+    policy.write_text(TLS_POLICY)
+    policy.chmod(0o644)
+    env = dict(os.environ, OPENSSL_CONF=str(policy), NSKERNEL_KEEP_ENV="OPENSSL_CONF")
+    spare.discard()
+    with started_kernel(ksm, tmp_path, env=env) as (_km, kc):
+        assert run_cell(kc, TLS_MINIMUM)["stdout"] == "TLSv1_3\n"
+        waiting = _one_spare()
+        assert wait_for(lambda: _maps_zmq(waiting), 30, "the spare's imports")
+    with started_kernel(ksm, tmp_path, env=env) as (km, kc):
+        assert km.provisioner.pid == waiting
+        assert run_cell(kc, TLS_MINIMUM)["stdout"] == "TLSv1_3\n"
+    with started_kernel(ksm, tmp_path) as (km, kc):  # without it: not that spare
+        assert run_cell(kc, TLS_MINIMUM)["stdout"] != "TLSv1_3\n"
+    spare.discard()

@@ -62,8 +62,12 @@ FDS_MAX = 8
 ARGV_ROOM = 2048
 
 # What Python and the dynamic linker read from the environment before any code runs:
-# a spare started with other values is another interpreter configuration.
-_STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "GLIBC_", "MALLOC_")
+# a spare started with other values is another interpreter configuration. And OpenSSL's
+# (OPENSSL_CONF, OPENSSL_ia32cap...), read with getenv when libcrypto loads, which the
+# imports a spare makes ahead do (ssl, hashlib): no recording of os.environ sees that
+# read, and a kernel forked from the spare keeps the configuration loaded then (red team
+# 30 F1: a kernelspec's TLS policy was dropped on restarts).
+_STARTUP_PREFIXES = ("PYTHON", "LD_", "LC_", "GLIBC_", "MALLOC_", "OPENSSL_")
 _STARTUP_NAMES = ("LANG", "LANGUAGE", "TZ", "HOME", "PATH")
 
 

@@ -41,7 +41,7 @@ import select
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._record import factory, record
@@ -433,7 +433,7 @@ class NetworkManager:
                 f"(%sandbox network rm) or set {POOL_ENV} to a larger pool"
             )
             raise SubnetExhausted(msg)
-        net = Network(name, subnet, _bridge_name(name))
+        net = Network(name, subnet, _bridge_name(name, (n.bridge for n in self.networks.values())))
         hub = self._ensure_hub()
         hub.add_bridge(net.bridge, str(net.gateway), self.prefixlen)
         self.networks[name] = net
@@ -564,12 +564,21 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address:
         raise NetworkError(msg) from None
 
 
-def _bridge_name(network: str) -> str:
-    # Interface names are limited to 15 bytes; long network names get a stable digest.
+def _bridge_name(network: str, taken: Iterable[str] = ()) -> str:
+    """The hub bridge of ``network``: its name when that fits (interface names hold 15
+    bytes), else a digest of it; never one of ``taken`` (the other networks' bridges).
+    A digest can equal another network's own name (network "lab.x" and network
+    "5a5c4ccb" both wanted nsk-br-5a5c4ccb, red team 31 F1): the later one then gets a
+    digest of its name with a counter."""
+    taken = set(taken)
     name = f"nsk-br-{network}"
-    if len(name) <= 15 and "." not in network:
-        return name
-    return "nsk-br-" + hashlib.sha1(network.encode()).hexdigest()[:8]
+    if len(name) > 15 or "." in network:
+        name = "nsk-br-" + hashlib.sha1(network.encode()).hexdigest()[:8]
+    n = 0
+    while name in taken:
+        n += 1
+        name = "nsk-br-" + hashlib.sha1(f"{network}#{n}".encode()).hexdigest()[:8]
+    return name
 
 
 def _reap(pid: int) -> None:

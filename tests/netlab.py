@@ -240,6 +240,16 @@ class _Helper:
             "inode": os.fstat(fd).st_ino if fd is not None else None,
         }
 
+    def op_add_bridge(self, bridge: str, address: str) -> str:
+        """Hub.add_bridge straight, as a buggy caller would: the error, or "made"."""
+        hub = self.nm._hub
+        assert hub is not None
+        try:
+            hub.add_bridge(bridge, address, 24)
+        except OSError as e:
+            return f"{type(e).__name__}: {e}"
+        return "made"
+
     def op_fdb(self, network: str) -> dict[str, Any]:
         """The forwarding database of ``network``'s bridge in the hub: how many entries,
         and the static ones (MAC, port)."""

@@ -10,6 +10,7 @@ sandbox (host addresses are read locally, never sent to from the host side).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -195,6 +196,48 @@ def test_a_member_cannot_make_the_hub_answer_onto_another_network(lab):
     assert lab.run("red1", f"print(icmp_from({red_gw!r}, 1.0))").strip() == "[3]"
     lab.run("red1", f"spoof({b['addresses'][0]!r}, {red_gw!r}, 9)")
     assert lab.run("blue1", f"print(icmp_from({red_gw!r}, 1.0))").strip() == "[]"
+
+
+def test_network_names_that_map_to_one_bridge_name_get_bridges_of_their_own(lab):
+    """Red team 31 F1: a long or dotted network name gets a digest as its bridge's name,
+    which another network may have as its own name ("lab.x" and "5a5c4ccb" both wanted
+    nsk-br-5a5c4ccb). The second network's creation failed and its clean-up deleted the
+    first network's bridge; created again, the two networks shared one bridge, and a
+    member that took an address of the other subnet reached the other's members. Each
+    network now gets a bridge of its own, and both stay apart."""
+    dotted = "lab.x"
+    digest = hashlib.sha1(dotted.encode()).hexdigest()[:8]
+    a = lab.call("spawn", name="red1", networks=[dotted])
+    b = lab.call("spawn", name="blue1", networks=[digest])
+    lab.run("red1", SERVE.format(port=7000, reply=b"red1") + CONNECT)
+    lab.run("blue1", SERVE.format(port=7000, reply=b"blue1"))
+    nets = {n["name"]: n for n in lab.call("ls")}
+    assert nets[dotted]["bridge"] != nets[digest]["bridge"], nets
+    assert {nets[dotted]["bridge"], nets[digest]["bridge"]} <= set(lab.call("hub")["links"])
+    # The first network still works; its members cannot reach the second's even with an
+    # address of the second's subnet (they would, on a shared bridge).
+    red2 = lab.call("spawn", name="red2", networks=[dotted])
+    lab.run("red2", CONNECT)
+    assert lab.run("red2", f"print(ask({a['addresses'][0]!r}, 7000))").strip().startswith("ok")
+    net, prefixlen = nets[digest]["subnet"].split("/")
+    taken = net.rsplit(".", 1)[0] + ".200"
+    lab.run(
+        "red2",
+        "from pyroute2 import IPRoute\n"
+        "with IPRoute() as _ipr:\n"
+        f"    _ipr.addr('add', index=_ipr.link_lookup(ifname='eth0')[0], address={taken!r},"
+        f" prefixlen={prefixlen})\n",
+    )
+    out = lab.run("red2", f"print(ask({b['addresses'][0]!r}, 7000, timeout=1.0))").strip()
+    assert out.startswith("error"), out
+    assert red2["addresses"][0] != b["addresses"][0]
+    # Below the network layer too: a bridge asked for under a name in use is refused,
+    # and the failure takes nothing of the bridge that has it.
+    bridge = nets[dotted]["bridge"]
+    said = lab.call("add_bridge", bridge=bridge, address="10.213.99.1")
+    assert "File exists" in said, said
+    assert bridge in lab.call("hub")["links"]
+    assert lab.run("red2", f"print(ask({a['addresses'][0]!r}, 7000))").strip().startswith("ok")
 
 
 def test_sandbox_cannot_reach_host_addresses(lab):

@@ -89,6 +89,13 @@ def test_interface_names_and_macs():
     assert _bridge_name("lab") == "nsk-br-lab"
     long = _bridge_name("a-very-long-network-name")
     assert len(long) <= 15 and long == _bridge_name("a-very-long-network-name")
+    # Never another network's (red team 31 F1: "lab.x" -> nsk-br-5a5c4ccb, the name of
+    # network "5a5c4ccb"'s bridge): a digest with a counter instead.
+    taken = _bridge_name("lab.x")
+    assert taken == "nsk-br-5a5c4ccb"
+    other = _bridge_name("5a5c4ccb", [taken])
+    assert other != taken and len(other) <= 15 and other.startswith("nsk-br-")
+    assert _bridge_name("5a5c4ccb", [taken, other]) not in (taken, other)
     assert mac_for("10.213.0.2") == "02:6e:0a:d5:00:02"
 
 

@@ -569,8 +569,12 @@ class Hub:
         return found[0] if found else None
 
     def add_bridge(self, name: str, address: str, prefixlen: int) -> int:
+        if name in self._bridges:  # another network's: never touched here (red team 31)
+            raise VnetError(f"create bridge {name}", errno.EEXIST)
+        made = False
         try:
             self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            made = True
             index = self._index(name)
             assert index is not None
             self._bridges[name] = index
@@ -593,8 +597,9 @@ class Hub:
             )
             self.ipr.link("set", index=index, state="up")
         except Exception as e:
-            with contextlib.suppress(Exception):  # what was made of it, gone
-                self.delete_link(name)
+            if made:  # what this call made of it, gone; nothing it did not make
+                with contextlib.suppress(Exception):
+                    self.delete_link(name)
             raise _as_vnet_error(f"create bridge {name} ({address}/{prefixlen})", e) from e
         return index
 

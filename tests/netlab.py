@@ -19,6 +19,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,9 +236,12 @@ class _Helper:
 
     def op_hub(self) -> dict[str, Any]:
         fd = self.nm.hub_ns_fd
+        hub = self.nm._hub
+        v6 = hub.ipr.get_addr(family=socket.AF_INET6) if hub is not None else []
         return {
             "links": self.nm.hub_links(),
             "inode": os.fstat(fd).st_ino if fd is not None else None,
+            "ipv6": sorted(a.get_attr("IFA_ADDRESS") for a in v6),
         }
 
     def op_add_bridge(self, bridge: str, address: str) -> str:

@@ -408,7 +408,7 @@ def test_removal_takes_links_bridges_and_hub(lab):
     assert "nsk-br-side" not in links and "nskv2" not in links and "nskv3" not in links
     assert "nsk-br-lab" in links and "nskv1" in links
     lab.call("rm", name="n1")
-    assert lab.call("hub") == {"links": [], "inode": None}
+    assert lab.call("hub") == {"links": [], "inode": None, "ipv6": []}
     assert lab.call("ls") == []
     assert _wait(lambda: not _holders_of(hub["inode"]), 10), "the hub namespace is still held"
 

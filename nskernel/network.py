@@ -304,13 +304,11 @@ class NetworkManager:
                 ns_fd = os.open(f"/proc/{init_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
                 try:
                     for ep in endpoints:
+                        bridge = self.networks[ep.network].bridge
                         hub.add_veth(
-                            ep.hub_end,
-                            self.networks[ep.network].bridge,
-                            ns_fd,
-                            ep.ifname,
-                            vnet.mac_for(str(ep.address)),
+                            ep.hub_end, bridge, ns_fd, ep.ifname, vnet.mac_for(str(ep.address))
                         )
+                        hub.add_member(bridge, str(ep.address))
                 finally:
                     os.close(ns_fd)
             finally:  # always take the answer, or the next request would read this one
@@ -480,12 +478,17 @@ class NetworkManager:
 
     def _undo(self, name: str, endpoints: Sequence[Endpoint], created: Sequence[str]) -> None:
         for ep in endpoints:
+            net = self.networks.get(ep.network)
             if self._hub is not None:
                 try:
                     self._hub.delete_link(ep.hub_end)
                 except OSError:
                     pass  # gone already: the sandbox's namespace took the pair with it
-            net = self.networks.get(ep.network)
+                if net is not None:
+                    try:
+                        self._hub.remove_member(net.bridge, str(ep.address))
+                    except OSError:
+                        pass  # the hub goes with its last network anyway
             if net is not None:
                 net.members.pop(name, None)
         for net_name in {*created, *(ep.network for ep in endpoints)}:

@@ -238,10 +238,13 @@ class _Helper:
         fd = self.nm.hub_ns_fd
         hub = self.nm._hub
         v6 = hub.ipr.get_addr(family=socket.AF_INET6) if hub is not None else []
+        neigh = hub.ipr.get_neighbours(family=socket.AF_INET) if hub is not None else []
         return {
             "links": self.nm.hub_links(),
             "inode": os.fstat(fd).st_ino if fd is not None else None,
             "ipv6": sorted(a.get_attr("IFA_ADDRESS") for a in v6),
+            # IPv4 neighbour entries: (address, MAC or None)
+            "neighbours": sorted((n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")) for n in neigh),
         }
 
     def op_add_bridge(self, bridge: str, address: str) -> str:

@@ -120,6 +120,27 @@ def test_cap_drop_net_admin_leaves_no_bridge_of_its_own_to_flood(nsk):
         assert r.returncode != 0 and "Operation not permitted" in r.stderr, (attempt, r.stderr)
 
 
+def test_cap_drop_net_raw_sends_no_made_up_arp_to_its_peers(nsk):
+    """On an nskernel network a member with CAP_NET_RAW can send ARP requests from
+    made-up addresses to its peers, each a neighbour entry in the peer's table, which
+    counts against the host's (red team 32; SECURITY.md). Without CAP_NET_RAW it opens
+    neither a packet socket nor a raw IP one."""
+    code = (
+        "import socket\n"
+        "for family, kind, proto in ((socket.AF_PACKET, socket.SOCK_RAW, 0x0806),"
+        " (socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)):\n"
+        "    try:\n"
+        "        socket.socket(family, kind, socket.htons(proto) if proto == 0x0806 else proto)"
+        ".close(); print('opened')\n"
+        "    except PermissionError:\n"
+        "        print('refused')\n"
+    )
+    r = nsk("run", "--", sys.executable, "-c", code)
+    assert r.returncode == 0 and r.stdout.split() == ["opened", "opened"], r.stderr
+    r = nsk("run", "--cap-drop", "NET_RAW", "--", sys.executable, "-c", code)
+    assert r.returncode == 0 and r.stdout.split() == ["refused", "refused"], r.stderr
+
+
 def test_run_honours_a_docker_format_profile(nsk, tmp_path: Path):
     profile = {
         "defaultAction": "SCMP_ACT_ALLOW",

@@ -20,6 +20,7 @@ import urllib.request
 import pytest
 
 from nskernel._linux import procfs
+from nskernel._linux.vnet import mac_for
 from tests.netlab import Lab, LabError
 
 pytestmark = pytest.mark.userns
@@ -199,6 +200,48 @@ def test_a_member_cannot_make_the_hub_answer_onto_another_network(lab):
     assert lab.run("red1", f"print(icmp_from({red_gw!r}, 1.0))").strip() == "[3]"
     lab.run("red1", f"spoof({b['addresses'][0]!r}, {red_gw!r}, 9)")
     assert lab.run("blue1", f"print(icmp_from({red_gw!r}, 1.0))").strip() == "[]"
+
+
+ARP = r"""
+import socket, struct
+def arp(op, sip, tip):
+    mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+    body = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, mac, socket.inet_aton(sip),
+                       b"\0" * 6, socket.inet_aton(tip))
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)) as s:
+        s.bind(("eth0", 0))
+        s.send(b"\xff" * 6 + mac + b"\x08\x06" + body)
+"""
+
+
+def test_a_member_cannot_fill_or_rewrite_the_hubs_neighbour_table(lab):
+    """Red team 32 F1: the hub's ARP entries count against the host's one table, whose
+    limit (gc_thresh3) every network namespace shares. A member sending ARP requests for
+    its gateway, or datagrams to it, from made-up addresses of its subnet had the hub
+    learn (or ask for) each: ~250 entries a network. Now the hub routes members'
+    addresses only, drops what comes from any other (reverse-path check) and knows each
+    member by a permanent entry, which a member's ARP claiming another's address cannot
+    take over."""
+    a = lab.call("spawn", name="red1", networks=["red"])
+    b = lab.call("spawn", name="red2", networks=["red"])
+    nets = {n["name"]: n for n in lab.call("ls")}
+    gw = nets["red"]["gateway"]
+    me, other = a["addresses"][0], b["addresses"][0]
+    base = gw.rsplit(".", 1)[0]
+    lab.run("red1", ARP + SPOOF + CONNECT)
+    lab.run("red2", SERVE.format(port=7000, reply=b"red2"))
+    made_up = [f"{base}.{i}" for i in range(100, 200)]
+    lab.run("red1", f"for ip in {made_up!r}: arp(1, ip, {gw!r}); spoof(ip, {gw!r}, 9)")
+    # red1 claims red2's address, as a request and as a reply
+    lab.run("red1", f"arp(1, {other!r}, {gw!r}); arp(2, {other!r}, {gw!r})")
+    time.sleep(0.5)
+    # (besides the multicast entries of the hub's own IGMP reports)
+    seen = [tuple(n) for n in lab.call("hub")["neighbours"] if int(n[0].split(".")[0]) < 224]
+    macs = {ip: mac for ip, mac in seen}
+    assert set(macs) <= {me, other}, seen
+    assert macs.get(other) in (None, mac_for(other)), seen
+    # Members still reach each other, and their gateway answers them.
+    assert lab.run("red1", f"print(ask({other!r}, 7000))").strip().startswith("ok red2")
 
 
 def test_network_names_that_map_to_one_bridge_name_get_bridges_of_their_own(lab):
@@ -408,7 +451,7 @@ def test_removal_takes_links_bridges_and_hub(lab):
     assert "nsk-br-side" not in links and "nskv2" not in links and "nskv3" not in links
     assert "nsk-br-lab" in links and "nskv1" in links
     lab.call("rm", name="n1")
-    assert lab.call("hub") == {"links": [], "inode": None, "ipv6": []}
+    assert lab.call("hub") == {"links": [], "inode": None, "ipv6": [], "neighbours": []}
     assert lab.call("ls") == []
     assert _wait(lambda: not _holders_of(hub["inode"]), 10), "the hub namespace is still held"
 

@@ -159,6 +159,7 @@ HUB_SYSCTLS = (
 # (for what the hub sends itself, and what comes in on the veths, which carry no
 # address).
 BRIDGE_RULE_PRIORITY = 100  # +1: the blackhole behind it
+IFA_F_NOPREFIXROUTE = 0x200  # <linux/if_addr.h>
 LOCAL_RULE_PRIORITY = 1000  # where the "lookup local" rule moves from priority 0
 RT_TABLE_LOCAL = 255
 BRIDGE_TABLE_BASE = 100000  # + the bridge's ifindex: never a reserved table (253-255)
@@ -584,7 +585,16 @@ class Hub:
             self.ipr.rule(
                 "add", priority=BRIDGE_RULE_PRIORITY + 1, iifname=name, action="FR_ACT_BLACKHOLE"
             )
-            self.ipr.addr("add", index=index, address=address, prefixlen=prefixlen)
+            # No route for the subnet: only for each member's address (add_member). What
+            # comes from another address is then dropped by the reverse-path check before
+            # the hub answers it or learns a neighbour from it (see add_member).
+            self.ipr.addr(
+                "add",
+                index=index,
+                address=address,
+                prefixlen=prefixlen,
+                flags=IFA_F_NOPREFIXROUTE,
+            )
             self.ipr.route(
                 "add",
                 table=table,
@@ -700,6 +710,68 @@ class Hub:
             ]
         ]
         self.raw.request(m, RTM_NEWLINK, 0, f"turn learning off on {hub_end} and bring it up")
+
+    def add_member(self, bridge: str, address: str) -> None:
+        """What the hub knows of a member at ``address`` on ``bridge``: a route for that
+        address alone, and its MAC (``mac_for``) as a permanent neighbour entry.
+
+        The hub's neighbour (ARP) entries count against the host's one table, whose size
+        limit (gc_thresh3) every network namespace shares: a member sending ARP requests
+        for its gateway from made-up addresses of its subnet, or datagrams from them, had
+        the hub learn (or ask for) each one, ~250 entries a network (red team 32 F1).
+        With routes for members' addresses only and the strict reverse-path check, what
+        comes from any other address is dropped before the hub answers it or learns
+        anything from it; and a permanent entry cannot be taken over by a member's ARP
+        replies claiming another member's address. So the hub holds one entry a member.
+        """
+        from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE
+        from pyroute2.netlink.rtnl import RTM_NEWNEIGH, RTM_NEWROUTE
+        from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT, ndmsg
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+        index = self._bridges[bridge]
+        r = rtmsg()
+        r["family"] = socket.AF_INET
+        r["dst_len"] = 32
+        r["table"] = 254  # main
+        r["proto"] = 4  # static
+        r["scope"] = 253  # link
+        r["type"] = 1  # unicast
+        r["attrs"] = [["RTA_DST", address], ["RTA_OIF", index]]
+        step = f"add the route to member {address} on {bridge}"
+        self.raw.request(r, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, step)
+        n = ndmsg()
+        n["family"] = socket.AF_INET
+        n["ifindex"] = index
+        n["state"] = NUD_PERMANENT
+        n["attrs"] = [["NDA_DST", address], ["NDA_LLADDR", mac_for(address)]]
+        step = f"add the neighbour entry of member {address} on {bridge}"
+        self.raw.request(n, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, step)
+
+    def remove_member(self, bridge: str, address: str) -> None:
+        """Undo ``add_member`` (gone already with the bridge: nothing to do)."""
+        from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_DELROUTE
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+        index = self._bridges.get(bridge)
+        if index is None:
+            return
+        r = rtmsg()
+        r["family"] = socket.AF_INET
+        r["dst_len"] = 32
+        r["table"] = 254
+        r["attrs"] = [["RTA_DST", address], ["RTA_OIF", index]]
+        n = ndmsg()
+        n["family"] = socket.AF_INET
+        n["ifindex"] = index
+        n["attrs"] = [["NDA_DST", address]]
+        for msg, kind, what in ((r, RTM_DELROUTE, "route"), (n, RTM_DELNEIGH, "neighbour entry")):
+            try:
+                self.raw.request(msg, kind, 0, f"remove the {what} of member {address}")
+            except VnetError as e:
+                if e.errno not in (errno.ENOENT, errno.ESRCH):
+                    raise
 
     def wait_up(self, hub_end: str, timeout: float = 5.0) -> None:
         self.raw.wait_up(self.raw.index(hub_end), timeout)

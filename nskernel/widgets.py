@@ -236,14 +236,16 @@ def column_html(place: Mapping[str, Any], host: Mapping[str, Any] | None) -> str
     if "interface_state" in errors:
         parts.append(_note(errors.pop("interface_state")))
 
-    if "processes" in errors:
-        body = _note(errors.pop("processes"))
+    cut = errors.pop("processes", None)  # why none are listed, or how many were not
+    if cut is not None and not place["processes"]:
+        body = _note(cut)
     else:
         n = len(place["processes"])
+        count = html.escape(cut) if cut is not None else f"{_v(n)} processes"
         body = (
             f"<div style='max-height:260px;overflow:auto'>"
             f"{_table(['PID', 'host PID', 'user', 'command'], _process_rows(place))}</div>"
-            f"<div style='color:{_MUTED};font-size:11px'>{_v(n)} processes</div>"
+            f"<div style='color:{_MUTED};font-size:11px'>{count}</div>"
         )
     parts.append(_section("processes", body))
     if "host_pids" in errors:

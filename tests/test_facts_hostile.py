@@ -29,7 +29,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from nskernel import Sandbox, SandboxSpec, environ, facts, network
+from nskernel import Sandbox, SandboxSpec, environ, facts, network, widgets
 from nskernel.errors import SpecError
 from nskernel.magics import messages
 from tests.magic_helpers import execute, kernel
@@ -203,6 +203,38 @@ def test_long_command_lines_of_a_sandbox_are_read_in_part() -> None:
     assert read < (procs + 50) * 8192, f"read {read} bytes for {procs} processes"
     assert len(sleeps) == 12
     assert all(len(r["command"]) == 200 for r in sleeps)  # facts.COMMAND_MAX
+
+
+@pytest.mark.userns
+@pytest.mark.spawns_here  # Sandbox.spawn in the pytest process (see conftest)
+def test_a_sandbox_with_many_processes_is_listed_in_part_and_says_so() -> None:
+    """Red team 32 F2: the host listed every process of a sandbox, reading each one's
+    command line and rendering a row for it: 8,000 processes cost 0.8 s of CPU, 100 MiB
+    and 8.7 MB of panel HTML on every display. At most MAX_PROCESSES rows now, the lowest
+    PIDs, with the count; command lines only for the rows listed."""
+    extra = facts.MAX_PROCESSES + 100
+    script = f"for i in $(seq {extra}); do sleep 600 & done; echo ready; wait"
+    with _spawn_ready(script) as sb:
+        deadline = time.monotonic() + 60
+        f = facts.sandbox_facts_from_host(sb.pid, name="crowd", hostname=sb.hostname)
+        while "processes" not in f["errors"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            f = facts.sandbox_facts_from_host(sb.pid, name="crowd", hostname=sb.hostname)
+        procs = len([n for n in os.listdir("/proc") if n.isdigit()])
+        before = _rchar()
+        f = facts.sandbox_facts_from_host(sb.pid, name="crowd", hostname=sb.hostname)
+        read = _rchar() - before
+        html_text = widgets.render_html([f])
+    rows = f["processes"]
+    assert len(rows) == facts.MAX_PROCESSES
+    assert [r["pid"] for r in rows] == sorted(r["pid"] for r in rows) and rows[0]["pid"] == 1
+    total = int(f["errors"]["processes"].split()[0])
+    assert total > facts.MAX_PROCESSES, f["errors"]
+    assert f["errors"]["processes"].endswith(f"the first {facts.MAX_PROCESSES} are listed")
+    # Statuses of every process (about 1.5 KiB each); command lines of the listed only.
+    assert read < procs * 2048 + facts.MAX_PROCESSES * 4096 + (1 << 20), read
+    assert html_text.count("<tr") <= facts.MAX_PROCESSES + 50
+    assert f"the first {facts.MAX_PROCESSES} are listed" in html_text
 
 
 def _fake_net_dir(path, n: int) -> None:

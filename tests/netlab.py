@@ -239,12 +239,21 @@ class _Helper:
         hub = self.nm._hub
         v6 = hub.ipr.get_addr(family=socket.AF_INET6) if hub is not None else []
         neigh = hub.ipr.get_neighbours(family=socket.AF_INET) if hub is not None else []
+        routes = hub.ipr.get_routes(family=socket.AF_INET, table=254) if hub is not None else []
         return {
             "links": self.nm.hub_links(),
             "inode": os.fstat(fd).st_ino if fd is not None else None,
             "ipv6": sorted(a.get_attr("IFA_ADDRESS") for a in v6),
             # IPv4 neighbour entries: (address, MAC or None)
             "neighbours": sorted((n.get_attr("NDA_DST"), n.get_attr("NDA_LLADDR")) for n in neigh),
+            "macs": {
+                link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_ADDRESS")
+                for link in (hub.ipr.get_links() if hub is not None else [])
+            },
+            # the main table's destinations (members' addresses, /32)
+            "routes": sorted(
+                f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in routes if r.get_attr("RTA_DST")
+            ),
         }
 
     def op_add_bridge(self, bridge: str, address: str) -> str:

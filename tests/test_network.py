@@ -221,13 +221,22 @@ def test_a_member_cannot_fill_or_rewrite_the_hubs_neighbour_table(lab):
     learn (or ask for) each: ~250 entries a network. Now the hub routes members'
     addresses only, drops what comes from any other (reverse-path check) and knows each
     member by a permanent entry, which a member's ARP claiming another's address cannot
-    take over."""
+    take over. Red team 33: those entries must outlive members coming and going (a
+    bridge whose MAC changed flushed them, and a departed member's route stayed)."""
     a = lab.call("spawn", name="red1", networks=["red"])
     b = lab.call("spawn", name="red2", networks=["red"])
     nets = {n["name"]: n for n in lab.call("ls")}
     gw = nets["red"]["gateway"]
     me, other = a["addresses"][0], b["addresses"][0]
     base = gw.rsplit(".", 1)[0]
+    bridge = nets["red"]["bridge"]
+    for i in range(4):  # members coming and going
+        c = lab.call("spawn", name=f"churn{i}", networks=["red"])
+        lab.call("rm", name=f"churn{i}")
+        hub = lab.call("hub")
+        assert f"{c['addresses'][0]}/32" not in hub["routes"]
+        # A bridge's MAC that changed would flush its neighbour entries, permanent ones too.
+        assert hub["macs"][bridge] == mac_for(gw), hub["macs"]
     lab.run("red1", ARP + SPOOF + CONNECT)
     lab.run("red2", SERVE.format(port=7000, reply=b"red2"))
     made_up = [f"{base}.{i}" for i in range(100, 200)]
@@ -235,11 +244,11 @@ def test_a_member_cannot_fill_or_rewrite_the_hubs_neighbour_table(lab):
     # red1 claims red2's address, as a request and as a reply
     lab.run("red1", f"arp(1, {other!r}, {gw!r}); arp(2, {other!r}, {gw!r})")
     time.sleep(0.5)
+    hub = lab.call("hub")
     # (besides the multicast entries of the hub's own IGMP reports)
-    seen = [tuple(n) for n in lab.call("hub")["neighbours"] if int(n[0].split(".")[0]) < 224]
-    macs = {ip: mac for ip, mac in seen}
-    assert set(macs) <= {me, other}, seen
-    assert macs.get(other) in (None, mac_for(other)), seen
+    seen = [tuple(n) for n in hub["neighbours"] if int(n[0].split(".")[0]) < 224]
+    assert sorted(seen) == sorted([(me, mac_for(me)), (other, mac_for(other))]), seen
+    assert hub["routes"] == sorted([f"{me}/32", f"{other}/32"]), hub["routes"]
     # Members still reach each other, and their gateway answers them.
     assert lab.run("red1", f"print(ask({other!r}, 7000))").strip().startswith("ok red2")
 
@@ -451,7 +460,14 @@ def test_removal_takes_links_bridges_and_hub(lab):
     assert "nsk-br-side" not in links and "nskv2" not in links and "nskv3" not in links
     assert "nsk-br-lab" in links and "nskv1" in links
     lab.call("rm", name="n1")
-    assert lab.call("hub") == {"links": [], "inode": None, "ipv6": [], "neighbours": []}
+    assert lab.call("hub") == {
+        "links": [],
+        "inode": None,
+        "ipv6": [],
+        "neighbours": [],
+        "macs": {},
+        "routes": [],
+    }
     assert lab.call("ls") == []
     assert _wait(lambda: not _holders_of(hub["inode"]), 10), "the hub namespace is still held"
 

@@ -574,7 +574,19 @@ class Hub:
             raise VnetError(f"create bridge {name}", errno.EEXIST)
         made = False
         try:
-            self.ipr.link("add", ifname=name, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            # A MAC of its own, fixed (``mac_for`` its address): a bridge without one takes
+            # the lowest of its ports' and changes it as members come and go, and each
+            # change flushes the bridge's neighbour entries, permanent ones included,
+            # after which a member could claim another's address in the hub and receive
+            # the host's connections to that member's published ports (red team 33 F1).
+            self.ipr.link(
+                "add",
+                ifname=name,
+                kind="bridge",
+                address=mac_for(address),
+                br_stp_state=0,
+                br_forward_delay=0,
+            )
             made = True
             index = self._index(name)
             assert index is not None
@@ -761,6 +773,7 @@ class Hub:
         r["family"] = socket.AF_INET
         r["dst_len"] = 32
         r["table"] = 254
+        r["scope"] = 253  # as added: a delete matches the scope (red team 33 F2)
         r["attrs"] = [["RTA_DST", address], ["RTA_OIF", index]]
         n = ndmsg()
         n["family"] = socket.AF_INET

@@ -1403,7 +1403,11 @@ def test_a_bind_source_swapped_for_a_link_after_the_check_is_never_mounted(tmp_p
             "except OSError:\n    pass"
         )
         outcomes = {"refused": 0, "failed": 0, "ran": 0}
-        for i in range(40):
+        # 40 tries at least; more until one ran (~1 in 8 does: 0 in 40 came once in CI,
+        # on a loaded machine), or 200 in all.
+        for i in range(200):
+            if i >= 40 and outcomes["ran"]:
+                break
             res = execute(kc, probe.format(i))
             assert not list(nbdir.glob("marker-*")), "the notebook directory was bound writable"
             if "imports code from" in res.error_text:

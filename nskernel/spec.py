@@ -611,9 +611,7 @@ def jupyter_runtime_dirs(
         if not os.path.isdir(real) or real in found:
             continue
         if real in PRIVATE_DIRS:
-            shown_by = [
-                b for b in bind_sources if b == "/" or real == b or real.startswith(b + "/")
-            ]
+            shown_by = [b for b in bind_sources if within(real, b)]
             if shown_by:
                 warnings.append(
                     f"{real} is Jupyter's runtime directory (servers' tokens, kernels' keys) "

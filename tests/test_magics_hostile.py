@@ -404,11 +404,12 @@ def test_a_sandbox_that_writes_on_costs_the_server_next_to_nothing(kc):
     code = (
         f"%%sandbox --name burner1\n{CHANNEL}{NESTED}import signal, threading\n"
         "junk = nested('display_data', (1 << 20) - 64)\n"
-        "go = threading.Event()\n"
+        "go, whole = threading.Event(), threading.Lock()\n"
         "def write_on():\n"
-        "    go.wait()\n"
-        "    while True:  # paced: 100 MiB/s at most\n"
-        "        send_raw(junk)\n"
+        "    while go.wait():  # paced: 100 MiB/s at most\n"
+        "        with whole:  # frames whole: never inside the runner's own\n"
+        "            if go.is_set():\n"
+        "                send_raw(junk)\n"
         "        time.sleep(0.01)\n"
         "threading.Thread(target=write_on, daemon=True).start()\n"
         "signal.signal(signal.SIGUSR1, lambda *a: go.set())"
@@ -427,11 +428,17 @@ def test_a_sandbox_that_writes_on_costs_the_server_next_to_nothing(kc):
         )
         # While a cell runs, the same output soon spends its budgets: the cell ends,
         # says what was dropped, and costs the server about what it costs the sandbox.
-        flood = "%%sandbox --name burner1 --max-output 1M\ntime.sleep(3)\nprint('the end')"
+        # The writer pauses, between two frames, before the cell ends: a frame of its
+        # cut in two by the runner's end would be a malformed stream, and stop burner1.
+        flood = (
+            "%%sandbox --name burner1 --max-output 1M\ntime.sleep(3)\n"
+            "with whole:\n    go.clear()\nprint('the end')"
+        )
         s0, r0 = _cpu_seconds(server), _cpu_seconds(runner)
         res = execute(kc, flood, timeout=120)
-        spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
         assert res.status == "ok" and "the end" in res.stdout, res.error_text
+        spent, sandbox = _cpu_seconds(server) - s0, _cpu_seconds(runner) - r0
+        os.kill(runner, signal.SIGUSR1)  # and writes on, between its cells
         assert "display(s)" in res.stderr, res.stderr
         assert spent < 0.6 + 3 * sandbox, (
             f"in a cell: server {spent:.2f} s, sandbox {sandbox:.2f} s"

@@ -250,6 +250,11 @@ class _Proc:
                     raw = f.read(CMDLINE_READ_MAX)
             except OSError:
                 raw = b""  # it exited meanwhile
+            if raw and not self._still_the_one_scanned():
+                # It exited after the scan and its PID went to another process, maybe a
+                # host one: those arguments are not its own, and may hold secrets (red
+                # team 34). Only its name, as for any process that exited meanwhile.
+                raw = b""
             args = raw.rstrip(b"\0").split(b"\0") if raw else []
             if self.name in _FORKED_WITHOUT_EXEC:
                 # nskernel's init and setup processes are forks of the launcher: their
@@ -258,6 +263,17 @@ class _Proc:
             text = " ".join(a.decode(errors="replace") for a in args) or f"[{self.name}]"
             self._command = text[:COMMAND_MAX]
         return self._command
+
+    def _still_the_one_scanned(self) -> bool:
+        """Whether ``pid`` is, after its command line was read, the process the scan saw:
+        the same parent and PIDs in every namespace. A process that took a freed PID has
+        another parent, or lives in other PID namespaces (a host process in none)."""
+        try:
+            st = _status(self.pid)
+        except OSError:
+            return False
+        nspid = [int(x) for x in st.get("NSpid", str(self.pid)).split()]
+        return int(st.get("PPid", "0") or 0) == self.ppid and nspid == self.nspid
 
     @property
     def kernel_thread(self) -> bool:

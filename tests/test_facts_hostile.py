@@ -231,10 +231,79 @@ def test_a_sandbox_with_many_processes_is_listed_in_part_and_says_so() -> None:
     total = int(f["errors"]["processes"].split()[0])
     assert total > facts.MAX_PROCESSES, f["errors"]
     assert f["errors"]["processes"].endswith(f"the first {facts.MAX_PROCESSES} are listed")
-    # Statuses of every process (about 1.5 KiB each); command lines of the listed only.
-    assert read < procs * 2048 + facts.MAX_PROCESSES * 4096 + (1 << 20), read
+    # Statuses of every process (about 1.5 KiB each); command lines of the listed only,
+    # each followed by its status again (the PID may have gone to another process).
+    assert read < procs * 2048 + facts.MAX_PROCESSES * (4096 + 2048) + (1 << 20), read
     assert html_text.count("<tr") <= facts.MAX_PROCESSES + 50
     assert f"the first {facts.MAX_PROCESSES} are listed" in html_text
+
+
+@pytest.mark.root  # choosing the next host PID (ns_last_pid) takes CAP_SYS_ADMIN there
+@pytest.mark.userns
+@pytest.mark.spawns_here
+def test_a_pid_freed_after_the_scan_never_shows_another_process_arguments() -> None:
+    """Red team 34 (from reading the code): command lines are read after the scan, for
+    the rows listed. A sandbox process that exits in between frees its host PID; a host
+    process given that PID would have its arguments (maybe a token) shown as the
+    sandbox's. Made real here: the next host PID is chosen through ns_last_pid."""
+    secret = "--token=not-for-the-sandbox-column"
+    # After its `wait`, the sandbox forks nothing that could take the freed PID.
+    with _spawn_ready("sleep 600 & echo ready; wait; exec sleep 600") as sb:
+        sleeper = _sleep_of(sb.pid)
+        os.kill(sleeper.pid, 9)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{sleeper.pid}"):  # reaped by the sandbox's sh
+            assert time.monotonic() < deadline, "the sandbox never reaped its sleep"
+            time.sleep(0.01)
+        taker = None
+        for _ in range(50):  # another process may take the PID first: try again
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(sleeper.pid - 1))
+            proc = subprocess.Popen(
+                ["sh", "-c", "sleep 600; :", "sh", secret], start_new_session=True
+            )
+            if proc.pid == sleeper.pid:
+                taker = proc
+                break
+            _end_group(proc)
+        assert taker is not None, "no host process could be given the freed PID"
+        try:
+            deadline = time.monotonic() + 10
+            while secret.encode() not in _cmdline(taker.pid):  # the PID reused, once exec'd
+                assert time.monotonic() < deadline, _cmdline(taker.pid)
+                time.sleep(0.01)
+            assert sleeper.command == "[sleep]", sleeper.command
+        finally:
+            _end_group(taker)
+
+
+def _sleep_of(init_pid: int) -> facts._Proc:
+    """The `sleep` a sandbox started, once its fork of sh is `sleep`."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        procs = {p.pid: p for p in facts._scan_processes()}
+        for p in procs.values():
+            if p.name == "sleep" and _descends_from(p.pid, init_pid, procs):
+                return p
+        time.sleep(0.01)
+    raise AssertionError("the sandbox's sleep never showed")
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """End a host process started in a session of its own, and its `sleep` with it."""
+    os.killpg(proc.pid, 9)
+    proc.wait()
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def _descends_from(pid: int, ancestor: int, procs: dict) -> bool:
+    while pid in procs and pid != ancestor:
+        pid = procs[pid].ppid
+    return pid == ancestor
 
 
 def _fake_net_dir(path, n: int) -> None:

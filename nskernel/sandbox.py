@@ -15,7 +15,8 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
+from typing import TypeVar
 
 from . import mountinfo
 from ._linux import (
@@ -154,6 +155,64 @@ class Sandbox:
         :class:`SandboxError` if any setup step failed (nothing ran, nothing is left),
         :class:`CommandNotFound` if ``argv[0]`` cannot be executed inside.
         """
+        return cls.start(
+            spec,
+            argv,
+            target=target,
+            pass_fds=pass_fds,
+            stdio=stdio,
+            new_session=new_session,
+            controlling_tty=controlling_tty,
+            target_at_fork=target_at_fork,
+            trusted_target=trusted_target,
+        ).finish()
+
+    @classmethod
+    def start(
+        cls,
+        spec: SandboxSpec,
+        argv: Sequence[str] | None = None,
+        *,
+        target: Callable[[], int | None] | None = None,
+        pass_fds: Sequence[int] = (),
+        stdio: Sequence[int] | None = None,
+        new_session: bool = True,
+        controlling_tty: int | None = None,
+        target_at_fork: bool = True,
+        trusted_target: bool = False,
+    ) -> Creation:
+        """:meth:`spawn`, for a caller with other work meanwhile (the ``%%sandbox``
+        server): plans and forks, then returns while the child side sets up. Raises as
+        :meth:`spawn` for what fails before the fork. See :class:`Creation`."""
+        steps = cls._spawn_steps(
+            spec,
+            argv,
+            target=target,
+            pass_fds=pass_fds,
+            stdio=stdio,
+            new_session=new_session,
+            controlling_tty=controlling_tty,
+            target_at_fork=target_at_fork,
+            trusted_target=trusted_target,
+        )
+        return Creation(steps)
+
+    @classmethod
+    def _spawn_steps(
+        cls,
+        spec: SandboxSpec,
+        argv: Sequence[str] | None,
+        *,
+        target: Callable[[], int | None] | None,
+        pass_fds: Sequence[int],
+        stdio: Sequence[int] | None,
+        new_session: bool,
+        controlling_tty: int | None,
+        target_at_fork: bool,
+        trusted_target: bool,
+    ) -> Steps[Sandbox]:
+        """The whole of :meth:`spawn`: yields a descriptor whenever it must wait for it
+        to be readable (see :class:`Creation`), returns the sandbox."""
         if (argv is None) == (target is None):
             msg = "give exactly one of argv (a command to exec) or target (a callable)"
             raise TypeError(msg)
@@ -280,7 +339,7 @@ class Sandbox:
             _subreaper_set = True
 
         try:
-            sb = cls._spawn(spec, child_plan, plan_maps, namespaces, hostname, applied)
+            sb = yield from cls._spawn(spec, child_plan, plan_maps, namespaces, hostname, applied)
         except BaseException:
             applied.remove_from_parent()
             raise
@@ -314,7 +373,7 @@ class Sandbox:
         namespaces: frozenset[str],
         hostname: str | None,
         applied: limits.AppliedLimits,
-    ) -> Sandbox:
+    ) -> Steps[Sandbox]:
         pipes = contain.Pipes.create()
         native_init = init.open_native()  # before any namespace can hide it
         try:
@@ -336,12 +395,12 @@ class Sandbox:
         for fd in (pipes.report_w, pipes.go_r, pipes.lifeline_r, native_init):
             if fd is not None:
                 os.close(fd)
-        reader = _Reports(pipes.report_r, time.monotonic() + SETUP_DEADLINE)
+        reader = _Reports(pipes.report_r)
         init_pid: int | None = None
         degraded: list[str] = []
         try:
             if "user" in namespaces:
-                msg = reader.next()
+                msg = yield from reader.next()
                 if msg.get("event") != "userns":
                     raise _error_from(msg, namespaces)
                 assert plan_maps is not None
@@ -359,7 +418,7 @@ class Sandbox:
             # processes, so they may arrive in either order.
             seen: dict[str, dict[str, Any]] = {}
             while not ("init" in seen and "ready" in seen):
-                msg = reader.next()
+                msg = yield from reader.next()
                 if msg.get("event") == "degraded":
                     # init's own report (trusted: the command does not exist yet)
                     degraded = [w for w in msg.get("what") or () if w in spec.allow_degraded]
@@ -369,7 +428,7 @@ class Sandbox:
                 seen[msg["event"]] = msg
                 if msg["event"] == "init":
                     init_pid = int(msg["pid"])
-                    _reap_by(setup_pid, reader.deadline)  # init is now re-parented to us
+                    yield from _reap(setup_pid)  # init is now re-parented to us
                     setup_pid = 0
                     # Tell init it is ours now: it arms its death signal (see
                     # contain._adopted_by_launcher) before it starts the command.
@@ -391,7 +450,7 @@ class Sandbox:
             # Should the few steps before the target fail, it exits (status 1) without
             # having run: the caller sees the sandbox end.
             if child_plan.target is None:
-                msg = reader.next()
+                msg = yield from reader.next()
                 if msg.get("event") == "error":
                     raise _error_from(msg, namespaces)
         except BaseException:
@@ -615,21 +674,77 @@ def _setup_timed_out() -> SandboxError:
     )
 
 
+_T = TypeVar("_T")
+# A step of sandbox creation yields the descriptor it waits on (until readable), and
+# returns its result: see Creation.
+Steps = Generator[int, None, _T]
+
+
+class Creation:
+    """A sandbox being created (:meth:`Sandbox.start`): the planning and the fork are
+    done; the setup goes on in the child processes, which report on a pipe.
+
+    Wait until ``fd`` is readable (poll(2)), then call :meth:`step`; repeat until it
+    returns the sandbox (``fd`` is then -1). :meth:`finish` does that here, blocking.
+    After ``deadline`` (:data:`SETUP_DEADLINE` after the fork) :meth:`step` ends the
+    setup and raises, as :meth:`Sandbox.spawn` does: nothing of a setup may hold the
+    caller. :meth:`cancel` ends it at once. A creation that fails or is cancelled
+    leaves nothing: its processes are killed and reaped, its descriptors closed.
+    """
+
+    def __init__(self, steps: Steps[Sandbox]) -> None:
+        self._steps: Steps[Sandbox] | None = steps
+        self.sandbox: Sandbox | None = None
+        self.fd = -1
+        self._advance(steps.send, None)  # plans and forks (raises what planning raises)
+        self.deadline = time.monotonic() + SETUP_DEADLINE
+
+    def _advance(self, resume: Callable[[Any], int], arg: Any) -> None:
+        try:
+            self.fd = resume(arg)
+        except StopIteration as done:
+            self._steps, self.fd, self.sandbox = None, -1, done.value
+        except BaseException:
+            self._steps, self.fd = None, -1  # the steps cleaned up as they ended
+            raise
+
+    def step(self) -> Sandbox | None:
+        """Go on as far as the setup got without waiting; the sandbox once it is made.
+        Raises the setup's error (or its timeout, past ``deadline``)."""
+        while self._steps is not None and syscalls.readable([self.fd], 0):
+            self._advance(self._steps.send, None)
+        if self._steps is not None and time.monotonic() >= self.deadline:
+            self._advance(self._steps.throw, _setup_timed_out())
+        return self.sandbox
+
+    def finish(self) -> Sandbox:
+        """Wait here until the sandbox is made; raises as :meth:`Sandbox.spawn`."""
+        while self.step() is None:
+            syscalls.readable([self.fd], max(0.0, self.deadline - time.monotonic()))
+        assert self.sandbox is not None
+        return self.sandbox
+
+    def cancel(self) -> None:
+        """End the setup now, killing and reaping what exists of it. A sandbox already
+        made is the caller's: this does not end it."""
+        if self._steps is not None:
+            steps, self._steps, self.fd = self._steps, None, -1
+            steps.close()  # GeneratorExit where it waits: its clean-up runs
+
+
 class _Reports:
     """Reads the JSON lines the child side writes; EOF reads as ``{"event": "eof"}``.
 
-    Each read waits at most until ``deadline`` (``time.monotonic()``), then raises."""
+    Each read waits (yields its descriptor: see :class:`Creation`, which holds the
+    deadline) until a whole line is there."""
 
-    def __init__(self, fd: int, deadline: float) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
         self.buf = b""
-        self.deadline = deadline
 
-    def next(self) -> dict[str, Any]:
+    def next(self) -> Steps[dict[str, Any]]:
         while b"\n" not in self.buf:
-            left = self.deadline - time.monotonic()
-            if left <= 0 or not syscalls.readable([self.fd], left):
-                raise _setup_timed_out()
+            yield self.fd
             chunk = os.read(self.fd, 4096)
             if not chunk:
                 return {"event": "eof"}
@@ -1096,13 +1211,11 @@ def _cwd_or_none() -> str | None:
         return None
 
 
-def _reap_by(pid: int, deadline: float) -> None:
-    """Reap the child ``pid`` once it exits, or raise if it has not by ``deadline``."""
+def _reap(pid: int) -> Steps[None]:
+    """Reap the child ``pid`` once it exits (its pidfd is readable then)."""
     fd = os.pidfd_open(pid)
     try:
-        left = deadline - time.monotonic()
-        if left <= 0 or not syscalls.readable([fd], left):
-            raise _setup_timed_out()
+        yield fd
     finally:
         os.close(fd)
     os.waitpid(pid, 0)

@@ -208,3 +208,83 @@ print(len(open(f"/proc/{{os.getpid()}}/task/{{os.getpid()}}/children").read().sp
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout == "0\n", "failed launches left processes to their caller"
+
+
+# ------------------------------------------------------------ creation driven by a poll loop
+
+
+def _children() -> list[int]:
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def _fds() -> set[int]:
+    return {int(n) for n in os.listdir("/proc/self/fd")}
+
+
+def test_a_creation_driven_by_a_poll_loop_makes_the_same_sandbox():
+    """``Sandbox.start``: the ``%%sandbox`` server's way, serving others while a sandbox
+    is set up. It returns once forked, before the sandbox exists; each ``step`` goes as
+    far as the setup got."""
+    from nskernel import Sandbox, SandboxSpec
+    from nskernel._linux import syscalls
+
+    r, w = os.pipe()
+    try:
+        creation = Sandbox.start(SandboxSpec(), ["sh", "-c", "hostname"], stdio=(0, w, 2))
+    finally:
+        os.close(w)
+    assert creation.sandbox is None and creation.fd >= 0  # being set up
+    steps = 0
+    while (sb := creation.step()) is None:
+        assert syscalls.readable([creation.fd], 30), "the setup never reported"
+        steps += 1
+    assert steps >= 2 and creation.fd == -1
+    with sb, os.fdopen(r) as out:
+        assert sb.wait() == 0
+        assert out.read() == f"{sb.hostname}\n"
+
+
+def test_a_creation_cancelled_at_any_step_leaves_nothing():
+    """The server ends the sandboxes it is making when its kernel goes: cancelled at
+    each point of its setup, a creation leaves no process and no descriptor."""
+    from nskernel import Sandbox, SandboxSpec
+    from nskernel._linux import syscalls
+
+    before = _fds()
+    for stop_after in range(6):
+        creation = Sandbox.start(SandboxSpec(), ["sleep", "600"])
+        for _ in range(stop_after):
+            if creation.sandbox is not None:
+                break
+            syscalls.readable([creation.fd], 30)
+            creation.step()
+        if creation.sandbox is None:
+            creation.cancel()
+            assert creation.fd == -1 and creation.step() is None
+        else:  # made before this many steps: the caller's to end
+            creation.sandbox.kill()
+        assert _children() == [], f"left after cancelling at step {stop_after}"
+    assert _fds() == before
+
+
+def test_a_creation_past_its_deadline_is_ended_and_says_so(monkeypatch):
+    """As for ``spawn`` (test_bind_destinations): a setup that blocks must not hold a
+    caller who polls either. Past its deadline the next ``step`` ends it and raises."""
+    from nskernel import Sandbox, SandboxError, SandboxSpec, sandbox
+    from nskernel._linux import contain, syscalls
+
+    def blocked(*args):  # init, stuck in a step (e.g. a mount on a hung filesystem)
+        r, _w = os.pipe()
+        os.read(r, 1)
+
+    monkeypatch.setattr(sandbox, "SETUP_DEADLINE", 1.0)
+    monkeypatch.setattr(contain, "_init_main", blocked)  # the forked init runs it
+    before = _fds()
+    creation = Sandbox.start(SandboxSpec(), ["true"])
+    with pytest.raises(SandboxError, match="did not finish within 1 s"):
+        while creation.step() is None:
+            syscalls.readable([creation.fd], max(0.0, creation.deadline - time.monotonic()))
+    assert creation.fd == -1
+    assert _children() == []
+    assert _fds() == before

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from tests.hostile import descendants
 from tests.magic_helpers import Output, execute, host_namespaces, kernel, wait_gone
 
 pytestmark = [pytest.mark.kernel, pytest.mark.userns]
@@ -367,6 +368,32 @@ def test_named_sandboxes_end_with_the_kernel(how):
             km.shutdown_kernel(now=False)
         assert wait_gone(server_pid), "the sandbox server outlived its kernel"
         assert wait_gone(sandbox_pid), "a named sandbox outlived its kernel"
+
+
+@pytest.mark.parametrize("how", ["shutdown", "sigkill-server"])
+def test_sandboxes_being_made_end_with_the_server(how):
+    """Cells back to back: the server sets the next cell's sandbox up while a cell runs.
+    Whether its kernel shuts down or the server itself is SIGKILLed meanwhile, nothing
+    of the sandboxes it was making (or had made) is left."""
+    with kernel() as (km, kc):
+        assert execute(kc, "%%sandbox\npass").status == "ok"
+        res = execute(
+            kc, "from nskernel.magics.client import get_client\nprint(get_client().server_pid)"
+        )
+        server_pid = int(res.stdout)
+        ids = [kc.execute("%%sandbox\npass", allow_stdin=False) for _ in range(40)]
+        replies = 0
+        while replies < 5:  # well into the run: a sandbox is being made for the next
+            if kc.get_shell_msg(timeout=60)["parent_header"].get("msg_id") in ids:
+                replies += 1
+        made = descendants(server_pid)
+        if how == "sigkill-server":
+            os.kill(server_pid, signal.SIGKILL)
+        else:
+            km.shutdown_kernel(now=False)
+        assert wait_gone(server_pid), "the sandbox server outlived its kernel"
+        left = [p for p in made + descendants(server_pid) if wait_gone(p) is False]
+        assert not left, f"left behind: {left}"
 
 
 def test_show_and_compare_use_the_widget_panel(kc):

@@ -4,7 +4,9 @@ The constraint: a Jupyter kernel runs threads (ZMQ, heartbeat, output flushing),
 ``unshare(CLONE_NEWUSER)`` fails with EINVAL in a process with more than one thread. So the
 kernel starts this server (``python -m nskernel.magics.server --fd N``) on first use and
 talks to it over a socketpair of framed JSON (:mod:`.protocol`). The server stays
-single-threaded for its whole life and creates every sandbox with ``Sandbox.spawn``.
+single-threaded for its whole life and creates every sandbox with ``Sandbox.start``
+(``Sandbox.spawn`` taken in steps): while a sandbox is set up in its child processes,
+the server goes on serving.
 
 Choices:
 
@@ -23,9 +25,12 @@ Choices:
   (and so copying) the inherited heap in every child. See :mod:`.cellrunner`.
 - **A warm sandbox ahead of time.** After each unnamed cell the server creates the next
   sandbox for the same options while the user reads the output (after a quiet spell of
-  ``WARM_AFTER_IDLE``; at once when cells come back to back, as "Run All" sends them),
-  so the next cell only pays for sending the cell over (see ``benchmarks/cases_magic.py``
-  for the figures).
+  ``WARM_AFTER_IDLE``), so the next cell only pays for sending the cell over (see
+  ``benchmarks/cases_magic.py`` for the figures). When cells come back to back, as "Run
+  All" sends them, the next cell's sandbox is started as soon as a cell is sent, and set
+  up on the other core while that cell runs; a cell that comes before its sandbox is
+  ready waits for the rest of its setup. At most one sandbox a set of options is made
+  ahead; the server's end makes them all end with it (``Creation.cancel``).
   ``NSKERNEL_MAGIC_PREWARM=0`` turns this off (every cell then creates its sandbox).
 """
 
@@ -46,6 +51,7 @@ from typing import Any
 
 from nskernel import Bind, NskernelError, Sandbox, SandboxError, SandboxSpec, SpecError
 from nskernel._linux import exefile, procfs, syscalls, userns
+from nskernel.sandbox import Creation
 from nskernel.spec import ALL_NAMESPACES, make_limits, python_environment_binds
 
 from .._record import record, replace
@@ -62,10 +68,10 @@ FACTS_TIMEOUT = 2.0
 ASK_TIMEOUT = 5.0  # longer would stall the kernel on a sandbox that never answers
 WARM_AFTER_IDLE = 0.02  # seconds without requests before a warm sandbox is made
 # A cell asked for within this long after the previous one was done came from "Run All",
-# nbval or papermill, not from a person: after such a cell the next sandbox is made at
-# once instead of after WARM_AFTER_IDLE, since the next request is already on its way
-# (a person's next cell comes hundreds of ms later, and keeps the quiet spell, so the
-# kernel's reply does not share the CPU with a creation).
+# nbval or papermill, not from a person: as such a cell is sent, the next sandbox is
+# started, instead of after WARM_AFTER_IDLE, since the next request is already on its
+# way (a person's next cell comes hundreds of ms later, and keeps the quiet spell, so
+# the cell and the kernel's reply do not share the CPU with a creation).
 BACK_TO_BACK = 0.05
 # After SIGKILL, how long a reply may wait for the sandbox to be reaped before it says
 # the sandbox has not exited (SIGKILL takes effect at once unless a process is stuck in
@@ -342,6 +348,18 @@ class _Budget:
         }
 
 
+class _Creating:
+    """A sandbox made ahead of time for cells of ``key``, still being set up (see
+    :class:`nskernel.sandbox.Creation`), with the server's end of its runner's socket."""
+
+    def __init__(self, creation: Creation, sock: socket.socket, spec: dict[str, Any]) -> None:
+        self.creation = creation
+        self.sock = sock
+        self.spec = spec
+        self.key = _spec_key(spec)
+        self.fd = -1  # the descriptor registered with the poller for it, if any
+
+
 class Box:
     """One sandbox and the socket to its cell runner.
 
@@ -438,6 +456,10 @@ class Server:
         self.lost: dict[str, str] = {}
         self.running: dict[int, Box] = {}  # by request id
         self.warm: dict[str, Box] = {}  # spec key -> a sandbox created ahead of time
+        # spec key -> the next one, being set up while the server serves (at most one a
+        # key); by the descriptor its setup waits on, for the main loop.
+        self.creating: dict[str, _Creating] = {}
+        self.creating_fds: dict[int, _Creating] = {}
         self.want_warm: set[str] = set()
         self.last_done: float | None = None  # when the last cell's "done" was sent
         self.back_to_back = False  # the last cell came within BACK_TO_BACK of that
@@ -497,14 +519,15 @@ class Server:
         ):
             self.service(box)
 
-    def _spawn(self, spec: dict[str, Any], *, warm: bool = False) -> Box:
+    def _start(self, spec: dict[str, Any], *, warm: bool = False) -> _Creating:
+        """Plan and fork a sandbox with a cell runner; its setup goes on meanwhile."""
         from . import cellrunner
 
         sandbox_spec = _build_spec(spec, self.secrets)
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fd = child.fileno()
         try:
-            sb = Sandbox.spawn(
+            creation = Sandbox.start(
                 sandbox_spec,
                 target=lambda: cellrunner.serve(
                     child_fd, warm=warm, nofile_soft=self.user_nofile_soft
@@ -518,10 +541,59 @@ class Server:
             parent.close()
             raise
         finally:
-            child.close()
-        box = Box(sb, parent, spec, _spec_key(spec))
+            child.close()  # forked already: the setup child holds its own copy
+        return _Creating(creation, parent, spec)
+
+    def _made(self, c: _Creating) -> Box:
+        assert c.creation.sandbox is not None
+        box = Box(c.creation.sandbox, c.sock, c.spec, c.key)
         self.boxes[box.fd] = box
         self.poller.register(box.fd, 0)  # read while a cell runs (see _watch)
+        return box
+
+    def _spawn(self, spec: dict[str, Any]) -> Box:
+        """A sandbox for a cell now: made while the server waits."""
+        c = self._start(spec)
+        try:
+            c.creation.finish()
+        except BaseException:
+            c.sock.close()
+            raise
+        return self._made(c)
+
+    def _make_ahead(self, key: str) -> None:
+        """Start making the next sandbox for cells of ``key``, unless one is made or
+        being made. It is set up while the server serves (see _go_on)."""
+        if key in self.warm or key in self.creating:
+            return
+        try:
+            c = self._start(json.loads(key), warm=True)
+        except (SandboxError, SpecError, OSError):
+            return  # the next cell creates its own and reports the error
+        self.creating[key] = c
+        self._go_on(c, wait=False)
+
+    def _go_on(self, c: _Creating, *, wait: bool) -> Box | None:
+        """Take a sandbox being made as far as its setup got (``wait``: to its end);
+        once made it is the warm one of its key. A setup that fails leaves nothing."""
+        if c.fd >= 0:  # unregistered first: the step may close that descriptor
+            self.poller.unregister(c.fd)
+            del self.creating_fds[c.fd]
+            c.fd = -1
+        try:
+            sb = c.creation.finish() if wait else c.creation.step()
+        except (SandboxError, SpecError, OSError):
+            sb = None
+        if sb is None and c.creation.fd >= 0:
+            c.fd = c.creation.fd
+            self.creating_fds[c.fd] = c
+            self.poller.register(c.fd, select.POLLIN)
+            return None
+        del self.creating[c.key]
+        if sb is None:
+            c.sock.close()  # it failed (the next cell creates its own and says why)
+            return None
+        box = self.warm[c.key] = self._made(c)
         return box
 
     def _detach(self, box: Box) -> None:
@@ -752,7 +824,11 @@ class Server:
         else:
             backend = _network_backend() if net else None
             key = _spec_key(spec)
-            box = None if (name or net) else self.warm.pop(key, None)
+            box = None
+            if not (name or net):
+                if key not in self.warm and key in self.creating:
+                    self._go_on(self.creating[key], wait=True)  # made, or failed
+                box = self.warm.pop(key, None)
             if box is None:
                 box = self._spawn(spec)
             if not name and not net and self.prewarm:
@@ -796,6 +872,11 @@ class Server:
                 "parent": req.get("parent"),
             },
         )
+        if self.back_to_back and box.key in self.want_warm and box.name is None:
+            # Cells back to back (Run All): the next cell's sandbox is set up while this
+            # one runs, on the other core; the server goes on serving meanwhile.
+            self.want_warm.discard(box.key)
+            self._make_ahead(box.key)
 
     def op_comm(self, req: dict[str, Any]) -> None:
         """A message from the frontend for a comm of a named sandbox: run like a cell
@@ -1159,18 +1240,14 @@ class Server:
         """Create the sandboxes the next cells will want, while the kernel is idle."""
         for key in list(self.want_warm):
             self.want_warm.discard(key)
-            if key in self.warm:
-                continue
-            try:
-                self.warm[key] = self._spawn(json.loads(key), warm=True)
-            except (SandboxError, SpecError, OSError):
-                pass  # the next cell creates its own and reports the error
+            self._make_ahead(key)
 
     def _timeout(self) -> float | None:
         timeout: float | None = None
         if self.dying:
             timeout = REAP_INTERVAL
         pauses = [b.paused_until for b in self.running.values() if b.paused_until is not None]
+        pauses += [c.creation.deadline for c in self.creating.values()]
         if self.waits or pauses:
             first = min([w.deadline for w in self.waits] + pauses) - time.monotonic()
             timeout = max(0.0, first if timeout is None else min(timeout, first))
@@ -1185,11 +1262,18 @@ class Server:
                 self._watch(box)
                 self.service(box)
 
+    def _overdue(self) -> None:
+        """End the setups that went past their deadline (nothing of them is left)."""
+        now = time.monotonic()
+        for c in [c for c in self.creating.values() if now >= c.creation.deadline]:
+            self._go_on(c, wait=False)
+
     def run(self) -> None:
         while True:
             self._reap()
             self._check_waits()
             self._resume()
+            self._overdue()
             timeout = self._timeout()
             # Make the next sandbox only while no cell runs and after a short quiet spell:
             # creating one takes the CPU for tens of ms, which must not delay a cell.
@@ -1207,6 +1291,10 @@ class Server:
                 for req in self.reader.frames():
                     self.handle(req)
             for fd, events in ready.items():
+                making = self.creating_fds.get(fd)
+                if making is not None:
+                    self._go_on(making, wait=False)
+                    continue
                 box = self.boxes.get(fd)
                 if box is None:
                     continue
@@ -1225,6 +1313,10 @@ class Server:
 
     def shutdown(self) -> None:
         self.closing = True
+        for c in list(self.creating.values()):
+            c.creation.cancel()  # what exists of it is killed and reaped
+            c.sock.close()
+        self.creating.clear()
         for box in list(self.boxes.values()):
             self._retire(box)
         for sb in list(self.dying):  # those whose channel closed mid-cell, too

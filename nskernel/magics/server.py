@@ -469,6 +469,10 @@ class Server:
         # descriptors numbered 1024 and up, which ~500 named sandboxes reach.
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
+        # Descriptors registered since the last poll: an event the last poll reported
+        # under such a number belonged to the file that had it before (closed meanwhile,
+        # e.g. a setup's pidfd), and must not be applied to the new one (red team 35 N2).
+        self.registered_since_poll: set[int] = set()
         self.prewarm = os.environ.get("NSKERNEL_MAGIC_PREWARM", "1") != "0"
         self.closing = False  # shutting down: the kernel is gone, nobody reads replies
 
@@ -548,8 +552,12 @@ class Server:
         assert c.creation.sandbox is not None
         box = Box(c.creation.sandbox, c.sock, c.spec, c.key)
         self.boxes[box.fd] = box
-        self.poller.register(box.fd, 0)  # read while a cell runs (see _watch)
+        self._register(box.fd, 0)  # read while a cell runs (see _watch)
         return box
+
+    def _register(self, fd: int, events: int) -> None:
+        self.poller.register(fd, events)
+        self.registered_since_poll.add(fd)
 
     def _spawn(self, spec: dict[str, Any]) -> Box:
         """A sandbox for a cell now: made while the server waits."""
@@ -587,7 +595,7 @@ class Server:
         if sb is None and c.creation.fd >= 0:
             c.fd = c.creation.fd
             self.creating_fds[c.fd] = c
-            self.poller.register(c.fd, select.POLLIN)
+            self._register(c.fd, select.POLLIN)
             return None
         del self.creating[c.key]
         if sb is None:
@@ -1281,6 +1289,7 @@ class Server:
             if idle:
                 quiet = 0.0 if self.back_to_back else WARM_AFTER_IDLE
                 timeout = quiet if timeout is None else min(timeout, quiet)
+            self.registered_since_poll.clear()
             ready = dict(self.poller.poll(syscalls.poll_ms(timeout)))
             if not ready and idle:
                 self.fill_warm()
@@ -1291,6 +1300,8 @@ class Server:
                 for req in self.reader.frames():
                     self.handle(req)
             for fd, events in ready.items():
+                if fd in self.registered_since_poll:
+                    continue  # reported for a file since closed; polled afresh next time
                 making = self.creating_fds.get(fd)
                 if making is not None:
                     self._go_on(making, wait=False)

@@ -155,6 +155,44 @@ def test_cells_sent_at_once_each_get_a_fresh_sandbox(kc):
     assert len({s["host"] for s in seen}) == 6, seen
 
 
+def test_a_sandbox_made_while_cells_run_is_confined_like_one_made_alone(kc):
+    """Cells back to back: each next sandbox is set up while a cell runs (red team 35).
+    It must get the same confinement as one made while nothing else happens, and no
+    descriptor of another sandbox's setup (a report pipe, a lifeline, a pidfd)."""
+    code = (
+        "%%sandbox\nimport collections, json, os\n"
+        "status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+        "kinds = collections.Counter()\n"
+        "for n in os.listdir('/proc/self/fd'):\n"
+        "    try:  # the listing's own descriptor is gone by now\n"
+        "        kinds[os.readlink(f'/proc/self/fd/{n}').split(':')[0].split('[')[0]] += 1\n"
+        "    except FileNotFoundError:\n"
+        "        pass\n"
+        "keys = ('Seccomp', 'NoNewPrivs', 'CapEff', 'CapBnd', 'Uid', 'Gid', 'Groups')\n"
+        "print(json.dumps({'status': {k: status[k].strip() for k in keys},\n"
+        "                  'fds': sorted(kinds.items())}))"
+    )
+    time.sleep(0.3)  # made ahead after a quiet spell, alone
+    alone = execute(kc, code)
+    assert alone.status == "ok", alone.error_text
+    ids = [kc.execute(code, allow_stdin=False) for _ in range(6)]
+    out: dict[str, str] = {i: "" for i in ids}
+    idle: set[str] = set()
+    deadline = time.monotonic() + 60
+    while idle != set(ids):
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        parent = msg["parent_header"].get("msg_id")
+        if parent not in out:
+            continue
+        if msg["msg_type"] == "stream":
+            out[parent] += msg["content"]["text"]
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            idle.add(parent)
+    assert json.loads(alone.stdout)["status"]["Seccomp"] == "2"  # filtered, to begin with
+    for i in ids:
+        assert out[i] == alone.stdout, (out[i], alone.stdout)
+
+
 def test_output_streams_live(kc):
     code = "%%sandbox\nimport time\nfor i in range(3):\n    print('tick', i)\n    time.sleep(0.5)\n"
     res = execute(kc, code)

@@ -169,6 +169,16 @@ class Sandbox:
 
     @classmethod
     def start(
+        cls, spec: SandboxSpec, argv: Sequence[str] | None = None, **options: Any
+    ) -> Creation:
+        """:meth:`spawn` in steps, for a caller with other work meanwhile (the
+        ``%%sandbox`` server); the same arguments. Plans and forks, then returns while
+        the child side sets up; raises as :meth:`spawn` for what fails before the fork.
+        See :class:`Creation`."""
+        return Creation(cls._spawn_steps(spec, argv, **options))
+
+    @classmethod
+    def _spawn_steps(
         cls,
         spec: SandboxSpec,
         argv: Sequence[str] | None = None,
@@ -180,36 +190,6 @@ class Sandbox:
         controlling_tty: int | None = None,
         target_at_fork: bool = True,
         trusted_target: bool = False,
-    ) -> Creation:
-        """:meth:`spawn`, for a caller with other work meanwhile (the ``%%sandbox``
-        server): plans and forks, then returns while the child side sets up. Raises as
-        :meth:`spawn` for what fails before the fork. See :class:`Creation`."""
-        steps = cls._spawn_steps(
-            spec,
-            argv,
-            target=target,
-            pass_fds=pass_fds,
-            stdio=stdio,
-            new_session=new_session,
-            controlling_tty=controlling_tty,
-            target_at_fork=target_at_fork,
-            trusted_target=trusted_target,
-        )
-        return Creation(steps)
-
-    @classmethod
-    def _spawn_steps(
-        cls,
-        spec: SandboxSpec,
-        argv: Sequence[str] | None,
-        *,
-        target: Callable[[], int | None] | None,
-        pass_fds: Sequence[int],
-        stdio: Sequence[int] | None,
-        new_session: bool,
-        controlling_tty: int | None,
-        target_at_fork: bool,
-        trusted_target: bool,
     ) -> Steps[Sandbox]:
         """The whole of :meth:`spawn`: yields a descriptor whenever it must wait for it
         to be readable (see :class:`Creation`), returns the sandbox."""

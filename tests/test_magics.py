@@ -125,17 +125,10 @@ def test_every_sandbox_draws_its_own_random_numbers(kc):
     assert len(set(draws)) == 3, draws
 
 
-def test_cells_sent_at_once_each_get_a_fresh_sandbox(kc):
-    """As "Run All" sends them: every request at once. The server then makes each next
-    sandbox as soon as a cell is done (no quiet spell to wait for); each cell must still
-    get a sandbox no cell has used: nothing left by the one before, its own hostname."""
-    code = (
-        "%%sandbox\nimport json, os, socket\n"
-        "seen = os.path.exists('/tmp/left-by-a-cell')\n"
-        "open('/tmp/left-by-a-cell', 'w').close()\n"
-        "print(json.dumps({'host': socket.gethostname(), 'seen': seen}))"
-    )
-    ids = [kc.execute(code, allow_stdin=False) for _ in range(6)]
+def _sent_at_once(kc, code: str, cells: int) -> list[str]:
+    """Send ``cells`` requests of ``code`` at once, as "Run All" does; each one's
+    output (its streams, and an error's traceback), in order."""
+    ids = [kc.execute(code, allow_stdin=False) for _ in range(cells)]
     out: dict[str, str] = {i: "" for i in ids}
     idle: set[str] = set()
     deadline = time.monotonic() + 60
@@ -150,7 +143,22 @@ def test_cells_sent_at_once_each_get_a_fresh_sandbox(kc):
             out[parent] += "\n".join(msg["content"]["traceback"])
         elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             idle.add(parent)
-    seen = [json.loads(out[i].strip().splitlines()[-1]) for i in ids]
+    return [out[i] for i in ids]
+
+
+def test_cells_sent_at_once_each_get_a_fresh_sandbox(kc):
+    """As "Run All" sends them: every request at once. The server then sets each next
+    cell's sandbox up while a cell runs (no quiet spell to wait for); each cell must
+    still get a sandbox no cell has used: nothing left by the one before, its own
+    hostname."""
+    code = (
+        "%%sandbox\nimport json, os, socket\n"
+        "seen = os.path.exists('/tmp/left-by-a-cell')\n"
+        "open('/tmp/left-by-a-cell', 'w').close()\n"
+        "print(json.dumps({'host': socket.gethostname(), 'seen': seen}))"
+    )
+    out = _sent_at_once(kc, code, 6)
+    seen = [json.loads(text.strip().splitlines()[-1]) for text in out]
     assert [s["seen"] for s in seen] == [False] * 6, out
     assert len({s["host"] for s in seen}) == 6, seen
 
@@ -175,22 +183,10 @@ def test_a_sandbox_made_while_cells_run_is_confined_like_one_made_alone(kc):
     time.sleep(0.3)  # made ahead after a quiet spell, alone
     alone = execute(kc, code)
     assert alone.status == "ok", alone.error_text
-    ids = [kc.execute(code, allow_stdin=False) for _ in range(6)]
-    out: dict[str, str] = {i: "" for i in ids}
-    idle: set[str] = set()
-    deadline = time.monotonic() + 60
-    while idle != set(ids):
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        parent = msg["parent_header"].get("msg_id")
-        if parent not in out:
-            continue
-        if msg["msg_type"] == "stream":
-            out[parent] += msg["content"]["text"]
-        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            idle.add(parent)
+    out = _sent_at_once(kc, code, 6)
     assert json.loads(alone.stdout)["status"]["Seccomp"] == "2"  # filtered, to begin with
-    for i in ids:
-        assert out[i] == alone.stdout, (out[i], alone.stdout)
+    for text in out:
+        assert text == alone.stdout, (text, alone.stdout)
 
 
 def test_output_streams_live(kc):

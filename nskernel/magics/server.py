@@ -1245,7 +1245,8 @@ class Server:
     # ------------------------------------------------------------ main loop
 
     def fill_warm(self) -> None:
-        """Create the sandboxes the next cells will want, while the kernel is idle."""
+        """Start making the sandboxes the next cells will want, while the kernel is idle
+        (they are set up while the server serves: see _go_on)."""
         for key in list(self.want_warm):
             self.want_warm.discard(key)
             self._make_ahead(key)

@@ -176,6 +176,11 @@ def _denied_calls() -> dict[str, Any]:
         "unshare(CLONE_NEWUSER)": _in_child(lambda: _unshare(CLONE_NEWUSER)),
         # A cgroup namespace would let sandbox root mount cgroupfs (red team 18 F2).
         "unshare(CLONE_NEWCGROUP)": _in_child(lambda: _unshare(CLONE_NEWCGROUP)),
+        # Families socket() may not make must not come through socketpair() either (red
+        # team 36 F1): without the filter these reach the family's code, which refuses.
+        "socketpair(AF_VSOCK)": _attempt(socket.socketpair, 40, socket.SOCK_STREAM),
+        "socketpair(AF_TIPC)": _attempt(socket.socketpair, 30, socket.SOCK_SEQPACKET),
+        "socketpair(AF_INET)": _attempt(socket.socketpair, socket.AF_INET, socket.SOCK_STREAM),
         "status": {k: v for k, v in _status().items() if k in ("Seccomp", "NoNewPrivs")},
     }
 
@@ -238,6 +243,8 @@ def _ordinary_work() -> dict[str, Any]:
     found["address added"] = b"10.213.99.1/32" in show.stdout
     # ping over lo: an ICMP echo on a raw socket (CAP_NET_RAW in its own network).
     found["ping lo"] = _attempt(_ping, "127.0.0.1")
+    # Local socket pairs (multiprocessing, asyncio, subprocess plumbing).
+    found["socketpair(AF_UNIX)"] = _attempt(socket.socketpair, socket.AF_UNIX)
     status = _status()
     found["status"] = {k: status[k] for k in ("Seccomp", "NoNewPrivs", "CapBnd", "CapEff")}
     return found
@@ -299,6 +306,7 @@ def test_ordinary_work_and_the_sandboxs_own_namespaces_still_work(
         "ip addr add": [0, ""],
         "address added": True,
         "ping lo": "ok",
+        "socketpair(AF_UNIX)": "ok",
     }
 
 
@@ -547,6 +555,10 @@ DENIED_BY_DEFAULT = [
     ("socket", 40, socket.SOCK_STREAM, 0),  # AF_VSOCK
     ("socket", 38, socket.SOCK_SEQPACKET, 0),  # AF_ALG
     ("socket", 30, socket.SOCK_RDM, 0),  # AF_TIPC
+    ("socketpair", 40, socket.SOCK_STREAM, 0),  # AF_VSOCK (red team 36 F1)
+    ("socketpair", 30, socket.SOCK_SEQPACKET, 0),  # AF_TIPC
+    ("socketpair", socket.AF_INET, socket.SOCK_STREAM, 0),
+    ("socketpair", socket.AF_UNIX | 1 << 32, socket.SOCK_STREAM, 0),  # not what the kernel reads
 ]
 
 ALLOWED_BY_DEFAULT = [
@@ -576,6 +588,8 @@ ALLOWED_BY_DEFAULT = [
     ("socket", socket.AF_UNIX, socket.SOCK_STREAM, 0),
     ("socket", socket.AF_NETLINK, socket.SOCK_RAW, 0),  # NETLINK_ROUTE: ip, pyroute2
     ("socket", socket.AF_PACKET, socket.SOCK_RAW, 0),
+    ("socketpair", socket.AF_UNIX, socket.SOCK_STREAM, 0),
+    ("socketpair", socket.AF_UNIX, socket.SOCK_DGRAM, 0),
     ("landlock_create_ruleset",),
     ("seccomp",),
     ("faccessat2",),

@@ -15,8 +15,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable, Generator, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 from . import mountinfo
 from ._linux import (
@@ -62,7 +61,14 @@ from .spec import (
 # cost every `nskernel run` ~2 ms.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from collections.abc import Generator
+    from typing import Any, TypeVar
+
+    _T = TypeVar("_T")
+    # A step of sandbox creation yields the descriptor it waits on (until readable), and
+    # returns its result: see Creation. (Only for annotations: `nskernel run` imports no
+    # `typing`, see test_record.)
+    Steps = Generator[int, None, _T]
 
 _subreaper_set = False
 _init_warned = False
@@ -652,12 +658,6 @@ def _setup_timed_out() -> SandboxError:
         "filesystem that does not answer (a hung network mount). Check the paths given "
         "with --bind, or try again.",
     )
-
-
-_T = TypeVar("_T")
-# A step of sandbox creation yields the descriptor it waits on (until readable), and
-# returns its result: see Creation.
-Steps = Generator[int, None, _T]
 
 
 class Creation:

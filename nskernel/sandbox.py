@@ -700,6 +700,8 @@ class Creation:
     def finish(self) -> Sandbox:
         """Wait here until the sandbox is made; raises as :meth:`Sandbox.spawn`."""
         while self.step() is None:
+            if self._steps is None:
+                raise SandboxError("the sandbox's setup was cancelled", step="setup")
             syscalls.readable([self.fd], max(0.0, self.deadline - time.monotonic()))
         assert self.sandbox is not None
         return self.sandbox

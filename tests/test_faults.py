@@ -248,7 +248,7 @@ def test_a_creation_driven_by_a_poll_loop_makes_the_same_sandbox():
 def test_a_creation_cancelled_at_any_step_leaves_nothing():
     """The server ends the sandboxes it is making when its kernel goes: cancelled at
     each point of its setup, a creation leaves no process and no descriptor."""
-    from nskernel import Sandbox, SandboxSpec
+    from nskernel import Sandbox, SandboxError, SandboxSpec
     from nskernel._linux import syscalls
 
     before = _fds()
@@ -262,6 +262,8 @@ def test_a_creation_cancelled_at_any_step_leaves_nothing():
         if creation.sandbox is None:
             creation.cancel()
             assert creation.fd == -1 and creation.step() is None
+            with pytest.raises(SandboxError, match="cancelled"):
+                creation.finish()  # says so, instead of waiting for what never comes
         else:  # made before this many steps: the caller's to end
             creation.sandbox.kill()
         assert _children() == [], f"left after cancelling at step {stop_after}"

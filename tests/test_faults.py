@@ -213,9 +213,10 @@ print(len(open(f"/proc/{{os.getpid()}}/task/{{os.getpid()}}/children").read().sp
 # ------------------------------------------------------------ creation driven by a poll loop
 
 
-def _children() -> list[int]:
+def _children() -> set[int]:
+    """This process's children (an earlier test's unreaped ones among them)."""
     with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
-        return [int(x) for x in f.read().split()]
+        return {int(x) for x in f.read().split()}
 
 
 def _fds() -> set[int]:
@@ -251,7 +252,7 @@ def test_a_creation_cancelled_at_any_step_leaves_nothing():
     from nskernel import Sandbox, SandboxError, SandboxSpec
     from nskernel._linux import syscalls
 
-    before = _fds()
+    before, children = _fds(), _children()
     for stop_after in range(6):
         creation = Sandbox.start(SandboxSpec(), ["sleep", "600"])
         for _ in range(stop_after):
@@ -266,7 +267,7 @@ def test_a_creation_cancelled_at_any_step_leaves_nothing():
                 creation.finish()  # says so, instead of waiting for what never comes
         else:  # made before this many steps: the caller's to end
             creation.sandbox.kill()
-        assert _children() == [], f"left after cancelling at step {stop_after}"
+        assert _children() == children, f"left after cancelling at step {stop_after}"
     assert _fds() == before
 
 
@@ -282,11 +283,11 @@ def test_a_creation_past_its_deadline_is_ended_and_says_so(monkeypatch):
 
     monkeypatch.setattr(sandbox, "SETUP_DEADLINE", 1.0)
     monkeypatch.setattr(contain, "_init_main", blocked)  # the forked init runs it
-    before = _fds()
+    before, children = _fds(), _children()
     creation = Sandbox.start(SandboxSpec(), ["true"])
     with pytest.raises(SandboxError, match="did not finish within 1 s"):
         while creation.step() is None:
             syscalls.readable([creation.fd], max(0.0, creation.deadline - time.monotonic()))
     assert creation.fd == -1
-    assert _children() == []
+    assert _children() == children
     assert _fds() == before

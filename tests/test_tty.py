@@ -798,6 +798,30 @@ def test_tty_forces_a_pty_without_a_terminal(nsk):
     assert r.stdout.endswith(b"partial"), r.stdout
 
 
+@pytest.mark.parametrize("init", ["nskernel-init", "python"])
+def test_with_a_pty_the_command_holds_no_descriptor_beyond_0_to_2(init):
+    """Red team 37 F1: nskernel-init left the pty it made the controlling terminal open
+    at fd 3+ in the command (the Python init's closed at exec). A command that closes
+    0-2 to detach still held the terminal, and so did everything it started."""
+    probe = (
+        "import os\n"
+        "fds = [int(f) for f in os.listdir('/proc/self/fd')]\n"
+        "print('FDS', sorted(f for f in fds if f > 2 and os.path.exists(f'/proc/self/fd/{f}')))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NSKERNEL_INIT"}
+    if init == "python":
+        env["NSKERNEL_INIT"] = "python"
+    r = subprocess.run(
+        nskernel_cmd("run", "-t", "--", sys.executable, "-I", "-c", probe),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 0, r
+    assert b"FDS []" in r.stdout, r.stdout
+
+
 def test_a_socket_for_stdin_gets_its_flags_back(nsk):
     """A socket cannot be reopened: O_NONBLOCK is set on the shared description for the
     relay and put back afterwards."""

@@ -456,6 +456,14 @@ static void spawn_command(struct spawn_plan *sp) {
             fail_quietly("setsid");
         if (ioctl(sp->tty_fd, TIOCSCTTY, 0) != 0)
             fail_quietly("ioctl(TIOCSCTTY)");
+        /* Taken as the controlling terminal, it is open as 0-2 already: the command gets
+         * no extra descriptor of it unless it was passed (red team 37 F1), as with the
+         * Python init, whose descriptors close at exec unless passed. */
+        int passed = 0;
+        for (int i = 0; i < sp->n_pass; i++)
+            passed |= sp->pass[i] == sp->tty_fd;
+        if (sp->tty_fd > 2 && !passed && fcntl(sp->tty_fd, F_SETFD, FD_CLOEXEC) != 0)
+            fail_quietly("fcntl(tty, FD_CLOEXEC)");
     } else if (sp->new_session && setpgid(0, 0) != 0) { /* a group init sends SIGINT to */
         fail_quietly("setpgid");
     }

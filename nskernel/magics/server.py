@@ -395,6 +395,9 @@ class Box:
         self.facts_pending = False  # a facts query is out, unanswered
         self.facts: dict[str, Any] | None = None  # its last answer
         self.input_pending = False  # its cell waits for the answer to input()
+        # The kernel's refusal of its cell's stdin (allow_stdin=False: nbclient,
+        # papermill), given again here to the cell's later input requests.
+        self.stdin_refused: dict[str, Any] | None = None
         self.keep_as: str | None = None  # unnamed: the name to keep it under if it has widgets
         self.comms_opened = False
         self.asked: str | None = None  # a completion/inspection question is out
@@ -770,6 +773,11 @@ class Server:
             return  # that cell ended (or was killed) meanwhile
         box.input_pending = False
         answer = {k: req[k] for k in ("value", "error", "message") if k in req}
+        if answer.get("error") == "StdinNotImplementedError":
+            # The frontend takes no input for this request: so it stays for the cell,
+            # whose later requests get the same answer from here (red team 37 F2: input()
+            # in a loop made the kernel answer thousands a second, outside --cpus).
+            box.stdin_refused = answer
         self.send_box(box, {"op": "input_reply", **answer})
 
     def op_ask(self, req: dict[str, Any]) -> dict[str, Any] | None:
@@ -867,6 +875,7 @@ class Server:
         box.show = bool(req.get("facts"))
         box.want_outputs = frozenset(req.get("outputs") or ())
         box.budget = _Budget(int(req.get("max_output") or DEFAULT_MAX_OUTPUT))
+        box.stdin_refused = None  # each request says anew whether it takes input
         self.running[rid] = box
         self.send_box(
             box,
@@ -906,6 +915,7 @@ class Server:
         box.show = False
         box.want_outputs = frozenset()
         box.budget = _Budget(int(req.get("max_output") or DEFAULT_MAX_OUTPUT))
+        box.stdin_refused = None  # each request says anew whether it takes input
         self.running[rid] = box
         self.send_box(box, {"op": "comm", "comm": req["comm"], "parent": req.get("parent")})
 
@@ -1095,6 +1105,12 @@ class Server:
         elif kind == "answer":
             keep = box.asked is not None
         elif (group := _GROUP.get(kind)) is None:
+            if kind == "input_request" and box.current is not None:
+                # Never dropped, but paced as decoded output: a cell calling input() in
+                # a loop where stdin is refused (nbclient, papermill) made the kernel and
+                # the server answer thousands a second, outside its --cpus (red team 37
+                # F2).
+                self._pace(box, DECODED_COST)
             return most  # cell_done, input_request, or a type the protocol lacks
         else:  # output between cells has no cell to show it in
             keep = box.current is not None and box.budget.admit(group, len(body))
@@ -1102,13 +1118,18 @@ class Server:
             # A cell's output, decoded or not, and answers nobody awaits: paced past
             # DROP_FREE. Between cells a box is read only where something is awaited,
             # for a bounded time (_drain, gather_facts, op_ask).
-            before = box.budget.frames
-            box.budget.frames += DECODED_COST if keep else 1
-            past = box.budget.frames - DROP_FREE
-            if past > 0 and past // DROP_BURST > max(0, before - DROP_FREE) // DROP_BURST:
-                box.paused_until = time.monotonic() + DROP_PAUSE
-                self._watch(box)
+            self._pace(box, DECODED_COST if keep else 1)
         return most if keep else None
+
+    def _pace(self, box: Box, cost: int) -> None:
+        """Count ``cost`` frames against the cell; past DROP_FREE, read its sandbox in
+        bursts of DROP_BURST with a DROP_PAUSE between them."""
+        before = box.budget.frames
+        box.budget.frames += cost
+        past = box.budget.frames - DROP_FREE
+        if past > 0 and past // DROP_BURST > max(0, before - DROP_FREE) // DROP_BURST:
+            box.paused_until = time.monotonic() + DROP_PAUSE
+            self._watch(box)
 
     def on_box_frame(self, box: Box, msg: dict[str, Any]) -> None:
         kind = msg["type"]
@@ -1157,6 +1178,9 @@ class Server:
         if kind == "input_request":
             if box.input_pending:
                 raise messages.Malformed("an input request before the last was answered")
+            if box.stdin_refused is not None:
+                self.send_box(box, {"op": "input_reply", **box.stdin_refused})
+                return
             box.input_pending = True
         elif not self._within_budget(box.budget, msg):
             return

@@ -259,13 +259,12 @@ def test_a_pid_freed_after_the_scan_never_shows_another_process_arguments() -> N
         for _ in range(50):  # another process may take the PID first: try again
             with open("/proc/sys/kernel/ns_last_pid", "w") as f:
                 f.write(str(sleeper.pid - 1))
-            proc = subprocess.Popen(
-                ["sh", "-c", "sleep 600; :", "sh", secret], start_new_session=True
-            )
+            # One process, no child of its own: nothing is orphaned to us when it ends.
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", secret])
             if proc.pid == sleeper.pid:
                 taker = proc
                 break
-            _end_group(proc)
+            _end(proc)
         assert taker is not None, "no host process could be given the freed PID"
         try:
             deadline = time.monotonic() + 10
@@ -274,7 +273,7 @@ def test_a_pid_freed_after_the_scan_never_shows_another_process_arguments() -> N
                 time.sleep(0.01)
             assert sleeper.command == "[sleep]", sleeper.command
         finally:
-            _end_group(taker)
+            _end(taker)
 
 
 def _sleep_of(init_pid: int) -> facts._Proc:
@@ -289,9 +288,8 @@ def _sleep_of(init_pid: int) -> facts._Proc:
     raise AssertionError("the sandbox's sleep never showed")
 
 
-def _end_group(proc: subprocess.Popen) -> None:
-    """End a host process started in a session of its own, and its `sleep` with it."""
-    os.killpg(proc.pid, 9)
+def _end(proc: subprocess.Popen) -> None:
+    proc.kill()
     proc.wait()
 
 

@@ -31,6 +31,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from nskernel._linux import syscalls
+
 DOCKERD = "/usr/sbin/dockerd"
 # Debian's client, by absolute path: another `docker` earlier on PATH may talk to another
 # daemon or be another version.
@@ -150,9 +152,16 @@ class PrivateDocker:
         ]
         log = open(self.log_path, "wb")
         # Its own session: a Ctrl-C meant for pytest must not kill the daemon before it
-        # has stopped its containers; stop() ends it by PID.
+        # has stopped its containers; stop() ends it by PID. Should pytest itself be
+        # killed before stop() runs (a CI run ended from outside left a dockerd and its
+        # data-root mount behind), the daemon gets SIGTERM and stops its containers.
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.base
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self.base,
+            preexec_fn=_terminated_with_parent,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -267,6 +276,12 @@ class PrivateDocker:
             *argv,
         ]
         return self.docker(*cmd, timeout=timeout)
+
+
+def _terminated_with_parent() -> None:
+    """In the child, before dockerd is exec'd: SIGTERM once the process that started it
+    is gone (the death signal survives exec)."""
+    syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _cgroup_parent(name: str) -> str:

@@ -228,15 +228,20 @@ def _map_to_inside(host_id: int, id_map: Iterable[Iterable[int]]) -> int | None:
 _FORKED_WITHOUT_EXEC = frozenset({"nskernel-init"})
 
 
+def _parent_and_pids(status: dict[str, str], pid: int) -> tuple[int, list[int]]:
+    """From ``/proc/PID/status``: the parent's PID, and the PIDs in every namespace."""
+    nspid = [int(x) for x in status.get("NSpid", str(pid)).split()]
+    return int(status.get("PPid", "0") or 0), nspid
+
+
 class _Proc:
     __slots__ = ("_command", "name", "nspid", "pid", "ppid", "uid")
 
     def __init__(self, pid: int) -> None:
         st = _status(pid)
         self.pid = pid
-        self.ppid = int(st.get("PPid", "0") or 0)
+        self.ppid, self.nspid = _parent_and_pids(st, pid)
         self.uid = int(st.get("Uid", "0").split()[0])
-        self.nspid = [int(x) for x in st.get("NSpid", str(pid)).split()]
         self.name = st.get("Name", "?")
         self._command: str | None = None
 
@@ -269,11 +274,9 @@ class _Proc:
         the same parent and PIDs in every namespace. A process that took a freed PID has
         another parent, or lives in other PID namespaces (a host process in none)."""
         try:
-            st = _status(self.pid)
+            return _parent_and_pids(_status(self.pid), self.pid) == (self.ppid, self.nspid)
         except OSError:
             return False
-        nspid = [int(x) for x in st.get("NSpid", str(self.pid)).split()]
-        return int(st.get("PPid", "0") or 0) == self.ppid and nspid == self.nspid
 
     @property
     def kernel_thread(self) -> bool:

@@ -522,6 +522,26 @@ def _poll_until_up(state_of, index: int, timeout: float) -> None:  # type: ignor
 # ---------------------------------------------------------------- the hub
 
 
+def _member_messages(index: int, address: str) -> tuple[Any, Any]:
+    """The route to a member's address on the bridge ``index``, and its neighbour entry,
+    as netlink messages: what ``Hub.add_member`` adds (with more) and ``remove_member``
+    deletes. Both use these, so a delete matches the scope of the add (red team 33 F2)."""
+    from pyroute2.netlink.rtnl.ndmsg import ndmsg
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    r = rtmsg()
+    r["family"] = socket.AF_INET
+    r["dst_len"] = 32
+    r["table"] = 254  # main
+    r["scope"] = 253  # link
+    r["attrs"] = [["RTA_DST", address], ["RTA_OIF", index]]
+    n = ndmsg()
+    n["family"] = socket.AF_INET
+    n["ifindex"] = index
+    n["attrs"] = [["NDA_DST", address]]
+    return r, n
+
+
 class Hub:
     """The hub network namespace: one bridge per network, one veth end per attachment.
 
@@ -738,47 +758,26 @@ class Hub:
         """
         from pyroute2.netlink import NLM_F_CREATE, NLM_F_REPLACE
         from pyroute2.netlink.rtnl import RTM_NEWNEIGH, RTM_NEWROUTE
-        from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT, ndmsg
-        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+        from pyroute2.netlink.rtnl.ndmsg import NUD_PERMANENT
 
-        index = self._bridges[bridge]
-        r = rtmsg()
-        r["family"] = socket.AF_INET
-        r["dst_len"] = 32
-        r["table"] = 254  # main
-        r["proto"] = 4  # static
-        r["scope"] = 253  # link
-        r["type"] = 1  # unicast
-        r["attrs"] = [["RTA_DST", address], ["RTA_OIF", index]]
+        route, neigh = _member_messages(self._bridges[bridge], address)
+        route["proto"] = 4  # static
+        route["type"] = 1  # unicast
         step = f"add the route to member {address} on {bridge}"
-        self.raw.request(r, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, step)
-        n = ndmsg()
-        n["family"] = socket.AF_INET
-        n["ifindex"] = index
-        n["state"] = NUD_PERMANENT
-        n["attrs"] = [["NDA_DST", address], ["NDA_LLADDR", mac_for(address)]]
+        self.raw.request(route, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, step)
+        neigh["state"] = NUD_PERMANENT
+        neigh["attrs"].append(["NDA_LLADDR", mac_for(address)])
         step = f"add the neighbour entry of member {address} on {bridge}"
-        self.raw.request(n, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, step)
+        self.raw.request(neigh, RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, step)
 
     def remove_member(self, bridge: str, address: str) -> None:
         """Undo ``add_member`` (gone already with the bridge: nothing to do)."""
         from pyroute2.netlink.rtnl import RTM_DELNEIGH, RTM_DELROUTE
-        from pyroute2.netlink.rtnl.ndmsg import ndmsg
-        from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
         index = self._bridges.get(bridge)
         if index is None:
             return
-        r = rtmsg()
-        r["family"] = socket.AF_INET
-        r["dst_len"] = 32
-        r["table"] = 254
-        r["scope"] = 253  # as added: a delete matches the scope (red team 33 F2)
-        r["attrs"] = [["RTA_DST", address], ["RTA_OIF", index]]
-        n = ndmsg()
-        n["family"] = socket.AF_INET
-        n["ifindex"] = index
-        n["attrs"] = [["NDA_DST", address]]
+        r, n = _member_messages(index, address)
         for msg, kind, what in ((r, RTM_DELROUTE, "route"), (n, RTM_DELNEIGH, "neighbour entry")):
             try:
                 self.raw.request(msg, kind, 0, f"remove the {what} of member {address}")
